@@ -1,0 +1,481 @@
+//! vfarm's HTTP service: the REST API under `/api/v1`, image downloads with Range support,
+//! and the OS-Farm one-URL order under `/osfarm/create`.
+//!
+//! Handlers are thin: they turn HTTP into calls on the library crates (blocking work runs on
+//! tokio's blocking pool) and map library errors to `{ "error": { "code", "message", "field" } }`
+//! with a stable code. Internals (paths, SQL) never reach a response body.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tower::ServiceExt;
+use tower_http::services::{ServeDir, ServeFile};
+use vfarm_core::{Format, SpecError, SpecRequest};
+use vfarm_image::{ImageError, Repository};
+use vfarm_store::Store;
+
+/// Shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub repo: Arc<Repository>,
+    pub store: Arc<Store>,
+    pub data_dir: PathBuf,
+}
+
+impl AppState {
+    pub fn new(data_dir: PathBuf, store: Arc<Store>) -> Result<AppState, ImageError> {
+        let repo = Arc::new(Repository::open(&data_dir, store.clone())?);
+        // Operations that were running when the previous service died cannot finish now.
+        store.fail_stale_operations("the service restarted before the operation finished")?;
+        Ok(AppState {
+            repo,
+            store,
+            data_dir,
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let published = state.data_dir.join("published");
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/images", get(list_images).post(create_image))
+        .route("/api/v1/images/{id}", get(get_image).delete(delete_image))
+        .route("/api/v1/images/{id}/download", get(download))
+        .route("/api/v1/images/{id}/log", get(build_log))
+        .route("/api/v1/operations/{id}", get(get_operation))
+        .route("/osfarm/create", get(osfarm_create))
+        .nest_service("/imagelists", ServeDir::new(published))
+        .with_state(state)
+}
+
+/// Serve the router on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An API error: HTTP status + stable code + message (+ the field, for bad input).
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn bad_request(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message, "field": self.field } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> ApiError {
+        let code = e.code();
+        let status = match code {
+            "image_not_found" | "artifact_not_found" => StatusCode::NOT_FOUND,
+            "conflict" => StatusCode::CONFLICT,
+            "host_not_ready" => StatusCode::SERVICE_UNAVAILABLE,
+            _ if e.is_client_error() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let field = match &e {
+            ImageError::Spec(s) => Some(s.field()),
+            ImageError::UnknownPackages { .. } => Some("package"),
+            ImageError::SizeTooSmall { .. } => Some("size"),
+            ImageError::ForeignArch { .. } => Some("arch"),
+            ImageError::SuiteUnavailable { .. } => Some("suite"),
+            _ => None,
+        };
+        // Server-side failures are logged in full; the client gets the message without paths.
+        let message = if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+            match &e {
+                ImageError::ToolFailed { tool, .. } => format!("{tool} failed; see the build log"),
+                ImageError::ToolMissing { tool } => {
+                    format!("{tool} is not installed on the server")
+                }
+                _ => "internal error; see the service log".to_string(),
+            }
+        } else {
+            e.to_string()
+        };
+        ApiError {
+            status,
+            code,
+            message,
+            field,
+        }
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> ApiError {
+        ImageError::Spec(e).into()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+async fn list_images(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let images = blocking(move || Ok(s.repo.list()?)).await?;
+    Ok(Json(images).into_response())
+}
+
+async fn get_image(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let img = blocking(move || Ok(s.repo.resolve(&id)?)).await?;
+    Ok(Json(img).into_response())
+}
+
+async fn delete_image(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let img = blocking(move || Ok(s.repo.remove(&id, "api")?)).await?;
+    Ok(Json(serde_json::json!({ "removed": img.id })).into_response())
+}
+
+async fn build_log(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let text = blocking(move || {
+        let b = s.repo.build_log(&id)?;
+        std::fs::read_to_string(&b.log).map_err(|_| ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "log_not_found",
+            message: format!("the log of build {} is gone", b.id),
+            field: None,
+        })
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+#[derive(Deserialize)]
+struct DownloadQuery {
+    format: Option<String>,
+}
+
+async fn download(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DownloadQuery>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let format: Format = q.format.as_deref().unwrap_or("tar").parse()?;
+    serve_artifact(s, id, format, req).await
+}
+
+/// Stream an artifact: Content-Length, Range/206 (tower-http's ServeFile), and the sha512 as
+/// a strong ETag so clients can verify and resume.
+async fn serve_artifact(
+    s: AppState,
+    id: String,
+    format: Format,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let art = blocking(move || {
+        let img = s.repo.resolve(&id)?;
+        Ok((
+            img.id.clone(),
+            s.repo.ensure_format(&img, format, &mut |_| {})?,
+        ))
+    })
+    .await?;
+    let (image_id, art) = art;
+    let mut resp = ServeFile::new(&art.path)
+        .oneshot(req)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot serve file: {e}")))?
+        .map(Body::new);
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", art.sha512)) {
+        headers.insert(header::ETAG, v);
+    }
+    let filename = format!(
+        "{}.{}",
+        &image_id[..12],
+        format.file_name().rsplit('.').next().unwrap_or("img")
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(resp)
+}
+
+/// POST /api/v1/images: validate now (bad input is a 400 that changes nothing), then build
+/// in the background and answer 202 with an operation to poll.
+async fn create_image(
+    State(s): State<AppState>,
+    body: Result<Json<SpecRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(spec) = body.map_err(|e| ApiError::bad_request("body", e.body_text()))?;
+    let req = spec.resolve()?;
+    let op_id = uuid::Uuid::new_v4().to_string();
+    let image_id = req.spec.id();
+    s.store
+        .create_operation(&op_id, "image.build", Some(&image_id))
+        .map_err(|e| ApiError::from(ImageError::from(e)))?;
+    let st = s.clone();
+    let op = op_id.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = st.repo.build(&req, "api", &mut |_| {});
+        let _ = match result {
+            Ok(outcome) => st.store.finish_operation(
+                &op,
+                "succeeded",
+                None,
+                serde_json::to_value(&outcome).ok().as_ref(),
+            ),
+            Err(e) => st.store.finish_operation(
+                &op,
+                "failed",
+                Some(&e.to_string()),
+                Some(&serde_json::json!({ "code": e.code() })),
+            ),
+        };
+    });
+    let body = serde_json::json!({
+        "operation": { "id": op_id, "kind": "image.build", "status": "running", "target": image_id },
+        "links": { "self": format!("/api/v1/operations/{op_id}"), "image": format!("/api/v1/images/{image_id}") },
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+struct OperationQuery {
+    /// Seconds to wait for the operation to finish before answering (long poll, max 300).
+    wait: Option<u64>,
+}
+
+async fn get_operation(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<OperationQuery>,
+) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(300));
+    loop {
+        let op = s
+            .store
+            .operation(&id)
+            .map_err(|e| ApiError::from(ImageError::from(e)))?
+            .ok_or_else(|| ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "operation_not_found",
+                message: format!("operation `{id}` not found"),
+                field: None,
+            })?;
+        if op.status != "running" || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(op).into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The OS-Farm order: `GET /osfarm/create?name=&class=bookworm&arch=amd64&filetype=.tar
+/// &group=base&package=curl[&download=on]`. Builds synchronously (or finds the cached image),
+/// then answers with the image record, or with the image itself when `download=on`.
+async fn osfarm_create(
+    State(s): State<AppState>,
+    RawQuery(q): RawQuery,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let q = q.unwrap_or_default();
+    let (spec, format, download) = osfarm_spec(&q)?;
+    let build_req = spec.resolve()?;
+    let st = s.clone();
+    let outcome = blocking(move || Ok(st.repo.build(&build_req, "osfarm", &mut |_| {})?)).await?;
+    if download {
+        return serve_artifact(s, outcome.image.id.clone(), format, req).await;
+    }
+    Ok(Json(outcome).into_response())
+}
+
+/// Parse the OS-Farm query into a spec request, the requested file type and `download`.
+pub fn osfarm_spec(query: &str) -> Result<(SpecRequest, Format, bool), ApiError> {
+    let mut spec = SpecRequest::default();
+    let mut filetype = Format::Tar;
+    let mut download = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let v = v.trim().to_string();
+        match k.as_ref() {
+            "name" => spec.name = Some(v).filter(|n| !n.is_empty()),
+            "class" | "distro_class" | "suite" => spec.suite = Some(v.to_ascii_lowercase()),
+            "arch" => {
+                // OS Farm spoke of i386/x86_64; Debian of i386/amd64.
+                let a = match v.as_str() {
+                    "x86_64" | "x86-64" => "amd64".to_string(),
+                    "i686" | "i586" | "x86" => "i386".to_string(),
+                    _ => v,
+                };
+                spec.arch = Some(a);
+            }
+            "filetype" => {
+                filetype = v
+                    .trim_start_matches('.')
+                    .parse()
+                    .map_err(|e: SpecError| ApiError::bad_request("filetype", e.to_string()))?;
+                if !spec.formats.contains(&filetype.to_string()) {
+                    spec.formats.push(filetype.to_string());
+                }
+            }
+            "group" if !v.is_empty() => spec.groups.push(v),
+            "package" if !v.is_empty() => spec.packages.push(v),
+            "variant" => spec.variant = Some(v),
+            "size" => spec.size = Some(v),
+            "boot" => spec.boot = Some(v),
+            "download" => download = matches!(v.as_str(), "on" | "1" | "true" | "yes"),
+            "group" | "package" => {}
+            other => {
+                return Err(ApiError::bad_request(
+                    "query",
+                    format!("unknown parameter `{other}`"),
+                ))
+            }
+        }
+    }
+    Ok((spec, filetype, download))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::to_bytes;
+
+    fn state() -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let st = AppState::new(dir.path().to_path_buf(), store).unwrap();
+        (dir, st)
+    }
+
+    #[test]
+    fn osfarm_query_maps_to_spec() {
+        let (spec, f, dl) =
+            osfarm_spec("name=&class=Bookworm&arch=x86_64&filetype=.qcow2&group=core&group=base&package=curl&download=on").unwrap();
+        assert_eq!(spec.suite.as_deref(), Some("bookworm"));
+        assert_eq!(spec.arch.as_deref(), Some("amd64"));
+        assert_eq!(spec.groups, vec!["core", "base"]);
+        assert_eq!(spec.packages, vec!["curl"]);
+        assert_eq!(f, Format::Qcow2);
+        assert!(dl);
+        assert!(spec.name.is_none());
+        let e = osfarm_spec("class=bookworm&colour=red").unwrap_err();
+        assert_eq!(e.field, Some("query"));
+        assert!(e.message.contains("colour"));
+        let e = osfarm_spec("filetype=.iso").unwrap_err();
+        assert_eq!(e.field, Some("filetype"));
+    }
+
+    async fn call(st: &AppState, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let resp = router(st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn bad_specs_are_400_with_field_and_change_nothing() {
+        let (_d, st) = state();
+        for (body, field, value) in [
+            (r#"{"suite":"nosuch"}"#, "suite", "nosuch"),
+            (r#"{"formats":["iso"]}"#, "format", "iso"),
+            (r#"{"groups":["kde"]}"#, "group", "kde"),
+            (r#"{"size":"4X","formats":["raw"]}"#, "size", "4X"),
+            (r#"{"colour":"red"}"#, "body", "colour"),
+        ] {
+            let req = Request::post("/api/v1/images")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let (status, v) = call(&st, req).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+            assert_eq!(v["error"]["field"], field, "{v}");
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains(value),
+                "{v}"
+            );
+        }
+        let (status, v) = call(
+            &st,
+            Request::get("/api/v1/images").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v, serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn unknown_image_and_operation_are_404_with_codes() {
+        let (_d, st) = state();
+        let (status, v) = call(
+            &st,
+            Request::get("/api/v1/images/abcdef12")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(v["error"]["code"], "image_not_found");
+        let (status, v) = call(
+            &st,
+            Request::get("/api/v1/operations/nope")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(v["error"]["code"], "operation_not_found");
+    }
+}

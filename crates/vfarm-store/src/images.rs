@@ -1,0 +1,458 @@
+//! Images, artifacts, builds and operations.
+
+use rusqlite::{params, Connection, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::{now, optional, Result, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRow {
+    pub id: String,
+    pub name: Option<String>,
+    /// Canonical spec JSON (or, for imports, a description of the source).
+    pub spec: String,
+    pub summary: String,
+    pub origin: String,
+    pub created: String,
+    pub os: Option<String>,
+    pub os_version: Option<String>,
+    pub arch: Option<String>,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRow {
+    pub format: String,
+    /// Relative to the image directory.
+    pub file: String,
+    pub size: u64,
+    pub sha512: String,
+    pub disk_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRow {
+    pub id: String,
+    pub image_id: String,
+    pub spec: String,
+    pub started: String,
+    pub ended: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
+    pub log: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationRow {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub target: Option<String>,
+    pub error: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub created: String,
+    pub updated: String,
+}
+
+const IMAGE_COLS: &str =
+    "id, name, spec, summary, origin, created, os, os_version, arch, kernel, initrd";
+
+fn image_row(r: &Row<'_>) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        spec: r.get(2)?,
+        summary: r.get(3)?,
+        origin: r.get(4)?,
+        created: r.get(5)?,
+        os: r.get(6)?,
+        os_version: r.get(7)?,
+        arch: r.get(8)?,
+        kernel: r.get(9)?,
+        initrd: r.get(10)?,
+    })
+}
+
+/// Insert an image with its artifacts, or add artifacts to an existing one (same id).
+/// Name clashes with another image are refused.
+pub fn upsert_image(conn: &Connection, img: &ImageRow, artifacts: &[ArtifactRow]) -> Result<()> {
+    if let Some(name) = &img.name {
+        let holder: Option<String> = optional(conn.query_row(
+            "SELECT id FROM images WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        ))?;
+        if holder.as_deref().is_some_and(|h| h != img.id) {
+            return Err(StoreError::Conflict {
+                kind: "image name",
+                id: name.clone(),
+            });
+        }
+    }
+    conn.execute(
+        &format!(
+            "INSERT INTO images({IMAGE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)
+             ON CONFLICT(id) DO UPDATE SET name = COALESCE(excluded.name, images.name),
+               kernel = COALESCE(excluded.kernel, images.kernel),
+               initrd = COALESCE(excluded.initrd, images.initrd)"
+        ),
+        params![
+            img.id,
+            img.name,
+            img.spec,
+            img.summary,
+            img.origin,
+            img.created,
+            img.os,
+            img.os_version,
+            img.arch,
+            img.kernel,
+            img.initrd
+        ],
+    )?;
+    for a in artifacts {
+        conn.execute(
+            "INSERT OR REPLACE INTO artifacts(image_id, format, file, size, sha512, disk_size)
+             VALUES (?1,?2,?3,?4,?5,?6)",
+            params![
+                img.id,
+                a.format,
+                a.file,
+                a.size as i64,
+                a.sha512,
+                a.disk_size.map(|d| d as i64)
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+impl Store {
+    pub fn image(&self, id: &str) -> Result<Option<ImageRow>> {
+        let conn = self.conn();
+        optional(conn.query_row(
+            &format!("SELECT {IMAGE_COLS} FROM images WHERE id = ?1"),
+            [id],
+            image_row,
+        ))
+    }
+
+    /// Find by exact id, exact name, or unique id prefix (at least 4 hex digits).
+    pub fn find_image(&self, reference: &str) -> Result<ImageRow> {
+        let conn = self.conn();
+        let exact = optional(conn.query_row(
+            &format!("SELECT {IMAGE_COLS} FROM images WHERE id = ?1 OR name = ?1"),
+            [reference],
+            image_row,
+        ))?;
+        if let Some(r) = exact {
+            return Ok(r);
+        }
+        let not_found = || StoreError::NotFound {
+            kind: "image",
+            id: reference.to_string(),
+        };
+        if reference.len() < 4 || !reference.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(not_found());
+        }
+        let mut st = conn.prepare(&format!(
+            "SELECT {IMAGE_COLS} FROM images WHERE id LIKE ?1 || '%' LIMIT 5"
+        ))?;
+        let rows: Vec<ImageRow> = st
+            .query_map([reference.to_ascii_lowercase()], image_row)?
+            .collect::<Result<_, _>>()?;
+        match rows.len() {
+            0 => Err(not_found()),
+            1 => Ok(rows.into_iter().next().expect("one row")),
+            _ => Err(StoreError::Ambiguous {
+                kind: "image",
+                id: reference.to_string(),
+                matches: rows
+                    .iter()
+                    .map(|r| r.id.get(..12).unwrap_or(&r.id).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {IMAGE_COLS} FROM images ORDER BY created, id"
+        ))?;
+        let rows = st.query_map([], image_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn artifacts(&self, image_id: &str) -> Result<Vec<ArtifactRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT format, file, size, sha512, disk_size FROM artifacts WHERE image_id = ?1 ORDER BY format",
+        )?;
+        let rows = st
+            .query_map([image_id], |r| {
+                Ok(ArtifactRow {
+                    format: r.get(0)?,
+                    file: r.get(1)?,
+                    size: r.get::<_, i64>(2)? as u64,
+                    sha512: r.get(3)?,
+                    disk_size: r.get::<_, Option<i64>>(4)?.map(|d| d as u64),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Remove an image record (artifacts cascade). Returns whether it existed.
+    pub fn delete_image(&self, id: &str) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM images WHERE id = ?1", [id])?;
+        Ok(n > 0)
+    }
+
+    pub fn insert_build(&self, b: &BuildRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO builds(id, image_id, spec, started, ended, status, error, log) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+            params![b.id, b.image_id, b.spec, b.started, b.ended, b.status, b.error, b.log],
+        )?;
+        Ok(())
+    }
+
+    pub fn finish_build(&self, id: &str, status: &str, error: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE builds SET status = ?2, error = ?3, ended = ?4 WHERE id = ?1",
+            params![id, status, error, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Builds still marked running whose process is gone are marked interrupted by the caller
+    /// (which knows about locks); this lists them.
+    pub fn running_builds(&self) -> Result<Vec<BuildRow>> {
+        self.builds_where("status = 'running'", &[])
+    }
+
+    /// Latest build of an image id or of an id prefix (failed builds have no image record, so
+    /// prefixes are matched against builds too).
+    pub fn latest_build(&self, image_id_or_prefix: &str) -> Result<Option<BuildRow>> {
+        let pattern = format!("{}%", image_id_or_prefix.to_ascii_lowercase());
+        Ok(self
+            .builds_where(
+                "image_id LIKE ?1 AND status != 'cached' ORDER BY started DESC LIMIT 1",
+                &[&pattern],
+            )?
+            .pop())
+    }
+
+    fn builds_where(&self, cond: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<BuildRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT id, image_id, spec, started, ended, status, error, log FROM builds WHERE {cond}"
+        ))?;
+        let rows = st
+            .query_map(args, |r| {
+                Ok(BuildRow {
+                    id: r.get(0)?,
+                    image_id: r.get(1)?,
+                    spec: r.get(2)?,
+                    started: r.get(3)?,
+                    ended: r.get(4)?,
+                    status: r.get(5)?,
+                    error: r.get(6)?,
+                    log: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn create_operation(&self, id: &str, kind: &str, target: Option<&str>) -> Result<()> {
+        let t = now();
+        self.conn().execute(
+            "INSERT INTO operations(id, kind, status, target, created, updated) VALUES (?1,?2,'running',?3,?4,?4)",
+            params![id, kind, target, t],
+        )?;
+        Ok(())
+    }
+
+    pub fn finish_operation(
+        &self,
+        id: &str,
+        status: &str,
+        error: Option<&str>,
+        result: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE operations SET status = ?2, error = ?3, result = ?4, updated = ?5 WHERE id = ?1",
+            params![id, status, error, result.map(|r| r.to_string()), now()],
+        )?;
+        Ok(())
+    }
+
+    /// Operations left running by a process that died are failed on startup.
+    pub fn fail_stale_operations(&self, reason: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE operations SET status = 'failed', error = ?1, updated = ?2 WHERE status = 'running'",
+            params![reason, now()],
+        )?)
+    }
+
+    pub fn operation(&self, id: &str) -> Result<Option<OperationRow>> {
+        let conn = self.conn();
+        let row = optional(conn.query_row(
+            "SELECT id, kind, status, target, error, result, created, updated FROM operations WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            },
+        ))?;
+        row.map(
+            |(id, kind, status, target, error, result, created, updated)| {
+                let result = result
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()
+                    .map_err(|source| StoreError::Corrupt {
+                        what: "operation result",
+                        source,
+                    })?;
+                Ok(OperationRow {
+                    id,
+                    kind,
+                    status,
+                    target,
+                    error,
+                    result,
+                    created,
+                    updated,
+                })
+            },
+        )
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(id: &str, name: Option<&str>) -> ImageRow {
+        ImageRow {
+            id: id.into(),
+            name: name.map(Into::into),
+            spec: "{}".into(),
+            summary: "s".into(),
+            origin: "build".into(),
+            created: now(),
+            os: Some("LINUX".into()),
+            os_version: Some("12".into()),
+            arch: Some("amd64".into()),
+            kernel: None,
+            initrd: None,
+        }
+    }
+
+    fn art(f: &str) -> ArtifactRow {
+        ArtifactRow {
+            format: f.into(),
+            file: format!("x.{f}"),
+            size: 10,
+            sha512: "ab".into(),
+            disk_size: None,
+        }
+    }
+
+    #[test]
+    fn find_by_id_name_prefix() {
+        let s = Store::open_in_memory().unwrap();
+        s.tx(|tx| upsert_image(tx, &img("abcd1234", Some("web")), &[art("tar")]))
+            .unwrap();
+        s.tx(|tx| upsert_image(tx, &img("abce9999", None), &[]))
+            .unwrap();
+        assert_eq!(s.find_image("web").unwrap().id, "abcd1234");
+        assert_eq!(s.find_image("abcd").unwrap().id, "abcd1234");
+        assert!(matches!(
+            s.find_image("abc"),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.find_image("abc9"),
+            Err(StoreError::NotFound { .. })
+        ));
+        s.tx(|tx| upsert_image(tx, &img("abcf0000", None), &[]))
+            .unwrap();
+        assert!(matches!(
+            s.find_image("abc"),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(s.find_image("abce9"), Ok(_)));
+        s.tx(|tx| upsert_image(tx, &img("abce9990", None), &[]))
+            .unwrap();
+        assert!(matches!(
+            s.find_image("abce"),
+            Err(StoreError::Ambiguous { .. })
+        ));
+    }
+
+    #[test]
+    fn upsert_adds_artifacts_and_keeps_name_unique() {
+        let s = Store::open_in_memory().unwrap();
+        s.tx(|tx| upsert_image(tx, &img("aaaa0001", Some("n")), &[art("tar")]))
+            .unwrap();
+        s.tx(|tx| upsert_image(tx, &img("aaaa0001", None), &[art("qcow2")]))
+            .unwrap();
+        assert_eq!(s.artifacts("aaaa0001").unwrap().len(), 2);
+        assert_eq!(
+            s.image("aaaa0001").unwrap().unwrap().name.as_deref(),
+            Some("n")
+        );
+        let e = s
+            .tx(|tx| upsert_image(tx, &img("bbbb0001", Some("n")), &[]))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict { .. }));
+        assert!(s.delete_image("aaaa0001").unwrap());
+        assert!(s.artifacts("aaaa0001").unwrap().is_empty());
+    }
+
+    #[test]
+    fn builds_and_operations() {
+        let s = Store::open_in_memory().unwrap();
+        let b = BuildRow {
+            id: "b1".into(),
+            image_id: "ffff0001".into(),
+            spec: "{}".into(),
+            started: now(),
+            ended: None,
+            status: "running".into(),
+            error: None,
+            log: "/tmp/l".into(),
+        };
+        s.insert_build(&b).unwrap();
+        assert_eq!(s.running_builds().unwrap().len(), 1);
+        s.finish_build("b1", "failed", Some("boom")).unwrap();
+        let l = s.latest_build("ffff").unwrap().unwrap();
+        assert_eq!(
+            (l.status.as_str(), l.error.as_deref()),
+            ("failed", Some("boom"))
+        );
+        s.create_operation("o1", "image.build", Some("ffff0001"))
+            .unwrap();
+        assert_eq!(s.fail_stale_operations("restart").unwrap(), 1);
+        let o = s.operation("o1").unwrap().unwrap();
+        assert_eq!(o.status, "failed");
+        s.finish_operation("o1", "succeeded", None, Some(&serde_json::json!({"id": 1})))
+            .unwrap();
+        assert_eq!(s.operation("o1").unwrap().unwrap().result.unwrap()["id"], 1);
+    }
+}

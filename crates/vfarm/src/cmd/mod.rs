@@ -1,0 +1,64 @@
+//! One module per command group; each `run` returns the process exit code.
+
+pub mod image;
+pub mod serve;
+
+use crate::ctx::Ctx;
+
+/// Exit codes: 1 generic failure, 2 bad input (clap uses 2 as well), 3 not found,
+/// 4 host not ready (a component is missing), 5 a build or tool failed.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err.downcast_ref::<vfarm_image::ImageError>() {
+        return match e.code() {
+            "invalid_spec"
+            | "unknown_package"
+            | "suite_unavailable"
+            | "invalid_import"
+            | "conflict"
+            | "ambiguous_reference" => 2,
+            "image_not_found" | "artifact_not_found" => 3,
+            "host_not_ready" => 4,
+            "build_failed" | "check_failed" => 5,
+            _ => 1,
+        };
+    }
+    if err.downcast_ref::<vfarm_core::SpecError>().is_some() {
+        return 2;
+    }
+    1
+}
+
+/// Print the error chain on stderr; with `--output json` also an error document on stdout.
+pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
+    let mut msg = format!("vfarm: error: {err}");
+    for cause in err.chain().skip(1) {
+        msg.push_str(&format!("\n  caused by: {cause}"));
+    }
+    eprintln!("{msg}");
+    if ctx.json() {
+        let code = err
+            .downcast_ref::<vfarm_image::ImageError>()
+            .map(|e| e.code())
+            .or_else(|| {
+                err.downcast_ref::<vfarm_core::SpecError>()
+                    .map(|_| "invalid_spec")
+            })
+            .unwrap_or("error");
+        let field = err
+            .downcast_ref::<vfarm_image::ImageError>()
+            .and_then(|e| match e {
+                vfarm_image::ImageError::Spec(s) => Some(s.field()),
+                vfarm_image::ImageError::UnknownPackages { .. } => Some("package"),
+                vfarm_image::ImageError::SizeTooSmall { .. } => Some("size"),
+                vfarm_image::ImageError::ForeignArch { .. } => Some("arch"),
+                vfarm_image::ImageError::SuiteUnavailable { .. } => Some("suite"),
+                _ => None,
+            })
+            .or_else(|| {
+                err.downcast_ref::<vfarm_core::SpecError>()
+                    .map(|s| s.field())
+            });
+        let doc = serde_json::json!({ "error": { "code": code, "field": field, "message": format!("{err:#}") } });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+}

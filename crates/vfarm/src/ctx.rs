@@ -1,0 +1,84 @@
+//! What every command needs: where the data lives, how to print, and lazily opened state.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use vfarm_store::Store;
+
+/// `--output`: a table for people, one JSON document for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+pub struct Ctx {
+    pub data_dir: PathBuf,
+    pub output: OutputFormat,
+    pub verbose: u8,
+    store: OnceLock<Arc<Store>>,
+}
+
+impl Ctx {
+    pub fn new(data_dir: PathBuf, output: OutputFormat, verbose: u8) -> Ctx {
+        Ctx {
+            data_dir,
+            output,
+            verbose,
+            store: OnceLock::new(),
+        }
+    }
+
+    /// The state store in the data dir, created and migrated on first use.
+    pub fn store(&self) -> Result<Arc<Store>> {
+        if let Some(s) = self.store.get() {
+            return Ok(s.clone());
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create data dir {}", self.data_dir.display()))?;
+        let s = Arc::new(Store::open(&self.data_dir.join("state.db"))?);
+        Ok(self.store.get_or_init(|| s).clone())
+    }
+
+    /// The image repository in the data dir.
+    pub fn images(&self) -> Result<vfarm_image::Repository> {
+        Ok(vfarm_image::Repository::open(
+            &self.data_dir,
+            self.store()?,
+        )?)
+    }
+
+    pub fn json(&self) -> bool {
+        self.output == OutputFormat::Json
+    }
+
+    /// Print `value` as the command's one JSON document.
+    pub fn print_json<T: Serialize>(&self, value: &T) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+}
+
+/// Default data dir: `$VFARM_DATA_DIR`, else `/var/lib/vfarm` for root, else the XDG data home.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY-free check of the effective uid through libc's safe wrapper in std is not
+    // available; `geteuid` has no preconditions.
+    if is_root() {
+        return PathBuf::from("/var/lib/vfarm");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("vfarm");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/vfarm");
+    }
+    PathBuf::from(".vfarm")
+}
+
+#[allow(unsafe_code)]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

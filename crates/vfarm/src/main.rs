@@ -1,0 +1,96 @@
+//! `vfarm`: virtual nodes on demand for grid and HPC sites.
+//!
+//! `main` parses arguments, runs one command and turns its result into an exit code; errors
+//! print their whole chain on stderr (and, with `--output json`, a JSON error document on
+//! stdout so programs always get one document).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod ctx;
+
+use ctx::{default_data_dir, Ctx, OutputFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "vfarm",
+    version,
+    about = "Virtual nodes on demand: build OS images, run them as VMs or containers, run jobs in disposable environments",
+    long_about = None,
+    propagate_version = true
+)]
+struct Cli {
+    /// Where images, instances and the state database live.
+    /// Default: /var/lib/vfarm for root, else $XDG_DATA_HOME/vfarm.
+    #[arg(long, global = true, env = "VFARM_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Output format: a table for people, or one JSON document on stdout for programs.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "table",
+        env = "VFARM_OUTPUT"
+    )]
+    output: OutputFormat,
+
+    /// More detail on stderr (repeat for debug logs).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build, list, inspect, convert, import and remove OS images.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCmd),
+    /// Run the HTTP service: REST API, image downloads, OS-Farm one-URL orders.
+    Serve(cmd::serve::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let ctx = Ctx::new(
+        cli.data_dir.clone().unwrap_or_else(default_data_dir),
+        cli.output,
+        cli.verbose,
+    );
+    let result = match cli.command {
+        Command::Image(c) => cmd::image::run(&ctx, c),
+        Command::Serve(a) => cmd::serve::run(&ctx, a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(err) => {
+            cmd::report_error(&ctx, &err);
+            ExitCode::from(cmd::exit_code(&err))
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VFARM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let json = std::env::var("VFARM_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

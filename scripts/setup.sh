@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs every host package vfarm needs on Debian 12, then builds the release binary.
+# Idempotent: re-running it changes nothing once everything is present.
+#   scripts/setup.sh            packages + release build
+#   scripts/setup.sh --deps     packages only (the test script calls this)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (it installs Debian packages and vfarm manages namespaces, mounts and VMs)" >&2
+  exit 1
+fi
+
+PKGS=(
+  mmdebstrap          # image builder (bootstrap of Debian suites)
+  e2fsprogs           # mkfs.ext4 -d and e2fsck for raw images
+  qemu-system-x86     # full VMs
+  qemu-utils          # qemu-img: qcow2/vmdk/vdi conversion and checks
+  runc                # OCI runtime that works with hybrid cgroups here (crun 1.8 does not)
+  busybox-static      # minimal initramfs for the fast boot profile
+  linux-image-cloud-amd64 # kernel with virtio modules for the fast boot profile
+  openssl libssl-dev pkg-config   # S/MIME image lists, and the openssl crate's build
+  sqlite3             # inspecting the state store by hand
+  curl ca-certificates tar zstd uidmap iproute2 util-linux
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+# A qemu-utils newer than the distribution's qemu-system-x86 (e.g. a backport) blocks the
+# install: qemu-system-common pins the same version. Align qemu-utils to the distribution's.
+qemu_pin=()
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  cand=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
+  have=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+  if [ -n "$cand" ] && [ -n "$have" ] && [ "$cand" != "$have" ] && \
+     ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q 'install ok installed'; then
+    qemu_pin=("qemu-utils=$cand")
+    dpkg-query -W qemu-block-extra >/dev/null 2>&1 && qemu_pin+=("qemu-block-extra=$cand")
+  fi
+  echo "setup.sh: installing ${missing[*]} ${qemu_pin[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades \
+    "${missing[@]}" "${qemu_pin[@]}"
+fi
+
+# Every binary the project drives, checked by name so a broken install fails here, not in a test.
+for b in mmdebstrap mkfs.ext4 e2fsck qemu-img qemu-system-x86_64 runc busybox openssl; do
+  command -v "$b" >/dev/null || { echo "setup.sh: $b is still missing after install" >&2; exit 1; }
+done
+
+if [ "${1:-}" != "--deps" ]; then
+  cargo build --release --locked -p vfarm 2>&1 | tail -n 3
+  echo "setup.sh: vfarm built at target/release/vfarm"
+fi
