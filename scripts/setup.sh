@@ -19,6 +19,7 @@ PKGS=(
   runc                # OCI runtime that works with hybrid cgroups here (crun 1.8 does not)
   busybox-static      # minimal initramfs for the fast boot profile
   linux-image-cloud-amd64 # kernel with virtio modules for the fast boot profile
+  initramfs-tools-core # lsinitramfs, to check the initramfs of bootable images
   openssl libssl-dev pkg-config   # S/MIME image lists, and the openssl crate's build
   sqlite3             # inspecting the state store by hand
   curl ca-certificates tar zstd uidmap iproute2 util-linux

@@ -14,11 +14,12 @@ pub enum ImageError {
     Store(#[from] StoreError),
     #[error("image `{0}` not found")]
     NotFound(String),
-    #[error("unknown package(s) {}: not found in {suite} (build log: {log})", packages.join(", "))]
+    #[error("unknown package(s) {}: not found in {suite}\n--- last lines of the build log ({log}) ---\n{tail}", packages.join(", "))]
     UnknownPackages {
         packages: Vec<String>,
         suite: String,
         log: PathBuf,
+        tail: String,
     },
     #[error(
         "suite `{suite}` is not available from this host's package sources (build log: {log})"

@@ -256,6 +256,33 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     })
 }
 
+/// A raw disk must hold something a machine can use: a filesystem or a partition table, as
+/// `blkid -p` probes it (qemu-img calls any file "raw", so it cannot tell).
+pub fn check_raw(path: &Path) -> Result<()> {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ImageError::ToolMissing { tool: "blkid" },
+            _ => ImageError::io("probe", path)(e),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if out.status.success()
+        && text
+            .lines()
+            .any(|l| l.starts_with("TYPE=") || l.starts_with("PTTYPE="))
+    {
+        Ok(())
+    } else {
+        Err(ImageError::CheckFailed {
+            format: "raw".into(),
+            reason: format!("{} holds no filesystem or partition table", path.display()),
+        })
+    }
+}
+
 /// Virtual size of a disk image.
 pub fn virtual_size(path: &Path) -> Result<u64> {
     let info = run_quiet(

@@ -472,10 +472,12 @@ impl Repository {
                 let d = tools::diagnose(&all);
                 let _ = fs::remove_file(&tmp_base);
                 if !d.unknown_packages.is_empty() {
+                    let tail: Vec<&str> = full.lines().rev().take(8).collect();
                     return Err(ImageError::UnknownPackages {
                         packages: d.unknown_packages,
                         suite: spec.suite.clone(),
                         log: log_path.to_path_buf(),
+                        tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
                     });
                 }
                 if d.suite_missing {
@@ -538,7 +540,7 @@ impl Repository {
             kernel,
             initrd,
         };
-        let arts: Vec<ArtifactRow> = written.iter().map(|w| artifact_row(w)).collect();
+        let arts: Vec<ArtifactRow> = written.iter().map(artifact_row).collect();
         self.store.tx(|tx| {
             upsert_image(tx, &row, &arts)?;
             append_event(
@@ -767,27 +769,32 @@ impl Repository {
             .map_err(ImageError::io("copy", src))?;
             let (os, os_version, disk_size) = if format == Format::Tar {
                 formats::check_tar(&file)?;
-                let text = tools::run_quiet(
-                    "tar",
-                    std::process::Command::new("tar")
-                        .arg("-xOf")
-                        .arg(&file)
-                        .arg("./etc/os-release"),
-                )
-                .or_else(|_| {
-                    tools::run_quiet(
-                        "tar",
-                        std::process::Command::new("tar")
-                            .arg("-xOf")
-                            .arg(&file)
-                            .arg("etc/os-release"),
-                    )
+                // /etc/os-release is usually a symlink to ../usr/lib/os-release, which
+                // `tar -xO` would print as nothing: read the file itself first.
+                let text = [
+                    "./usr/lib/os-release",
+                    "usr/lib/os-release",
+                    "./etc/os-release",
+                    "etc/os-release",
+                ]
+                .iter()
+                .find_map(|member| {
+                    let mut cmd = std::process::Command::new("tar");
+                    cmd.arg("-xOf").arg(&file).arg(member);
+                    tools::run_quiet("tar", &mut cmd)
+                        .ok()
+                        .filter(|t| !t.trim().is_empty())
                 })
                 .unwrap_or_default();
                 let (os, ver) = parse_os_release(&text);
                 (os, ver, None)
             } else {
-                if format != Format::Raw {
+                if format == Format::Raw {
+                    formats::check_raw(&file).map_err(|e| ImageError::Import {
+                        path: src.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
+                } else {
                     formats::check_image(format, &file)?;
                 }
                 (None, None, Some(formats::virtual_size(&file)?))

@@ -29,6 +29,23 @@ const BASE_EXCLUDES: &[&str] = &[
     "./etc/hostname",
 ];
 
+/// While hooks run, mmdebstrap has replaced `start-stop-daemon` and `policy-rc.d` by
+/// stand-ins that stop services from starting (the originals are renamed `*.REAL`). The
+/// saved base must hold the originals, so the hook swaps them back for the duration of the
+/// `tar` and swaps again afterwards, leaving mmdebstrap's own restore step intact. Paths
+/// below a symlinked directory (merged /usr: `sbin -> usr/sbin`) are the same files and are
+/// skipped.
+fn save_base_hook(save_base: &Path) -> String {
+    let excludes: String = BASE_EXCLUDES
+        .iter()
+        .map(|e| format!(" --exclude={}", sh_quote(e)))
+        .collect();
+    format!(
+        r#"r="$1"; swap() {{ for p in usr/sbin/start-stop-daemon sbin/start-stop-daemon usr/sbin/policy-rc.d; do d="${{p%/*}}"; [ -L "$r/$d" ] && continue; if [ -e "$r/$p.REAL" ]; then mv "$r/$p" "$r/$p.vfarm-swap" && mv "$r/$p.REAL" "$r/$p" && mv "$r/$p.vfarm-swap" "$r/$p.REAL"; elif [ "$p" = usr/sbin/policy-rc.d ] && [ -e "$r/$p" ]; then mv "$r/$p" "$r/$p.vfarm-hidden"; elif [ -e "$r/$p.vfarm-hidden" ]; then mv "$r/$p.vfarm-hidden" "$r/$p"; fi; done; }}; swap; tar -C "$r" --numeric-owner --xattrs --xattrs-include='*' --warning=no-file-changed{excludes} --exclude='*.REAL' --exclude='*.vfarm-hidden' -cf {} .; rc=$?; swap; [ $rc -le 1 ]"#,
+        sh_quote(&save_base.to_string_lossy())
+    )
+}
+
 /// How the root filesystem is produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap<'a> {
@@ -43,9 +60,10 @@ pub enum Bootstrap<'a> {
 }
 
 /// The mmdebstrap invocation for one build. `target` is a directory that must not exist yet.
-/// The whole run is wrapped in a private mount namespace (`unshare -m`) so the chroot's
-/// /proc, /sys and /dev mounts vanish with the process even if it is killed, and in
-/// `setpriv --pdeathsig` so an interrupted vfarm takes its builder down with it.
+/// The whole run is wrapped in private mount and PID namespaces (`unshare -m -p`) so the
+/// chroot's /proc, /sys and /dev mounts vanish with the process even if it is killed, and
+/// in `setpriv --pdeathsig`: when vfarm dies, unshare dies, its child (PID 1 of the new
+/// namespace) is killed by `--kill-child`, and with it every apt and dpkg process below.
 pub fn mmdebstrap_command(
     suite: &str,
     arch: &str,
@@ -60,6 +78,9 @@ pub fn mmdebstrap_command(
         "--mount".into(),
         "--propagation".into(),
         "private".into(),
+        "--pid".into(),
+        "--fork".into(),
+        "--kill-child".into(),
         "mmdebstrap".into(),
         "--mode=root".into(),
         "--format=directory".into(),
@@ -68,16 +89,7 @@ pub fn mmdebstrap_command(
     match how {
         Bootstrap::Cold { variant, save_base } => {
             args.push(format!("--variant={variant}"));
-            let excludes: String = BASE_EXCLUDES
-                .iter()
-                .map(|e| format!(" --exclude={}", sh_quote(e)))
-                .collect();
-            args.push(format!(
-                // tar exits 1 when a file changed while read; that only happens on the
-                // mount points of virtual filesystems, whose contents are excluded.
-                "--customize-hook=tar -C \"$1\" --numeric-owner --xattrs --xattrs-include='*' --warning=no-file-changed{excludes} -cf {} . || [ $? -eq 1 ]",
-                sh_quote(&save_base.to_string_lossy())
-            ));
+            args.push(format!("--customize-hook={}", save_base_hook(save_base)));
         }
         Bootstrap::Layered { base } => {
             args.push("--variant=custom".into());
@@ -348,7 +360,7 @@ mod tests {
         assert_eq!(c.get_program(), "setpriv");
         let a = args(&c);
         assert_eq!(
-            &a[..7],
+            &a[..10],
             [
                 "--pdeathsig",
                 "SIGKILL",
@@ -356,6 +368,9 @@ mod tests {
                 "--mount",
                 "--propagation",
                 "private",
+                "--pid",
+                "--fork",
+                "--kill-child",
                 "mmdebstrap"
             ]
         );
