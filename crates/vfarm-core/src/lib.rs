@@ -4,6 +4,7 @@
 //! take what they need as arguments, so they are tested without a machine.
 
 pub mod groups;
+pub mod instance;
 pub mod size;
 pub mod spec;
 

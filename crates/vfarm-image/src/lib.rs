@@ -10,5 +10,5 @@ pub mod repo;
 pub mod tools;
 
 pub use error::{ImageError, Result};
-pub use repo::{Artifact, BuildOutcome, Image, ImportOptions, Repository};
+pub use repo::{AdoptMeta, Artifact, BuildOutcome, Image, ImportOptions, Repository};
 pub use tools::Progress;

@@ -97,6 +97,17 @@ pub struct ImportOptions {
     pub extra: Option<serde_json::Value>,
 }
 
+/// Metadata of a file adopted from elsewhere (e.g. an image cached from a signed image list).
+#[derive(Debug, Clone, Default)]
+pub struct AdoptMeta {
+    pub name: Option<String>,
+    pub os: Option<String>,
+    pub os_version: Option<String>,
+    pub arch: Option<String>,
+    /// Kept in the image's spec document (e.g. the image list entry it came from).
+    pub extra: Option<serde_json::Value>,
+}
+
 pub struct Repository {
     store: Arc<Store>,
     images: PathBuf,
@@ -714,6 +725,21 @@ impl Repository {
             .artifact(format)
             .cloned()
             .ok_or_else(|| ImageError::NoArtifact(img.id.clone(), format.to_string()))
+    }
+
+    /// Adopt a verified file (hard-linked, not copied) as an image with `origin = "imagelist"`.
+    pub fn adopt_file(&self, src: &Path, format: Format, meta: AdoptMeta, actor: &str) -> Result<Image> {
+        let opts = ImportOptions {
+            name: meta.name,
+            origin: Some("imagelist".into()),
+            format: Some(format),
+            os: meta.os,
+            os_version: meta.os_version,
+            arch: meta.arch,
+            link: true,
+            extra: meta.extra,
+        };
+        Ok(self.import(src, &opts, actor)?.image)
     }
 
     /// Turn an existing rootfs tarball or disk image into a repository image. The id is

@@ -10,14 +10,25 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
+pub mod imagelists;
 pub mod images;
+pub mod instances;
 
 pub use rusqlite;
 
 /// Migrations in order; index + 1 is the schema version after applying it.
 /// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_images", include_str!("../migrations/0001_images.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_images", include_str!("../migrations/0001_images.sql")),
+    (
+        "0002_instances",
+        include_str!("../migrations/0002_instances.sql"),
+    ),
+    (
+        "0003_imagelists",
+        include_str!("../migrations/0003_imagelists.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -53,6 +53,15 @@ enum Command {
     /// Build, list, inspect, convert, import and remove OS images.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
+    /// Signed HEPiX image lists: create, sign, verify, publish.
+    #[command(subcommand)]
+    Imagelist(cmd::imagelist::ImagelistCmd),
+    /// Subscriptions to signed image lists: add, ls, show, update, rm, revoke.
+    #[command(subcommand)]
+    Subscription(cmd::imagelist::SubscriptionCmd),
+    /// The image cache filled by subscriptions: ls, show, expire, verify.
+    #[command(subcommand)]
+    Cache(cmd::imagelist::CacheCmd),
     /// Run the HTTP service: REST API, image downloads, OS-Farm one-URL orders.
     Serve(cmd::serve::ServeArgs),
 }
@@ -67,6 +76,9 @@ fn main() -> ExitCode {
     );
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&ctx, c),
+        Command::Imagelist(c) => cmd::imagelist::run_imagelist(&ctx, c),
+        Command::Subscription(c) => cmd::imagelist::run_subscription(&ctx, c),
+        Command::Cache(c) => cmd::imagelist::run_cache(&ctx, c),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
     };
     match result {

@@ -1,6 +1,7 @@
 //! One module per command group; each `run` returns the process exit code.
 
 pub mod image;
+pub mod imagelist;
 pub mod serve;
 
 use crate::ctx::Ctx;

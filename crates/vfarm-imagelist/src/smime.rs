@@ -1,0 +1,202 @@
+//! S/MIME `multipart/signed` with a detached PKCS#7 signature, as `openssl smime -sign` writes.
+//!
+//! The signed bytes are the first MIME part with every line ending made CRLF; OpenSSL's S/MIME
+//! reader returns exactly those bytes, so nothing is re-serialised before checking the digest.
+
+use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
+use openssl::pkey::{PKeyRef, Private};
+use openssl::stack::Stack;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509Ref, X509};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SmimeError {
+    #[error("not an S/MIME message")]
+    NotSmime(#[source] openssl::error::ErrorStack),
+    #[error("the S/MIME message has no detached content part (not multipart/signed)")]
+    NotDetached,
+    #[error("the PKCS#7 structure is not signed data")]
+    NotSignedData,
+    #[error("the signature names no signer certificate")]
+    NoSigner(#[source] openssl::error::ErrorStack),
+    #[error("the signature has {count} signers; exactly one is required")]
+    SignerCount { count: usize },
+    #[error("the signature does not match the signed content")]
+    BadSignature(#[source] openssl::error::ErrorStack),
+    #[error("cannot create the signature")]
+    Sign(#[source] openssl::error::ErrorStack),
+}
+
+/// A parsed, not yet checked, signed message.
+pub struct SignedMessage {
+    pub pkcs7: Pkcs7,
+    /// The signed content (first MIME part, CRLF line endings).
+    pub content: Vec<u8>,
+}
+
+impl SignedMessage {
+    pub fn parse(raw: &[u8]) -> Result<SignedMessage, SmimeError> {
+        let (pkcs7, content) = Pkcs7::from_smime(raw).map_err(SmimeError::NotSmime)?;
+        let content = content.ok_or(SmimeError::NotDetached)?;
+        if pkcs7.signed().is_none() {
+            return Err(SmimeError::NotSignedData);
+        }
+        Ok(SignedMessage { pkcs7, content })
+    }
+
+    /// Certificates carried in the signature (the signer and any intermediates).
+    pub fn certificates(&self) -> Vec<X509> {
+        self.pkcs7
+            .signed()
+            .and_then(|s| s.certificates())
+            .map(|st| st.iter().map(|c| c.to_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The one signer certificate embedded in the signature.
+    pub fn signer(&self) -> Result<X509, SmimeError> {
+        let none = Stack::new().map_err(SmimeError::NoSigner)?;
+        let signers = self
+            .pkcs7
+            .signers(&none, Pkcs7Flags::empty())
+            .map_err(SmimeError::NoSigner)?;
+        if signers.len() != 1 {
+            return Err(SmimeError::SignerCount {
+                count: signers.len(),
+            });
+        }
+        Ok(signers.get(0).expect("one signer").to_owned())
+    }
+
+    /// Check the digest and signature over the content, without judging the signer.
+    pub fn check_signature(&self) -> Result<(), SmimeError> {
+        let none = Stack::new().map_err(SmimeError::BadSignature)?;
+        let store = X509StoreBuilder::new()
+            .map_err(SmimeError::BadSignature)?
+            .build();
+        self.pkcs7
+            .verify(
+                &none,
+                &store,
+                Some(&self.content),
+                None,
+                Pkcs7Flags::NOVERIFY,
+            )
+            .map_err(SmimeError::BadSignature)
+    }
+}
+
+/// The `micalg` parameter of the message header (`sha1`, `sha-256`, …), if any.
+pub fn micalg(raw: &[u8]) -> Option<String> {
+    let head_end = raw
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .or_else(|| raw.windows(4).position(|w| w == b"\r\n\r\n"))
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let at = head.find("micalg=")? + "micalg=".len();
+    let rest = head[at..].trim_start_matches('"');
+    let end = rest
+        .find(|c: char| c == '"' || c == ';' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    Some(rest[..end].to_string())
+}
+
+/// Sign `content` as `openssl smime -sign` does: detached, signer certificate embedded,
+/// `extra_certs` (intermediate CAs) added. The result verifies with `openssl smime -verify`.
+pub fn sign(
+    content: &[u8],
+    cert: &X509Ref,
+    key: &PKeyRef<Private>,
+    extra_certs: &[X509],
+) -> Result<Vec<u8>, SmimeError> {
+    let mut chain = Stack::new().map_err(SmimeError::Sign)?;
+    for c in extra_certs {
+        chain.push(c.clone()).map_err(SmimeError::Sign)?;
+    }
+    let p7 =
+        Pkcs7::sign(cert, key, &chain, content, Pkcs7Flags::DETACHED).map_err(SmimeError::Sign)?;
+    p7.to_smime(content, Pkcs7Flags::DETACHED)
+        .map_err(SmimeError::Sign)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds no PEM certificate", path.display())]
+    Certificate {
+        path: std::path::PathBuf,
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    #[error("{} holds no unencrypted PEM private key", path.display())]
+    Key {
+        path: std::path::PathBuf,
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    #[error("the private key in {} does not belong to the certificate", path.display())]
+    KeyMismatch { path: std::path::PathBuf },
+}
+
+/// A signing credential: the certificate (first in the file), any further certificates in
+/// the same file (intermediates, embedded in signatures) and the private key.
+pub struct Credentials {
+    pub cert: X509,
+    pub chain: Vec<X509>,
+    pub key: openssl::pkey::PKey<Private>,
+}
+
+impl Credentials {
+    pub fn load(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Credentials, CredentialError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| CredentialError::Read {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let mut certs = X509::stack_from_pem(&read(cert)?)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(Ok)
+            .unwrap_or_else(|| {
+                X509::from_pem(b"").map(|c| vec![c]).map_err(|source| {
+                    CredentialError::Certificate {
+                        path: cert.to_path_buf(),
+                        source,
+                    }
+                })
+            })?;
+        let k = openssl::pkey::PKey::private_key_from_pem(&read(key)?).map_err(|source| {
+            CredentialError::Key {
+                path: key.to_path_buf(),
+                source,
+            }
+        })?;
+        let leaf = certs.remove(0);
+        let matches = leaf.public_key().map(|p| p.public_eq(&k)).unwrap_or(false);
+        if !matches {
+            return Err(CredentialError::KeyMismatch {
+                path: key.to_path_buf(),
+            });
+        }
+        Ok(Credentials {
+            cert: leaf,
+            chain: certs,
+            key: k,
+        })
+    }
+
+    /// Sign `content` with these credentials.
+    pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>, SmimeError> {
+        sign(content, &self.cert, &self.key, &self.chain)
+    }
+}

@@ -1,0 +1,440 @@
+//! Instances and their snapshots.
+//!
+//! State changes are compare-and-set (`set_instance_state` names the state it expects), so
+//! two processes acting on one instance (CLI and service, or the reaper) cannot both win.
+
+use rusqlite::{params, Connection, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::{append_event, now, optional, Result, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub image_id: String,
+    pub driver: String,
+    pub owner: String,
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub hostname: String,
+    /// The driver's instance spec, JSON.
+    pub spec: String,
+    pub created: String,
+    pub started: Option<String>,
+    pub expires: Option<String>,
+    pub updated: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRow {
+    pub instance_id: String,
+    pub name: String,
+    pub created: String,
+    pub size: u64,
+}
+
+const COLS: &str =
+    "id, name, image_id, driver, owner, state, exit_code, hostname, spec, created, started, expires, updated, error";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
+    Ok(InstanceRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        image_id: r.get(2)?,
+        driver: r.get(3)?,
+        owner: r.get(4)?,
+        state: r.get(5)?,
+        exit_code: r.get(6)?,
+        hostname: r.get(7)?,
+        spec: r.get(8)?,
+        created: r.get(9)?,
+        started: r.get(10)?,
+        expires: r.get(11)?,
+        updated: r.get(12)?,
+        error: r.get(13)?,
+    })
+}
+
+/// What a state change records besides the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateChange<'a> {
+    pub exit_code: Option<i32>,
+    pub error: Option<&'a str>,
+    /// Set `started` to now (on start).
+    pub started: bool,
+}
+
+fn insert(conn: &Connection, i: &InstanceRow) -> Result<()> {
+    if let Some(name) = &i.name {
+        let holder: Option<String> = optional(conn.query_row(
+            "SELECT id FROM instances WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        ))?;
+        if holder.is_some() {
+            return Err(StoreError::Conflict {
+                kind: "instance name",
+                id: name.clone(),
+            });
+        }
+    }
+    conn.execute(
+        &format!(
+            "INSERT INTO instances({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
+        ),
+        params![
+            i.id,
+            i.name,
+            i.image_id,
+            i.driver,
+            i.owner,
+            i.state,
+            i.exit_code,
+            i.hostname,
+            i.spec,
+            i.created,
+            i.started,
+            i.expires,
+            i.updated,
+            i.error
+        ],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Record a new instance (and an `instance.create` event). Names are unique.
+    pub fn insert_instance(&self, i: &InstanceRow) -> Result<()> {
+        self.tx(|tx| {
+            insert(tx, i)?;
+            append_event(
+                tx,
+                &i.owner,
+                "instance.create",
+                &i.id,
+                &serde_json::json!({"name": i.name, "image": i.image_id, "driver": i.driver}),
+            )
+        })
+    }
+
+    pub fn instance(&self, id: &str) -> Result<Option<InstanceRow>> {
+        let conn = self.conn();
+        optional(conn.query_row(
+            &format!("SELECT {COLS} FROM instances WHERE id = ?1"),
+            [id],
+            row,
+        ))
+    }
+
+    /// Find by exact id, exact name, or unique id prefix (at least 4 hex digits).
+    pub fn find_instance(&self, reference: &str) -> Result<InstanceRow> {
+        let conn = self.conn();
+        if let Some(r) = optional(conn.query_row(
+            &format!("SELECT {COLS} FROM instances WHERE id = ?1 OR name = ?1"),
+            [reference],
+            row,
+        ))? {
+            return Ok(r);
+        }
+        let not_found = || StoreError::NotFound {
+            kind: "instance",
+            id: reference.to_string(),
+        };
+        if reference.len() < 4 || !reference.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(not_found());
+        }
+        let mut st = conn.prepare(&format!(
+            "SELECT {COLS} FROM instances WHERE id LIKE ?1 || '%' LIMIT 5"
+        ))?;
+        let rows: Vec<InstanceRow> = st
+            .query_map([reference.to_ascii_lowercase()], row)?
+            .collect::<Result<_, _>>()?;
+        match rows.len() {
+            0 => Err(not_found()),
+            1 => Ok(rows.into_iter().next().expect("one row")),
+            _ => Err(StoreError::Ambiguous {
+                kind: "instance",
+                id: reference.to_string(),
+                matches: rows
+                    .iter()
+                    .map(|r| r.id.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    pub fn instances(&self) -> Result<Vec<InstanceRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {COLS} FROM instances ORDER BY created, id"
+        ))?;
+        let rows = st.query_map([], row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Instances whose expiry is at or before `at` (RFC 3339, as [`now`] writes it).
+    pub fn expired_instances(&self, at: &str) -> Result<Vec<InstanceRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {COLS} FROM instances WHERE expires IS NOT NULL AND expires <= ?1 ORDER BY expires"
+        ))?;
+        let rows = st.query_map([at], row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Move an instance from state `from` to `to`, recording an event. Returns false (and
+    /// changes nothing) if the instance is no longer in `from`: someone else acted first.
+    pub fn set_instance_state(
+        &self,
+        actor: &str,
+        id: &str,
+        from: &str,
+        to: &str,
+        change: &StateChange<'_>,
+    ) -> Result<bool> {
+        self.tx(|tx| {
+            let t = now();
+            let n = tx.execute(
+                "UPDATE instances SET state = ?3, exit_code = COALESCE(?4, CASE WHEN ?3 = 'running' THEN NULL ELSE exit_code END),
+                   error = ?5, started = CASE WHEN ?6 THEN ?7 ELSE started END, updated = ?7
+                 WHERE id = ?1 AND state = ?2",
+                params![id, from, to, change.exit_code, change.error, change.started, t],
+            )?;
+            if n == 1 {
+                append_event(
+                    tx,
+                    actor,
+                    &format!("instance.{to}"),
+                    id,
+                    &serde_json::json!({"from": from, "exit_code": change.exit_code, "error": change.error}),
+                )?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    /// Remove an instance record and its snapshots (cascade). Returns whether it existed.
+    pub fn delete_instance(&self, actor: &str, id: &str) -> Result<bool> {
+        self.tx(|tx| {
+            let n = tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
+            if n == 1 {
+                append_event(tx, actor, "instance.destroyed", id, &serde_json::json!({}))?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    pub fn insert_snapshot(&self, actor: &str, s: &SnapshotRow) -> Result<()> {
+        self.tx(|tx| {
+            let exists: Option<String> = optional(tx.query_row(
+                "SELECT name FROM snapshots WHERE instance_id = ?1 AND name = ?2",
+                params![s.instance_id, s.name],
+                |r| r.get(0),
+            ))?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict {
+                    kind: "snapshot",
+                    id: format!("{}/{}", s.instance_id, s.name),
+                });
+            }
+            tx.execute(
+                "INSERT INTO snapshots(instance_id, name, created, size) VALUES (?1,?2,?3,?4)",
+                params![s.instance_id, s.name, s.created, s.size as i64],
+            )?;
+            append_event(
+                tx,
+                actor,
+                "snapshot.create",
+                &s.instance_id,
+                &serde_json::json!({"name": s.name}),
+            )
+        })
+    }
+
+    pub fn snapshots(&self, instance_id: &str) -> Result<Vec<SnapshotRow>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT instance_id, name, created, size FROM snapshots WHERE instance_id = ?1 ORDER BY created, name")?;
+        let rows = st
+            .query_map([instance_id], |r| {
+                Ok(SnapshotRow {
+                    instance_id: r.get(0)?,
+                    name: r.get(1)?,
+                    created: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn snapshot(&self, instance_id: &str, name: &str) -> Result<Option<SnapshotRow>> {
+        Ok(self
+            .snapshots(instance_id)?
+            .into_iter()
+            .find(|s| s.name == name))
+    }
+
+    /// Returns whether it existed.
+    pub fn delete_snapshot(&self, actor: &str, instance_id: &str, name: &str) -> Result<bool> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "DELETE FROM snapshots WHERE instance_id = ?1 AND name = ?2",
+                params![instance_id, name],
+            )?;
+            if n == 1 {
+                append_event(
+                    tx,
+                    actor,
+                    "snapshot.remove",
+                    instance_id,
+                    &serde_json::json!({"name": name}),
+                )?;
+            }
+            Ok(n == 1)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str, name: Option<&str>) -> InstanceRow {
+        InstanceRow {
+            id: id.into(),
+            name: name.map(Into::into),
+            image_id: "img".into(),
+            driver: "oci".into(),
+            owner: "root".into(),
+            state: "creating".into(),
+            exit_code: None,
+            hostname: "h".into(),
+            spec: "{}".into(),
+            created: now(),
+            started: None,
+            expires: None,
+            updated: now(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn insert_find_and_unique_names() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_instance(&inst("abcd00000001", Some("web")))
+            .unwrap();
+        s.insert_instance(&inst("abce00000002", None)).unwrap();
+        assert_eq!(s.find_instance("web").unwrap().id, "abcd00000001");
+        assert_eq!(s.find_instance("abcd").unwrap().id, "abcd00000001");
+        assert_eq!(s.find_instance("abce00000002").unwrap().id, "abce00000002");
+        assert!(matches!(
+            s.find_instance("abc"),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.find_instance("nope"),
+            Err(StoreError::NotFound { .. })
+        ));
+        s.insert_instance(&inst("abcd00000003", None)).unwrap();
+        assert!(matches!(
+            s.find_instance("abcd"),
+            Err(StoreError::Ambiguous { .. })
+        ));
+        let e = s
+            .insert_instance(&inst("ffff00000004", Some("web")))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict { .. }));
+        assert_eq!(s.instances().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn state_changes_are_compare_and_set() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_instance(&inst("a1", None)).unwrap();
+        assert!(s
+            .set_instance_state("root", "a1", "creating", "created", &StateChange::default())
+            .unwrap());
+        assert!(!s
+            .set_instance_state("root", "a1", "creating", "failed", &StateChange::default())
+            .unwrap());
+        let ch = StateChange {
+            started: true,
+            ..Default::default()
+        };
+        assert!(s
+            .set_instance_state("root", "a1", "created", "running", &ch)
+            .unwrap());
+        assert!(s.instance("a1").unwrap().unwrap().started.is_some());
+        let ch = StateChange {
+            exit_code: Some(7),
+            error: Some("exited with status 7"),
+            ..Default::default()
+        };
+        assert!(s
+            .set_instance_state("root", "a1", "running", "failed", &ch)
+            .unwrap());
+        let r = s.instance("a1").unwrap().unwrap();
+        assert_eq!((r.state.as_str(), r.exit_code), ("failed", Some(7)));
+        // Starting again clears the previous exit status.
+        let ch = StateChange {
+            started: true,
+            ..Default::default()
+        };
+        assert!(s
+            .set_instance_state("root", "a1", "failed", "running", &ch)
+            .unwrap());
+        assert_eq!(s.instance("a1").unwrap().unwrap().exit_code, None);
+        assert!(s
+            .events(10)
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "instance.failed"));
+    }
+
+    #[test]
+    fn snapshots_go_with_their_instance() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_instance(&inst("a1", None)).unwrap();
+        let snap = |n: &str| SnapshotRow {
+            instance_id: "a1".into(),
+            name: n.into(),
+            created: now(),
+            size: 1,
+        };
+        s.insert_snapshot("root", &snap("one")).unwrap();
+        s.insert_snapshot("root", &snap("two")).unwrap();
+        assert!(matches!(
+            s.insert_snapshot("root", &snap("one")),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(s.snapshots("a1").unwrap().len(), 2);
+        assert!(s.delete_snapshot("root", "a1", "one").unwrap());
+        assert!(!s.delete_snapshot("root", "a1", "one").unwrap());
+        assert!(s.delete_instance("root", "a1").unwrap());
+        assert!(s.snapshots("a1").unwrap().is_empty());
+        assert!(!s.delete_instance("root", "a1").unwrap());
+    }
+
+    #[test]
+    fn expiry_query() {
+        let s = Store::open_in_memory().unwrap();
+        let mut a = inst("a1", None);
+        a.expires = Some("2020-01-01T00:00:00.000Z".into());
+        let mut b = inst("b1", None);
+        b.expires = Some("2999-01-01T00:00:00.000Z".into());
+        s.insert_instance(&a).unwrap();
+        s.insert_instance(&b).unwrap();
+        s.insert_instance(&inst("c1", None)).unwrap();
+        let ids: Vec<String> = s
+            .expired_instances(&now())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["a1"]);
+    }
+}
