@@ -395,12 +395,17 @@ impl BuildUi {
             }
         }
         if let Some(b) = &self.bar {
-            b.set_message(format!(
-                "{} | {} packages | {} downloaded",
-                self.phase,
-                self.packages,
-                ByteSize(self.bytes)
-            ));
+            // Counters only mean something while packages are fetched and installed.
+            if self.packages > 0 || self.bytes > 0 {
+                b.set_message(format!(
+                    "{} | {} packages set up | {} downloaded",
+                    self.phase,
+                    self.packages,
+                    ByteSize(self.bytes)
+                ));
+            } else {
+                b.set_message(self.phase.clone());
+            }
         }
     }
 
