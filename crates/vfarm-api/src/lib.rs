@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/images/{id}/download", get(download))
         .route("/api/v1/images/{id}/log", get(build_log))
         .route("/api/v1/operations/{id}", get(get_operation))
+        .route("/repository/{id}/{file}", get(repository_file))
         .route("/osfarm/create", get(osfarm_create))
         .nest_service("/imagelists", ServeDir::new(published))
         .with_state(state)
@@ -249,6 +250,33 @@ async fn serve_artifact(
         HeaderValue::from_static("application/octet-stream"),
     );
     Ok(resp)
+}
+
+/// `GET /repository/{id}/{file}`: an artifact by its file name (`rootfs.tar`, `disk.qcow2` …),
+/// the stable per-image URL that image lists published by this service point at.
+async fn repository_file(
+    State(s): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let format = Format::ALL
+        .iter()
+        .copied()
+        .find(|f| f.file_name() == file)
+        .ok_or_else(|| ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "artifact_not_found",
+            message: format!(
+                "no artifact file `{file}` (known: {})",
+                Format::ALL
+                    .iter()
+                    .map(|f| f.file_name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            field: Some("file"),
+        })?;
+    serve_artifact(s, id, format, req).await
 }
 
 /// POST /api/v1/images: validate now (bad input is a 400 that changes nothing), then build

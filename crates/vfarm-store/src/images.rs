@@ -153,6 +153,38 @@ impl Store {
             kind: "image",
             id: reference.to_string(),
         };
+        // Images cached from a signed list are named by their dc:identifier; people also
+        // know them by their dc:title. Only images still endorsed (state available) count.
+        let mut st = conn.prepare(
+            "SELECT DISTINCT image_id FROM imagelist_images
+             WHERE title = ?1 AND state = 'available' AND image_id IS NOT NULL LIMIT 5",
+        )?;
+        let by_title: Vec<String> = st
+            .query_map([reference], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        drop(st);
+        match by_title.as_slice() {
+            [] => {}
+            [one] => {
+                return optional(conn.query_row(
+                    &format!("SELECT {IMAGE_COLS} FROM images WHERE id = ?1"),
+                    [one],
+                    image_row,
+                ))?
+                .ok_or_else(not_found)
+            }
+            many => {
+                return Err(StoreError::Ambiguous {
+                    kind: "image title",
+                    id: reference.to_string(),
+                    matches: many
+                        .iter()
+                        .map(|i| i.get(..12).unwrap_or(i).to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+        }
         if reference.len() < 4 || !reference.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(not_found());
         }

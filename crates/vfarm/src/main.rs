@@ -53,6 +53,14 @@ enum Command {
     /// Build, list, inspect, convert, import and remove OS images.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
+    /// Create, start, stop, pause, resume, exec into, list and destroy instances.
+    #[command(subcommand)]
+    Instance(cmd::instance::InstanceCmd),
+    /// Snapshot an instance's filesystem, list, revert and remove snapshots.
+    #[command(subcommand)]
+    Snapshot(cmd::instance::SnapshotCmd),
+    /// Run a command in a fresh instance, stream its output, exit with its status, destroy it.
+    Run(cmd::instance::RunArgs),
     /// Signed HEPiX image lists: create, sign, verify, publish.
     #[command(subcommand)]
     Imagelist(cmd::imagelist::ImagelistCmd),
@@ -76,6 +84,9 @@ fn main() -> ExitCode {
     );
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&ctx, c),
+        Command::Instance(c) => cmd::instance::run_instance(&ctx, c),
+        Command::Snapshot(c) => cmd::instance::run_snapshot(&ctx, c),
+        Command::Run(a) => cmd::instance::run_run(&ctx, a),
         Command::Imagelist(c) => cmd::imagelist::run_imagelist(&ctx, c),
         Command::Subscription(c) => cmd::imagelist::run_subscription(&ctx, c),
         Command::Cache(c) => cmd::imagelist::run_cache(&ctx, c),

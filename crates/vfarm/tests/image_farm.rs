@@ -292,6 +292,22 @@ fn serve_downloads_ranges_and_osfarm_orders() {
     assert_eq!(part.status(), 206);
     assert_eq!(part.bytes().unwrap().as_ref(), &body[1000..2000]);
 
+    // The stable per-file URL that published image lists point at.
+    let by_file = http
+        .get(format!("{}/repository/{id}/rootfs.tar", srv.base))
+        .send()
+        .unwrap();
+    assert_eq!(by_file.status(), 200);
+    assert_eq!(
+        hex::encode(Sha512::digest(by_file.bytes().unwrap())),
+        tar["sha512"].as_str().unwrap()
+    );
+    let missing = http
+        .get(format!("{}/repository/{id}/disk.iso", srv.base))
+        .send()
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
     // The OS-Farm order with curl alone: the same spec finds the same image.
     let order = format!(
         "{}/osfarm/create?name=&class=bookworm&arch=amd64&filetype=.tar&package=curl",

@@ -40,6 +40,8 @@ pub enum ImagelistCmd {
         #[arg(long = "image", value_name = "IMAGE")]
         images: Vec<String>,
         /// Where the signed list will be published (its `hv:uri`); required with --image.
+        /// The list's and its images' identifiers are derived from it (and the image names),
+        /// so later versions made the same way keep them.
         #[arg(long)]
         uri: Option<String>,
         /// List title (with --image).
@@ -49,6 +51,7 @@ pub enum ImagelistCmd {
         #[arg(long = "list-version")]
         list_version: Option<String>,
         /// Base URL of image downloads: an image's `hv:uri` becomes <base>/<image id>/<file>.
+        /// `vfarm serve` serves exactly that under http://HOST:PORT/repository.
         /// Default: file:// URLs of the repository files.
         #[arg(long, value_name = "URL")]
         image_base_url: Option<String>,
@@ -433,6 +436,9 @@ fn desc_from_repository(
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("image");
+        // Stable identifiers (see `derived_identifier`): the same name in the list at the same
+        // URL is the same image, so a rebuilt `web` replaces the old one at subscribers.
+        let identity = img.name.clone().unwrap_or_else(|| img.id.clone());
         images.push(vfarm_imagelist::create::ImageDesc {
             file: None,
             uri: Some(match base {
@@ -441,7 +447,7 @@ fn desc_from_repository(
             }),
             sha512: Some(art.sha512.clone()),
             size: Some(art.size),
-            identifier: None,
+            identifier: Some(derived_identifier(&[&uri, "image", &identity])),
             title: img.display_name(),
             description: img.summary.clone(),
             arch: img.arch.clone().unwrap_or_else(|| "x86_64".into()),
@@ -455,7 +461,7 @@ fn desc_from_repository(
         });
     }
     Ok(vfarm_imagelist::create::ListDesc {
-        identifier: None,
+        identifier: Some(derived_identifier(&[&uri, "list"])),
         title: title.unwrap_or_else(|| "vfarm image list".into()),
         description: String::new(),
         source: String::new(),
@@ -466,6 +472,25 @@ fn desc_from_repository(
         images,
         extra: BTreeMap::new(),
     })
+}
+
+/// A UUID-shaped identifier derived from `parts` (name-based, like a UUID v5).
+///
+/// `imagelist create --image` used random identifiers, so version 2 of a list made the same
+/// way had a new `dc:identifier` (subscribers refuse it: identifier changed) and every image
+/// looked new (nothing was ever "replaced"). Deriving them from the list's URL keeps the
+/// list's identity across versions, as vmcatcher requires.
+fn derived_identifier(parts: &[&str]) -> String {
+    let h = vfarm_imagelist::verify::sha512_hex(parts.join("\n").as_bytes());
+    let variant = u8::from_str_radix(&h[16..17], 16).unwrap_or(0) & 0x3 | 0x8;
+    format!(
+        "{}-{}-5{}-{variant:x}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 fn print_list(l: &ImageList) {
@@ -696,6 +721,8 @@ pub fn run_subscription(ctx: &Ctx, cmd: SubscriptionCmd) -> Result<i32> {
                 if c.subscription_id.as_deref() == Some(s.id.as_str()) {
                     cache.expire(&c.identifier, now)?;
                     store.remove_cache_entry(&c.identifier)?;
+                    // As in `Site::expire`: an expired image no longer answers to its identifier.
+                    release_repository_name(&store, &c.identifier)?;
                     expired.push(c.identifier);
                 }
             }
@@ -848,6 +875,10 @@ impl Site<'_> {
     }
 
     fn expire(&self, img: Option<&Image>, identifier: &str, now: DateTime<Utc>) -> Result<bool> {
+        // An expired image is no longer endorsed: its repository image must stop answering
+        // to the identifier (new instances by that name are refused), as a replaced one does.
+        // The image itself stays (by its id) for instances already running from it.
+        release_repository_name(self.store, identifier)?;
         if !self.cache.contains(identifier) {
             self.store.remove_cache_entry(identifier)?;
             return Ok(false);
@@ -963,7 +994,11 @@ impl Site<'_> {
 
 /// Repository names must be simple; the list identifier is (UUIDs are).
 fn repository_name(img: &Image) -> String {
-    img.identifier
+    repository_name_of(&img.identifier)
+}
+
+fn repository_name_of(identifier: &str) -> String {
+    identifier
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
@@ -973,6 +1008,12 @@ fn repository_name(img: &Image) -> String {
             }
         })
         .collect()
+}
+
+/// Take the list image's name off its repository image (see `Site::expire`).
+fn release_repository_name(store: &Store, identifier: &str) -> Result<()> {
+    store.release_imagelist_image_name(&repository_name_of(identifier))?;
+    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -1367,6 +1408,8 @@ pub fn run_cache(ctx: &Ctx, cmd: CacheCmd) -> Result<i32> {
             let entry = cache_ref(&store, &image)?;
             let moved = cache.expire(&entry.identifier, Utc::now())?;
             store.remove_cache_entry(&entry.identifier)?;
+            // As in `Site::expire`: an expired image no longer answers to its identifier.
+            release_repository_name(&store, &entry.identifier)?;
             if let Some(sub) = &entry.subscription_id {
                 store.set_list_image_state(sub, &entry.identifier, "expired")?;
             }

@@ -2,6 +2,7 @@
 
 pub mod image;
 pub mod imagelist;
+pub mod instance;
 pub mod serve;
 
 use crate::ctx::Ctx;
@@ -9,6 +10,9 @@ use crate::ctx::Ctx;
 /// Exit codes: 1 generic failure, 2 bad input (clap uses 2 as well), 3 not found,
 /// 4 host not ready (a component is missing), 5 a build or tool failed.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some((_, code)) = instance::classify(err) {
+        return code;
+    }
     if let Some(e) = err.downcast_ref::<vfarm_image::ImageError>() {
         return match e.code() {
             "invalid_spec"
@@ -44,6 +48,7 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
                 err.downcast_ref::<vfarm_core::SpecError>()
                     .map(|_| "invalid_spec")
             })
+            .or_else(|| instance::classify(err).map(|(c, _)| c))
             .unwrap_or("error");
         let field = err
             .downcast_ref::<vfarm_image::ImageError>()

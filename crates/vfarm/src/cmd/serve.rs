@@ -17,6 +17,15 @@ pub struct ServeArgs {
 pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
     let store = ctx.store()?;
     let state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
+    // The reaper destroys expired instances; it runs beside the HTTP service and survives
+    // its own failures (they are logged and retried on the next round).
+    let reaper_ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
+    std::thread::spawn(move || loop {
+        if let Err(e) = crate::cmd::instance::reap_expired(&reaper_ctx) {
+            tracing::warn!("reaper: {e:#}");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

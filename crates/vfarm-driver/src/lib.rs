@@ -1,0 +1,357 @@
+//! How an instance is run: the [`Driver`] trait, its optional capabilities, and the backends.
+//!
+//! A driver works at the lifecycle level of one instance on this host: `prepare` (disks,
+//! overlays, config; nothing runs yet), `start`, `stop`, `observe`, `cleanup`. Everything
+//! else (pause, exec, snapshots, …) is an optional capability reached through an accessor
+//! returning `Option`: `None` means the backend cannot do it, and the caller answers with a
+//! clear "unsupported" error instead of a silent no-op.
+//!
+//! Drivers keep a per-instance runtime record on disk, so a process that did not start an
+//! instance (a restarted service, another CLI invocation) can observe and drive it. A driver
+//! never needs the state store; the store holds what the user asked for, the driver's record
+//! holds how it was done.
+//!
+//! Backends: [`oci`] (an OCI runtime: runc or crun) and [`qemu`] (full VMs on QEMU).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub mod oci;
+pub mod qemu;
+
+/// Why a driver operation failed, classified so a caller can decide to retry, fail, or place
+/// the instance elsewhere.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The backend cannot do this at all (e.g. live migration on oci).
+    #[error("{driver} driver does not support {what}")]
+    Unsupported { driver: &'static str, what: String },
+    /// The request is malformed for this backend; retrying will not help.
+    #[error("invalid instance spec: {field}: {reason}")]
+    InvalidSpec { field: &'static str, reason: String },
+    /// This host lacks something the backend needs (runtime binary, kernel feature, cgroup).
+    #[error("host not ready for the {driver} driver: {reason}")]
+    HostNotReady {
+        driver: &'static str,
+        reason: String,
+    },
+    /// The instance (or one of its snapshots) has no runtime record on this host.
+    #[error("{kind} `{id}` not found on this host")]
+    NotFound { kind: &'static str, id: String },
+    /// The backend failed while acting. `retryable` says whether the same call may succeed
+    /// later (a busy runtime, a transient I/O error) or not (a corrupt bundle).
+    #[error("{op} failed for instance `{id}`: {detail}")]
+    Backend {
+        op: &'static str,
+        id: String,
+        detail: String,
+        retryable: bool,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+}
+
+impl DriverError {
+    /// A stable machine-readable code for API bodies and CLI exit paths.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DriverError::Unsupported { .. } => "unsupported",
+            DriverError::InvalidSpec { .. } => "invalid_spec",
+            DriverError::HostNotReady { .. } => "host_not_ready",
+            DriverError::NotFound { .. } => "not_found",
+            DriverError::Backend { .. } => "backend_failure",
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            DriverError::Backend {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}
+
+pub type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+/// Network attachment of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Own network namespace with only a loopback interface.
+    #[default]
+    None,
+    /// Share the host's network stack.
+    Host,
+}
+
+/// One file of the image, as the driver receives it: the image repository decides where files
+/// live, the driver picks the format it can run (oci: the rootfs tar; qemu: a disk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFile {
+    pub format: vfarm_core::Format,
+    pub path: PathBuf,
+}
+
+/// The image an instance is made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInput {
+    pub id: String,
+    pub files: Vec<ImageFile>,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+}
+
+/// What a driver needs to prepare an instance. Validated user input (vfarm-core) becomes this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// Unique on the host; `[A-Za-z0-9_-]`, at most 64 characters.
+    pub id: String,
+    pub image: ImageInput,
+    pub hostname: String,
+    /// CPU bandwidth in whole or fractional CPUs; `None` is unlimited.
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes; a process exceeding it is killed inside the instance.
+    pub memory: Option<u64>,
+    /// Maximum number of processes (a fork bomb stays inside).
+    pub pids: Option<u64>,
+    /// Disk size in bytes, for drivers with their own disks.
+    pub disk: Option<u64>,
+    pub env: Vec<(String, String)>,
+    /// The instance's main command; empty means the driver's idle init.
+    pub command: Vec<String>,
+    pub network: Network,
+    /// Run inside a user namespace (root in the instance is not root on the host).
+    pub user_namespace: bool,
+    /// The instance's filesystem need not survive a host crash (disposable runs): its writes
+    /// are never flushed (fsync inside is a no-op), so start, stop, revert and destroy do not
+    /// wait for the host's dirty data. Durable instances leave this off.
+    #[serde(default)]
+    pub volatile: bool,
+}
+
+/// What an instance is doing right now, as the backend sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Observed {
+    /// Prepared, never started (or reset after a stop).
+    Created,
+    Running,
+    Paused,
+    /// The main process ended with this status (128 + signal for a signal, like a shell).
+    Exited {
+        code: i32,
+    },
+    /// Started once, but nothing runs and no exit status was recorded (killed runtime,
+    /// host reboot): the status is unknown.
+    Lost,
+}
+
+impl fmt::Display for Observed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Observed::Created => f.write_str("created"),
+            Observed::Running => f.write_str("running"),
+            Observed::Paused => f.write_str("paused"),
+            Observed::Exited { code } => write!(f, "exited({code})"),
+            Observed::Lost => f.write_str("lost"),
+        }
+    }
+}
+
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Ask the main process to terminate; kill it after `timeout`.
+    Graceful { timeout: Duration },
+    /// Kill at once.
+    Kill,
+}
+
+/// Where a host can run this driver, and why not if it cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub driver: &'static str,
+    pub usable: bool,
+    /// Which backend implementation was chosen (e.g. "runc 1.1.5").
+    pub backend: String,
+    /// One line per thing checked, including refusals of alternatives.
+    pub notes: Vec<String>,
+}
+
+/// The files an instance writes its console output to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFiles {
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// The lifecycle every backend implements. Synchronous and object safe: callers hold a
+/// `Box<dyn Driver>` chosen at run time.
+pub trait Driver: Send + Sync {
+    /// The driver's name as users write it (`oci`, `qemu`).
+    fn kind(&self) -> &'static str;
+
+    /// Can this host run instances with this driver? Actually runs something; never trusts
+    /// the mere presence of a binary or device node.
+    fn probe(&self) -> Result<ProbeReport>;
+
+    /// Make everything the instance needs, without running anything. Idempotent: preparing
+    /// an already prepared instance with the same spec succeeds and changes nothing.
+    fn prepare(&self, spec: &InstanceSpec) -> Result<()>;
+
+    /// Start the main process. Returns once it runs (or has already exited).
+    fn start(&self, id: &str) -> Result<()>;
+
+    /// Stop the main process and return how it ended. Stopping a stopped instance is fine.
+    fn stop(&self, id: &str, mode: StopMode) -> Result<Observed>;
+
+    /// What the instance is doing, from the backend's own truth (not from any record).
+    fn observe(&self, id: &str) -> Result<Observed>;
+
+    /// Remove everything of the instance from the host: processes, mounts, runtime state,
+    /// files. Works on half-prepared instances and on instances that do not exist.
+    fn cleanup(&self, id: &str) -> Result<()>;
+
+    /// Where the instance's console output goes.
+    fn logs(&self, id: &str) -> Result<LogFiles>;
+
+    /// Ids of all instances this driver has a runtime record for on this host, so a
+    /// restarted service can reconcile them with the state store.
+    fn list(&self) -> Result<Vec<String>>;
+
+    fn pausable(&self) -> Option<&dyn Pausable> {
+        None
+    }
+    fn exec(&self) -> Option<&dyn Exec> {
+        None
+    }
+    fn snapshots(&self) -> Option<&dyn Snapshots> {
+        None
+    }
+}
+
+/// Freeze and thaw every process of an instance.
+pub trait Pausable: Send + Sync {
+    fn pause(&self, id: &str) -> Result<()>;
+    fn resume(&self, id: &str) -> Result<()>;
+}
+
+/// Where an exec'd process reads and writes.
+pub struct ExecIo {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
+impl ExecIo {
+    /// The caller's own stdin/stdout/stderr: output passes straight through.
+    pub fn inherit() -> ExecIo {
+        ExecIo {
+            stdin: Stdio::inherit(),
+            stdout: Stdio::inherit(),
+            stderr: Stdio::inherit(),
+        }
+    }
+}
+
+/// Run another process inside a running instance.
+pub trait Exec: Send + Sync {
+    /// Run `argv` (with extra `env`) in the instance and return its exit status (128 + signal
+    /// for a signal).
+    fn exec(&self, id: &str, argv: &[String], env: &[(String, String)], io: ExecIo) -> Result<i32>;
+}
+
+/// Named, revertible points of an instance's filesystem.
+pub trait Snapshots: Send + Sync {
+    /// Capture the instance's current filesystem as `name`. A running instance keeps running.
+    fn create(&self, id: &str, name: &str) -> Result<SnapshotInfo>;
+    /// Make the instance's filesystem exactly the snapshot's. A running instance is stopped,
+    /// reverted and started again.
+    fn revert(&self, id: &str, name: &str) -> Result<()>;
+    fn remove(&self, id: &str, name: &str) -> Result<()>;
+    fn list(&self, id: &str) -> Result<Vec<SnapshotInfo>>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub name: String,
+    /// Bytes the snapshot holds beyond the image and earlier snapshots.
+    pub size: u64,
+}
+
+/// Sleep intervals for polling a process: about 1 ms for the first 200 ms, so short
+/// commands are noticed at once, then backing off to 20 ms so long waits cost little.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    begun: Instant,
+    delay: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            begun: Instant::now(),
+            delay: Duration::from_micros(250),
+        }
+    }
+}
+
+impl Backoff {
+    /// Sleep for the next interval.
+    pub fn sleep(&mut self) {
+        std::thread::sleep(self.delay);
+        let cap = if self.begun.elapsed() < Duration::from_millis(200) {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(20)
+        };
+        self.delay = (self.delay * 2).min(cap);
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.begun.elapsed()
+    }
+}
+
+/// Poll `observe` until the instance is no longer running (or paused), or `timeout` passes.
+/// Returns the last observation. Polls fast at first so short commands return quickly.
+pub fn wait_until_stopped(
+    driver: &dyn Driver,
+    id: &str,
+    timeout: Option<Duration>,
+) -> Result<Observed> {
+    let mut b = Backoff::default();
+    loop {
+        let o = driver.observe(id)?;
+        if !matches!(o, Observed::Running | Observed::Paused) {
+            return Ok(o);
+        }
+        if timeout.is_some_and(|t| b.elapsed() >= t) {
+            return Ok(o);
+        }
+        b.sleep();
+    }
+}
+
+/// Instance ids become file names, cgroup paths and runtime container ids.
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(DriverError::InvalidSpec {
+            field: "id",
+            reason: format!("`{id}` must be 1-64 characters of A-Z a-z 0-9 - _"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! The bundle's `config.json`, rendered from an instance spec with the `oci-spec` crate.
+//! Pure: no files are touched here, so the rendering is tested without a runtime.
+
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, MountBuilder, Spec,
+};
+
+use crate::{DriverError, InstanceSpec, Network, Result};
+
+/// CFS period for CPU limits; the quota is `cpus` periods.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Ids mapped into an instance's user namespace when one is requested. The mapping is the
+/// identity over the first 65536 ids: the unpacked image is owned by host ids and overlayfs
+/// here cannot shift them, so the namespace confines capabilities (root in the instance holds
+/// them only over its own namespaces) without renumbering files.
+const USERNS_IDS: u32 = 65_536;
+
+/// The main command when the spec gives none: an idle init that exits promptly on SIGTERM,
+/// so a graceful stop is quick (pid 1 ignores signals it has no handler for).
+pub const IDLE_INIT: &[&str] = &[
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT; while :; do sleep 86400 & wait $!; done",
+];
+
+fn bad(field: &'static str, reason: impl Into<String>) -> DriverError {
+    DriverError::InvalidSpec {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn built<T>(r: std::result::Result<T, oci_spec::OciSpecError>) -> Result<T> {
+    r.map_err(|e| bad("config", e.to_string()))
+}
+
+/// Render the runtime config for `spec`. The rootfs is `rootfs` next to `config.json`; the
+/// cgroup is `/vfarm/<id>` under each controller.
+pub fn render(spec: &InstanceSpec) -> Result<Spec> {
+    crate::validate_id(&spec.id)?;
+    validate_hostname(&spec.hostname)?;
+    let mut cfg = Spec::default();
+    cfg.set_hostname(Some(spec.hostname.clone()));
+    cfg.set_annotations(Some(
+        [
+            ("org.vfarm.instance".to_string(), spec.id.clone()),
+            ("org.vfarm.image".to_string(), spec.image.id.clone()),
+        ]
+        .into_iter()
+        .collect(),
+    ));
+    if let Some(root) = cfg.root_mut() {
+        // The overlay's upper dir takes the writes; the image below stays untouched.
+        root.set_readonly(Some(false));
+    }
+
+    let process = cfg
+        .process_mut()
+        .as_mut()
+        .expect("default spec has a process");
+    let args: Vec<String> = if spec.command.is_empty() {
+        IDLE_INIT.iter().map(|s| s.to_string()).collect()
+    } else {
+        spec.command.clone()
+    };
+    process.set_args(Some(args));
+    process.set_terminal(Some(false));
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("HOSTNAME={}", spec.hostname),
+        "HOME=/root".to_string(),
+    ];
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(bad("env", format!("`{k}` is not a valid variable name")));
+        }
+        env.retain(|e| !e.starts_with(&format!("{k}=")));
+        env.push(format!("{k}={v}"));
+    }
+    process.set_env(Some(env));
+
+    let mut mounts = cfg.mounts().clone().unwrap_or_default();
+    if spec.network == Network::Host {
+        // Sharing the host's network means sharing its resolver too.
+        mounts.push(built(
+            MountBuilder::default()
+                .destination("/etc/resolv.conf")
+                .typ("bind")
+                .source("/etc/resolv.conf")
+                .options(vec!["rbind".into(), "ro".into()])
+                .build(),
+        )?);
+    }
+    cfg.set_mounts(Some(mounts));
+
+    let linux = cfg.linux_mut().as_mut().expect("default spec has linux");
+    let mut ns: Vec<LinuxNamespace> = Vec::new();
+    let mut types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Cgroup,
+    ];
+    if spec.network == Network::None {
+        types.push(LinuxNamespaceType::Network);
+    }
+    if spec.user_namespace {
+        types.push(LinuxNamespaceType::User);
+        let map = built(
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(0u32)
+                .size(USERNS_IDS)
+                .build(),
+        )?;
+        linux.set_uid_mappings(Some(vec![map]));
+        linux.set_gid_mappings(Some(vec![map]));
+    }
+    for t in types {
+        ns.push(built(LinuxNamespaceBuilder::default().typ(t).build())?);
+    }
+    linux.set_namespaces(Some(ns));
+    linux.set_cgroups_path(Some(format!("/vfarm/{}", spec.id).into()));
+
+    let mut res = LinuxResourcesBuilder::default().devices(vec![built(
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build(),
+    )?]);
+    if let Some(m) = spec.memory {
+        if m < 4 << 20 {
+            return Err(bad("memory", "must be at least 4 MiB"));
+        }
+        let m = i64::try_from(m).map_err(|_| bad("memory", "too large"))?;
+        // swap = memory: the instance cannot escape its limit into swap; over it, the OOM
+        // killer picks a process inside the instance's cgroup, never one of the host's.
+        res = res.memory(built(
+            LinuxMemoryBuilder::default().limit(m).swap(m).build(),
+        )?);
+    }
+    if let Some(c) = spec.cpus {
+        if !(c.is_finite() && c >= 0.01) {
+            return Err(bad("cpus", format!("`{c}` must be at least 0.01")));
+        }
+        let quota = (c * CPU_PERIOD_US as f64).round() as i64;
+        res = res.cpu(built(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(CPU_PERIOD_US)
+                .build(),
+        )?);
+    }
+    if let Some(p) = spec.pids {
+        if p == 0 {
+            return Err(bad("pids", "must be at least 1"));
+        }
+        let p = i64::try_from(p).map_err(|_| bad("pids", "too large"))?;
+        res = res.pids(built(LinuxPidsBuilder::default().limit(p).build())?);
+    }
+    linux.set_resources(Some(built(res.build())?));
+    Ok(cfg)
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+pub fn validate_hostname(h: &str) -> Result<()> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(bad("hostname", format!("`{h}` is not a valid host name")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ImageInput;
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            id: "i1".into(),
+            image: ImageInput {
+                id: "abcd".into(),
+                files: vec![],
+                kernel: None,
+                initrd: None,
+            },
+            hostname: "node-1".into(),
+            cpus: Some(1.5),
+            memory: Some(64 << 20),
+            pids: Some(100),
+            disk: None,
+            env: vec![("A".into(), "b=c".into())],
+            command: vec!["sh".into(), "-c".into(), "exit 7".into()],
+            network: Network::None,
+            user_namespace: false,
+            volatile: false,
+        }
+    }
+
+    #[test]
+    fn renders_limits_namespaces_hostname() {
+        let v = serde_json::to_value(render(&spec()).unwrap()).unwrap();
+        assert_eq!(v["hostname"], "node-1");
+        assert_eq!(v["root"]["path"], "rootfs");
+        assert_eq!(v["root"]["readonly"], false);
+        assert_eq!(
+            v["process"]["args"],
+            serde_json::json!(["sh", "-c", "exit 7"])
+        );
+        assert!(v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&"A=b=c".into()));
+        assert_eq!(v["process"]["terminal"], false);
+        let r = &v["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], 64 << 20);
+        assert_eq!(r["memory"]["swap"], 64 << 20);
+        assert_eq!(r["cpu"]["quota"], 150_000);
+        assert_eq!(r["cpu"]["period"], 100_000);
+        assert_eq!(r["pids"]["limit"], 100);
+        assert_eq!(v["linux"]["cgroupsPath"], "/vfarm/i1");
+        let ns: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        for t in ["pid", "mount", "ipc", "uts", "network"] {
+            assert!(ns.contains(&t), "{t} missing from {ns:?}");
+        }
+        assert!(!ns.contains(&"user"));
+    }
+
+    #[test]
+    fn host_network_and_user_namespace() {
+        let mut s = spec();
+        s.network = Network::Host;
+        s.user_namespace = true;
+        s.command.clear();
+        let v = serde_json::to_value(render(&s).unwrap()).unwrap();
+        let ns = v["linux"]["namespaces"].to_string();
+        assert!(!ns.contains("network"));
+        assert!(ns.contains("user"));
+        assert_eq!(v["linux"]["uidMappings"][0]["size"], 65536);
+        assert!(v["mounts"].to_string().contains("/etc/resolv.conf"));
+        assert_eq!(v["process"]["args"][0], "/bin/sh");
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_field() {
+        let mut s = spec();
+        s.hostname = "-bad".into();
+        assert!(matches!(
+            render(&s),
+            Err(DriverError::InvalidSpec {
+                field: "hostname",
+                ..
+            })
+        ));
+        let mut s = spec();
+        s.memory = Some(1024);
+        assert!(matches!(
+            render(&s),
+            Err(DriverError::InvalidSpec {
+                field: "memory",
+                ..
+            })
+        ));
+        let mut s = spec();
+        s.cpus = Some(0.0);
+        assert!(matches!(
+            render(&s),
+            Err(DriverError::InvalidSpec { field: "cpus", .. })
+        ));
+        let mut s = spec();
+        s.id = "a/b".into();
+        assert!(matches!(
+            render(&s),
+            Err(DriverError::InvalidSpec { field: "id", .. })
+        ));
+        let mut s = spec();
+        s.env = vec![("A=B".into(), "x".into())];
+        assert!(matches!(
+            render(&s),
+            Err(DriverError::InvalidSpec { field: "env", .. })
+        ));
+    }
+}

@@ -1,0 +1,296 @@
+//! Host filesystem work for the oci driver: unpacking image rootfs trees, overlay mounts,
+//! mount-table queries, atomic small-file writes and process liveness.
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rustix::mount::{MountFlags, UnmountFlags};
+
+use crate::{DriverError, Result};
+
+pub(crate) fn io_err(
+    op: &'static str,
+    id: &str,
+    what: impl std::fmt::Display,
+    source: io::Error,
+) -> DriverError {
+    // Transient kernel/file-system conditions may clear up; anything else will not.
+    let retryable = matches!(
+        source.raw_os_error(),
+        Some(libc_codes::EBUSY | libc_codes::EAGAIN | libc_codes::EINTR | libc_codes::ENOSPC)
+    );
+    DriverError::Backend {
+        op,
+        id: id.to_string(),
+        detail: what.to_string(),
+        retryable,
+        source: Some(source),
+    }
+}
+
+/// The few errno values the classification needs, without a libc dependency.
+mod libc_codes {
+    pub const EINTR: i32 = 4;
+    pub const EAGAIN: i32 = 11;
+    pub const EBUSY: i32 = 16;
+    pub const ENOSPC: i32 = 28;
+}
+
+/// Write `data` to `path` so readers see the old or the new content, never a torn file.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Unpack the image's rootfs tarball into `dest` exactly once per image. Concurrent callers
+/// each unpack into a private temp dir; the first rename wins and the others discard theirs,
+/// so `dest` is either absent or complete.
+pub(crate) fn unpack_rootfs(tar: &Path, dest: &Path, image_id: &str) -> Result<()> {
+    if dest.is_dir() {
+        return Ok(());
+    }
+    let parent = dest.parent().expect("rootfs dir has a parent");
+    std::fs::create_dir_all(parent).map_err(|e| io_err("unpack", image_id, parent.display(), e))?;
+    let tmp = parent.join(format!(
+        ".unpack-{image_id}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir(&tmp).map_err(|e| io_err("unpack", image_id, tmp.display(), e))?;
+    let out = Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(tar)
+        .arg("-C")
+        .arg(&tmp)
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(DriverError::HostNotReady {
+                driver: "oci",
+                reason: format!("cannot run tar to unpack images: {e}"),
+            });
+        }
+    };
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(DriverError::Backend {
+            op: "unpack",
+            id: image_id.to_string(),
+            detail: format!(
+                "tar -x {} failed ({}): {}",
+                tar.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            retryable: false,
+            source: None,
+        });
+    }
+    match std::fs::rename(&tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(_) if dest.is_dir() => {
+            // Someone else finished first; theirs is as good as ours.
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(io_err("unpack", image_id, dest.display(), e))
+        }
+    }
+}
+
+/// Mount an overlay at `target`: `lowers` top-most first, then `upper` and `work` (same fs).
+///
+/// With `volatile`, overlayfs skips every sync, including the one of the whole upper file
+/// system that an unmount otherwise does (which waits for all of the host's dirty data).
+pub(crate) fn mount_overlay(
+    id: &str,
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    volatile: bool,
+) -> Result<()> {
+    let lower = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut data = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    if volatile {
+        data.push_str(",volatile");
+    }
+    // The kernel takes mount options in one page.
+    if data.len() >= 4000 {
+        return Err(DriverError::Backend {
+            op: "mount",
+            id: id.to_string(),
+            detail: format!(
+                "overlay options too long ({} layers); remove some snapshots",
+                lowers.len()
+            ),
+            retryable: false,
+            source: None,
+        });
+    }
+    let data = CString::new(data).map_err(|_| DriverError::InvalidSpec {
+        field: "data dir",
+        reason: "path contains a NUL byte".into(),
+    })?;
+    rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::empty(),
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| {
+        io_err(
+            "mount",
+            id,
+            format!("overlay on {}", target.display()),
+            e.into(),
+        )
+    })
+}
+
+/// Mount points at or below `dir`, deepest first (the order to unmount them in).
+pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let oct = std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(oct, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(crate) fn is_mounted(path: &Path) -> bool {
+    mounts_under(path).iter().any(|p| p == path)
+}
+
+/// Unmount everything at or below `dir`. A busy mount is detached lazily rather than left
+/// behind: by the time we unmount, the instance's processes are gone.
+pub(crate) fn unmount_all(id: &str, dir: &Path) -> Result<()> {
+    for m in mounts_under(dir) {
+        if let Err(e) = rustix::mount::unmount(&m, UnmountFlags::empty()) {
+            if e == rustix::io::Errno::BUSY {
+                rustix::mount::unmount(&m, UnmountFlags::DETACH)
+                    .map_err(|e| io_err("unmount", id, m.display(), e.into()))?;
+            } else if e != rustix::io::Errno::INVAL {
+                // EINVAL: no longer a mount point (raced with another cleanup).
+                return Err(io_err("unmount", id, m.display(), e.into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Process start time (clock ticks since boot) of a live, non-zombie process; `None` if gone.
+/// Pid plus start time identifies a process even after its pid is reused.
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces; fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // fields[0] is field 3 (state); start time is field 22.
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Total bytes of regular files below `dir` (hard links counted once per path; fine for
+/// a rough snapshot size).
+pub(crate) fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.is_file() {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+/// Remove `dirs` in a detached background process, so callers do not wait for the deletion
+/// of a large tree (revert moves the discarded upper dir aside and lets this delete it).
+pub(crate) fn remove_in_background(dirs: &[PathBuf]) {
+    if dirs.is_empty() {
+        return;
+    }
+    let spawned = Command::new("setsid")
+        .args(["-f", "rm", "-rf", "--one-file-system", "--"])
+        .args(dirs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(spawned, Ok(s) if s.success()) {
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_paths() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        assert!(process_start_time(std::process::id()).is_some());
+        assert!(process_start_time(u32::MAX - 1).is_none());
+    }
+}

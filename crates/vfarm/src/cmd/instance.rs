@@ -1,0 +1,1377 @@
+//! `vfarm instance …`, `vfarm snapshot …` and `vfarm run …`: instances on this host.
+//!
+//! Every command first reconciles the store with what the driver observes (an instance whose
+//! process ended while nobody watched becomes stopped/failed with its exit status), then asks
+//! `vfarm_core::instance::next` whether the operation is legal, acts through the driver, and
+//! records the transition (compare-and-set, so concurrent actors cannot both win).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use vfarm_core::instance::{next, parse_duration, Event, InstanceRequest, State};
+use vfarm_core::ByteSize;
+use vfarm_driver::oci::{OciDriver, RuntimeChoice};
+use vfarm_driver::{
+    Driver, DriverError, ExecIo, ImageFile, ImageInput, InstanceSpec, Network, Observed, StopMode,
+};
+use vfarm_store::instances::{InstanceRow, SnapshotRow, StateChange};
+use vfarm_store::{Store, StoreError};
+
+use crate::cmd::image::actor;
+use crate::ctx::Ctx;
+
+/// Exit status of `vfarm run` when the command was killed at its `--timeout` (as timeout(1)).
+pub const TIMEOUT_EXIT: i32 = 124;
+/// Exit status of `vfarm run` when it was interrupted (SIGINT/SIGTERM), as a shell reports.
+pub const INTERRUPTED_EXIT: i32 = 130;
+/// How long a graceful stop waits before killing.
+const STOP_GRACE: &str = "10s";
+/// Disposable instances expire after this unless told otherwise, so a `vfarm run` whose CLI
+/// was killed is still reaped eventually.
+const RUN_DEFAULT_EXPIRY: &str = "1d";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetArg {
+    /// Own network namespace with only loopback.
+    None,
+    /// The host's network.
+    Host,
+}
+
+/// Which driver runs the instance and with what.
+#[derive(Args, Debug, Clone)]
+pub struct DriverArgs {
+    /// Driver: oci (an OCI container). qemu comes with its own issue.
+    #[arg(long, default_value = "oci")]
+    pub driver: String,
+    /// OCI runtime for the oci driver: auto (probe crun, then runc), runc, crun or a path.
+    #[arg(long, env = "VFARM_OCI_RUNTIME", default_value = "auto")]
+    pub runtime: String,
+}
+
+/// Resources and environment of a new instance.
+#[derive(Args, Debug, Clone)]
+pub struct ShapeArgs {
+    /// CPUs (fractions allowed: 0.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory limit, e.g. 512M, 2G; a process exceeding it is killed inside the instance.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Process limit (default 4096), so a fork bomb stays inside.
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// Host name inside the instance (default: its name, else vf-<id>).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Network: none (loopback only) or host.
+    #[arg(long, value_enum, default_value = "none")]
+    pub net: NetArg,
+    /// Run in a user namespace.
+    #[arg(long)]
+    pub user_namespace: bool,
+}
+
+/// The image to instantiate.
+#[derive(Args, Debug, Clone)]
+pub struct ImageArgs {
+    /// Image id, unique id prefix or name.
+    #[arg(
+        long,
+        required_unless_present_any = ["image_spec", "suite"],
+        conflicts_with_all = ["image_spec", "suite"]
+    )]
+    pub image: Option<String>,
+    /// An image spec file (TOML, as for `vfarm image build -f`): the image is built first
+    /// (or found at once if it exists). The flags below override it.
+    #[arg(long, value_name = "SPEC.toml")]
+    pub image_spec: Option<PathBuf>,
+    /// Build (or find) the image from flags: the suite, e.g. bookworm.
+    #[arg(long)]
+    pub suite: Option<String>,
+    /// With --suite/--image-spec: the bootstrap variant (default minbase).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// With --suite/--image-spec: an extra package (repeatable).
+    #[arg(long = "package", short = 'p')]
+    pub packages: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// Name (a-z 0-9 -), usable wherever an id is.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Destroy the instance this long after creation: 90m, 2h, 2d, 1w.
+    #[arg(long)]
+    pub expiry: Option<String>,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
+    #[command(flatten)]
+    pub driver: DriverArgs,
+    /// Only prepare; do not start.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Main command (default: an idle init that keeps the instance up for exec).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstanceCmd {
+    /// Create an instance from an image and start it.
+    #[command(
+        after_help = "Example:\n  vfarm instance create --image minbase --name web --cpus 1 --memory 512M --expiry 2h"
+    )]
+    Create(Box<CreateArgs>),
+    /// Start a created or stopped instance (runs its main command again).
+    Start { instance: String },
+    /// Stop: SIGTERM, then SIGKILL after 10 s; --force kills at once.
+    Stop {
+        instance: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Freeze all processes of the instance.
+    Pause { instance: String },
+    /// Thaw a paused instance.
+    Resume { instance: String },
+    /// Remove the instance, its files and snapshots.
+    #[command(alias = "rm")]
+    Destroy { instance: String },
+    /// Run a command inside a running instance; its output and exit status pass through.
+    Exec {
+        instance: String,
+        /// KEY=VALUE for the command (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print the instance's console output (stdout, then stderr on stderr).
+    Logs { instance: String },
+    /// List instances: state, image, driver, owner, created, uptime, expiry.
+    #[command(alias = "list")]
+    Ls,
+    /// Show one instance.
+    Show { instance: String },
+    /// Destroy every expired instance now (the service does this by itself).
+    Reap,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Snapshot an instance's filesystem (a running instance keeps running).
+    Create { instance: String, name: String },
+    /// List an instance's snapshots.
+    #[command(alias = "list")]
+    Ls { instance: String },
+    /// Make the instance's files exactly the snapshot's (a running instance is restarted).
+    Revert { instance: String, name: String },
+    /// Remove a snapshot.
+    #[command(alias = "remove")]
+    Rm { instance: String, name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub image: ImageArgs,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
+    #[command(flatten)]
+    pub driver: DriverArgs,
+    /// Kill the command after this long (90s, 5m …) and exit with status 124.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// On a non-zero exit (or timeout) keep the instance, stopped, with a snapshot named
+    /// `failure`, and print how to get into it.
+    #[arg(long)]
+    pub keep_on_failure: bool,
+    /// Expiry of the instance if it is kept (or if this CLI is killed mid-run).
+    #[arg(long, default_value = RUN_DEFAULT_EXPIRY)]
+    pub expiry: String,
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors for the exit-code mapping in cmd/mod.rs
+
+/// Stable error code and exit status for errors of these commands, if `err` is one.
+/// Exit statuses follow cmd/mod.rs: 2 bad input or illegal now, 3 not found, 4 host not ready.
+pub fn classify(err: &anyhow::Error) -> Option<(&'static str, u8)> {
+    if let Some(e) = err.downcast_ref::<DriverError>() {
+        return Some(match e {
+            DriverError::Unsupported { .. } => ("unsupported", 2),
+            DriverError::InvalidSpec { .. } => ("invalid_spec", 2),
+            DriverError::HostNotReady { .. } => ("host_not_ready", 4),
+            DriverError::NotFound { .. } => ("not_found", 3),
+            DriverError::Backend { .. } => ("driver_failed", 1),
+        });
+    }
+    if err
+        .downcast_ref::<vfarm_core::instance::TransitionError>()
+        .is_some()
+    {
+        return Some(("illegal_state", 2));
+    }
+    if err
+        .downcast_ref::<vfarm_core::instance::InvalidField>()
+        .is_some()
+    {
+        return Some(("invalid_request", 2));
+    }
+    if let Some(e) = err.downcast_ref::<StoreError>() {
+        return Some(match e {
+            StoreError::NotFound { .. } => ("not_found", 3),
+            StoreError::Ambiguous { .. } => ("ambiguous_reference", 2),
+            StoreError::Conflict { .. } => ("conflict", 2),
+            _ => ("store_failed", 1),
+        });
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------
+// Drivers
+
+fn make_driver(ctx: &Ctx, kind: &str, runtime: &str) -> Result<Box<dyn Driver>> {
+    match kind {
+        "oci" => Ok(Box::new(OciDriver::new(
+            &ctx.data_dir,
+            runtime.parse::<RuntimeChoice>().expect("infallible"),
+        )?)),
+        other => Err(DriverError::Unsupported {
+            driver: "vfarm",
+            what: format!("driver `{other}` (this build has: oci)"),
+        }
+        .into()),
+    }
+}
+
+/// Drivers by kind, made on first use (each probes its backend once per process).
+struct Drivers<'a> {
+    ctx: &'a Ctx,
+    runtime: String,
+    made: HashMap<String, Box<dyn Driver>>,
+}
+
+impl<'a> Drivers<'a> {
+    fn new(ctx: &'a Ctx) -> Drivers<'a> {
+        Drivers {
+            ctx,
+            runtime: std::env::var("VFARM_OCI_RUNTIME").unwrap_or_else(|_| "auto".into()),
+            made: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, kind: &str) -> Result<&dyn Driver> {
+        if !self.made.contains_key(kind) {
+            let d = make_driver(self.ctx, kind, &self.runtime)?;
+            self.made.insert(kind.to_string(), d);
+        }
+        Ok(self.made[kind].as_ref())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// State: reconcile, transition
+
+fn state_of(row: &InstanceRow) -> Result<State> {
+    row.state.parse::<State>().map_err(|e| anyhow!(e))
+}
+
+/// Apply `event` through the state machine and record it. Refuses illegal events before
+/// anything is done; fails if another process changed the instance in between.
+fn transition(
+    store: &Store,
+    row: &InstanceRow,
+    event: Event,
+    change: StateChange<'_>,
+) -> Result<State> {
+    let from = state_of(row)?;
+    let to = next(from, event)?;
+    if !store.set_instance_state(&actor(), &row.id, from.as_str(), to.as_str(), &change)? {
+        // Someone else (a concurrent `ls` reconciling, say) may have recorded the same thing.
+        let now = store.instance(&row.id)?.map(|r| r.state);
+        if now.as_deref() != Some(to.as_str()) {
+            bail!(
+                "instance {} changed while this command ran (it is no longer {from}); try again",
+                row.id
+            );
+        }
+    }
+    Ok(to)
+}
+
+/// Check that `event` is legal now, without recording anything (for operations that keep
+/// the state: exec, snapshot).
+fn check(row: &InstanceRow, event: Event) -> Result<State> {
+    Ok(next(state_of(row)?, event)?)
+}
+
+/// The event that explains what the driver observes, given what the store says.
+fn explain(stored: State, seen: Observed) -> Option<Event> {
+    use Observed as O;
+    use State as S;
+    match (stored, seen) {
+        (S::Running | S::Paused, O::Exited { code }) => Some(Event::Exited { code }),
+        (S::Running | S::Paused, O::Lost | O::Created) => Some(Event::Lost),
+        (S::Running, O::Paused) => Some(Event::Pause),
+        (S::Paused, O::Running) => Some(Event::Resume),
+        // A start whose recording was interrupted (killed CLI).
+        (S::Created | S::Stopped | S::Failed, O::Running | O::Paused) => Some(Event::Start),
+        _ => None,
+    }
+}
+
+/// Bring the stored state in line with the driver's observation. Returns the fresh row.
+fn refresh(store: &Store, drivers: &mut Drivers<'_>, row: InstanceRow) -> Result<InstanceRow> {
+    let stored = state_of(&row)?;
+    if stored == State::Destroyed {
+        return Ok(row);
+    }
+    let driver = drivers.get(&row.driver)?;
+    if stored == State::Creating {
+        // A create whose process died after the driver prepared (and maybe started) the
+        // instance: record what happened. Without a driver record it may still be under way
+        // (or died before preparing); destroy removes it either way.
+        return match driver.observe(&row.id) {
+            Ok(seen) => {
+                let _ = transition(store, &row, Event::Prepared, StateChange::default());
+                let row = store.instance(&row.id)?.unwrap_or(row);
+                if matches!(seen, Observed::Created) {
+                    Ok(row)
+                } else {
+                    refresh(store, drivers, row)
+                }
+            }
+            Err(_) => Ok(row),
+        };
+    }
+    let seen = match driver.observe(&row.id) {
+        Ok(o) => o,
+        Err(DriverError::NotFound { .. }) if stored.is_active() => Observed::Lost,
+        Err(DriverError::NotFound { .. }) => return Ok(row),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(event) = explain(stored, seen) else {
+        return Ok(row);
+    };
+    let (exit_code, error) = match event {
+        Event::Exited { code } if code != 0 => (
+            Some(code),
+            Some(format!("main process exited with status {code}")),
+        ),
+        Event::Exited { code } => (Some(code), None),
+        Event::Lost => (
+            None,
+            Some("the instance's processes ended without an exit status".to_string()),
+        ),
+        _ => (None, None),
+    };
+    let change = StateChange {
+        exit_code,
+        error: error.as_deref(),
+        started: event == Event::Start,
+    };
+    // A concurrent actor may have recorded the same observation first; either way, reread.
+    let _ = transition(store, &row, event, change);
+    Ok(store.instance(&row.id)?.unwrap_or(row))
+}
+
+fn find(store: &Store, drivers: &mut Drivers<'_>, reference: &str) -> Result<InstanceRow> {
+    let row = store.find_instance(reference)?;
+    refresh(store, drivers, row)
+}
+
+// ---------------------------------------------------------------------------------------
+// Views
+
+#[derive(Debug, Serialize)]
+struct View {
+    id: String,
+    name: Option<String>,
+    state: String,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    image: String,
+    image_name: Option<String>,
+    /// The image's endorsement was revoked after this instance was made from it.
+    image_revoked: bool,
+    driver: String,
+    owner: String,
+    hostname: String,
+    created: String,
+    started: Option<String>,
+    uptime_secs: Option<i64>,
+    expires: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshots: Option<Vec<SnapshotRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<serde_json::Value>,
+}
+
+fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<View> {
+    let state = state_of(row)?;
+    let uptime_secs = row
+        .started
+        .as_deref()
+        .filter(|_| state.is_active())
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                .num_seconds()
+                .max(0)
+        });
+    let image_name = store
+        .image(&row.image_id)
+        .ok()
+        .flatten()
+        .and_then(|i| i.name);
+    Ok(View {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        state: row.state.clone(),
+        exit_code: row.exit_code,
+        error: row.error.clone(),
+        image: row.image_id.clone(),
+        image_name,
+        image_revoked: store.repository_image_revoked(&row.image_id)?,
+        driver: row.driver.clone(),
+        owner: row.owner.clone(),
+        hostname: row.hostname.clone(),
+        created: row.created.clone(),
+        started: row.started.clone(),
+        uptime_secs,
+        expires: row.expires.clone(),
+        snapshots: if detail {
+            Some(store.snapshots(&row.id)?)
+        } else {
+            None
+        },
+        spec: if detail {
+            serde_json::from_str(&row.spec).ok()
+        } else {
+            None
+        },
+    })
+}
+
+fn human_secs(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn short_time(t: &str) -> String {
+    t.get(..19).unwrap_or(t).replace('T', " ")
+}
+
+fn print_table(views: &[View]) {
+    println!(
+        "{:<12}  {:<14}  {:<9}  {:<16}  {:<6}  {:<8}  {:<19}  {:>6}  {:<19}",
+        "ID", "NAME", "STATE", "IMAGE", "DRIVER", "OWNER", "CREATED", "UPTIME", "EXPIRES"
+    );
+    for v in views {
+        let state = match (v.state.as_str(), v.exit_code) {
+            ("stopped" | "failed", Some(c)) => format!("{}({c})", v.state),
+            (s, _) => s.to_string(),
+        };
+        println!(
+            "{:<12}  {:<14}  {:<9}  {:<16}  {:<6}  {:<8}  {:<19}  {:>6}  {:<19}",
+            v.id,
+            v.name.as_deref().unwrap_or("-"),
+            state,
+            {
+                let name = v
+                    .image_name
+                    .clone()
+                    .unwrap_or_else(|| v.image.chars().take(12).collect());
+                if v.image_revoked {
+                    format!("{name} REVOKED")
+                } else {
+                    name
+                }
+            },
+            v.driver,
+            v.owner,
+            short_time(&v.created),
+            v.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
+            v.expires
+                .as_deref()
+                .map(short_time)
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+}
+
+fn print_view(v: &View) {
+    let kv = |k: &str, val: &str| println!("{k:<10} {val}");
+    kv("id", &v.id);
+    kv("name", v.name.as_deref().unwrap_or("-"));
+    let mut state = v.state.clone();
+    if let Some(c) = v.exit_code {
+        state.push_str(&format!(" (exit status {c})"));
+    }
+    kv("state", &state);
+    if let Some(e) = &v.error {
+        kv("error", e);
+    }
+    kv(
+        "image",
+        &format!(
+            "{} {}{}",
+            v.image,
+            v.image_name.as_deref().unwrap_or(""),
+            if v.image_revoked {
+                " (REVOKED by its image list)"
+            } else {
+                ""
+            }
+        ),
+    );
+    kv("driver", &v.driver);
+    kv("owner", &v.owner);
+    kv("hostname", &v.hostname);
+    kv("created", &v.created);
+    kv("started", v.started.as_deref().unwrap_or("-"));
+    kv(
+        "uptime",
+        &v.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
+    );
+    kv("expires", v.expires.as_deref().unwrap_or("-"));
+    if let Some(s) = &v.snapshots {
+        let names: Vec<String> = s
+            .iter()
+            .map(|s| format!("{} ({})", s.name, ByteSize(s.size)))
+            .collect();
+        kv("snapshots", if names.is_empty() { "-" } else { "" });
+        for n in names {
+            println!("           {n}");
+        }
+    }
+}
+
+fn report(ctx: &Ctx, store: &Store, id: &str, message: &str) -> Result<()> {
+    if ctx.json() {
+        let row = store
+            .instance(id)?
+            .ok_or_else(|| anyhow!("instance {id} vanished"))?;
+        ctx.print_json(&view(store, &row, false)?)?;
+    } else {
+        println!("{message}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Creating
+
+fn resolve_image(ctx: &Ctx, args: &ImageArgs) -> Result<vfarm_image::Image> {
+    if args.image_spec.is_some() || args.suite.is_some() {
+        // The same spec handling as `vfarm image build`, fed the equivalent arguments. The
+        // tar format is always part of a build, which is what the oci driver runs.
+        use clap::FromArgMatches;
+        let mut argv: Vec<std::ffi::OsString> = vec!["build".into()];
+        if let Some(f) = &args.image_spec {
+            argv.extend(["--file".into(), f.clone().into_os_string()]);
+        }
+        for (flag, v) in [("--suite", &args.suite), ("--variant", &args.variant)] {
+            if let Some(v) = v {
+                argv.extend([flag.into(), v.into()]);
+            }
+        }
+        for p in &args.packages {
+            argv.extend(["--package".into(), p.into()]);
+        }
+        let cmd = <crate::cmd::image::BuildArgs as Args>::augment_args(clap::Command::new("build"));
+        let m = cmd.try_get_matches_from(argv)?;
+        let build = crate::cmd::image::BuildArgs::from_arg_matches(&m)?;
+        return Ok(crate::cmd::image::build(ctx, &build)?.image);
+    }
+    let reference = args
+        .image
+        .as_deref()
+        .expect("clap requires --image, --image-spec or --suite");
+    let img = ctx.images()?.resolve(reference)?;
+    // An image whose endorsement was revoked (image, endorser or subscription) must not
+    // start anything new; instances already running from it are flagged, not killed.
+    if ctx.store()?.repository_image_revoked(&img.id)? {
+        bail!(
+            "image `{reference}` ({}) was revoked by its image list; new instances from it are refused",
+            &img.id[..12.min(img.id.len())]
+        );
+    }
+    Ok(img)
+}
+
+fn image_input(img: &vfarm_image::Image) -> ImageInput {
+    ImageInput {
+        id: img.id.clone(),
+        files: img
+            .artifacts
+            .iter()
+            .map(|a| ImageFile {
+                format: a.format,
+                path: a.path.clone(),
+            })
+            .collect(),
+        kernel: img.kernel.clone(),
+        initrd: img.initrd.clone(),
+    }
+}
+
+/// 12 random hex digits: short enough to type, 48 bits against collisions on one host.
+fn new_id() -> Result<String> {
+    let mut b = [0u8; 6];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("cannot read /dev/urandom")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn time_after(secs: u64) -> String {
+    let t = chrono::Utc::now() + chrono::Duration::seconds(secs.min(i64::MAX as u64 / 2) as i64);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+struct NewInstance {
+    image: vfarm_image::Image,
+    name: Option<String>,
+    expiry: Option<String>,
+    shape: ShapeArgs,
+    command: Vec<String>,
+    /// A `vfarm run` instance: its filesystem need not survive a host crash.
+    disposable: bool,
+}
+
+/// Record and prepare an instance (state `created`). On failure nothing is left behind.
+fn create_instance(ctx: &Ctx, driver: &dyn Driver, n: NewInstance) -> Result<InstanceRow> {
+    let settings = InstanceRequest {
+        name: n.name.clone(),
+        cpus: n.shape.cpus,
+        memory: n.shape.memory.clone(),
+        pids: n.shape.pids,
+        hostname: n.shape.hostname.clone(),
+        expiry: n.expiry.clone(),
+        env: n.shape.env.clone(),
+        command: n.command.clone(),
+    }
+    .validate()?;
+    let store = ctx.store()?;
+    let id = new_id()?;
+    let hostname = settings
+        .hostname
+        .clone()
+        .or_else(|| settings.name.clone())
+        .unwrap_or_else(|| format!("vf-{id}"));
+    let spec = InstanceSpec {
+        id: id.clone(),
+        image: image_input(&n.image),
+        hostname: hostname.clone(),
+        cpus: settings.cpus,
+        memory: settings.memory,
+        pids: settings.pids,
+        disk: None,
+        env: settings.env.clone(),
+        command: settings.command.clone(),
+        network: match n.shape.net {
+            NetArg::None => Network::None,
+            NetArg::Host => Network::Host,
+        },
+        user_namespace: n.shape.user_namespace,
+        volatile: n.disposable,
+    };
+    let t = vfarm_store::now();
+    let row = InstanceRow {
+        id: id.clone(),
+        name: settings.name.clone(),
+        image_id: n.image.id.clone(),
+        driver: driver.kind().to_string(),
+        owner: actor(),
+        state: State::Creating.as_str().into(),
+        exit_code: None,
+        hostname,
+        spec: serde_json::to_string(&spec)?,
+        created: t.clone(),
+        started: None,
+        expires: settings.expiry_secs.map(time_after),
+        updated: t,
+        error: None,
+    };
+    store.insert_instance(&row)?;
+    if let Err(e) = driver.prepare(&spec) {
+        let _ = driver.cleanup(&id);
+        let _ = store.delete_instance(&actor(), &id);
+        return Err(anyhow::Error::new(e).context(format!("cannot prepare instance {id}")));
+    }
+    transition(&store, &row, Event::Prepared, StateChange::default())?;
+    Ok(store.instance(&id)?.expect("just recorded"))
+}
+
+fn start_instance(store: &Store, driver: &dyn Driver, row: &InstanceRow) -> Result<()> {
+    check(row, Event::Start)?;
+    if let Err(e) = driver.start(&row.id) {
+        let msg = e.to_string();
+        let s = state_of(row)?;
+        let _ = store.set_instance_state(
+            &actor(),
+            &row.id,
+            s.as_str(),
+            s.as_str(),
+            &StateChange {
+                error: Some(&msg),
+                ..Default::default()
+            },
+        );
+        return Err(anyhow::Error::new(e).context(format!("cannot start instance {}", row.id)));
+    }
+    transition(
+        store,
+        row,
+        Event::Start,
+        StateChange {
+            started: true,
+            ..Default::default()
+        },
+    )?;
+    Ok(())
+}
+
+/// Remove an instance from the host and the store.
+fn destroy_instance(store: &Store, driver: &dyn Driver, row: &InstanceRow) -> Result<()> {
+    check(row, Event::Destroy)?;
+    driver
+        .cleanup(&row.id)
+        .with_context(|| format!("cannot destroy instance {}", row.id))?;
+    store.delete_instance(&actor(), &row.id)?;
+    Ok(())
+}
+
+fn label(row: &InstanceRow) -> String {
+    match &row.name {
+        Some(n) => format!("{} ({n})", row.id),
+        None => row.id.clone(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// vfarm instance …
+
+pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
+    let store = ctx.store()?;
+    let mut drivers = Drivers::new(ctx);
+    match cmd {
+        InstanceCmd::Create(a) => {
+            let a = *a;
+            let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime)?;
+            let image = resolve_image(ctx, &a.image)?;
+            let row = create_instance(
+                ctx,
+                driver.as_ref(),
+                NewInstance {
+                    image,
+                    name: a.name,
+                    expiry: a.expiry,
+                    shape: a.shape,
+                    command: a.command,
+                    disposable: false,
+                },
+            )?;
+            if !a.no_start {
+                start_instance(&store, driver.as_ref(), &row)?;
+            }
+            let what = if a.no_start { "created" } else { "running" };
+            report(
+                ctx,
+                &store,
+                &row.id,
+                &format!("instance {} {what}", label(&row)),
+            )?;
+            Ok(0)
+        }
+        InstanceCmd::Start { instance } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            start_instance(&store, drivers.get(&row.driver)?, &row)?;
+            report(
+                ctx,
+                &store,
+                &row.id,
+                &format!("instance {} running", label(&row)),
+            )?;
+            Ok(0)
+        }
+        InstanceCmd::Stop { instance, force } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            check(&row, Event::Stop)?;
+            let mode = if force {
+                StopMode::Kill
+            } else {
+                StopMode::Graceful {
+                    timeout: Duration::from_secs(parse_duration("timeout", STOP_GRACE)?),
+                }
+            };
+            let seen = drivers.get(&row.driver)?.stop(&row.id, mode)?;
+            let code = match seen {
+                Observed::Exited { code } => Some(code),
+                _ => None,
+            };
+            transition(
+                &store,
+                &row,
+                Event::Stop,
+                StateChange {
+                    exit_code: code,
+                    ..Default::default()
+                },
+            )?;
+            report(
+                ctx,
+                &store,
+                &row.id,
+                &format!("instance {} stopped", label(&row)),
+            )?;
+            Ok(0)
+        }
+        InstanceCmd::Pause { instance } => {
+            pause_resume(ctx, &store, &mut drivers, &instance, Event::Pause)
+        }
+        InstanceCmd::Resume { instance } => {
+            pause_resume(ctx, &store, &mut drivers, &instance, Event::Resume)
+        }
+        InstanceCmd::Destroy { instance } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            destroy_instance(&store, drivers.get(&row.driver)?, &row)?;
+            if ctx.json() {
+                ctx.print_json(&serde_json::json!({"id": row.id, "state": "destroyed"}))?;
+            } else {
+                println!("instance {} destroyed", label(&row));
+            }
+            Ok(0)
+        }
+        InstanceCmd::Exec {
+            instance,
+            env,
+            command,
+        } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            check(&row, Event::Exec)?;
+            let env = env
+                .iter()
+                .map(|e| vfarm_core::instance::parse_env(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let driver = drivers.get(&row.driver)?;
+            let exec = driver.exec().ok_or_else(|| DriverError::Unsupported {
+                driver: driver.kind(),
+                what: "exec".into(),
+            })?;
+            Ok(exec.exec(&row.id, &command, &env, ExecIo::inherit())?)
+        }
+        InstanceCmd::Logs { instance } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            let logs = drivers.get(&row.driver)?.logs(&row.id)?;
+            copy_file(&logs.stdout, &mut std::io::stdout())?;
+            copy_file(&logs.stderr, &mut std::io::stderr())?;
+            Ok(0)
+        }
+        InstanceCmd::Ls => {
+            let mut views = Vec::new();
+            for row in store.instances()? {
+                let row = match refresh(&store, &mut drivers, row.clone()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("vfarm: warning: cannot check instance {}: {e:#}", row.id);
+                        row
+                    }
+                };
+                views.push(view(&store, &row, false)?);
+            }
+            if ctx.json() {
+                ctx.print_json(&views)?;
+            } else {
+                print_table(&views);
+            }
+            Ok(0)
+        }
+        InstanceCmd::Show { instance } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            let v = view(&store, &row, true)?;
+            if ctx.json() {
+                ctx.print_json(&v)?;
+            } else {
+                print_view(&v);
+            }
+            Ok(0)
+        }
+        InstanceCmd::Reap => {
+            let reaped = reap_expired(ctx)?;
+            if ctx.json() {
+                ctx.print_json(&serde_json::json!({ "reaped": reaped }))?;
+            } else {
+                println!("reaped {} expired instance(s)", reaped.len());
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn pause_resume(
+    ctx: &Ctx,
+    store: &Store,
+    drivers: &mut Drivers<'_>,
+    instance: &str,
+    ev: Event,
+) -> Result<i32> {
+    let row = find(store, drivers, instance)?;
+    check(&row, ev)?;
+    let driver = drivers.get(&row.driver)?;
+    let p = driver.pausable().ok_or_else(|| DriverError::Unsupported {
+        driver: driver.kind(),
+        what: "pause/resume".into(),
+    })?;
+    if ev == Event::Pause {
+        p.pause(&row.id)?;
+    } else {
+        p.resume(&row.id)?;
+    }
+    let to = transition(store, &row, ev, StateChange::default())?;
+    report(
+        ctx,
+        store,
+        &row.id,
+        &format!("instance {} {to}", label(&row)),
+    )?;
+    Ok(0)
+}
+
+fn copy_file(path: &Path, out: &mut dyn Write) -> Result<()> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    std::io::copy(&mut f, out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Destroy every instance whose expiry has passed. Returns their ids. The service's reaper
+/// calls this periodically; `vfarm instance reap` calls it once.
+pub fn reap_expired(ctx: &Ctx) -> Result<Vec<String>> {
+    let store = ctx.store()?;
+    let mut drivers = Drivers::new(ctx);
+    let mut reaped = Vec::new();
+    for row in store.expired_instances(&vfarm_store::now())? {
+        let row = refresh(&store, &mut drivers, row.clone()).unwrap_or(row);
+        let driver = drivers.get(&row.driver)?;
+        match destroy_instance(&store, driver, &row) {
+            Ok(()) => reaped.push(row.id.clone()),
+            Err(e) => eprintln!("vfarm: warning: cannot reap instance {}: {e:#}", row.id),
+        }
+    }
+    Ok(reaped)
+}
+
+// ---------------------------------------------------------------------------------------
+// vfarm snapshot …
+
+pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
+    let store = ctx.store()?;
+    let mut drivers = Drivers::new(ctx);
+    match cmd {
+        SnapshotCmd::Create { instance, name } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            check(&row, Event::Snapshot)?;
+            if store.snapshot(&row.id, &name)?.is_some() {
+                return Err(StoreError::Conflict {
+                    kind: "snapshot",
+                    id: format!("{}/{name}", row.id),
+                }
+                .into());
+            }
+            let info = snapshots_of(drivers.get(&row.driver)?)?.create(&row.id, &name)?;
+            store.insert_snapshot(
+                &actor(),
+                &SnapshotRow {
+                    instance_id: row.id.clone(),
+                    name: name.clone(),
+                    created: vfarm_store::now(),
+                    size: info.size,
+                },
+            )?;
+            if ctx.json() {
+                ctx.print_json(&store.snapshot(&row.id, &name)?)?;
+            } else {
+                println!(
+                    "snapshot {name} of instance {} ({})",
+                    label(&row),
+                    ByteSize(info.size)
+                );
+            }
+            Ok(0)
+        }
+        SnapshotCmd::Ls { instance } => {
+            let row = store.find_instance(&instance)?;
+            let snaps = store.snapshots(&row.id)?;
+            if ctx.json() {
+                ctx.print_json(&snaps)?;
+            } else {
+                println!("{:<24}  {:<19}  {:>10}", "NAME", "CREATED", "SIZE");
+                for s in snaps {
+                    println!(
+                        "{:<24}  {:<19}  {:>10}",
+                        s.name,
+                        short_time(&s.created),
+                        ByteSize(s.size).to_string()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        SnapshotCmd::Revert { instance, name } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            check(&row, Event::Revert)?;
+            if store.snapshot(&row.id, &name)?.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "snapshot",
+                    id: format!("{}/{name}", row.id),
+                }
+                .into());
+            }
+            let was_active = state_of(&row)?.is_active();
+            snapshots_of(drivers.get(&row.driver)?)?.revert(&row.id, &name)?;
+            transition(
+                &store,
+                &row,
+                Event::Revert,
+                StateChange {
+                    started: was_active,
+                    ..Default::default()
+                },
+            )?;
+            report(
+                ctx,
+                &store,
+                &row.id,
+                &format!("instance {} reverted to {name}", label(&row)),
+            )?;
+            Ok(0)
+        }
+        SnapshotCmd::Rm { instance, name } => {
+            let row = store.find_instance(&instance)?;
+            if store.snapshot(&row.id, &name)?.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "snapshot",
+                    id: format!("{}/{name}", row.id),
+                }
+                .into());
+            }
+            match snapshots_of(drivers.get(&row.driver)?)?.remove(&row.id, &name) {
+                Ok(()) | Err(DriverError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            store.delete_snapshot(&actor(), &row.id, &name)?;
+            if ctx.json() {
+                ctx.print_json(
+                    &serde_json::json!({"instance": row.id, "snapshot": name, "removed": true}),
+                )?;
+            } else {
+                println!("snapshot {name} of instance {} removed", label(&row));
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn snapshots_of(driver: &dyn Driver) -> Result<&dyn vfarm_driver::Snapshots> {
+    Ok(driver.snapshots().ok_or_else(|| DriverError::Unsupported {
+        driver: driver.kind(),
+        what: "snapshots".into(),
+    })?)
+}
+
+// ---------------------------------------------------------------------------------------
+// vfarm run …
+
+/// Copies what an instance writes to its log files to our stdout/stderr as it arrives.
+struct Follower {
+    out: File,
+    err: File,
+}
+
+impl Follower {
+    fn pump(&mut self) -> Result<()> {
+        let mut buf = Vec::new();
+        self.out.read_to_end(&mut buf)?;
+        if !buf.is_empty() {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&buf)?;
+            o.flush()?;
+        }
+        buf.clear();
+        self.err.read_to_end(&mut buf)?;
+        if !buf.is_empty() {
+            std::io::stderr().write_all(&buf)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    tracing::debug!("run: store open");
+    let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime)?;
+    let driver = driver.as_ref();
+    tracing::debug!(driver = driver.kind(), "run: driver ready");
+    let timeout = a
+        .timeout
+        .as_deref()
+        .map(|t| parse_duration("timeout", t).map(Duration::from_secs))
+        .transpose()?;
+    let image = resolve_image(ctx, &a.image)?;
+    tracing::debug!(image = %image.id, "run: image resolved");
+    // With --keep-on-failure the main process is the idle init and the command runs through
+    // exec, so the kept instance can be started again and entered; otherwise the command is
+    // the main process (the fast path).
+    let main_command = if a.keep_on_failure {
+        Vec::new()
+    } else {
+        a.command.clone()
+    };
+    let row = create_instance(
+        ctx,
+        driver,
+        NewInstance {
+            image,
+            name: None,
+            expiry: Some(a.expiry.clone()),
+            shape: a.shape.clone(),
+            command: main_command,
+            disposable: true,
+        },
+    )?;
+    let id = row.id.clone();
+    tracing::debug!(instance = %id, "run: prepared");
+    let interrupted = interrupt_flag();
+    let outcome = (|| -> Result<(i32, Ending)> {
+        let until = Until {
+            begun: Instant::now(),
+            timeout,
+            interrupted: &interrupted,
+        };
+        start_instance(&store, driver, &row)?;
+        tracing::debug!(instance = %id, "run: started");
+        if a.keep_on_failure {
+            exec_with_timeout(driver, &id, &a.command, &a.shape.env, &until)
+        } else {
+            follow_until_exit(driver, &id, &until)
+        }
+    })();
+    let (code, ending) = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = destroy_after_run(&store, driver, &id);
+            return Err(e);
+        }
+    };
+    match ending {
+        Ending::TimedOut => eprintln!(
+            "vfarm: run: timed out after {}; the command was killed",
+            a.timeout.as_deref().unwrap_or("?")
+        ),
+        Ending::Interrupted => eprintln!("vfarm: run: interrupted; the command was killed"),
+        Ending::Exited => {}
+    }
+    tracing::debug!(instance = %id, code, ?ending, "run: ended");
+    if (code == 0 && ending == Ending::Exited) || !a.keep_on_failure {
+        destroy_after_run(&store, driver, &id)?;
+        tracing::debug!(instance = %id, "run: destroyed");
+    } else {
+        keep_failed(&store, driver, &id, code)?;
+    }
+    Ok(match ending {
+        Ending::Exited => code,
+        Ending::TimedOut => TIMEOUT_EXIT,
+        Ending::Interrupted => INTERRUPTED_EXIT,
+    })
+}
+
+/// How a disposable run's command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Exited,
+    TimedOut,
+    /// SIGINT or SIGTERM reached `vfarm run`.
+    Interrupted,
+}
+
+/// When to stop waiting for a run's command.
+struct Until<'a> {
+    begun: Instant,
+    timeout: Option<Duration>,
+    interrupted: &'a AtomicBool,
+}
+
+impl Until<'_> {
+    /// Why the command must be killed now, if it must.
+    fn due(&self) -> Option<Ending> {
+        if self.interrupted.load(Ordering::SeqCst) {
+            Some(Ending::Interrupted)
+        } else if self.timeout.is_some_and(|t| self.begun.elapsed() >= t) {
+            Some(Ending::TimedOut)
+        } else {
+            None
+        }
+    }
+}
+
+/// Set when SIGINT or SIGTERM arrives, so an interrupted `vfarm run` kills and removes its
+/// instance instead of dying and leaving it to the reaper. (The instance runs in its own
+/// session, so the terminal's Ctrl-C reaches only us.)
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        });
+        set.store(true, Ordering::SeqCst);
+    });
+    flag
+}
+
+/// Stream the main process's output until it exits; kill it at the deadline.
+fn follow_until_exit(driver: &dyn Driver, id: &str, until: &Until<'_>) -> Result<(i32, Ending)> {
+    let logs = driver.logs(id)?;
+    let mut f = Follower {
+        out: File::open(&logs.stdout)?,
+        err: File::open(&logs.stderr)?,
+    };
+    let mut backoff = vfarm_driver::Backoff::default();
+    let mut ending = Ending::Exited;
+    let seen = loop {
+        let seen = driver.observe(id)?;
+        f.pump()?;
+        if !matches!(seen, Observed::Running | Observed::Paused) {
+            break seen;
+        }
+        if let Some(why) = until.due() {
+            ending = why;
+            break driver.stop(id, StopMode::Kill)?;
+        }
+        backoff.sleep();
+    };
+    f.pump()?;
+    let code = match seen {
+        Observed::Exited { code } => code,
+        other => bail!("instance {id} ended without an exit status ({other})"),
+    };
+    Ok((code, ending))
+}
+
+/// Run the command with exec (output passes straight through); at the deadline stop the
+/// instance, which ends the exec.
+fn exec_with_timeout(
+    driver: &dyn Driver,
+    id: &str,
+    command: &[String],
+    env: &[String],
+    until: &Until<'_>,
+) -> Result<(i32, Ending)> {
+    let env = env
+        .iter()
+        .map(|e| vfarm_core::instance::parse_env(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let exec = driver.exec().ok_or_else(|| DriverError::Unsupported {
+        driver: driver.kind(),
+        what: "exec".into(),
+    })?;
+    std::thread::scope(|s| {
+        let h = s.spawn(|| exec.exec(id, command, &env, ExecIo::inherit()));
+        let mut ending = Ending::Exited;
+        while !h.is_finished() {
+            if ending == Ending::Exited {
+                if let Some(why) = until.due() {
+                    ending = why;
+                    driver.stop(id, StopMode::Kill)?;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let code = h.join().map_err(|_| anyhow!("exec thread panicked"))??;
+        Ok((code, ending))
+    })
+}
+
+fn destroy_after_run(store: &Store, driver: &dyn Driver, id: &str) -> Result<()> {
+    driver
+        .cleanup(id)
+        .with_context(|| format!("cannot remove disposable instance {id}"))?;
+    store.delete_instance(&actor(), id)?;
+    Ok(())
+}
+
+/// Keep a failed run's instance: stopped, with a `failure` snapshot, and say how to get in.
+fn keep_failed(store: &Store, driver: &dyn Driver, id: &str, code: i32) -> Result<()> {
+    let row = store
+        .instance(id)?
+        .ok_or_else(|| anyhow!("instance {id} vanished"))?;
+    driver.stop(id, StopMode::Kill)?;
+    let msg = format!("command exited with status {code}");
+    transition(
+        store,
+        &row,
+        Event::Stop,
+        StateChange {
+            exit_code: Some(code),
+            error: Some(&msg),
+            ..Default::default()
+        },
+    )?;
+    let info = snapshots_of(driver)?.create(id, "failure")?;
+    store.insert_snapshot(
+        &actor(),
+        &SnapshotRow {
+            instance_id: id.to_string(),
+            name: "failure".into(),
+            created: vfarm_store::now(),
+            size: info.size,
+        },
+    )?;
+    eprintln!(
+        "vfarm: run: kept instance {id} (stopped) with snapshot `failure`. To inspect it:\n  \
+         vfarm instance start {id}\n  vfarm instance exec {id} -- sh\n  \
+         vfarm instance destroy {id}   # when done"
+    );
+    Ok(())
+}
