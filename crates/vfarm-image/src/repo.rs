@@ -728,7 +728,13 @@ impl Repository {
     }
 
     /// Adopt a verified file (hard-linked, not copied) as an image with `origin = "imagelist"`.
-    pub fn adopt_file(&self, src: &Path, format: Format, meta: AdoptMeta, actor: &str) -> Result<Image> {
+    pub fn adopt_file(
+        &self,
+        src: &Path,
+        format: Format,
+        meta: AdoptMeta,
+        actor: &str,
+    ) -> Result<Image> {
         let opts = ImportOptions {
             name: meta.name,
             origin: Some("imagelist".into()),

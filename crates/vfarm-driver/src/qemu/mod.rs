@@ -626,7 +626,6 @@ impl QemuDriver {
                     source: None,
                 });
             }
-            eprintln!("DEBUG disk locked after {:?}", begun.elapsed());
             std::thread::sleep(Duration::from_millis(10));
         }
     }
