@@ -253,10 +253,19 @@ pub struct ExecIo {
 impl ExecIo {
     /// The caller's own stdin/stdout/stderr: output passes straight through.
     pub fn inherit() -> ExecIo {
+        // `Stdio::inherit()` means "the child's fd N is our fd N": a backend that hands the
+        // stderr Stdio to a helper's stdout would land on our stdout. Duplicates of our own
+        // descriptors keep each stream where it belongs whichever fd receives it.
+        use std::os::fd::AsFd;
+        fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Stdio {
+            fd.try_clone_to_owned()
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::inherit())
+        }
         ExecIo {
-            stdin: Stdio::inherit(),
-            stdout: Stdio::inherit(),
-            stderr: Stdio::inherit(),
+            stdin: dup(std::io::stdin().as_fd()),
+            stdout: dup(std::io::stdout().as_fd()),
+            stderr: dup(std::io::stderr().as_fd()),
         }
     }
 }

@@ -365,8 +365,8 @@ fn serve_downloads_ranges_and_osfarm_orders() {
 #[test]
 fn bad_specs_are_refused_by_name_and_change_nothing() {
     let f = fixture();
-    let before = ls_ids(&f.data);
     let _w = repo_writes();
+    let before = ls_ids(&f.data);
     let cases: &[(&[&str], &str)] = &[
         (&["--suite", "wheezy-nope"], "wheezy-nope"),
         (&["--group", "kde-desktop"], "kde-desktop"),

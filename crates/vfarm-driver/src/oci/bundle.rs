@@ -166,22 +166,10 @@ pub fn render(spec: &InstanceSpec) -> Result<Spec> {
     Ok(cfg)
 }
 
-/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+/// RFC 1123 host name; the rule lives in the domain core, the driver only re-checks what
+/// it is handed.
 pub fn validate_hostname(h: &str) -> Result<()> {
-    let ok = !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(bad("hostname", format!("`{h}` is not a valid host name")))
-    }
+    vfarm_core::instance::validate_hostname(h).map_err(|e| bad("hostname", e.reason))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use serde::Serialize;
 use vfarm_core::instance::{next, parse_duration, Event, InstanceRequest, State};
 use vfarm_core::ByteSize;
 use vfarm_driver::oci::{OciDriver, RuntimeChoice};
+use vfarm_driver::qemu::{AccelChoice, QemuDriver};
 use vfarm_driver::{
     Driver, DriverError, ExecIo, ImageFile, ImageInput, InstanceSpec, Network, Observed, StopMode,
 };
@@ -49,12 +50,25 @@ pub enum NetArg {
 /// Which driver runs the instance and with what.
 #[derive(Args, Debug, Clone)]
 pub struct DriverArgs {
-    /// Driver: oci (an OCI container). qemu comes with its own issue.
+    /// Driver: oci (an OCI container, native speed) or qemu (a full VM: KVM when it really
+    /// works, TCG emulation otherwise; needs an image built with `--boot vm`).
     #[arg(long, default_value = "oci")]
     pub driver: String,
     /// OCI runtime for the oci driver: auto (probe crun, then runc), runc, crun or a path.
     #[arg(long, env = "VFARM_OCI_RUNTIME", default_value = "auto")]
     pub runtime: String,
+    /// Accelerator for the qemu driver: auto (KVM if a test guest really boots, else TCG),
+    /// kvm (fail clearly if KVM does not work) or tcg.
+    #[arg(long, env = "VFARM_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: String,
+}
+
+fn accel_choice(s: &str) -> AccelChoice {
+    match s {
+        "kvm" => AccelChoice::Kvm,
+        "tcg" => AccelChoice::Tcg,
+        _ => AccelChoice::Auto,
+    }
 }
 
 /// Resources and environment of a new instance.
@@ -249,24 +263,34 @@ pub fn classify(err: &anyhow::Error) -> Option<(&'static str, u8)> {
 // ---------------------------------------------------------------------------------------
 // Drivers
 
-fn make_driver(ctx: &Ctx, kind: &str, runtime: &str) -> Result<Box<dyn Driver>> {
+fn make_driver(ctx: &Ctx, kind: &str, runtime: &str, accel: &str) -> Result<Box<dyn Driver>> {
     match kind {
         "oci" => Ok(Box::new(OciDriver::new(
             &ctx.data_dir,
             runtime.parse::<RuntimeChoice>().expect("infallible"),
         )?)),
+        "qemu" => Ok(Box::new(QemuDriver::new(
+            &ctx.data_dir,
+            accel_choice(accel),
+        ))),
         other => Err(DriverError::Unsupported {
             driver: "vfarm",
-            what: format!("driver `{other}` (this build has: oci)"),
+            what: format!("driver `{other}` (this build has: oci, qemu)"),
         }
         .into()),
     }
+}
+
+/// A VM's main process is the VM itself: commands run in it through the guest agent.
+fn runs_commands_by_exec(driver: &dyn Driver) -> bool {
+    driver.kind() == "qemu"
 }
 
 /// Drivers by kind, made on first use (each probes its backend once per process).
 struct Drivers<'a> {
     ctx: &'a Ctx,
     runtime: String,
+    accel: String,
     made: HashMap<String, Box<dyn Driver>>,
 }
 
@@ -275,13 +299,14 @@ impl<'a> Drivers<'a> {
         Drivers {
             ctx,
             runtime: std::env::var("VFARM_OCI_RUNTIME").unwrap_or_else(|_| "auto".into()),
+            accel: std::env::var("VFARM_ACCEL").unwrap_or_else(|_| "auto".into()),
             made: HashMap::new(),
         }
     }
 
     fn get(&mut self, kind: &str) -> Result<&dyn Driver> {
         if !self.made.contains_key(kind) {
-            let d = make_driver(self.ctx, kind, &self.runtime)?;
+            let d = make_driver(self.ctx, kind, &self.runtime, &self.accel)?;
             self.made.insert(kind.to_string(), d);
         }
         Ok(self.made[kind].as_ref())
@@ -585,7 +610,7 @@ fn report(ctx: &Ctx, store: &Store, id: &str, message: &str) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Creating
 
-fn resolve_image(ctx: &Ctx, args: &ImageArgs) -> Result<vfarm_image::Image> {
+fn resolve_image(ctx: &Ctx, args: &ImageArgs, bootable: bool) -> Result<vfarm_image::Image> {
     if args.image_spec.is_some() || args.suite.is_some() {
         // The same spec handling as `vfarm image build`, fed the equivalent arguments. The
         // tar format is always part of a build, which is what the oci driver runs.
@@ -601,6 +626,15 @@ fn resolve_image(ctx: &Ctx, args: &ImageArgs) -> Result<vfarm_image::Image> {
         }
         for p in &args.packages {
             argv.extend(["--package".into(), p.into()]);
+        }
+        if bootable {
+            // A VM boots the image's kernel from its qcow2 disk.
+            argv.extend([
+                "--boot".into(),
+                "vm".into(),
+                "--format".into(),
+                "qcow2".into(),
+            ]);
         }
         let cmd = <crate::cmd::image::BuildArgs as Args>::augment_args(clap::Command::new("build"));
         let m = cmd.try_get_matches_from(argv)?;
@@ -782,8 +816,8 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
     match cmd {
         InstanceCmd::Create(a) => {
             let a = *a;
-            let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime)?;
-            let image = resolve_image(ctx, &a.image)?;
+            let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime, &a.driver.accel)?;
+            let image = resolve_image(ctx, &a.image, runs_commands_by_exec(driver.as_ref()))?;
             let row = create_instance(
                 ctx,
                 driver.as_ref(),
@@ -1134,20 +1168,21 @@ impl Follower {
 pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     let store = ctx.store()?;
     tracing::debug!("run: store open");
-    let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime)?;
+    let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime, &a.driver.accel)?;
     let driver = driver.as_ref();
     tracing::debug!(driver = driver.kind(), "run: driver ready");
+    let by_exec = a.keep_on_failure || runs_commands_by_exec(driver);
     let timeout = a
         .timeout
         .as_deref()
         .map(|t| parse_duration("timeout", t).map(Duration::from_secs))
         .transpose()?;
-    let image = resolve_image(ctx, &a.image)?;
+    let image = resolve_image(ctx, &a.image, runs_commands_by_exec(driver))?;
     tracing::debug!(image = %image.id, "run: image resolved");
     // With --keep-on-failure the main process is the idle init and the command runs through
     // exec, so the kept instance can be started again and entered; otherwise the command is
     // the main process (the fast path).
-    let main_command = if a.keep_on_failure {
+    let main_command = if by_exec {
         Vec::new()
     } else {
         a.command.clone()
@@ -1175,7 +1210,7 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         };
         start_instance(&store, driver, &row)?;
         tracing::debug!(instance = %id, "run: started");
-        if a.keep_on_failure {
+        if by_exec {
             exec_with_timeout(driver, &id, &a.command, &a.shape.env, &until)
         } else {
             follow_until_exit(driver, &id, &until)
@@ -1328,7 +1363,13 @@ fn exec_with_timeout(
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let code = h.join().map_err(|_| anyhow!("exec thread panicked"))??;
+        let code = match h.join().map_err(|_| anyhow!("exec thread panicked"))? {
+            Ok(c) => c,
+            // Killed at the deadline: a VM's agent connection dies with it, so there is no
+            // exit status to report; use SIGKILL's, as a killed container's would be.
+            Err(_) if ending != Ending::Exited => 137,
+            Err(e) => return Err(e.into()),
+        };
         Ok((code, ending))
     })
 }
