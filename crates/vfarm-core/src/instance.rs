@@ -98,6 +98,13 @@ pub enum Event {
     Snapshot,
     /// Revert to a snapshot (a running or paused instance runs again afterwards).
     Revert,
+    /// Save a VM's whole state (memory, devices, disk instant); with `stop` the VM ends
+    /// afterwards, the checkpoint being its state from then on.
+    Checkpoint {
+        stop: bool,
+    },
+    /// Bring a VM back to a checkpoint; it runs afterwards whatever it was doing before.
+    Restore,
     Destroy,
 }
 
@@ -116,6 +123,8 @@ impl Event {
             Event::Exec => "exec in",
             Event::Snapshot => "snapshot",
             Event::Revert => "revert",
+            Event::Checkpoint { .. } => "checkpoint",
+            Event::Restore => "restore",
             Event::Destroy => "destroy",
         }
     }
@@ -151,6 +160,11 @@ pub fn next(state: State, event: Event) -> Result<State, TransitionError> {
         // Revert restarts what was running; a paused instance comes back running.
         (S::Running | S::Paused, E::Revert) => S::Running,
         (S::Created | S::Stopped | S::Failed, E::Revert) => state,
+        // Only a live VM has memory to save.
+        (S::Running | S::Paused, E::Checkpoint { stop: false }) => state,
+        (S::Running | S::Paused, E::Checkpoint { stop: true }) => S::Stopped,
+        // A checkpoint exists only if the instance ran; restoring replaces whatever runs now.
+        (S::Running | S::Paused | S::Stopped | S::Failed, E::Restore) => S::Running,
 
         (S::Destroyed, E::Destroy) => return Err(refuse(state, event, "")),
         (_, E::Destroy) => S::Destroyed,
@@ -164,8 +178,9 @@ fn hint(state: State, event: Event) -> &'static str {
         (State::Paused, Event::Exec | Event::Start) => " (resume it first)",
         (
             State::Stopped | State::Failed | State::Created,
-            Event::Exec | Event::Pause | Event::Stop,
+            Event::Exec | Event::Pause | Event::Stop | Event::Checkpoint { .. },
         ) => " (start it first)",
+        (State::Created, Event::Restore) => " (it never ran, so it has no checkpoint)",
         (State::Running, Event::Start) | (State::Running, Event::Resume) => {
             " (it is already running)"
         }
@@ -424,6 +439,36 @@ mod tests {
         for s in State::ALL {
             assert_eq!(next(*s, Event::Destroy).is_ok(), *s != State::Destroyed);
         }
+    }
+
+    #[test]
+    fn checkpoint_and_restore() {
+        assert_eq!(
+            next(State::Running, Event::Checkpoint { stop: false }),
+            Ok(State::Running)
+        );
+        assert_eq!(
+            next(State::Paused, Event::Checkpoint { stop: false }),
+            Ok(State::Paused)
+        );
+        let s = next(State::Running, Event::Checkpoint { stop: true }).unwrap();
+        assert_eq!(s, State::Stopped);
+        assert_eq!(next(s, Event::Restore), Ok(State::Running));
+        assert_eq!(next(State::Running, Event::Restore), Ok(State::Running));
+        assert_eq!(next(State::Paused, Event::Restore), Ok(State::Running));
+        assert_eq!(next(State::Failed, Event::Restore), Ok(State::Running));
+        let e = next(State::Stopped, Event::Checkpoint { stop: true }).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot checkpoint an instance that is stopped (start it first)"
+        );
+        let e = next(State::Created, Event::Restore).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot restore an instance that is created (it never ran, so it has no checkpoint)"
+        );
+        assert!(next(State::Creating, Event::Restore).is_err());
+        assert!(next(State::Destroyed, Event::Restore).is_err());
     }
 
     #[test]

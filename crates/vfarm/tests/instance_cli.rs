@@ -615,3 +615,45 @@ fn interrupted_run_kills_and_removes_its_instance() {
     );
     assert!(!vf.data.join("instances").join(&id).exists());
 }
+
+#[test]
+fn checkpoint_is_refused_and_console_follows_for_oci() {
+    let vf = Vf::shared();
+    let name = unique("console");
+    vf.ok(&[
+        "instance",
+        "create",
+        "--image",
+        "minbase",
+        "--name",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo hello; sleep 1; echo bye",
+    ]);
+    let _g = Guard(vf, name.clone());
+    // Only a VM has memory state to save: a clear refusal with the stable code, whatever
+    // the container's state.
+    for args in [
+        vec!["instance", "checkpoint", name.as_str(), "--stop"],
+        vec!["instance", "restore", name.as_str()],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--output", "json"]);
+        let o = vf.run(&a);
+        assert_eq!(
+            code(&o),
+            2,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(err["error"]["code"], "unsupported", "{err}");
+    }
+    // --follow prints the main process's output as it comes and ends with it.
+    let out = vf.ok(&["instance", "console", &name, "--follow"]);
+    assert_eq!(out, "hello\nbye\n");
+    assert_eq!(vf.state(&name)["state"], "stopped");
+    assert_eq!(vf.ok(&["instance", "console", &name]), "hello\nbye\n");
+}

@@ -259,3 +259,228 @@ fn instance_lifecycle_with_snapshot_revert() {
     assert_success(&vfarm(&f.data, &["instance", "destroy", "v1"]), "destroy");
     assert_nothing_left(&f.data);
 }
+
+/// Destroys the instance when the test ends, pass or fail, so a failed assertion leaves no
+/// VM running.
+struct Destroy<'a>(&'a Path, &'static str);
+
+impl Drop for Destroy<'_> {
+    fn drop(&mut self) {
+        let _ = vfarm(self.0, &["instance", "destroy", self.1]);
+    }
+}
+
+fn show(data: &Path, instance: &str) -> Value {
+    let out = vfarm(data, &["instance", "show", instance, "--output", "json"]);
+    assert_success(&out, "instance show");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The guest's counter, or `None` while the file is not written yet.
+fn counter(data: &Path, instance: &str) -> Option<u64> {
+    let out = vfarm(
+        data,
+        &["instance", "exec", instance, "--", "cat", "/root/counter"],
+    );
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// Polls the counter until it is above `floor` (the guest's loop is alive); the deadline only
+/// keeps a broken guest from hanging the test.
+fn counter_above(data: &Path, instance: &str, floor: u64, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let seen = counter(data, instance);
+        if let Some(n) = seen.filter(|n| *n > floor) {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the guest's counter did not get above {floor} (last read {seen:?})"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn checkpoint_restore_console_and_stats() {
+    let f = fixture();
+    let _vm = one_vm();
+    let d = f.data.as_path();
+    let out = vfarm(
+        d,
+        &[
+            "instance", "create", "--driver", "qemu", "--image", "vm", "--name", "ck", "--output",
+            "json",
+        ],
+    );
+    assert_success(&out, "instance create");
+    let _destroy = Destroy(d, "ck");
+
+    // The serial console has the boot's output.
+    let out = vfarm(d, &["instance", "console", "ck"]);
+    assert_success(&out, "console");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "empty console after boot"
+    );
+
+    // Measured use of a running VM.
+    let v = show(d, "ck");
+    assert!(
+        matches!(v["accel"].as_str(), Some("kvm" | "tcg")),
+        "no accel: {v}"
+    );
+    assert!(v.get("accel_note").is_some(), "no accel_note: {v}");
+    let stats = &v["stats"];
+    assert!(
+        stats["cpu_time_secs"].as_f64().is_some_and(|c| c > 0.0),
+        "no CPU time: {v}"
+    );
+    assert!(stats["uptime_secs"].as_f64().is_some(), "no uptime: {v}");
+    assert!(stats["rss_bytes"].as_u64().is_some_and(|r| r > 0), "{v}");
+    assert!(
+        stats["block"].as_array().is_some_and(|b| !b.is_empty()),
+        "{v}"
+    );
+    let table = vfarm(d, &["instance", "show", "ck"]);
+    assert_success(&table, "show");
+    assert!(text(&table).contains("cpu "), "{}", text(&table));
+
+    // A counter in the guest. The agent's exec ends when the command has exited and its
+    // output pipes are closed, so the background loop must not hold them.
+    let out = vfarm(
+        d,
+        &[
+            "instance",
+            "exec",
+            "ck",
+            "--",
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo $i > /root/counter; sleep 0.2; done \
+             </dev/null >/dev/null 2>&1 &",
+        ],
+    );
+    assert_success(&out, "start the counter");
+    let before = counter_above(d, "ck", 1, "before the checkpoint");
+
+    // Checkpoint and stop: the VM ends, the instance is stopped.
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ck-{}.vmstate", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let out = vfarm(
+        d,
+        &[
+            "instance",
+            "checkpoint",
+            "ck",
+            "--to",
+            file.to_str().unwrap(),
+            "--stop",
+            "--output",
+            "json",
+        ],
+    );
+    assert_success(&out, "checkpoint --stop");
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["state"], "stopped", "{c}");
+    assert!(c["size"].as_u64().is_some_and(|s| s > 0), "{c}");
+    assert!(file.is_file(), "no state file at {}", file.display());
+    assert_eq!(show(d, "ck")["state"], "stopped");
+    assert!(
+        show(d, "ck").get("stats").is_none(),
+        "stats of a stopped VM"
+    );
+    let refused = vfarm(d, &["instance", "exec", "ck", "--", "true"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+
+    // Restore: the guest continues where it was (the counter did not start over, and its
+    // loop, which lives only in the guest's memory, runs on).
+    let out = vfarm(
+        d,
+        &[
+            "instance",
+            "restore",
+            "ck",
+            "--from",
+            file.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    );
+    assert_success(&out, "restore");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["state"], "running", "{r}");
+    let at_restore = counter_above(d, "ck", 0, "right after the restore");
+    assert!(
+        at_restore >= before,
+        "counter went back from {before} to {at_restore}: the guest did not resume"
+    );
+    let after = counter_above(d, "ck", at_restore, "after the restore");
+    assert!(after > before, "{after} <= {before}");
+    assert_eq!(show(d, "ck")["state"], "running");
+
+    // A checkpoint without --stop keeps the VM running; restore defaults to the newest.
+    let out = vfarm(d, &["instance", "checkpoint", "ck", "--output", "json"]);
+    assert_success(&out, "checkpoint");
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["state"], "running", "{c}");
+    assert_success(
+        &vfarm(d, &["instance", "exec", "ck", "--", "true"]),
+        "exec after a checkpoint",
+    );
+    assert_success(&vfarm(d, &["instance", "restore", "ck"]), "restore newest");
+    assert_eq!(show(d, "ck")["state"], "running");
+
+    // console --follow prints what is added and ends when the instance stops.
+    let mut follow = Command::new(BIN)
+        .args(["instance", "console", "ck", "--follow"])
+        .env("VFARM_DATA_DIR", d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run vfarm console --follow");
+    assert_success(
+        &vfarm(
+            d,
+            &[
+                "instance",
+                "exec",
+                "ck",
+                "--",
+                "sh",
+                "-c",
+                "echo follow-marker > /dev/console",
+            ],
+        ),
+        "write to the console",
+    );
+    assert_success(&vfarm(d, &["instance", "stop", "ck", "--force"]), "stop");
+    // Bounded, so a follow that never ends fails the test instead of hanging it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while follow.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = follow.kill();
+            let _ = follow.wait();
+            panic!("console --follow did not end when the instance stopped");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = follow.wait_with_output().unwrap();
+    assert_success(&out, "console --follow");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("follow-marker"),
+        "{}",
+        text(&out)
+    );
+
+    assert_success(&vfarm(d, &["instance", "destroy", "ck"]), "destroy");
+    // The --to file is the caller's; the default one went with the instance.
+    std::fs::remove_file(&file).unwrap();
+    assert_nothing_left(d);
+}

@@ -19,7 +19,7 @@ use serde::Serialize;
 use vfarm_core::instance::{next, parse_duration, Event, InstanceRequest, State};
 use vfarm_core::ByteSize;
 use vfarm_driver::oci::{OciDriver, RuntimeChoice};
-use vfarm_driver::qemu::{AccelChoice, QemuDriver};
+use vfarm_driver::qemu::{AccelChoice, AfterCheckpoint, QemuDriver};
 use vfarm_driver::{
     Driver, DriverError, ExecIo, ImageFile, ImageInput, InstanceSpec, Network, Observed, StopMode,
 };
@@ -177,6 +177,38 @@ pub enum InstanceCmd {
     },
     /// Print the instance's console output (stdout, then stderr on stderr).
     Logs { instance: String },
+    /// Print the console log (qemu: the VM's serial console, boot messages included; oci:
+    /// the main process's output).
+    Console {
+        instance: String,
+        /// Keep printing what is added until the instance stops (or Ctrl-C).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Save a running VM's whole state (memory, devices and the disk of that instant) so
+    /// `restore` resumes it from there (qemu driver only).
+    #[command(after_help = "Example:
+  vfarm instance checkpoint web --to /scratch/web.vmstate --stop
+  vfarm instance restore web --from /scratch/web.vmstate")]
+    Checkpoint {
+        instance: String,
+        /// State file to write (must not exist). Default: a new file in the instance's
+        /// directory, removed with the instance.
+        #[arg(long, value_name = "FILE")]
+        to: Option<PathBuf>,
+        /// End the VM once the state is saved: the instance is stopped and the checkpoint is
+        /// its state from then on.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Bring a VM back to a checkpoint: whatever runs now is replaced, the disk goes back to
+    /// the checkpoint's instant and the guest continues from there (qemu driver only).
+    Restore {
+        instance: String,
+        /// The checkpoint's state file. Default: the instance's newest checkpoint.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+    },
     /// List instances: state, image, driver, owner, created, uptime, expiry.
     #[command(alias = "list")]
     Ls,
@@ -284,6 +316,25 @@ fn make_driver(ctx: &Ctx, kind: &str, runtime: &str, accel: &str) -> Result<Box<
 /// A VM's main process is the VM itself: commands run in it through the guest agent.
 fn runs_commands_by_exec(driver: &dyn Driver) -> bool {
     driver.kind() == "qemu"
+}
+
+/// The qemu driver itself, for what only a VM has (checkpoints, measured stats): those are
+/// inherent methods, not part of the `Driver` trait. Other drivers get a clear Unsupported
+/// (never a silent success).
+fn qemu_for(drivers: &mut Drivers<'_>, row: &InstanceRow, what: &str) -> Result<QemuDriver> {
+    let driver = drivers.get(&row.driver)?;
+    if driver.kind() != "qemu" {
+        return Err(DriverError::Unsupported {
+            driver: driver.kind(),
+            what: format!("{what} (only the qemu driver can save a VM's memory state)"),
+        }
+        .into());
+    }
+    // Cheap: nothing is probed until a prepare; it re-attaches to the running VM by its record.
+    Ok(QemuDriver::new(
+        &drivers.ctx.data_dir,
+        accel_choice(&drivers.accel),
+    ))
 }
 
 /// Drivers by kind, made on first use (each probes its backend once per process).
@@ -449,6 +500,96 @@ struct View {
     snapshots: Option<Vec<SnapshotRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     spec: Option<serde_json::Value>,
+    /// VM details (qemu instances, `show` only): accelerator, sizes, measured use.
+    #[serde(flatten)]
+    vm: Option<VmView>,
+}
+
+#[derive(Debug, Serialize)]
+struct VmView {
+    accel: &'static str,
+    /// Why the accelerator is not the one asked for (KVM unusable here, so TCG).
+    accel_note: Option<String>,
+    vcpus: u32,
+    memory_mib: u64,
+    /// Only while QEMU runs (running or paused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<StatsView>,
+}
+
+/// `VmStats` with durations as seconds, which is what a JSON consumer wants.
+#[derive(Debug, Serialize)]
+struct StatsView {
+    pid: i32,
+    /// QEMU's run state (running, paused, postmigrate …).
+    status: String,
+    /// Host CPU time of the QEMU process (all vCPU and I/O threads).
+    cpu_time_secs: f64,
+    rss_bytes: u64,
+    /// Since QEMU started (a restore counts from the restore).
+    uptime_secs: f64,
+    block: Vec<BlockView>,
+}
+
+#[derive(Debug, Serialize)]
+struct BlockView {
+    device: String,
+    rd_bytes: u64,
+    wr_bytes: u64,
+    rd_operations: u64,
+    wr_operations: u64,
+    flush_operations: u64,
+}
+
+/// What the qemu driver says about a VM instance; `None` for other drivers. A failure to
+/// measure is a warning: `show` must still show the rest.
+fn vm_view(drivers: &mut Drivers<'_>, row: &InstanceRow) -> Option<VmView> {
+    if row.driver != "qemu" {
+        return None;
+    }
+    let q = qemu_for(drivers, row, "vm details").ok()?;
+    let info = match q.info(&row.id) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("vfarm: warning: no VM details for {}: {e}", row.id);
+            return None;
+        }
+    };
+    let active = state_of(row).is_ok_and(State::is_active);
+    let stats = match q.stats(&row.id) {
+        Ok(s) => Some(StatsView {
+            pid: s.pid,
+            status: s.status,
+            cpu_time_secs: s.cpu_time.as_secs_f64(),
+            rss_bytes: s.rss_bytes,
+            uptime_secs: s.uptime.as_secs_f64(),
+            block: s
+                .block
+                .into_iter()
+                .map(|b| BlockView {
+                    device: b.device,
+                    rd_bytes: b.rd_bytes,
+                    wr_bytes: b.wr_bytes,
+                    rd_operations: b.rd_operations,
+                    wr_operations: b.wr_operations,
+                    flush_operations: b.flush_operations,
+                })
+                .collect(),
+        }),
+        // A stopped VM has nothing to measure; only a live one that cannot be is worth a word.
+        Err(e) if active => {
+            eprintln!("vfarm: warning: cannot measure {}: {e}", row.id);
+            None
+        }
+        Err(_) => None,
+    };
+    Some(VmView {
+        accel: info.accel.as_str(),
+        accel_note: info.accel_note,
+        vcpus: info.vcpus,
+        memory_mib: info.memory_mib,
+        stats,
+    })
 }
 
 fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<View> {
@@ -494,6 +635,7 @@ fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<View> {
         } else {
             None
         },
+        vm: None,
     })
 }
 
@@ -583,6 +725,45 @@ fn print_view(v: &View) {
         &v.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
     );
     kv("expires", v.expires.as_deref().unwrap_or("-"));
+    if let Some(vm) = &v.vm {
+        kv(
+            "vm",
+            &format!(
+                "{} vCPU(s), {} MiB, accel {}",
+                vm.vcpus, vm.memory_mib, vm.accel
+            ),
+        );
+        if let Some(n) = &vm.accel_note {
+            kv("", n);
+        }
+        if let Some(s) = &vm.stats {
+            kv(
+                "stats",
+                &format!(
+                    "cpu {:.1}s, rss {}, up {}, qemu pid {} ({})",
+                    s.cpu_time_secs,
+                    ByteSize(s.rss_bytes),
+                    human_secs(s.uptime_secs as i64),
+                    s.pid,
+                    s.status
+                ),
+            );
+            for b in &s.block {
+                kv(
+                    "",
+                    &format!(
+                        "{}: read {} ({} ops), written {} ({} ops), {} flushes",
+                        b.device,
+                        ByteSize(b.rd_bytes),
+                        b.rd_operations,
+                        ByteSize(b.wr_bytes),
+                        b.wr_operations,
+                        b.flush_operations
+                    ),
+                );
+            }
+        }
+    }
     if let Some(s) = &v.snapshots {
         let names: Vec<String> = s
             .iter()
@@ -926,6 +1107,91 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
             copy_file(&logs.stderr, &mut std::io::stderr())?;
             Ok(0)
         }
+        InstanceCmd::Console { instance, follow } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            console(drivers.get(&row.driver)?, &row.id, follow)?;
+            Ok(0)
+        }
+        InstanceCmd::Checkpoint { instance, to, stop } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            let q = qemu_for(&mut drivers, &row, "checkpoint")?;
+            let ev = Event::Checkpoint { stop };
+            check(&row, ev)?;
+            // The default lives in the instance's directory, so destroy removes it.
+            let file = to.unwrap_or_else(|| {
+                q.instance_dir(&row.id).join(format!(
+                    "checkpoint-{}.vmstate",
+                    chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+                ))
+            });
+            let after = if stop {
+                AfterCheckpoint::Stop
+            } else {
+                AfterCheckpoint::Continue
+            };
+            let info = q.checkpoint(&row.id, &file, after)?;
+            // Without --stop the state stays as it was; with it the VM has ended.
+            let state = if stop {
+                transition(&store, &row, ev, StateChange::default())?
+            } else {
+                state_of(&row)?
+            };
+            if ctx.json() {
+                ctx.print_json(&serde_json::json!({
+                    "id": row.id,
+                    "state": state,
+                    "checkpoint": info.path,
+                    "size": info.size,
+                    "paused_secs": info.elapsed.as_secs_f64(),
+                }))?;
+            } else {
+                println!(
+                    "checkpoint of instance {} written to {} ({}, guest paused {:.1}s); instance {state}",
+                    label(&row),
+                    info.path.display(),
+                    ByteSize(info.size),
+                    info.elapsed.as_secs_f64()
+                );
+            }
+            Ok(0)
+        }
+        InstanceCmd::Restore { instance, from } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            let q = qemu_for(&mut drivers, &row, "restore")?;
+            check(&row, Event::Restore)?;
+            let file = match from {
+                Some(f) => f,
+                None => q
+                    .checkpoints(&row.id)?
+                    .pop()
+                    .ok_or_else(|| DriverError::NotFound {
+                        kind: "checkpoint of instance",
+                        id: row.id.clone(),
+                    })?,
+            };
+            q.restore(&row.id, &file)?;
+            // The VM process is new: uptime counts from here.
+            transition(
+                &store,
+                &row,
+                Event::Restore,
+                StateChange {
+                    started: true,
+                    ..Default::default()
+                },
+            )?;
+            report(
+                ctx,
+                &store,
+                &row.id,
+                &format!(
+                    "instance {} restored from {} and running",
+                    label(&row),
+                    file.display()
+                ),
+            )?;
+            Ok(0)
+        }
         InstanceCmd::Ls => {
             let mut views = Vec::new();
             for row in store.instances()? {
@@ -947,7 +1213,8 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Show { instance } => {
             let row = find(&store, &mut drivers, &instance)?;
-            let v = view(&store, &row, true)?;
+            let mut v = view(&store, &row, true)?;
+            v.vm = vm_view(&mut drivers, &row);
             if ctx.json() {
                 ctx.print_json(&v)?;
             } else {
@@ -994,6 +1261,44 @@ fn pause_resume(
         &format!("instance {} {to}", label(&row)),
     )?;
     Ok(0)
+}
+
+/// Print an instance's console log; with `follow`, keep printing what is appended until the
+/// instance is no longer running or paused (Ctrl-C ends it earlier: nothing to clean up).
+fn console(driver: &dyn Driver, id: &str, follow: bool) -> Result<()> {
+    let logs = driver.logs(id)?;
+    // A VM has one console for both streams; print it once.
+    let separate = logs.stderr != logs.stdout;
+    // Before the first start there is no log yet: that is an empty console, not an error.
+    let open = |p: &Path| match File::open(p) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open {}", p.display()))),
+    };
+    let mut f = Follower {
+        out: open(&logs.stdout)?,
+        err: if separate { open(&logs.stderr)? } else { None },
+    };
+    f.pump()?;
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        let seen = driver.observe(id)?;
+        // A log that appears later (the instance started meanwhile) is followed from then on.
+        if f.out.is_none() {
+            f.out = open(&logs.stdout)?;
+        }
+        if separate && f.err.is_none() {
+            f.err = open(&logs.stderr)?;
+        }
+        f.pump()?;
+        if !matches!(seen, Observed::Running | Observed::Paused) {
+            // What was written between the last read and the end.
+            return f.pump();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn copy_file(path: &Path, out: &mut dyn Write) -> Result<()> {
@@ -1141,23 +1446,28 @@ fn snapshots_of(driver: &dyn Driver) -> Result<&dyn vfarm_driver::Snapshots> {
 // ---------------------------------------------------------------------------------------
 // vfarm run …
 
-/// Copies what an instance writes to its log files to our stdout/stderr as it arrives.
+/// Copies what an instance writes to its log files to our stdout/stderr as it arrives
+/// (a file not there yet, or a VM's single console, is `None`).
 struct Follower {
-    out: File,
-    err: File,
+    out: Option<File>,
+    err: Option<File>,
 }
 
 impl Follower {
     fn pump(&mut self) -> Result<()> {
         let mut buf = Vec::new();
-        self.out.read_to_end(&mut buf)?;
+        if let Some(out) = &mut self.out {
+            out.read_to_end(&mut buf)?;
+        }
         if !buf.is_empty() {
             let mut o = std::io::stdout().lock();
             o.write_all(&buf)?;
             o.flush()?;
         }
         buf.clear();
-        self.err.read_to_end(&mut buf)?;
+        if let Some(err) = &mut self.err {
+            err.read_to_end(&mut buf)?;
+        }
         if !buf.is_empty() {
             std::io::stderr().write_all(&buf)?;
         }
@@ -1309,8 +1619,8 @@ fn interrupt_flag() -> Arc<AtomicBool> {
 fn follow_until_exit(driver: &dyn Driver, id: &str, until: &Until<'_>) -> Result<(i32, Ending)> {
     let logs = driver.logs(id)?;
     let mut f = Follower {
-        out: File::open(&logs.stdout)?,
-        err: File::open(&logs.stderr)?,
+        out: Some(File::open(&logs.stdout)?),
+        err: Some(File::open(&logs.stderr)?),
     };
     let mut backoff = vfarm_driver::Backoff::default();
     let mut ending = Ending::Exited;
