@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod oci;
 pub mod qemu;
+mod record;
 
 /// Why a driver operation failed, classified so a caller can decide to retry, fail, or place
 /// the instance elsewhere.

@@ -1,8 +1,7 @@
 //! Host filesystem work for the oci driver: unpacking image rootfs trees, overlay mounts,
-//! mount-table queries, atomic small-file writes and process liveness.
+//! mount-table queries and process liveness (atomic writes and I/O errors live in `record`).
 
 use std::ffi::CString;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -10,40 +9,7 @@ use rustix::mount::{MountFlags, UnmountFlags};
 
 use crate::{DriverError, Result};
 
-pub(crate) fn io_err(
-    op: &'static str,
-    id: &str,
-    what: impl std::fmt::Display,
-    source: io::Error,
-) -> DriverError {
-    // Transient kernel/file-system conditions may clear up; anything else will not.
-    let retryable = matches!(
-        source.raw_os_error(),
-        Some(libc_codes::EBUSY | libc_codes::EAGAIN | libc_codes::EINTR | libc_codes::ENOSPC)
-    );
-    DriverError::Backend {
-        op,
-        id: id.to_string(),
-        detail: what.to_string(),
-        retryable,
-        source: Some(source),
-    }
-}
-
-/// The few errno values the classification needs, without a libc dependency.
-mod libc_codes {
-    pub const EINTR: i32 = 4;
-    pub const EAGAIN: i32 = 11;
-    pub const EBUSY: i32 = 16;
-    pub const ENOSPC: i32 = 28;
-}
-
-/// Write `data` to `path` so readers see the old or the new content, never a torn file.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
-}
+pub(crate) use crate::record::{io_err, write_atomic};
 
 /// Unpack the image's rootfs tarball into `dest` exactly once per image. Concurrent callers
 /// each unpack into a private temp dir; the first rename wins and the others discard theirs,

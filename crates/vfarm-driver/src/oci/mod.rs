@@ -161,31 +161,11 @@ impl OciDriver {
     }
 
     fn load(&self, id: &str) -> Result<Record> {
-        validate_id(id)?;
-        let p = self.record_path(id);
-        let bytes = match std::fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DriverError::NotFound {
-                    kind: "instance",
-                    id: id.to_string(),
-                })
-            }
-            Err(e) => return Err(io_err("read record", id, p.display(), e)),
-        };
-        serde_json::from_slice(&bytes).map_err(|e| DriverError::Backend {
-            op: "read record",
-            id: id.to_string(),
-            detail: format!("{} is corrupt: {e}", p.display()),
-            retryable: false,
-            source: None,
-        })
+        crate::record::load(&self.record_path(id), id)
     }
 
     fn save(&self, rec: &Record) -> Result<()> {
-        let p = self.record_path(&rec.id);
-        let data = serde_json::to_vec_pretty(rec).expect("record serialises");
-        hostfs::write_atomic(&p, &data).map_err(|e| io_err("write record", &rec.id, p.display(), e))
+        crate::record::save(&self.record_path(&rec.id), &rec.id, rec)
     }
 
     fn lock(&self, id: &str) -> Result<Lock> {
