@@ -6,10 +6,13 @@
 //!
 //! A missing tool (openssl, tar) fails the test with its name, never skips it.
 
+mod common;
+use common::Server;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha512};
@@ -1059,42 +1062,6 @@ fn every_refusal_has_its_own_reason_and_leaves_the_cache_unchanged() {
 
 // ---------------------------------------------------------------------------------------
 // Acceptance 4: publish, serve, subscribe, update; repository images; event hooks.
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("VFARM_DATA_DIR", data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        assert!(base.starts_with("http://127.0.0.1:"), "{base}");
-        Server { child, base }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A minimal rootfs tarball (`etc/os-release` + one file) that `vfarm` can import.
 fn rootfs_tar(dir: &Path, name: &str, version: &str) -> PathBuf {
