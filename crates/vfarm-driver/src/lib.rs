@@ -236,6 +236,9 @@ pub trait Driver: Send + Sync {
     fn snapshots(&self) -> Option<&dyn Snapshots> {
         None
     }
+    fn files(&self) -> Option<&dyn Files> {
+        None
+    }
 }
 
 /// Freeze and thaw every process of an instance.
@@ -287,6 +290,42 @@ pub trait Snapshots: Send + Sync {
     fn revert(&self, id: &str, name: &str) -> Result<()>;
     fn remove(&self, id: &str, name: &str) -> Result<()>;
     fn list(&self, id: &str) -> Result<Vec<SnapshotInfo>>;
+}
+
+/// Copy regular files between the host and an instance's filesystem (job staging, `instance
+/// cp`). Paths inside the instance are absolute and resolved inside it: a symlink in the
+/// instance never leads a copy out of its root.
+pub trait Files: Send + Sync {
+    /// Copy the host file `src` to `dst` in the instance, creating missing parent directories
+    /// and replacing a file already there; the permission bits of `src` are kept (an
+    /// executable stays executable). oci: the instance is prepared or running; qemu: running.
+    fn copy_in(&self, id: &str, src: &std::path::Path, dst: &str) -> Result<()>;
+    /// Copy the instance's file `src` to the host file `dst` (replaced if it exists).
+    fn copy_out(&self, id: &str, src: &str, dst: &std::path::Path) -> Result<()>;
+}
+
+/// Check an instance-side path given to [`Files`]: absolute, no `..`, not the root itself.
+pub fn validate_instance_path(field: &'static str, path: &str) -> Result<()> {
+    let bad = |reason: &str| DriverError::InvalidSpec {
+        field,
+        reason: format!("`{path}`: {reason}"),
+    };
+    if !path.starts_with('/') {
+        return Err(bad("must be an absolute path inside the instance"));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(bad("must not contain `..`"));
+    }
+    if path.trim_end_matches('/').is_empty() {
+        return Err(bad("names the instance's root, not a file"));
+    }
+    if path.ends_with('/') {
+        return Err(bad("names a directory; give the file name"));
+    }
+    if path.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,3 +73,27 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
 }
+
+/// Copy `input` to the host file `dst` through a temporary file beside it, so `dst` is the
+/// old file or the whole new one, never a partial copy. `mode` are the new file's permissions.
+pub(crate) fn copy_to_host(input: &mut dyn io::Read, mode: u32, dst: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = dst
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = dst.with_file_name(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut out = std::fs::File::create(&tmp)?;
+        io::copy(input, &mut out)?;
+        out.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, dst)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -657,3 +657,145 @@ fn checkpoint_is_refused_and_console_follows_for_oci() {
     assert_eq!(vf.state(&name)["state"], "stopped");
     assert_eq!(vf.ok(&["instance", "console", &name]), "hello\nbye\n");
 }
+
+#[test]
+fn files_copy_in_and_out_and_runs_stage_them() {
+    let vf = Vf::shared();
+    let dir = tmp().join(unique("stage"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("job.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"$(cat input.txt) from $(pwd)\" > result.txt\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("input.txt"), "hello").unwrap();
+
+    // run: inputs staged into the working directory, the script keeps its mode, the output
+    // comes back; relative guest paths are relative to --workdir.
+    let arg = |a: &str, b: &str| format!("{}:{b}", dir.join(a).display());
+    let out = dir.join("result.txt");
+    let (i1, i2) = (arg("job.sh", "job.sh"), arg("input.txt", "input.txt"));
+    let o = format!("result.txt:{}", out.display());
+    vf.ok(&[
+        "run",
+        "--image",
+        "minbase",
+        "--workdir",
+        "/scratch/job",
+        "--copy-in",
+        &i1,
+        "--copy-in",
+        &i2,
+        "--copy-out",
+        &o,
+        "--",
+        "./job.sh",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "hello from /scratch/job\n"
+    );
+    // A missing output makes an otherwise successful run fail, naming the file.
+    let missing = format!("/nowhere.txt:{}", dir.join("n").display());
+    let r = vf.run(&[
+        "run",
+        "--image",
+        "minbase",
+        "--copy-out",
+        &missing,
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&r), 1);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("/nowhere.txt"));
+    // Bad staging arguments are refused before anything is made.
+    let r = vf.run(&[
+        "run",
+        "--image",
+        "minbase",
+        "--copy-in",
+        "a:b:c",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&r), 2);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("copy-in"));
+
+    // instance cp both ways on a running instance; an absolute symlink in the instance
+    // resolves inside it, never on the host.
+    let name = unique("cp");
+    vf.ok(&["instance", "create", "--image", "minbase", "--name", &name]);
+    let _g = Guard(vf, name.clone());
+    let dst = format!("{name}:/deep/new/dir/in.txt");
+    vf.ok(&[
+        "instance",
+        "cp",
+        dir.join("input.txt").to_str().unwrap(),
+        &dst,
+    ]);
+    assert_eq!(
+        vf.ok(&[
+            "instance",
+            "exec",
+            &name,
+            "--",
+            "cat",
+            "/deep/new/dir/in.txt"
+        ]),
+        "hello"
+    );
+    let host_marker = dir.join("host-only");
+    std::fs::write(&host_marker, "host").unwrap();
+    let link_target = host_marker.to_str().unwrap();
+    vf.ok(&[
+        "instance",
+        "exec",
+        &name,
+        "--",
+        "ln",
+        "-s",
+        link_target,
+        "/escape",
+    ]);
+    let r = vf.run(&[
+        "instance",
+        "cp",
+        &format!("{name}:/escape"),
+        dir.join("esc").to_str().unwrap(),
+    ]);
+    assert_ne!(
+        code(&r),
+        0,
+        "a symlink to a host path must not reach the host file"
+    );
+    assert!(!dir.join("esc").exists());
+    vf.ok(&[
+        "instance",
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo guest > /tmp/g",
+    ]);
+    let back = dir.join("g");
+    vf.ok(&[
+        "instance",
+        "cp",
+        &format!("{name}:/tmp/g"),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "guest\n");
+    let r = vf.run(&[
+        "instance",
+        "cp",
+        &format!("{name}:/no/such"),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&r), 3);
+    let r = vf.run(&["instance", "cp", "/a", "/b"]);
+    assert_eq!(code(&r), 2);
+}

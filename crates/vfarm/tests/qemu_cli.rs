@@ -233,6 +233,47 @@ fn instance_lifecycle_with_snapshot_revert() {
         vfarm(&f.data, &a)
     };
     assert_success(&exec(&["true"]), "exec true");
+    // Files in and out through the guest agent: parents made, mode kept, content exact.
+    let host_in = f.data.join("cp-in.sh");
+    std::fs::write(&host_in, "#!/bin/sh\necho staged\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&host_in, std::fs::Permissions::from_mode(0o750)).unwrap();
+    assert_success(
+        &vfarm(
+            &f.data,
+            &[
+                "instance",
+                "cp",
+                host_in.to_str().unwrap(),
+                "v1:/opt/new/run.sh",
+            ],
+        ),
+        "cp in",
+    );
+    let ran = exec(&["/opt/new/run.sh"]);
+    assert_success(&ran, "run the copied script");
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "staged\n");
+    let host_out = f.data.join("cp-out.txt");
+    assert_success(
+        &vfarm(
+            &f.data,
+            &[
+                "instance",
+                "cp",
+                "v1:/etc/debian_version",
+                host_out.to_str().unwrap(),
+            ],
+        ),
+        "cp out",
+    );
+    assert!(std::fs::read_to_string(&host_out)
+        .unwrap()
+        .starts_with("12."));
+    let missing = vfarm(
+        &f.data,
+        &["instance", "cp", "v1:/no/such", host_out.to_str().unwrap()],
+    );
+    assert_eq!(missing.status.code(), Some(3), "{}", text(&missing));
     assert_success(
         &vfarm(&f.data, &["snapshot", "create", "v1", "clean"]),
         "snapshot create",

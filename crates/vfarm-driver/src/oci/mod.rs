@@ -35,6 +35,7 @@
 //! and removed when no snapshot and no instance stack uses them.
 
 mod bundle;
+mod files;
 mod hostfs;
 mod runtime;
 
@@ -50,8 +51,8 @@ pub use bundle::{render as render_config, validate_hostname, IDLE_INIT};
 pub use runtime::{Runtime, RuntimeChoice};
 
 use crate::{
-    validate_id, Driver, DriverError, Exec, ExecIo, InstanceSpec, LogFiles, Observed, Pausable,
-    ProbeReport, Result, SnapshotInfo, Snapshots, StopMode,
+    validate_id, Driver, DriverError, Exec, ExecIo, Files, InstanceSpec, LogFiles, Observed,
+    Pausable, ProbeReport, Result, SnapshotInfo, Snapshots, StopMode,
 };
 use hostfs::io_err;
 
@@ -781,6 +782,27 @@ impl Driver for OciDriver {
     }
     fn snapshots(&self) -> Option<&dyn Snapshots> {
         Some(self)
+    }
+    fn files(&self) -> Option<&dyn Files> {
+        Some(self)
+    }
+}
+
+impl Files for OciDriver {
+    fn copy_in(&self, id: &str, src: &Path, dst: &str) -> Result<()> {
+        crate::validate_instance_path("destination", dst)?;
+        let (_l, rec) = self.locked(id)?;
+        // The overlay is mounted from prepare until cleanup (also after the main process
+        // ended), but a host reboot unmounts it: mount again if needed.
+        self.ensure_mounted(&rec)?;
+        files::copy_in(id, &self.instance_dir(id).join("bundle/rootfs"), src, dst)
+    }
+
+    fn copy_out(&self, id: &str, src: &str, dst: &Path) -> Result<()> {
+        crate::validate_instance_path("source", src)?;
+        let (_l, rec) = self.locked(id)?;
+        self.ensure_mounted(&rec)?;
+        files::copy_out(id, &self.instance_dir(id).join("bundle/rootfs"), src, dst)
     }
 }
 

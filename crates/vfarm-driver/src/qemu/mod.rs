@@ -48,6 +48,7 @@
 //! with `-incoming` from the file, so memory and disk are again the same instant.
 
 mod errors;
+mod files;
 mod stats;
 
 use std::fs::File;
@@ -1387,6 +1388,9 @@ impl Driver for QemuDriver {
         Some(self)
     }
     fn snapshots(&self) -> Option<&dyn Snapshots> {
+        Some(self)
+    }
+    fn files(&self) -> Option<&dyn crate::Files> {
         Some(self)
     }
 }

@@ -27,6 +27,7 @@ use vfarm_store::instances::{InstanceRow, SnapshotRow, StateChange};
 use vfarm_store::{Store, StoreError};
 
 use crate::cmd::image::actor;
+use crate::cmd::staging;
 use crate::ctx::Ctx;
 
 /// Exit status of `vfarm run` when the command was killed at its `--timeout` (as timeout(1)).
@@ -175,6 +176,16 @@ pub enum InstanceCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Copy a file into or out of an instance: one side is `INSTANCE:/path`.
+    #[command(after_help = "Examples:
+  vfarm instance cp ./input.dat web:/scratch/input.dat
+  vfarm instance cp web:/var/log/syslog ./syslog")]
+    Cp {
+        /// A host file, or INSTANCE:/path.
+        src: String,
+        /// A host file, or INSTANCE:/path (parent directories in the instance are made).
+        dst: String,
+    },
     /// Print the instance's console output (stdout, then stderr on stderr).
     Logs { instance: String },
     /// Print the console log (qemu: the VM's serial console, boot messages included; oci:
@@ -250,6 +261,17 @@ pub struct RunArgs {
     /// Expiry of the instance if it is kept (or if this CLI is killed mid-run).
     #[arg(long, default_value = RUN_DEFAULT_EXPIRY)]
     pub expiry: String,
+    /// Copy a host file into the instance before the command runs (repeatable). A relative
+    /// GUEST path is relative to --workdir.
+    #[arg(long = "copy-in", value_name = "HOST:GUEST")]
+    pub copy_in: Vec<String>,
+    /// Copy a file out of the instance after the command ended, also after a failure
+    /// (repeatable). If a copy fails, a successful run exits 1.
+    #[arg(long = "copy-out", value_name = "GUEST:HOST")]
+    pub copy_out: Vec<String>,
+    /// Run the command in this directory of the instance (made if missing).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
@@ -1100,6 +1122,17 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
             })?;
             Ok(exec.exec(&row.id, &command, &env, ExecIo::inherit())?)
         }
+        InstanceCmd::Cp { src, dst } => {
+            let (instance, path, host, into) = staging::cp_plan(&src, &dst)?;
+            let row = find(&store, &mut drivers, instance)?;
+            let files = staging::files_of(drivers.get(&row.driver)?)?;
+            if into {
+                files.copy_in(&row.id, host, path)?;
+            } else {
+                files.copy_out(&row.id, path, host)?;
+            }
+            Ok(0)
+        }
         InstanceCmd::Logs { instance } => {
             let row = find(&store, &mut drivers, &instance)?;
             let logs = drivers.get(&row.driver)?.logs(&row.id)?;
@@ -1487,16 +1520,33 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         .as_deref()
         .map(|t| parse_duration("timeout", t).map(Duration::from_secs))
         .transpose()?;
+    if let Some(dir) = &a.workdir {
+        staging::check_workdir(dir)?;
+    }
+    let wd = a.workdir.as_deref();
+    let stage_in = a
+        .copy_in
+        .iter()
+        .map(|s| staging::parse_stage("copy-in", s, false, wd))
+        .collect::<Result<Vec<_>>>()?;
+    let stage_out = a
+        .copy_out
+        .iter()
+        .map(|s| staging::parse_stage("copy-out", s, true, wd))
+        .collect::<Result<Vec<_>>>()?;
+    if !stage_in.is_empty() || !stage_out.is_empty() {
+        staging::files_of(driver)?;
+    }
+    let command = match wd {
+        Some(dir) => staging::in_workdir(dir, &a.command),
+        None => a.command.clone(),
+    };
     let image = resolve_image(ctx, &a.image, runs_commands_by_exec(driver))?;
     tracing::debug!(image = %image.id, "run: image resolved");
     // With --keep-on-failure the main process is the idle init and the command runs through
     // exec, so the kept instance can be started again and entered; otherwise the command is
     // the main process (the fast path).
-    let main_command = if by_exec {
-        Vec::new()
-    } else {
-        a.command.clone()
-    };
+    let main_command = if by_exec { Vec::new() } else { command.clone() };
     let row = create_instance(
         ctx,
         driver,
@@ -1518,10 +1568,16 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
             timeout,
             interrupted: &interrupted,
         };
+        // A main command starts with the instance, so its inputs go in before; a command
+        // run by exec gets them once the instance runs (a VM's agent needs a running guest).
+        if !by_exec {
+            staging::copy_in_all(driver, &id, &stage_in)?;
+        }
         start_instance(&store, driver, &row)?;
         tracing::debug!(instance = %id, "run: started");
         if by_exec {
-            exec_with_timeout(driver, &id, &a.command, &a.shape.env, &until)
+            staging::copy_in_all(driver, &id, &stage_in)?;
+            exec_with_timeout(driver, &id, &command, &a.shape.env, &until)
         } else {
             follow_until_exit(driver, &id, &until)
         }
@@ -1542,6 +1598,12 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         Ending::Exited => {}
     }
     tracing::debug!(instance = %id, code, ?ending, "run: ended");
+    let lost_outputs = staging::copy_out_all(driver, &id, &stage_out);
+    let code = if code == 0 && lost_outputs > 0 {
+        1
+    } else {
+        code
+    };
     if (code == 0 && ending == Ending::Exited) || !a.keep_on_failure {
         destroy_after_run(&store, driver, &id)?;
         tracing::debug!(instance = %id, "run: destroyed");

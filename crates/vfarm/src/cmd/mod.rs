@@ -4,6 +4,7 @@ pub mod image;
 pub mod imagelist;
 pub mod instance;
 pub mod serve;
+pub mod staging;
 
 use crate::ctx::Ctx;
 
