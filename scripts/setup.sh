@@ -20,8 +20,10 @@ PKGS=(
   busybox-static      # minimal initramfs for the fast boot profile
   linux-image-cloud-amd64 # kernel with virtio modules for the fast boot profile
   initramfs-tools-core # lsinitramfs, to check the initramfs of bootable images
+  openssh-client      # ssh + ssh-keygen: `vfarm instance ssh` and the full-profile VM tests
   openssl libssl-dev pkg-config   # S/MIME image lists, and the openssl crate's build
   sqlite3             # inspecting the state store by hand
+  slurm-wlm slurm-client munge # Slurm backend: slurmctld + slurmd + sbatch/squeue/scontrol, munge auth
   curl ca-certificates tar zstd uidmap iproute2 util-linux
 )
 
@@ -48,7 +50,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Every binary the project drives, checked by name so a broken install fails here, not in a test.
-for b in mmdebstrap mkfs.ext4 e2fsck qemu-img qemu-system-x86_64 runc busybox openssl; do
+for b in mmdebstrap mkfs.ext4 e2fsck qemu-img qemu-system-x86_64 runc busybox openssl ssh ssh-keygen \
+         slurmctld slurmd sbatch scontrol munged; do
   command -v "$b" >/dev/null || { echo "setup.sh: $b is still missing after install" >&2; exit 1; }
 done
 

@@ -22,12 +22,20 @@ use vfarm_core::{Format, SpecError, SpecRequest};
 use vfarm_image::{ImageError, Repository};
 use vfarm_store::Store;
 
+pub mod auth;
+pub mod tls;
+
+pub use auth::AuthPolicy;
+pub use tls::{Peer, PlainListener, TlsConfigSource, TlsListener, TlsSettings, UnixPeerListener};
+
 /// Shared by all handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub repo: Arc<Repository>,
     pub store: Arc<Store>,
     pub data_dir: PathBuf,
+    /// Who must authenticate and who is an admin (default: identity required, no admins).
+    pub auth: AuthPolicy,
 }
 
 impl AppState {
@@ -39,6 +47,7 @@ impl AppState {
             repo,
             store,
             data_dir,
+            auth: AuthPolicy::default(),
         })
     }
 }
@@ -47,6 +56,7 @@ pub fn router(state: AppState) -> Router {
     let published = state.data_dir.join("published");
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/whoami", get(auth::whoami))
         .route("/api/v1/images", get(list_images).post(create_image))
         .route("/api/v1/images/{id}", get(get_image).delete(delete_image))
         .route("/api/v1/images/{id}/download", get(download))
@@ -55,18 +65,54 @@ pub fn router(state: AppState) -> Router {
         .route("/repository/{id}/{file}", get(repository_file))
         .route("/osfarm/create", get(osfarm_create))
         .nest_service("/imagelists", ServeDir::new(published))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::resolve_identity,
+        ))
         .with_state(state)
 }
 
-/// Serve the router on `listener` until `shutdown` resolves.
+/// Serve the router on `listener` (plain TCP) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        PlainListener(listener),
+        router(state).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Serve the router on the local unix socket (identity = the peer's login name).
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        UnixPeerListener(listener),
+        router(state).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Serve the router over TLS (client certificates per `tls`) until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<TlsConfigSource>,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        TlsListener::new(listener, tls)?,
+        router(state).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// An API error: HTTP status + stable code + message (+ the field, for bad input).
@@ -421,7 +467,9 @@ mod tests {
     fn state() -> (tempfile::TempDir, AppState) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let st = AppState::new(dir.path().to_path_buf(), store).unwrap();
+        let mut st = AppState::new(dir.path().to_path_buf(), store).unwrap();
+        // These tests are about the handlers; authentication has its own in `auth.rs`.
+        st.auth.require_identity = false;
         (dir, st)
     }
 

@@ -135,6 +135,59 @@ pub struct InstanceSpec {
     /// wait for the host's dirty data. Durable instances leave this off.
     #[serde(default)]
     pub volatile: bool,
+    /// How a VM boots and what its guest is set up with (qemu driver only; the CLI refuses
+    /// these options for other drivers).
+    #[serde(default)]
+    pub vm: VmSetup,
+}
+
+/// How a VM boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProfile {
+    /// microvm + a busybox initramfs with the guest agent as PID 1: seconds to a command.
+    #[default]
+    Fast,
+    /// q35 + the image's own kernel and initramfs, systemd, cloud-init, sshd.
+    Full,
+}
+
+impl BootProfile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootProfile::Fast => "fast",
+            BootProfile::Full => "full",
+        }
+    }
+}
+
+/// A file written into a full-profile VM at its first boot (host certificates, config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFile {
+    /// Absolute path in the guest.
+    pub path: String,
+    pub content: Vec<u8>,
+    /// Permission bits, e.g. 0o644.
+    pub mode: u32,
+}
+
+/// The VM-only part of an instance spec: the boot profile and, for the full profile, what
+/// cloud-init sets up at first boot.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VmSetup {
+    #[serde(default)]
+    pub profile: BootProfile,
+    /// The login user (default `vfarm`), with passwordless sudo.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// OpenSSH public key lines authorised for the user.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// A private key beside one of the public keys, used by `vfarm instance ssh` by default.
+    #[serde(default)]
+    pub ssh_identity: Option<PathBuf>,
+    #[serde(default)]
+    pub files: Vec<GuestFile>,
 }
 
 /// What an instance is doing right now, as the backend sees it.

@@ -154,6 +154,7 @@ fn spec(id: &str) -> InstanceSpec {
         network: Network::None,
         user_namespace: false,
         volatile: false,
+        vm: Default::default(),
     }
 }
 

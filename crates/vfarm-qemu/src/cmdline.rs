@@ -127,6 +127,10 @@ impl HostFwd {
 pub struct UserNet {
     #[serde(default)]
     pub hostfwd: Vec<HostFwd>,
+    /// Isolate the guest: it reaches neither the host nor beyond, only the forwarded ports
+    /// reach it (QEMU's `restrict=on`).
+    #[serde(default)]
+    pub restrict: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +148,10 @@ pub struct VmConfig {
     pub memory_mib: u64,
     pub kernel: Option<KernelBoot>,
     pub disk: Option<Disk>,
+    /// Further disks after the root disk (`disk1`, `disk2`, …), e.g. the full profile's
+    /// cloud-init seed.
+    #[serde(default)]
+    pub extra_disks: Vec<Disk>,
     /// The QMP control socket (always present: it is how the VM is managed).
     pub qmp_socket: PathBuf,
     /// The guest agent's socket, wired to a virtio-serial port named
@@ -179,6 +187,7 @@ impl VmConfig {
             memory_mib: 512,
             kernel: None,
             disk: None,
+            extra_disks: Vec::new(),
             qmp_socket,
             qga_socket: None,
             serial_log: None,
@@ -243,9 +252,25 @@ pub fn build_args(cfg: &VmConfig) -> Result<Vec<String>> {
         a.push2("-drive", drive);
         a.push2("-device", format!("{},drive=disk0", m.virtio("blk")));
     }
+    for (i, d) in cfg.extra_disks.iter().enumerate() {
+        let id = format!("disk{}", i + 1);
+        let mut drive = format!(
+            "id={id},if=none,file={},format={}",
+            opt_path(&d.path),
+            d.format.as_str()
+        );
+        if d.read_only {
+            drive.push_str(",read-only=on");
+        }
+        a.push2("-drive", drive);
+        a.push2("-device", format!("{},drive={id}", m.virtio("blk")));
+    }
 
     if let Some(net) = &cfg.net {
         let mut netdev = "user,id=net0".to_string();
+        if net.restrict {
+            netdev.push_str(",restrict=on");
+        }
         for f in &net.hostfwd {
             let proto = match f.proto {
                 Proto::Tcp => "tcp",
@@ -348,6 +373,7 @@ fn validate(cfg: &VmConfig) -> Result<()> {
         paths.extend(k.initrd.as_deref());
     }
     paths.extend(cfg.disk.as_ref().map(|d| d.path.as_path()));
+    paths.extend(cfg.extra_disks.iter().map(|d| d.path.as_path()));
     paths.extend(cfg.qga_socket.as_deref());
     paths.extend(cfg.serial_log.as_deref());
     paths.extend(cfg.pidfile.as_deref());
@@ -410,11 +436,13 @@ mod tests {
                 format: DiskFormat::Qcow2,
                 read_only: false,
             }),
+            extra_disks: Vec::new(),
             qmp_socket: dir.join("qmp.sock"),
             qga_socket: Some(dir.join("qga.sock")),
             serial_log: Some(dir.join("console.log")),
             net: Some(UserNet {
                 hostfwd: vec![HostFwd::ssh(2222)],
+                restrict: false,
             }),
             pidfile: Some(dir.join("qemu.pid")),
             daemonize: true,
@@ -456,6 +484,7 @@ mod tests {
                 format: DiskFormat::Raw,
                 read_only: true,
             }),
+            extra_disks: Vec::new(),
             qmp_socket: "/run/vm/qmp.sock".into(),
             qga_socket: Some("/run/vm/qga.sock".into()),
             serial_log: None,
@@ -469,6 +498,7 @@ mod tests {
                         guest_port: 53,
                     },
                 ],
+                restrict: false,
             }),
             pidfile: None,
             daemonize: false,
@@ -504,6 +534,7 @@ mod tests {
                 host_port: 2222,
                 guest_port: 22,
             }],
+            restrict: false,
         });
         let err = build_args(&cfg).unwrap_err();
         assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");

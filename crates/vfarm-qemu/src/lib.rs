@@ -8,7 +8,8 @@
 //! - [`initramfs`]: the fast-boot initramfs (busybox + the image kernel's virtio modules) that
 //!   mounts the root disk and makes the guest agent PID 1.
 //! - [`cmdline`]: the QEMU argument vector as a pure function of a [`cmdline::VmConfig`].
-//! - [`profile`]: the fast profile's kernel command line and VM configuration.
+//! - [`profile`]: the fast and full profiles' kernel command lines and VM configurations.
+//! - [`cloudinit`]: the full profile's NoCloud seed disk (user, SSH keys, files).
 //! - [`overlay`]: qcow2 copy-on-write disks over an image's disk.
 //! - [`process`]: the detached QEMU process, found again through its pidfile.
 //! - [`qmp`] and [`qga`]: clients for QEMU's control socket and the guest agent, every exchange
@@ -17,6 +18,7 @@
 //! Everything is synchronous: the driver trait is, and each operation here is a short exchange
 //! on a local socket or a short-lived child process.
 
+pub mod cloudinit;
 pub mod cmdline;
 pub mod error;
 pub mod initramfs;
@@ -29,6 +31,7 @@ pub mod qmp;
 pub mod tools;
 mod wire;
 
+pub use cloudinit::{Seed, SeedFile};
 pub use cmdline::{
     build_args, Accel, Disk, DiskFormat, HostFwd, KernelBoot, Machine, UserNet, VmConfig,
 };
@@ -40,6 +43,6 @@ pub use probe::{
     ProbeConfig,
 };
 pub use process::{spawn_daemonized, KillOnDrop, QemuProcess};
-pub use profile::{fast_vm_config, RunFiles};
+pub use profile::{fast_vm_config, full_vm_config, RunFiles};
 pub use qga::{ExecOutput, ExecRequest, ExitKind, GuestAgent};
-pub use qmp::{MigrationInfo, Qmp, VmStatus};
+pub use qmp::{BlockJob, MigrationInfo, MigrationRam, Qmp, VmStatus};

@@ -1,5 +1,7 @@
-//! The fast boot profile: microvm + direct kernel boot + the fast-boot initramfs + a qcow2
-//! overlay, with qemu-ga as the guest's only process.
+//! The boot profiles. `fast`: microvm + direct kernel boot + the fast-boot initramfs + a
+//! qcow2 overlay, with qemu-ga as the guest's only process. `full`: q35 + direct kernel boot
+//! of the image's own kernel and Debian initramfs, systemd, cloud-init from a NoCloud seed,
+//! sshd behind a forwarded port.
 
 use std::path::{Path, PathBuf};
 
@@ -151,6 +153,7 @@ pub fn fast_vm_config(
             format: DiskFormat::Qcow2,
             read_only: false,
         }),
+        extra_disks: Vec::new(),
         qmp_socket: files.qmp_socket.clone(),
         qga_socket: Some(files.qga_socket.clone()),
         serial_log: Some(files.serial_log.clone()),
@@ -158,6 +161,76 @@ pub fn fast_vm_config(
         pidfile: Some(files.pidfile.clone()),
         daemonize: true,
         no_reboot: true,
+        incoming: None,
+    }
+}
+
+/// The kernel command line of the full profile: the image's own kernel and Debian initramfs
+/// mount the virtio disk read-write (an image's fstab lists no root, so nothing would remount
+/// it), systemd is init, the console is the serial port (the boot log).
+pub fn full_append(hostname: Option<&str>) -> String {
+    let mut parts = vec![
+        "console=ttyS0".to_string(),
+        "panic=-1".to_string(),
+        "root=/dev/vda".to_string(),
+        "rootfstype=ext4".to_string(),
+        "rw".to_string(),
+    ];
+    // Shown in /proc/cmdline only, for someone reading a process list; cloud-init sets the
+    // real host name from the seed.
+    if let Some(h) = hostname {
+        parts.push(format!("vfarm.hostname={h}"));
+    }
+    parts.join(" ")
+}
+
+/// Where a full-profile VM's extra files live, beside its [`RunFiles`].
+pub fn seed_path(dir: &Path) -> PathBuf {
+    dir.join("seed.img")
+}
+
+/// A full-profile VM: q35, direct kernel boot of the image's kernel and initramfs, the overlay
+/// as root disk, the cloud-init seed as a second read-only disk, user-mode networking (with
+/// `net`'s port forwards), QMP + guest agent sockets, serial log, detached with a pidfile.
+/// It reboots like a real machine would (no `-no-reboot`): a guest that reboots comes back.
+pub fn full_vm_config(
+    name: &str,
+    accel: Accel,
+    kernel: &Path,
+    initrd: &Path,
+    files: &RunFiles,
+    seed: &Path,
+    net: UserNet,
+) -> VmConfig {
+    VmConfig {
+        name: name.to_string(),
+        machine: Machine::Q35,
+        accel,
+        cpu: None,
+        cpus: 1,
+        memory_mib: 1024,
+        kernel: Some(KernelBoot {
+            kernel: kernel.to_path_buf(),
+            initrd: Some(initrd.to_path_buf()),
+            append: full_append(Some(name)),
+        }),
+        disk: Some(Disk {
+            path: files.disk.clone(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        }),
+        extra_disks: vec![Disk {
+            path: seed.to_path_buf(),
+            format: DiskFormat::Raw,
+            read_only: true,
+        }],
+        qmp_socket: files.qmp_socket.clone(),
+        qga_socket: Some(files.qga_socket.clone()),
+        serial_log: Some(files.serial_log.clone()),
+        net: Some(net),
+        pidfile: Some(files.pidfile.clone()),
+        daemonize: true,
+        no_reboot: false,
         incoming: None,
     }
 }
@@ -176,6 +249,30 @@ mod tests {
             fast_append(Accel::Kvm, Some(2_596_122), None, false),
             "console=ttyS0 panic=-1 quiet root=/dev/vda rootfstype=ext4"
         );
+    }
+
+    #[test]
+    fn full_profile_matches_golden() {
+        let dir = Path::new("/var/lib/vfarm/qemu/instances/vm-2");
+        let files = RunFiles::in_dir(dir);
+        let cfg = full_vm_config(
+            "vm-2",
+            Accel::Tcg,
+            Path::new("/images/abc/vmlinuz"),
+            Path::new("/images/abc/initrd.img"),
+            &files,
+            &seed_path(dir),
+            UserNet {
+                hostfwd: vec![crate::cmdline::HostFwd::ssh(40022)],
+                restrict: true,
+            },
+        );
+        let got = crate::cmdline::build_args(&cfg).expect("valid config");
+        let want: Vec<String> = include_str!("../tests/golden/q35-full.args")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(got, want, "got:\n{}", got.join("\n"));
     }
 
     #[test]

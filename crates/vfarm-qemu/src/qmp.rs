@@ -270,6 +270,51 @@ impl Qmp {
         }
     }
 
+    /// Waits for an incoming migration on `uri` (a QEMU started with `-incoming defer`).
+    pub fn migrate_incoming(&mut self, uri: &str) -> Result<()> {
+        self.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .map(drop)
+    }
+
+    /// Cancels a running outgoing migration (the source keeps its state).
+    pub fn migrate_cancel(&mut self) -> Result<()> {
+        self.execute("migrate_cancel", None).map(drop)
+    }
+
+    /// Turns migration capabilities (`pause-before-switchover`, …) on or off.
+    pub fn migrate_set_capabilities(&mut self, caps: &[(&str, bool)]) -> Result<()> {
+        let list: Vec<Value> = caps
+            .iter()
+            .map(|(c, on)| json!({ "capability": c, "state": on }))
+            .collect();
+        self.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": list })),
+        )
+        .map(drop)
+    }
+
+    pub fn query_block_jobs(&mut self) -> Result<Vec<BlockJob>> {
+        let v = self.execute("query-block-jobs", None)?;
+        decode(v, "query-block-jobs")
+    }
+
+    /// The block node behind a `-drive id=…` device (what `block-export-add` takes).
+    pub fn block_node_name(&mut self, device: &str) -> Result<String> {
+        let v = self.execute("query-block", None)?;
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b.get("device").and_then(Value::as_str) == Some(device))
+            .and_then(|b| b.pointer("/inserted/node-name"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| Error::Protocol {
+                what: WHAT,
+                detail: format!("query-block lists no medium for device {device}"),
+            })
+    }
+
     /// Polls `query-status` until the VM's run state is `status`, for at most `limit` (e.g.
     /// `running` after an incoming migration).
     pub fn wait_status(&mut self, status: &str, limit: Duration) -> Result<VmStatus> {
@@ -301,6 +346,34 @@ pub struct MigrationInfo {
     /// How long the guest was paused for the final copy, in milliseconds.
     pub downtime: Option<u64>,
     pub error_desc: Option<String>,
+    /// RAM transfer counters (absent before a migration starts).
+    #[serde(default)]
+    pub ram: Option<MigrationRam>,
+}
+
+/// `query-migrate`'s `ram` section (the parts used here).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MigrationRam {
+    /// Bytes sent so far (what went over the wire, zero pages as a few bytes each).
+    pub transferred: u64,
+    /// Guest RAM size.
+    pub total: u64,
+    pub remaining: u64,
+}
+
+/// One running block job (`query-block-jobs`), e.g. a `drive-mirror`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BlockJob {
+    /// The job id (`job-id`, or the device name when none was given).
+    pub device: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Progress: `offset` of `len` bytes done (both grow while the guest writes).
+    pub len: u64,
+    pub offset: u64,
+    /// A mirror is ready once source and target are in sync.
+    pub ready: bool,
+    pub status: String,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(v: Value, command: &str) -> Result<T> {
@@ -474,6 +547,58 @@ mod tests {
             qmp.human_monitor_command("info snapshots").unwrap(),
             "No snapshots\r\n"
         );
+        drop(qmp);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn migration_helpers_decode_qemu_replies() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = fake_server(
+            dir.path(),
+            vec![
+                ("qmp_capabilities", vec![r#"{"return": {}, "id": {id}}"#]),
+                (
+                    "query-block",
+                    vec![
+                        r##"{"return": [{"device": "other", "inserted": {"node-name": "#block1"}}, {"device": "disk0", "inserted": {"node-name": "#block198"}}], "id": {id}}"##,
+                    ],
+                ),
+                (
+                    "query-block-jobs",
+                    vec![
+                        r#"{"return": [{"auto-finalize": true, "io-status": "ok", "device": "m", "busy": false, "len": 4096, "offset": 1024, "status": "running", "paused": false, "speed": 0, "ready": false, "type": "mirror"}], "id": {id}}"#,
+                    ],
+                ),
+                (
+                    "query-migrate",
+                    vec![
+                        r#"{"return": {"status": "completed", "downtime": 43, "total-time": 639, "ram": {"total": 536948736, "remaining": 0, "transferred": 71167657, "mbps": 892.6}}, "id": {id}}"#,
+                    ],
+                ),
+                (
+                    "migrate-set-capabilities",
+                    vec![r#"{"return": {}, "id": {id}}"#],
+                ),
+            ],
+        );
+        let mut qmp = Qmp::connect(&dir.path().join("qmp.sock"), Duration::from_secs(5)).unwrap();
+        assert_eq!(qmp.block_node_name("disk0").unwrap(), "#block198");
+        let jobs = qmp.query_block_jobs().unwrap();
+        assert_eq!(
+            (
+                jobs[0].device.as_str(),
+                jobs[0].kind.as_str(),
+                jobs[0].offset,
+                jobs[0].ready
+            ),
+            ("m", "mirror", 1024, false)
+        );
+        let m = qmp.query_migrate().unwrap();
+        assert_eq!((m.downtime, m.total_time), (Some(43), Some(639)));
+        assert_eq!(m.ram.map(|r| r.transferred), Some(71_167_657));
+        qmp.migrate_set_capabilities(&[("pause-before-switchover", true)])
+            .unwrap();
         drop(qmp);
         server.join().unwrap();
     }

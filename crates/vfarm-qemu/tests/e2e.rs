@@ -198,6 +198,7 @@ fn fast_profile_boots_to_guest_agent_runs_commands_and_cleans_up() {
         &files,
         Some(UserNet {
             hostfwd: vec![HostFwd::ssh(free_port())],
+            restrict: false,
         }),
     );
     let args = build_args(&cfg).unwrap();

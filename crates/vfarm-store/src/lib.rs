@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
+pub mod auth;
 pub mod imagelists;
 pub mod images;
 pub mod instances;
+pub mod jobs;
 
 pub use rusqlite;
 
 /// Migrations in order; index + 1 is the schema version after applying it.
-/// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs.
+/// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs, 5 auth.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_images", include_str!("../migrations/0001_images.sql")),
     (
@@ -28,6 +30,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_imagelists",
         include_str!("../migrations/0003_imagelists.sql"),
     ),
+    ("0004_jobs", include_str!("../migrations/0004_jobs.sql")),
+    ("0005_auth", include_str!("../migrations/0005_auth.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

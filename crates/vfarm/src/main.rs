@@ -72,6 +72,18 @@ enum Command {
     Cache(cmd::imagelist::CacheCmd),
     /// Run the HTTP service: REST API, image downloads, OS-Farm one-URL orders.
     Serve(cmd::serve::ServeArgs),
+    /// Batch jobs in disposable instances: submit (flags or JSDL), ls, show, cancel, wait,
+    /// logs, output; dispatched by `vfarm serve`.
+    Job(cmd::job::JobArgs),
+    /// Benchmarks: `overhead` measures native vs OCI vs VM on the same workloads.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
+    /// Bearer tokens for the HTTP API: create (shown once), ls, revoke.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCmd),
+    /// The site CA: init, show, issue-host, issue-user, revoke, crl.
+    #[command(subcommand)]
+    Ca(cmd::ca::CaCmd),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +103,10 @@ fn main() -> ExitCode {
         Command::Subscription(c) => cmd::imagelist::run_subscription(&ctx, c),
         Command::Cache(c) => cmd::imagelist::run_cache(&ctx, c),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
+        Command::Job(a) => cmd::job::run(&ctx, a),
+        Command::Bench(c) => cmd::bench::run(&ctx, c),
+        Command::Token(c) => cmd::token::run(&ctx, c),
+        Command::Ca(c) => cmd::ca::run(&ctx, c),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

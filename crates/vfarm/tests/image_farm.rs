@@ -226,10 +226,8 @@ fn serve_downloads_ranges_and_osfarm_orders() {
     let id = f.built["id"].as_str().unwrap();
     let tar = artifact(&f.built, "tar");
     let srv = Server::start(&f.data);
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .unwrap();
+    // `/api/v1/*` needs an identity (a token here); `/repository` and `/osfarm` do not.
+    let http = srv.client();
 
     let url = format!(
         "{}/api/v1/images/{}/download?format=tar",

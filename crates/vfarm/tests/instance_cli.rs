@@ -1,6 +1,10 @@
 //! Black-box tests of `vfarm instance`, `vfarm snapshot` and `vfarm run` against the real
 //! OCI runtime and a real Debian minbase image. Missing components fail loudly.
 
+mod common;
+
+use common::{minbase_tar, tmp};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -10,43 +14,6 @@ use serde_json::Value;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_vfarm")
-}
-
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-fn require(b: &str, package: &str) {
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .any(|d| d.join(b).is_file());
-    assert!(found, "these tests need `{b}`: apt-get install {package}");
-}
-
-/// The minbase rootfs tarball, built once with mmdebstrap and cached in the target dir.
-fn minbase_tar() -> PathBuf {
-    static TAR: OnceLock<PathBuf> = OnceLock::new();
-    TAR.get_or_init(|| {
-        require("runc", "runc");
-        let out = tmp().join("minbase-bookworm.tar");
-        if out.is_file() {
-            return out;
-        }
-        require("mmdebstrap", "mmdebstrap");
-        let work = tmp().join(format!(".mk-{}", std::process::id()));
-        std::fs::create_dir_all(&work).unwrap();
-        // mmdebstrap chooses the format from the name: build as *.tar, then move.
-        let t = work.join("minbase-bookworm.tar");
-        let st = Command::new("mmdebstrap")
-            .args(["--variant=minbase", "bookworm"])
-            .arg(&t)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mmdebstrap failed: {st}");
-        std::fs::rename(&t, &out).unwrap();
-        let _ = std::fs::remove_dir_all(&work);
-        out
-    })
-    .clone()
 }
 
 struct Vf {

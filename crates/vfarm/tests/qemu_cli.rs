@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_vfarm");
 
 struct Fixture {
@@ -120,6 +122,7 @@ fn assert_nothing_left(data: &Path) {
 fn run_passes_output_exit_status_and_timeout_through() {
     let f = fixture();
     let _vm = one_vm();
+    let console = f.data.join("run-console.log");
     let out = vfarm(
         &f.data,
         &[
@@ -128,6 +131,8 @@ fn run_passes_output_exit_status_and_timeout_through() {
             "qemu",
             "--image",
             "vm",
+            "--console-log",
+            console.to_str().unwrap(),
             "--",
             "cat",
             "/etc/debian_version",
@@ -139,6 +144,9 @@ fn run_passes_output_exit_status_and_timeout_through() {
         version.trim().starts_with("12."),
         "not a bookworm version: {version:?}"
     );
+    // The VM is gone, its boot messages are kept.
+    let boot = std::fs::read_to_string(&console).unwrap();
+    assert!(boot.contains("starting qemu-ga"), "console log: {boot:?}");
 
     let out = vfarm(
         &f.data,
@@ -219,7 +227,17 @@ fn instance_lifecycle_with_snapshot_revert() {
     let out = vfarm(
         &f.data,
         &[
-            "instance", "create", "--driver", "qemu", "--image", "vm", "--name", "v1", "--output",
+            "instance",
+            "create",
+            "--driver",
+            "qemu",
+            "--profile",
+            "fast",
+            "--image",
+            "vm",
+            "--name",
+            "v1",
+            "--output",
             "json",
         ],
     );
@@ -354,7 +372,17 @@ fn checkpoint_restore_console_and_stats() {
     let out = vfarm(
         d,
         &[
-            "instance", "create", "--driver", "qemu", "--image", "vm", "--name", "ck", "--output",
+            "instance",
+            "create",
+            "--driver",
+            "qemu",
+            "--profile",
+            "fast",
+            "--image",
+            "vm",
+            "--name",
+            "ck",
+            "--output",
             "json",
         ],
     );
@@ -523,5 +551,55 @@ fn checkpoint_restore_console_and_stats() {
     assert_success(&vfarm(d, &["instance", "destroy", "ck"]), "destroy");
     // The --to file is the caller's; the default one went with the instance.
     std::fs::remove_file(&file).unwrap();
+    assert_nothing_left(d);
+}
+
+#[test]
+fn vms_outlive_a_killed_service_and_are_found_again() {
+    let f = fixture();
+    let _vm = one_vm();
+    let d = &f.data;
+    let server = common::Server::start(d);
+    let out = vfarm(
+        d,
+        &[
+            "instance",
+            "create",
+            "--driver",
+            "qemu",
+            "--profile",
+            "fast",
+            "--image",
+            "vm",
+            "--name",
+            "sv",
+            "--expiry",
+            "1h",
+        ],
+    );
+    assert_success(&out, "instance create");
+    let _g = Destroy(d, "sv");
+    let pid_before = show(d, "sv")["stats"]["pid"].clone();
+    assert!(
+        pid_before.is_u64(),
+        "no QEMU pid in show: {}",
+        show(d, "sv")
+    );
+    // Child::kill is SIGKILL: the service gets no chance to clean anything up.
+    drop(server);
+    let v = show(d, "sv");
+    assert_eq!(v["state"], "running", "{v}");
+    assert_eq!(v["stats"]["pid"], pid_before, "{v}");
+    let server = common::Server::start(d);
+    let health = reqwest::blocking::get(format!("{}/healthz", server.base)).unwrap();
+    assert!(
+        health.status().is_success(),
+        "restarted service: {health:?}"
+    );
+    let echoed = vfarm(d, &["instance", "exec", "sv", "--", "echo", "still-here"]);
+    assert_success(&echoed, "exec after the service restarted");
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), "still-here\n");
+    assert_eq!(show(d, "sv")["stats"]["pid"], pid_before);
+    assert_success(&vfarm(d, &["instance", "destroy", "sv"]), "destroy");
     assert_nothing_left(d);
 }

@@ -196,6 +196,7 @@ mod tests {
             network: Network::None,
             user_namespace: false,
             volatile: false,
+            vm: Default::default(),
         }
     }
 

@@ -49,6 +49,8 @@
 
 mod errors;
 mod files;
+mod full;
+mod migrate;
 mod stats;
 
 use std::fs::File;
@@ -68,13 +70,15 @@ use vfarm_qemu::{
     GuestAgent, InitramfsRequest, KillOnDrop, QemuProcess, Qmp, RunFiles, UserNet, VmConfig,
 };
 
+pub use full::{NetStats, SshInfo};
+pub use migrate::{MigrateOptions, MigrationReport, Storage, DEFAULT_BANDWIDTH};
 pub use stats::{BlockStats, VmStats};
 /// The accelerator wanted (`Auto`, `Kvm`, `Tcg`) and the one used.
 pub use vfarm_qemu::{Accel, AccelChoice};
 
 use crate::{
-    validate_id, Driver, DriverError, Exec, ExecIo, InstanceSpec, LogFiles, Network, Observed,
-    Pausable, ProbeReport, Result, SnapshotInfo, Snapshots, StopMode,
+    validate_id, BootProfile, Driver, DriverError, Exec, ExecIo, InstanceSpec, LogFiles, Network,
+    Observed, Pausable, ProbeReport, Result, SnapshotInfo, Snapshots, StopMode,
 };
 use errors::{classify, io_err, not_running, DRIVER};
 
@@ -155,6 +159,9 @@ struct Record {
     console_offset: u64,
     snapshots: Vec<SnapRecord>,
     checkpoints: Vec<CheckpointRecord>,
+    /// Set for the full boot profile (systemd, cloud-init, sshd): its SSH port and login.
+    #[serde(default)]
+    full: Option<full::FullRecord>,
 }
 
 /// What the CLI shows about a VM instance.
@@ -170,6 +177,9 @@ pub struct VmInfo {
     pub qmp_socket: PathBuf,
     pub qga_socket: Option<PathBuf>,
     pub pid: Option<i32>,
+    pub profile: crate::BootProfile,
+    /// How to log in (full profile).
+    pub ssh: Option<SshInfo>,
 }
 
 /// What a VM does once its checkpoint is written.
@@ -409,6 +419,9 @@ impl QemuDriver {
     /// recording the process. The returned guard kills it unless disarmed.
     fn spawn(&self, rec: &mut Record, vm: &VmConfig) -> Result<(QemuProcess, KillOnDrop)> {
         let qemu = Self::tool(QEMU_SYSTEM_X86_64)?;
+        let mut vm = vm.clone();
+        let vm = &mut vm;
+        self.full_refresh_port(rec, vm)?;
         let pidfile = vm.pidfile.clone().expect("fast profile VMs have a pidfile");
         self.remove_sockets(rec);
         let _ = std::fs::remove_file(&pidfile);
@@ -488,7 +501,10 @@ impl QemuDriver {
         }
         let vm = rec.vm.clone();
         let (p, guard) = self.spawn(rec, &vm)?;
-        if let Err(e) = self.wait_agent(rec, &p) {
+        let ready = self
+            .wait_agent(rec, &p)
+            .and_then(|()| self.full_wait_ready(rec, &p));
+        if let Err(e) = ready {
             // A VM whose guest never came up is of no use: end it and go back to "created",
             // so the caller can retry or clean up.
             drop(guard);
@@ -507,6 +523,9 @@ impl QemuDriver {
     /// journal, so the next boot needs no recovery), then end QEMU with QMP `quit`, which
     /// flushes QEMU's own disk cache. Returns whether the guest took part.
     fn quit_gracefully(&self, rec: &Record, timeout: Duration) -> Result<bool> {
+        if rec.full.is_some() {
+            return self.full_powerdown(rec, timeout);
+        }
         let t = timeout.min(QMP_TIMEOUT).max(Duration::from_millis(100));
         let mut qmp =
             Qmp::connect(&rec.vm.qmp_socket, t).map_err(|e| classify("stop", &rec.id, e))?;
@@ -683,17 +702,27 @@ impl QemuDriver {
             // reaches.
             Network::Host => Some(UserNet::default()),
         };
-        let mut vm = fast_vm_config(id, accel, &shape.kernel, initrd, &files, net);
+        let (mut vm, full) = match spec.vm.profile {
+            BootProfile::Fast => {
+                let mut vm = fast_vm_config(id, accel, &shape.kernel, initrd, &files, net);
+                if let Some(k) = vm.kernel.as_mut() {
+                    k.append = fast_append(
+                        accel,
+                        host_tsc_khz(),
+                        Some(&spec.hostname),
+                        spec.network == Network::Host,
+                    );
+                }
+                (vm, None)
+            }
+            BootProfile::Full => {
+                let (vm, full) =
+                    full::make(spec, accel, &shape.kernel, &files, &self.instance_dir(id))?;
+                (vm, Some(full))
+            }
+        };
         vm.cpus = shape.vcpus;
         vm.memory_mib = shape.memory_mib;
-        if let Some(k) = vm.kernel.as_mut() {
-            k.append = fast_append(
-                accel,
-                host_tsc_khz(),
-                Some(&spec.hostname),
-                spec.network == Network::Host,
-            );
-        }
         // Everything QEMU will be given is checked now, not at start.
         build_args(&vm).map_err(|e| classify("prepare", id, e))?;
         create_overlay(
@@ -723,6 +752,7 @@ impl QemuDriver {
             console_offset: 0,
             snapshots: Vec::new(),
             checkpoints: Vec::new(),
+            full,
         })
     }
 
@@ -739,6 +769,8 @@ impl QemuDriver {
             qmp_socket: rec.vm.qmp_socket.clone(),
             qga_socket: rec.vm.qga_socket.clone(),
             pid: self.live(&rec).map(|p| p.pid),
+            profile: rec.spec.vm.profile,
+            ssh: rec.full.as_ref().map(|f| full::ssh_info_of(&rec.id, f)),
         })
     }
 
@@ -773,6 +805,13 @@ impl QemuDriver {
         let block = qmp
             .query_blockstats()
             .map_err(|e| classify("stats", id, e))?;
+        // The guest's counters need a running guest (a paused one cannot answer); a guest
+        // that does not answer costs only them, not the host-side figures.
+        let net = if status == "running" {
+            self.net_stats(&rec, &mut qmp).ok().flatten()
+        } else {
+            None
+        };
         Ok(VmStats {
             pid: p.pid,
             status,
@@ -780,6 +819,7 @@ impl QemuDriver {
             rss_bytes,
             uptime,
             block,
+            net,
         })
     }
 
@@ -1269,6 +1309,9 @@ impl Driver for QemuDriver {
             Err(e) => return Err(e),
         }
         let shape = shape(spec)?;
+        if spec.vm.profile == BootProfile::Full {
+            full::check_image(spec)?;
+        }
         Self::tool(QEMU_IMG)?;
         let busybox = Self::tool(BUSYBOX_STATIC)?;
         // The accelerator first: a forced KVM that does not work fails before anything is
@@ -1277,19 +1320,26 @@ impl Driver for QemuDriver {
             .map_err(|e| classify("prepare", id, e))?;
         // Kept in the record for `info` (the CLI prints it once); `probe` reports it too.
         let accel_note = decision.fallback_note().map(|n| one_line(&n));
-        let initrd = fast_initramfs(&InitramfsRequest {
-            rootfs: shape.rootfs.clone(),
-            kernel_version: None,
-            busybox,
-            cache_dir: self.root.join("initramfs"),
-        })
-        .map_err(|e| classify("prepare", id, e))?;
+        let initrd = match spec.vm.profile {
+            BootProfile::Fast => {
+                fast_initramfs(&InitramfsRequest {
+                    rootfs: shape.rootfs.clone(),
+                    kernel_version: None,
+                    busybox,
+                    cache_dir: self.root.join("initramfs"),
+                })
+                .map_err(|e| classify("prepare", id, e))?
+                .path
+            }
+            // The image's own initramfs (check_image made sure there is one).
+            BootProfile::Full => spec.image.initrd.clone().unwrap_or_default(),
+        };
 
         let dir = self.instance_dir(id);
         // Leftovers of a prepare that died half-way (there is no record): start over.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("prepare", id, dir.display(), e))?;
-        let made = self.make_instance(spec, &shape, decision.accel, accel_note, &initrd.path);
+        let made = self.make_instance(spec, &shape, decision.accel, accel_note, &initrd);
         if made.is_err() {
             // Nothing half-made stays behind (cleanup would also cope with it).
             let _ = std::fs::remove_dir_all(&dir);

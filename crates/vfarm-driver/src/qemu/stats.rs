@@ -27,6 +27,9 @@ pub struct VmStats {
     /// Per guest disk: bytes and operations read, written, flushed.
     #[serde(skip)]
     pub block: Vec<BlockStats>,
+    /// The NIC's counters as the guest counts them (see `QemuDriver::net_stats`); `None`
+    /// without a NIC, while the guest is paused, or when its agent does not answer.
+    pub net: Option<super::NetStats>,
 }
 
 /// (cpu time, start time after boot) from the text of `/proc/<pid>/stat`.

@@ -107,6 +107,7 @@ pub fn spec(id: &str, command: &[&str]) -> InstanceSpec {
         network: Network::None,
         user_namespace: false,
         volatile: false,
+        vm: Default::default(),
     }
 }
 

@@ -21,7 +21,8 @@ use vfarm_core::ByteSize;
 use vfarm_driver::oci::{OciDriver, RuntimeChoice};
 use vfarm_driver::qemu::{AccelChoice, AfterCheckpoint, QemuDriver};
 use vfarm_driver::{
-    Driver, DriverError, ExecIo, ImageFile, ImageInput, InstanceSpec, Network, Observed, StopMode,
+    BootProfile, Driver, DriverError, ExecIo, GuestFile, ImageFile, ImageInput, InstanceSpec,
+    Network, Observed, StopMode, VmSetup,
 };
 use vfarm_store::instances::{InstanceRow, SnapshotRow, StateChange};
 use vfarm_store::{Store, StoreError};
@@ -62,6 +63,11 @@ pub struct DriverArgs {
     /// kvm (fail clearly if KVM does not work) or tcg.
     #[arg(long, env = "VFARM_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
+    /// Boot profile for the qemu driver: full (systemd, cloud-init, sshd; the default of
+    /// `instance create`) or fast (a minimal init running only the guest agent; the default
+    /// of `run`).
+    #[arg(long, value_parser = ["fast", "full"])]
+    pub profile: Option<String>,
 }
 
 fn accel_choice(s: &str) -> AccelChoice {
@@ -140,6 +146,18 @@ pub struct CreateArgs {
     /// Only prepare; do not start.
     #[arg(long)]
     pub no_start: bool,
+    /// qemu full profile: an OpenSSH public key file authorised for the login user
+    /// (repeatable). A private key beside it (FILE without .pub) is what `instance ssh` uses.
+    #[arg(long = "ssh-key", value_name = "FILE")]
+    pub ssh_keys: Vec<PathBuf>,
+    /// qemu full profile: the login user made by cloud-init (default vfarm; sudo without
+    /// password).
+    #[arg(long, value_name = "NAME")]
+    pub ssh_user: Option<String>,
+    /// qemu full profile: copy a host file into the guest at first boot, e.g. a host
+    /// certificate (repeatable; the mode is the host file's).
+    #[arg(long = "guest-file", value_name = "SRC:DEST")]
+    pub guest_files: Vec<String>,
     /// Main command (default: an idle init that keeps the instance up for exec).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -220,11 +238,32 @@ pub enum InstanceCmd {
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
     },
+    /// Move a running VM to another data dir while it keeps running; prints the downtime
+    /// (qemu driver only). `--to HOST` for remote nodes comes with the multi-host work.
+    #[command(after_help = "Example:
+  vfarm instance migrate web --to /var/lib/vfarm-node2
+  vfarm instance migrate web --to /var/lib/vfarm-node2 --shared-storage --output json")]
+    Migrate(crate::cmd::migrate::MigrateArgs),
     /// List instances: state, image, driver, owner, created, uptime, expiry.
     #[command(alias = "list")]
     Ls,
     /// Show one instance.
     Show { instance: String },
+    /// Log in to a full-profile VM with the system's ssh client, as the injected user, or
+    /// run a command there; the exit status passes through. As with ssh, the command is run
+    /// by the user's shell in the guest. Host keys are checked against the keys vfarm read
+    /// from the guest (the user's known_hosts is left alone).
+    #[command(
+        after_help = "Example:\n  vfarm instance ssh web -- id -un\n  vfarm instance ssh web -- 'ps ax | wc -l'"
+    )]
+    Ssh {
+        instance: String,
+        /// Private key (default: the one beside the --ssh-key given at create, if any).
+        #[arg(short = 'i', long, value_name = "KEY")]
+        identity: Option<PathBuf>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Destroy every expired instance now (the service does this by itself).
     Reap,
 }
@@ -272,6 +311,10 @@ pub struct RunArgs {
     /// Run the command in this directory of the instance (made if missing).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Save the instance's console log to FILE before the instance goes (qemu: the serial
+    /// console, boot messages included; oci: the main process's output).
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
@@ -343,7 +386,11 @@ fn runs_commands_by_exec(driver: &dyn Driver) -> bool {
 /// The qemu driver itself, for what only a VM has (checkpoints, measured stats): those are
 /// inherent methods, not part of the `Driver` trait. Other drivers get a clear Unsupported
 /// (never a silent success).
-fn qemu_for(drivers: &mut Drivers<'_>, row: &InstanceRow, what: &str) -> Result<QemuDriver> {
+pub(crate) fn qemu_for(
+    drivers: &mut Drivers<'_>,
+    row: &InstanceRow,
+    what: &str,
+) -> Result<QemuDriver> {
     let driver = drivers.get(&row.driver)?;
     if driver.kind() != "qemu" {
         return Err(DriverError::Unsupported {
@@ -360,7 +407,7 @@ fn qemu_for(drivers: &mut Drivers<'_>, row: &InstanceRow, what: &str) -> Result<
 }
 
 /// Drivers by kind, made on first use (each probes its backend once per process).
-struct Drivers<'a> {
+pub(crate) struct Drivers<'a> {
     ctx: &'a Ctx,
     runtime: String,
     accel: String,
@@ -368,7 +415,7 @@ struct Drivers<'a> {
 }
 
 impl<'a> Drivers<'a> {
-    fn new(ctx: &'a Ctx) -> Drivers<'a> {
+    pub(crate) fn new(ctx: &'a Ctx) -> Drivers<'a> {
         Drivers {
             ctx,
             runtime: std::env::var("VFARM_OCI_RUNTIME").unwrap_or_else(|_| "auto".into()),
@@ -389,7 +436,7 @@ impl<'a> Drivers<'a> {
 // ---------------------------------------------------------------------------------------
 // State: reconcile, transition
 
-fn state_of(row: &InstanceRow) -> Result<State> {
+pub(crate) fn state_of(row: &InstanceRow) -> Result<State> {
     row.state.parse::<State>().map_err(|e| anyhow!(e))
 }
 
@@ -492,7 +539,11 @@ fn refresh(store: &Store, drivers: &mut Drivers<'_>, row: InstanceRow) -> Result
     Ok(store.instance(&row.id)?.unwrap_or(row))
 }
 
-fn find(store: &Store, drivers: &mut Drivers<'_>, reference: &str) -> Result<InstanceRow> {
+pub(crate) fn find(
+    store: &Store,
+    drivers: &mut Drivers<'_>,
+    reference: &str,
+) -> Result<InstanceRow> {
     let row = store.find_instance(reference)?;
     refresh(store, drivers, row)
 }
@@ -534,9 +585,22 @@ struct VmView {
     accel_note: Option<String>,
     vcpus: u32,
     memory_mib: u64,
+    /// Boot profile: fast or full.
+    profile: &'static str,
+    /// How to log in (full profile): `vfarm instance ssh` runs this command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ssh: Option<SshView>,
     /// Only while QEMU runs (running or paused).
     #[serde(skip_serializing_if = "Option::is_none")]
     stats: Option<StatsView>,
+}
+
+#[derive(Debug, Serialize)]
+struct SshView {
+    host: String,
+    port: u16,
+    user: String,
+    command: String,
 }
 
 /// `VmStats` with durations as seconds, which is what a JSON consumer wants.
@@ -551,6 +615,10 @@ struct StatsView {
     /// Since QEMU started (a restore counts from the restore).
     uptime_secs: f64,
     block: Vec<BlockView>,
+    /// The NIC's counters as the guest kernel counts them (read through the guest agent:
+    /// QMP has none for user-mode networking); absent without a NIC or while paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    net: Option<vfarm_driver::qemu::NetStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -597,6 +665,7 @@ fn vm_view(drivers: &mut Drivers<'_>, row: &InstanceRow) -> Option<VmView> {
                     flush_operations: b.flush_operations,
                 })
                 .collect(),
+            net: s.net,
         }),
         // A stopped VM has nothing to measure; only a live one that cannot be is worth a word.
         Err(e) if active => {
@@ -610,6 +679,13 @@ fn vm_view(drivers: &mut Drivers<'_>, row: &InstanceRow) -> Option<VmView> {
         accel_note: info.accel_note,
         vcpus: info.vcpus,
         memory_mib: info.memory_mib,
+        profile: info.profile.as_str(),
+        ssh: info.ssh.map(|s| SshView {
+            host: s.host.to_string(),
+            port: s.port,
+            user: s.user.clone(),
+            command: s.command_line(),
+        }),
         stats,
     })
 }
@@ -653,12 +729,24 @@ fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<View> {
             None
         },
         spec: if detail {
-            serde_json::from_str(&row.spec).ok()
+            serde_json::from_str(&row.spec).ok().map(redact_guest_files)
         } else {
             None
         },
         vm: None,
     })
+}
+
+/// Files injected into a VM (host certificates and their keys) are shown by size, not
+/// content.
+fn redact_guest_files(mut spec: serde_json::Value) -> serde_json::Value {
+    if let Some(files) = spec.pointer_mut("/vm/files").and_then(|f| f.as_array_mut()) {
+        for f in files {
+            let size = f["content"].as_array().map(Vec::len).unwrap_or(0);
+            f["content"] = serde_json::json!(format!("({size} bytes)"));
+        }
+    }
+    spec
 }
 
 fn human_secs(s: i64) -> String {
@@ -758,6 +846,14 @@ fn print_view(v: &View) {
         if let Some(n) = &vm.accel_note {
             kv("", n);
         }
+        kv("profile", vm.profile);
+        if let Some(ssh) = &vm.ssh {
+            kv(
+                "ssh",
+                &format!("{}@{} port {}", ssh.user, ssh.host, ssh.port),
+            );
+            kv("", &ssh.command);
+        }
         if let Some(s) = &vm.stats {
             kv(
                 "stats",
@@ -781,6 +877,20 @@ fn print_view(v: &View) {
                         ByteSize(b.wr_bytes),
                         b.wr_operations,
                         b.flush_operations
+                    ),
+                );
+            }
+            if let Some(n) = &s.net {
+                kv(
+                    "",
+                    &format!(
+                        "{} ({}): received {} ({} packets), sent {} ({} packets)",
+                        n.interface,
+                        n.mac,
+                        ByteSize(n.rx_bytes),
+                        n.rx_packets,
+                        ByteSize(n.tx_bytes),
+                        n.tx_packets
                     ),
                 );
             }
@@ -860,7 +970,7 @@ fn resolve_image(ctx: &Ctx, args: &ImageArgs, bootable: bool) -> Result<vfarm_im
     Ok(img)
 }
 
-fn image_input(img: &vfarm_image::Image) -> ImageInput {
+pub(crate) fn image_input(img: &vfarm_image::Image) -> ImageInput {
     ImageInput {
         id: img.id.clone(),
         files: img
@@ -874,6 +984,135 @@ fn image_input(img: &vfarm_image::Image) -> ImageInput {
         kernel: img.kernel.clone(),
         initrd: img.initrd.clone(),
     }
+}
+
+/// The qemu-only options of a new instance, as typed.
+#[derive(Default)]
+struct GuestArgs<'a> {
+    ssh_keys: &'a [PathBuf],
+    ssh_user: Option<&'a str>,
+    guest_files: &'a [String],
+}
+
+/// The boot profile and guest setup of a new instance. They are for the qemu driver only (any
+/// of them with another driver is refused, not ignored); its profile defaults to `default`.
+/// Keys and files are read here, so a missing file fails before anything is made.
+fn vm_setup(
+    driver: &dyn Driver,
+    profile: Option<&str>,
+    default: BootProfile,
+    g: &GuestArgs<'_>,
+) -> Result<VmSetup> {
+    let invalid = |field: &'static str, reason: String| {
+        anyhow::Error::new(DriverError::InvalidSpec { field, reason })
+    };
+    if driver.kind() != "qemu" {
+        let given = [
+            ("--profile", profile.is_some()),
+            ("--ssh-key", !g.ssh_keys.is_empty()),
+            ("--ssh-user", g.ssh_user.is_some()),
+            ("--guest-file", !g.guest_files.is_empty()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                "driver",
+                format!("{flag} is for VMs: add --driver qemu"),
+            ));
+        }
+        return Ok(VmSetup::default());
+    }
+    let profile = match profile {
+        Some("full") => BootProfile::Full,
+        Some("fast") => BootProfile::Fast,
+        Some(other) => return Err(invalid("profile", format!("`{other}` is not fast or full"))),
+        None => default,
+    };
+    if profile == BootProfile::Fast {
+        let given = !g.ssh_keys.is_empty() || g.ssh_user.is_some() || !g.guest_files.is_empty();
+        if given {
+            return Err(invalid(
+                "profile",
+                "--ssh-key, --ssh-user and --guest-file need the full profile (cloud-init \
+                 and sshd); the fast profile has neither"
+                    .into(),
+            ));
+        }
+        return Ok(VmSetup::default());
+    }
+    let mut keys = Vec::new();
+    let mut identity = None;
+    for f in g.ssh_keys {
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            invalid(
+                "ssh-key",
+                format!("cannot read public key file {}: {e}", f.display()),
+            )
+        })?;
+        let lines: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+        if lines.is_empty() {
+            return Err(invalid(
+                "ssh-key",
+                format!("{} holds no public key", f.display()),
+            ));
+        }
+        keys.extend(lines);
+        // `key.pub` beside `key`: ssh-keygen's layout; that private key logs in by default.
+        if identity.is_none() {
+            let private = f
+                .to_str()
+                .and_then(|s| s.strip_suffix(".pub"))
+                .map(PathBuf::from)
+                .filter(|p| p.is_file());
+            identity = private.and_then(|p| std::fs::canonicalize(p).ok());
+        }
+    }
+    let mut files = Vec::new();
+    for spec in g.guest_files {
+        let (src, dest) = spec.split_once(':').ok_or_else(|| {
+            invalid(
+                "guest-file",
+                format!("`{spec}` is not SRC:DEST (a host file and an absolute guest path)"),
+            )
+        })?;
+        let content = std::fs::read(src)
+            .map_err(|e| invalid("guest-file", format!("cannot read {src}: {e}")))?;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(src)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644);
+        files.push(GuestFile {
+            path: dest.to_string(),
+            content,
+            mode,
+        });
+    }
+    Ok(VmSetup {
+        profile,
+        user: g.ssh_user.map(str::to_string),
+        ssh_authorized_keys: keys,
+        ssh_identity: identity,
+        files,
+    })
+}
+
+/// An image built on the fly (`--suite`, `--image-spec`) for the full profile gets what that
+/// profile needs: sshd and cloud-init. A named image is taken as it is (the driver refuses
+/// one without them, naming what to add).
+fn full_profile_packages(args: &ImageArgs, profile: BootProfile) -> ImageArgs {
+    let mut args = args.clone();
+    if profile == BootProfile::Full && args.image.is_none() {
+        for p in ["openssh-server", "cloud-init"] {
+            if !args.packages.iter().any(|x| x == p) {
+                args.packages.push(p.to_string());
+            }
+        }
+    }
+    args
 }
 
 /// 12 random hex digits: short enough to type, 48 bits against collisions on one host.
@@ -898,6 +1137,8 @@ struct NewInstance {
     command: Vec<String>,
     /// A `vfarm run` instance: its filesystem need not survive a host crash.
     disposable: bool,
+    /// Boot profile and guest setup (qemu).
+    vm: VmSetup,
 }
 
 /// Record and prepare an instance (state `created`). On failure nothing is left behind.
@@ -936,6 +1177,7 @@ fn create_instance(ctx: &Ctx, driver: &dyn Driver, n: NewInstance) -> Result<Ins
         },
         user_namespace: n.shape.user_namespace,
         volatile: n.disposable,
+        vm: n.vm.clone(),
     };
     let t = vfarm_store::now();
     let row = InstanceRow {
@@ -1003,7 +1245,7 @@ fn destroy_instance(store: &Store, driver: &dyn Driver, row: &InstanceRow) -> Re
     Ok(())
 }
 
-fn label(row: &InstanceRow) -> String {
+pub(crate) fn label(row: &InstanceRow) -> String {
     match &row.name {
         Some(n) => format!("{} ({n})", row.id),
         None => row.id.clone(),
@@ -1020,7 +1262,18 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         InstanceCmd::Create(a) => {
             let a = *a;
             let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime, &a.driver.accel)?;
-            let image = resolve_image(ctx, &a.image, runs_commands_by_exec(driver.as_ref()))?;
+            let vm = vm_setup(
+                driver.as_ref(),
+                a.driver.profile.as_deref(),
+                BootProfile::Full,
+                &GuestArgs {
+                    ssh_keys: &a.ssh_keys,
+                    ssh_user: a.ssh_user.as_deref(),
+                    guest_files: &a.guest_files,
+                },
+            )?;
+            let image_args = full_profile_packages(&a.image, vm.profile);
+            let image = resolve_image(ctx, &image_args, runs_commands_by_exec(driver.as_ref()))?;
             let row = create_instance(
                 ctx,
                 driver.as_ref(),
@@ -1031,6 +1284,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                     shape: a.shape,
                     command: a.command,
                     disposable: false,
+                    vm,
                 },
             )?;
             if !a.no_start {
@@ -1225,6 +1479,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
             )?;
             Ok(0)
         }
+        InstanceCmd::Migrate(a) => crate::cmd::migrate::run(ctx, a),
         InstanceCmd::Ls => {
             let mut views = Vec::new();
             for row in store.instances()? {
@@ -1254,6 +1509,31 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                 print_view(&v);
             }
             Ok(0)
+        }
+        InstanceCmd::Ssh {
+            instance,
+            identity,
+            command,
+        } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            let q = qemu_for(&mut drivers, &row, "ssh")?;
+            check(&row, Event::Exec)?;
+            let info = q.ssh_info(&row.id)?;
+            let status = std::process::Command::new("ssh")
+                .args(info.ssh_args(identity.as_deref(), &command))
+                .status()
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => anyhow::Error::new(DriverError::HostNotReady {
+                        driver: "qemu",
+                        reason: "the ssh client is not installed (Debian package openssh-client)"
+                            .into(),
+                    }),
+                    _ => anyhow::Error::new(e).context("cannot run ssh"),
+                })?;
+            use std::os::unix::process::ExitStatusExt;
+            Ok(status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
         }
         InstanceCmd::Reap => {
             let reaped = reap_expired(ctx)?;
@@ -1541,7 +1821,17 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         Some(dir) => staging::in_workdir(dir, &a.command),
         None => a.command.clone(),
     };
-    let image = resolve_image(ctx, &a.image, runs_commands_by_exec(driver))?;
+    let vm = vm_setup(
+        driver,
+        a.driver.profile.as_deref(),
+        BootProfile::Fast,
+        &GuestArgs::default(),
+    )?;
+    let image = resolve_image(
+        ctx,
+        &full_profile_packages(&a.image, vm.profile),
+        runs_commands_by_exec(driver),
+    )?;
     tracing::debug!(image = %image.id, "run: image resolved");
     // With --keep-on-failure the main process is the idle init and the command runs through
     // exec, so the kept instance can be started again and entered; otherwise the command is
@@ -1557,6 +1847,7 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
             shape: a.shape.clone(),
             command: main_command,
             disposable: true,
+            vm,
         },
     )?;
     let id = row.id.clone();
@@ -1599,6 +1890,11 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     }
     tracing::debug!(instance = %id, code, ?ending, "run: ended");
     let lost_outputs = staging::copy_out_all(driver, &id, &stage_out);
+    if let Some(file) = &a.console_log {
+        if let Err(e) = save_console(driver, &id, file) {
+            eprintln!("vfarm: run: cannot save the console log: {e:#}");
+        }
+    }
     let code = if code == 0 && lost_outputs > 0 {
         1
     } else {
@@ -1744,6 +2040,18 @@ fn exec_with_timeout(
         };
         Ok((code, ending))
     })
+}
+
+/// Copy the console log (stdout, then stderr when it is a separate file) to `file`.
+fn save_console(driver: &dyn Driver, id: &str, file: &Path) -> Result<()> {
+    let logs = driver.logs(id)?;
+    let mut out =
+        File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
+    copy_file(&logs.stdout, &mut out)?;
+    if logs.stderr != logs.stdout {
+        copy_file(&logs.stderr, &mut out)?;
+    }
+    Ok(())
 }
 
 fn destroy_after_run(store: &Store, driver: &dyn Driver, id: &str) -> Result<()> {

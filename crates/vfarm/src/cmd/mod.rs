@@ -1,16 +1,24 @@
 //! One module per command group; each `run` returns the process exit code.
 
+pub mod bench;
+pub mod ca;
 pub mod image;
 pub mod imagelist;
 pub mod instance;
+pub mod job;
+pub mod migrate;
 pub mod serve;
 pub mod staging;
+pub mod token;
 
 use crate::ctx::Ctx;
 
 /// Exit codes: 1 generic failure, 2 bad input (clap uses 2 as well), 3 not found,
 /// 4 host not ready (a component is missing), 5 a build or tool failed.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some((_, _, code)) = job::classify(err) {
+        return code;
+    }
     if let Some((_, code)) = instance::classify(err) {
         return code;
     }
@@ -31,6 +39,16 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<vfarm_core::SpecError>().is_some() {
         return 2;
     }
+    if err.downcast_ref::<bench::Invalid>().is_some() {
+        return 2;
+    }
+    if let Some(e) = err.downcast_ref::<vfarm_auth::AuthError>() {
+        return match e.code() {
+            "token_not_found" | "not_found" => 3,
+            _ if e.is_client_error() => 2,
+            _ => 1,
+        };
+    }
     1
 }
 
@@ -50,6 +68,15 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
                     .map(|_| "invalid_spec")
             })
             .or_else(|| instance::classify(err).map(|(c, _)| c))
+            .or_else(|| job::classify(err).map(|(c, _, _)| c))
+            .or_else(|| {
+                err.downcast_ref::<bench::Invalid>()
+                    .map(|_| "invalid_argument")
+            })
+            .or_else(|| {
+                err.downcast_ref::<vfarm_auth::AuthError>()
+                    .map(|e| e.code())
+            })
             .unwrap_or("error");
         let field = err
             .downcast_ref::<vfarm_image::ImageError>()
@@ -64,7 +91,13 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
             .or_else(|| {
                 err.downcast_ref::<vfarm_core::SpecError>()
                     .map(|s| s.field())
-            });
+            })
+            .or_else(|| err.downcast_ref::<bench::Invalid>().map(|i| i.field))
+            .or_else(|| {
+                err.downcast_ref::<vfarm_auth::AuthError>()
+                    .and_then(|e| e.field())
+            })
+            .or_else(|| job::classify(err).and_then(|(_, f, _)| f));
         let doc = serde_json::json!({ "error": { "code": code, "field": field, "message": format!("{err:#}") } });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }

@@ -1,0 +1,327 @@
+//! Authentication: the middleware that resolves every request's [`Identity`] and puts it in
+//! the request extensions, and `GET /api/v1/whoami`.
+//!
+//! Order: an `Authorization: Bearer` header wins (a bad, revoked or expired token is a 401
+//! even when a certificate was presented too: the caller asked for that identity); else the
+//! TLS client certificate's subject DN (verified during the handshake). Over TCP every
+//! `/api/v1/*` request needs an identity; other paths (`/healthz`, published image lists and
+//! repository files for subscribers, the OS-Farm order) take one when given.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use vfarm_auth::{AuthError, AuthMethod, Identity};
+
+use crate::tls::Peer;
+use crate::{ApiError, AppState};
+
+/// Who must authenticate and who is an admin.
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    /// Users (DNs or token users) with admin rights.
+    pub admins: Arc<HashSet<String>>,
+    /// Whether `/api/v1/*` refuses requests without an identity (always, over TCP).
+    pub require_identity: bool,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        AuthPolicy {
+            admins: Arc::new(HashSet::new()),
+            require_identity: true,
+        }
+    }
+}
+
+impl AuthPolicy {
+    pub fn new(admins: impl IntoIterator<Item = String>) -> AuthPolicy {
+        AuthPolicy {
+            admins: Arc::new(admins.into_iter().collect()),
+            require_identity: true,
+        }
+    }
+}
+
+fn unauthorized(code: &'static str, message: String) -> Response {
+    let mut resp = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code,
+        message,
+        field: Some("authorization"),
+    }
+    .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"vfarm\""),
+    );
+    resp
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        let code = e.code();
+        let status = match code {
+            "invalid_token" | "token_revoked" | "token_expired" => StatusCode::UNAUTHORIZED,
+            "token_not_found" | "not_found" => StatusCode::NOT_FOUND,
+            "pool_exhausted" | "hostname_taken" | "quota_exceeded" | "conflict" => {
+                StatusCode::CONFLICT
+            }
+            _ if e.is_client_error() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+            "internal error; see the service log".to_string()
+        } else {
+            e.to_string()
+        };
+        ApiError {
+            status,
+            code,
+            message,
+            field: e.field(),
+        }
+    }
+}
+
+/// The middleware: resolve the identity, refuse `/api/v1/*` without one.
+pub async fn resolve_identity(
+    State(s): State<AppState>,
+    mut req: Request<Body>,
+    next: Next,
+) -> Response {
+    let bearer = match req.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().unwrap_or("");
+            match v.split_once(' ') {
+                Some((scheme, tok)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    Some(tok.trim().to_string())
+                }
+                _ => {
+                    return unauthorized(
+                        "invalid_token",
+                        "the Authorization header must be `Bearer <token>`".into(),
+                    )
+                }
+            }
+        }
+    };
+    let identity = if let Some(tok) = bearer {
+        let store = s.store.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            vfarm_auth::token::verify(&store, &tok, chrono::Utc::now())
+        })
+        .await;
+        match verified {
+            Ok(Ok(row)) => Some(Identity {
+                admin: s.auth.admins.contains(&row.user),
+                user: row.user,
+                method: AuthMethod::Token,
+                token_id: Some(row.id),
+            }),
+            Ok(Err(e)) if e.code().starts_with("token_") || e.code() == "invalid_token" => {
+                return unauthorized(e.code(), e.to_string())
+            }
+            Ok(Err(e)) => return ApiError::from(e).into_response(),
+            Err(e) => return ApiError::internal(format!("worker failed: {e}")).into_response(),
+        }
+    } else {
+        let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| &c.0);
+        if let Some(dn) = peer.and_then(|p| p.client_dn.clone()) {
+            Some(Identity {
+                admin: s.auth.admins.contains(&dn),
+                user: dn,
+                method: AuthMethod::ClientCert,
+                token_id: None,
+            })
+        } else {
+            peer.and_then(|p| p.unix_uid).map(|uid| {
+                let user = vfarm_auth::identity::user_name(uid);
+                Identity {
+                    admin: s.auth.admins.contains(&user),
+                    user,
+                    method: AuthMethod::UnixPeer,
+                    token_id: None,
+                }
+            })
+        }
+    };
+    match &identity {
+        Some(id) => {
+            req.extensions_mut().insert(id.clone());
+        }
+        None if s.auth.require_identity && req.uri().path().starts_with("/api/v1/") => {
+            return unauthorized(
+                "unauthenticated",
+                "this endpoint needs a client certificate or `Authorization: Bearer <token>` \
+                 (create one with `vfarm token create`)"
+                    .into(),
+            );
+        }
+        None => {}
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    // Every change an identified caller asks for is audited with how it ended.
+    if let Some(id) = identity.filter(|_| {
+        !matches!(
+            method,
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+        )
+    }) {
+        let status = resp.status();
+        let outcome = if status.is_success() {
+            vfarm_auth::audit::Outcome::Ok
+        } else if status.is_client_error() {
+            vfarm_auth::audit::Outcome::Denied(status.as_u16().to_string())
+        } else {
+            vfarm_auth::audit::Outcome::Failed(status.as_u16().to_string())
+        };
+        let store = s.store.clone();
+        let action = format!("{method} {path}");
+        let done = tokio::task::spawn_blocking(move || {
+            vfarm_auth::audit::record(
+                &store,
+                Some(&id),
+                &action,
+                &path,
+                &outcome,
+                &serde_json::json!({ "status": status.as_u16() }),
+            )
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::error!("cannot append to the audit log: {e}");
+        }
+    }
+    resp
+}
+
+/// `GET /api/v1/whoami`: the caller's identity.
+pub async fn whoami(id: Option<Extension<Identity>>) -> Response {
+    match id {
+        Some(Extension(id)) => Json(id).into_response(),
+        None => unauthorized("unauthenticated", "no identity was presented".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::to_bytes;
+    use tower::ServiceExt;
+
+    fn state(admins: &[&str]) -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(vfarm_store::Store::open_in_memory().unwrap());
+        let mut st = AppState::new(dir.path().to_path_buf(), store).unwrap();
+        st.auth = AuthPolicy::new(admins.iter().map(|s| s.to_string()));
+        (dir, st)
+    }
+
+    async fn get(
+        st: &AppState,
+        path: &str,
+        auth: Option<&str>,
+        dn: Option<&str>,
+    ) -> (StatusCode, serde_json::Value, Option<String>) {
+        let mut req = Request::get(path);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        req.extensions_mut().insert(ConnectInfo(Peer {
+            addr: Some("127.0.0.1:1".parse().unwrap()),
+            client_dn: dn.map(str::to_string),
+            unix_uid: None,
+        }));
+        let resp = crate::router(st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let www = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            www,
+        )
+    }
+
+    #[tokio::test]
+    async fn api_needs_an_identity_healthz_does_not() {
+        let (_d, st) = state(&[]);
+        let (s, v, www) = get(&st, "/api/v1/images", None, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(v["error"]["code"], "unauthenticated");
+        assert_eq!(www.as_deref(), Some("Bearer realm=\"vfarm\""));
+        let (s, _, _) = get(&st, "/api/v1/whoami", None, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, _, _) = get(&st, "/healthz", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn certificate_and_token_identities() {
+        let admin = "/C=XX/O=T/CN=Admin";
+        let (_d, st) = state(&[admin]);
+        let (s, v, _) = get(&st, "/api/v1/whoami", None, Some("/C=XX/O=T/CN=Alice")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["user"], "/C=XX/O=T/CN=Alice");
+        assert_eq!(v["method"], "client-cert");
+        assert_eq!(v["admin"], false);
+        let (_, v, _) = get(&st, "/api/v1/whoami", None, Some(admin)).await;
+        assert_eq!(v["admin"], true);
+
+        let t =
+            vfarm_auth::token::create(&st.store, "bob", None, None, chrono::Utc::now()).unwrap();
+        let bearer = format!("Bearer {}", t.token);
+        let (s, v, _) = get(&st, "/api/v1/whoami", Some(&bearer), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            (v["user"].as_str(), v["method"].as_str()),
+            (Some("bob"), Some("token"))
+        );
+        assert_eq!(v["token_id"], t.row.id.as_str());
+        // The token is who the caller asked to be, even with a certificate.
+        let (_, v, _) = get(&st, "/api/v1/whoami", Some(&bearer), Some(admin)).await;
+        assert_eq!(v["user"], "bob");
+        let (s, _, _) = get(&st, "/api/v1/images", Some(&bearer), None).await;
+        assert_eq!(s, StatusCode::OK);
+        // A change is audited with its outcome (a refused spec here); reads are not.
+        let mut req = Request::post("/api/v1/images")
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"suite":"nosuch"}"#))
+            .unwrap();
+        req.extensions_mut().insert(ConnectInfo(Peer::default()));
+        let resp = crate::router(st.clone()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let log = st.store.audit_log(Some("bob"), 10).unwrap();
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert_eq!(log[0].action, "POST /api/v1/images");
+        assert_eq!(
+            (log[0].method.as_str(), log[0].outcome.as_str()),
+            ("token", "denied:400")
+        );
+
+        vfarm_auth::token::revoke(&st.store, &t.row.id).unwrap();
+        let (s, v, _) = get(&st, "/api/v1/whoami", Some(&bearer), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(v["error"]["code"], "token_revoked");
+        for bad in ["Bearer vft_nope", "Basic dXNlcjpwYXNz", "Bearer "] {
+            let (s, v, _) = get(&st, "/api/v1/whoami", Some(bad), Some(admin)).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{bad}");
+            assert_eq!(v["error"]["code"], "invalid_token", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! TLS for `vfarm serve`: rustls (the TLS stack reqwest already brings, on ring) through
+//! tokio-rustls, with axum's own `serve` over a custom [`Listener`].
+//!
+//! Why not axum-server: its rustls acceptor hides the TLS session from the router, so the
+//! client certificate cannot reach a request without wrapping it anyway; here the listener
+//! does the handshake (concurrently, each in its own task with a deadline, so one slow client
+//! does not stall accepts) and hands axum the stream plus a [`Peer`] carrying the verified
+//! certificate's subject DN, which arrives in every request as `ConnectInfo<Peer>`.
+//!
+//! Client certificates are optional at the TLS level (`allow_unauthenticated`) so token users
+//! connect too; a certificate that is presented must chain to the CA directory (IGTF layout,
+//! `<hash>.0`) and must not be on its CA's CRL (`<hash>.r0`), else the handshake fails. The
+//! directory is re-read when a file in it changes (fetch-crl updates CRLs in place).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The TCP peer (None on the unix socket).
+    pub addr: Option<SocketAddr>,
+    /// The verified client certificate's subject (`/C=…/O=…/CN=…`), when one was presented.
+    pub client_dn: Option<String>,
+    /// The peer's uid from the kernel (`SO_PEERCRED`), on the unix socket.
+    pub unix_uid: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("--tls-cert {}: {message}", path.display())]
+    Cert { path: PathBuf, message: String },
+    #[error("--tls-key {}: {message}", path.display())]
+    Key { path: PathBuf, message: String },
+    #[error("--client-ca-dir {}: {message}", path.display())]
+    CaDir { path: PathBuf, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// What `vfarm serve` was given.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca_dir: Option<PathBuf>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Build the rustls server configuration from the files as they are now.
+pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&s.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: s.cert.clone(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: s.cert.clone(),
+            message: "no PEM certificate in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&s.key).map_err(|e| TlsError::Key {
+        path: s.key.clone(),
+        message: e.to_string(),
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &s.client_ca_dir {
+        None => builder.with_no_client_auth(),
+        Some(dir) => builder.with_client_cert_verifier(client_verifier(dir)?),
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Key {
+            path: s.key.clone(),
+            message: format!("does not fit the certificate: {e}"),
+        })?;
+    // HTTP/1.1 only: axum is built without its http2 feature.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Trust every CA of the IGTF directory and honour the CRLs of those CAs. Only the end
+/// entity's revocation is checked, and a CA without a CRL is accepted: sites install CRLs
+/// with fetch-crl, and a CA that has none published yet must not lock all its users out.
+fn client_verifier(
+    dir: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let bad = |message: String| TlsError::CaDir {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let trust = vfarm_imagelist::trust::TrustStore::load(dir).map_err(|e| bad(format!("{e}")))?;
+    let mut roots = RootCertStore::empty();
+    let mut crls: Vec<CertificateRevocationListDer<'static>> = Vec::new();
+    for ca in trust.cas() {
+        let der = ca.to_der().map_err(|e| bad(e.to_string()))?;
+        let subject = vfarm_auth::dn::oneline(ca.subject_name());
+        let mut own = RootCertStore::empty();
+        if let Err(e) = own.add(CertificateDer::from(der.clone())) {
+            // One odd CA among the IGTF bundle must not stop the service; say which.
+            tracing::warn!(ca = %subject, "CA certificate not usable by rustls, skipped: {e}");
+            continue;
+        }
+        let mut own_crls = Vec::new();
+        for crl in trust.crls_for(&subject) {
+            own_crls.push(CertificateRevocationListDer::from(
+                crl.to_der().map_err(|e| bad(e.to_string()))?,
+            ));
+        }
+        // A CRL rustls cannot read would fail the whole verifier: leave that CA out instead
+        // (fail closed for its users only, as OpenSSL with CRL checks would refuse them too).
+        if let Err(e) = WebPkiClientVerifier::builder_with_provider(Arc::new(own), provider())
+            .with_crls(own_crls.clone())
+            .build()
+        {
+            tracing::warn!(ca = %subject, "CRL not usable, CA skipped: {e}");
+            continue;
+        }
+        roots
+            .add(CertificateDer::from(der))
+            .map_err(|e| bad(e.to_string()))?;
+        crls.extend(own_crls);
+    }
+    if roots.is_empty() {
+        return Err(bad("no usable CA certificate".into()));
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// The files' names, sizes and modification times: a change means "reload".
+fn signature(s: &TlsSettings) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut files = vec![s.cert.clone(), s.key.clone()];
+    if let Some(d) = &s.client_ca_dir {
+        files.push(d.clone());
+        if let Ok(rd) = std::fs::read_dir(d) {
+            files.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).ok();
+            let len = m.as_ref().map(|m| m.len()).unwrap_or(0);
+            let mtime = m.and_then(|m| m.modified().ok());
+            (p, len, mtime)
+        })
+        .collect()
+}
+
+type Signature = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// The current TLS configuration, rebuilt when the certificate, key or CA directory change
+/// (checked at most every two seconds, on accept). A broken update keeps the last good one.
+pub struct TlsConfigSource {
+    settings: TlsSettings,
+    state: Mutex<(Instant, Signature, Arc<ServerConfig>)>,
+}
+
+const RECHECK: Duration = Duration::from_secs(2);
+
+impl TlsConfigSource {
+    pub fn new(settings: TlsSettings) -> Result<TlsConfigSource, TlsError> {
+        let sig = signature(&settings);
+        let cfg = server_config(&settings)?;
+        Ok(TlsConfigSource {
+            settings,
+            state: Mutex::new((Instant::now(), sig, cfg)),
+        })
+    }
+
+    pub fn current(&self) -> Arc<ServerConfig> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.0.elapsed() >= RECHECK {
+            st.0 = Instant::now();
+            let sig = signature(&self.settings);
+            if sig != st.1 {
+                match server_config(&self.settings) {
+                    Ok(cfg) => {
+                        tracing::info!("TLS certificate, key or CA directory changed: reloaded");
+                        st.2 = cfg;
+                    }
+                    Err(e) => tracing::error!("TLS reload failed, keeping the previous: {e}"),
+                }
+                st.1 = sig;
+            }
+        }
+        st.2.clone()
+    }
+}
+
+/// Accepts TCP connections, does the TLS handshakes concurrently and yields finished ones.
+pub struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
+    local: SocketAddr,
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, source: Arc<TlsConfigSource>) -> std::io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // EMFILE and friends: wait a little instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let acceptor = TlsAcceptor::from(source.current());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(%addr, "TLS handshake refused: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%addr, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let client_dn = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|der| vfarm_auth::dn::subject_of_der(der).ok());
+                    let peer = Peer {
+                        addr: Some(addr),
+                        client_dn,
+                        unix_uid: None,
+                    };
+                    let _ = tx.send((tls, peer)).await;
+                });
+            }
+        });
+        Ok(TlsListener { rx, local })
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept task never ends while the listener lives; if it did, wait forever
+            // rather than spin (graceful shutdown still ends the server).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer {
+            addr: Some(self.local),
+            ..Peer::default()
+        })
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Plain TCP (loopback only: `vfarm serve` refuses anything else without TLS).
+pub struct PlainListener(pub TcpListener);
+
+impl Listener for PlainListener {
+    type Io = TcpStream;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = Listener::accept(&mut self.0).await;
+        (
+            io,
+            Peer {
+                addr: Some(addr),
+                ..Peer::default()
+            },
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer {
+            addr: Some(self.0.local_addr()?),
+            ..Peer::default()
+        })
+    }
+}
+
+impl Connected<IncomingStream<'_, PlainListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// The local unix socket: the kernel tells who connected (`SO_PEERCRED`), so the peer's login
+/// name is its identity without any credential.
+pub struct UnixPeerListener(pub tokio::net::UnixListener);
+
+impl Listener for UnixPeerListener {
+    type Io = tokio::net::UnixStream;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((io, _)) => {
+                    let unix_uid = io.peer_cred().ok().map(|c| c.uid());
+                    return (
+                        io,
+                        Peer {
+                            unix_uid,
+                            ..Peer::default()
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!("accept on the unix socket failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer::default())
+    }
+}
+
+impl Connected<IncomingStream<'_, UnixPeerListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixPeerListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Bind the unix socket at `path`: a leftover socket file nobody answers on is replaced, one
+/// a running service answers on is refused; anyone may connect (mode 0666), since the kernel
+/// names the caller.
+pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running service", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfarm_auth::ca::SiteCa;
+
+    fn pair(dir: &Path, name: &str, ca: &SiteCa, host: &str) -> (PathBuf, PathBuf) {
+        let i = ca.issue_host(host, 1, chrono::Utc::now()).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, &i.cert_pem).unwrap();
+        std::fs::write(&k, &i.key_pem).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn bad_files_are_named_by_flag() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = SiteCa::init(
+            &d.path().join("ca"),
+            "/C=XX/O=t/CN=CA",
+            10,
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        let (cert, key) = pair(d.path(), "a", &ca, "localhost");
+        let (_, other_key) = pair(d.path(), "b", &ca, "localhost");
+        let ok = TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca_dir: Some(ca.certificates_dir()),
+        };
+        assert!(server_config(&ok).is_ok());
+        let e = server_config(&TlsSettings {
+            cert: d.path().join("nope.crt"),
+            ..ok.clone()
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("--tls-cert"), "{e}");
+        let e = server_config(&TlsSettings {
+            key: other_key,
+            ..ok.clone()
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("--tls-key"), "{e}");
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let e = server_config(&TlsSettings {
+            client_ca_dir: Some(empty),
+            ..ok.clone()
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("--client-ca-dir"), "{e}");
+    }
+
+    #[test]
+    fn reload_picks_up_a_changed_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = SiteCa::init(
+            &d.path().join("ca"),
+            "/C=XX/O=t/CN=CA",
+            10,
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        let (cert, key) = pair(d.path(), "a", &ca, "localhost");
+        let src = TlsConfigSource::new(TlsSettings {
+            cert,
+            key,
+            client_ca_dir: Some(ca.certificates_dir()),
+        })
+        .unwrap();
+        let first = src.current();
+        // Pretend the last check was long ago, change the directory, and ask again.
+        src.state.lock().unwrap().0 = Instant::now() - RECHECK * 2;
+        let u = ca
+            .issue_user("/C=XX/O=t/CN=U", 1, chrono::Utc::now())
+            .unwrap();
+        ca.revoke(&u.serial, chrono::Utc::now()).unwrap();
+        std::fs::write(ca.certificates_dir().join("extra.txt"), "x").unwrap();
+        let second = src.current();
+        assert!(!Arc::ptr_eq(&first, &second), "not reloaded");
+        // Unchanged: the same configuration is kept.
+        src.state.lock().unwrap().0 = Instant::now() - RECHECK * 2;
+        assert!(Arc::ptr_eq(&second, &src.current()));
+    }
+}

@@ -1,0 +1,259 @@
+//! `<data>/serve.toml`: who is an admin, the hostname pool, quotas. Unknown keys are refused
+//! by name; a missing file means no admins, an empty pool and no quotas.
+//!
+//! ```toml
+//! admins = ["/C=XX/O=Example/CN=Site Admin"]
+//! [[hostnames]]
+//! name = "node01.example.org"
+//! address = "192.0.2.11"          # optional
+//! [quotas.default]                 # every owner; absent fields are unlimited
+//! instances = 10
+//! cpus = 8
+//! memory = "16G"
+//! disk = "200G"
+//! [quotas.owners."/C=XX/O=Example/CN=Alice"]
+//! instances = 20                   # fields not given fall back to quotas.default
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{AuthError, Result};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    hostnames: Vec<RawHost>,
+    #[serde(default)]
+    quotas: RawQuotas,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuotas {
+    default: Option<RawQuota>,
+    #[serde(default)]
+    owners: BTreeMap<String, RawQuota>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    instances: Option<u64>,
+    cpus: Option<f64>,
+    memory: Option<String>,
+    disk: Option<String>,
+}
+
+/// One owner's limits; `None` is unlimited. CPUs in thousandths, sizes in MiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Quota {
+    pub instances: Option<u64>,
+    pub cpus_milli: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub disk_mib: Option<u64>,
+}
+
+impl Quota {
+    fn or(self, fallback: Quota) -> Quota {
+        Quota {
+            instances: self.instances.or(fallback.instances),
+            cpus_milli: self.cpus_milli.or(fallback.cpus_milli),
+            memory_mib: self.memory_mib.or(fallback.memory_mib),
+            disk_mib: self.disk_mib.or(fallback.disk_mib),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuotaConfig {
+    pub default: Quota,
+    pub owners: BTreeMap<String, Quota>,
+}
+
+impl QuotaConfig {
+    /// The limits for `owner`: its own entry, field by field over the default.
+    pub fn for_owner(&self, owner: &str) -> Quota {
+        self.owners
+            .get(owner)
+            .map(|q| q.or(self.default))
+            .unwrap_or(self.default)
+    }
+}
+
+/// A name of the hostname pool.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PoolEntry {
+    pub name: String,
+    pub address: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServeConfig {
+    pub admins: Vec<String>,
+    pub hostnames: Vec<PoolEntry>,
+    pub quotas: QuotaConfig,
+}
+
+impl ServeConfig {
+    /// The default location in a data directory.
+    pub fn default_path(data_dir: &Path) -> PathBuf {
+        data_dir.join("serve.toml")
+    }
+
+    /// Load `path`; a missing file is the empty configuration.
+    pub fn load(path: &Path) -> Result<ServeConfig> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ServeConfig::default()),
+            Err(e) => Err(AuthError::io("read", path, e)),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<ServeConfig> {
+        let err = |message: String| AuthError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let mut seen = HashSet::new();
+        let mut hostnames = Vec::new();
+        for (i, h) in raw.hostnames.into_iter().enumerate() {
+            crate::ca::check_hostname(&h.name)
+                .map_err(|e| err(format!("hostnames[{i}].name: {e}")))?;
+            let name = h.name.trim_end_matches('.').to_ascii_lowercase();
+            if !seen.insert(name.clone()) {
+                return Err(err(format!("hostnames[{i}].name `{name}` is listed twice")));
+            }
+            let address = match h.address {
+                Some(a) => Some(a.parse::<IpAddr>().map_err(|_| {
+                    err(format!("hostnames[{i}].address `{a}` is not an IP address"))
+                })?),
+                None => None,
+            };
+            hostnames.push(PoolEntry { name, address });
+        }
+        for (i, a) in raw.admins.iter().enumerate() {
+            if a.trim().is_empty() {
+                return Err(err(format!("admins[{i}] is empty")));
+            }
+        }
+        let quota = |key: &str, q: RawQuota| -> Result<Quota> {
+            let size = |field: &str, v: Option<String>| -> Result<Option<u64>> {
+                v.map(|s| {
+                    vfarm_core::parse_size(&s)
+                        .map(|b| b.div_ceil(1 << 20))
+                        .map_err(|why| err(format!("{key}.{field} `{s}`: {why}")))
+                })
+                .transpose()
+            };
+            let cpus_milli = match q.cpus {
+                Some(c) if !(c.is_finite() && c >= 0.0) => {
+                    return Err(err(format!("{key}.cpus `{c}` must be a number ≥ 0")))
+                }
+                Some(c) => Some((c * 1000.0).round() as u64),
+                None => None,
+            };
+            Ok(Quota {
+                instances: q.instances,
+                cpus_milli,
+                memory_mib: size("memory", q.memory)?,
+                disk_mib: size("disk", q.disk)?,
+            })
+        };
+        let default = match raw.quotas.default {
+            Some(q) => quota("quotas.default", q)?,
+            None => Quota::default(),
+        };
+        let mut owners = BTreeMap::new();
+        for (owner, q) in raw.quotas.owners {
+            let key = format!("quotas.owners.\"{owner}\"");
+            owners.insert(owner, quota(&key, q)?);
+        }
+        Ok(ServeConfig {
+            admins: raw.admins,
+            hostnames,
+            quotas: QuotaConfig { default, owners },
+        })
+    }
+
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.iter().any(|a| a == user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<ServeConfig> {
+        ServeConfig::parse(t, Path::new("serve.toml"))
+    }
+
+    #[test]
+    fn full_config() {
+        let c = parse(
+            r#"
+admins = ["/C=XX/O=T/CN=Admin"]
+[[hostnames]]
+name = "N1.example.org"
+address = "192.0.2.1"
+[[hostnames]]
+name = "n2.example.org"
+[quotas.default]
+instances = 2
+cpus = 1.5
+memory = "1G"
+[quotas.owners."/C=XX/O=T/CN=Alice"]
+instances = 5
+"#,
+        )
+        .unwrap();
+        assert!(c.is_admin("/C=XX/O=T/CN=Admin"));
+        assert_eq!(c.hostnames[0].name, "n1.example.org");
+        assert_eq!(c.hostnames[1].address, None);
+        let a = c.quotas.for_owner("/C=XX/O=T/CN=Alice");
+        assert_eq!(
+            (a.instances, a.cpus_milli, a.memory_mib, a.disk_mib),
+            (Some(5), Some(1500), Some(1024), None)
+        );
+        assert_eq!(c.quotas.for_owner("bob").instances, Some(2));
+        assert_eq!(parse("").unwrap(), ServeConfig::default());
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        for (t, want) in [
+            ("colour = 1", "colour"),
+            ("[[hostnames]]\nname = \"a_b\"", "hostnames[0].name"),
+            (
+                "[[hostnames]]\nname = \"a\"\n[[hostnames]]\nname = \"A\"",
+                "listed twice",
+            ),
+            (
+                "[[hostnames]]\nname = \"a\"\naddress = \"x\"",
+                "hostnames[0].address",
+            ),
+            ("[quotas.default]\nmemory = \"4X\"", "quotas.default.memory"),
+            ("[quotas.default]\ncpus = -1.0", "quotas.default.cpus"),
+            ("[quotas.default]\ngpus = 1", "gpus"),
+        ] {
+            let e = parse(t).unwrap_err();
+            assert_eq!(e.code(), "invalid_config");
+            assert!(e.to_string().contains(want), "{t}: {e}");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The hostname pool: names (and optional addresses) from configuration, leased to
+//! instances. The store's primary key on the leased name is what guarantees that no name is
+//! ever held by two live instances; the choice of a free name happens in the same IMMEDIATE
+//! transaction as the insert.
+
+use vfarm_store::auth::Lease;
+use vfarm_store::Store;
+
+use crate::config::PoolEntry;
+use crate::{AuthError, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct HostnamePool {
+    entries: Vec<(String, Option<String>)>,
+}
+
+impl HostnamePool {
+    pub fn new(entries: &[PoolEntry]) -> HostnamePool {
+        HostnamePool {
+            entries: entries
+                .iter()
+                .map(|e| (e.name.clone(), e.address.map(|a| a.to_string())))
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Lease a name to `holder`: `requested` if given (it must be in the pool and free),
+    /// otherwise the first free one in configuration order.
+    pub fn allocate(
+        &self,
+        store: &Store,
+        holder: &str,
+        owner: &str,
+        requested: Option<&str>,
+    ) -> Result<Lease> {
+        match requested {
+            Some(r) => {
+                let want = r.trim_end_matches('.').to_ascii_lowercase();
+                let entry = self
+                    .entries
+                    .iter()
+                    .find(|(n, _)| *n == want)
+                    .ok_or_else(|| AuthError::HostnameNotInPool {
+                        name: r.to_string(),
+                    })?;
+                store
+                    .lease_hostname(std::slice::from_ref(entry), holder, owner)?
+                    .ok_or(AuthError::HostnameTaken { name: want })
+            }
+            None => store.lease_hostname(&self.entries, holder, owner)?.ok_or(
+                AuthError::PoolExhausted {
+                    size: self.entries.len(),
+                },
+            ),
+        }
+    }
+
+    /// Return `holder`'s name to the pool; the name, or None when it held none.
+    pub fn release(store: &Store, holder: &str) -> Result<Option<String>> {
+        Ok(store.release_hostname(holder)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::{Arc, Barrier};
+
+    fn pool(n: usize) -> HostnamePool {
+        let entries: Vec<PoolEntry> = (0..n)
+            .map(|i| PoolEntry {
+                name: format!("node{i:03}.example.org"),
+                address: Some(format!("192.0.2.{}", i % 250 + 1).parse().unwrap()),
+            })
+            .collect();
+        HostnamePool::new(&entries)
+    }
+
+    #[test]
+    fn requested_taken_unknown_and_release() {
+        let s = Store::open_in_memory().unwrap();
+        let p = pool(3);
+        let a = p
+            .allocate(&s, "i1", "alice", Some("NODE001.example.org"))
+            .unwrap();
+        assert_eq!(a.name, "node001.example.org");
+        assert_eq!(a.address.as_deref(), Some("192.0.2.2"));
+        let e = p
+            .allocate(&s, "i2", "bob", Some("node001.example.org"))
+            .unwrap_err();
+        assert_eq!((e.code(), e.field()), ("hostname_taken", Some("hostname")));
+        let e = p
+            .allocate(&s, "i2", "bob", Some("elsewhere.org"))
+            .unwrap_err();
+        assert_eq!(e.code(), "hostname_not_in_pool");
+        assert_eq!(
+            p.allocate(&s, "i2", "bob", None).unwrap().name,
+            "node000.example.org"
+        );
+        assert_eq!(
+            p.allocate(&s, "i3", "bob", None).unwrap().name,
+            "node002.example.org"
+        );
+        assert_eq!(
+            p.allocate(&s, "i4", "bob", None).unwrap_err().code(),
+            "pool_exhausted"
+        );
+        assert_eq!(
+            HostnamePool::release(&s, "i1").unwrap().as_deref(),
+            Some("node001.example.org")
+        );
+        assert_eq!(
+            p.allocate(&s, "i4", "bob", None).unwrap().name,
+            "node001.example.org"
+        );
+        assert_eq!(
+            HostnamePool::new(&[])
+                .allocate(&s, "i9", "x", None)
+                .unwrap_err()
+                .code(),
+            "pool_exhausted"
+        );
+    }
+
+    /// Issue 5, acceptance 2 for the pool: 200 concurrent allocations (threads, each with its
+    /// own store connection) over 150 names: exactly 150 succeed, 50 are told the pool is
+    /// exhausted, and no name is given twice.
+    #[test]
+    fn two_hundred_concurrent_allocations_over_150_names() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        drop(Store::open(&path).unwrap());
+        let p = Arc::new(pool(150));
+        let barrier = Arc::new(Barrier::new(200));
+        let handles: Vec<_> = (0..200)
+            .map(|i| {
+                let (path, p, barrier) = (path.clone(), p.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let s = Store::open(&path).unwrap();
+                    barrier.wait();
+                    p.allocate(&s, &format!("inst{i}"), &format!("owner{}", i % 7), None)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let names: Vec<&str> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|l| l.name.as_str()))
+            .collect();
+        assert_eq!(names.len(), 150);
+        assert_eq!(
+            names.iter().collect::<HashSet<_>>().len(),
+            150,
+            "duplicates"
+        );
+        let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(errors.len(), 50);
+        for e in errors {
+            assert_eq!(e.code(), "pool_exhausted", "{e}");
+            assert!(e.to_string().contains("150"), "{e}");
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.hostname_leases().unwrap().len(), 150);
+    }
+}

@@ -1,0 +1,237 @@
+//! Bearer tokens: `vft_<id>_<secret>`, the secret 256 random bits.
+//!
+//! The store keeps only SHA-256(secret). A fast hash is right here: slow password hashes
+//! (bcrypt, argon2) exist to make guessing *low-entropy* passwords expensive, but a 256-bit
+//! random secret cannot be guessed at any hashing speed, so they would only add tens of
+//! milliseconds to every request. A stolen database still yields no usable token.
+//! The comparison of hashes is constant-time (`openssl::memcmp::eq`).
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use vfarm_store::auth::TokenRow;
+use vfarm_store::Store;
+
+use crate::{AuthError, Result};
+
+pub const PREFIX: &str = "vft_";
+const ID_BYTES: usize = 6;
+const SECRET_BYTES: usize = 32;
+
+/// A new token: `token` is shown once and never stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Created {
+    pub token: String,
+    #[serde(flatten)]
+    pub row: TokenRow,
+}
+
+fn random_hex(n: usize) -> Result<String> {
+    let mut buf = vec![0u8; n];
+    openssl::rand::rand_bytes(&mut buf)?;
+    Ok(hex::encode(buf))
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Check a user name or label: non-empty, printable, bounded.
+pub(crate) fn check_text(field: &'static str, v: &str, max: usize) -> Result<()> {
+    if v.trim().is_empty() {
+        return Err(AuthError::invalid(field, v, "must not be empty"));
+    }
+    if v.len() > max {
+        return Err(AuthError::invalid(
+            field,
+            v,
+            format!("longer than {max} bytes"),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(AuthError::invalid(field, v, "contains control characters"));
+    }
+    Ok(())
+}
+
+/// Create a token for `user`, valid for `expiry_secs` (None: until revoked).
+pub fn create(
+    store: &Store,
+    user: &str,
+    name: Option<&str>,
+    expiry_secs: Option<u64>,
+    now: DateTime<Utc>,
+) -> Result<Created> {
+    check_text("user", user, 1024)?;
+    if let Some(n) = name {
+        check_text("name", n, 200)?;
+    }
+    let expires = match expiry_secs {
+        Some(s) => Some(ts(now
+            + chrono::Duration::seconds(i64::try_from(s).map_err(|_| {
+                AuthError::invalid("expiry", &s.to_string(), "too long")
+            })?))),
+        None => None,
+    };
+    let secret = random_hex(SECRET_BYTES)?;
+    // A clash of 48-bit ids is rare but possible: draw again rather than fail.
+    for _ in 0..8 {
+        let row = TokenRow {
+            id: random_hex(ID_BYTES)?,
+            user: user.to_string(),
+            name: name.map(str::to_string),
+            secret_hash: hash(&secret),
+            created: ts(now),
+            expires: expires.clone(),
+            revoked: None,
+            last_used: None,
+        };
+        match store.insert_token(&row) {
+            Ok(()) => {
+                return Ok(Created {
+                    token: format!("{PREFIX}{}_{secret}", row.id),
+                    row,
+                })
+            }
+            Err(vfarm_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(AuthError::invalid(
+        "id",
+        "",
+        "could not draw a free token id",
+    ))
+}
+
+/// Split `vft_<id>_<secret>`; None when it does not have that shape.
+fn parse(presented: &str) -> Option<(&str, &str)> {
+    let rest = presented.strip_prefix(PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let hexlen = |s: &str, n: usize| s.len() == n * 2 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hexlen(id, ID_BYTES) && hexlen(secret, SECRET_BYTES)).then_some((id, secret))
+}
+
+/// The token's row when `presented` is a valid, unrevoked, unexpired token.
+pub fn verify(store: &Store, presented: &str, now: DateTime<Utc>) -> Result<TokenRow> {
+    let (id, secret) = parse(presented.trim()).ok_or(AuthError::InvalidToken)?;
+    let row = store.token(id)?.ok_or(AuthError::InvalidToken)?;
+    let want = row.secret_hash.as_bytes();
+    let got = hash(secret);
+    if want.len() != got.len() || !openssl::memcmp::eq(want, got.as_bytes()) {
+        return Err(AuthError::InvalidToken);
+    }
+    // Only a holder of the secret learns that a token is revoked or expired.
+    if let Some(at) = &row.revoked {
+        return Err(AuthError::TokenRevoked {
+            id: row.id,
+            at: at.clone(),
+        });
+    }
+    if let Some(exp) = &row.expires {
+        let due = DateTime::parse_from_rfc3339(exp)
+            .map(|t| t.with_timezone(&Utc) <= now)
+            .unwrap_or(true);
+        if due {
+            return Err(AuthError::TokenExpired {
+                id: row.id,
+                at: exp.clone(),
+            });
+        }
+    }
+    store.touch_token(&row.id)?;
+    Ok(row)
+}
+
+/// Revoke by id (the public part); the token stops working at once.
+pub fn revoke(store: &Store, id: &str) -> Result<TokenRow> {
+    let id = id.trim();
+    // Accept a whole token too, so a leaked one can be pasted as is.
+    let id = parse(id).map(|(i, _)| i).unwrap_or(id);
+    store.revoke_token(id).map_err(|e| match e {
+        vfarm_store::StoreError::NotFound { .. } => AuthError::TokenNotFound { id: id.into() },
+        e => e.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn create_verify_revoke() {
+        let s = Store::open_in_memory().unwrap();
+        let c = create(&s, "alice", Some("laptop"), None, now()).unwrap();
+        assert!(c.token.starts_with("vft_"));
+        assert_eq!(c.token.len(), 4 + 12 + 1 + 64);
+        // Only the hash is stored.
+        let stored = s.token(&c.row.id).unwrap().unwrap();
+        assert!(!c.token.contains(&stored.secret_hash));
+        assert_eq!(stored.secret_hash.len(), 64);
+        assert_eq!(verify(&s, &c.token, now()).unwrap().user, "alice");
+        // Wrong secret, unknown id, malformed: all the same error.
+        let mut wrong = c.token.clone();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == '0' { '1' } else { '0' });
+        for bad in [wrong.as_str(), "vft_000000000000_00", "Bearer x", ""] {
+            assert!(
+                matches!(verify(&s, bad, now()), Err(AuthError::InvalidToken)),
+                "{bad}"
+            );
+        }
+        let other = create(&s, "bob", None, None, now()).unwrap();
+        revoke(&s, &c.row.id).unwrap();
+        assert_eq!(
+            verify(&s, &c.token, now()).unwrap_err().code(),
+            "token_revoked"
+        );
+        assert_eq!(verify(&s, &other.token, now()).unwrap().user, "bob");
+        assert_eq!(
+            revoke(&s, "ffffffffffff").unwrap_err().code(),
+            "token_not_found"
+        );
+        // Revoking by the whole token string works too.
+        revoke(&s, &other.token).unwrap();
+        assert!(verify(&s, &other.token, now()).is_err());
+    }
+
+    #[test]
+    fn expiry_is_enforced() {
+        let s = Store::open_in_memory().unwrap();
+        let c = create(&s, "alice", None, Some(3600), now()).unwrap();
+        assert!(verify(&s, &c.token, now()).is_ok());
+        let later = now() + chrono::Duration::seconds(3600);
+        assert_eq!(
+            verify(&s, &c.token, later).unwrap_err().code(),
+            "token_expired"
+        );
+    }
+
+    #[test]
+    fn bad_user_or_name_is_refused_by_field() {
+        let s = Store::open_in_memory().unwrap();
+        let e = create(&s, " ", None, None, now()).unwrap_err();
+        assert_eq!(e.field(), Some("user"));
+        let e = create(&s, "alice", Some("a\nb"), None, now()).unwrap_err();
+        assert_eq!(e.field(), Some("name"));
+        assert!(s.tokens(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn secrets_differ() {
+        let s = Store::open_in_memory().unwrap();
+        let a = create(&s, "u", None, None, now()).unwrap();
+        let b = create(&s, "u", None, None, now()).unwrap();
+        assert_ne!(a.token, b.token);
+        assert_ne!(a.row.secret_hash, b.row.secret_hash);
+    }
+}

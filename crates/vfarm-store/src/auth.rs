@@ -1,0 +1,510 @@
+//! Identity and access state (migration 5): bearer tokens (only a hash of the secret),
+//! hostname leases, quota reservations and the audit log.
+//!
+//! The rules (what a token looks like, which name to pick, what a quota allows) live in
+//! `vfarm-auth`; this module keeps the rows and makes each change one IMMEDIATE transaction.
+
+use rusqlite::{params, Connection, Transaction};
+use serde::Serialize;
+
+use crate::{now, optional, Result, Store, StoreError};
+
+/// A token as stored: never the secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRow {
+    pub id: String,
+    pub user: String,
+    pub name: Option<String>,
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub created: String,
+    pub expires: Option<String>,
+    pub revoked: Option<String>,
+    pub last_used: Option<String>,
+}
+
+/// A hostname held by an instance (or a reservation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub name: String,
+    pub address: Option<String>,
+    pub holder: String,
+    pub owner: String,
+    pub allocated: String,
+}
+
+/// Resources held (or asked for) by one instance. CPUs in thousandths, sizes in MiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub cpus_milli: u64,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+}
+
+/// What an owner holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub instances: u64,
+    pub cpus_milli: u64,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub method: String,
+    pub action: String,
+    pub object: String,
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+const TOKEN_COLS: &str = "id, user, name, secret_hash, created, expires, revoked, last_used";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.get(0)?,
+        user: r.get(1)?,
+        name: r.get(2)?,
+        secret_hash: r.get(3)?,
+        created: r.get(4)?,
+        expires: r.get(5)?,
+        revoked: r.get(6)?,
+        last_used: r.get(7)?,
+    })
+}
+
+fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        name: r.get(0)?,
+        address: r.get(1)?,
+        holder: r.get(2)?,
+        owner: r.get(3)?,
+        allocated: r.get(4)?,
+    })
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl Store {
+    /// Store a new token (the caller made the id and hashed the secret).
+    pub fn insert_token(&self, t: &TokenRow) -> Result<()> {
+        self.conn()
+            .execute(
+                &format!("INSERT INTO tokens({TOKEN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
+                params![
+                    t.id,
+                    t.user,
+                    t.name,
+                    t.secret_hash,
+                    t.created,
+                    t.expires,
+                    t.revoked,
+                    t.last_used
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict {
+                        kind: "token",
+                        id: t.id.clone(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<TokenRow>> {
+        let conn = self.conn();
+        optional(conn.query_row(
+            &format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"),
+            [id],
+            token_row,
+        ))
+    }
+
+    /// Tokens, oldest first; of one user when given.
+    pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {TOKEN_COLS} FROM tokens WHERE ?1 IS NULL OR user = ?1 ORDER BY created, id"
+        ))?;
+        let rows = st.query_map([user], token_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Mark a token revoked (idempotent: a second revoke keeps the first time).
+    pub fn revoke_token(&self, id: &str) -> Result<TokenRow> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE tokens SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
+                params![id, now()],
+            )?;
+            optional(tx.query_row(
+                &format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"),
+                [id],
+                token_row,
+            ))?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "token",
+                id: id.to_string(),
+            })
+        })
+    }
+
+    /// Record a use; written at most once a minute per token so requests do not all write.
+    pub fn touch_token(&self, id: &str) -> Result<()> {
+        let at = chrono::Utc::now();
+        let stale = (at - chrono::Duration::seconds(60))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.conn().execute(
+            "UPDATE tokens SET last_used = ?2 WHERE id = ?1 AND (last_used IS NULL OR last_used < ?3)",
+            params![id, at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), stale],
+        )?;
+        Ok(())
+    }
+
+    /// Lease the first of `candidates` (name, address) that no one holds, for `holder`, in one
+    /// IMMEDIATE transaction. `None`: all of them are held.
+    pub fn lease_hostname(
+        &self,
+        candidates: &[(String, Option<String>)],
+        holder: &str,
+        owner: &str,
+    ) -> Result<Option<Lease>> {
+        self.tx(|tx| {
+            let held = held_names(tx)?;
+            let Some((name, address)) = candidates.iter().find(|(n, _)| !held.contains(n)) else {
+                return Ok(None);
+            };
+            let lease = Lease {
+                name: name.clone(),
+                address: address.clone(),
+                holder: holder.to_string(),
+                owner: owner.to_string(),
+                allocated: now(),
+            };
+            // The primary key on `name` is the guarantee; the check above only picks a name.
+            tx.execute(
+                "INSERT INTO hostname_leases(name, address, holder, owner, allocated)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    lease.name,
+                    lease.address,
+                    lease.holder,
+                    lease.owner,
+                    lease.allocated
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict {
+                        kind: "hostname lease holder",
+                        id: holder.to_string(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(Some(lease))
+        })
+    }
+
+    /// The lease on `name`, if any.
+    pub fn hostname_lease(&self, name: &str) -> Result<Option<Lease>> {
+        let conn = self.conn();
+        optional(conn.query_row(
+            "SELECT name, address, holder, owner, allocated FROM hostname_leases WHERE name = ?1",
+            [name],
+            lease_row,
+        ))
+    }
+
+    /// Give back the name `holder` holds; returns it (None: it held none).
+    pub fn release_hostname(&self, holder: &str) -> Result<Option<String>> {
+        self.tx(|tx| {
+            let name: Option<String> = optional(tx.query_row(
+                "SELECT name FROM hostname_leases WHERE holder = ?1",
+                [holder],
+                |r| r.get(0),
+            ))?;
+            tx.execute("DELETE FROM hostname_leases WHERE holder = ?1", [holder])?;
+            Ok(name)
+        })
+    }
+
+    pub fn hostname_leases(&self) -> Result<Vec<Lease>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT name, address, holder, owner, allocated FROM hostname_leases ORDER BY name",
+        )?;
+        let rows = st.query_map([], lease_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What `owner` holds now.
+    pub fn quota_usage(&self, owner: &str) -> Result<Usage> {
+        usage(&self.conn(), owner)
+    }
+
+    /// Hold `req` for `holder` against `owner`'s quota: `check` sees the current usage and
+    /// refuses or allows, and the reservation is written in the same IMMEDIATE transaction,
+    /// so two concurrent reservations can never both fit into the last free share.
+    pub fn reserve_quota<E: From<StoreError>>(
+        &self,
+        holder: &str,
+        owner: &str,
+        req: Resources,
+        check: impl FnOnce(&Usage) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        self.tx(|tx| {
+            let used = usage(tx, owner)?;
+            check(&used)?;
+            tx.execute(
+                "INSERT INTO quota_reservations(holder, owner, cpus_milli, memory_mib, disk_mib, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    holder,
+                    owner,
+                    req.cpus_milli as i64,
+                    req.memory_mib as i64,
+                    req.disk_mib as i64,
+                    now()
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict {
+                        kind: "quota reservation",
+                        id: holder.to_string(),
+                    }
+                } else {
+                    StoreError::from(e)
+                }
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Release what `holder` reserved; false when it held nothing.
+    pub fn release_quota(&self, holder: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM quota_reservations WHERE holder = ?1", [holder])?
+            > 0)
+    }
+
+    /// Append an audit record.
+    pub fn audit(
+        &self,
+        actor: &str,
+        method: &str,
+        action: &str,
+        object: &str,
+        outcome: &str,
+        detail: &serde_json::Value,
+    ) -> Result<()> {
+        append_audit(&self.conn(), actor, method, action, object, outcome, detail)
+    }
+
+    /// The most recent audit records (of one actor when given), oldest first.
+    pub fn audit_log(&self, actor: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT seq, at, actor, method, action, object, outcome, detail FROM
+               (SELECT * FROM audit WHERE ?1 IS NULL OR actor = ?1 ORDER BY seq DESC LIMIT ?2)
+             ORDER BY seq",
+        )?;
+        let rows = st.query_map(params![actor, limit as i64], |r| {
+            Ok(AuditEntry {
+                seq: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                method: r.get(3)?,
+                action: r.get(4)?,
+                object: r.get(5)?,
+                outcome: r.get(6)?,
+                detail: serde_json::from_str(&r.get::<_, String>(7)?)
+                    .unwrap_or(serde_json::Value::Null),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn held_names(tx: &Transaction<'_>) -> Result<std::collections::HashSet<String>> {
+    let mut st = tx.prepare("SELECT name FROM hostname_leases")?;
+    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn usage(conn: &Connection, owner: &str) -> Result<Usage> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(cpus_milli),0), COALESCE(SUM(memory_mib),0),
+                COALESCE(SUM(disk_mib),0)
+         FROM quota_reservations WHERE owner = ?1",
+        [owner],
+        |r| {
+            Ok(Usage {
+                instances: r.get::<_, i64>(0)? as u64,
+                cpus_milli: r.get::<_, i64>(1)? as u64,
+                memory_mib: r.get::<_, i64>(2)? as u64,
+                disk_mib: r.get::<_, i64>(3)? as u64,
+            })
+        },
+    )?)
+}
+
+/// Append an audit record inside an existing transaction or connection.
+pub fn append_audit(
+    conn: &Connection,
+    actor: &str,
+    method: &str,
+    action: &str,
+    object: &str,
+    outcome: &str,
+    detail: &serde_json::Value,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO audit(at, actor, method, action, object, outcome, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            now(),
+            actor,
+            method,
+            action,
+            object,
+            outcome,
+            detail.to_string()
+        ],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(id: &str, user: &str) -> TokenRow {
+        TokenRow {
+            id: id.into(),
+            user: user.into(),
+            name: None,
+            secret_hash: "00".into(),
+            created: now(),
+            expires: None,
+            revoked: None,
+            last_used: None,
+        }
+    }
+
+    #[test]
+    fn tokens_insert_list_revoke() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_token(&token("a1", "alice")).unwrap();
+        s.insert_token(&token("b2", "bob")).unwrap();
+        assert!(matches!(
+            s.insert_token(&token("a1", "eve")),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(s.tokens(None).unwrap().len(), 2);
+        assert_eq!(s.tokens(Some("bob")).unwrap()[0].id, "b2");
+        let r = s.revoke_token("a1").unwrap();
+        let first = r.revoked.clone().unwrap();
+        assert_eq!(s.revoke_token("a1").unwrap().revoked.unwrap(), first);
+        assert!(matches!(
+            s.revoke_token("zz"),
+            Err(StoreError::NotFound { .. })
+        ));
+        s.touch_token("b2").unwrap();
+        assert!(s.token("b2").unwrap().unwrap().last_used.is_some());
+    }
+
+    #[test]
+    fn leases_never_share_a_name() {
+        let s = Store::open_in_memory().unwrap();
+        let pool: Vec<(String, Option<String>)> = vec![("n1".into(), None), ("n2".into(), None)];
+        let a = s.lease_hostname(&pool, "i1", "alice").unwrap().unwrap();
+        let b = s.lease_hostname(&pool, "i2", "alice").unwrap().unwrap();
+        assert_ne!(a.name, b.name);
+        assert!(s.lease_hostname(&pool, "i3", "bob").unwrap().is_none());
+        // One name per holder.
+        assert!(s.release_hostname("i1").unwrap().is_some());
+        assert!(matches!(
+            s.lease_hostname(&pool, "i2", "alice"),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(
+            s.lease_hostname(&pool, "i3", "bob").unwrap().unwrap().name,
+            a.name
+        );
+        assert_eq!(s.release_hostname("nobody").unwrap(), None);
+    }
+
+    #[test]
+    fn reservations_sum_per_owner() {
+        let s = Store::open_in_memory().unwrap();
+        let r = Resources {
+            cpus_milli: 1000,
+            memory_mib: 512,
+            disk_mib: 1024,
+        };
+        s.reserve_quota::<StoreError>("i1", "alice", r, |_| Ok(()))
+            .unwrap();
+        s.reserve_quota::<StoreError>("i2", "alice", r, |_| Ok(()))
+            .unwrap();
+        let u = s.quota_usage("alice").unwrap();
+        assert_eq!((u.instances, u.cpus_milli, u.memory_mib), (2, 2000, 1024));
+        assert_eq!(s.quota_usage("bob").unwrap(), Usage::default());
+        let refused = s.reserve_quota("i3", "alice", r, |u| {
+            if u.instances >= 2 {
+                Err(StoreError::Conflict {
+                    kind: "quota",
+                    id: "alice".into(),
+                })
+            } else {
+                Ok(())
+            }
+        });
+        assert!(refused.is_err());
+        assert_eq!(s.quota_usage("alice").unwrap().instances, 2);
+        assert!(s.release_quota("i1").unwrap());
+        assert!(!s.release_quota("i1").unwrap());
+    }
+
+    #[test]
+    fn audit_appends_in_order() {
+        let s = Store::open_in_memory().unwrap();
+        s.audit(
+            "alice",
+            "token",
+            "token.create",
+            "t1",
+            "ok",
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        s.audit(
+            "bob",
+            "client-cert",
+            "instance.create",
+            "i1",
+            "denied",
+            &serde_json::json!({"code": "quota_exceeded"}),
+        )
+        .unwrap();
+        let all = s.audit_log(None, 10).unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all[0].seq < all[1].seq);
+        assert_eq!(s.audit_log(Some("bob"), 10).unwrap()[0].outcome, "denied");
+    }
+}

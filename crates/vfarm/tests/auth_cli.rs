@@ -1,0 +1,479 @@
+//! End-to-end: identity and access of `vfarm serve` with the real binary, the site CA it
+//! makes, and real clients (curl on OpenSSL, the `openssl` tool): TLS with client
+//! certificates from an IGTF-layout CA directory (CRLs honoured), bearer tokens, 401s, and
+//! the refusal of plain HTTP off loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const CA_DN: &str = "/C=XX/O=vfarm test/CN=vfarm test CA";
+const ALICE: &str = "/C=XX/O=vfarm test/OU=users/CN=Alice";
+const MALLORY: &str = "/C=XX/O=vfarm test/OU=users/CN=Mallory";
+const ADMIN: &str = "/C=XX/O=vfarm test/OU=admins/CN=Site Admin";
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is required for this test and is not installed (scripts/setup.sh installs it)"
+    );
+}
+
+fn vfarm(data: &Path, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .args(args)
+        .env("VFARM_DATA_DIR", data)
+        .current_dir(cwd)
+        .output()
+        .expect("run vfarm")
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `vfarm serve` with TLS on an ephemeral loopback port, killed on drop.
+struct TlsServer {
+    child: Child,
+    port: u16,
+}
+
+impl TlsServer {
+    fn start(data: &Path, srv: &Path, extra: &[&str]) -> TlsServer {
+        let ca_dir = data.join("ca/certificates");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vfarm"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(srv.join("hostcert.pem"))
+            .arg("--tls-key")
+            .arg(srv.join("hostkey.pem"))
+            .arg("--client-ca-dir")
+            .arg(&ca_dir)
+            .args(extra)
+            .env("VFARM_DATA_DIR", data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vfarm serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the serving line");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no https address in {line:?}"));
+        let port = url.rsplit(':').next().unwrap().parse().unwrap();
+        TlsServer { child, port }
+    }
+
+    /// curl (OpenSSL) against `path` with the site CA as the only trust anchor; the host
+    /// certificate names `localhost`, which resolves to the server's loopback address.
+    fn curl(&self, data: &Path, path: &str, args: &[&str]) -> (Output, String, u16) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "30",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(data.join("ca/ca.pem"))
+            .arg("--resolve")
+            .arg(format!("localhost:{}:127.0.0.1", self.port))
+            .args(args)
+            .arg(format!("https://localhost:{}{path}", self.port))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        let code = code.trim().parse().unwrap_or(0);
+        (out.clone(), body.to_string(), code)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cert_args(dir: &Path) -> Vec<String> {
+    vec![
+        "--cert".into(),
+        dir.join("usercert.pem").display().to_string(),
+        "--key".into(),
+        dir.join("userkey.pem").display().to_string(),
+    ]
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn tls_client_certs_tokens_crls_and_401s() {
+    require("curl");
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    let run = |args: &[&str]| vfarm(&data, t, args);
+
+    ok(&run(&["ca", "init", "--subject", CA_DN]), "ca init");
+    let again = run(&["ca", "init", "--subject", CA_DN]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "second ca init must be refused"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let key_mode = std::fs::metadata(data.join("ca/ca.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777,
+        0o600
+    );
+    let show = json(&ok(&run(&["--output", "json", "ca", "show"]), "ca show"));
+    assert_eq!(show["subject"], CA_DN);
+
+    ok(
+        &run(&["ca", "issue-host", "localhost", "--out", "srv"]),
+        "issue-host",
+    );
+    for (dn, dir) in [(ALICE, "alice"), (MALLORY, "mallory"), (ADMIN, "admin")] {
+        ok(&run(&["ca", "issue-user", dn, "--out", dir]), "issue-user");
+    }
+    // The files are refused, not overwritten, the second time.
+    let twice = run(&["ca", "issue-user", ALICE, "--out", "alice"]);
+    assert_eq!(twice.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("exists already"));
+
+    // Mallory's certificate is revoked; the CRL lands as <hash>.r0 and OpenSSL itself agrees.
+    let rev = ok(
+        &run(&["--output", "json", "ca", "revoke", "mallory/usercert.pem"]),
+        "revoke",
+    );
+    let crl = PathBuf::from(json(&rev)["crl"].as_str().unwrap());
+    assert_eq!(crl.extension().unwrap(), "r0");
+    let verify = |who: &str| {
+        Command::new("openssl")
+            .args(["verify", "-crl_check", "-CApath"])
+            .arg(data.join("ca/certificates"))
+            .arg(t.join(who).join("usercert.pem"))
+            .output()
+            .unwrap()
+    };
+    ok(&verify("alice"), "openssl verify alice");
+    let v = verify("mallory");
+    assert!(!v.status.success(), "openssl must refuse mallory");
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("revoked")
+            || String::from_utf8_lossy(&v.stderr).contains("revoked"),
+        "{v:?}"
+    );
+
+    // Tokens: one for bob, one that will be revoked.
+    let bob = ok(
+        &run(&["token", "create", "--user", "bob", "--name", "ci"]),
+        "token create",
+    )
+    .trim()
+    .to_string();
+    assert!(bob.starts_with("vft_"), "{bob}");
+    let gone = ok(
+        &run(&["token", "create", "--user", "carol"]),
+        "token create",
+    )
+    .trim()
+    .to_string();
+    let ls = ok(&run(&["--output", "json", "token", "ls"]), "token ls");
+    let secret = |tok: &str| tok.rsplit('_').next().unwrap().to_string();
+    assert!(
+        !ls.contains(&secret(&bob)) && !ls.contains(&secret(&gone)),
+        "{ls}"
+    );
+    let gone_id = gone.split('_').nth(1).unwrap().to_string();
+    ok(&run(&["token", "revoke", &gone_id]), "token revoke");
+    let missing = run(&["token", "revoke", "ffffffffffff"]);
+    assert_eq!(missing.status.code(), Some(3));
+
+    let srv = TlsServer::start(&data, &t.join("srv"), &["--admin", ADMIN]);
+
+    let (out, body, code) = srv.curl(&data, "/api/v1/whoami", &[]);
+    assert_eq!(code, 401, "{out:?}");
+    assert_eq!(json(&body)["error"]["code"], "unauthenticated");
+    let (_, body, code) = srv.curl(&data, "/healthz", &[]);
+    assert_eq!((code, body.as_str()), (200, "ok"));
+
+    let alice_args = cert_args(&t.join("alice"));
+    let a: Vec<&str> = alice_args.iter().map(String::as_str).collect();
+    let (out, body, code) = srv.curl(&data, "/api/v1/whoami", &a);
+    assert_eq!(code, 200, "{out:?}");
+    let who = json(&body);
+    assert_eq!(who["user"], ALICE);
+    assert_eq!(who["method"], "client-cert");
+    assert_eq!(who["admin"], false);
+    // The identity opens the rest of the API too.
+    let (_, _, code) = srv.curl(&data, "/api/v1/images", &a);
+    assert_eq!(code, 200);
+
+    let admin_args = cert_args(&t.join("admin"));
+    let a: Vec<&str> = admin_args.iter().map(String::as_str).collect();
+    let (_, body, _) = srv.curl(&data, "/api/v1/whoami", &a);
+    assert_eq!(json(&body)["admin"], true, "{body}");
+
+    let auth = format!("Authorization: Bearer {bob}");
+    let (_, body, code) = srv.curl(&data, "/api/v1/whoami", &["-H", &auth]);
+    assert_eq!(code, 200, "{body}");
+    let who = json(&body);
+    assert_eq!(
+        (who["user"].as_str(), who["method"].as_str()),
+        (Some("bob"), Some("token"))
+    );
+
+    let auth = format!("Authorization: Bearer {gone}");
+    let (_, body, code) = srv.curl(&data, "/api/v1/whoami", &["-H", &auth]);
+    assert_eq!(code, 401);
+    assert_eq!(json(&body)["error"]["code"], "token_revoked");
+    let (_, body, code) = srv.curl(
+        &data,
+        "/api/v1/whoami",
+        &[
+            "-H",
+            "Authorization: Bearer vft_0123456789ab_nottherightsecret",
+        ],
+    );
+    assert_eq!(code, 401);
+    assert_eq!(json(&body)["error"]["code"], "invalid_token");
+
+    // The revoked certificate does not get through the handshake.
+    let mallory_args = cert_args(&t.join("mallory"));
+    let a: Vec<&str> = mallory_args.iter().map(String::as_str).collect();
+    let (out, _, code) = srv.curl(&data, "/api/v1/whoami", &a);
+    assert!(!out.status.success(), "mallory got through: {out:?}");
+    assert_ne!(code, 200);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("revoked"), "curl said: {err}");
+
+    // A certificate from a CA the server does not trust is refused as well.
+    let other = t.join("other");
+    ok(
+        &vfarm(
+            &other,
+            t,
+            &["ca", "init", "--subject", "/C=XX/O=elsewhere/CN=Other CA"],
+        ),
+        "other ca init",
+    );
+    ok(
+        &vfarm(
+            &other,
+            t,
+            &[
+                "ca",
+                "issue-user",
+                "/C=XX/O=elsewhere/CN=Eve",
+                "--out",
+                "eve",
+            ],
+        ),
+        "other issue-user",
+    );
+    let eve_args = cert_args(&t.join("eve"));
+    let a: Vec<&str> = eve_args.iter().map(String::as_str).collect();
+    let (out, _, code) = srv.curl(&data, "/api/v1/whoami", &a);
+    assert!(
+        !out.status.success() && code != 200,
+        "eve got through: {out:?}"
+    );
+
+    // A CRL updated while the service runs (as fetch-crl does) takes effect without a
+    // restart: revoke Alice now and wait (bounded) until her handshake is refused.
+    ok(
+        &run(&["ca", "revoke", "alice/usercert.pem"]),
+        "revoke alice",
+    );
+    let a: Vec<&str> = alice_args.iter().map(String::as_str).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (out, _, code) = srv.curl(&data, "/api/v1/whoami", &a);
+        if !out.status.success() && code != 200 {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("revoked"),
+                "{out:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the updated CRL was not picked up within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    // The token user is unaffected.
+    let auth = format!("Authorization: Bearer {bob}");
+    let (_, _, code) = srv.curl(&data, "/api/v1/whoami", &["-H", &auth]);
+    assert_eq!(code, 200);
+
+    // The audit log has the local admin's actions.
+    let store = vfarm_store::Store::open(&data.join("state.db")).unwrap();
+    let actions: Vec<String> = store
+        .audit_log(None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    for a in [
+        "ca.init",
+        "ca.issue-host",
+        "ca.issue-user",
+        "ca.revoke",
+        "token.create",
+        "token.revoke",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} not in {actions:?}");
+    }
+}
+
+#[test]
+fn plain_http_off_loopback_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = vfarm(
+        &data,
+        tmp.path(),
+        &["--output", "json", "serve", "--listen", "0.0.0.0:0"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--tls-cert") && err.contains("0.0.0.0"),
+        "{err}"
+    );
+    let doc = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(doc["error"]["code"], "invalid_argument");
+    assert_eq!(doc["error"]["field"], "listen");
+    // Nothing was created.
+    assert!(!data.join("state.db").exists());
+    // --client-ca-dir without TLS is a usage error too.
+    let out = vfarm(
+        &data,
+        tmp.path(),
+        &[
+            "serve",
+            "--client-ca-dir",
+            "/etc/grid-security/certificates",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn loopback_plain_http_still_needs_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = common::Server::start(&data);
+    let r = reqwest::blocking::get(format!("{}/api/v1/images", srv.base)).unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "unauthenticated");
+    let who: Value = srv
+        .client()
+        .get(format!("{}/api/v1/whoami", srv.base))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(who["user"], "vfarm-tests");
+    assert_eq!(who["method"], "token");
+}
+
+#[test]
+fn unix_socket_callers_are_their_login_name() {
+    require("curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sock = tmp.path().join("vfarm.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--socket"])
+        .arg(&sock)
+        .env("VFARM_DATA_DIR", &data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vfarm serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    assert!(first.contains("http://127.0.0.1:"), "{first}");
+    assert!(second.contains("unix:"), "{second}");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--unix-socket"])
+        .arg(&sock)
+        .arg("http://localhost/api/v1/whoami")
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let who = json(&ok(&out, "curl over the unix socket"));
+    assert_eq!(who["method"], "unix-peer");
+    // The kernel's answer, compared with what `id -un` says for this process's user.
+    let me = Command::new("id").arg("-un").output().unwrap();
+    assert_eq!(
+        who["user"].as_str().unwrap(),
+        String::from_utf8_lossy(&me.stdout).trim()
+    );
+}
+
+#[test]
+fn bad_service_config_is_refused_by_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("serve.toml"),
+        "[[hostnames]]\nname = \"n1.example.org\"\naddress = \"not-an-ip\"\n",
+    )
+    .unwrap();
+    let out = vfarm(&data, tmp.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hostnames[0].address"), "{err}");
+    let out = vfarm(
+        &data,
+        tmp.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            "/nonexistent/serve.toml",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config") && err.contains("no such file"),
+        "{err}"
+    );
+    assert!(!data.join("state.db").exists());
+}

@@ -1,0 +1,385 @@
+//! End-to-end tests of the qemu driver's `full` boot profile through the real binary: a
+//! bootable bookworm image with cloud-init and sshd built by vfarm, booted by real QEMU (TCG
+//! where KVM does not work) with the image's own kernel, Debian initramfs and systemd,
+//! cloud-init from vfarm's NoCloud seed, logged into with the real OpenSSH client. Needs root
+//! and the packages `scripts/setup.sh` installs; a missing component fails the test with its
+//! name.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vfarm");
+
+struct Fixture {
+    data: PathBuf,
+    /// A HOME of its own, so the test can show the user's known_hosts is left alone.
+    home: PathBuf,
+}
+
+static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+/// One VM at a time: the machine has 2 cores and TCG is slow enough already.
+static VMS: Mutex<()> = Mutex::new(());
+
+fn one_vm() -> MutexGuard<'static, ()> {
+    VMS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "qemu full-profile test needs `{tool}`, which is not installed: run scripts/setup.sh"
+    );
+}
+
+fn fixture() -> &'static Fixture {
+    FIXTURE.get_or_init(|| {
+        for t in [
+            "mmdebstrap",
+            "qemu-system-x86_64",
+            "qemu-img",
+            "busybox",
+            "ssh",
+            "ssh-keygen",
+        ] {
+            require(t);
+        }
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("qemu-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let data = root.join("data");
+        let home = root.join("home");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        let f = Fixture { data, home };
+        let begun = Instant::now();
+        let out = vfarm(
+            &f,
+            &[
+                "image",
+                "build",
+                "--suite",
+                "bookworm",
+                "--boot",
+                "vm",
+                "--format",
+                "qcow2",
+                "--group",
+                "ssh-server",
+                "--package",
+                "cloud-init",
+                "--name",
+                "full",
+            ],
+        );
+        assert_success(&out, "bootable image build with cloud-init and sshd");
+        eprintln!(
+            "image with cloud-init + sshd built in {:?}",
+            begun.elapsed()
+        );
+        f
+    })
+}
+
+fn vfarm(f: &Fixture, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("VFARM_DATA_DIR", &f.data)
+        .env("HOME", &f.home)
+        .env("CI", "true")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vfarm")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        text(out)
+    );
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(out)))
+}
+
+/// QEMU processes of this data dir that are still alive (zombies hold nothing).
+fn qemu_processes(data: &Path) -> Vec<String> {
+    let ps = Command::new("ps")
+        .args(["-eo", "stat,args"])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| {
+            l.contains("qemu-system") && l.contains(data.to_str().unwrap()) && !l.starts_with('Z')
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn keygen(dir: &Path) -> PathBuf {
+    let key = dir.join("id_test");
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(key.with_extension("pub"));
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "vfarm-test", "-f"])
+        .arg(&key)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh-keygen");
+    assert_success(&out, "ssh-keygen");
+    key
+}
+
+#[test]
+fn vm_options_are_refused_for_containers_and_the_fast_profile() {
+    // Refused before any image is looked at: no fixture needed, nothing is made.
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-full-refusals");
+    std::fs::create_dir_all(&root).unwrap();
+    let f = Fixture {
+        data: root.join("data"),
+        home: root.clone(),
+    };
+    let key = root.join("k.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx test\n").unwrap();
+    let key = key.to_str().unwrap();
+    let out = vfarm(
+        &f,
+        &["instance", "create", "--image", "x", "--ssh-key", key],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--ssh-key is for VMs"),
+        "{}",
+        text(&out)
+    );
+    let out = vfarm(
+        &f,
+        &[
+            "instance",
+            "create",
+            "--driver",
+            "qemu",
+            "--profile",
+            "fast",
+            "--image",
+            "x",
+            "--ssh-key",
+            key,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("full profile"), "{}", text(&out));
+    let out = vfarm(
+        &f,
+        &[
+            "instance",
+            "create",
+            "--driver",
+            "qemu",
+            "--image",
+            "x",
+            "--ssh-key",
+            "/nonexistent/key.pub",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("/nonexistent/key.pub"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn full_profile_refuses_an_image_without_cloud_init_naming_what_to_add() {
+    let f = fixture();
+    let _vm = one_vm();
+    // The plain --boot vm image (the fast profile's) has neither cloud-init nor sshd.
+    let out = vfarm(
+        f,
+        &[
+            "image", "build", "--suite", "bookworm", "--boot", "vm", "--format", "qcow2", "--name",
+            "plain",
+        ],
+    );
+    assert_success(&out, "plain bootable image build");
+    let out = vfarm(
+        f,
+        &[
+            "instance", "create", "--driver", "qemu", "--image", "plain", "--name", "p1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let msg = text(&out);
+    for word in [
+        "cloud-init",
+        "openssh-server",
+        "--group ssh-server --package cloud-init",
+    ] {
+        assert!(msg.contains(word), "error should name {word}:\n{msg}");
+    }
+    // Nothing was made.
+    let ls = json(&vfarm(f, &["instance", "ls", "--output", "json"]));
+    assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
+    assert!(qemu_processes(&f.data).is_empty());
+}
+
+#[test]
+fn full_profile_boots_systemd_with_cloud_init_and_logs_in_over_ssh() {
+    let f = fixture();
+    let _vm = one_vm();
+    let keys = f.data.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = keygen(&keys);
+    let cert = keys.join("hostcert.pem");
+    let cert_text = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
+    std::fs::write(&cert, cert_text).unwrap();
+    let pubkey = format!("{}.pub", key.display());
+    let guest_file = format!("{}:/etc/grid-security/hostcert.pem", cert.display());
+
+    let begun = Instant::now();
+    let out = vfarm(
+        f,
+        &[
+            "instance",
+            "create",
+            "--driver",
+            "qemu",
+            "--image",
+            "full",
+            "--name",
+            "f1",
+            "--ssh-key",
+            &pubkey,
+            "--guest-file",
+            &guest_file,
+            "--output",
+            "json",
+        ],
+    );
+    let boot = begun.elapsed();
+    assert_success(&out, "instance create --profile full (default)");
+    let created = json(&out);
+    assert_eq!(created["state"], "running", "{created}");
+    eprintln!(
+        "full-profile create (prepare + boot until cloud-init set the guest up and sshd answers): {:.1} s",
+        boot.as_secs_f64()
+    );
+
+    // ssh as the injected user, through the forwarded port, with the key beside key.pub.
+    let out = vfarm(f, &["instance", "ssh", "f1", "--", "id", "-un"]);
+    assert_success(&out, "instance ssh -- id -un");
+    assert_eq!(stdout(&out), "vfarm");
+    // The exit status passes through; an explicit -i works too.
+    let key_arg = key.to_str().unwrap();
+    let out = vfarm(
+        f,
+        &["instance", "ssh", "f1", "-i", key_arg, "--", "exit", "3"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    // write_files put the certificate in place, with the host file's mode.
+    let out = vfarm(
+        f,
+        &[
+            "instance",
+            "ssh",
+            "f1",
+            "--",
+            "cat",
+            "/etc/grid-security/hostcert.pem",
+        ],
+    );
+    assert_success(&out, "reading the injected file over ssh");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), cert_text);
+    // Host keys were checked against vfarm's own known_hosts; the user's was not touched.
+    assert!(
+        !f.home.join(".ssh/known_hosts").exists(),
+        "ssh wrote the user's known_hosts"
+    );
+
+    // exec through the guest agent, with systemd as the guest's init.
+    let out = vfarm(f, &["instance", "exec", "f1", "--", "hostname"]);
+    assert_success(&out, "instance exec hostname");
+    assert_eq!(stdout(&out), "f1");
+    let out = vfarm(f, &["instance", "exec", "f1", "--", "cat", "/proc/1/comm"]);
+    assert_success(&out, "instance exec cat /proc/1/comm");
+    assert_eq!(stdout(&out), "systemd");
+
+    // show: profile, ssh port and command, network counters of the NIC.
+    let show = json(&vfarm(f, &["instance", "show", "f1", "--output", "json"]));
+    assert_eq!(show["profile"], "full", "{show}");
+    let port = show["ssh"]["port"].as_u64().expect("ssh port in show");
+    assert!(port > 0);
+    let cmd = show["ssh"]["command"].as_str().unwrap_or_default();
+    assert!(cmd.contains(&format!("-p {port}")), "{cmd}");
+    let net = &show["stats"]["net"];
+    assert!(
+        net["rx_bytes"].as_u64().unwrap_or(0) > 0 && net["tx_packets"].as_u64().unwrap_or(0) > 0,
+        "no network counters after SSH sessions: {show}"
+    );
+    // The port is really the VM's sshd: the system ssh client with show's command works.
+    let ssh = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{cmd} true"))
+        .env("HOME", &f.home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_success(&ssh, "the ssh command `instance show` prints");
+
+    // A graceful stop powers the guest off through systemd (exit status 0), not a kill.
+    let begun = Instant::now();
+    let out = vfarm(f, &["instance", "stop", "f1", "--output", "json"]);
+    assert_success(&out, "instance stop");
+    eprintln!(
+        "full-profile graceful stop: {:.1} s",
+        begun.elapsed().as_secs_f64()
+    );
+    assert_eq!(json(&out)["exit_code"], 0, "{}", text(&out));
+
+    let dir = f
+        .data
+        .join("qemu/instances")
+        .join(created["id"].as_str().unwrap());
+    assert!(dir.join("disk.qcow2").exists());
+    let out = vfarm(f, &["instance", "destroy", "f1"]);
+    assert_success(&out, "instance destroy");
+    assert!(
+        !dir.exists(),
+        "instance dir (overlay, seed, sockets) left: {}",
+        dir.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !qemu_processes(&f.data).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU left: {:?}",
+            qemu_processes(&f.data)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ls = json(&vfarm(f, &["instance", "ls", "--output", "json"]));
+    assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
+}
