@@ -126,15 +126,20 @@ impl GuestAgent {
                 Err(e) => return Err(e),
             }
         };
+        // Short attempts, so a sync sent before the agent ran (lost with the unopened port) is
+        // soon followed by a fresh one: the wait after the agent starts is at most one
+        // attempt. They grow, so an agent slower to answer than an attempt still gets through.
+        let mut attempt = Duration::from_millis(25);
         loop {
-            // Short attempts, so a sync sent before the agent ran is followed by a fresh one.
             let remaining = deadline
                 .at
                 .saturating_duration_since(std::time::Instant::now());
-            let attempt = remaining.min(Duration::from_secs(1));
-            match agent.sync(attempt) {
+            match agent.sync(remaining.min(attempt)) {
                 Ok(()) => break,
-                Err(Error::Timeout { .. }) if !deadline.expired() => continue,
+                Err(Error::Timeout { .. }) if !deadline.expired() => {
+                    attempt = (attempt * 2).min(Duration::from_secs(1));
+                    continue;
+                }
                 Err(Error::Timeout { .. }) => {
                     return Err(Error::Timeout {
                         what: "waiting for the guest agent to answer".into(),

@@ -1037,17 +1037,20 @@ impl QemuDriver {
             .agent(rec)?
             .exec_start(req)
             .map_err(|e| classify("exec", &rec.id, e))?;
+        // One connection for the whole poll. The interval stays short: under TCG each status
+        // round trip costs a few ms, and a long interval (it was 250 ms) is pure waiting added
+        // to every short command.
+        let mut agent = self.agent(rec)?;
         let mut pause = Duration::from_millis(2);
         loop {
-            let st = self
-                .agent(rec)?
+            let st = agent
                 .exec_status(pid)
                 .map_err(|e| classify("exec", &rec.id, e))?;
             if let ExecStatus::Exited(out) = st {
                 return Ok(out);
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(250));
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 }
