@@ -117,15 +117,23 @@ fn assert_left(data: &Path, id: &str) {
     );
 }
 
-fn counter(data: &Path) -> Option<u64> {
+/// The counter, or why it could not be read (the exec's status and stderr).
+fn counter_or_why(data: &Path) -> Result<u64, String> {
     let out = vfarm(
         data,
         &["instance", "exec", "mig", "--", "cat", "/root/counter"],
     );
     if !out.status.success() {
-        return None;
+        return Err(format!(
+            "exec {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .map_err(|e| format!("counter {text:?}: {e}"))
 }
 
 /// Polls the guest's counter until it is above `floor`; the deadline only keeps a broken
@@ -133,14 +141,22 @@ fn counter(data: &Path) -> Option<u64> {
 fn counter_above(data: &Path, floor: u64, what: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let seen = counter(data);
-        if let Some(n) = seen.filter(|n| *n > floor) {
-            return n;
+        let seen = counter_or_why(data);
+        if let Some(n) = seen.as_ref().ok().filter(|n| **n > floor) {
+            return *n;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: the guest's counter did not get above {floor} (last read {seen:?})"
-        );
+        if Instant::now() >= deadline {
+            // Everything that tells a stuck guest from a stuck agent.
+            let show = vfarm(data, &["instance", "show", "mig", "--output", "json"]);
+            let console = vfarm(data, &["instance", "console", "mig"]);
+            let console = String::from_utf8_lossy(&console.stdout).into_owned();
+            let tail = &console[console.len().saturating_sub(2000)..];
+            panic!(
+                "{what}: the guest's counter did not get above {floor} (last read {seen:?})\n\
+                 show: {}\nconsole tail:\n{tail}",
+                String::from_utf8_lossy(&show.stdout)
+            );
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
 }
