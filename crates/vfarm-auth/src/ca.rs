@@ -270,8 +270,22 @@ impl SiteCa {
         format!("{:08x}", self.cert.subject_name_hash())
     }
 
+    fn revocations_path(&self) -> PathBuf {
+        self.dir.join("revoked.json")
+    }
+
+    fn save_revocations(&self, rev: &Revocations) -> Result<()> {
+        write_atomic(
+            &self.revocations_path(),
+            serde_json::to_string_pretty(rev)
+                .unwrap_or_default()
+                .as_bytes(),
+            0o644,
+        )
+    }
+
     fn revocations(&self) -> Result<Revocations> {
-        let p = self.dir.join("revoked.json");
+        let p = self.revocations_path();
         if !p.exists() {
             return Ok(Revocations::default());
         }
@@ -335,13 +349,7 @@ impl SiteCa {
         )?;
         let crl_path = certs.join(format!("{hash}.r0"));
         write_atomic(&crl_path, crl.pem()?.as_bytes(), 0o644)?;
-        write_atomic(
-            &self.dir.join("revoked.json"),
-            serde_json::to_string_pretty(&rev)
-                .unwrap_or_default()
-                .as_bytes(),
-            0o644,
-        )?;
+        self.save_revocations(&rev)?;
         Ok(crl_path)
     }
 
@@ -437,13 +445,7 @@ impl SiteCa {
                 subject: subject.clone(),
                 at: now,
             });
-            write_atomic(
-                &self.dir.join("revoked.json"),
-                serde_json::to_string_pretty(&rev)
-                    .unwrap_or_default()
-                    .as_bytes(),
-                0o644,
-            )?;
+            self.save_revocations(&rev)?;
         }
         Ok((subject, self.publish(now)?))
     }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub mod oci;
+pub mod process;
 pub mod qemu;
 mod record;
 

@@ -364,32 +364,26 @@ impl Store {
 
     /// A job's events, oldest first.
     pub fn job_events(&self, id: i64) -> Result<Vec<JobEventRow>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT seq, job_id, at, kind, detail FROM job_events WHERE job_id = ?1 ORDER BY seq",
-        )?;
-        let rows = st
-            .query_map([id], |r| {
-                Ok(JobEventRow {
-                    seq: r.get(0)?,
-                    job_id: r.get(1)?,
-                    at: r.get(2)?,
-                    kind: r.get(3)?,
-                    detail: r.get(4)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        self.job_events_where("job_id", &id)
     }
 
     /// Every job event of one kind, oldest first (e.g. all claims, to check the order).
     pub fn job_events_of_kind(&self, kind: &str) -> Result<Vec<JobEventRow>> {
+        self.job_events_where("kind", &kind)
+    }
+
+    /// Job events whose `column` (a fixed name, never user input) equals `value`.
+    fn job_events_where(
+        &self,
+        column: &'static str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<Vec<JobEventRow>> {
         let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT seq, job_id, at, kind, detail FROM job_events WHERE kind = ?1 ORDER BY seq",
-        )?;
+        let mut st = conn.prepare(&format!(
+            "SELECT seq, job_id, at, kind, detail FROM job_events WHERE {column} = ?1 ORDER BY seq"
+        ))?;
         let rows = st
-            .query_map([kind], |r| {
+            .query_map([value], |r| {
                 Ok(JobEventRow {
                     seq: r.get(0)?,
                     job_id: r.get(1)?,

@@ -188,20 +188,6 @@ pub(crate) fn unmount_all(id: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Process start time (clock ticks since boot) of a live, non-zombie process; `None` if gone.
-/// Pid plus start time identifies a process even after its pid is reused.
-pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces; fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // fields[0] is field 3 (state); start time is field 22.
-    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
 /// Total bytes of regular files below `dir` (hard links counted once per path; fine for
 /// a rough snapshot size).
 pub(crate) fn tree_size(dir: &Path) -> u64 {
@@ -252,11 +238,5 @@ mod tests {
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
-    }
-
-    #[test]
-    fn own_process_is_alive() {
-        assert!(process_start_time(std::process::id()).is_some());
-        assert!(process_start_time(u32::MAX - 1).is_none());
     }
 }

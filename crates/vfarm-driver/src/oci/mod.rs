@@ -227,13 +227,13 @@ impl OciDriver {
 
     fn supervisor_alive(&self, rec: &Record) -> bool {
         if let Some(p) = rec.supervisor {
-            return hostfs::process_start_time(p.pid) == Some(p.start_time);
+            return crate::process::start_time(p.pid) == Some(p.start_time);
         }
         // The process that started it died before recording it: trust the pid file alone.
         std::fs::read_to_string(self.run_dir(&rec.id).join("supervisor.pid"))
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
-            .is_some_and(|pid| hostfs::process_start_time(pid).is_some())
+            .is_some_and(|pid| crate::process::start_time(pid).is_some())
     }
 
     fn observe_rec(&self, rec: &Record) -> Observed {
@@ -390,7 +390,7 @@ impl OciDriver {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
         {
-            if let Some(start_time) = hostfs::process_start_time(pid) {
+            if let Some(start_time) = crate::process::start_time(pid) {
                 rec.supervisor = Some(Proc { pid, start_time });
             }
         }

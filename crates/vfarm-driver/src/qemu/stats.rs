@@ -34,15 +34,11 @@ pub struct VmStats {
 
 /// (cpu time, start time after boot) from the text of `/proc/<pid>/stat`.
 pub(crate) fn parse_stat(stat: &str) -> Option<(Duration, Duration)> {
-    // The command name (field 2) may hold spaces and parentheses; everything after the last
-    // ')' is space separated, starting with field 3 (state).
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
-    // Fields 14 (utime), 15 (stime) and 22 (starttime), counted from field 3 at index 0.
-    let cpu = ticks(11)? + ticks(12)?;
-    let start = ticks(19)?;
-    Some((ticks_to_duration(cpu), ticks_to_duration(start)))
+    let s = crate::process::parse_stat(stat)?;
+    Some((
+        ticks_to_duration(s.utime + s.stime),
+        ticks_to_duration(s.start_time),
+    ))
 }
 
 fn ticks_to_duration(t: u64) -> Duration {

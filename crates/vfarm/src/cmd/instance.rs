@@ -1615,9 +1615,9 @@ fn console(driver: &dyn Driver, id: &str, follow: bool) -> Result<()> {
 }
 
 fn copy_file(path: &Path, out: &mut dyn Write) -> Result<()> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    std::io::copy(&mut f, out)?;
-    out.flush()?;
+    if !crate::cmd::print_file(path, out)? {
+        bail!("cannot open {}: no such file", path.display());
+    }
     Ok(())
 }
 

@@ -34,6 +34,7 @@ use vfarm_store::jobs::{CancelOutcome, JobEnd, JobRow, NewJob, Registration};
 use vfarm_store::Store;
 
 use crate::cmd::image::actor;
+use crate::cmd::print_file;
 use crate::ctx::Ctx;
 
 /// How often the dispatcher looks at the queue.
@@ -973,17 +974,6 @@ fn output_files(dir: &Path) -> Vec<(String, u64)> {
     out
 }
 
-fn copy_to(path: &Path, out: &mut dyn Write) -> Result<bool> {
-    match File::open(path) {
-        Ok(mut f) => {
-            std::io::copy(&mut f, out)?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
 fn base_name(p: &str) -> String {
     p.rsplit('/').next().unwrap_or(p).to_string()
 }
@@ -1145,7 +1135,7 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
             let dir = job_dir(ctx, j.id);
             let mut out = std::io::stdout().lock();
             if console {
-                if !copy_to(&dir.join("console.log"), &mut out)? {
+                if !print_file(&dir.join("console.log"), &mut out)? {
                     return Err(vfarm_store::StoreError::NotFound {
                         kind: "console log of job",
                         id: j.id.to_string(),
@@ -1154,15 +1144,15 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
                 }
                 return Ok(0);
             }
-            copy_to(&dir.join("stdout"), &mut out)?;
+            print_file(&dir.join("stdout"), &mut out)?;
             if let Some(f) = &spec.stdout_file {
-                copy_to(&dir.join("output").join(base_name(f)), &mut out)?;
+                print_file(&dir.join("output").join(base_name(f)), &mut out)?;
             }
             out.flush()?;
             let mut err = std::io::stderr().lock();
-            copy_to(&dir.join("stderr"), &mut err)?;
+            print_file(&dir.join("stderr"), &mut err)?;
             if let Some(f) = &spec.stderr_file {
-                copy_to(&dir.join("output").join(base_name(f)), &mut err)?;
+                print_file(&dir.join("output").join(base_name(f)), &mut err)?;
             }
             Ok(0)
         }
@@ -1180,7 +1170,7 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
                         ));
                     }
                     let p = dir.join("output").join(&f);
-                    if !copy_to(&p, &mut std::io::stdout().lock())? {
+                    if !print_file(&p, &mut std::io::stdout().lock())? {
                         return Err(vfarm_store::StoreError::NotFound {
                             kind: "job output file",
                             id: f,
@@ -1223,24 +1213,12 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
 // ---------------------------------------------------------------------------------------
 // Processes: identity, liveness, signals
 
-/// (state letter, start time in clock ticks since boot) of a process, from /proc.
-fn proc_stat(pid: i64) -> Option<(char, i64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let state = f.first()?.chars().next()?;
-    // Field 22 of stat is the start time; `rest` starts at field 3.
-    let start = f.get(19)?.parse().ok()?;
-    Some((state, start))
-}
-
 /// The process that was `pid` at `start` still runs (not a zombie, pid not reused).
 fn alive(pid: i64, start: Option<i64>) -> bool {
-    match proc_stat(pid) {
-        Some((state, s)) => state != 'Z' && state != 'X' && start.is_none_or(|x| x == s),
-        None => false,
-    }
+    u32::try_from(pid)
+        .ok()
+        .and_then(vfarm_driver::process::start_time)
+        .is_some_and(|s| start.is_none_or(|x| x == s as i64))
 }
 
 fn signal(pid: i64, start: Option<i64>, sig: rustix::process::Signal) {
@@ -1252,9 +1230,17 @@ fn signal(pid: i64, start: Option<i64>, sig: rustix::process::Signal) {
     }
 }
 
+/// The start time recorded with a pid (0 if the process is already gone).
+fn start_of(pid: i64) -> i64 {
+    u32::try_from(pid)
+        .ok()
+        .and_then(vfarm_driver::process::start_time)
+        .map_or(0, |s| s as i64)
+}
+
 fn self_identity() -> (i64, i64) {
     let pid = rustix::process::getpid().as_raw_nonzero().get() as i64;
-    let start = proc_stat(pid).map_or(0, |(_, s)| s);
+    let start = start_of(pid);
     (pid, start)
 }
 
@@ -1311,6 +1297,17 @@ fn cancel(store: &Store, cfg: &QueueConfig, id: i64) -> Result<String> {
 
 /// The final (state, reason) `event` leads to from a claimed job, as `vfarm_jobs::next`
 /// decides; the store then records it compare-and-set from `starting`/`running`.
+/// The end record of a claimed job that ends by `event` without an exit status.
+fn ended_by(event: JobEvent, error: Option<&str>) -> JobEnd<'_> {
+    let (state, reason) = ending(event);
+    JobEnd {
+        state,
+        reason,
+        error,
+        ..Default::default()
+    }
+}
+
 fn ending(event: JobEvent) -> (&'static str, &'static str) {
     let (state, reason) =
         vfarm_jobs::next(JobState::Starting, event).expect("every ending is legal once claimed");
@@ -1487,16 +1484,7 @@ fn slurm_submit(
         }
         Err(e) => {
             let msg = format!("slurm: {e}");
-            store.end_job(
-                id,
-                &["starting"],
-                &JobEnd {
-                    state: ending(JobEvent::Refused).0,
-                    reason: ending(JobEvent::Refused).1,
-                    error: Some(&msg),
-                    ..Default::default()
-                },
-            )?;
+            store.end_job(id, &["starting"], &ended_by(JobEvent::Refused, Some(&msg)))?;
             Err(slurm_refusal(e))
         }
     }
@@ -1707,16 +1695,7 @@ impl Dispatcher {
                 Ok(c) => self.children.push((p.id, c)),
                 Err(e) => {
                     let msg = format!("cannot start the job's runner: {e:#}");
-                    store.end_job(
-                        p.id,
-                        &["starting"],
-                        &JobEnd {
-                            state: ending(JobEvent::Error).0,
-                            reason: ending(JobEvent::Error).1,
-                            error: Some(&msg),
-                            ..Default::default()
-                        },
-                    )?;
+                    store.end_job(p.id, &["starting"], &ended_by(JobEvent::Error, Some(&msg)))?;
                 }
             }
         }
@@ -1930,15 +1909,7 @@ fn run_one(ctx: &Ctx, id: i64, in_slurm: bool) -> Result<i32> {
     match store.register_runner(id, pid, start)? {
         Registration::Registered => {}
         Registration::CancelRequested => {
-            store.end_job(
-                id,
-                &["starting"],
-                &JobEnd {
-                    state: ending(JobEvent::Cancel).0,
-                    reason: ending(JobEvent::Cancel).1,
-                    ..Default::default()
-                },
-            )?;
+            store.end_job(id, &["starting"], &ended_by(JobEvent::Cancel, None))?;
             return Ok(0);
         }
         Registration::Refused { state } => {
@@ -1954,12 +1925,7 @@ fn run_one(ctx: &Ctx, id: i64, in_slurm: bool) -> Result<i32> {
         store.end_job(
             id,
             &["starting", "running"],
-            &JobEnd {
-                state: ending(JobEvent::Error).0,
-                reason: ending(JobEvent::Error).1,
-                error: Some(&msg),
-                ..Default::default()
-            },
+            &ended_by(JobEvent::Error, Some(&msg)),
         )?;
         Ok(1)
     };
@@ -1981,7 +1947,7 @@ fn run_one(ctx: &Ctx, id: i64, in_slurm: bool) -> Result<i32> {
         Err(e) => return fail(format!("cannot start vfarm run: {e}")),
     };
     let cpid = child.id() as i64;
-    store.set_job_payload(id, cpid, proc_stat(cpid).map_or(0, |(_, s)| s))?;
+    store.set_job_payload(id, cpid, start_of(cpid))?;
     if !store.mark_job_running(id)? {
         // Someone ended the job meanwhile (a cancel that found no runner yet).
         signal(cpid, None, rustix::process::Signal::TERM);

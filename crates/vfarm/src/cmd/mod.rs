@@ -102,3 +102,18 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
 }
+
+/// Copy a file's content to `out` (a log to the terminal, say); `false` if there is no such
+/// file, so each caller decides whether that is an error.
+pub fn print_file(path: &std::path::Path, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    match std::fs::File::open(path) {
+        Ok(mut f) => {
+            std::io::copy(&mut f, out)?;
+            out.flush()?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
