@@ -9,24 +9,13 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use common::require;
 use serde_json::Value;
 
 const CA_DN: &str = "/C=XX/O=vfarm test/CN=vfarm test CA";
 const ALICE: &str = "/C=XX/O=vfarm test/OU=users/CN=Alice";
 const MALLORY: &str = "/C=XX/O=vfarm test/OU=users/CN=Mallory";
 const ADMIN: &str = "/C=XX/O=vfarm test/OU=admins/CN=Site Admin";
-
-fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is required for this test and is not installed (scripts/setup.sh installs it)"
-    );
-}
 
 fn vfarm(data: &Path, cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vfarm"))

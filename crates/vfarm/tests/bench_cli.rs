@@ -4,26 +4,9 @@
 
 mod common;
 
-use common::{minbase_tar, require, tmp};
-
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use common::{require, tmp, Vf};
 
 use serde_json::Value;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_vfarm")
-}
-
-fn vfarm(data: &PathBuf, args: &[&str]) -> Output {
-    Command::new(bin())
-        .env("VFARM_DATA_DIR", data)
-        .env_remove("VFARM_OUTPUT")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
 
 fn rows<'a>(report: &'a Value, workload: &str) -> Vec<&'a Value> {
     report["results"]
@@ -36,53 +19,35 @@ fn rows<'a>(report: &'a Value, workload: &str) -> Vec<&'a Value> {
 
 #[test]
 fn overhead_native_vs_oci_json_checksums_and_chart() {
-    require("runc", "runc");
+    require("runc");
     let data = tmp().join("bench-cli-data");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).unwrap();
-    let tar = minbase_tar();
-    let o = vfarm(
-        &data,
-        &[
-            "image",
-            "import",
-            tar.to_str().unwrap(),
-            "--name",
-            "minbase",
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let vf = Vf::with_minbase(data.clone());
     let chart = data.join("overhead.svg");
     let start = std::time::Instant::now();
-    let o = vfarm(
-        &data,
-        &[
-            "bench",
-            "overhead",
-            "--drivers",
-            "native,oci",
-            "--image",
-            "minbase",
-            "--repeat",
-            "3",
-            "--output",
-            "json",
-            "--cpu-events",
-            "20000",
-            "--io-size",
-            "8M",
-            "--mmu-faults",
-            "2000",
-            "--net-size",
-            "8M",
-            "--chart",
-            chart.to_str().unwrap(),
-        ],
-    );
+    let o = vf.run(&[
+        "bench",
+        "overhead",
+        "--drivers",
+        "native,oci",
+        "--image",
+        "minbase",
+        "--repeat",
+        "3",
+        "--output",
+        "json",
+        "--cpu-events",
+        "20000",
+        "--io-size",
+        "8M",
+        "--mmu-faults",
+        "2000",
+        "--net-size",
+        "8M",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     eprintln!(
         "bench took {:.1} s; stderr:\n{stderr}",
@@ -183,7 +148,7 @@ fn overhead_native_vs_oci_json_checksums_and_chart() {
     }
 
     // Nothing is left behind.
-    let o = vfarm(&data, &["instance", "ls", "--output", "json"]);
+    let o = vf.run(&["instance", "ls", "--output", "json"]);
     let left: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(left.as_array().unwrap().len(), 0, "instances left: {left}");
 }
@@ -192,6 +157,7 @@ fn overhead_native_vs_oci_json_checksums_and_chart() {
 fn bad_arguments_name_the_field_and_change_nothing() {
     let data = tmp().join("bench-cli-bad");
     let _ = std::fs::remove_dir_all(&data);
+    let vf = Vf { data: data.clone() };
     for (args, field) in [
         (&["--drivers", "oci"][..], "drivers"),
         (&["--drivers", "native,xen"][..], "drivers"),
@@ -201,7 +167,7 @@ fn bad_arguments_name_the_field_and_change_nothing() {
     ] {
         let mut a = vec!["bench", "overhead", "--output", "json"];
         a.extend(args);
-        let o = vfarm(&data, &a);
+        let o = vf.run(&a);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["error"]["code"], "invalid_argument", "{v}");

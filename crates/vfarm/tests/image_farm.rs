@@ -6,7 +6,7 @@
 //! fails the test with its name, never skips it.
 
 mod common;
-use common::Server;
+use common::{assert_success, require, vfarm, Server};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -49,16 +49,6 @@ const BASE_SPEC: &[&str] = &[
     "qcow2",
 ];
 
-fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "end-to-end test needs `{tool}`, which is not installed: run scripts/setup.sh"
-    );
-}
-
 fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         for t in [
@@ -93,26 +83,6 @@ fn fixture() -> &'static Fixture {
             serde_json::from_slice(&out.stdout).expect("build prints one JSON document");
         Fixture { data, built }
     })
-}
-
-fn vfarm(data: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("VFARM_DATA_DIR", data)
-        .env("CI", "true")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vfarm")
-}
-
-fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn json(out: &Output) -> Value {

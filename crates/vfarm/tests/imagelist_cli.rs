@@ -7,7 +7,7 @@
 //! A missing tool (openssl, tar) fails the test with its name, never skips it.
 
 mod common;
-use common::Server;
+use common::{assert_success, require, text, vfarm_cmd, Server};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -17,8 +17,6 @@ use std::process::{Command, Output, Stdio};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha512};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vfarm");
-
 fn testdata(rel: &str) -> PathBuf {
     Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -27,44 +25,18 @@ fn testdata(rel: &str) -> PathBuf {
     .join(rel)
 }
 
-fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "image list end-to-end test needs `{tool}`, which is not installed: run scripts/setup.sh"
-    );
-}
-
 fn vfarm_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
+    vfarm_cmd(data)
         .args(args)
-        .env("VFARM_DATA_DIR", data)
-        .env("CI", "true")
         .env_remove("VMCATCHER_CACHE_EVENT")
         .env_remove("VFARM_OUTPUT")
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
         .output()
         .expect("run vfarm")
 }
 
 fn vfarm(data: &Path, args: &[&str]) -> Output {
     vfarm_env(data, args, &[])
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn assert_success(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what} failed: {}", text(out));
 }
 
 fn json_of(out: &Output) -> Value {

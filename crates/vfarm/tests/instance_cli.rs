@@ -3,80 +3,25 @@
 
 mod common;
 
-use common::{minbase_tar, tmp};
+use common::{tmp, Vf};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_vfarm")
-}
-
-struct Vf {
-    data: PathBuf,
-}
-
 impl Vf {
     /// A data dir with the minbase image imported as `minbase`.
     fn new(name: &str) -> Vf {
-        let data = tmp().join(name);
-        std::fs::create_dir_all(&data).unwrap();
-        let vf = Vf { data };
-        let o = vf.run(&[
-            "image",
-            "import",
-            minbase_tar().to_str().unwrap(),
-            "--name",
-            "minbase",
-        ]);
-        assert!(
-            o.status.success(),
-            "import: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        vf
+        Vf::with_minbase(tmp().join(name))
     }
 
     /// The data dir shared by most tests (so the image is imported and unpacked once).
     fn shared() -> &'static Vf {
         static V: OnceLock<Vf> = OnceLock::new();
         V.get_or_init(|| Vf::new("cli-tests-data"))
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.env("VFARM_DATA_DIR", &self.data)
-            .env_remove("VFARM_OUTPUT")
-            .args(args);
-        c.stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    /// Run, expect success, return stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "vfarm {args:?} failed ({}):\n{}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["--output", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
     fn state(&self, inst: &str) -> Value {

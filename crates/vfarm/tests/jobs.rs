@@ -6,15 +6,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{minbase_tar, tmp, Server};
+use common::{tmp, Server, Vf};
 use serde_json::Value;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_vfarm")
-}
 
 /// Capacity is fixed in the config so the checks do not depend on the machine's size.
 const CONFIG: &str = r#"
@@ -34,10 +30,6 @@ routes = [{ os = "LINUX", os_version = "12", queue = "batch" }]
 "#;
 const CAPACITY_MILLI: i64 = 2000;
 
-struct Vf {
-    data: PathBuf,
-}
-
 impl Vf {
     /// A fresh data dir with the minbase image imported and the test queue config.
     fn new(name: &str) -> Vf {
@@ -45,47 +37,7 @@ impl Vf {
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("jobs.toml"), CONFIG).unwrap();
-        let vf = Vf { data };
-        vf.ok(&[
-            "image",
-            "import",
-            minbase_tar().to_str().unwrap(),
-            "--name",
-            "minbase",
-        ]);
-        vf
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.env("VFARM_DATA_DIR", &self.data)
-            .env_remove("VFARM_OUTPUT")
-            .env_remove("VFARM_JOBS_CONFIG")
-            .args(args)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "vfarm {args:?} failed ({}):\n{}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["--output", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
+        Vf::with_minbase(data)
     }
 
     fn submit(&self, args: &[&str]) -> i64 {

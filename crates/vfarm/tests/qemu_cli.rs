@@ -4,84 +4,30 @@
 //! a missing component fails the test with its name.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vfarm");
+use common::{
+    assert_success, build_bootable, fresh_dir, live_qemus, one_vm, text, vfarm, vfarm_cmd,
+};
 
 struct Fixture {
     data: PathBuf,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-/// One VM at a time: the machine has 2 cores and TCG is slow enough already.
-static VMS: Mutex<()> = Mutex::new(());
-
-fn one_vm() -> MutexGuard<'static, ()> {
-    VMS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "qemu end-to-end test needs `{tool}`, which is not installed: run scripts/setup.sh"
-    );
-}
 
 fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
-        for t in ["mmdebstrap", "qemu-system-x86_64", "qemu-img", "busybox"] {
-            require(t);
-        }
-        let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("qemu-cli-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(&data).unwrap();
-        let out = vfarm(
-            &data,
-            &[
-                "image", "build", "--suite", "bookworm", "--boot", "vm", "--format", "qcow2",
-                "--name", "vm", "--output", "json",
-            ],
-        );
-        assert_success(&out, "bootable image build");
+        let data = fresh_dir("qemu-cli");
+        build_bootable(&data, "vm", &[]);
         Fixture { data }
     })
-}
-
-fn vfarm(data: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("VFARM_DATA_DIR", data)
-        .env("CI", "true")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vfarm")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}",
-        out.status,
-        text(out)
-    );
 }
 
 /// Nothing of this data dir may be left running: no QEMU process, no instance record.
@@ -92,20 +38,7 @@ fn assert_nothing_left(data: &Path) {
     assert_eq!(v.as_array().map(Vec::len), Some(0), "instances left: {v}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ps = Command::new("ps")
-            .args(["-eo", "stat,args"])
-            .output()
-            .unwrap();
-        let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
-        // Zombies hold nothing; the container's init reaps them when it gets to it.
-        let alive: Vec<&str> = ps
-            .lines()
-            .filter(|l| {
-                l.contains("qemu-system")
-                    && l.contains(data.to_str().unwrap())
-                    && !l.starts_with('Z')
-            })
-            .collect();
+        let alive = live_qemus(data.to_str().unwrap());
         if alive.is_empty() {
             break;
         }
@@ -506,10 +439,8 @@ fn checkpoint_restore_console_and_stats() {
     assert_eq!(show(d, "ck")["state"], "running");
 
     // console --follow prints what is added and ends when the instance stops.
-    let mut follow = Command::new(BIN)
+    let mut follow = vfarm_cmd(d)
         .args(["instance", "console", "ck", "--follow"])
-        .env("VFARM_DATA_DIR", d)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -7,12 +7,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vfarm");
+mod common;
+
+use common::{
+    assert_success, build_bootable, fresh_dir, live_qemus, one_vm, require, text, vfarm_cmd,
+};
 
 struct Fixture {
     data: PathBuf,
@@ -21,121 +25,48 @@ struct Fixture {
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-/// One VM at a time: the machine has 2 cores and TCG is slow enough already.
-static VMS: Mutex<()> = Mutex::new(());
-
-fn one_vm() -> MutexGuard<'static, ()> {
-    VMS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "qemu full-profile test needs `{tool}`, which is not installed: run scripts/setup.sh"
-    );
-}
-
 fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
-        for t in [
-            "mmdebstrap",
-            "qemu-system-x86_64",
-            "qemu-img",
-            "busybox",
-            "ssh",
-            "ssh-keygen",
-        ] {
-            require(t);
-        }
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("qemu-full-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        require("ssh");
+        require("ssh-keygen");
+        let root = fresh_dir("qemu-full");
         let data = root.join("data");
         let home = root.join("home");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::create_dir_all(&home).unwrap();
-        let f = Fixture { data, home };
         let begun = Instant::now();
-        let out = vfarm(
-            &f,
-            &[
-                "image",
-                "build",
-                "--suite",
-                "bookworm",
-                "--boot",
-                "vm",
-                "--format",
-                "qcow2",
-                "--group",
-                "ssh-server",
-                "--package",
-                "cloud-init",
-                "--name",
-                "full",
-            ],
+        build_bootable(
+            &data,
+            "full",
+            &["--group", "ssh-server", "--package", "cloud-init"],
         );
-        assert_success(&out, "bootable image build with cloud-init and sshd");
         eprintln!(
             "image with cloud-init + sshd built in {:?}",
             begun.elapsed()
         );
-        f
+        Fixture { data, home }
     })
 }
 
 fn vfarm(f: &Fixture, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("VFARM_DATA_DIR", &f.data)
+    vfarm_cmd(&f.data)
         .env("HOME", &f.home)
-        .env("CI", "true")
-        .stdin(Stdio::null())
+        .args(args)
         .output()
         .expect("run vfarm")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}",
-        out.status,
-        text(out)
-    );
-}
-
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(out)))
 }
 
-/// QEMU processes of this data dir that are still alive (zombies hold nothing).
+/// QEMU processes of this data dir that are still alive.
 fn qemu_processes(data: &Path) -> Vec<String> {
-    let ps = Command::new("ps")
-        .args(["-eo", "stat,args"])
-        .output()
-        .expect("ps");
-    String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .filter(|l| {
-            l.contains("qemu-system") && l.contains(data.to_str().unwrap()) && !l.starts_with('Z')
-        })
-        .map(str::to_string)
-        .collect()
+    live_qemus(data.to_str().unwrap())
 }
 
 fn keygen(dir: &Path) -> PathBuf {

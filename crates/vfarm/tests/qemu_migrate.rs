@@ -4,50 +4,15 @@
 //! storage. Needs root and the packages `scripts/setup.sh` installs; a missing component
 //! fails the test with its name.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vfarm");
+mod common;
 
-fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "qemu migration test needs `{tool}`, which is not installed: run scripts/setup.sh"
-    );
-}
-
-fn vfarm(data: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("VFARM_DATA_DIR", data)
-        .env("CI", "true")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vfarm")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}",
-        out.status,
-        text(out)
-    );
-}
+use common::{assert_success, build_bootable, fresh_dir, live_qemus, text, vfarm};
 
 fn json(out: &Output, what: &str) -> Value {
     assert_success(out, what);
@@ -73,16 +38,7 @@ fn listed(data: &Path) -> Vec<(String, String)> {
 /// QEMU processes (not zombies) of `data`'s instances (a migrated VM may still name the
 /// source's image files, so the instance dir is what tells).
 fn qemus_of(data: &Path) -> Vec<String> {
-    let instances = format!("{}/qemu/instances/", data.display());
-    let ps = Command::new("ps")
-        .args(["-eo", "stat,args"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .filter(|l| l.contains("qemu-system") && l.contains(&instances) && !l.starts_with('Z'))
-        .map(str::to_string)
-        .collect()
+    live_qemus(&format!("{}/qemu/instances/", data.display()))
 }
 
 /// The VM has left `data` completely: no QEMU, no instance dir (sockets, overlay, record),
@@ -187,23 +143,11 @@ fn migrate(from: &Path, to: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn a_running_vm_moves_and_keeps_counting() {
-    for t in ["mmdebstrap", "qemu-system-x86_64", "qemu-img", "busybox"] {
-        require(t);
-    }
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("qemu-migrate-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let root = fresh_dir("qemu-migrate");
     let src = root.join("node1");
     let dst = root.join("node2");
     std::fs::create_dir_all(&src).unwrap();
-    let out = vfarm(
-        &src,
-        &[
-            "image", "build", "--suite", "bookworm", "--boot", "vm", "--format", "qcow2", "--name",
-            "vm", "--output", "json",
-        ],
-    );
-    assert_success(&out, "bootable image build");
+    build_bootable(&src, "vm", &[]);
 
     let v = json(
         &vfarm(

@@ -5,8 +5,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// `vfarm serve` on an ephemeral loopback port, killed on drop.
 pub struct Server {
@@ -92,13 +92,13 @@ pub fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
-/// Fail loudly, naming the package, when a component the test drives is not installed.
-pub fn require(b: &str, package: &str) {
+/// Fail loudly, naming the tool, when a component the test drives is not installed.
+pub fn require(tool: &str) {
     let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .any(|d| d.join(b).is_file());
+        .any(|d| d.join(tool).is_file());
     assert!(
         found,
-        "these tests need `{b}`: run scripts/setup.sh (apt-get install {package})"
+        "this test needs `{tool}`, which is not installed: run scripts/setup.sh"
     );
 }
 
@@ -107,12 +107,12 @@ pub fn require(b: &str, package: &str) {
 pub fn minbase_tar() -> PathBuf {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        require("runc", "runc");
+        require("runc");
         let out = tmp().join("minbase-bookworm.tar");
         if out.is_file() {
             return out;
         }
-        require("mmdebstrap", "mmdebstrap");
+        require("mmdebstrap");
         // Built under a private name and renamed: test binaries racing here each finish a
         // whole tarball and the last rename wins; nobody reads a partial one.
         let work = tmp().join(format!(".mk-{}", std::process::id()));
@@ -130,4 +130,134 @@ pub fn minbase_tar() -> PathBuf {
         out
     })
     .clone()
+}
+
+/// `vfarm` on a data dir, as CI runs it (no terminal input).
+pub fn vfarm_cmd(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vfarm"));
+    c.env("VFARM_DATA_DIR", data)
+        .env("CI", "true")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Run `vfarm ARGS` on a data dir and collect its output.
+pub fn vfarm(data: &Path, args: &[&str]) -> Output {
+    vfarm_cmd(data).args(args).output().expect("run vfarm")
+}
+
+/// stdout then stderr, for failure messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        text(out)
+    );
+}
+
+/// One VM at a time per test binary: the machine has 2 cores and TCG is slow enough already.
+pub fn one_vm() -> MutexGuard<'static, ()> {
+    static VMS: Mutex<()> = Mutex::new(());
+    VMS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh scratch directory `<tmp>/<name>-<pid>` (an older one of this process removed).
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = tmp().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Build a bootable bookworm image (`--boot vm`, qcow2) named `name` in `data`, with `extra`
+/// build flags, after checking that everything a VM test drives is installed.
+pub fn build_bootable(data: &Path, name: &str, extra: &[&str]) {
+    for tool in ["mmdebstrap", "qemu-system-x86_64", "qemu-img", "busybox"] {
+        require(tool);
+    }
+    let mut args = vec![
+        "image", "build", "--suite", "bookworm", "--boot", "vm", "--format", "qcow2", "--name",
+        name, "--output", "json",
+    ];
+    args.extend_from_slice(extra);
+    assert_success(&vfarm(data, &args), "bootable image build");
+}
+
+/// Live (not zombie: they hold nothing) QEMU processes whose command line names `needle`,
+/// e.g. a data dir.
+pub fn live_qemus(needle: &str) -> Vec<String> {
+    let ps = Command::new("ps")
+        .args(["-eo", "stat,args"])
+        .output()
+        .expect("run ps");
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains("qemu-system") && l.contains(needle) && !l.starts_with('Z'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A data dir the tests drive `vfarm` on (with the user's output and queue settings
+/// removed from the environment, so only the test's flags count).
+pub struct Vf {
+    pub data: PathBuf,
+}
+
+impl Vf {
+    /// `data` (made if missing) with the minbase rootfs imported as the image `minbase`.
+    pub fn with_minbase(data: PathBuf) -> Vf {
+        std::fs::create_dir_all(&data).unwrap();
+        let vf = Vf { data };
+        vf.ok(&[
+            "image",
+            "import",
+            minbase_tar().to_str().unwrap(),
+            "--name",
+            "minbase",
+        ]);
+        vf
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vfarm"));
+        c.env("VFARM_DATA_DIR", &self.data)
+            .env_remove("VFARM_OUTPUT")
+            .env_remove("VFARM_JOBS_CONFIG")
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Run, expect success, return stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "vfarm {args:?} failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Run with `--output json`, expect success, parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
 }
