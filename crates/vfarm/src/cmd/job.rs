@@ -1362,6 +1362,16 @@ fn destroy_job_instances(ctx: &Ctx, store: &Store, id: i64) {
     }
 }
 
+/// The instance a finished run of job `id` left behind, if any.
+fn kept_instance(store: &Store, id: i64) -> Result<Option<String>> {
+    let host = hostname_of(id);
+    Ok(store
+        .instances()?
+        .into_iter()
+        .find(|i| i.hostname == host)
+        .map(|i| i.id))
+}
+
 fn hostname_of(id: i64) -> String {
     format!("vfjob-{id}")
 }
@@ -1991,11 +2001,10 @@ fn run_one(ctx: &Ctx, id: i64, in_slurm: bool) -> Result<i32> {
         }
     }
     let stderr_text = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
-    let kept = stderr_text
-        .lines()
-        .find_map(|l| l.strip_prefix("vfarm: run: kept instance "))
-        .and_then(|r| r.split_whitespace().next())
-        .map(str::to_string);
+    // `vfarm run` removes its instance unless it keeps it for --keep-on-failure, and the
+    // job's hostname is its own: an instance still named so is the kept one. (Its stderr
+    // line is not evidence: the job's own stderr goes to the same file.)
+    let kept = kept_instance(&store, id)?;
     // `vfarm run` reports its own failures (not the command's) as `vfarm: error:`.
     let vfarm_error = stderr_text
         .lines()
