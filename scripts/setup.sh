@@ -25,7 +25,12 @@ PKGS=(
   sqlite3             # inspecting the state store by hand
   slurm-wlm slurm-client munge # Slurm backend: slurmctld + slurmd + sbatch/squeue/scontrol, munge auth
   curl ca-certificates tar zstd uidmap iproute2 util-linux
+  python3-venv        # the Python client's virtualenv (.venv: client, pytest, schemathesis)
+  chromium            # headless browser for the web UI end-to-end test (tests/web, playwright-core)
 )
+
+# Node.js runs the web UI's end-to-end test (tests/web); a machine that has one keeps it.
+command -v npm >/dev/null || PKGS+=(nodejs npm)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -51,9 +56,35 @@ fi
 
 # Every binary the project drives, checked by name so a broken install fails here, not in a test.
 for b in mmdebstrap mkfs.ext4 e2fsck qemu-img qemu-system-x86_64 runc busybox openssl ssh ssh-keygen \
-         slurmctld slurmd sbatch scontrol munged; do
+         slurmctld slurmd sbatch scontrol munged chromium node npm; do
   command -v "$b" >/dev/null || { echo "setup.sh: $b is still missing after install" >&2; exit 1; }
 done
+
+# The Python client and its test tools in .venv (gitignored), versions pinned. Reinstalled
+# only when the pins or the client's sources change (stamp in .venv), so re-runs are quiet.
+PY_PINS=(pytest==9.2.0 schemathesis==4.32.5 setuptools==75.8.0)
+py_stamp=$( { printf '%s\n' "${PY_PINS[@]}"
+  find clients/python -path clients/python/tests -prune -o -type f \
+    \( -name '*.py' -o -name '*.toml' -o -name '*.md' -o -name py.typed \) -print | sort | xargs sha256sum
+} | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.vfarm-stamp 2>/dev/null)" != "$py_stamp" ]; then
+  echo "setup.sh: installing the Python client, pytest and schemathesis into .venv"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"
+  .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
+    --force-reinstall ./clients/python
+  rm -rf clients/python/build clients/python/src/*.egg-info   # setuptools' in-tree leftovers
+  echo "$py_stamp" > .venv/.vfarm-stamp
+fi
+
+# playwright-core for the web UI test, exactly as locked; it drives Debian's chromium and never
+# downloads a browser. Reinstalled only when the installed version differs from the lock.
+want=$(node -p "require('./tests/web/package-lock.json').packages['node_modules/playwright-core'].version")
+have=$(node -p "require('./tests/web/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
+if [ "$want" != "$have" ]; then
+  echo "setup.sh: npm ci --prefix tests/web (playwright-core $want)"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/web --no-audit --no-fund
+fi
 
 if [ "${1:-}" != "--deps" ]; then
   cargo build --release --locked -p vfarm 2>&1 | tail -n 3

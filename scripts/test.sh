@@ -11,3 +11,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${VFARM_TEST_THREADS:-4}"
+echo "== web UI (Chromium)"
+node tests/web/deploy.test.mjs
+echo "== python client"
+.venv/bin/pytest -q clients/python/tests
+echo "== schemathesis"
+bash scripts/schemathesis.sh

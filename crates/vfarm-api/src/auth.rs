@@ -90,14 +90,20 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// `/api/v1/` paths that need no identity: the API's description, and the login that
+/// turns a token into the web UI's session cookie.
+const OPEN_PATHS: &[&str] = &["/api/v1/openapi.json", "/api/v1/session"];
+
 /// The middleware: resolve the identity, refuse `/api/v1/*` without one.
 pub async fn resolve_identity(
     State(s): State<AppState>,
     mut req: Request<Body>,
     next: Next,
 ) -> Response {
+    let cookie = req.headers().get(header::AUTHORIZATION).is_none();
     let bearer = match req.headers().get(header::AUTHORIZATION) {
-        None => None,
+        // The web UI's session cookie carries a token too (the header wins).
+        None => crate::live::session_token(req.headers()),
         Some(v) => {
             let v = v.to_str().unwrap_or("");
             match v.split_once(' ') {
@@ -126,6 +132,9 @@ pub async fn resolve_identity(
                 method: AuthMethod::Token,
                 token_id: Some(row.id),
             }),
+            // A stale session cookie is no identity (the login page must still load), not
+            // an error; a bad Authorization header is what the caller asked for: 401.
+            Ok(Err(_)) if cookie => peer_identity(&s, &req),
             Ok(Err(e)) if e.code().starts_with("token_") || e.code() == "invalid_token" => {
                 return unauthorized(e.code(), e.to_string())
             }
@@ -133,31 +142,16 @@ pub async fn resolve_identity(
             Err(e) => return ApiError::internal(format!("worker failed: {e}")).into_response(),
         }
     } else {
-        let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| &c.0);
-        if let Some(dn) = peer.and_then(|p| p.client_dn.clone()) {
-            Some(Identity {
-                admin: s.auth.admins.contains(&dn),
-                user: dn,
-                method: AuthMethod::ClientCert,
-                token_id: None,
-            })
-        } else {
-            peer.and_then(|p| p.unix_uid).map(|uid| {
-                let user = vfarm_auth::identity::user_name(uid);
-                Identity {
-                    admin: s.auth.admins.contains(&user),
-                    user,
-                    method: AuthMethod::UnixPeer,
-                    token_id: None,
-                }
-            })
-        }
+        peer_identity(&s, &req)
     };
     match &identity {
         Some(id) => {
             req.extensions_mut().insert(id.clone());
         }
-        None if s.auth.require_identity && req.uri().path().starts_with("/api/v1/") => {
+        None if s.auth.require_identity
+            && req.uri().path().starts_with("/api/v1/")
+            && !OPEN_PATHS.contains(&req.uri().path()) =>
+        {
             return unauthorized(
                 "unauthenticated",
                 "this endpoint needs a client certificate or `Authorization: Bearer <token>` \
@@ -170,6 +164,13 @@ pub async fn resolve_identity(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = next.run(req).await;
+    s.metrics
+        .requests
+        .get_or_create(&crate::live::RequestLabels {
+            method: method.to_string(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
     // Every change an identified caller asks for is audited with how it ended.
     if let Some(id) = identity.filter(|_| {
         !matches!(
@@ -205,7 +206,33 @@ pub async fn resolve_identity(
     resp
 }
 
+/// The identity the connection itself proves: a verified client certificate, or the unix
+/// socket peer's uid.
+fn peer_identity(s: &AppState, req: &Request<Body>) -> Option<Identity> {
+    let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| &c.0);
+    if let Some(dn) = peer.and_then(|p| p.client_dn.clone()) {
+        Some(Identity {
+            admin: s.auth.admins.contains(&dn),
+            user: dn,
+            method: AuthMethod::ClientCert,
+            token_id: None,
+        })
+    } else {
+        peer.and_then(|p| p.unix_uid).map(|uid| {
+            let user = vfarm_auth::identity::user_name(uid);
+            Identity {
+                admin: s.auth.admins.contains(&user),
+                user,
+                method: AuthMethod::UnixPeer,
+                token_id: None,
+            }
+        })
+    }
+}
+
 /// `GET /api/v1/whoami`: the caller's identity.
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "identity",
+    responses((status = 200, description = "user, method (client-cert, token, unix-peer), admin", body = Object), (status = 401, body = crate::ErrorBody)))]
 pub async fn whoami(id: Option<Extension<Identity>>) -> Response {
     match id {
         Some(Extension(id)) => Json(id).into_response(),

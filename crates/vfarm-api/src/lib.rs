@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderValue, Request};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tower::ServiceExt;
@@ -23,9 +23,14 @@ use vfarm_image::{ImageError, Repository};
 use vfarm_store::Store;
 
 pub mod auth;
+pub mod instances;
+pub mod live;
+pub mod openapi;
 pub mod tls;
 
 pub use auth::AuthPolicy;
+pub use axum::http::StatusCode;
+pub use instances::{InstanceBackend, InstanceEvent, InstanceView};
 pub use tls::{Peer, PlainListener, TlsConfigSource, TlsListener, TlsSettings, UnixPeerListener};
 
 /// Shared by all handlers.
@@ -36,6 +41,11 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// Who must authenticate and who is an admin (default: identity required, no admins).
     pub auth: AuthPolicy,
+    /// Instance orchestration (None: this service answers 503 for instances).
+    pub instances: Option<Arc<dyn InstanceBackend>>,
+    /// Instance changes for `/api/v1/events`; the binary's watcher sends them.
+    pub events: tokio::sync::broadcast::Sender<InstanceEvent>,
+    pub metrics: live::Metrics,
 }
 
 impl AppState {
@@ -48,6 +58,9 @@ impl AppState {
             store,
             data_dir,
             auth: AuthPolicy::default(),
+            instances: None,
+            events: tokio::sync::broadcast::channel(1024).0,
+            metrics: live::Metrics::default(),
         })
     }
 }
@@ -56,7 +69,42 @@ pub fn router(state: AppState) -> Router {
     let published = state.data_dir.join("published");
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(live::ui_index))
+        .route("/ui/{file}", get(live::ui_asset))
+        .route("/metrics", get(live::metrics))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/whoami", get(auth::whoami))
+        .route("/api/v1/session", post(live::login).delete(live::logout))
+        .route("/api/v1/events", get(live::events))
+        .route("/api/v1/audit", get(live::audit))
+        .route("/api/v1/quota", get(instances::quota))
+        .route(
+            "/api/v1/instances",
+            get(instances::list).post(instances::create),
+        )
+        .route(
+            "/api/v1/instances/{ref}",
+            get(instances::show).delete(instances::destroy),
+        )
+        .route("/api/v1/instances/{ref}/start", post(instances::start))
+        .route("/api/v1/instances/{ref}/stop", post(instances::stop))
+        .route("/api/v1/instances/{ref}/pause", post(instances::pause))
+        .route("/api/v1/instances/{ref}/resume", post(instances::resume))
+        .route("/api/v1/instances/{ref}/extend", post(instances::extend))
+        .route("/api/v1/instances/{ref}/exec", post(instances::exec))
+        .route("/api/v1/instances/{ref}/console", get(instances::console))
+        .route(
+            "/api/v1/instances/{ref}/snapshots",
+            get(instances::snapshots).post(instances::snapshot_create),
+        )
+        .route(
+            "/api/v1/instances/{ref}/snapshots/{name}/revert",
+            post(instances::snapshot_revert),
+        )
+        .route(
+            "/api/v1/instances/{ref}/snapshots/{name}",
+            delete(instances::snapshot_remove),
+        )
         .route("/api/v1/images", get(list_images).post(create_image))
         .route("/api/v1/images/{id}", get(get_image).delete(delete_image))
         .route("/api/v1/images/{id}/download", get(download))
@@ -124,8 +172,23 @@ pub struct ApiError {
     pub field: Option<&'static str>,
 }
 
+/// The error document every failing request answers with.
+#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: quota_exceeded, pool_exhausted, instance_not_found …
+    pub code: String,
+    pub message: String,
+    /// The input field at fault, when there is one.
+    pub field: Option<String>,
+}
+
 impl ApiError {
-    fn bad_request(field: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn bad_request(field: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_request",
@@ -133,7 +196,7 @@ impl ApiError {
             field: Some(field),
         }
     }
-    fn internal(message: impl Into<String>) -> ApiError {
+    pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
@@ -196,7 +259,7 @@ impl From<SpecError> for ApiError {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -204,12 +267,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
-async fn list_images(State(s): State<AppState>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/api/v1/images", tag = "images",
+    responses((status = 200, description = "Images in the repository", body = [Object]), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_images(State(s): State<AppState>) -> Result<Response, ApiError> {
     let images = blocking(move || Ok(s.repo.list()?)).await?;
     Ok(Json(images).into_response())
 }
 
-async fn get_image(
+#[utoipa::path(get, path = "/api/v1/images/{ref}", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_image(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -217,7 +284,9 @@ async fn get_image(
     Ok(Json(img).into_response())
 }
 
-async fn delete_image(
+#[utoipa::path(delete, path = "/api/v1/images/{ref}", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn delete_image(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -225,7 +294,9 @@ async fn delete_image(
     Ok(Json(serde_json::json!({ "removed": img.id })).into_response())
 }
 
-async fn build_log(
+#[utoipa::path(get, path = "/api/v1/images/{ref}/log", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn build_log(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -247,12 +318,15 @@ struct DownloadQuery {
     format: Option<String>,
 }
 
-async fn download(
+#[utoipa::path(get, path = "/api/v1/images/{ref}/download", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name"), ("format" = Option<String>, Query, description = "tar (default), qcow2 or raw")),
+    responses((status = 200, description = "The artifact (Range requests answered 206; ETag is the sha512)", body = Vec<u8>, content_type = "application/octet-stream"), (status = 206, body = Vec<u8>, content_type = "application/octet-stream"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 416, description = "Range not satisfiable")))]
+pub(crate) async fn download(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<DownloadQuery>,
+    q: Result<Query<DownloadQuery>, axum::extract::rejection::QueryRejection>,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = instances::query(q)?;
     let format: Format = q.format.as_deref().unwrap_or("tar").parse()?;
     serve_artifact(s, id, format, req).await
 }
@@ -327,7 +401,9 @@ async fn repository_file(
 
 /// POST /api/v1/images: validate now (bad input is a 400 that changes nothing), then build
 /// in the background and answer 202 with an operation to poll.
-async fn create_image(
+#[utoipa::path(post, path = "/api/v1/images", tag = "images", request_body = Object,
+    responses((status = 202, description = "Building in the background: poll the operation", body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub(crate) async fn create_image(
     State(s): State<AppState>,
     body: Result<Json<SpecRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -370,11 +446,14 @@ struct OperationQuery {
     wait: Option<u64>,
 }
 
-async fn get_operation(
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations", params(("id" = String, Path), ("wait" = Option<u64>, Query, description = "Seconds to wait for it to finish (at most 300)")),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_operation(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<OperationQuery>,
+    q: Result<Query<OperationQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = instances::query(q)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(300));
     loop {
         let op = s

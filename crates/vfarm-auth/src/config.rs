@@ -6,6 +6,7 @@
 //! [[hostnames]]
 //! name = "node01.example.org"
 //! address = "192.0.2.11"          # optional
+//! default_expiry = "1w"            # instances created without --expiry
 //! [quotas.default]                 # every owner; absent fields are unlimited
 //! instances = 10
 //! cpus = 8
@@ -32,6 +33,7 @@ struct Raw {
     hostnames: Vec<RawHost>,
     #[serde(default)]
     quotas: RawQuotas,
+    default_expiry: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +108,8 @@ pub struct ServeConfig {
     pub admins: Vec<String>,
     pub hostnames: Vec<PoolEntry>,
     pub quotas: QuotaConfig,
+    /// Expiry of instances created without one (`default_expiry = "1w"`), in seconds.
+    pub default_expiry_secs: Option<u64>,
 }
 
 impl ServeConfig {
@@ -183,7 +187,15 @@ impl ServeConfig {
             let key = format!("quotas.owners.\"{owner}\"");
             owners.insert(owner, quota(&key, q)?);
         }
+        let default_expiry_secs = raw
+            .default_expiry
+            .map(|s| {
+                vfarm_core::instance::parse_duration("default_expiry", &s)
+                    .map_err(|e| err(format!("default_expiry `{s}`: {e}")))
+            })
+            .transpose()?;
         Ok(ServeConfig {
+            default_expiry_secs,
             admins: raw.admins,
             hostnames,
             quotas: QuotaConfig { default, owners },

@@ -15,7 +15,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
-        .map_err(|_| format!("`{num}` is not a number (use e.g. 512M, 4G)"))?;
+        .map_err(|_| "it does not start with a number (use e.g. 512M, 4G)".to_string())?;
     let mult: u64 = match unit
         .trim()
         .to_ascii_uppercase()

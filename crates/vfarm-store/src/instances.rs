@@ -175,6 +175,87 @@ impl Store {
         Ok(rows)
     }
 
+    /// Every instance without its driver spec (left empty): what listings and the service's
+    /// watcher need, at a fraction of the bytes.
+    pub fn instances_brief(&self) -> Result<Vec<InstanceRow>> {
+        let conn = self.conn();
+        let brief = COLS.replace("spec", "'' AS spec");
+        let mut st = conn.prepare(&format!(
+            "SELECT {brief} FROM instances ORDER BY created, id"
+        ))?;
+        let rows = st.query_map([], row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// A cheap fingerprint of the instance table: (count, newest `updated`). Any insert,
+    /// state change, expiry change or delete changes it.
+    pub fn instances_fingerprint(&self) -> Result<(i64, Option<String>)> {
+        let conn = self.conn();
+        Ok(
+            conn.query_row("SELECT COUNT(*), MAX(updated) FROM instances", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?,
+        )
+    }
+
+    /// The instances in `states` (full rows).
+    pub fn instances_in(&self, states: &[&str]) -> Result<Vec<InstanceRow>> {
+        let conn = self.conn();
+        let marks = vec!["?"; states.len()].join(",");
+        let mut st = conn.prepare(&format!(
+            "SELECT {COLS} FROM instances WHERE state IN ({marks}) ORDER BY created, id"
+        ))?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(states), row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// How many instances are in each state.
+    pub fn instance_state_counts(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare("SELECT state, COUNT(*) FROM instances GROUP BY state ORDER BY state")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Give back hostname leases and quota reservations whose holder is no instance (a
+    /// create that died between taking them and recording the instance). Returns how many.
+    pub fn release_orphan_holds(&self) -> Result<usize> {
+        self.tx(|tx| {
+            let a = tx.execute(
+                "DELETE FROM hostname_leases WHERE holder NOT IN (SELECT id FROM instances)",
+                [],
+            )?;
+            let b = tx.execute(
+                "DELETE FROM quota_reservations WHERE holder NOT IN (SELECT id FROM instances)",
+                [],
+            )?;
+            Ok(a + b)
+        })
+    }
+
+    /// Set an instance's expiry (RFC 3339), recording an event.
+    pub fn set_instance_expiry(&self, actor: &str, id: &str, expires: &str) -> Result<bool> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE instances SET expires = ?2, updated = ?3 WHERE id = ?1",
+                params![id, expires, now()],
+            )?;
+            if n == 1 {
+                append_event(
+                    tx,
+                    actor,
+                    "instance.extend",
+                    id,
+                    &serde_json::json!({ "expires": expires }),
+                )?;
+            }
+            Ok(n == 1)
+        })
+    }
+
     /// Instances whose expiry is at or before `at` (RFC 3339, as [`now`] writes it).
     pub fn expired_instances(&self, at: &str) -> Result<Vec<InstanceRow>> {
         let conn = self.conn();
@@ -216,9 +297,13 @@ impl Store {
         })
     }
 
-    /// Remove an instance record and its snapshots (cascade). Returns whether it existed.
+    /// Remove an instance record and its snapshots (cascade), and give back its hostname
+    /// lease and quota reservation in the same transaction: no name or share is ever held by
+    /// an instance that is gone. Returns whether it existed.
     pub fn delete_instance(&self, actor: &str, id: &str) -> Result<bool> {
         self.tx(|tx| {
+            tx.execute("DELETE FROM hostname_leases WHERE holder = ?1", [id])?;
+            tx.execute("DELETE FROM quota_reservations WHERE holder = ?1", [id])?;
             let n = tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
             if n == 1 {
                 append_event(tx, actor, "instance.destroyed", id, &serde_json::json!({}))?;

@@ -192,6 +192,15 @@ impl Store {
     }
 
     /// Jobs in any of `states` (all jobs when empty), oldest first.
+    /// How many jobs are in each state.
+    pub fn job_state_counts(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn jobs(&self, states: &[&str]) -> Result<Vec<JobRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!("SELECT {COLS} FROM jobs ORDER BY id"))?;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod ctx;
+mod service;
 
 use ctx::{default_data_dir, Ctx, OutputFormat};
 
@@ -41,6 +42,9 @@ struct Cli {
     /// More detail on stderr (repeat for debug logs).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    #[command(flatten)]
+    remote: cmd::remote::RemoteArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -84,6 +88,16 @@ enum Command {
     /// The site CA: init, show, issue-host, issue-user, revoke, crl.
     #[command(subcommand)]
     Ca(cmd::ca::CaCmd),
+    /// Print a shell completion script: `vfarm completions bash > /etc/bash_completion.d/vfarm`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (vfarm.1 and one per subcommand) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,7 +108,14 @@ fn main() -> ExitCode {
         cli.output,
         cli.verbose,
     );
+    let remote = cli.remote.server.is_some();
     let result = match cli.command {
+        Command::Instance(c) if remote => cmd::remote::run_instance(&ctx, &cli.remote, c),
+        Command::Snapshot(c) if remote => cmd::remote::run_snapshot(&ctx, &cli.remote, c),
+        Command::Image(_) | Command::Run(_) | Command::Job(_) if remote => Err(anyhow::anyhow!(
+            "--server works with `instance` and `snapshot` commands; run this one on the \
+             service's host (or unset VFARM_SERVER)"
+        )),
         Command::Image(c) => cmd::image::run(&ctx, c),
         Command::Instance(c) => cmd::instance::run_instance(&ctx, c),
         Command::Snapshot(c) => cmd::instance::run_snapshot(&ctx, c),
@@ -107,6 +128,18 @@ fn main() -> ExitCode {
         Command::Bench(c) => cmd::bench::run(&ctx, c),
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Ca(c) => cmd::ca::run(&ctx, c),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "vfarm", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            write_man_pages(&Cli::command(), &dir).map(|n| {
+                println!("wrote {n} man pages to {}", dir.display());
+                0
+            })
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -115,6 +148,35 @@ fn main() -> ExitCode {
             ExitCode::from(cmd::exit_code(&err))
         }
     }
+}
+
+/// `vfarm.1`, `vfarm-instance.1`, `vfarm-instance-create.1` …: one page per command.
+fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fn walk(
+        cmd: clap::Command,
+        name: String,
+        dir: &std::path::Path,
+        n: &mut usize,
+    ) -> anyhow::Result<()> {
+        // clap names are &'static str without its `string` feature; a one-shot command can
+        // afford to leak a few short names.
+        let cmd = cmd.name(&*Box::leak(name.clone().into_boxed_str()));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        *n += 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub.clone(), format!("{name}-{}", sub.get_name()), dir, n)?;
+        }
+        Ok(())
+    }
+    let mut n = 0;
+    let mut cmd = cmd.clone();
+    cmd.build();
+    walk(cmd, "vfarm".into(), dir, &mut n)?;
+    Ok(n)
 }
 
 fn init_tracing(verbose: u8) {

@@ -119,7 +119,15 @@ pub fn select(
     })
 }
 
+/// One probe at a time per process: a service handling many creates at once on a fresh data
+/// dir would otherwise start a test container per request, and an overloaded host makes
+/// probes time out.
+const PROBE_TIMEOUT: &str = "test container did not finish";
+
+static PROBING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn verdict(path: &Path, state_dir: &Path, fresh: bool) -> std::result::Result<String, String> {
+    let _one = PROBING.lock().unwrap_or_else(|e| e.into_inner());
     let cache_file = state_dir.join(format!(
         "probe-{}.json",
         path.to_string_lossy()
@@ -142,7 +150,10 @@ fn verdict(path: &Path, state_dir: &Path, fresh: bool) -> std::result::Result<St
         }
     }
     let result = probe_binary(path, state_dir);
-    if let Some((size, mtime_ns)) = fp {
+    // A probe that timed out says the host was busy, not that the runtime is broken: it is
+    // not remembered, so it cannot condemn the runtime until its binary changes.
+    let transient = matches!(&result, Err(r) if r.starts_with(PROBE_TIMEOUT));
+    if let (Some((size, mtime_ns)), false) = (fp, transient) {
         let (works, version, reason) = match &result {
             Ok(v) => (true, v.clone(), String::new()),
             Err(r) => (false, String::new(), r.clone()),
@@ -250,7 +261,7 @@ fn probe_in(path: &Path, dir: &Path, id: &str) -> std::result::Result<(), String
                     .arg(dir.join("state"))
                     .args(["delete", "-f", id])
                     .output();
-                return Err("test container did not finish within 20 s".into());
+                return Err(format!("{PROBE_TIMEOUT} within 20 s"));
             }
         }
     }

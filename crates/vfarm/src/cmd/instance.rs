@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use serde::Serialize;
 use vfarm_core::instance::{next, parse_duration, Event, InstanceRequest, State};
 use vfarm_core::ByteSize;
 use vfarm_driver::oci::{OciDriver, RuntimeChoice};
@@ -26,6 +25,15 @@ use vfarm_driver::{
 };
 use vfarm_store::instances::{InstanceRow, SnapshotRow, StateChange};
 use vfarm_store::{Store, StoreError};
+
+use vfarm_api::instances::{
+    BlockView, InstanceView, NetView, SnapshotView, SshView, StatsView, VmView,
+};
+
+use vfarm_auth::config::QuotaConfig;
+use vfarm_auth::pool::HostnamePool;
+use vfarm_auth::ServeConfig;
+use vfarm_store::auth::Resources;
 
 use crate::cmd::image::actor;
 use crate::cmd::staging;
@@ -143,8 +151,9 @@ pub struct CreateArgs {
     pub shape: ShapeArgs,
     #[command(flatten)]
     pub driver: DriverArgs,
-    /// Only prepare; do not start.
-    #[arg(long)]
+    /// Only prepare; do not start. The instance holds its quota share and pool hostname
+    /// until destroyed or expired (a reservation).
+    #[arg(long, visible_alias = "reserve")]
     pub no_start: bool,
     /// qemu full profile: an OpenSSH public key file authorised for the login user
     /// (repeatable). A private key beside it (FILE without .pub) is what `instance ssh` uses.
@@ -266,6 +275,14 @@ pub enum InstanceCmd {
     },
     /// Destroy every expired instance now (the service does this by itself).
     Reap,
+    /// Move an instance's expiry later (from now if it had none).
+    #[command(after_help = "Example:\n  vfarm instance extend web --by 2d")]
+    Extend {
+        instance: String,
+        /// How much later: 90m, 2h, 2d, 1w.
+        #[arg(long)]
+        by: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -333,6 +350,9 @@ pub fn classify(err: &anyhow::Error) -> Option<(&'static str, u8)> {
             DriverError::NotFound { .. } => ("not_found", 3),
             DriverError::Backend { .. } => ("driver_failed", 1),
         });
+    }
+    if err.downcast_ref::<ChangedMeanwhile>().is_some() {
+        return Some(("conflict", 2));
     }
     if err
         .downcast_ref::<vfarm_core::instance::TransitionError>()
@@ -424,7 +444,7 @@ impl<'a> Drivers<'a> {
         }
     }
 
-    fn get(&mut self, kind: &str) -> Result<&dyn Driver> {
+    pub(crate) fn get(&mut self, kind: &str) -> Result<&dyn Driver> {
         if !self.made.contains_key(kind) {
             let d = make_driver(self.ctx, kind, &self.runtime, &self.accel)?;
             self.made.insert(kind.to_string(), d);
@@ -438,6 +458,14 @@ impl<'a> Drivers<'a> {
 
 pub(crate) fn state_of(row: &InstanceRow) -> Result<State> {
     row.state.parse::<State>().map_err(|e| anyhow!(e))
+}
+
+/// Another actor changed the instance between our reading and our recording.
+#[derive(Debug, thiserror::Error)]
+#[error("instance {id} changed while this command ran (it is no longer {from}); try again")]
+pub struct ChangedMeanwhile {
+    pub id: String,
+    pub from: State,
 }
 
 /// Apply `event` through the state machine and record it. Refuses illegal events before
@@ -454,10 +482,11 @@ fn transition(
         // Someone else (a concurrent `ls` reconciling, say) may have recorded the same thing.
         let now = store.instance(&row.id)?.map(|r| r.state);
         if now.as_deref() != Some(to.as_str()) {
-            bail!(
-                "instance {} changed while this command ran (it is no longer {from}); try again",
-                row.id
-            );
+            return Err(ChangedMeanwhile {
+                id: row.id.clone(),
+                from,
+            }
+            .into());
         }
     }
     Ok(to)
@@ -465,7 +494,7 @@ fn transition(
 
 /// Check that `event` is legal now, without recording anything (for operations that keep
 /// the state: exec, snapshot).
-fn check(row: &InstanceRow, event: Event) -> Result<State> {
+pub(crate) fn check(row: &InstanceRow, event: Event) -> Result<State> {
     Ok(next(state_of(row)?, event)?)
 }
 
@@ -485,7 +514,11 @@ fn explain(stored: State, seen: Observed) -> Option<Event> {
 }
 
 /// Bring the stored state in line with the driver's observation. Returns the fresh row.
-fn refresh(store: &Store, drivers: &mut Drivers<'_>, row: InstanceRow) -> Result<InstanceRow> {
+pub(crate) fn refresh(
+    store: &Store,
+    drivers: &mut Drivers<'_>,
+    row: InstanceRow,
+) -> Result<InstanceRow> {
     let stored = state_of(&row)?;
     if stored == State::Destroyed {
         return Ok(row);
@@ -551,89 +584,9 @@ pub(crate) fn find(
 // ---------------------------------------------------------------------------------------
 // Views
 
-#[derive(Debug, Serialize)]
-struct View {
-    id: String,
-    name: Option<String>,
-    state: String,
-    exit_code: Option<i32>,
-    error: Option<String>,
-    image: String,
-    image_name: Option<String>,
-    /// The image's endorsement was revoked after this instance was made from it.
-    image_revoked: bool,
-    driver: String,
-    owner: String,
-    hostname: String,
-    created: String,
-    started: Option<String>,
-    uptime_secs: Option<i64>,
-    expires: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    snapshots: Option<Vec<SnapshotRow>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    spec: Option<serde_json::Value>,
-    /// VM details (qemu instances, `show` only): accelerator, sizes, measured use.
-    #[serde(flatten)]
-    vm: Option<VmView>,
-}
-
-#[derive(Debug, Serialize)]
-struct VmView {
-    accel: &'static str,
-    /// Why the accelerator is not the one asked for (KVM unusable here, so TCG).
-    accel_note: Option<String>,
-    vcpus: u32,
-    memory_mib: u64,
-    /// Boot profile: fast or full.
-    profile: &'static str,
-    /// How to log in (full profile): `vfarm instance ssh` runs this command.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ssh: Option<SshView>,
-    /// Only while QEMU runs (running or paused).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stats: Option<StatsView>,
-}
-
-#[derive(Debug, Serialize)]
-struct SshView {
-    host: String,
-    port: u16,
-    user: String,
-    command: String,
-}
-
-/// `VmStats` with durations as seconds, which is what a JSON consumer wants.
-#[derive(Debug, Serialize)]
-struct StatsView {
-    pid: i32,
-    /// QEMU's run state (running, paused, postmigrate …).
-    status: String,
-    /// Host CPU time of the QEMU process (all vCPU and I/O threads).
-    cpu_time_secs: f64,
-    rss_bytes: u64,
-    /// Since QEMU started (a restore counts from the restore).
-    uptime_secs: f64,
-    block: Vec<BlockView>,
-    /// The NIC's counters as the guest kernel counts them (read through the guest agent:
-    /// QMP has none for user-mode networking); absent without a NIC or while paused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    net: Option<vfarm_driver::qemu::NetStats>,
-}
-
-#[derive(Debug, Serialize)]
-struct BlockView {
-    device: String,
-    rd_bytes: u64,
-    wr_bytes: u64,
-    rd_operations: u64,
-    wr_operations: u64,
-    flush_operations: u64,
-}
-
 /// What the qemu driver says about a VM instance; `None` for other drivers. A failure to
 /// measure is a warning: `show` must still show the rest.
-fn vm_view(drivers: &mut Drivers<'_>, row: &InstanceRow) -> Option<VmView> {
+pub(crate) fn vm_view(drivers: &mut Drivers<'_>, row: &InstanceRow) -> Option<VmView> {
     if row.driver != "qemu" {
         return None;
     }
@@ -665,7 +618,14 @@ fn vm_view(drivers: &mut Drivers<'_>, row: &InstanceRow) -> Option<VmView> {
                     flush_operations: b.flush_operations,
                 })
                 .collect(),
-            net: s.net,
+            net: s.net.map(|n| NetView {
+                interface: n.interface,
+                mac: n.mac,
+                rx_bytes: n.rx_bytes,
+                rx_packets: n.rx_packets,
+                tx_bytes: n.tx_bytes,
+                tx_packets: n.tx_packets,
+            }),
         }),
         // A stopped VM has nothing to measure; only a live one that cannot be is worth a word.
         Err(e) if active => {
@@ -675,11 +635,11 @@ fn vm_view(drivers: &mut Drivers<'_>, row: &InstanceRow) -> Option<VmView> {
         Err(_) => None,
     };
     Some(VmView {
-        accel: info.accel.as_str(),
+        accel: info.accel.as_str().to_string(),
         accel_note: info.accel_note,
         vcpus: info.vcpus,
         memory_mib: info.memory_mib,
-        profile: info.profile.as_str(),
+        profile: info.profile.as_str().to_string(),
         ssh: info.ssh.map(|s| SshView {
             host: s.host.to_string(),
             port: s.port,
@@ -690,24 +650,65 @@ fn vm_view(drivers: &mut Drivers<'_>, row: &InstanceRow) -> Option<VmView> {
     })
 }
 
-fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<View> {
+/// Looked up once per listing, not once per instance (a service may list 10,000).
+#[derive(Default)]
+pub(crate) struct ViewCache {
+    /// Image id → (name, revoked).
+    images: HashMap<String, (Option<String>, bool)>,
+    /// Lease holder (instance id) → the pool address of its hostname.
+    addresses: Option<HashMap<String, Option<String>>>,
+}
+
+pub(crate) fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<InstanceView> {
+    view_cached(store, row, detail, &mut ViewCache::default())
+}
+
+pub(crate) fn view_cached(
+    store: &Store,
+    row: &InstanceRow,
+    detail: bool,
+    cache: &mut ViewCache,
+) -> Result<InstanceView> {
     let state = state_of(row)?;
+    let now = chrono::Utc::now();
+    let since = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds())
+    };
     let uptime_secs = row
         .started
         .as_deref()
         .filter(|_| state.is_active())
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| {
-            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                .num_seconds()
-                .max(0)
-        });
-    let image_name = store
-        .image(&row.image_id)
-        .ok()
-        .flatten()
-        .and_then(|i| i.name);
-    Ok(View {
+        .and_then(since)
+        .map(|s| s.max(0));
+    let (image_name, image_revoked) = match cache.images.get(&row.image_id) {
+        Some(v) => v.clone(),
+        None => {
+            let name = store
+                .image(&row.image_id)
+                .ok()
+                .flatten()
+                .and_then(|i| i.name);
+            let v = (name, store.repository_image_revoked(&row.image_id)?);
+            cache.images.insert(row.image_id.clone(), v.clone());
+            v
+        }
+    };
+    if cache.addresses.is_none() {
+        cache.addresses = Some(
+            store
+                .hostname_leases()?
+                .into_iter()
+                .map(|l| (l.holder, l.address))
+                .collect(),
+        );
+    }
+    let address = cache
+        .addresses
+        .as_ref()
+        .and_then(|a| a.get(&row.id).cloned().flatten());
+    Ok(InstanceView {
         id: row.id.clone(),
         name: row.name.clone(),
         state: row.state.clone(),
@@ -715,16 +716,24 @@ fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<View> {
         error: row.error.clone(),
         image: row.image_id.clone(),
         image_name,
-        image_revoked: store.repository_image_revoked(&row.image_id)?,
+        image_revoked,
         driver: row.driver.clone(),
         owner: row.owner.clone(),
         hostname: row.hostname.clone(),
+        address,
         created: row.created.clone(),
         started: row.started.clone(),
         uptime_secs,
         expires: row.expires.clone(),
+        expires_in_secs: row.expires.as_deref().and_then(since).map(|s| -s),
         snapshots: if detail {
-            Some(store.snapshots(&row.id)?)
+            Some(
+                store
+                    .snapshots(&row.id)?
+                    .into_iter()
+                    .map(snapshot_view)
+                    .collect(),
+            )
         } else {
             None
         },
@@ -735,6 +744,27 @@ fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<View> {
         },
         vm: None,
     })
+}
+
+pub(crate) fn print_snapshots(snaps: &[SnapshotView]) {
+    println!("{:<24}  {:<19}  {:>10}", "NAME", "CREATED", "SIZE");
+    for s in snaps {
+        println!(
+            "{:<24}  {:<19}  {:>10}",
+            s.name,
+            short_time(&s.created),
+            ByteSize(s.size).to_string()
+        );
+    }
+}
+
+pub(crate) fn snapshot_view(s: SnapshotRow) -> SnapshotView {
+    SnapshotView {
+        instance_id: s.instance_id,
+        name: s.name,
+        created: s.created,
+        size: s.size,
+    }
 }
 
 /// Files injected into a VM (host certificates and their keys) are shown by size, not
@@ -762,10 +792,19 @@ fn short_time(t: &str) -> String {
     t.get(..19).unwrap_or(t).replace('T', " ")
 }
 
-fn print_table(views: &[View]) {
+/// Time until the reaper takes the instance: `2h`, `due`, or `-` without an expiry.
+fn time_left(v: &InstanceView) -> String {
+    match v.expires_in_secs {
+        Some(s) if s > 0 => human_secs(s),
+        Some(_) => "due".into(),
+        None => "-".into(),
+    }
+}
+
+pub(crate) fn print_table(views: &[InstanceView]) {
     println!(
         "{:<12}  {:<14}  {:<9}  {:<16}  {:<6}  {:<8}  {:<19}  {:>6}  {:<19}",
-        "ID", "NAME", "STATE", "IMAGE", "DRIVER", "OWNER", "CREATED", "UPTIME", "EXPIRES"
+        "ID", "NAME", "STATE", "IMAGE", "DRIVER", "OWNER", "CREATED", "UPTIME", "EXPIRES IN"
     );
     for v in views {
         let state = match (v.state.as_str(), v.exit_code) {
@@ -792,15 +831,12 @@ fn print_table(views: &[View]) {
             v.owner,
             short_time(&v.created),
             v.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
-            v.expires
-                .as_deref()
-                .map(short_time)
-                .unwrap_or_else(|| "-".into()),
+            time_left(v),
         );
     }
 }
 
-fn print_view(v: &View) {
+pub(crate) fn print_view(v: &InstanceView) {
     let kv = |k: &str, val: &str| println!("{k:<10} {val}");
     kv("id", &v.id);
     kv("name", v.name.as_deref().unwrap_or("-"));
@@ -834,7 +870,13 @@ fn print_view(v: &View) {
         "uptime",
         &v.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
     );
-    kv("expires", v.expires.as_deref().unwrap_or("-"));
+    match &v.expires {
+        Some(e) => kv("expires", &format!("{e} ({})", time_left(v))),
+        None => kv("expires", "-"),
+    }
+    if let Some(a) = &v.address {
+        kv("address", a);
+    }
     if let Some(vm) = &v.vm {
         kv(
             "vm",
@@ -846,7 +888,7 @@ fn print_view(v: &View) {
         if let Some(n) = &vm.accel_note {
             kv("", n);
         }
-        kv("profile", vm.profile);
+        kv("profile", &vm.profile);
         if let Some(ssh) = &vm.ssh {
             kv(
                 "ssh",
@@ -988,16 +1030,16 @@ pub(crate) fn image_input(img: &vfarm_image::Image) -> ImageInput {
 
 /// The qemu-only options of a new instance, as typed.
 #[derive(Default)]
-struct GuestArgs<'a> {
-    ssh_keys: &'a [PathBuf],
-    ssh_user: Option<&'a str>,
-    guest_files: &'a [String],
+pub(crate) struct GuestArgs<'a> {
+    pub(crate) ssh_keys: &'a [PathBuf],
+    pub(crate) ssh_user: Option<&'a str>,
+    pub(crate) guest_files: &'a [String],
 }
 
 /// The boot profile and guest setup of a new instance. They are for the qemu driver only (any
 /// of them with another driver is refused, not ignored); its profile defaults to `default`.
 /// Keys and files are read here, so a missing file fails before anything is made.
-fn vm_setup(
+pub(crate) fn vm_setup(
     driver: &dyn Driver,
     profile: Option<&str>,
     default: BootProfile,
@@ -1129,20 +1171,101 @@ fn time_after(secs: u64) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-struct NewInstance {
-    image: vfarm_image::Image,
-    name: Option<String>,
-    expiry: Option<String>,
-    shape: ShapeArgs,
-    command: Vec<String>,
-    /// A `vfarm run` instance: its filesystem need not survive a host crash.
-    disposable: bool,
+pub(crate) struct NewInstance {
+    pub image: vfarm_image::Image,
+    pub name: Option<String>,
+    pub expiry: Option<String>,
+    pub shape: ShapeArgs,
+    pub command: Vec<String>,
+    /// A `vfarm run` instance: its filesystem need not survive a host crash. Disposable
+    /// instances take no pool hostname and no quota share (jobs have their own capacity).
+    pub disposable: bool,
     /// Boot profile and guest setup (qemu).
-    vm: VmSetup,
+    pub vm: VmSetup,
+    pub owner: String,
+    /// Disk size (bytes), for the disk quota and drivers with their own disks.
+    pub disk: Option<u64>,
+}
+
+/// The site's rules for new instances (serve.toml): hostname pool, quotas, default expiry.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Admission {
+    pub pool: HostnamePool,
+    pub quotas: QuotaConfig,
+    pub default_expiry_secs: Option<u64>,
+}
+
+impl Admission {
+    pub(crate) fn from_config(c: &ServeConfig) -> Admission {
+        Admission {
+            pool: HostnamePool::new(&c.hostnames),
+            quotas: c.quotas.clone(),
+            default_expiry_secs: c.default_expiry_secs,
+        }
+    }
+
+    /// The data dir's `serve.toml` (absent: no pool, no quotas).
+    pub(crate) fn load(ctx: &Ctx) -> Result<Admission> {
+        let c = ServeConfig::load(&ServeConfig::default_path(&ctx.data_dir))?;
+        Ok(Admission::from_config(&c))
+    }
 }
 
 /// Record and prepare an instance (state `created`). On failure nothing is left behind.
 fn create_instance(ctx: &Ctx, driver: &dyn Driver, n: NewInstance) -> Result<InstanceRow> {
+    let admission = if n.disposable {
+        Admission::default()
+    } else {
+        Admission::load(ctx)?
+    };
+    let store = ctx.store()?;
+    let row = record_instance(&store, &admission, driver.kind(), n)?;
+    prepare_recorded(&store, driver, &row, &ctx.data_dir)
+}
+
+/// Where an instance finds its host certificate (the grid layout).
+pub const HOST_CERT: &str = "/etc/grid-security/hostcert.pem";
+pub const HOST_KEY: &str = "/etc/grid-security/hostkey.pem";
+
+/// A host certificate for `hostname` from the site CA, if one was set up (`vfarm ca init`).
+fn host_certificate(data_dir: &Path, hostname: &str) -> Result<Option<vfarm_auth::ca::Issued>> {
+    let dir = vfarm_auth::ca::ca_dir(data_dir);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let ca = vfarm_auth::ca::SiteCa::open(&dir)?;
+    Ok(Some(ca.issue_host(hostname, 365, chrono::Utc::now())?))
+}
+
+/// Put the host certificate and key into a prepared OCI instance (key mode 0600).
+fn place_host_certificate(
+    driver: &dyn Driver,
+    id: &str,
+    cert: &vfarm_auth::ca::Issued,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let files = staging::files_of(driver)?;
+    let dir = tempfile::tempdir()?;
+    for (name, pem, mode, dst) in [
+        ("cert", &cert.cert_pem, 0o644, HOST_CERT),
+        ("key", &cert.key_pem, 0o600, HOST_KEY),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+        files.copy_in(id, &p, dst)?;
+    }
+    Ok(())
+}
+
+/// Validate, take the quota share and the pool hostname, and record the instance
+/// (`creating`). Every refusal happens here, before any work; a failure leaves nothing held.
+pub(crate) fn record_instance(
+    store: &Store,
+    admission: &Admission,
+    driver_kind: &str,
+    n: NewInstance,
+) -> Result<InstanceRow> {
     let settings = InstanceRequest {
         name: n.name.clone(),
         cpus: n.shape.cpus,
@@ -1154,13 +1277,38 @@ fn create_instance(ctx: &Ctx, driver: &dyn Driver, n: NewInstance) -> Result<Ins
         command: n.command.clone(),
     }
     .validate()?;
-    let store = ctx.store()?;
     let id = new_id()?;
-    let hostname = settings
-        .hostname
-        .clone()
-        .or_else(|| settings.name.clone())
-        .unwrap_or_else(|| format!("vf-{id}"));
+    // An instance without a CPU limit still takes a CPU of the owner's share.
+    let resources = Resources {
+        cpus_milli: settings
+            .cpus
+            .map(|c| (c * 1000.0).round() as u64)
+            .unwrap_or(1000),
+        memory_mib: settings.memory.map(|m| m.div_ceil(1 << 20)).unwrap_or(0),
+        disk_mib: n.disk.map(|d| d.div_ceil(1 << 20)).unwrap_or(0),
+    };
+    let held = !n.disposable;
+    if held {
+        vfarm_auth::quota::reserve(store, &admission.quotas, &id, &n.owner, resources)?;
+    }
+    let hostname = if held && !admission.pool.is_empty() {
+        match admission
+            .pool
+            .allocate(store, &id, &n.owner, settings.hostname.as_deref())
+        {
+            Ok(lease) => lease.name,
+            Err(e) => {
+                let _ = vfarm_auth::quota::release(store, &id);
+                return Err(e.into());
+            }
+        }
+    } else {
+        settings
+            .hostname
+            .clone()
+            .or_else(|| settings.name.clone())
+            .unwrap_or_else(|| format!("vf-{id}"))
+    };
     let spec = InstanceSpec {
         id: id.clone(),
         image: image_input(&n.image),
@@ -1168,7 +1316,7 @@ fn create_instance(ctx: &Ctx, driver: &dyn Driver, n: NewInstance) -> Result<Ins
         cpus: settings.cpus,
         memory: settings.memory,
         pids: settings.pids,
-        disk: None,
+        disk: n.disk,
         env: settings.env.clone(),
         command: settings.command.clone(),
         network: match n.shape.net {
@@ -1180,33 +1328,87 @@ fn create_instance(ctx: &Ctx, driver: &dyn Driver, n: NewInstance) -> Result<Ins
         vm: n.vm.clone(),
     };
     let t = vfarm_store::now();
+    let expiry_secs = settings.expiry_secs.or(if held {
+        admission.default_expiry_secs
+    } else {
+        None
+    });
     let row = InstanceRow {
         id: id.clone(),
         name: settings.name.clone(),
         image_id: n.image.id.clone(),
-        driver: driver.kind().to_string(),
-        owner: actor(),
+        driver: driver_kind.to_string(),
+        owner: n.owner.clone(),
         state: State::Creating.as_str().into(),
         exit_code: None,
         hostname,
         spec: serde_json::to_string(&spec)?,
         created: t.clone(),
         started: None,
-        expires: settings.expiry_secs.map(time_after),
+        expires: expiry_secs.map(time_after),
         updated: t,
         error: None,
     };
-    store.insert_instance(&row)?;
-    if let Err(e) = driver.prepare(&spec) {
-        let _ = driver.cleanup(&id);
-        let _ = store.delete_instance(&actor(), &id);
-        return Err(anyhow::Error::new(e).context(format!("cannot prepare instance {id}")));
+    if let Err(e) = store.insert_instance(&row) {
+        // Nothing else refers to the holds yet.
+        let _ = store.release_hostname(&id);
+        let _ = store.release_quota(&id);
+        return Err(e.into());
     }
-    transition(&store, &row, Event::Prepared, StateChange::default())?;
-    Ok(store.instance(&id)?.expect("just recorded"))
+    Ok(row)
 }
 
-fn start_instance(store: &Store, driver: &dyn Driver, row: &InstanceRow) -> Result<()> {
+/// Prepare a recorded instance (`creating` → `created`). On failure the instance is
+/// removed, and its hostname and quota share with it.
+///
+/// With a site CA (`vfarm ca init`), a kept instance gets a host certificate for its
+/// hostname: a file pair under /etc/grid-security for OCI, and the same files through
+/// cloud-init for a full-profile VM. The key is written into the instance only, never into
+/// the instance's record.
+pub(crate) fn prepare_recorded(
+    store: &Store,
+    driver: &dyn Driver,
+    row: &InstanceRow,
+    data_dir: &Path,
+) -> Result<InstanceRow> {
+    let id = &row.id;
+    let mut spec: InstanceSpec = serde_json::from_str(&row.spec)
+        .with_context(|| format!("instance {id} has an unreadable spec"))?;
+    let fail = |e: anyhow::Error| {
+        let _ = driver.cleanup(id);
+        let _ = store.delete_instance(&actor(), id);
+        e.context(format!("cannot prepare instance {id}"))
+    };
+    let wants_cert =
+        !spec.volatile && (driver.kind() == "oci" || spec.vm.profile == BootProfile::Full);
+    let cert = if wants_cert {
+        host_certificate(data_dir, &row.hostname).map_err(fail)?
+    } else {
+        None
+    };
+    if let (Some(c), "qemu") = (&cert, driver.kind()) {
+        for (path, pem, mode) in [
+            (HOST_CERT, &c.cert_pem, 0o644),
+            (HOST_KEY, &c.key_pem, 0o600),
+        ] {
+            spec.vm.files.push(GuestFile {
+                path: path.to_string(),
+                content: pem.as_bytes().to_vec(),
+                mode,
+            });
+        }
+    }
+    if let Err(e) = driver.prepare(&spec) {
+        return Err(fail(e.into()));
+    }
+    if let (Some(c), "oci") = (&cert, driver.kind()) {
+        place_host_certificate(driver, id, c).map_err(fail)?;
+    }
+    transition(store, row, Event::Prepared, StateChange::default())?;
+    Ok(store.instance(id)?.expect("just recorded"))
+}
+
+pub(crate) fn start_instance(store: &Store, driver: &dyn Driver, row: &InstanceRow) -> Result<()> {
     check(row, Event::Start)?;
     if let Err(e) = driver.start(&row.id) {
         let msg = e.to_string();
@@ -1235,8 +1437,162 @@ fn start_instance(store: &Store, driver: &dyn Driver, row: &InstanceRow) -> Resu
     Ok(())
 }
 
+/// Stop: SIGTERM (a VM: poweroff, then ACPI) and a kill after the grace time, or a kill
+/// at once with `force`.
+pub(crate) fn stop_instance(
+    store: &Store,
+    driver: &dyn Driver,
+    row: &InstanceRow,
+    force: bool,
+) -> Result<()> {
+    check(row, Event::Stop)?;
+    let mode = if force {
+        StopMode::Kill
+    } else {
+        StopMode::Graceful {
+            timeout: Duration::from_secs(parse_duration("timeout", STOP_GRACE)?),
+        }
+    };
+    let code = match driver.stop(&row.id, mode)? {
+        Observed::Exited { code } => Some(code),
+        _ => None,
+    };
+    transition(
+        store,
+        row,
+        Event::Stop,
+        StateChange {
+            exit_code: code,
+            ..Default::default()
+        },
+    )?;
+    Ok(())
+}
+
+/// `ev` is Pause or Resume; returns the new state.
+pub(crate) fn pause_resume_instance(
+    store: &Store,
+    driver: &dyn Driver,
+    row: &InstanceRow,
+    ev: Event,
+) -> Result<State> {
+    check(row, ev)?;
+    let p = driver.pausable().ok_or_else(|| DriverError::Unsupported {
+        driver: driver.kind(),
+        what: "pause/resume".into(),
+    })?;
+    if ev == Event::Pause {
+        p.pause(&row.id)?;
+    } else {
+        p.resume(&row.id)?;
+    }
+    transition(store, row, ev, StateChange::default())
+}
+
+/// Move the expiry `by` later (from now, if it had none or it has passed).
+pub(crate) fn extend_instance(store: &Store, row: &InstanceRow, by: &str) -> Result<InstanceRow> {
+    let secs = parse_duration("by", by)?;
+    let now = chrono::Utc::now();
+    let base = row
+        .expires
+        .as_deref()
+        .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .filter(|t| *t > now)
+        .unwrap_or(now);
+    let until = base + chrono::Duration::seconds(secs.min(i64::MAX as u64 / 2) as i64);
+    let until = until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if !store.set_instance_expiry(&actor(), &row.id, &until)? {
+        return Err(StoreError::NotFound {
+            kind: "instance",
+            id: row.id.clone(),
+        }
+        .into());
+    }
+    Ok(store.instance(&row.id)?.expect("just updated"))
+}
+
+/// Take a snapshot named `name` (refused if the name is taken).
+pub(crate) fn snapshot_instance(
+    store: &Store,
+    driver: &dyn Driver,
+    row: &InstanceRow,
+    name: &str,
+) -> Result<SnapshotRow> {
+    check(row, Event::Snapshot)?;
+    if store.snapshot(&row.id, name)?.is_some() {
+        return Err(StoreError::Conflict {
+            kind: "snapshot",
+            id: format!("{}/{name}", row.id),
+        }
+        .into());
+    }
+    let info = snapshots_of(driver)?.create(&row.id, name)?;
+    let snap = SnapshotRow {
+        instance_id: row.id.clone(),
+        name: name.to_string(),
+        created: vfarm_store::now(),
+        size: info.size,
+    };
+    store.insert_snapshot(&actor(), &snap)?;
+    Ok(snap)
+}
+
+fn snapshot_must_exist(store: &Store, row: &InstanceRow, name: &str) -> Result<()> {
+    if store.snapshot(&row.id, name)?.is_none() {
+        return Err(StoreError::NotFound {
+            kind: "snapshot",
+            id: format!("{}/{name}", row.id),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Make the instance's files the snapshot's (a running instance is restarted).
+pub(crate) fn revert_instance(
+    store: &Store,
+    driver: &dyn Driver,
+    row: &InstanceRow,
+    name: &str,
+) -> Result<()> {
+    check(row, Event::Revert)?;
+    snapshot_must_exist(store, row, name)?;
+    let was_active = state_of(row)?.is_active();
+    snapshots_of(driver)?.revert(&row.id, name)?;
+    transition(
+        store,
+        row,
+        Event::Revert,
+        StateChange {
+            started: was_active,
+            ..Default::default()
+        },
+    )?;
+    Ok(())
+}
+
+pub(crate) fn remove_snapshot(
+    store: &Store,
+    driver: &dyn Driver,
+    row: &InstanceRow,
+    name: &str,
+) -> Result<()> {
+    snapshot_must_exist(store, row, name)?;
+    match snapshots_of(driver)?.remove(&row.id, name) {
+        Ok(()) | Err(DriverError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    store.delete_snapshot(&actor(), &row.id, name)?;
+    Ok(())
+}
+
 /// Remove an instance from the host and the store.
-fn destroy_instance(store: &Store, driver: &dyn Driver, row: &InstanceRow) -> Result<()> {
+pub(crate) fn destroy_instance(
+    store: &Store,
+    driver: &dyn Driver,
+    row: &InstanceRow,
+) -> Result<()> {
     check(row, Event::Destroy)?;
     driver
         .cleanup(&row.id)
@@ -1285,6 +1641,8 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                     command: a.command,
                     disposable: false,
                     vm,
+                    owner: actor(),
+                    disk: None,
                 },
             )?;
             if !a.no_start {
@@ -1312,28 +1670,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Stop { instance, force } => {
             let row = find(&store, &mut drivers, &instance)?;
-            check(&row, Event::Stop)?;
-            let mode = if force {
-                StopMode::Kill
-            } else {
-                StopMode::Graceful {
-                    timeout: Duration::from_secs(parse_duration("timeout", STOP_GRACE)?),
-                }
-            };
-            let seen = drivers.get(&row.driver)?.stop(&row.id, mode)?;
-            let code = match seen {
-                Observed::Exited { code } => Some(code),
-                _ => None,
-            };
-            transition(
-                &store,
-                &row,
-                Event::Stop,
-                StateChange {
-                    exit_code: code,
-                    ..Default::default()
-                },
-            )?;
+            stop_instance(&store, drivers.get(&row.driver)?, &row, force)?;
             report(
                 ctx,
                 &store,
@@ -1480,6 +1817,21 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
             Ok(0)
         }
         InstanceCmd::Migrate(a) => crate::cmd::migrate::run(ctx, a),
+        InstanceCmd::Extend { instance, by } => {
+            let row = find(&store, &mut drivers, &instance)?;
+            let row = extend_instance(&store, &row, &by)?;
+            report(
+                ctx,
+                &store,
+                &row.id,
+                &format!(
+                    "instance {} now expires {}",
+                    label(&row),
+                    row.expires.as_deref().unwrap_or("-")
+                ),
+            )?;
+            Ok(0)
+        }
         InstanceCmd::Ls => {
             let mut views = Vec::new();
             for row in store.instances()? {
@@ -1555,18 +1907,7 @@ fn pause_resume(
     ev: Event,
 ) -> Result<i32> {
     let row = find(store, drivers, instance)?;
-    check(&row, ev)?;
-    let driver = drivers.get(&row.driver)?;
-    let p = driver.pausable().ok_or_else(|| DriverError::Unsupported {
-        driver: driver.kind(),
-        what: "pause/resume".into(),
-    })?;
-    if ev == Event::Pause {
-        p.pause(&row.id)?;
-    } else {
-        p.resume(&row.id)?;
-    }
-    let to = transition(store, &row, ev, StateChange::default())?;
+    let to = pause_resume_instance(store, drivers.get(&row.driver)?, &row, ev)?;
     report(
         ctx,
         store,
@@ -1628,10 +1969,34 @@ pub fn reap_expired(ctx: &Ctx) -> Result<Vec<String>> {
     let mut drivers = Drivers::new(ctx);
     let mut reaped = Vec::new();
     for row in store.expired_instances(&vfarm_store::now())? {
+        // One still being made belongs to its create (a dead create is reconciled at the
+        // service's start); it is reaped on a later round.
+        if row.state == State::Creating.as_str() {
+            continue;
+        }
         let row = refresh(&store, &mut drivers, row.clone()).unwrap_or(row);
         let driver = drivers.get(&row.driver)?;
         match destroy_instance(&store, driver, &row) {
-            Ok(()) => reaped.push(row.id.clone()),
+            Ok(()) => {
+                // The audit log says who took it away, and why.
+                let detail = serde_json::json!({
+                    "owner": row.owner, "hostname": row.hostname, "expires": row.expires,
+                });
+                if let Err(e) = store.audit(
+                    "vfarm-reaper",
+                    "service",
+                    "instance.reap",
+                    &row.id,
+                    "ok",
+                    &detail,
+                ) {
+                    eprintln!(
+                        "vfarm: warning: cannot audit the reaping of {}: {e}",
+                        row.id
+                    );
+                }
+                reaped.push(row.id.clone())
+            }
             Err(e) => eprintln!("vfarm: warning: cannot reap instance {}: {e:#}", row.id),
         }
     }
@@ -1647,24 +2012,7 @@ pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
     match cmd {
         SnapshotCmd::Create { instance, name } => {
             let row = find(&store, &mut drivers, &instance)?;
-            check(&row, Event::Snapshot)?;
-            if store.snapshot(&row.id, &name)?.is_some() {
-                return Err(StoreError::Conflict {
-                    kind: "snapshot",
-                    id: format!("{}/{name}", row.id),
-                }
-                .into());
-            }
-            let info = snapshots_of(drivers.get(&row.driver)?)?.create(&row.id, &name)?;
-            store.insert_snapshot(
-                &actor(),
-                &SnapshotRow {
-                    instance_id: row.id.clone(),
-                    name: name.clone(),
-                    created: vfarm_store::now(),
-                    size: info.size,
-                },
-            )?;
+            let info = snapshot_instance(&store, drivers.get(&row.driver)?, &row, &name)?;
             if ctx.json() {
                 ctx.print_json(&store.snapshot(&row.id, &name)?)?;
             } else {
@@ -1678,43 +2026,21 @@ pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
         }
         SnapshotCmd::Ls { instance } => {
             let row = store.find_instance(&instance)?;
-            let snaps = store.snapshots(&row.id)?;
+            let snaps: Vec<SnapshotView> = store
+                .snapshots(&row.id)?
+                .into_iter()
+                .map(snapshot_view)
+                .collect();
             if ctx.json() {
                 ctx.print_json(&snaps)?;
             } else {
-                println!("{:<24}  {:<19}  {:>10}", "NAME", "CREATED", "SIZE");
-                for s in snaps {
-                    println!(
-                        "{:<24}  {:<19}  {:>10}",
-                        s.name,
-                        short_time(&s.created),
-                        ByteSize(s.size).to_string()
-                    );
-                }
+                print_snapshots(&snaps);
             }
             Ok(0)
         }
         SnapshotCmd::Revert { instance, name } => {
             let row = find(&store, &mut drivers, &instance)?;
-            check(&row, Event::Revert)?;
-            if store.snapshot(&row.id, &name)?.is_none() {
-                return Err(StoreError::NotFound {
-                    kind: "snapshot",
-                    id: format!("{}/{name}", row.id),
-                }
-                .into());
-            }
-            let was_active = state_of(&row)?.is_active();
-            snapshots_of(drivers.get(&row.driver)?)?.revert(&row.id, &name)?;
-            transition(
-                &store,
-                &row,
-                Event::Revert,
-                StateChange {
-                    started: was_active,
-                    ..Default::default()
-                },
-            )?;
+            revert_instance(&store, drivers.get(&row.driver)?, &row, &name)?;
             report(
                 ctx,
                 &store,
@@ -1725,18 +2051,7 @@ pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
         }
         SnapshotCmd::Rm { instance, name } => {
             let row = store.find_instance(&instance)?;
-            if store.snapshot(&row.id, &name)?.is_none() {
-                return Err(StoreError::NotFound {
-                    kind: "snapshot",
-                    id: format!("{}/{name}", row.id),
-                }
-                .into());
-            }
-            match snapshots_of(drivers.get(&row.driver)?)?.remove(&row.id, &name) {
-                Ok(()) | Err(DriverError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-            store.delete_snapshot(&actor(), &row.id, &name)?;
+            remove_snapshot(&store, drivers.get(&row.driver)?, &row, &name)?;
             if ctx.json() {
                 ctx.print_json(
                     &serde_json::json!({"instance": row.id, "snapshot": name, "removed": true}),
@@ -1848,6 +2163,8 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
             command: main_command,
             disposable: true,
             vm,
+            owner: actor(),
+            disk: None,
         },
     )?;
     let id = row.id.clone();

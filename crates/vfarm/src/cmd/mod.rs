@@ -7,6 +7,7 @@ pub mod imagelist;
 pub mod instance;
 pub mod job;
 pub mod migrate;
+pub mod remote;
 pub mod serve;
 pub mod staging;
 pub mod token;
@@ -16,6 +17,9 @@ use crate::ctx::Ctx;
 /// Exit codes: 1 generic failure, 2 bad input (clap uses 2 as well), 3 not found,
 /// 4 host not ready (a component is missing), 5 a build or tool failed.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err.downcast_ref::<remote::RemoteError>() {
+        return e.exit_code();
+    }
     if let Some((_, _, code)) = job::classify(err) {
         return code;
     }
@@ -67,6 +71,10 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
                 err.downcast_ref::<vfarm_core::SpecError>()
                     .map(|_| "invalid_spec")
             })
+            .or_else(|| {
+                err.downcast_ref::<remote::RemoteError>()
+                    .map(|e| e.code.as_str())
+            })
             .or_else(|| instance::classify(err).map(|(c, _)| c))
             .or_else(|| job::classify(err).map(|(c, _, _)| c))
             .or_else(|| {
@@ -97,7 +105,11 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
                 err.downcast_ref::<vfarm_auth::AuthError>()
                     .and_then(|e| e.field())
             })
-            .or_else(|| job::classify(err).and_then(|(_, f, _)| f));
+            .or_else(|| job::classify(err).and_then(|(_, f, _)| f))
+            .or_else(|| {
+                err.downcast_ref::<remote::RemoteError>()
+                    .and_then(|e| e.field.as_deref())
+            });
         let doc = serde_json::json!({ "error": { "code": code, "field": field, "message": format!("{err:#}") } });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }

@@ -37,7 +37,14 @@ pub struct ServeArgs {
     socket: Option<PathBuf>,
 }
 
+/// How long a stopping service waits for open requests (event streams never finish).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often the reaper looks for expired instances (one indexed query when none is due).
+const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
+    limit_malloc_arenas();
     // Refuse before anything starts: credentials must not cross a network in the clear.
     if args.tls_cert.is_none() && !args.listen.ip().is_loopback() {
         return Err(vfarm_auth::AuthError::Invalid {
@@ -77,6 +84,32 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
     let mut state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
     let admins = config.admins.iter().chain(&args.admins).cloned();
     state.auth = vfarm_api::AuthPolicy::new(admins);
+    // A previous service may have died mid-create or mid-destroy: make records and host
+    // agree before taking requests. Running instances keep running.
+    let fixed = crate::service::reconcile(ctx)?;
+    if fixed.unfinished_creates + fixed.orphan_dirs + fixed.orphan_holds > 0 {
+        eprintln!(
+            "vfarm: reconciled after an unclean stop: {} unfinished create(s) removed, {} \
+             orphan instance dir(s) cleaned up, {} orphan hold(s) released",
+            fixed.unfinished_creates, fixed.orphan_dirs, fixed.orphan_holds
+        );
+    }
+    // Choose the OCI runtime now (a probe container on a fresh data dir), not in the first
+    // burst of creates. Without one the service still serves images; creates say why.
+    let runtime = std::env::var("VFARM_OCI_RUNTIME").unwrap_or_else(|_| "auto".into());
+    if let Err(e) =
+        vfarm_driver::oci::OciDriver::new(&ctx.data_dir, runtime.parse().expect("infallible"))
+    {
+        eprintln!("vfarm: warning: oci instances cannot be created here: {e}");
+    }
+    let admission = crate::cmd::instance::Admission::from_config(&config);
+    let busy = crate::service::Busy::default();
+    state.instances = Some(std::sync::Arc::new(crate::service::Service::new(
+        ctx,
+        admission,
+        busy.clone(),
+    )));
+    crate::service::spawn_watcher(ctx, state.events.clone(), busy);
     // The reaper destroys expired instances; it runs beside the HTTP service and survives
     // its own failures (they are logged and retried on the next round).
     let reaper_ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
@@ -84,7 +117,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
         if let Err(e) = crate::cmd::instance::reap_expired(&reaper_ctx) {
             tracing::warn!("reaper: {e:#}");
         }
-        std::thread::sleep(std::time::Duration::from_secs(30));
+        std::thread::sleep(REAP_INTERVAL);
     });
     // The job dispatcher starts queued jobs as capacity allows and reconciles claimed jobs
     // whose runner is gone (also those a previous, killed service left).
@@ -126,11 +159,24 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
                 }
             });
         }
-        match tls {
-            Some(tls) => vfarm_api::serve_tls(listener, tls, state, stopped(stop_rx)).await,
-            None => vfarm_api::serve(listener, state, stopped(stop_rx)).await,
+        let server = async {
+            match tls {
+                Some(tls) => {
+                    vfarm_api::serve_tls(listener, tls, state, stopped(stop_rx.clone())).await
+                }
+                None => vfarm_api::serve(listener, state, stopped(stop_rx.clone())).await,
+            }
+        };
+        // Graceful shutdown waits for open connections, and an event stream or a long poll
+        // never ends by itself: after the signal, give requests a moment, then go.
+        let deadline = async {
+            stopped(stop_rx.clone()).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            r = server => r.context("server failed")?,
+            _ = deadline => tracing::info!("stopped with connections still open"),
         }
-        .context("server failed")?;
         if let Some(path) = &args.socket {
             let _ = std::fs::remove_file(path);
         }
@@ -146,5 +192,18 @@ async fn shutdown() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
+    }
+}
+
+/// glibc gives each thread that allocates concurrently its own arena and keeps freed memory
+/// there; with tokio's blocking pool serving large listings from many threads, the service's
+/// resident size grows with the thread count instead of the work. Two arenas keep it near
+/// what is in use (measured in BENCHMARKS.md, "The service").
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before the service's
+    // threads start, and a refusal (return 0) just leaves the default.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -17,8 +17,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path) -> Server {
+        Server::start_with(data, &[])
+    }
+
+    /// `vfarm serve` with extra arguments (`--admin NAME`, `--config FILE` …).
+    pub fn start_with(data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vfarm"))
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("VFARM_DATA_DIR", data)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -45,15 +51,13 @@ impl Server {
 
     /// A new bearer token (`vfarm token create`): every `/api/v1/*` request needs one.
     pub fn token(&self) -> String {
+        self.token_for("vfarm-tests")
+    }
+
+    /// A new bearer token for `user`.
+    pub fn token_for(&self, user: &str) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_vfarm"))
-            .args([
-                "token",
-                "create",
-                "--user",
-                "vfarm-tests",
-                "--name",
-                "tests",
-            ])
+            .args(["token", "create", "--user", user, "--name", "tests"])
             .env("VFARM_DATA_DIR", &self.data)
             .output()
             .expect("run vfarm token create");
@@ -77,6 +81,19 @@ impl Server {
             .timeout(std::time::Duration::from_secs(600))
             .build()
             .unwrap()
+    }
+}
+
+impl Server {
+    /// The service's process id (to kill it the hard way).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kill with SIGKILL and reap: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

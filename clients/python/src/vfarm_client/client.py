@@ -1,0 +1,680 @@
+"""The vfarm REST client: one `Client` per server, standard library only."""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import (
+    Any,
+    Dict,
+    Iterator,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Sequence,
+    Union,
+    overload,
+)
+
+from .errors import VfarmError
+from .models import (
+    AuditEntry,
+    Event,
+    ExecResult,
+    Image,
+    Instance,
+    Operation,
+    Quota,
+    Snapshot,
+    Whoami,
+)
+
+__all__ = ["Client", "EventStream", "Pending"]
+
+API = "/api/v1"
+# A waiting create or a long poll may legitimately take minutes (a VM boots under TCG).
+LONG_TIMEOUT = 900.0
+# The server comments the event stream every 15 s; four missed beats means it is gone.
+EVENTS_TIMEOUT = 60.0
+FOREVER = 10.0**7  # a socket timeout that never fires (None would mean the global default)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Pending:
+    """What `create_instance(..., wait=False)` returns: the instance as just recorded
+    (state `creating`) and the operation that starts it."""
+
+    __slots__ = ("instance", "operation")
+
+    def __init__(self, instance: Instance, operation: Optional[Operation]):
+        self.instance = instance
+        self.operation = operation
+
+    def __repr__(self) -> str:
+        return f"Pending(instance={self.instance!r}, operation={self.operation!r})"
+
+
+class EventStream:
+    """An open `GET /api/v1/events` stream: iterate for `Event`s, `close()` (or use `with`)
+    to hang up. The connection is open once this object exists, so nothing that happens
+    after `Client.events()` returns is missed."""
+
+    def __init__(self, response: Any):
+        self._resp = response
+        self._closed = False
+
+    def __enter__(self) -> "EventStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        if self._closed:
+            raise StopIteration
+        event = ""
+        data: List[str] = []
+        ev_id: Optional[str] = None
+        while True:
+            try:
+                raw = self._resp.readline()
+            except (socket.timeout, TimeoutError) as e:
+                raise VfarmError(
+                    0, "timeout", f"no event or keep-alive from the server: {e}"
+                ) from None
+            except (OSError, ValueError) as e:
+                if self._closed:
+                    raise StopIteration from None
+                raise VfarmError(0, "connection_failed", f"event stream broke: {e}") from None
+            if not raw:  # the server ended the stream
+                self.close()
+                if data:
+                    return Event.parse(event, data, ev_id)
+                raise StopIteration
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if line == "":
+                if data or event:
+                    return Event.parse(event, data, ev_id)
+                continue
+            if line.startswith(":"):  # keep-alive comment
+                continue
+            name, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+            elif name == "id":
+                ev_id = value
+            # `retry` and unknown fields are ignored, as the SSE spec says.
+
+    def close(self) -> None:
+        """Hang up. Safe from another thread: a reader blocked in `next()` wakes up and the
+        iteration ends."""
+        if not self._closed:
+            self._closed = True
+            # Closing the file alone does not wake a thread blocked in recv(); shutting the
+            # socket down does. The socket is only reachable through the buffered reader.
+            sock = getattr(getattr(getattr(self._resp, "fp", None), "raw", None), "_sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            try:
+                self._resp.close()
+            except OSError:
+                pass
+
+
+class Client:
+    """A client of one `vfarm serve`.
+
+    `base_url` (default: `$VFARM_SERVER`) is the server, e.g. `http://127.0.0.1:8750` or
+    `https://vfarm.example.org:8750`. Identity: a bearer `token` (default: `$VFARM_TOKEN`),
+    or a client certificate `cert` + `key` (PEM files; default `$VFARM_CERT`/`$VFARM_KEY`)
+    for HTTPS. `ca` (default `$VFARM_CA`) is a PEM file or a directory of CA certificates
+    that verifies the server; without it the system's trust store is used.
+
+    Every failure raises `VfarmError(status, code, message, field)`; `status` is 0 when no
+    HTTP answer was received (connection refused, TLS failure, timeout, bad arguments).
+    """
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        token: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        ca: Optional[str] = None,
+        timeout: float = 60.0,
+    ):
+        base_url = base_url or os.environ.get("VFARM_SERVER")
+        if not base_url:
+            raise VfarmError(
+                0,
+                "invalid_argument",
+                "no server: pass base_url or set VFARM_SERVER (e.g. http://127.0.0.1:8750)",
+                "base_url",
+            )
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise VfarmError(
+                0,
+                "invalid_argument",
+                f"base_url {base_url!r} is not an http:// or https:// URL with a host",
+                "base_url",
+            )
+        path = parsed.path.rstrip("/")
+        if path.endswith(API):  # accept the API root as well as the server root
+            path = path[: -len(API)]
+        self.base_url = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, "", ""))
+        self.token = token if token is not None else os.environ.get("VFARM_TOKEN") or None
+        cert = cert if cert is not None else os.environ.get("VFARM_CERT") or None
+        key = key if key is not None else os.environ.get("VFARM_KEY") or None
+        ca = ca if ca is not None else os.environ.get("VFARM_CA") or None
+        if key and not cert:
+            raise VfarmError(0, "invalid_argument", "a key needs its certificate", "cert")
+        if (cert or ca) and parsed.scheme != "https":
+            which = "cert" if cert else "ca"
+            raise VfarmError(
+                0,
+                "invalid_argument",
+                f"{which} is only used over TLS; base_url {base_url!r} is plain http",
+                which,
+            )
+        self.timeout = timeout
+        handlers: List[urllib.request.BaseHandler] = []
+        if _is_loopback(parsed.hostname):
+            # Loopback never goes through a proxy, whatever the environment says.
+            handlers.append(urllib.request.ProxyHandler({}))
+        if parsed.scheme == "https":
+            handlers.append(urllib.request.HTTPSHandler(context=self._tls(cert, key, ca)))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    @staticmethod
+    def _tls(cert: Optional[str], key: Optional[str], ca: Optional[str]) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        try:
+            if ca:
+                if os.path.isdir(ca):
+                    ctx.load_verify_locations(capath=ca)
+                else:
+                    ctx.load_verify_locations(cafile=ca)
+        except (OSError, ssl.SSLError) as e:
+            raise VfarmError(0, "invalid_argument", f"cannot load CA {ca!r}: {e}", "ca") from None
+        if cert:
+            try:
+                ctx.load_cert_chain(certfile=cert, keyfile=key)
+            except (OSError, ssl.SSLError) as e:
+                raise VfarmError(
+                    0, "invalid_argument", f"cannot load certificate {cert!r}: {e}", "cert"
+                ) from None
+        return ctx
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r})"
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _url(self, path: str, query: Optional[Mapping[str, Any]] = None) -> str:
+        url = self.base_url + path
+        if query:
+            q = {k: v for k, v in query.items() if v is not None}
+            if q:
+                url += "?" + urllib.parse.urlencode(
+                    {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in q.items()}
+                )
+        return url
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Optional[Mapping[str, Any]] = None,
+        timeout: Optional[float] = None,
+        accept: str = "application/json",
+    ) -> Any:
+        """Send one request; return the open response, or raise VfarmError."""
+        data = None
+        headers = {"Accept": accept, "User-Agent": "vfarm-client-python/0.1"}
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(
+            self._url(path, query), data=data, headers=headers, method=method
+        )
+        try:
+            return self._opener.open(req, timeout=self.timeout if timeout is None else timeout)
+        except urllib.error.HTTPError as e:
+            raise self._http_error(e) from None
+        except (socket.timeout, TimeoutError) as e:
+            raise VfarmError(0, "timeout", f"{method} {path}: no answer in time ({e})") from None
+        except urllib.error.URLError as e:
+            reason = e.reason
+            code = "tls_error" if isinstance(reason, ssl.SSLError) else "connection_failed"
+            raise VfarmError(0, code, f"{method} {self.base_url}{path}: {reason}") from None
+        except ssl.SSLError as e:
+            # TLS 1.3 reports a refused client certificate at the first read, not the handshake.
+            raise VfarmError(0, "tls_error", f"{method} {self.base_url}{path}: {e}") from None
+        except (ConnectionError, http.client.HTTPException) as e:
+            raise VfarmError(
+                0, "connection_failed", f"{method} {self.base_url}{path}: {e!r}"
+            ) from None
+
+    @staticmethod
+    def _http_error(e: urllib.error.HTTPError) -> VfarmError:
+        try:
+            raw = e.read()
+        except OSError:
+            raw = b""
+        text = raw.decode("utf-8", "replace")
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+            err = doc["error"]
+            return VfarmError(
+                e.code,
+                str(err.get("code") or f"http_{e.code}"),
+                str(err.get("message") or e.reason),
+                err.get("field"),
+            )
+        return VfarmError(e.code, f"http_{e.code}", (text.strip() or str(e.reason))[:500])
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Optional[Mapping[str, Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> Any:
+        """One JSON request and its decoded JSON answer (None for an empty body)."""
+        with self._open(method, path, body, query, timeout) as resp:
+            try:
+                raw = resp.read()
+            except (socket.timeout, TimeoutError) as e:
+                raise VfarmError(0, "timeout", f"{method} {path}: answer cut off ({e})") from None
+            except (OSError, http.client.HTTPException) as e:
+                raise VfarmError(
+                    0, "connection_failed", f"{method} {path}: answer cut off ({e!r})"
+                ) from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise VfarmError(
+                resp.status,
+                "invalid_response",
+                f"{method} {path}: the answer is not JSON: {raw[:200]!r}",
+            ) from None
+
+    def _text(self, path: str, query: Optional[Mapping[str, Any]] = None) -> str:
+        with self._open("GET", path, None, query, accept="text/plain") as resp:
+            raw: bytes = resp.read()
+        return raw.decode("utf-8", "replace")
+
+    @staticmethod
+    def _ref(ref: str) -> str:
+        if not isinstance(ref, str) or not ref:
+            raise VfarmError(
+                0, "invalid_argument", f"ref must be a non-empty string, got {ref!r}", "ref"
+            )
+        return urllib.parse.quote(ref, safe="")
+
+    # --- identity, service ----------------------------------------------------------------
+
+    def whoami(self) -> Whoami:
+        """Who the server thinks this client is (`user`, `method`, `admin`)."""
+        return Whoami.from_json(self._call("GET", f"{API}/whoami"))
+
+    def openapi(self) -> Dict[str, Any]:
+        """The server's OpenAPI document."""
+        doc: Dict[str, Any] = self._call("GET", f"{API}/openapi.json")
+        return doc
+
+    def quota(self) -> Quota:
+        """The caller's quota: `limits` and `usage`."""
+        return Quota.from_json(self._call("GET", f"{API}/quota"))
+
+    def audit(self, limit: Optional[int] = None) -> List[AuditEntry]:
+        """The audit log: the caller's entries (everyone's for admins)."""
+        doc = self._call("GET", f"{API}/audit", query={"limit": limit})
+        if isinstance(doc, dict):  # tolerate an envelope {"entries": [...]}
+            doc = doc.get("entries", doc.get("audit", []))
+        return [AuditEntry.from_json(e) for e in doc or []]
+
+    # --- images and operations ------------------------------------------------------------
+
+    def images(self) -> List[Image]:
+        return [Image.from_json(i) for i in self._call("GET", f"{API}/images") or []]
+
+    def image(self, ref: str) -> Image:
+        """An image by id, unique id prefix or name."""
+        return Image.from_json(self._call("GET", f"{API}/images/{self._ref(ref)}"))
+
+    def build_image(self, spec: Optional[Mapping[str, Any]] = None, **fields: Any) -> Operation:
+        """Start a build from an image spec (`suite`, `packages`, `groups`, `formats`,
+        `name` …, as a dict or keyword arguments). Bad specs fail at once (400); the build
+        itself runs behind the returned operation: see `wait_operation`."""
+        body = dict(spec or {})
+        body.update(fields)
+        doc = self._call("POST", f"{API}/images", body)
+        return Operation.from_json(doc.get("operation", doc) if isinstance(doc, dict) else doc)
+
+    def remove_image(self, ref: str) -> str:
+        """Remove an image; returns its id."""
+        doc = self._call("DELETE", f"{API}/images/{self._ref(ref)}")
+        return str(doc.get("removed")) if isinstance(doc, dict) else str(doc)
+
+    def download_image(self, ref: str, dest: str, format: str = "tar") -> str:
+        """Download an image artifact (`tar`, `raw`, `qcow2` …) to the file `dest`, written
+        beside it and renamed, so `dest` is either absent or complete. Returns `dest`."""
+        tmp = f"{dest}.part-{os.getpid()}"
+        try:
+            with (
+                self._open(
+                    "GET",
+                    f"{API}/images/{self._ref(ref)}/download",
+                    query={"format": format},
+                    timeout=LONG_TIMEOUT,
+                    accept="application/octet-stream",
+                ) as resp,
+                open(tmp, "wb") as out,
+            ):
+                shutil.copyfileobj(resp, out, 1 << 20)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return dest
+
+    def operation(self, op: Union[str, Operation], wait: Optional[float] = None) -> Operation:
+        """An operation's current state; with `wait`, the server holds the answer up to
+        that many seconds (at most 300) until the operation ends."""
+        op_id = op.id if isinstance(op, Operation) else op
+        w = None if wait is None else max(0, min(300, int(wait)))
+        doc = self._call(
+            "GET",
+            f"{API}/operations/{self._ref(op_id)}",
+            query={"wait": w},
+            timeout=(w or 0) + self.timeout,
+        )
+        return Operation.from_json(doc)
+
+    def wait_operation(
+        self,
+        op: Union[str, Operation],
+        timeout: Optional[float] = None,
+        check: bool = True,
+    ) -> Operation:
+        """Wait until an operation has ended (long polls, no busy loop) and return it.
+        With `check` (default) a failed operation raises VfarmError with the operation's
+        error code; after `timeout` seconds VfarmError `timeout` is raised."""
+        op_id = op.id if isinstance(op, Operation) else op
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 300.0 if deadline is None else deadline - time.monotonic()
+            cur = self.operation(op_id, wait=max(0.0, min(300.0, left)))
+            if cur.done:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise VfarmError(0, "timeout", f"operation {op_id} still running after {timeout} s")
+        if check and cur.status != "succeeded":
+            code = "operation_failed"
+            if isinstance(cur.result, dict) and cur.result.get("code"):
+                code = str(cur.result["code"])
+            raise VfarmError(
+                0, code, f"operation {op_id} {cur.status}: {cur.error or ''}".rstrip(": ")
+            )
+        return cur
+
+    # --- instances ------------------------------------------------------------------------
+
+    def instances(self) -> List[Instance]:
+        """The caller's instances (everyone's for admins)."""
+        return [Instance.from_json(i) for i in self._call("GET", f"{API}/instances") or []]
+
+    def instance(self, ref: str) -> Instance:
+        """One instance by id, unique id prefix or name, with snapshots and VM details."""
+        return Instance.from_json(self._call("GET", f"{API}/instances/{self._ref(ref)}"))
+
+    @overload
+    def create_instance(
+        self,
+        image: str,
+        *,
+        name: Optional[str] = ...,
+        hostname: Optional[str] = ...,
+        cpus: Optional[float] = ...,
+        memory: Optional[str] = ...,
+        disk: Optional[str] = ...,
+        expiry: Optional[str] = ...,
+        driver: Optional[str] = ...,
+        reserve: Optional[bool] = ...,
+        ssh_keys: Optional[Sequence[str]] = ...,
+        command: Optional[Sequence[str]] = ...,
+        env: Optional[Sequence[str]] = ...,
+        wait: Literal[True] = ...,
+        timeout: Optional[float] = ...,
+        **extra: Any,
+    ) -> Instance: ...
+
+    @overload
+    def create_instance(
+        self,
+        image: str,
+        *,
+        name: Optional[str] = ...,
+        hostname: Optional[str] = ...,
+        cpus: Optional[float] = ...,
+        memory: Optional[str] = ...,
+        disk: Optional[str] = ...,
+        expiry: Optional[str] = ...,
+        driver: Optional[str] = ...,
+        reserve: Optional[bool] = ...,
+        ssh_keys: Optional[Sequence[str]] = ...,
+        command: Optional[Sequence[str]] = ...,
+        env: Optional[Sequence[str]] = ...,
+        wait: Literal[False],
+        timeout: Optional[float] = ...,
+        **extra: Any,
+    ) -> Pending: ...
+
+    def create_instance(
+        self,
+        image: str,
+        *,
+        name: Optional[str] = None,
+        hostname: Optional[str] = None,
+        cpus: Optional[float] = None,
+        memory: Optional[str] = None,
+        disk: Optional[str] = None,
+        expiry: Optional[str] = None,
+        driver: Optional[str] = None,
+        reserve: Optional[bool] = None,
+        ssh_keys: Optional[Sequence[str]] = None,
+        command: Optional[Sequence[str]] = None,
+        env: Optional[Sequence[str]] = None,
+        wait: bool = True,
+        timeout: Optional[float] = None,
+        **extra: Any,
+    ) -> Union[Instance, Pending]:
+        """Create an instance of `image`. With `wait=True` (default) the answer comes once
+        it runs (or is created, for `reserve=True`) and is the `Instance`; with
+        `wait=False` it comes at once as `Pending(instance, operation)`. `extra` passes
+        fields this client does not know yet."""
+        body: Dict[str, Any] = {"image": image}
+        for k, v in (
+            ("name", name),
+            ("hostname", hostname),
+            ("cpus", cpus),
+            ("memory", memory),
+            ("disk", disk),
+            ("expiry", expiry),
+            ("driver", driver),
+            ("reserve", reserve),
+            ("ssh_keys", list(ssh_keys) if ssh_keys is not None else None),
+            ("command", list(command) if command is not None else None),
+            ("env", list(env) if env is not None else None),
+        ):
+            if v is not None:
+                body[k] = v
+        body.update(extra)
+        doc = self._call(
+            "POST",
+            f"{API}/instances",
+            body,
+            query={"wait": True} if wait else None,
+            timeout=timeout or (LONG_TIMEOUT if wait else None),
+        )
+        if isinstance(doc, dict) and "instance" in doc and "id" not in doc:
+            op = doc.get("operation")
+            pending = Pending(
+                Instance.from_json(doc["instance"]),
+                Operation.from_json(op) if isinstance(op, dict) else None,
+            )
+            return pending.instance if wait else pending
+        inst = Instance.from_json(doc)
+        return inst if wait else Pending(inst, None)
+
+    def destroy(self, ref: str) -> str:
+        """Destroy an instance (stopping it first); returns its id."""
+        doc = self._call("DELETE", f"{API}/instances/{self._ref(ref)}", timeout=LONG_TIMEOUT)
+        return str(doc.get("destroyed")) if isinstance(doc, dict) else str(doc)
+
+    def _action(self, ref: str, action: str, body: Any = None) -> Instance:
+        return Instance.from_json(
+            self._call(
+                "POST",
+                f"{API}/instances/{self._ref(ref)}/{action}",
+                body if body is not None else {},
+                timeout=LONG_TIMEOUT,
+            )
+        )
+
+    def start(self, ref: str) -> Instance:
+        return self._action(ref, "start")
+
+    def stop(self, ref: str, force: bool = False) -> Instance:
+        """Stop gracefully, or kill with `force=True`."""
+        return self._action(ref, "stop", {"force": force})
+
+    def pause(self, ref: str) -> Instance:
+        return self._action(ref, "pause")
+
+    def resume(self, ref: str) -> Instance:
+        return self._action(ref, "resume")
+
+    def extend(self, ref: str, by: str) -> Instance:
+        """Move the expiry later by a duration such as `2h` or `1d`."""
+        return self._action(ref, "extend", {"by": by})
+
+    def exec(
+        self,
+        ref: str,
+        command: Union[str, Sequence[str]],
+        env: Optional[Sequence[str]] = None,
+        timeout: Optional[float] = None,
+    ) -> ExecResult:
+        """Run a command in a running instance and collect its exit code and output. A
+        string runs through `sh -c`; a list runs as it is."""
+        argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+        body: Dict[str, Any] = {"command": argv}
+        if env is not None:
+            body["env"] = list(env)
+        return ExecResult.from_json(
+            self._call(
+                "POST",
+                f"{API}/instances/{self._ref(ref)}/exec",
+                body,
+                timeout=timeout or LONG_TIMEOUT,
+            )
+        )
+
+    def console(self, ref: str) -> str:
+        """The instance's console log (text)."""
+        return self._text(f"{API}/instances/{self._ref(ref)}/console")
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    def snapshots(self, ref: str) -> List[Snapshot]:
+        doc = self._call("GET", f"{API}/instances/{self._ref(ref)}/snapshots")
+        return [Snapshot.from_json(s) for s in doc or []]
+
+    def create_snapshot(self, ref: str, name: str) -> Snapshot:
+        return Snapshot.from_json(
+            self._call(
+                "POST",
+                f"{API}/instances/{self._ref(ref)}/snapshots",
+                {"name": name},
+                timeout=LONG_TIMEOUT,
+            )
+        )
+
+    def revert_snapshot(self, ref: str, name: str) -> Instance:
+        return Instance.from_json(
+            self._call(
+                "POST",
+                f"{API}/instances/{self._ref(ref)}/snapshots/{self._ref(name)}/revert",
+                {},
+                timeout=LONG_TIMEOUT,
+            )
+        )
+
+    def remove_snapshot(self, ref: str, name: str) -> str:
+        doc = self._call(
+            "DELETE",
+            f"{API}/instances/{self._ref(ref)}/snapshots/{self._ref(name)}",
+            timeout=LONG_TIMEOUT,
+        )
+        return str(doc.get("removed")) if isinstance(doc, dict) else str(doc)
+
+    # --- live updates ---------------------------------------------------------------------
+
+    def events(self, timeout: Optional[float] = EVENTS_TIMEOUT) -> EventStream:
+        """Open the Server-Sent Events stream. Iterate the result for `Event`s (`event`
+        `instance` carries an Instance: `ev.instance`); `timeout` bounds the wait for the
+        next line (the server sends a keep-alive every 15 s), None waits forever."""
+        # The socket timeout applies to every read of the stream, not only the connect.
+        resp = self._open(
+            "GET",
+            f"{API}/events",
+            accept="text/event-stream",
+            timeout=FOREVER if timeout is None else timeout,
+        )
+        ctype = resp.headers.get("Content-Type", "")
+        if "text/event-stream" not in ctype:
+            resp.close()
+            raise VfarmError(
+                resp.status, "invalid_response", f"/events answered {ctype!r}, not an event stream"
+            )
+        return EventStream(resp)

@@ -1,0 +1,251 @@
+"""Typed results of the vfarm REST API (see docs/API.md).
+
+Every class is a frozen dataclass built with ``from_json``: fields the API documents are
+typed attributes; anything else the server sends lands in ``extra``, so a newer server with
+more fields never breaks an older client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
+
+__all__ = [
+    "Artifact",
+    "AuditEntry",
+    "Event",
+    "ExecResult",
+    "Image",
+    "Instance",
+    "Operation",
+    "Quota",
+    "Snapshot",
+    "Whoami",
+]
+
+T = TypeVar("T")
+
+
+def _build(cls: Type[T], data: Any, **converted: Any) -> T:
+    """`cls` from a JSON object: known fields by name (absent ones take their default),
+    the rest into `extra`. `converted` overrides fields that need nested conversion."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: Dict[str, Any] = {k: v for k, v in data.items() if k in names and k != "extra"}
+    kwargs.update(converted)
+    kwargs["extra"] = {k: v for k, v in data.items() if k not in names}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Whoami:
+    """`GET /api/v1/whoami`: who the server thinks the caller is."""
+
+    user: str
+    method: str
+    admin: bool = False
+    token_id: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Whoami":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of an image: a format (tar, raw, qcow2 …), its size and SHA-512."""
+
+    format: str
+    size: Optional[int] = None
+    sha512: Optional[str] = None
+    path: Optional[str] = None
+    disk_size: Optional[int] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Artifact":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image in the repository."""
+
+    id: str
+    name: Optional[str] = None
+    summary: Optional[str] = None
+    origin: Optional[str] = None
+    created: Optional[str] = None
+    os: Optional[str] = None
+    os_version: Optional[str] = None
+    arch: Optional[str] = None
+    kernel: Optional[str] = None
+    initrd: Optional[str] = None
+    spec: Optional[Dict[str, Any]] = None
+    artifacts: List[Artifact] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Image":
+        arts = data.get("artifacts") if isinstance(data, Mapping) else None
+        return _build(cls, data, artifacts=[Artifact.from_json(a) for a in arts or []])
+
+
+@dataclass(frozen=True)
+class Operation:
+    """Long-running work (an image build, an instance start): poll or wait on it."""
+
+    id: str
+    kind: Optional[str] = None
+    status: str = "running"  # running, succeeded, failed
+    target: Optional[str] = None
+    error: Optional[str] = None
+    result: Any = None
+    created: Optional[str] = None
+    updated: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.status != "running"
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Operation":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot of an instance."""
+
+    name: str
+    instance_id: Optional[str] = None
+    created: Optional[str] = None
+    size: Optional[int] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Snapshot":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An instance (OCI container or VM). `snapshots` and the VM fields are only filled by
+    `Client.instance(ref)` (`GET /instances/{ref}`), not by the list."""
+
+    id: str
+    state: str
+    name: Optional[str] = None
+    exit_code: Optional[int] = None
+    error: Optional[str] = None
+    image: Optional[str] = None
+    image_name: Optional[str] = None
+    image_revoked: Optional[bool] = None
+    driver: Optional[str] = None
+    owner: Optional[str] = None
+    hostname: Optional[str] = None
+    address: Optional[str] = None
+    created: Optional[str] = None
+    started: Optional[str] = None
+    uptime_secs: Optional[int] = None
+    expires: Optional[str] = None
+    expires_in_secs: Optional[int] = None
+    snapshots: Optional[List[Snapshot]] = None
+    spec: Optional[Dict[str, Any]] = None
+    accel: Optional[str] = None
+    accel_note: Optional[str] = None
+    vcpus: Optional[int] = None
+    memory_mib: Optional[int] = None
+    profile: Optional[str] = None
+    ssh: Any = None
+    stats: Any = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Instance":
+        snaps = data.get("snapshots") if isinstance(data, Mapping) else None
+        conv: Dict[str, Any] = {}
+        if snaps is not None:
+            conv["snapshots"] = [Snapshot.from_json(s) for s in snaps]
+        return _build(cls, data, **conv)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a command run with `Client.exec` did."""
+
+    exit_code: Optional[int]
+    stdout: str = ""
+    stderr: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "ExecResult":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The caller's quota: limits (absent = unlimited) and current usage."""
+
+    owner: str
+    limits: Dict[str, Any] = field(default_factory=dict)
+    usage: Dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Quota":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log: who did what to which object, and how it ended."""
+
+    seq: Optional[int] = None
+    at: Optional[str] = None
+    actor: Optional[str] = None
+    method: Optional[str] = None
+    action: Optional[str] = None
+    object: Optional[str] = None
+    outcome: Optional[str] = None
+    detail: Any = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "AuditEntry":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Server-Sent Event from `GET /api/v1/events`.
+
+    `event` is the SSE event type (`instance`, `instance-removed`, …), `data` the parsed JSON
+    payload (the raw text when it is not JSON), `id` the SSE id if the server sent one.
+    """
+
+    event: str
+    data: Any
+    id: Optional[str] = None
+
+    @property
+    def instance(self) -> Optional[Instance]:
+        """The instance of an `instance` event; None for other events."""
+        if self.event == "instance" and isinstance(self.data, Mapping):
+            return Instance.from_json(self.data)
+        return None
+
+    @staticmethod
+    def parse(event: str, data_lines: List[str], id: Optional[str]) -> "Event":
+        text = "\n".join(data_lines)
+        try:
+            data: Any = json.loads(text)
+        except ValueError:
+            data = text
+        return Event(event=event or "message", data=data, id=id)

@@ -1,0 +1,408 @@
+"""The Python client against a real `vfarm serve` over plain HTTP on loopback, with tokens.
+
+Covers: identity and 401s, images, an OCI instance's whole life (create → exec → snapshot
+→ revert → stop/start/pause/resume/extend → destroy), owners (each token user sees only
+their own instances, others are 404, the admin sees all), bad input (400 naming the field,
+nothing changed), quota, audit and the event stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+import uuid
+
+import pytest
+
+from vfarm_client import Client, Instance, Pending, VfarmError
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create(c: Client, name: str, **kw) -> Instance:
+    inst = c.create_instance("minbase", name=name, command=["sleep", "infinity"], expiry="1h", **kw)
+    assert isinstance(inst, Instance)
+    return inst
+
+
+@contextlib.contextmanager
+def hang_up_after(stream, seconds: float):
+    """Bound a wait on an event stream: the keep-alives would otherwise keep a loop that
+    waits for an event which never comes alive forever. Closing ends the iteration."""
+    t = threading.Timer(seconds, stream.close)
+    t.daemon = True
+    t.start()
+    try:
+        yield
+    finally:
+        t.cancel()
+
+
+# --- identity ---------------------------------------------------------------------------
+
+
+def test_whoami_token(plain):
+    who = plain.client("alice").whoami()
+    assert (who.user, who.method, who.admin) == ("alice", "token", False)
+    assert plain.client("boss").whoami().admin is True
+
+
+def test_no_token_is_401(plain):
+    with pytest.raises(VfarmError) as e:
+        plain.client(None).instances()
+    assert e.value.status == 401
+    assert e.value.code == "unauthenticated"
+
+
+def test_bad_token_is_401(plain):
+    c = Client(plain.url, token="vft_0123456789ab_" + "0" * 64)
+    with pytest.raises(VfarmError) as e:
+        c.whoami()
+    assert (e.value.status, e.value.code) == (401, "invalid_token")
+
+
+def test_environment_configures_the_client(plain, monkeypatch):
+    monkeypatch.setenv("VFARM_SERVER", plain.url)
+    monkeypatch.setenv("VFARM_TOKEN", plain.tokens["bob"])
+    assert Client().whoami().user == "bob"
+
+
+def test_bad_client_arguments_name_the_field(monkeypatch):
+    monkeypatch.delenv("VFARM_SERVER", raising=False)
+    for kwargs, fld in (
+        ({}, "base_url"),
+        ({"base_url": "ftp://example.org"}, "base_url"),
+        ({"base_url": "http://127.0.0.1:1", "cert": "/nonexistent.pem"}, "cert"),
+        ({"base_url": "http://127.0.0.1:1", "key": "/k.pem"}, "cert"),
+        ({"base_url": "https://127.0.0.1:1", "ca": "/nonexistent-ca.pem"}, "ca"),
+    ):
+        with pytest.raises(VfarmError) as e:
+            Client(**kwargs)
+        assert (e.value.status, e.value.code, e.value.field) == (0, "invalid_argument", fld), kwargs
+
+
+def test_connection_refused_is_a_vfarm_error():
+    with pytest.raises(VfarmError) as e:
+        Client("http://127.0.0.1:9", token="x", timeout=10).whoami()
+    assert (e.value.status, e.value.code) == (0, "connection_failed")
+
+
+# --- images and the OpenAPI document ----------------------------------------------------
+
+
+def test_images(plain):
+    c = plain.client("alice")
+    names = [i.name for i in c.images()]
+    assert "minbase" in names
+    img = c.image("minbase")
+    assert img.name == "minbase"
+    tar = [a for a in img.artifacts if a.format == "tar"]
+    assert tar and tar[0].size and len(tar[0].sha512 or "") == 128
+    assert c.image(img.id[:12]).id == img.id
+    with pytest.raises(VfarmError) as e:
+        c.image("no-such-image")
+    assert (e.value.status, e.value.code) == (404, "image_not_found")
+
+
+def test_image_download_matches_its_sha512(plain, tmp_path):
+    c = plain.client("alice")
+    tar = next(a for a in c.image("minbase").artifacts if a.format == "tar")
+    dest = tmp_path / "minbase.tar"
+    assert c.download_image("minbase", str(dest), format="tar") == str(dest)
+    h = hashlib.sha512()
+    with open(dest, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    assert (dest.stat().st_size, h.hexdigest()) == (tar.size, tar.sha512)
+    dest.unlink()  # pytest keeps the last runs' temp dirs: do not keep 170 MB in each
+    with pytest.raises(VfarmError) as e:
+        c.download_image("minbase", str(tmp_path / "x"), format="floppy")
+    assert e.value.status == 400 and e.value.field == "format", repr(e.value)
+    assert not (tmp_path / "x").exists(), "a failed download left a file"
+    with pytest.raises(VfarmError) as e:
+        c.remove_image("no-such-image")
+    assert (e.value.status, e.value.code) == (404, "image_not_found")
+
+
+def test_image_build_bad_spec_is_400_naming_the_field(plain):
+    c = plain.client("alice")
+    before = len(c.images())
+    with pytest.raises(VfarmError) as e:
+        c.build_image(suite="no-such-suite")
+    assert (e.value.status, e.value.code, e.value.field) == (400, "invalid_spec", "suite")
+    with pytest.raises(VfarmError) as e:
+        c.build_image(suite="bookworm", packages=["not a package!"])
+    assert e.value.status == 400 and e.value.field == "package"
+    assert len(c.images()) == before
+
+
+def test_operation_not_found(plain):
+    with pytest.raises(VfarmError) as e:
+        plain.client("alice").operation("00000000-0000-0000-0000-000000000000")
+    assert (e.value.status, e.value.code) == (404, "operation_not_found")
+
+
+def test_openapi_document(plain):
+    doc = plain.client("alice").openapi()
+    assert str(doc.get("openapi", "")).startswith("3.")
+    paths = doc["paths"]
+    for p in ("/api/v1/instances", "/api/v1/images", "/api/v1/whoami"):
+        assert p in paths, sorted(paths)
+
+
+# --- instances ----------------------------------------------------------------------------
+
+
+def test_instance_lifecycle(plain):
+    c = plain.client("alice")
+    name = unique("life")
+    inst = create(c, name)
+    try:
+        assert inst.state == "running", inst
+        assert inst.name == name and inst.owner == "alice" and inst.driver == "oci"
+        assert inst.image_name == "minbase"
+        assert inst.expires, "an instance created with expiry=1h has an expiry"
+
+        r = c.exec(name, "echo out; echo err >&2; exit 3")
+        assert (r.exit_code, r.stdout, r.stderr) == (3, "out\n", "err\n")
+        r = c.exec(inst.id, ["sh", "-c", 'printf %s "$GREETING"'], env=["GREETING=hello"])
+        assert (r.exit_code, r.stdout) == (0, "hello")
+        assert c.exec(inst.id, ["cat", "/etc/debian_version"]).stdout.startswith("12")
+
+        # Snapshot, change, revert: the change is gone.
+        snap = c.create_snapshot(name, "clean")
+        assert snap.name == "clean"
+        assert c.exec(name, "echo x > /root/marker").exit_code == 0
+        assert [s.name for s in c.snapshots(name)] == ["clean"]
+        shown = c.instance(name)
+        assert shown.id == inst.id
+        assert [s.name for s in shown.snapshots or []] == ["clean"]
+        reverted = c.revert_snapshot(name, "clean")
+        assert reverted.id == inst.id
+        assert c.exec(name, "test -e /root/marker").exit_code == 1
+        with pytest.raises(VfarmError) as e:
+            c.revert_snapshot(name, "no-such-snapshot")
+        assert (e.value.status, e.value.code) == (404, "snapshot_not_found")
+        assert c.remove_snapshot(name, "clean") == "clean"
+        assert c.snapshots(name) == []
+
+        # Pause/resume, stop/start, extend.
+        assert c.pause(name).state == "paused"
+        assert c.resume(name).state == "running"
+        assert c.stop(name, force=True).state == "stopped"
+        assert c.start(name).state == "running"
+        later = c.extend(name, "2h")
+        assert later.expires and later.expires > (inst.expires or "")
+        assert isinstance(c.console(name), str)
+    finally:
+        destroyed = c.destroy(inst.id)
+    assert destroyed == inst.id
+    with pytest.raises(VfarmError) as e:
+        c.instance(inst.id)
+    assert (e.value.status, e.value.code) == (404, "instance_not_found")
+    assert inst.id not in [i.id for i in c.instances()]
+
+
+def test_create_without_wait_returns_the_operation(plain):
+    c = plain.client("alice")
+    p = c.create_instance(
+        "minbase", name=unique("nowait"), command=["sleep", "infinity"], wait=False
+    )
+    assert isinstance(p, Pending)
+    try:
+        assert p.instance.id
+        if p.operation is not None:
+            op = c.wait_operation(p.operation, timeout=300)
+            assert op.status == "succeeded"
+        # Whether through the operation or by the time it answers, it ends up running.
+        deadline = time.monotonic() + 300
+        while c.instance(p.instance.id).state != "running":
+            assert time.monotonic() < deadline, c.instance(p.instance.id)
+            time.sleep(0.2)
+    finally:
+        c.destroy(p.instance.id)
+
+
+def test_owners_see_only_their_own_instances(plain):
+    alice, bob, boss = plain.client("alice"), plain.client("bob"), plain.client("boss")
+    a = create(alice, unique("alice"))
+    b = create(bob, unique("bob"))
+    try:
+        assert a.owner == "alice" and b.owner == "bob"
+        a_ids = {i.id for i in alice.instances()}
+        b_ids = {i.id for i in bob.instances()}
+        assert a.id in a_ids and b.id not in a_ids
+        assert b.id in b_ids and a.id not in b_ids
+        assert {i.owner for i in alice.instances()} == {"alice"}
+        # Another owner's instance does not exist for bob, whatever he tries.
+        for attempt in (
+            lambda: bob.instance(a.id),
+            lambda: bob.instance(a.name or ""),
+            lambda: bob.exec(a.id, "true"),
+            lambda: bob.stop(a.id),
+            lambda: bob.create_snapshot(a.id, "s"),
+            lambda: bob.destroy(a.id),
+        ):
+            with pytest.raises(VfarmError) as e:
+                attempt()
+            assert (e.value.status, e.value.code) == (404, "instance_not_found")
+        assert alice.instance(a.id).state == "running"
+        # The admin sees and touches everything.
+        all_ids = {i.id: i.owner for i in boss.instances()}
+        assert all_ids.get(a.id) == "alice" and all_ids.get(b.id) == "bob"
+        assert boss.instance(a.id).owner == "alice"
+        assert boss.exec(b.id, "echo admin").stdout == "admin\n"
+    finally:
+        alice.destroy(a.id)
+        boss.destroy(b.id)
+    assert b.id not in {i.id for i in bob.instances()}
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"cpus": -1}, "cpus"),
+        ({"memory": "lots"}, "memory"),
+        ({"disk": "-5G"}, "disk"),
+        ({"expiry": "soon"}, "expiry"),
+        ({"name": "Not A Name!"}, "name"),
+        ({"driver": "xen"}, "driver"),
+        ({"env": ["NOEQUALS"]}, "env"),
+        ({"bogus_field": 1}, None),
+    ],
+)
+def test_bad_create_is_400_naming_the_field(plain, kwargs, field):
+    c = plain.client("alice")
+    before = {i.id for i in c.instances()}
+    with pytest.raises(VfarmError) as e:
+        c.create_instance("minbase", command=["true"], **kwargs)
+    assert e.value.status == 400, repr(e.value)
+    assert e.value.code in ("invalid_request", "invalid_spec", "invalid_duration"), repr(e.value)
+    if field:
+        assert e.value.field == field, repr(e.value)
+    else:
+        assert e.value.field and "bogus_field" in e.value.message, repr(e.value)
+    assert {i.id for i in c.instances()} == before, "a refused create changed something"
+
+
+def test_create_of_unknown_image(plain):
+    c = plain.client("alice")
+    with pytest.raises(VfarmError) as e:
+        c.create_instance("no-such-image", command=["true"])
+    assert e.value.status in (400, 404), repr(e.value)
+    assert e.value.code == "image_not_found", repr(e.value)
+
+
+def test_bad_extend_names_the_field(plain):
+    c = plain.client("alice")
+    inst = create(c, unique("ext"))
+    try:
+        with pytest.raises(VfarmError) as e:
+            c.extend(inst.id, "a while")
+        assert (e.value.status, e.value.field) == (400, "by"), repr(e.value)
+        assert c.instance(inst.id).expires == inst.expires
+    finally:
+        c.destroy(inst.id)
+
+
+def test_reserve_holds_without_starting(plain):
+    c = plain.client("alice")
+    inst = c.create_instance(
+        "minbase", name=unique("res"), reserve=True, command=["sleep", "infinity"]
+    )
+    try:
+        assert inst.state == "created", inst
+        assert c.start(inst.id).state == "running"
+    finally:
+        c.destroy(inst.id)
+
+
+def test_quota_exceeded_is_409_and_changes_nothing(plain):
+    c = plain.client("dora")
+    with pytest.raises(VfarmError) as e:
+        c.create_instance("minbase", cpus=2, command=["true"])
+    assert (e.value.status, e.value.code, e.value.field) == (409, "quota_exceeded", "cpus")
+    first = create(c, unique("dora"))
+    try:
+        with pytest.raises(VfarmError) as e:
+            create(c, unique("dora"))
+        assert (e.value.status, e.value.code) == (409, "quota_exceeded"), repr(e.value)
+        assert e.value.field == "instances", repr(e.value)
+        assert [i.id for i in c.instances()] == [first.id]
+        q = c.quota()
+        assert q.limits.get("instances") == 1 and q.usage.get("instances") == 1, q
+    finally:
+        c.destroy(first.id)
+    assert c.quota().usage.get("instances") == 0
+
+
+# --- quota, audit, events -------------------------------------------------------------------
+
+
+def test_quota_and_audit(plain):
+    c = plain.client("bob")
+    q = c.quota()
+    assert q.owner == "bob"
+    assert isinstance(q.limits, dict) and isinstance(q.usage, dict)
+    inst = create(c, unique("audited"))
+    c.destroy(inst.id)
+    entries = c.audit(limit=1000)
+    assert entries and {e.actor for e in entries} == {"bob"}
+    mine = [e for e in entries if inst.id in str(e.object) or inst.id in str(e.detail)]
+    assert mine, entries[-5:]
+    # The admin reads everyone's entries.
+    actors = {e.actor for e in plain.client("boss").audit(limit=1000)}
+    assert "bob" in actors
+
+
+def test_events_stream_the_state_changes_of_a_create(plain):
+    alice, bob = plain.client("alice"), plain.client("bob")
+    with alice.events() as a_stream, bob.events() as b_stream:
+        a = alice.create_instance(
+            "minbase", name=unique("ev"), command=["sleep", "infinity"], wait=False
+        )
+        assert isinstance(a, Pending)
+        a_id = a.instance.id
+        try:
+            states = []
+            seen = None
+            with hang_up_after(a_stream, 300):
+                for ev in a_stream:
+                    inst = ev.instance
+                    if inst is not None and inst.id == a_id:
+                        states.append(inst.state)
+                        seen = inst
+                        if inst.state in ("running", "failed"):
+                            break
+            assert states and states[-1] == "running", states
+            assert seen is not None and seen.owner == "alice"
+
+            # Bob's stream carries his own instance, never alice's: hers changed state
+            # before his was even created, so a leak would come first.
+            b = create(bob, unique("ev-bob"))
+            bob_running = False
+            try:
+                with hang_up_after(b_stream, 300):
+                    for ev in b_stream:
+                        assert a_id not in str(ev.data), f"bob saw alice's event {ev}"
+                        got = ev.instance
+                        if got is not None and got.id == b.id and got.state == "running":
+                            bob_running = True
+                            break
+                assert bob_running, "bob's stream never said his instance runs"
+            finally:
+                bob.destroy(b.id)
+        finally:
+            alice.destroy(a_id)
+        # The removal is an event too.
+        removed = False
+        with hang_up_after(a_stream, 120):
+            for ev in a_stream:
+                if ev.event == "instance-removed" and a_id in str(ev.data):
+                    removed = True
+                    break
+        assert removed, "no instance-removed event after destroy"

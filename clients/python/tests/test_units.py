@@ -1,0 +1,64 @@
+"""Unit tests of the parts that need no server: the SSE parser and the result types."""
+
+from __future__ import annotations
+
+import io
+
+from vfarm_client import EventStream, Image, Instance, VfarmError
+
+
+class FakeResponse(io.BytesIO):
+    """Just what EventStream reads: readline() and close()."""
+
+
+def events(raw: bytes):
+    return list(EventStream(FakeResponse(raw)))
+
+
+def test_sse_events_comments_and_multiline_data():
+    got = events(
+        b": keep-alive\n\n"
+        b'event: instance\ndata: {"id": "abc", "state": "running", "new_field": 1}\n\n'
+        b'event: instance-removed\r\nid: 7\r\ndata: {"id": "abc"}\r\n\r\n'
+        b"data: line one\ndata: line two\n\n"
+        b"retry: 1000\n\n"
+        b"event: tail\ndata: no blank line before the end"
+    )
+    assert [e.event for e in got] == ["instance", "instance-removed", "message", "tail"]
+    inst = got[0].instance
+    assert inst is not None and (inst.id, inst.state) == ("abc", "running")
+    assert inst.extra == {"new_field": 1}
+    assert got[1].id == "7" and got[1].data == {"id": "abc"} and got[1].instance is None
+    assert got[2].data == "line one\nline two"
+    assert got[3].data == "no blank line before the end"
+
+
+def test_closed_stream_ends_iteration():
+    s = EventStream(FakeResponse(b"event: instance\ndata: {}\n\n"))
+    s.close()
+    assert list(s) == []
+
+
+def test_models_keep_unknown_fields_and_convert_nested_ones():
+    img = Image.from_json(
+        {
+            "id": "x",
+            "name": "minbase",
+            "artifacts": [{"format": "tar", "size": 3, "zz": 1}],
+            "yy": 2,
+        }
+    )
+    assert img.artifacts[0].format == "tar" and img.artifacts[0].extra == {"zz": 1}
+    assert img.extra == {"yy": 2}
+    inst = Instance.from_json(
+        {"id": "i", "state": "running", "snapshots": [{"name": "s1", "instance_id": "i"}]}
+    )
+    assert inst.snapshots is not None and inst.snapshots[0].name == "s1"
+    assert Instance.from_json({"id": "i", "state": "created"}).snapshots is None
+
+
+def test_error_text_names_status_code_and_field():
+    e = VfarmError(400, "invalid_request", "memory `lots` is not a size", "memory")
+    assert str(e) == "HTTP 400 invalid_request: memory `lots` is not a size (field `memory`)"
+    assert (e.status, e.code, e.field) == (400, "invalid_request", "memory")
+    assert str(VfarmError(0, "timeout", "no answer")) == "timeout: no answer"

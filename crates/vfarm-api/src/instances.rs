@@ -1,0 +1,673 @@
+//! Instances over HTTP: what the API shows and accepts, the backend the binary implements
+//! (instance orchestration sits with the drivers, above this crate), and the handlers.
+//!
+//! Ownership is the backend's to enforce (it is where an instance is found); the handlers
+//! only make sure every call carries an identity.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use vfarm_auth::Identity;
+
+use crate::{blocking, ApiError, AppState, ErrorBody};
+
+/// An instance as the API and `vfarm instance ls/show --output json` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceView {
+    pub id: String,
+    pub name: Option<String>,
+    /// creating, created, running, paused, stopped or failed.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    /// The image's id.
+    pub image: String,
+    pub image_name: Option<String>,
+    /// The image's endorsement was revoked after this instance was made from it.
+    pub image_revoked: bool,
+    pub driver: String,
+    pub owner: String,
+    pub hostname: String,
+    /// The address that goes with a hostname from the pool, if the pool gives one.
+    #[serde(default)]
+    pub address: Option<String>,
+    pub created: String,
+    pub started: Option<String>,
+    pub uptime_secs: Option<i64>,
+    pub expires: Option<String>,
+    /// Seconds until the reaper destroys it (negative: due).
+    #[serde(default)]
+    pub expires_in_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<SnapshotView>>,
+    /// The driver's instance spec (show only; injected file contents redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+    /// VM details (qemu instances, show only).
+    #[serde(flatten)]
+    #[schema(inline, value_type = VmFields)]
+    pub vm: Option<VmView>,
+}
+
+/// How the VM details appear in an instance's schema: every field may be absent (not a VM,
+/// or a listing).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct VmFields {
+    /// kvm or tcg.
+    accel: Option<String>,
+    /// Why the accelerator is not the one asked for.
+    accel_note: Option<String>,
+    vcpus: Option<u32>,
+    memory_mib: Option<u64>,
+    /// fast or full.
+    profile: Option<String>,
+    ssh: Option<SshView>,
+    stats: Option<StatsView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VmView {
+    /// kvm or tcg.
+    pub accel: String,
+    /// Why the accelerator is not the one asked for (KVM unusable here, so TCG).
+    pub accel_note: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Boot profile: fast or full.
+    pub profile: String,
+    /// How to log in (full profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshView>,
+    /// Only while QEMU runs (running or paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SshView {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The ssh command line `vfarm instance ssh` runs.
+    pub command: String,
+}
+
+/// A VM's measured use, durations in seconds.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatsView {
+    pub pid: i32,
+    /// QEMU's run state (running, paused, postmigrate …).
+    pub status: String,
+    /// Host CPU time of the QEMU process (all vCPU and I/O threads).
+    pub cpu_time_secs: f64,
+    pub rss_bytes: u64,
+    /// Since QEMU started (a restore counts from the restore).
+    pub uptime_secs: f64,
+    pub block: Vec<BlockView>,
+    /// The NIC's counters as the guest kernel counts them; absent without a NIC or while
+    /// paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BlockView {
+    pub device: String,
+    pub rd_bytes: u64,
+    pub wr_bytes: u64,
+    pub rd_operations: u64,
+    pub wr_operations: u64,
+    pub flush_operations: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetView {
+    pub interface: String,
+    pub mac: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotView {
+    pub instance_id: String,
+    pub name: String,
+    pub created: String,
+    /// Bytes the snapshot holds.
+    pub size: u64,
+}
+
+/// `POST /api/v1/instances`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstance {
+    /// Image id, unique id prefix or name.
+    pub image: String,
+    /// a-z 0-9 -, usable wherever an id is.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// From the hostname pool when one is configured (a free one if not given).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// CPUs (fractions allowed: 0.5).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Memory, e.g. 512M, 2G.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// Disk, e.g. 10G (counted against the disk quota; qemu grows the VM's disk to it).
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// Destroy it this long after creation: 90m, 2h, 2d, 1w.
+    #[serde(default)]
+    pub expiry: Option<String>,
+    /// oci (default) or qemu.
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// Hold the resources and the hostname without starting.
+    #[serde(default)]
+    pub reserve: bool,
+    /// OpenSSH public keys for the login user (qemu full profile).
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// The main command (default: an idle init that keeps the instance up for exec).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// KEY=VALUE.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+/// What an instance action asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop { force: bool },
+    Pause,
+    Resume,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Kill at once instead of SIGTERM (or ACPI) first.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Move the expiry this much later: 90m, 2h, 2d, 1w.
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The command and its arguments.
+    #[schema(min_items = 1)]
+    pub command: Vec<String>,
+    /// KEY=VALUE.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    /// Standard output (invalid UTF-8 replaced).
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    pub name: String,
+}
+
+/// `GET /api/v1/quota`: the caller's limits and what they hold.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuotaView {
+    pub owner: String,
+    pub limits: QuotaNumbers,
+    pub usage: QuotaNumbers,
+}
+
+/// Instances, CPUs in thousandths, sizes in MiB; `null` is unlimited (limits only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct QuotaNumbers {
+    pub instances: Option<u64>,
+    pub cpus_milli: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub disk_mib: Option<u64>,
+}
+
+/// A change the service saw, for `/api/v1/events`.
+#[derive(Debug, Clone)]
+pub enum InstanceEvent {
+    Changed(Box<InstanceView>),
+    Removed { id: String, owner: String },
+}
+
+impl InstanceEvent {
+    pub fn owner(&self) -> &str {
+        match self {
+            InstanceEvent::Changed(v) => &v.owner,
+            InstanceEvent::Removed { owner, .. } => owner,
+        }
+    }
+}
+
+/// Instance orchestration, implemented by the binary over the drivers and the store.
+/// Blocking: handlers call it on tokio's blocking pool. Another owner's instance must be
+/// reported as not found.
+pub trait InstanceBackend: Send + Sync + 'static {
+    fn list(&self, who: &Identity) -> Result<Vec<InstanceView>, ApiError>;
+    fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ApiError>;
+    /// Validate, take the hostname and the quota, and record the instance (`creating`).
+    /// Fast; all refusals happen here.
+    fn create(&self, who: &Identity, req: CreateInstance) -> Result<InstanceView, ApiError>;
+    /// Prepare a recorded instance and, unless it is a reservation, start it (the slow
+    /// part). On failure the instance is removed and its hostname and quota released.
+    fn complete(&self, id: &str, start: bool) -> Result<InstanceView, ApiError>;
+    /// Returns the id of the destroyed instance.
+    fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ApiError>;
+    fn act(
+        &self,
+        who: &Identity,
+        reference: &str,
+        action: Action,
+    ) -> Result<InstanceView, ApiError>;
+    fn extend(&self, who: &Identity, reference: &str, by: &str) -> Result<InstanceView, ApiError>;
+    fn exec(
+        &self,
+        who: &Identity,
+        reference: &str,
+        req: ExecRequest,
+    ) -> Result<ExecResult, ApiError>;
+    fn console(&self, who: &Identity, reference: &str) -> Result<Vec<u8>, ApiError>;
+    fn snapshots(&self, who: &Identity, reference: &str) -> Result<Vec<SnapshotView>, ApiError>;
+    fn snapshot_create(
+        &self,
+        who: &Identity,
+        reference: &str,
+        name: &str,
+    ) -> Result<SnapshotView, ApiError>;
+    fn snapshot_revert(
+        &self,
+        who: &Identity,
+        reference: &str,
+        name: &str,
+    ) -> Result<InstanceView, ApiError>;
+    fn snapshot_remove(&self, who: &Identity, reference: &str, name: &str) -> Result<(), ApiError>;
+    fn quota(&self, who: &Identity) -> Result<QuotaView, ApiError>;
+}
+
+pub(crate) type Who = Option<Extension<Identity>>;
+
+/// The caller's identity; the middleware already refused requests without one over TCP.
+pub(crate) fn identity(who: Who) -> Result<Identity, ApiError> {
+    who.map(|Extension(i)| i).ok_or_else(|| ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "unauthenticated",
+        message: "no identity was presented".into(),
+        field: Some("authorization"),
+    })
+}
+
+fn backend(s: &AppState) -> Result<Arc<dyn InstanceBackend>, ApiError> {
+    s.instances.clone().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "host_not_ready",
+        message: "this service does not manage instances".into(),
+        field: None,
+    })
+}
+
+/// Run `f` on the blocking pool with the backend and the caller.
+async fn with<T: Send + 'static>(
+    s: &AppState,
+    who: Who,
+    f: impl FnOnce(&dyn InstanceBackend, &Identity) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let b = backend(s)?;
+    let who = identity(who)?;
+    blocking(move || f(b.as_ref(), &who)).await
+}
+
+/// A query string that does not parse is a 400 naming it, like every other bad input.
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<Query<T>, ApiError> {
+    q.map_err(|e| ApiError::bad_request("query", e.body_text()))
+}
+
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| ApiError::bad_request("body", e.body_text()))
+}
+
+/// An optional JSON body: absent (or empty) means the default.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("body", e.to_string()))
+}
+
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances",
+    responses((status = 200, description = "The caller's instances (all, for admins)", body = [InstanceView]),
+              (status = 401, body = ErrorBody)))]
+pub(crate) async fn list(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
+    let v = with(&s, who, |b, w| b.list(w)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CreateQuery {
+    /// Answer 201 with the instance once it runs (or is reserved) instead of 202 at once.
+    wait: Option<bool>,
+}
+
+/// 202 answer of a create.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreateAccepted {
+    pub instance: InstanceView,
+    pub operation: OperationRef,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OperationRef {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub target: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/instances", tag = "instances", params(CreateQuery),
+    request_body = CreateInstance,
+    responses((status = 202, description = "Recorded; preparing and starting in the background", body = CreateAccepted),
+              (status = 201, description = "Running (or reserved), with ?wait=true", body = InstanceView),
+              (status = 400, description = "Bad input (body or query): `field` names it", body = ErrorBody),
+              (status = 401, body = ErrorBody),
+              (status = 404, description = "No such image", body = ErrorBody),
+              (status = 409, description = "Quota exceeded, hostname pool exhausted or taken, name in use", body = ErrorBody)))]
+pub(crate) async fn create(
+    State(s): State<AppState>,
+    who: Who,
+    q: Result<Query<CreateQuery>, QueryRejection>,
+    body: Result<Json<CreateInstance>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query(q)?;
+    let req = json_body(body)?;
+    let start = !req.reserve;
+    let view = with(&s, who, move |b, w| b.create(w, req)).await?;
+    let op_id = uuid::Uuid::new_v4().to_string();
+    s.store
+        .create_operation(&op_id, "instance.create", Some(&view.id))
+        .map_err(|e| ApiError::internal(format!("cannot record the operation: {e}")))?;
+    let (b, store, id, op) = (
+        backend(&s)?,
+        s.store.clone(),
+        view.id.clone(),
+        op_id.clone(),
+    );
+    let work = move || {
+        let r = b.complete(&id, start);
+        let _ = match &r {
+            Ok(v) => store.finish_operation(
+                &op,
+                "succeeded",
+                None,
+                serde_json::to_value(v).ok().as_ref(),
+            ),
+            Err(e) => store.finish_operation(
+                &op,
+                "failed",
+                Some(&e.message),
+                Some(&serde_json::json!({ "code": e.code })),
+            ),
+        };
+        r
+    };
+    if q.wait.unwrap_or(false) {
+        let v = blocking(work).await?;
+        return Ok((StatusCode::CREATED, Json(v)).into_response());
+    }
+    tokio::task::spawn_blocking(work);
+    let body = CreateAccepted {
+        operation: OperationRef {
+            id: op_id,
+            kind: "instance.create".into(),
+            status: "running".into(),
+            target: view.id.clone(),
+        },
+        instance: view,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/instances/{ref}", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    responses((status = 200, body = InstanceView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub(crate) async fn show(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+) -> Result<Response, ApiError> {
+    let v = with(&s, who, move |b, w| b.show(w, &r)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Destroyed {
+    pub destroyed: String,
+}
+
+#[utoipa::path(delete, path = "/api/v1/instances/{ref}", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    responses((status = 200, body = Destroyed), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn destroy(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = with(&s, who, move |b, w| b.destroy(w, &r)).await?;
+    Ok(Json(Destroyed { destroyed: id }).into_response())
+}
+
+async fn act(s: AppState, who: Who, r: String, a: Action) -> Result<Response, ApiError> {
+    let v = with(&s, who, move |b, w| b.act(w, &r, a)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{ref}/start", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    responses((status = 200, body = InstanceView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "Not possible in this state", body = ErrorBody)))]
+pub(crate) async fn start(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+) -> Result<Response, ApiError> {
+    act(s, who, r, Action::Start).await
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{ref}/stop", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    request_body(content = Option<StopRequest>, description = "Optional"),
+    responses((status = 200, body = InstanceView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "Not possible in this state", body = ErrorBody)))]
+pub(crate) async fn stop(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: StopRequest = optional_body(&body)?;
+    act(s, who, r, Action::Stop { force: req.force }).await
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{ref}/pause", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    responses((status = 200, body = InstanceView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "Not possible in this state", body = ErrorBody)))]
+pub(crate) async fn pause(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+) -> Result<Response, ApiError> {
+    act(s, who, r, Action::Pause).await
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{ref}/resume", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    responses((status = 200, body = InstanceView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "Not possible in this state", body = ErrorBody)))]
+pub(crate) async fn resume(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+) -> Result<Response, ApiError> {
+    act(s, who, r, Action::Resume).await
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{ref}/extend", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    request_body = ExtendRequest,
+    responses((status = 200, body = InstanceView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn extend(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+    body: Result<Json<ExtendRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = json_body(body)?;
+    let v = with(&s, who, move |b, w| b.extend(w, &r, &req.by)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{ref}/exec", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    request_body = ExecRequest,
+    responses((status = 200, description = "The command ran (whatever its exit status)", body = ExecResult),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "Not running", body = ErrorBody)))]
+pub(crate) async fn exec(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+    body: Result<Json<ExecRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = json_body(body)?;
+    let v = with(&s, who, move |b, w| b.exec(w, &r, req)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/instances/{ref}/console", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    responses((status = 200, description = "The console log", body = String, content_type = "text/plain"),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn console(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+) -> Result<Response, ApiError> {
+    let bytes = with(&s, who, move |b, w| b.console(w, &r)).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/instances/{ref}/snapshots", tag = "snapshots",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    responses((status = 200, body = [SnapshotView]), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub(crate) async fn snapshots(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+) -> Result<Response, ApiError> {
+    let v = with(&s, who, move |b, w| b.snapshots(w, &r)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{ref}/snapshots", tag = "snapshots",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    request_body = SnapshotRequest,
+    responses((status = 201, body = SnapshotView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "The name is taken, or not possible in this state", body = ErrorBody)))]
+pub(crate) async fn snapshot_create(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+    body: Result<Json<SnapshotRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = json_body(body)?;
+    let v = with(&s, who, move |b, w| b.snapshot_create(w, &r, &req.name)).await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{ref}/snapshots/{name}/revert", tag = "snapshots",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name"),
+           ("name" = String, Path, description = "Snapshot name")),
+    responses((status = 200, body = InstanceView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn snapshot_revert(
+    State(s): State<AppState>,
+    who: Who,
+    Path((r, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let v = with(&s, who, move |b, w| b.snapshot_revert(w, &r, &name)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Removed {
+    pub removed: String,
+}
+
+#[utoipa::path(delete, path = "/api/v1/instances/{ref}/snapshots/{name}", tag = "snapshots",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name"),
+           ("name" = String, Path, description = "Snapshot name")),
+    responses((status = 200, body = Removed), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub(crate) async fn snapshot_remove(
+    State(s): State<AppState>,
+    who: Who,
+    Path((r, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let n = name.clone();
+    with(&s, who, move |b, w| b.snapshot_remove(w, &r, &n)).await?;
+    Ok(Json(Removed { removed: name }).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/quota", tag = "accounting",
+    responses((status = 200, body = QuotaView), (status = 401, body = ErrorBody)))]
+pub(crate) async fn quota(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
+    let v = with(&s, who, |b, w| b.quota(w)).await?;
+    Ok(Json(v).into_response())
+}
+
+/// How often an SSE stream without changes sends a keep-alive comment.
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);

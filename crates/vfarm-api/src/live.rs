@@ -1,0 +1,338 @@
+//! What is not a resource: live events (SSE), the web UI's session cookie, the audit log,
+//! Prometheus metrics and the web UI's files.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::Stream;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+use vfarm_auth::Identity;
+
+use crate::instances::{identity, InstanceEvent, Who, KEEP_ALIVE};
+use crate::{blocking, ApiError, AppState, ErrorBody};
+
+/// The web UI's session cookie; it carries a bearer token (HttpOnly, SameSite=Strict).
+pub const SESSION_COOKIE: &str = "vfarm_session";
+
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    responses((status = 200, description = "Server-Sent Events: `instance` (data: an Instance) and `instance-removed` (data: {\"id\"}) for what the caller may see",
+               body = String, content_type = "text/event-stream"),
+              (status = 401, body = ErrorBody)))]
+pub(crate) async fn events(
+    State(s): State<AppState>,
+    who: Who,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let who = identity(who)?;
+    let rx = s.events.subscribe();
+    let stream = futures_util::stream::unfold((rx, who), |(mut rx, who)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if who.may_access(ev.owner()) => {
+                    let e = match &ev {
+                        InstanceEvent::Changed(v) => Event::default()
+                            .event("instance")
+                            .json_data(v)
+                            .unwrap_or_default(),
+                        InstanceEvent::Removed { id, .. } => Event::default()
+                            .event("instance-removed")
+                            .json_data(serde_json::json!({ "id": id }))
+                            .unwrap_or_default(),
+                    };
+                    return Some((Ok(e), (rx, who)));
+                }
+                Ok(_) => continue,
+                // A slow reader missed some: tell it to reload rather than show a stale view.
+                Err(RecvError::Lagged(n)) => {
+                    let e = Event::default().event("lagged").data(n.to_string());
+                    return Some((Ok(e), (rx, who)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    /// A bearer token from `vfarm token create`.
+    pub token: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/session", tag = "identity", request_body = SessionRequest, security(()),
+    responses((status = 200, description = "Logged in: the session cookie is set", body = Object),
+              (status = 400, body = ErrorBody),
+              (status = 401, description = "The token is not valid", body = ErrorBody)))]
+pub(crate) async fn login(
+    State(s): State<AppState>,
+    body: Result<Json<SessionRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request("body", e.body_text()))?;
+    let store = s.store.clone();
+    let token = req.token.trim().to_string();
+    let t = token.clone();
+    let row = blocking(move || {
+        vfarm_auth::token::verify(&store, &t, chrono::Utc::now()).map_err(|e| {
+            let mut e = ApiError::from(e);
+            if e.status == StatusCode::NOT_FOUND || e.status == StatusCode::BAD_REQUEST {
+                e.status = StatusCode::UNAUTHORIZED;
+            }
+            e.field = Some("token");
+            e
+        })
+    })
+    .await?;
+    // Tokens are URL-safe text; anything else cannot be a cookie value.
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(ApiError::bad_request(
+            "token",
+            "not a vfarm token (letters, digits, - _ . only)",
+        ));
+    }
+    let id = Identity {
+        admin: s.auth.admins.contains(&row.user),
+        user: row.user,
+        method: vfarm_auth::AuthMethod::Token,
+        token_id: Some(row.id),
+    };
+    let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    let mut resp = Json(id).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+#[utoipa::path(delete, path = "/api/v1/session", tag = "identity", security(()),
+    responses((status = 204, description = "Logged out: the session cookie is cleared")))]
+pub(crate) async fn logout() -> Response {
+    let cookie = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    (
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, HeaderValue::from_str(&cookie).unwrap())],
+    )
+        .into_response()
+}
+
+/// The session cookie's token, if the request carries one.
+pub(crate) fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, v)| *k == SESSION_COOKIE && !v.is_empty())
+        .map(|(_, v)| v.to_string())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditQuery {
+    /// At most this many entries, newest first (default 100, at most 10000).
+    limit: Option<usize>,
+}
+
+/// One audit record: who did what to which object, when, and how it ended.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    /// How the actor was identified: client-cert, token, unix-peer, local, service.
+    pub method: String,
+    pub action: String,
+    pub object: String,
+    /// ok, denied:<status> or failed:<status>.
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "accounting", params(AuditQuery),
+    responses((status = 200, description = "The caller's audit entries (everyone's, for admins), newest first", body = [AuditView]),
+              (status = 400, description = "A bad query", body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
+pub(crate) async fn audit(
+    State(s): State<AppState>,
+    who: Who,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = crate::instances::query(q)?;
+    let who = identity(who)?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let store = s.store.clone();
+    let entries = blocking(move || {
+        let actor = (!who.admin).then_some(who.user.as_str());
+        store
+            .audit_log(actor, limit)
+            .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))
+    })
+    .await?;
+    let v: Vec<AuditView> = entries
+        .into_iter()
+        .map(|e| AuditView {
+            seq: e.seq,
+            at: e.at,
+            actor: e.actor,
+            method: e.method,
+            action: e.action,
+            object: e.object,
+            outcome: e.outcome,
+            detail: e.detail,
+        })
+        .collect();
+    Ok(Json(v).into_response())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+/// Counters that live as long as the service.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub(crate) requests: Family<RequestLabels, Counter>,
+}
+
+/// `GET /metrics`: Prometheus text format. Instance and job counts are read from the store
+/// at every scrape, so they are right whichever process changed them.
+pub(crate) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let (instances, jobs, leases) = blocking(move || {
+        let e = |e: vfarm_store::StoreError| ApiError::internal(format!("metrics: {e}"));
+        Ok((
+            store.instance_state_counts().map_err(e)?,
+            store.job_state_counts().map_err(e)?,
+            store.hostname_leases().map_err(e)?.len(),
+        ))
+    })
+    .await?;
+    let mut reg = Registry::default();
+    reg.register(
+        "vfarm_http_requests",
+        "HTTP requests answered, by method and status",
+        s.metrics.requests.clone(),
+    );
+    let gauge_family = |counts: Vec<(String, i64)>| {
+        let f = Family::<StateLabels, Gauge>::default();
+        for (state, n) in counts {
+            f.get_or_create(&StateLabels { state }).set(n);
+        }
+        f
+    };
+    reg.register(
+        "vfarm_instances",
+        "Instances on record, by state",
+        gauge_family(instances),
+    );
+    reg.register("vfarm_jobs", "Jobs on record, by state", gauge_family(jobs));
+    let l = Gauge::<i64>::default();
+    l.set(leases as i64);
+    reg.register("vfarm_hostname_leases", "Pool hostnames held", l);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)
+        .map_err(|e| ApiError::internal(format!("metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}
+
+/// The web UI's files, built into the binary. `VFARM_UI_DIR` serves them from a directory
+/// instead (for working on the UI without rebuilding).
+const UI_FILES: &[(&str, &str, &str)] = &[
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../ui/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../ui/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../ui/app.css"),
+    ),
+];
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    }
+}
+
+fn ui_file(name: &str) -> Response {
+    let not_found = || {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!("no UI file `{name}`"),
+            field: None,
+        }
+        .into_response()
+    };
+    if let Some(dir) = std::env::var_os("VFARM_UI_DIR") {
+        // One plain file name: nothing outside the directory can be named.
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return not_found();
+        }
+        return match std::fs::read(PathBuf::from(dir).join(name)) {
+            Ok(b) => ([(header::CONTENT_TYPE, content_type(name))], b).into_response(),
+            Err(_) => not_found(),
+        };
+    }
+    match UI_FILES.iter().find(|(n, _, _)| *n == name) {
+        Some((_, ct, body)) => (
+            [
+                (header::CONTENT_TYPE, *ct),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => not_found(),
+    }
+}
+
+pub(crate) async fn ui_index() -> Response {
+    ui_file("index.html")
+}
+
+pub(crate) async fn ui_asset(Path(name): Path<String>) -> Response {
+    ui_file(&name)
+}

@@ -1,0 +1,120 @@
+//! The OpenAPI document, generated from the handlers' annotations and the types they take
+//! and give. `docs/openapi.json` is its checked-in copy; a test fails when the two drift.
+
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::instances::*;
+use crate::live::{AuditView, SessionRequest};
+use crate::{ErrorBody, ErrorDetail};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "vfarm", description = "Virtual nodes on demand: images, instances, snapshots, operations, events."),
+    paths(
+        crate::auth::whoami,
+        crate::live::login,
+        crate::live::logout,
+        crate::live::events,
+        crate::live::audit,
+        crate::instances::quota,
+        crate::instances::list,
+        crate::instances::create,
+        crate::instances::show,
+        crate::instances::destroy,
+        crate::instances::start,
+        crate::instances::stop,
+        crate::instances::pause,
+        crate::instances::resume,
+        crate::instances::extend,
+        crate::instances::exec,
+        crate::instances::console,
+        crate::instances::snapshots,
+        crate::instances::snapshot_create,
+        crate::instances::snapshot_revert,
+        crate::instances::snapshot_remove,
+        crate::list_images,
+        crate::create_image,
+        crate::get_image,
+        crate::delete_image,
+        crate::build_log,
+        crate::download,
+        crate::get_operation,
+    ),
+    components(schemas(
+        ErrorBody, ErrorDetail, InstanceView, VmView, SshView, StatsView, BlockView, NetView,
+        SnapshotView, CreateInstance, CreateAccepted, OperationRef, StopRequest, ExtendRequest,
+        ExecRequest, ExecResult, SnapshotRequest, QuotaView, QuotaNumbers, Destroyed, Removed,
+        AuditView, SessionRequest,
+    )),
+    modifiers(&Security),
+    security(("bearer" = []), ("session" = [])),
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let c = doc.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        c.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::live::SESSION_COOKIE,
+            ))),
+        );
+    }
+}
+
+/// The document as served and checked in (stable key order, pretty, newline-terminated).
+pub fn document_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    // The version is the crate's, so a release bump shows up as a drift to re-check.
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let mut s = doc
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises");
+    s.push('\n');
+    s
+}
+
+pub(crate) async fn document() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        document_json(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The checked-in copy is what the code generates. `VFARM_UPDATE_OPENAPI=1 cargo test -p
+    /// vfarm-api openapi` rewrites it after an intended change.
+    #[test]
+    fn openapi_document_matches_the_checked_in_copy() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        let now = super::document_json();
+        if std::env::var_os("VFARM_UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &now).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == now,
+            "docs/openapi.json differs from the generated document: run \
+             `VFARM_UPDATE_OPENAPI=1 cargo test -p vfarm-api openapi` and commit it"
+        );
+        let v: serde_json::Value = serde_json::from_str(&now).unwrap();
+        for p in [
+            "/api/v1/instances",
+            "/api/v1/instances/{ref}/snapshots",
+            "/api/v1/events",
+        ] {
+            assert!(v["paths"][p].is_object(), "{p} missing");
+        }
+    }
+}

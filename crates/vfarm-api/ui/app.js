@@ -1,0 +1,1066 @@
+// vfarm web UI: plain ES module, no framework, no build step, nothing fetched from elsewhere.
+// Every request is same-origin; identity is the session cookie (POST /api/v1/session) or the
+// browser's client certificate. All text from the API goes into the page as text nodes (h()).
+
+const API = '/api/v1';
+const SUITES = ['bookworm', 'trixie', 'bullseye', 'forky', 'sid'];
+const VARIANTS = ['minbase', 'essential', 'apt', 'required', 'important', 'standard', 'buildd'];
+const GROUPS = ['core', 'base', 'build-essential', 'python3', 'ssh-server', 'networking'];
+const FORMATS = ['tar', 'qcow2', 'raw', 'vmdk', 'vdi'];
+const DOWNLOAD_FORMATS = ['tar', 'qcow2', 'raw'];
+
+const state = {
+  me: null,
+  instances: new Map(), // id -> Instance (+ _rx: Date.now() when received)
+  images: [],
+  imagesLoaded: false,
+  events: 0, // SSE events received since the page loaded (shown as data-events)
+  es: null,
+  ops: [], // image builds started from this page
+  detail: null, // the instance shown on #/instances/ID, with snapshots
+  quota: null, // GET /quota: limits and usage of the signed-in owner
+  sort: null, // {key, dir} of the instances table; null = newest first
+  showAll: false,
+};
+
+// ---------------------------------------------------------------------------------------
+// DOM helpers
+
+/** Build an element. attrs: plain attributes, `on*` listeners, `dataset`; children: nodes or text. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (k === 'testid') el.setAttribute('data-testid', v);
+    else if (k === 'value') el.value = v;
+    else if (v === true) el.setAttribute(k, '');
+    else el.setAttribute(k, String(v));
+  }
+  append(el, children);
+  return el;
+}
+function append(el, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
+
+function notice(text, kind = 'info') {
+  const box = $('.notices');
+  const n = h('div', { class: `notice notice-${kind}`, role: kind === 'error' ? 'alert' : null, testid: `notice-${kind}` }, text);
+  box.append(n);
+  // A few at a time: a burst of actions must not bury the page.
+  while (box.children.length > 3) box.firstElementChild.remove();
+  setTimeout(() => n.remove(), kind === 'error' ? 9000 : 4000);
+}
+
+// ---------------------------------------------------------------------------------------
+// API
+
+class ApiError extends Error {
+  constructor(status, code, message, field) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.field = field || null;
+  }
+}
+
+async function api(method, path, body) {
+  const opt = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+  if (body !== undefined) {
+    opt.headers['Content-Type'] = 'application/json';
+    opt.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(API + path, opt);
+  } catch (e) {
+    throw new ApiError(0, 'network', `cannot reach the vfarm service (${e.message})`);
+  }
+  const type = res.headers.get('content-type') || '';
+  const data = type.includes('json') ? await res.json().catch(() => null) : await res.text();
+  if (!res.ok) {
+    const e = (data && data.error) || {};
+    const err = new ApiError(res.status, e.code || `http_${res.status}`,
+      e.message || (typeof data === 'string' && data.trim()) || `${res.status} ${res.statusText}`, e.field);
+    // The session ended (expired or revoked token): back to the login form.
+    if (res.status === 401 && state.me && path !== '/session') {
+      signedOut('Your session ended; sign in again.');
+    }
+    throw err;
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------------------------------
+// Formatting
+
+function duration(secs) {
+  if (secs === null || secs === undefined || !isFinite(secs)) return '–';
+  secs = Math.max(0, Math.floor(secs));
+  const d = Math.floor(secs / 86400), hh = Math.floor((secs % 86400) / 3600);
+  const m = Math.floor((secs % 3600) / 60), s = secs % 60;
+  if (d) return `${d}d ${hh}h`;
+  if (hh) return `${hh}h ${m}m`;
+  if (m) return `${m}m ${s}s`;
+  return `${s}s`;
+}
+function bytes(n) {
+  if (n === null || n === undefined) return '–';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(n < 10 && i ? 1 : 0)} ${u[i]}`;
+}
+function when(ts) {
+  if (!ts) return '–';
+  const d = new Date(ts);
+  return isNaN(d) ? ts : d.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+}
+const short = (id) => (id || '').slice(0, 12);
+const instLabel = (i) => i.name || short(i.id);
+const imageLabel = (i) => i.image_name || short(i.image);
+
+/** Seconds the instance has been up, now (advanced locally since the server said so). */
+function uptimeNow(i) {
+  const since = (Date.now() - (i._rx || Date.now())) / 1000;
+  if (typeof i.uptime_secs === 'number') return i.uptime_secs + since;
+  if (i.started && ['running', 'paused'].includes(i.state)) return (Date.now() - Date.parse(i.started)) / 1000;
+  return null;
+}
+/** Seconds until expiry, now; null without expiry. */
+function expiryNow(i) {
+  const since = (Date.now() - (i._rx || Date.now())) / 1000;
+  if (typeof i.expires_in_secs === 'number') return i.expires_in_secs - since;
+  if (i.expires) return (Date.parse(i.expires) - Date.now()) / 1000;
+  return null;
+}
+function stateBadge(s, testid = 'instance-state') {
+  return h('span', { class: `state state-${s}`, testid, 'data-state': s }, s);
+}
+/** A live-ticking cell (uptime or expiry), refreshed by tick() every second. */
+function tickCell(kind, inst) {
+  const el = h('span', { 'data-tick': kind, 'data-id': inst.id });
+  paintTick(el, inst);
+  return el;
+}
+function paintTick(el, inst) {
+  if (el.dataset.tick === 'uptime') {
+    el.textContent = ['running', 'paused'].includes(inst.state) ? duration(uptimeNow(inst)) : '–';
+  } else {
+    const left = expiryNow(inst);
+    el.classList.remove('expiry-warn', 'expiry-past');
+    if (left === null) { el.textContent = 'never'; return; }
+    if (left <= 0) { el.textContent = 'due now'; el.classList.add('expiry-past'); return; }
+    el.textContent = duration(left);
+    if (left < 15 * 60) el.classList.add('expiry-warn');
+    el.title = inst.expires ? `expires ${when(inst.expires)}` : '';
+  }
+}
+function tick() {
+  for (const el of $$('[data-tick]')) {
+    const inst = state.detail && state.detail.id === el.dataset.id ? state.detail : state.instances.get(el.dataset.id);
+    if (inst) paintTick(el, inst);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Forms: errors from the API next to the field they name
+
+function fieldBlock(form, { name, label, control, hint, testid }) {
+  const id = `${form}-${name}`;
+  control.id = id;
+  control.name = name;
+  if (testid) control.setAttribute('data-testid', testid);
+  const err = h('p', { class: 'field-error', id: `${id}-error`, testid: `${form}-error-${name}`, hidden: true });
+  const hintEl = hint ? h('p', { class: 'hint', id: `${id}-hint` }, hint) : null;
+  control.setAttribute('aria-describedby', [hintEl ? `${id}-hint` : null, `${id}-error`].filter(Boolean).join(' '));
+  return h('div', { class: 'field', 'data-field': name }, h('label', { for: id }, label), control, hintEl, err);
+}
+
+function clearErrors(form) {
+  for (const e of $$('.field-error', form)) { e.hidden = true; e.textContent = ''; }
+  for (const c of $$('[aria-invalid]', form)) c.removeAttribute('aria-invalid');
+  const fe = $('.form-error', form);
+  if (fe) { fe.hidden = true; fe.textContent = ''; }
+}
+
+/** Show `err` next to the field it names (aliases map API field names to form fields). */
+function showError(form, err, aliases = {}) {
+  const field = err.field ? (aliases[err.field] || err.field) : null;
+  const named = field ? $(`[data-field="${CSS.escape(field)}"]`, form) : null;
+  const block = named && $('.field-error', named) ? named : null;
+  const msg = err.code && err.code !== 'network' ? `${err.message} (${err.code})` : err.message;
+  if (block) {
+    const e = $('.field-error', block);
+    e.textContent = msg;
+    e.hidden = false;
+    const c = $('input, select, textarea', block);
+    if (c) { c.setAttribute('aria-invalid', 'true'); c.focus(); }
+  } else {
+    const fe = $('.form-error', form);
+    fe.textContent = msg;
+    fe.hidden = false;
+    fe.focus();
+  }
+}
+
+async function busy(button, fn) {
+  button.disabled = true;
+  button.setAttribute('aria-busy', 'true');
+  try { return await fn(); } finally { button.disabled = false; button.removeAttribute('aria-busy'); }
+}
+
+/** A modal confirmation (native <dialog>: focus trapped, Escape cancels). Resolves true/false. */
+function confirmDialog(title, text, okLabel) {
+  return new Promise((resolve) => {
+    const ok = h('button', { type: 'button', class: 'btn btn-danger-solid', testid: 'confirm-ok' }, okLabel);
+    const cancel = h('button', { type: 'button', class: 'btn', testid: 'confirm-cancel' }, 'Cancel');
+    const dlg = h('dialog', { testid: 'confirm-dialog', 'aria-labelledby': 'confirm-title' },
+      h('h2', { id: 'confirm-title' }, title), h('p', {}, text), h('div', { class: 'actions-line' }, cancel, ok));
+    const done = (v) => { dlg.close(); dlg.remove(); resolve(v); };
+    ok.addEventListener('click', () => done(true));
+    cancel.addEventListener('click', () => done(false));
+    dlg.addEventListener('cancel', (e) => { e.preventDefault(); done(false); });
+    document.body.append(dlg);
+    dlg.showModal();
+    cancel.focus();
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Session
+
+async function boot() {
+  $('[data-testid="logout"]').addEventListener('click', logout);
+  setInterval(tick, 1000);
+  window.addEventListener('hashchange', route);
+  try {
+    const me = await api('GET', '/whoami');
+    signedIn(me);
+  } catch (e) {
+    if (e.status === 401) renderLogin();
+    else renderFatal(e);
+  }
+}
+
+function signedIn(me) {
+  state.me = me;
+  $('.nav').hidden = false;
+  $('.session').hidden = false;
+  $('[data-testid="whoami-user"]').textContent = me.user;
+  $('[data-testid="whoami-user"]').title = `signed in by ${me.method}`;
+  $('[data-testid="whoami-admin"]').hidden = !me.admin;
+  // A client certificate or the unix socket cannot be signed out of from the page.
+  $('[data-testid="logout"]').hidden = ['client-cert', 'unix-peer'].includes(me.method);
+  document.body.dataset.user = me.user;
+  connectEvents();
+  loadInstances();
+  loadImages();
+  route();
+}
+
+function signedOut(message) {
+  state.me = null;
+  if (state.es) { state.es.close(); state.es = null; }
+  state.instances.clear();
+  state.detail = null;
+  $('.nav').hidden = true;
+  $('.session').hidden = true;
+  delete document.body.dataset.user;
+  renderLogin(message);
+}
+
+async function logout() {
+  try { await api('DELETE', '/session'); } catch (e) { /* the cookie is gone either way */ }
+  history.replaceState(null, '', '#/instances');
+  signedOut('Signed out.');
+}
+
+function renderLogin(message) {
+  const token = h('input', { type: 'password', autocomplete: 'off', required: true, spellcheck: 'false', placeholder: 'vft_…' });
+  const submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'login-submit' }, 'Sign in');
+  const form = h('form', { class: 'panel login', testid: 'login-form', novalidate: true },
+    h('h1', {}, 'Sign in to vfarm'),
+    h('p', {}, 'Use an API token (', h('code', {}, 'vfarm token create --user NAME'), '). With a grid certificate loaded in your browser you are signed in without one.'),
+    message ? h('p', { role: 'status', testid: 'login-message' }, message) : null,
+    h('p', { class: 'form-error', hidden: true, tabindex: '-1', testid: 'login-error' }),
+    fieldBlock('login', { name: 'token', label: 'Token', control: token, testid: 'login-token' }),
+    h('div', { class: 'actions-line' }, submit));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    if (!token.value.trim()) {
+      return showError(form, new ApiError(400, 'invalid_request', 'a token is required', 'token'));
+    }
+    await busy(submit, async () => {
+      try {
+        await api('POST', '/session', { token: token.value.trim() });
+        signedIn(await api('GET', '/whoami'));
+      } catch (e) {
+        // Whatever the API blames, the one thing to fix here is the token.
+        showError(form, e.code === 'network' ? e : new ApiError(e.status, e.code, e.message, 'token'));
+      }
+    });
+  });
+  const main = $('#main');
+  main.replaceChildren(form);
+  token.focus();
+}
+
+function renderFatal(e) {
+  $('#main').replaceChildren(h('div', { class: 'panel', role: 'alert' },
+    h('h1', {}, 'The vfarm service did not answer'), h('p', {}, e.message),
+    h('button', { class: 'btn', type: 'button', onclick: () => location.reload() }, 'Try again')));
+}
+
+// ---------------------------------------------------------------------------------------
+// Live updates (Server-Sent Events)
+
+function setLive(status, text) {
+  const el = $('[data-testid="live-status"]');
+  el.dataset.live = status;
+  el.dataset.events = String(state.events);
+  $('.live-text', el).textContent = text;
+}
+
+function connectEvents() {
+  if (state.es) state.es.close();
+  const es = new EventSource(`${API}/events`);
+  state.es = es;
+  setLive('connecting', 'connecting…');
+  es.addEventListener('open', () => {
+    setLive('open', 'live');
+    // Resynchronise: whatever changed while the stream was down is in the list.
+    loadInstances();
+  });
+  es.addEventListener('error', () => {
+    if (es.readyState === EventSource.CLOSED) {
+      // The server refused the stream (e.g. the session ended); check who we are, then retry.
+      setLive('error', 'offline');
+      setTimeout(async () => {
+        if (state.es !== es || !state.me) return;
+        try { await api('GET', '/whoami'); connectEvents(); } catch (e) { /* api() handles 401 */ }
+      }, 5000);
+    } else {
+      setLive('error', 'reconnecting…');
+    }
+  });
+  es.addEventListener('instance', (ev) => {
+    let inst;
+    try { inst = JSON.parse(ev.data); } catch (e) { return; }
+    state.events++;
+    logEvent('instance', inst.id, inst.state);
+    setLive('open', 'live');
+    upsert(inst, true);
+  });
+  // The service dropped events for this slow reader: the list is the truth again.
+  es.addEventListener('lagged', () => loadInstances());
+  es.addEventListener('instance-removed', (ev) => {
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch (e) { return; }
+    state.events++;
+    logEvent('instance-removed', msg.id, null);
+    setLive('open', 'live');
+    removed(msg.id);
+  });
+}
+
+/** The last events received, for people debugging the page (and the end-to-end test). */
+function logEvent(event, id, st) {
+  const log = (window.vfarmEvents ||= []);
+  log.push({ event, id, state: st, at: Date.now() });
+  if (log.length > 200) log.shift();
+}
+
+function upsert(inst, live = false) {
+  inst._rx = Date.now();
+  const prev = state.instances.get(inst.id);
+  state.instances.set(inst.id, prev ? { ...prev, ...inst } : inst);
+  if (state.detail && state.detail.id === inst.id) {
+    // Keep what only the detail view carries (snapshots, VM stats) when an event lacks it.
+    state.detail = { ...state.detail, ...inst };
+    paintDetail();
+  }
+  requestPaint(live ? inst.id : null);
+  loadQuotaSoon();
+}
+
+function removed(id) {
+  state.instances.delete(id);
+  requestPaint();
+  loadQuotaSoon();
+  if (state.detail && state.detail.id === id) {
+    state.detail = null;
+    notice('This instance was destroyed.');
+    location.hash = '#/instances';
+  }
+}
+
+async function loadInstances() {
+  try {
+    const list = await api('GET', '/instances');
+    const rx = Date.now();
+    state.instances = new Map(list.map((i) => [i.id, { ...i, _rx: rx }]));
+    paintInstances();
+  } catch (e) {
+    if (e.status !== 401) notice(`Cannot list instances: ${e.message}`, 'error');
+  }
+}
+
+let quotaTimer = null;
+/** Usage changes with every create and destroy; ask once per burst of events. */
+function loadQuotaSoon() {
+  clearTimeout(quotaTimer);
+  quotaTimer = setTimeout(loadQuota, 400);
+}
+async function loadQuota() {
+  try {
+    state.quota = await api('GET', '/quota');
+  } catch (e) {
+    state.quota = null;
+  }
+  paintQuota();
+}
+
+function paintQuota() {
+  const box = $('[data-testid="quota"]');
+  if (!box) return;
+  const q = state.quota;
+  // Without any limit there is nothing to budget (and the service counts no usage then).
+  const limited = q && q.limits && Object.values(q.limits).some((v) => v !== null && v !== undefined);
+  if (!limited || !q.usage) { box.hidden = true; return; }
+  const fmt = {
+    instances: (v) => String(v),
+    cpus_milli: (v) => String(Math.round(v) / 1000),
+    memory_mib: (v) => bytes(v * 1048576),
+    disk_mib: (v) => bytes(v * 1048576),
+  };
+  const label = { instances: 'Instances', cpus_milli: 'CPUs', memory_mib: 'Memory', disk_mib: 'Disk' };
+  box.hidden = false;
+  box.replaceChildren(h('span', { class: 'quota-title' }, 'Quota'), ...Object.keys(label).map((k) => {
+    const used = q.usage[k] || 0, lim = q.limits[k];
+    const full = lim !== null && lim !== undefined && used >= lim;
+    return h('span', { class: `quota-item${full ? ' quota-full' : ''}`, title: full ? 'quota reached' : null },
+      `${label[k]} `, h('b', {}, fmt[k](used)), ` / ${lim === null || lim === undefined ? '∞' : fmt[k](lim)}`);
+  }));
+}
+
+async function loadImages() {
+  try {
+    state.images = await api('GET', '/images');
+    state.imagesLoaded = true;
+    paintImageChoices();
+    paintImages();
+  } catch (e) {
+    if (e.status !== 401) notice(`Cannot list images: ${e.message}`, 'error');
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing
+
+function route() {
+  if (!state.me) return;
+  const hash = location.hash || '#/instances';
+  const m = hash.match(/^#\/instances\/([^/?]+)/);
+  let page = 'instances';
+  if (m) renderInstance(decodeURIComponent(m[1]));
+  else if (hash.startsWith('#/images')) { page = 'images'; renderImages(); } else renderInstances();
+  for (const a of $$('.nav a')) {
+    if (a.dataset.route === page) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+}
+
+function mount(...nodes) {
+  const main = $('#main');
+  main.replaceChildren(...nodes);
+  main.focus({ preventScroll: true });
+}
+
+// ---------------------------------------------------------------------------------------
+// Instances page
+
+function renderInstances() {
+  state.detail = null;
+  document.title = 'Instances · vfarm';
+  const filter = h('input', { type: 'search', placeholder: 'Filter: name, owner, host…', 'aria-label': 'Filter instances', testid: 'instances-filter' });
+  filter.addEventListener('input', () => paintInstances());
+  const table = h('table', { testid: 'instances-table', 'aria-label': 'Instances' },
+    h('thead', {}, h('tr', {}, COLUMNS.map(([key, label]) => h('th', { scope: 'col', 'data-sort': key },
+      h('button', { type: 'button', class: 'sort', testid: `sort-${key}`, onclick: () => sortBy(key) }, label))))),
+    h('tbody', {}));
+  mount(
+    h('div', { class: 'page-head' }, h('h1', {}, 'Instances'),
+      h('span', { class: 'sub' }, state.me.admin ? 'all owners (admin view)' : `owned by ${state.me.user}`)),
+    h('div', { class: 'grid' },
+      h('section', { class: 'panel', 'aria-labelledby': 'inst-h' },
+        h('h2', { id: 'inst-h' }, 'vNodes', h('span', { class: 'count', testid: 'instances-summary' })),
+        h('div', { class: 'toolbar' }, filter),
+        h('div', { class: 'table-wrap' }, table),
+        h('p', { class: 'empty', testid: 'instances-empty', hidden: true }),
+        h('button', { type: 'button', class: 'btn', testid: 'instances-more', hidden: true,
+          onclick: () => { state.showAll = true; paintInstances(); } })),
+      deployForm()));
+  paintInstances();
+  paintImageChoices();
+  paintQuota();
+  loadQuota();
+}
+
+// A burst of events (a hundred creates at once) repaints the table once, not a hundred times.
+let paintTimer = null;
+const flashIds = new Set();
+function requestPaint(flashId) {
+  if (flashId) flashIds.add(flashId);
+  if (paintTimer) return;
+  paintTimer = setTimeout(() => {
+    paintTimer = null;
+    const ids = new Set(flashIds);
+    flashIds.clear();
+    paintInstances(ids);
+  }, 50);
+}
+
+const PAGE_ROWS = 500;
+
+// Sortable columns: key, header, the value compared (null sorts last).
+const COLUMNS = [
+  ['name', 'Instance', (i) => instLabel(i)],
+  ['state', 'State', (i) => i.state],
+  ['owner', 'Owner', (i) => i.owner],
+  ['hostname', 'Hostname', (i) => i.hostname],
+  ['image', 'Image', (i) => imageLabel(i)],
+  ['driver', 'Driver', (i) => i.driver],
+  ['uptime', 'Uptime', (i) => (['running', 'paused'].includes(i.state) ? uptimeNow(i) : null)],
+  ['expiry', 'Expires in', (i) => expiryNow(i)],
+];
+
+function sortBy(key) {
+  const cur = state.sort;
+  state.sort = cur && cur.key === key ? { key, dir: -cur.dir } : { key, dir: 1 };
+  paintInstances();
+}
+
+function compareRows(a, b) {
+  const s = state.sort;
+  if (!s) return (b.created || '').localeCompare(a.created || ''); // newest first
+  const get = COLUMNS.find(([k]) => k === s.key)[2];
+  const x = get(a), y = get(b);
+  if (x === null || x === undefined) return (y === null || y === undefined) ? 0 : 1;
+  if (y === null || y === undefined) return -1;
+  const c = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y));
+  return c * s.dir;
+}
+
+function paintInstances(flash = new Set()) {
+  const table = $('[data-testid="instances-table"]');
+  if (!table) return;
+  const q = ($('[data-testid="instances-filter"]')?.value || '').trim().toLowerCase();
+  const all = [...state.instances.values()].sort(compareRows);
+  for (const th of $$('th[data-sort]', table)) {
+    const s = state.sort && state.sort.key === th.dataset.sort ? state.sort.dir : 0;
+    if (s) th.setAttribute('aria-sort', s > 0 ? 'ascending' : 'descending'); else th.removeAttribute('aria-sort');
+  }
+  const shown = all.filter((i) => !q || [i.name, i.id, i.owner, i.hostname, i.image_name, i.image, i.state, i.driver]
+    .some((v) => v && String(v).toLowerCase().includes(q)));
+  // Thousands of rows are no use to a person; the filter finds the rest.
+  const limit = state.showAll ? shown.length : PAGE_ROWS;
+  const rows = shown.slice(0, limit).map((i) => h('tr', { testid: 'instance-row', 'data-id': i.id, 'data-name': i.name || '', 'data-owner': i.owner, 'data-state': i.state, class: flash.has(i.id) ? 'flash' : null },
+    h('td', {}, h('a', { class: 'inst', href: `#/instances/${encodeURIComponent(i.id)}`, testid: 'instance-link' }, instLabel(i)),
+      h('span', { class: 'id' }, short(i.id))),
+    h('td', {}, stateBadge(i.state), i.error ? h('span', { class: 'id', title: i.error }, i.error.slice(0, 40)) : null),
+    h('td', { class: 'mono', testid: 'instance-owner' }, i.owner),
+    h('td', { class: 'mono' }, i.hostname || '–'),
+    h('td', {}, imageLabel(i)),
+    h('td', {}, h('span', { class: `badge badge-driver-${i.driver}` }, i.driver)),
+    h('td', { class: 'num' }, tickCell('uptime', i)),
+    h('td', { class: 'num' }, tickCell('expiry', i))));
+  table.tBodies[0].replaceChildren(...rows);
+  const running = all.filter((i) => i.state === 'running').length;
+  $('[data-testid="instances-summary"]').textContent = `${all.length} total · ${running} running`;
+  const empty = $('[data-testid="instances-empty"]');
+  empty.hidden = shown.length > 0;
+  empty.textContent = all.length ? 'No instance matches the filter.' : 'No instances yet. Deploy one with the form.';
+  table.hidden = shown.length === 0;
+  const more = $('[data-testid="instances-more"]');
+  more.hidden = shown.length <= limit;
+  more.textContent = `Show all ${shown.length} (${shown.length - limit} more)`;
+}
+
+function deployForm() {
+  const image = h('select', { required: true });
+  const name = h('input', { type: 'text', pattern: '[a-z0-9-]*', placeholder: 'web-01', autocomplete: 'off' });
+  const hostname = h('input', { type: 'text', placeholder: 'from the pool', autocomplete: 'off' });
+  const driver = h('select', {}, h('option', { value: 'oci' }, 'oci (container)'), h('option', { value: 'qemu' }, 'qemu (full VM)'));
+  const cpus = h('input', { type: 'number', min: '0.1', step: '0.1', placeholder: '1', inputmode: 'decimal' });
+  const memory = h('input', { type: 'text', placeholder: '512M' });
+  const disk = h('input', { type: 'text', placeholder: '10G' });
+  const expiry = h('input', { type: 'text', placeholder: 'default' });
+  const ssh = h('textarea', { rows: '3', placeholder: 'ssh-ed25519 AAAA… you@host', spellcheck: 'false' });
+  const reserve = h('input', { type: 'checkbox', id: 'deploy-reserve', name: 'reserve', testid: 'deploy-reserve' });
+  const submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'deploy-submit' }, 'Deploy');
+  const form = h('form', { class: 'panel', testid: 'deploy-form', 'aria-labelledby': 'deploy-h', novalidate: true },
+    h('h2', { id: 'deploy-h' }, 'Deploy a vNode'),
+    h('p', { class: 'form-error', hidden: true, tabindex: '-1', testid: 'deploy-error' }),
+    fieldBlock('deploy', { name: 'image', label: 'Image', control: image, testid: 'deploy-image' }),
+    h('div', { class: 'row' },
+      fieldBlock('deploy', { name: 'name', label: 'Name', control: name, testid: 'deploy-name', hint: 'a-z, 0-9 and -' }),
+      fieldBlock('deploy', { name: 'driver', label: 'Driver', control: driver, testid: 'deploy-driver' })),
+    fieldBlock('deploy', { name: 'hostname', label: 'Hostname', control: hostname, testid: 'deploy-hostname' }),
+    h('div', { class: 'row' },
+      fieldBlock('deploy', { name: 'cpus', label: 'CPUs', control: cpus, testid: 'deploy-cpus' }),
+      fieldBlock('deploy', { name: 'memory', label: 'Memory', control: memory, testid: 'deploy-memory' })),
+    h('div', { class: 'row' },
+      fieldBlock('deploy', { name: 'disk', label: 'Disk', control: disk, testid: 'deploy-disk' }),
+      fieldBlock('deploy', { name: 'expiry', label: 'Expires after', control: expiry, testid: 'deploy-expiry', hint: 'e.g. 2h, 1d' })),
+    fieldBlock('deploy', { name: 'ssh_keys', label: 'SSH public keys', control: ssh, testid: 'deploy-sshkey', hint: 'one per line; for qemu VMs (full profile)' }),
+    h('div', { class: 'check-line', 'data-field': 'reserve' }, reserve,
+      h('label', { for: 'deploy-reserve' }, 'Reserve only: hold resources and the hostname, start later')),
+    h('div', { class: 'quota', testid: 'quota', hidden: true }),
+    h('div', { class: 'actions-line' }, submit));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    const body = { image: image.value, driver: driver.value };
+    if (!body.image) return showError(form, new ApiError(400, 'invalid_request', 'choose an image (build or import one first)', 'image'));
+    if (name.value.trim()) body.name = name.value.trim();
+    if (hostname.value.trim()) body.hostname = hostname.value.trim();
+    if (cpus.value.trim()) {
+      const n = Number(cpus.value);
+      if (!isFinite(n) || n <= 0) return showError(form, new ApiError(400, 'invalid_request', 'CPUs must be a positive number', 'cpus'));
+      body.cpus = n;
+    }
+    if (memory.value.trim()) body.memory = memory.value.trim();
+    if (disk.value.trim()) body.disk = disk.value.trim();
+    if (expiry.value.trim()) body.expiry = expiry.value.trim();
+    const keys = ssh.value.split('\n').map((l) => l.trim()).filter(Boolean);
+    if (keys.length) body.ssh_keys = keys;
+    if (reserve.checked) body.reserve = true;
+    await busy(submit, async () => {
+      try {
+        const res = await api('POST', '/instances', body);
+        const inst = res.instance || res;
+        upsert(inst, true);
+        notice(`${reserve.checked ? 'Reserved' : 'Deploying'} ${instLabel(inst)} (${short(inst.id)})`);
+        name.value = '';
+        hostname.value = '';
+      } catch (e) {
+        showError(form, e, { ssh_key: 'ssh_keys', memory_mib: 'memory', vcpus: 'cpus', body: null });
+      }
+    });
+  });
+  return form;
+}
+
+function paintImageChoices() {
+  const sel = $('[data-testid="deploy-image"]');
+  if (!sel) return;
+  const keep = sel.value;
+  const opts = state.images.map((im) => h('option', { value: im.id },
+    `${im.name || short(im.id)} — ${[im.os, im.os_version, im.arch].filter(Boolean).join(' ') || im.summary || ''}`));
+  if (!opts.length) opts.push(h('option', { value: '' }, state.imagesLoaded ? 'no images yet: build one on the Images page' : 'loading…'));
+  sel.replaceChildren(...opts);
+  if (keep && state.images.some((im) => im.id === keep)) sel.value = keep;
+}
+
+// ---------------------------------------------------------------------------------------
+// Instance page
+
+async function renderInstance(ref) {
+  document.title = 'Instance · vfarm';
+  const known = state.instances.get(ref);
+  state.detail = known ? { ...known } : { id: ref, state: 'unknown', _partial: true };
+  const consolePre = h('pre', { class: 'console', testid: 'console-log', tabindex: '0', 'aria-label': 'Console log' }, 'loading…');
+  const snapName = h('input', { type: 'text', placeholder: 'before-upgrade', autocomplete: 'off' });
+  const snapBtn = h('button', { type: 'submit', class: 'btn', testid: 'snapshot-create' }, 'Take snapshot');
+  const snapForm = h('form', { class: 'inline-form', testid: 'snapshot-form', novalidate: true },
+    fieldBlock('snap', { name: 'name', label: 'Snapshot name', control: snapName, testid: 'snapshot-name' }),
+    h('div', { class: 'field' }, h('label', { 'aria-hidden': 'true' }, '\u00a0'), snapBtn));
+  snapForm.prepend(h('p', { class: 'form-error', hidden: true, tabindex: '-1' }));
+  snapForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clearErrors(snapForm);
+    if (!snapName.value.trim()) return showError(snapForm, new ApiError(400, 'invalid_request', 'a snapshot needs a name', 'name'));
+    await busy(snapBtn, async () => {
+      try {
+        await api('POST', `/instances/${encodeURIComponent(state.detail.id)}/snapshots`, { name: snapName.value.trim() });
+        notice(`Snapshot ${snapName.value.trim()} taken`);
+        snapName.value = '';
+        await refreshDetail();
+      } catch (e) { showError(snapForm, e, { snapshot: 'name' }); }
+    });
+  });
+  mount(
+    h('div', { class: 'crumbs' }, h('a', { href: '#/instances' }, 'Instances'), ' / ', h('span', { testid: 'crumb-name' }, ref)),
+    h('div', { class: 'page-head', testid: 'instance-page' },
+      h('h1', { testid: 'instance-title' }, instLabel(state.detail)), h('span', { testid: 'instance-head-state' })),
+    h('section', { class: 'panel', 'aria-label': 'Actions' }, h('div', { class: 'bar', testid: 'instance-actions' })),
+    h('div', { class: 'grid-2' },
+      h('section', { class: 'panel', 'aria-labelledby': 'det-h' }, h('h2', { id: 'det-h' }, 'Details'), h('div', { testid: 'instance-details' })),
+      h('section', { class: 'panel', 'aria-labelledby': 'res-h' }, h('h2', { id: 'res-h' }, 'Resources and stats'), h('div', { testid: 'instance-stats' }))),
+    h('section', { class: 'panel', 'aria-labelledby': 'con-h' },
+      h('h2', { id: 'con-h' }, 'Console log',
+        h('button', { type: 'button', class: 'btn btn-sm', testid: 'console-refresh', onclick: () => loadConsole() }, 'Refresh')),
+      consolePre),
+    h('section', { class: 'panel', 'aria-labelledby': 'exec-h' },
+      h('h2', { id: 'exec-h' }, 'Run a command'), execForm(), h('pre', { class: 'console', testid: 'exec-output', hidden: true, tabindex: '0', 'aria-label': 'Command output' })),
+    h('section', { class: 'panel', 'aria-labelledby': 'snap-h' },
+      h('h2', { id: 'snap-h' }, 'Snapshots', h('span', { class: 'count', testid: 'snapshots-count' })),
+      h('div', { testid: 'snapshots' }), snapForm));
+  paintDetail();
+  await refreshDetail();
+  loadConsole();
+}
+
+function execForm() {
+  const cmd = h('input', { type: 'text', placeholder: 'cat /etc/os-release', spellcheck: 'false', autocomplete: 'off' });
+  const run = h('button', { type: 'submit', class: 'btn', testid: 'exec-run' }, 'Run');
+  const form = h('form', { class: 'inline-form', testid: 'exec-form', novalidate: true },
+    fieldBlock('exec', { name: 'command', label: 'Command', control: cmd, testid: 'exec-command', hint: 'runs with sh -c inside the instance; the output comes back when it ends' }),
+    h('div', { class: 'field' }, h('label', { 'aria-hidden': 'true' }, '\u00a0'), run));
+  form.prepend(h('p', { class: 'form-error', hidden: true, tabindex: '-1' }));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    const d = state.detail;
+    if (!d) return;
+    if (!cmd.value.trim()) return showError(form, new ApiError(400, 'invalid_request', 'type a command', 'command'));
+    const out = $('[data-testid="exec-output"]');
+    await busy(run, async () => {
+      try {
+        const r = await api('POST', `/instances/${encodeURIComponent(d.id)}/exec`, { command: ['sh', '-c', cmd.value] });
+        out.replaceChildren(
+          h('span', { class: r.exit_code === 0 ? 'exit-ok' : 'exit-bad', testid: 'exec-exit' }, `$ ${cmd.value}   (exit ${r.exit_code})\n`),
+          r.stdout || '', r.stderr ? h('span', { class: 'stderr' }, r.stderr) : '');
+        out.hidden = false;
+      } catch (e) { showError(form, e, { env: 'command' }); }
+    });
+  });
+  return form;
+}
+
+async function refreshDetail() {
+  if (!state.detail) return;
+  const ref = state.detail.id;
+  try {
+    const d = await api('GET', `/instances/${encodeURIComponent(ref)}`);
+    if (!state.detail || (state.detail.id !== ref && state.detail.id !== d.id)) return;
+    d._rx = Date.now();
+    state.detail = d;
+    paintDetail();
+  } catch (e) {
+    if (e.status === 404) {
+      $('#main').replaceChildren(h('div', { class: 'panel', role: 'alert', testid: 'instance-missing' },
+        h('h1', {}, 'No such instance'),
+        h('p', {}, `There is no instance “${ref}” that you may see. It may have been destroyed.`),
+        h('a', { href: '#/instances' }, 'Back to the instances')));
+      state.detail = null;
+    } else notice(e.message, 'error');
+  }
+}
+
+async function loadConsole() {
+  const pre = $('[data-testid="console-log"]');
+  if (!pre || !state.detail) return;
+  try {
+    const text = await api('GET', `/instances/${encodeURIComponent(state.detail.id)}/console`);
+    pre.textContent = (typeof text === 'string' ? text : JSON.stringify(text, null, 2)) || '(empty)';
+    pre.scrollTop = pre.scrollHeight;
+  } catch (e) {
+    pre.textContent = `(no console log: ${e.message})`;
+  }
+}
+
+/** Run an instance action, then show the state the server answered with. */
+async function act(button, label, method, path, body) {
+  const d = state.detail;
+  if (!d) return;
+  await busy(button, async () => {
+    try {
+      const res = await api(method, `/instances/${encodeURIComponent(d.id)}${path}`, body);
+      if (res && res.id && res.state) upsert(res);
+      notice(`${label}: ${instLabel(d)}`);
+    } catch (e) {
+      notice(`${label} failed: ${e.message} (${e.code})`, 'error');
+    }
+  });
+  // busy() re-enabled the button; the state decides again what may be pressed.
+  paintDetail();
+}
+
+function buildActions(bar) {
+  const cur = () => state.detail;
+  const btn = (testid, label, enabledIn, onclick, cls = 'btn') =>
+    h('button', { type: 'button', class: cls, testid, 'data-enabled-in': enabledIn, onclick: (ev) => onclick(ev.currentTarget) }, label);
+  const extendIn = h('input', { type: 'text', value: '1h', 'aria-label': 'Extend expiry by', testid: 'extend-by' });
+  bar.replaceChildren(
+    btn('action-start', 'Start', 'created stopped failed', (b) => act(b, 'Started', 'POST', '/start')),
+    btn('action-stop', 'Stop', 'running paused', (b) => act(b, 'Stopped', 'POST', '/stop', {})),
+    btn('action-kill', 'Force stop', 'running paused', (b) => act(b, 'Killed', 'POST', '/stop', { force: true })),
+    btn('action-pause', 'Pause', 'running', (b) => act(b, 'Paused', 'POST', '/pause')),
+    btn('action-resume', 'Resume', 'paused', (b) => act(b, 'Resumed', 'POST', '/resume')),
+    h('span', { class: 'sep', 'aria-hidden': 'true' }),
+    h('span', { class: 'extend' }, extendIn,
+      btn('action-extend', 'Extend expiry', '*', (b) => {
+        if (!extendIn.value.trim()) return notice('Extend by how long? e.g. 2h', 'error');
+        return act(b, `Extended by ${extendIn.value.trim()}`, 'POST', '/extend', { by: extendIn.value.trim() });
+      })),
+    h('span', { class: 'sep', 'aria-hidden': 'true' }),
+    btn('action-destroy', 'Destroy…', '*', async (b) => {
+      const d = cur();
+      if (!d) return;
+      const ok = await confirmDialog(`Destroy ${instLabel(d)}?`,
+        'The instance, its disk changes and its snapshots are deleted, and its hostname returns to the pool. This cannot be undone.',
+        'Destroy');
+      if (!ok) return;
+      await busy(b, async () => {
+        try {
+          await api('DELETE', `/instances/${encodeURIComponent(d.id)}`);
+          state.detail = null;
+          removed(d.id);
+          notice(`Destroyed ${instLabel(d)}`);
+          location.hash = '#/instances';
+        } catch (e) { notice(`Destroy failed: ${e.message} (${e.code})`, 'error'); }
+      });
+    }, 'btn btn-danger'));
+}
+
+function paintDetail() {
+  const d = state.detail;
+  const bar = $('[data-testid="instance-actions"]');
+  if (!d || !bar) return;
+  document.title = `${instLabel(d)} · vfarm`;
+  $('[data-testid="instance-title"]').textContent = instLabel(d);
+  $('[data-testid="crumb-name"]').textContent = instLabel(d);
+  $('[data-testid="instance-head-state"]').replaceChildren(d._partial ? '' : stateBadge(d.state, 'detail-state'));
+  // Built once per page, so an event arriving while someone types in "extend by" keeps it.
+  if (!bar.dataset.built) { buildActions(bar); bar.dataset.built = '1'; }
+  for (const b of $$('button[data-enabled-in]', bar)) {
+    const when = b.dataset.enabledIn;
+    b.disabled = Boolean(d._partial) || (when !== '*' && !when.split(' ').includes(d.state));
+  }
+
+  const kv = (pairs) => h('dl', { class: 'kv' }, pairs.filter(([, v]) => v !== undefined && v !== null && v !== '')
+    .map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+  $('[data-testid="instance-details"]').replaceChildren(d._partial ? h('p', { class: 'muted' }, 'loading…') : kv([
+    ['ID', h('span', { class: 'mono' }, d.id)],
+    ['Name', d.name],
+    ['State', stateBadge(d.state, 'detail-state-kv')],
+    ['Owner', h('span', { class: 'mono' }, d.owner)],
+    ['Hostname', d.hostname ? h('span', { class: 'mono' }, d.hostname) : null],
+    ['Address', d.address],
+    ['Image', [imageLabel(d), ' ', h('span', { class: 'id', style: 'display:inline' }, short(d.image))]],
+    ['Driver', d.driver],
+    ['Created', when(d.created)],
+    ['Started', d.started ? when(d.started) : null],
+    ['Uptime', tickCell('uptime', d)],
+    ['Expires', d.expires ? [when(d.expires), ' (in ', tickCell('expiry', d), ')'] : 'never'],
+    ['Exit code', d.exit_code],
+    ['Error', d.error ? h('span', { class: 'field-error' }, d.error) : null],
+  ]));
+
+  const spec = d.spec || {};
+  const st = d.stats;
+  $('[data-testid="instance-stats"]').replaceChildren(d._partial ? h('p', { class: 'muted' }, 'loading…') : kv([
+    ['CPUs', d.vcpus ?? spec.cpus],
+    ['Memory', d.memory_mib ? `${d.memory_mib} MiB` : (typeof spec.memory === 'number' ? bytes(spec.memory) : spec.memory)],
+    ['Disk', typeof spec.disk === 'number' ? bytes(spec.disk) : spec.disk],
+    ['Command', Array.isArray(spec.command) && spec.command.length ? h('code', {}, spec.command.join(' ')) : null],
+    ['Accelerator', d.accel ? [d.accel, d.accel_note ? h('span', { class: 'hint' }, ` — ${d.accel_note}`) : null] : null],
+    ['Boot profile', d.profile],
+    ['SSH', d.ssh ? h('code', { testid: 'ssh-command' }, d.ssh.command) : null],
+    ['Host CPU time', st ? `${st.cpu_time_secs.toFixed(1)} s` : null],
+    ['Resident memory', st ? bytes(st.rss_bytes) : null],
+    ['Disk I/O', st && st.block && st.block.length ? st.block.map((b) => `${b.device}: ${bytes(b.rd_bytes)} read, ${bytes(b.wr_bytes)} written`).join('; ') : null],
+    ['Network', st && st.net ? `${bytes(st.net.rx_bytes)} in, ${bytes(st.net.tx_bytes)} out` : null],
+  ]));
+  if (!$('[data-testid="instance-stats"] dd')) {
+    $('[data-testid="instance-stats"]').replaceChildren(h('p', { class: 'muted' }, 'No resource figures for this instance.'));
+  }
+
+  const snaps = d.snapshots || [];
+  $('[data-testid="snapshots-count"]').textContent = d.snapshots ? `${snaps.length}` : '';
+  const snapBox = $('[data-testid="snapshots"]');
+  if (!snaps.length) {
+    snapBox.replaceChildren(h('p', { class: 'muted' }, d.snapshots ? 'No snapshots yet.' : 'loading…'));
+    return;
+  }
+  snapBox.replaceChildren(h('div', { class: 'table-wrap' }, h('table', { testid: 'snapshots-table' },
+    h('thead', {}, h('tr', {}, ['Name', 'Taken', 'Size', ''].map((c) => h('th', { scope: 'col' }, c)))),
+    h('tbody', {}, snaps.map((sn) => h('tr', { testid: 'snapshot-row', 'data-name': sn.name },
+      h('td', { class: 'mono' }, sn.name),
+      h('td', {}, when(sn.created)),
+      h('td', { class: 'num' }, bytes(sn.size)),
+      h('td', {}, h('div', { class: 'actions-line' },
+        h('button', { type: 'button', class: 'btn btn-sm', testid: 'snapshot-revert', 'aria-label': `Revert to snapshot ${sn.name}`,
+          onclick: async (ev) => {
+            const ok = await confirmDialog(`Revert to ${sn.name}?`, 'Changes made since this snapshot are lost.', 'Revert');
+            if (!ok) return;
+            await act(ev.target, `Reverted to ${sn.name}`, 'POST', `/snapshots/${encodeURIComponent(sn.name)}/revert`);
+            refreshDetail();
+          } }, 'Revert'),
+        h('button', { type: 'button', class: 'btn btn-sm btn-danger', testid: 'snapshot-remove', 'aria-label': `Remove snapshot ${sn.name}`,
+          onclick: async (ev) => {
+            const ok = await confirmDialog(`Remove snapshot ${sn.name}?`, 'The snapshot is deleted; the instance is not changed.', 'Remove');
+            if (!ok) return;
+            await act(ev.target, `Removed snapshot ${sn.name}`, 'DELETE', `/snapshots/${encodeURIComponent(sn.name)}`);
+            refreshDetail();
+          } }, 'Remove')))))))));
+}
+
+// ---------------------------------------------------------------------------------------
+// Images page
+
+function renderImages() {
+  state.detail = null;
+  document.title = 'Images · vfarm';
+  mount(
+    h('div', { class: 'page-head' }, h('h1', {}, 'Images'), h('span', { class: 'sub' }, 'the image farm: build, import, download')),
+    h('div', { class: 'grid' },
+      h('section', { class: 'panel', 'aria-labelledby': 'img-h' },
+        h('h2', { id: 'img-h' }, 'Repository', h('span', { class: 'count', testid: 'images-count' })),
+        h('div', { class: 'table-wrap' }, h('table', { testid: 'images-table', 'aria-label': 'Images' },
+          h('thead', {}, h('tr', {}, ['Image', 'System', 'Origin', 'Created', 'Artifacts', 'Download'].map((c) => h('th', { scope: 'col' }, c)))),
+          h('tbody', {}))),
+        h('p', { class: 'empty', testid: 'images-empty', hidden: true }, 'No images yet. Build one with the form, or import one: ', h('code', {}, 'vfarm image import rootfs.tar --name NAME'))),
+      h('div', {},
+        buildForm(),
+        h('section', { class: 'panel', 'aria-labelledby': 'ops-h' },
+          h('h2', { id: 'ops-h' }, 'Builds'), h('ul', { class: 'ops', testid: 'operations' })))));
+  paintImages();
+  paintOps();
+  loadImages();
+}
+
+function paintImages() {
+  const table = $('[data-testid="images-table"]');
+  if (!table) return;
+  $('[data-testid="images-count"]').textContent = state.imagesLoaded ? String(state.images.length) : '';
+  $('[data-testid="images-empty"]').hidden = !state.imagesLoaded || state.images.length > 0;
+  table.hidden = state.imagesLoaded && state.images.length === 0;
+  table.tBodies[0].replaceChildren(...state.images.map((im) => {
+    const have = new Set((im.artifacts || []).map((a) => a.format));
+    return h('tr', { testid: 'image-row', 'data-id': im.id, 'data-name': im.name || '' },
+      h('td', {}, h('strong', {}, im.name || short(im.id)), h('span', { class: 'id', title: im.id }, short(im.id))),
+      h('td', { class: 'nowrap' }, [im.os, im.os_version].filter(Boolean).join(' ') || '–', im.arch ? h('span', { class: 'id' }, im.arch) : null),
+      h('td', {}, im.origin || '–', im.summary ? h('span', { class: 'id', title: im.summary }, im.summary.slice(0, 48)) : null),
+      h('td', { class: 'num' }, when(im.created)),
+      h('td', { class: 'nowrap' }, (im.artifacts || []).map((a) => h('div', { class: 'mono', style: 'font-size:.8rem' }, `${a.format} ${bytes(a.size)}`))),
+      h('td', {}, h('div', { class: 'dl-links' }, DOWNLOAD_FORMATS.map((f) => h('a', {
+        href: `${API}/images/${encodeURIComponent(im.id)}/download?format=${f}`,
+        class: have.has(f) ? 'cached' : null, download: '', testid: `download-${f}`,
+        title: have.has(f) ? `download the ${f} artifact` : `converted on first download (${f})`,
+        'aria-label': `Download ${im.name || short(im.id)} as ${f}`,
+      }, f)))));
+  }));
+}
+
+function buildForm() {
+  const name = h('input', { type: 'text', placeholder: 'web-node', autocomplete: 'off' });
+  const suite = h('select', {}, SUITES.map((s) => h('option', { value: s }, s)));
+  const variant = h('select', {}, VARIANTS.map((v) => h('option', { value: v }, v)));
+  const groups = h('div', { class: 'checks' }, GROUPS.map((g) =>
+    h('label', {}, h('input', { type: 'checkbox', name: 'group', value: g, testid: `build-group-${g}` }), g)));
+  const packages = h('input', { type: 'text', placeholder: 'curl vim-tiny', autocomplete: 'off', spellcheck: 'false' });
+  const formats = h('div', { class: 'checks' }, FORMATS.map((f) =>
+    h('label', {}, h('input', { type: 'checkbox', name: 'format', value: f, checked: f === 'tar', testid: `build-format-${f}` }), f)));
+  const size = h('input', { type: 'text', placeholder: 'auto' });
+  const boot = h('select', {}, h('option', { value: 'none' }, 'none'), h('option', { value: 'vm' }, 'vm (with kernel)'));
+  const submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'build-submit' }, 'Build image');
+  const fs = (fname, legend, control) => h('fieldset', { class: 'field', 'data-field': fname },
+    h('legend', {}, legend), control,
+    h('p', { class: 'field-error', id: `build-${fname}-error`, testid: `build-error-${fname}`, hidden: true }));
+  const form = h('form', { class: 'panel', testid: 'build-form', 'aria-labelledby': 'build-h', novalidate: true },
+    h('h2', { id: 'build-h' }, 'Build an image'),
+    h('p', { class: 'form-error', hidden: true, tabindex: '-1', testid: 'build-error' }),
+    h('div', { class: 'row' },
+      fieldBlock('build', { name: 'suite', label: 'Debian suite', control: suite, testid: 'build-suite' }),
+      fieldBlock('build', { name: 'variant', label: 'Variant', control: variant, testid: 'build-variant' })),
+    fs('group', 'Package groups', groups),
+    fieldBlock('build', { name: 'package', label: 'Extra packages', control: packages, testid: 'build-packages', hint: 'separated by spaces or commas' }),
+    fs('format', 'Formats', formats),
+    h('div', { class: 'row' },
+      fieldBlock('build', { name: 'size', label: 'Disk size', control: size, testid: 'build-size' }),
+      fieldBlock('build', { name: 'boot', label: 'Boot', control: boot, testid: 'build-boot' })),
+    fieldBlock('build', { name: 'name', label: 'Name (alias)', control: name, testid: 'build-name' }),
+    h('div', { class: 'actions-line' }, submit));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    const body = {
+      suite: suite.value,
+      variant: variant.value,
+      groups: $$('input[name="group"]:checked', form).map((c) => c.value),
+      packages: packages.value.split(/[\s,]+/).filter(Boolean),
+      formats: $$('input[name="format"]:checked', form).map((c) => c.value),
+      boot: boot.value,
+    };
+    if (name.value.trim()) body.name = name.value.trim();
+    if (size.value.trim()) body.size = size.value.trim();
+    await busy(submit, async () => {
+      try {
+        const res = await api('POST', '/images', body);
+        const op = { ...res.operation, spec: body, started: Date.now() };
+        state.ops.unshift(op);
+        paintOps();
+        notice(`Building ${body.name || body.suite}…`);
+        pollOperation(op);
+      } catch (e) {
+        showError(form, e, { packages: 'package', groups: 'group', formats: 'format', body: null });
+      }
+    });
+  });
+  return form;
+}
+
+async function pollOperation(op) {
+  while (op.status === 'running' && state.me) {
+    try {
+      const cur = await api('GET', `/operations/${encodeURIComponent(op.id)}?wait=25`);
+      Object.assign(op, cur);
+    } catch (e) {
+      op.status = 'failed';
+      op.error = e.message;
+    }
+    paintOps();
+  }
+  if (op.status === 'succeeded') {
+    notice(`Image built: ${op.spec.name || short(op.target)}`);
+    loadImages();
+  } else if (op.status === 'failed') {
+    notice(`Build failed: ${op.error || 'see the build log'}`, 'error');
+  }
+}
+
+function paintOps() {
+  const ul = $('[data-testid="operations"]');
+  if (!ul) return;
+  if (!state.ops.length) {
+    ul.replaceChildren(h('li', { class: 'muted' }, 'Builds started here show their progress here.'));
+    return;
+  }
+  ul.replaceChildren(...state.ops.map((op) => {
+    const s = op.spec;
+    const what = [s.name, s.suite, s.variant, ...(s.groups || []), ...(s.packages || [])].filter(Boolean).join(' · ');
+    const result = op.result || {};
+    return h('li', { testid: 'operation', 'data-status': op.status },
+      h('div', {}, h('span', { class: `op-status op-${op.status}` }, op.status), ' ', what),
+      h('div', { class: 'id' }, `image ${short(op.target)} · started ${new Date(op.started).toLocaleTimeString()}`,
+        op.status === 'succeeded' && result.cached ? ' · already built (cached)' : '',
+        op.status === 'succeeded' && typeof result.seconds === 'number' ? ` · ${result.seconds.toFixed(1)} s` : ''),
+      op.error ? h('div', { class: 'field-error' }, op.error) : null,
+      op.target && op.status !== 'running'
+        ? h('a', { href: `${API}/images/${encodeURIComponent(op.target)}/log`, target: '_blank', rel: 'noopener' }, 'build log') : null);
+  }));
+}
+
+boot();

@@ -1,0 +1,345 @@
+//! `vfarm --server URL instance …` / `snapshot …`: the same commands against a remote
+//! `vfarm serve`, through its REST API, with the same output as locally.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use vfarm_api::instances::{InstanceView, SnapshotView};
+
+use crate::cmd::instance::{print_snapshots, print_table, print_view, InstanceCmd, SnapshotCmd};
+use crate::ctx::Ctx;
+
+/// Where the service is and who we are to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// Act on a remote `vfarm serve` (its base URL) instead of this host's data dir.
+    #[arg(long, global = true, env = "VFARM_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token for --server (from `vfarm token create` on the service).
+    #[arg(
+        long,
+        global = true,
+        env = "VFARM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Client certificate (PEM) for --server over HTTPS; the grid identity.
+    #[arg(
+        long,
+        global = true,
+        env = "VFARM_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, global = true, env = "VFARM_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the service's certificate.
+    #[arg(long, global = true, env = "VFARM_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+/// An API error as the service sent it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} (HTTP {status}, {code})")]
+pub struct RemoteError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl RemoteError {
+    /// The local exit code for this error: 2 bad input or illegal now, 3 not found,
+    /// 4 service not ready, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self.status {
+            400 | 401 | 403 | 409 => 2,
+            404 => 3,
+            503 => 4,
+            _ => 1,
+        }
+    }
+}
+
+struct Client {
+    http: reqwest::blocking::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(a: &RemoteArgs) -> Result<Client> {
+        let base = a
+            .server
+            .clone()
+            .expect("--server given")
+            .trim_end_matches('/')
+            .to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("--server `{base}` must be an http:// or https:// URL");
+        }
+        let mut b =
+            reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(900));
+        if let (Some(c), Some(k)) = (&a.cert, &a.key) {
+            let mut pem =
+                std::fs::read(c).with_context(|| format!("cannot read --cert {}", c.display()))?;
+            pem.extend(
+                std::fs::read(k).with_context(|| format!("cannot read --key {}", k.display()))?,
+            );
+            b = b.identity(reqwest::Identity::from_pem(&pem).context("--cert/--key")?);
+        }
+        if let Some(ca) = &a.ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("cannot read --ca {}", ca.display()))?;
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).context("--ca")?);
+        }
+        Ok(Client {
+            http: b.build()?,
+            base,
+            token: a.token.clone(),
+        })
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::blocking::Response> {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r
+            .send()
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().unwrap_or(Value::Null);
+        Err(RemoteError {
+            status,
+            code: v["error"]["code"].as_str().unwrap_or("error").to_string(),
+            message: v["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_string(),
+            field: v["error"]["field"].as_str().map(str::to_string),
+        }
+        .into())
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T> {
+        Ok(self.call(method, path, body)?.json()?)
+    }
+}
+
+fn seg(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn label(v: &InstanceView) -> String {
+    match &v.name {
+        Some(n) => format!("{} ({n})", v.id),
+        None => v.id.clone(),
+    }
+}
+
+fn report(ctx: &Ctx, v: &InstanceView, what: &str) -> Result<()> {
+    if ctx.json() {
+        ctx.print_json(v)
+    } else {
+        println!("instance {} {what}", label(v));
+        Ok(())
+    }
+}
+
+pub fn run_instance(ctx: &Ctx, a: &RemoteArgs, cmd: InstanceCmd) -> Result<i32> {
+    use reqwest::Method as M;
+    let c = Client::new(a)?;
+    let path = |r: &str, rest: &str| format!("/api/v1/instances/{}{rest}", seg(r));
+    match cmd {
+        InstanceCmd::Ls => {
+            let views: Vec<InstanceView> = c.json(M::GET, "/api/v1/instances", None)?;
+            if ctx.json() {
+                ctx.print_json(&views)?;
+            } else {
+                print_table(&views);
+            }
+        }
+        InstanceCmd::Show { instance } => {
+            let v: InstanceView = c.json(M::GET, &path(&instance, ""), None)?;
+            if ctx.json() {
+                ctx.print_json(&v)?;
+            } else {
+                print_view(&v);
+            }
+        }
+        InstanceCmd::Create(args) => {
+            let args = *args;
+            if args.image.image_spec.is_some()
+                || args.image.suite.is_some()
+                || !args.guest_files.is_empty()
+            {
+                bail!("with --server, create takes --image (build images with the service's API); --guest-file is local only");
+            }
+            let keys = args
+                .ssh_keys
+                .iter()
+                .map(|k| {
+                    std::fs::read_to_string(k)
+                        .with_context(|| format!("cannot read --ssh-key {}", k.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let body = json!({
+                "image": args.image.image,
+                "name": args.name,
+                "hostname": args.shape.hostname,
+                "cpus": args.shape.cpus,
+                "memory": args.shape.memory,
+                "expiry": args.expiry,
+                "driver": args.driver.driver,
+                "reserve": args.no_start,
+                "ssh_keys": keys,
+                "command": args.command,
+                "env": args.shape.env,
+            });
+            let v: InstanceView = c.json(M::POST, "/api/v1/instances?wait=true", Some(body))?;
+            report(ctx, &v, if args.no_start { "created" } else { "running" })?;
+        }
+        InstanceCmd::Start { instance } => report(
+            ctx,
+            &c.json(M::POST, &path(&instance, "/start"), None)?,
+            "running",
+        )?,
+        InstanceCmd::Stop { instance, force } => report(
+            ctx,
+            &c.json(
+                M::POST,
+                &path(&instance, "/stop"),
+                Some(json!({ "force": force })),
+            )?,
+            "stopped",
+        )?,
+        InstanceCmd::Pause { instance } => {
+            let v: InstanceView = c.json(M::POST, &path(&instance, "/pause"), None)?;
+            report(ctx, &v, &v.state.clone())?
+        }
+        InstanceCmd::Resume { instance } => {
+            let v: InstanceView = c.json(M::POST, &path(&instance, "/resume"), None)?;
+            report(ctx, &v, &v.state.clone())?
+        }
+        InstanceCmd::Extend { instance, by } => {
+            let v: InstanceView = c.json(
+                M::POST,
+                &path(&instance, "/extend"),
+                Some(json!({ "by": by })),
+            )?;
+            let what = format!("now expires {}", v.expires.as_deref().unwrap_or("-"));
+            report(ctx, &v, &what)?
+        }
+        InstanceCmd::Destroy { instance } => {
+            let v: Value = c.json(M::DELETE, &path(&instance, ""), None)?;
+            let id = v["destroyed"].as_str().unwrap_or(&instance).to_string();
+            if ctx.json() {
+                ctx.print_json(&json!({"id": id, "state": "destroyed"}))?;
+            } else {
+                println!("instance {id} destroyed");
+            }
+        }
+        InstanceCmd::Exec {
+            instance,
+            env,
+            command,
+        } => {
+            let v: Value = c.json(
+                M::POST,
+                &path(&instance, "/exec"),
+                Some(json!({ "command": command, "env": env })),
+            )?;
+            print!("{}", v["stdout"].as_str().unwrap_or(""));
+            eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+            std::io::stdout().flush()?;
+            return Ok(v["exit_code"]
+                .as_i64()
+                .ok_or_else(|| anyhow!("no exit code in {v}"))? as i32);
+        }
+        InstanceCmd::Console {
+            instance,
+            follow: false,
+        }
+        | InstanceCmd::Logs { instance } => {
+            let text = c.call(M::GET, &path(&instance, "/console"), None)?.text()?;
+            print!("{text}");
+        }
+        _ => {
+            bail!("this command is not available with --server (yet): run it on the service's host")
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_snapshot(ctx: &Ctx, a: &RemoteArgs, cmd: SnapshotCmd) -> Result<i32> {
+    use reqwest::Method as M;
+    let c = Client::new(a)?;
+    let path = |r: &str, rest: &str| format!("/api/v1/instances/{}/snapshots{rest}", seg(r));
+    match cmd {
+        SnapshotCmd::Create { instance, name } => {
+            let s: SnapshotView =
+                c.json(M::POST, &path(&instance, ""), Some(json!({ "name": name })))?;
+            if ctx.json() {
+                ctx.print_json(&s)?;
+            } else {
+                println!(
+                    "snapshot {} of instance {} ({})",
+                    s.name,
+                    s.instance_id,
+                    vfarm_core::ByteSize(s.size)
+                );
+            }
+        }
+        SnapshotCmd::Ls { instance } => {
+            let snaps: Vec<SnapshotView> = c.json(M::GET, &path(&instance, ""), None)?;
+            if ctx.json() {
+                ctx.print_json(&snaps)?;
+            } else {
+                print_snapshots(&snaps);
+            }
+        }
+        SnapshotCmd::Revert { instance, name } => {
+            let v: InstanceView = c.json(
+                M::POST,
+                &path(&instance, &format!("/{}/revert", seg(&name))),
+                None,
+            )?;
+            report(ctx, &v, &format!("reverted to {name}"))?;
+        }
+        SnapshotCmd::Rm { instance, name } => {
+            c.json::<Value>(
+                M::DELETE,
+                &path(&instance, &format!("/{}", seg(&name))),
+                None,
+            )?;
+            if ctx.json() {
+                ctx.print_json(&json!({"instance": instance, "snapshot": name, "removed": true}))?;
+            } else {
+                println!("snapshot {name} of instance {instance} removed");
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,641 @@
+//! The instance backend of `vfarm serve`: the REST API's instance calls, done with the same
+//! operations as the CLI (cmd/instance.rs), for an identified caller who sees and touches
+//! only their own instances (admins: all). Also the service's start-up reconciliation and
+//! the watcher that keeps records current and feeds `/api/v1/events`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use vfarm_api::instances::{
+    Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, QuotaNumbers,
+    QuotaView, SnapshotView,
+};
+use vfarm_api::{ApiError, InstanceEvent, StatusCode};
+use vfarm_auth::Identity;
+use vfarm_core::instance::{Event, State};
+use vfarm_driver::{BootProfile, DriverError, ExecIo};
+use vfarm_store::instances::InstanceRow;
+use vfarm_store::{Store, StoreError};
+
+use crate::cmd::instance::{self as inst, Admission, Drivers, NetArg, NewInstance, ShapeArgs};
+use crate::ctx::Ctx;
+
+/// Exec output kept per stream; more is cut (the API is not a bulk transfer channel).
+const EXEC_OUTPUT_LIMIT: u64 = 8 << 20;
+/// Console bytes returned: the tail of the log.
+const CONSOLE_LIMIT: u64 = 1 << 20;
+
+/// Instances an API call is acting on right now: the watcher leaves them alone, so it
+/// cannot record a half-done operation (a revert's restart, say) as a state change.
+#[derive(Clone, Default)]
+pub struct Busy(Arc<Mutex<HashSet<String>>>);
+
+impl Busy {
+    fn hold(&self, id: &str) -> BusyGuard {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+        BusyGuard {
+            busy: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+}
+
+struct BusyGuard {
+    busy: Busy,
+    id: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.busy
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+pub struct Service {
+    ctx: Ctx,
+    admission: Admission,
+    busy: Busy,
+}
+
+impl Service {
+    pub fn new(ctx: &Ctx, admission: Admission, busy: Busy) -> Service {
+        Service {
+            ctx: Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose),
+            admission,
+            busy,
+        }
+    }
+
+    fn store(&self) -> Result<Arc<Store>, ApiError> {
+        self.ctx.store().map_err(api_error)
+    }
+
+    /// The caller's instance by reference, reconciled with its driver. Another owner's
+    /// instance is reported exactly like a missing one.
+    fn find(&self, who: &Identity, reference: &str) -> Result<InstanceRow, ApiError> {
+        let store = self.store()?;
+        let row = store
+            .find_instance(reference)
+            .map_err(|e| api_error(e.into()))?;
+        if !who.may_access(&row.owner) {
+            return Err(not_found("instance", reference));
+        }
+        let mut drivers = Drivers::new(&self.ctx);
+        inst::refresh(&store, &mut drivers, row).map_err(api_error)
+    }
+
+    /// `find`, and mark the instance busy until the guard is dropped.
+    fn take(&self, who: &Identity, reference: &str) -> Result<(InstanceRow, BusyGuard), ApiError> {
+        let row = self.find(who, reference)?;
+        let guard = self.busy.hold(&row.id);
+        Ok((row, guard))
+    }
+
+    fn view(&self, row: &InstanceRow) -> Result<InstanceView, ApiError> {
+        inst::view(&*self.store()?, row, false).map_err(api_error)
+    }
+}
+
+fn not_found(kind: &str, id: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: if kind == "snapshot" {
+            "snapshot_not_found"
+        } else {
+            "instance_not_found"
+        },
+        message: format!("{kind} `{id}` not found"),
+        field: None,
+    }
+}
+
+/// Errors of the instance operations as API errors: stable code, status, field.
+fn api_error(e: anyhow::Error) -> ApiError {
+    // The API's own mappings where they exist (status, code, field; no paths in a 5xx).
+    let e = match e.downcast::<vfarm_auth::AuthError>() {
+        Ok(a) => return ApiError::from(a),
+        Err(e) => e,
+    };
+    let e = match e.downcast::<vfarm_image::ImageError>() {
+        Ok(i) => return ApiError::from(i),
+        Err(e) => e,
+    };
+    if let Some(f) = e.downcast_ref::<vfarm_core::instance::InvalidField>() {
+        return ApiError::bad_request(f.field, f.to_string());
+    }
+    if let Some(d) = e.downcast_ref::<DriverError>() {
+        if let DriverError::InvalidSpec { field, .. } = d {
+            return ApiError::bad_request(field, d.to_string());
+        }
+    }
+    if let Some(StoreError::NotFound { kind, id }) = e.downcast_ref::<StoreError>() {
+        return not_found(kind, id);
+    }
+    let (code, status) = match inst::classify(&e) {
+        Some(("illegal_state", _)) => ("illegal_state", StatusCode::CONFLICT),
+        Some(("conflict", _)) => ("conflict", StatusCode::CONFLICT),
+        Some(("ambiguous_reference", _)) => ("ambiguous_reference", StatusCode::BAD_REQUEST),
+        Some(("unsupported", _)) => ("unsupported", StatusCode::BAD_REQUEST),
+        Some(("invalid_request", _)) => ("invalid_request", StatusCode::BAD_REQUEST),
+        Some(("host_not_ready", _)) => ("host_not_ready", StatusCode::SERVICE_UNAVAILABLE),
+        Some((c, _)) => (c, StatusCode::INTERNAL_SERVER_ERROR),
+        None => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    let message = if status.is_server_error() {
+        tracing::error!("request failed: {e:#}");
+        format!("{e}; see the service log")
+    } else {
+        format!("{e:#}")
+    };
+    ApiError {
+        status,
+        code,
+        message,
+        field: None,
+    }
+}
+
+/// Arguments and environment reach execve: a NUL byte cannot be passed, so it is bad input.
+fn no_nul(field: &'static str, items: &[String]) -> Result<(), ApiError> {
+    if items.iter().any(|i| i.contains('\0')) {
+        return Err(ApiError::bad_request(
+            field,
+            "contains a NUL byte, which no program argument or variable can hold",
+        ));
+    }
+    Ok(())
+}
+
+fn read_limited(f: &mut std::fs::File, limit: u64) -> String {
+    let mut b = Vec::new();
+    let _ = f.take(limit).read_to_end(&mut b);
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+impl InstanceBackend for Service {
+    fn list(&self, who: &Identity) -> Result<Vec<InstanceView>, ApiError> {
+        let store = self.store()?;
+        let mut cache = inst::ViewCache::default();
+        store
+            .instances_brief()
+            .map_err(|e| api_error(e.into()))?
+            .iter()
+            .filter(|r| who.may_access(&r.owner))
+            .map(|r| inst::view_cached(&store, r, false, &mut cache).map_err(api_error))
+            .collect()
+    }
+
+    fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ApiError> {
+        let row = self.find(who, reference)?;
+        let mut v = inst::view(&*self.store()?, &row, true).map_err(api_error)?;
+        v.vm = inst::vm_view(&mut Drivers::new(&self.ctx), &row);
+        Ok(v)
+    }
+
+    fn create(&self, who: &Identity, req: CreateInstance) -> Result<InstanceView, ApiError> {
+        let kind = req.driver.as_deref().unwrap_or("oci");
+        if !["oci", "qemu"].contains(&kind) {
+            return Err(ApiError::bad_request(
+                "driver",
+                format!("`{kind}` is not a driver of this service (oci, qemu)"),
+            ));
+        }
+        if req.image.trim().is_empty() {
+            return Err(ApiError::bad_request("image", "an image is required"));
+        }
+        no_nul("command", &req.command)?;
+        no_nul("env", &req.env)?;
+        no_nul("ssh_keys", &req.ssh_keys)?;
+        let disk = req
+            .disk
+            .as_deref()
+            .map(|d| {
+                vfarm_core::parse_size(d)
+                    .map_err(|why| ApiError::bad_request("disk", format!("`{d}`: {why}")))
+            })
+            .transpose()?;
+        let image = self
+            .ctx
+            .images()
+            .and_then(|r| Ok(r.resolve(&req.image)?))
+            .map_err(api_error)?;
+        let vm = if kind == "qemu" {
+            // The full profile reads keys from files, as the CLI's --ssh-key does.
+            let dir = tempfile::tempdir().map_err(|e| api_error(e.into()))?;
+            let mut keys = Vec::new();
+            for (i, k) in req.ssh_keys.iter().enumerate() {
+                let p = dir.path().join(format!("key{i}.pub"));
+                std::fs::write(&p, k).map_err(|e| api_error(e.into()))?;
+                keys.push(p);
+            }
+            let mut drivers = Drivers::new(&self.ctx);
+            let driver = drivers.get("qemu").map_err(api_error)?;
+            inst::vm_setup(
+                driver,
+                None,
+                BootProfile::Full,
+                &inst::GuestArgs {
+                    ssh_keys: &keys,
+                    ssh_user: None,
+                    guest_files: &[],
+                },
+            )
+            .map_err(api_error)?
+        } else {
+            if !req.ssh_keys.is_empty() {
+                return Err(ApiError::bad_request(
+                    "ssh_keys",
+                    "SSH keys are for VMs: use the qemu driver",
+                ));
+            }
+            Default::default()
+        };
+        let store = self.store()?;
+        let row = inst::record_instance(
+            &store,
+            &self.admission,
+            kind,
+            NewInstance {
+                image,
+                name: req.name,
+                expiry: req.expiry,
+                shape: ShapeArgs {
+                    cpus: req.cpus,
+                    memory: req.memory,
+                    pids: None,
+                    hostname: req.hostname,
+                    env: req.env,
+                    net: NetArg::None,
+                    user_namespace: false,
+                },
+                command: req.command,
+                disposable: false,
+                vm,
+                owner: who.user.clone(),
+                disk,
+            },
+        )
+        .map_err(api_error)?;
+        self.view(&row)
+    }
+
+    fn complete(&self, id: &str, start: bool) -> Result<InstanceView, ApiError> {
+        let store = self.store()?;
+        let row = store
+            .instance(id)
+            .map_err(|e| api_error(e.into()))?
+            .ok_or_else(|| not_found("instance", id))?;
+        let _busy = self.busy.hold(id);
+        let mut drivers = Drivers::new(&self.ctx);
+        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let row =
+            inst::prepare_recorded(&store, driver, &row, &self.ctx.data_dir).map_err(api_error)?;
+        if start {
+            inst::start_instance(&store, driver, &row).map_err(api_error)?;
+        }
+        let row = store
+            .instance(id)
+            .map_err(|e| api_error(e.into()))?
+            .ok_or_else(|| not_found("instance", id))?;
+        self.view(&row)
+    }
+
+    fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ApiError> {
+        let (row, _busy) = self.take(who, reference)?;
+        let mut drivers = Drivers::new(&self.ctx);
+        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        inst::destroy_instance(&*self.store()?, driver, &row).map_err(api_error)?;
+        Ok(row.id)
+    }
+
+    fn act(
+        &self,
+        who: &Identity,
+        reference: &str,
+        action: Action,
+    ) -> Result<InstanceView, ApiError> {
+        let (row, _busy) = self.take(who, reference)?;
+        let store = self.store()?;
+        let mut drivers = Drivers::new(&self.ctx);
+        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        match action {
+            Action::Start => inst::start_instance(&store, driver, &row),
+            Action::Stop { force } => inst::stop_instance(&store, driver, &row, force),
+            Action::Pause => {
+                inst::pause_resume_instance(&store, driver, &row, Event::Pause).map(|_| ())
+            }
+            Action::Resume => {
+                inst::pause_resume_instance(&store, driver, &row, Event::Resume).map(|_| ())
+            }
+        }
+        .map_err(api_error)?;
+        let row = store
+            .instance(&row.id)
+            .map_err(|e| api_error(e.into()))?
+            .ok_or_else(|| not_found("instance", reference))?;
+        self.view(&row)
+    }
+
+    fn extend(&self, who: &Identity, reference: &str, by: &str) -> Result<InstanceView, ApiError> {
+        let row = self.find(who, reference)?;
+        let row = inst::extend_instance(&*self.store()?, &row, by).map_err(api_error)?;
+        self.view(&row)
+    }
+
+    fn exec(
+        &self,
+        who: &Identity,
+        reference: &str,
+        req: ExecRequest,
+    ) -> Result<ExecResult, ApiError> {
+        if req.command.is_empty() || req.command[0].is_empty() {
+            return Err(ApiError::bad_request("command", "a command is required"));
+        }
+        no_nul("command", &req.command)?;
+        no_nul("env", &req.env)?;
+        let env = req
+            .env
+            .iter()
+            .map(|e| vfarm_core::instance::parse_env(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::bad_request("env", e.to_string()))?;
+        let row = self.find(who, reference)?;
+        inst::check(&row, Event::Exec).map_err(api_error)?;
+        let mut drivers = Drivers::new(&self.ctx);
+        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let exec = driver.exec().ok_or_else(|| {
+            api_error(
+                DriverError::Unsupported {
+                    driver: driver.kind(),
+                    what: "exec".into(),
+                }
+                .into(),
+            )
+        })?;
+        // Files, not pipes: nothing can block on a full pipe while we wait for the exit.
+        let io_err = |e: std::io::Error| api_error(anyhow::Error::new(e).context("exec output"));
+        let mut out = tempfile::tempfile().map_err(io_err)?;
+        let mut err = tempfile::tempfile().map_err(io_err)?;
+        let io = ExecIo {
+            stdin: std::process::Stdio::null(),
+            stdout: out.try_clone().map_err(io_err)?.into(),
+            stderr: err.try_clone().map_err(io_err)?.into(),
+        };
+        let code = exec
+            .exec(&row.id, &req.command, &env, io)
+            .map_err(|e| api_error(e.into()))?;
+        use std::io::Seek;
+        out.rewind().map_err(io_err)?;
+        err.rewind().map_err(io_err)?;
+        Ok(ExecResult {
+            exit_code: code,
+            stdout: read_limited(&mut out, EXEC_OUTPUT_LIMIT),
+            stderr: read_limited(&mut err, EXEC_OUTPUT_LIMIT),
+        })
+    }
+
+    fn console(&self, who: &Identity, reference: &str) -> Result<Vec<u8>, ApiError> {
+        let row = self.find(who, reference)?;
+        let mut drivers = Drivers::new(&self.ctx);
+        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let logs = driver.logs(&row.id).map_err(|e| api_error(e.into()))?;
+        let mut paths = vec![logs.stdout.clone()];
+        if logs.stderr != logs.stdout {
+            paths.push(logs.stderr);
+        }
+        let mut all = Vec::new();
+        for p in paths {
+            // Before the first start there is no log yet: an empty console.
+            let Ok(mut f) = std::fs::File::open(&p) else {
+                continue;
+            };
+            use std::io::Seek;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = f.seek(std::io::SeekFrom::Start(len.saturating_sub(CONSOLE_LIMIT)));
+            let _ = f.read_to_end(&mut all);
+        }
+        Ok(all)
+    }
+
+    fn snapshots(&self, who: &Identity, reference: &str) -> Result<Vec<SnapshotView>, ApiError> {
+        let row = self.find(who, reference)?;
+        Ok(self
+            .store()?
+            .snapshots(&row.id)
+            .map_err(|e| api_error(e.into()))?
+            .into_iter()
+            .map(inst::snapshot_view)
+            .collect())
+    }
+
+    fn snapshot_create(
+        &self,
+        who: &Identity,
+        reference: &str,
+        name: &str,
+    ) -> Result<SnapshotView, ApiError> {
+        let (row, _busy) = self.take(who, reference)?;
+        let mut drivers = Drivers::new(&self.ctx);
+        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        inst::snapshot_instance(&*self.store()?, driver, &row, name)
+            .map(inst::snapshot_view)
+            .map_err(api_error)
+    }
+
+    fn snapshot_revert(
+        &self,
+        who: &Identity,
+        reference: &str,
+        name: &str,
+    ) -> Result<InstanceView, ApiError> {
+        let (row, _busy) = self.take(who, reference)?;
+        let store = self.store()?;
+        let mut drivers = Drivers::new(&self.ctx);
+        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        inst::revert_instance(&store, driver, &row, name).map_err(api_error)?;
+        let row = store
+            .instance(&row.id)
+            .map_err(|e| api_error(e.into()))?
+            .ok_or_else(|| not_found("instance", reference))?;
+        self.view(&row)
+    }
+
+    fn snapshot_remove(&self, who: &Identity, reference: &str, name: &str) -> Result<(), ApiError> {
+        let (row, _busy) = self.take(who, reference)?;
+        let mut drivers = Drivers::new(&self.ctx);
+        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        inst::remove_snapshot(&*self.store()?, driver, &row, name).map_err(api_error)
+    }
+
+    fn quota(&self, who: &Identity) -> Result<QuotaView, ApiError> {
+        let q = self.admission.quotas.for_owner(&who.user);
+        let u = self
+            .store()?
+            .quota_usage(&who.user)
+            .map_err(|e| api_error(e.into()))?;
+        Ok(QuotaView {
+            owner: who.user.clone(),
+            limits: QuotaNumbers {
+                instances: q.instances,
+                cpus_milli: q.cpus_milli,
+                memory_mib: q.memory_mib,
+                disk_mib: q.disk_mib,
+            },
+            usage: QuotaNumbers {
+                instances: Some(u.instances),
+                cpus_milli: Some(u.cpus_milli),
+                memory_mib: Some(u.memory_mib),
+                disk_mib: Some(u.disk_mib),
+            },
+        })
+    }
+}
+
+/// What start-up reconciliation did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Reconciled {
+    /// Creates that died before the driver had the instance: removed.
+    pub unfinished_creates: usize,
+    /// Instance directories no record refers to: cleaned up.
+    pub orphan_dirs: usize,
+    /// Hostname leases and quota shares of no instance: released.
+    pub orphan_holds: usize,
+}
+
+/// Make records and the host agree after a service that died mid-work (kill -9 during a
+/// burst of creates and destroys): every record is checked against its driver, creates
+/// that never reached the driver are removed, directories without a record are cleaned
+/// up, and holds of vanished instances are released. Running instances are left running.
+pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
+    let store = ctx.store()?;
+    let mut drivers = Drivers::new(ctx);
+    let mut out = Reconciled::default();
+    for row in store.instances()? {
+        let row = match inst::refresh(&store, &mut drivers, row.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot check instance {}: {e:#}", row.id);
+                continue;
+            }
+        };
+        if row.state == State::Creating.as_str() {
+            let driver = drivers.get(&row.driver)?;
+            let _ = driver.cleanup(&row.id);
+            store.delete_instance("vfarm-service", &row.id)?;
+            out.unfinished_creates += 1;
+        }
+    }
+    let known: std::collections::HashSet<String> =
+        store.instances()?.into_iter().map(|r| r.id).collect();
+    let dir = ctx.data_dir.join("instances");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if known.contains(&id) || id.starts_with('.') || !e.path().is_dir() {
+                continue;
+            }
+            // The directory says whose it is: an OCI bundle, or a VM's runtime record.
+            let kind = if e.path().join("bundle").exists() {
+                "oci"
+            } else {
+                "qemu"
+            };
+            match drivers.get(kind)?.cleanup(&id) {
+                Ok(()) => out.orphan_dirs += 1,
+                Err(e) => tracing::warn!("cannot clean up orphan instance dir {id}: {e}"),
+            }
+        }
+    }
+    out.orphan_holds = store.release_orphan_holds()?;
+    Ok(out)
+}
+
+/// Keep records current (instances that exit or die while nobody asks) and tell
+/// `/api/v1/events` listeners what changed, whichever process changed it.
+pub fn spawn_watcher(ctx: &Ctx, events: tokio::sync::broadcast::Sender<InstanceEvent>, busy: Busy) {
+    let ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
+    std::thread::spawn(move || {
+        let mut w = Watch::default();
+        let mut first = true;
+        loop {
+            if let Err(e) = watch_once(&ctx, &events, &busy, &mut w, first) {
+                tracing::warn!("instance watcher: {e:#}");
+            }
+            first = false;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+}
+
+/// Per instance: (state, updated, expires) when last seen, and the owner.
+type Seen = HashMap<String, ((String, String, Option<String>), String)>;
+
+/// What the watcher knew after its last round.
+#[derive(Default)]
+struct Watch {
+    seen: Seen,
+    fingerprint: Option<(i64, Option<String>)>,
+}
+
+fn watch_once(
+    ctx: &Ctx,
+    events: &tokio::sync::broadcast::Sender<InstanceEvent>,
+    busy: &Busy,
+    w: &mut Watch,
+    first: bool,
+) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    // Running and paused instances can end by themselves: ask their drivers (cheap: a
+    // process check), and record what they observe.
+    let mut drivers = Drivers::new(ctx);
+    let active = store
+        .instances_in(&[State::Running.as_str(), State::Paused.as_str()])
+        .context("list active instances")?;
+    for row in active.into_iter().filter(|r| !busy.contains(&r.id)) {
+        let _ = inst::refresh(&store, &mut drivers, row);
+    }
+    // Only a changed table is read in full (a service with 10,000 idle records mostly isn't).
+    let fp = store.instances_fingerprint()?;
+    if w.fingerprint.as_ref() == Some(&fp) {
+        return Ok(());
+    }
+    w.fingerprint = Some(fp);
+    let rows = store.instances_brief().context("list instances")?;
+    let mut cache = inst::ViewCache::default();
+    let mut now = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let key = (row.state.clone(), row.updated.clone(), row.expires.clone());
+        let changed = w.seen.get(&row.id).map(|(k, _)| k) != Some(&key);
+        if !first && changed && events.receiver_count() > 0 {
+            if let Ok(v) = inst::view_cached(&store, row, false, &mut cache) {
+                let _ = events.send(InstanceEvent::Changed(Box::new(v)));
+            }
+        }
+        now.insert(row.id.clone(), (key, row.owner.clone()));
+    }
+    for (id, (_, owner)) in w.seen.iter().filter(|(id, _)| !now.contains_key(*id)) {
+        let _ = events.send(InstanceEvent::Removed {
+            id: id.clone(),
+            owner: owner.clone(),
+        });
+    }
+    w.seen = now;
+    Ok(())
+}

@@ -1,0 +1,858 @@
+//! The instance REST API of `vfarm serve` end to end, with the real oci driver (runc):
+//! owners and admins, the hostname pool and quotas under 200 concurrent creates, a kill -9
+//! in the middle of a burst, the reaper and the audit log, live events.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::{fresh_dir, Server, Vf};
+use serde_json::{json, Value};
+
+struct User {
+    http: reqwest::blocking::Client,
+    base: String,
+}
+
+impl User {
+    fn new(server: &Server, name: &str) -> User {
+        User::with_token(server, &server.token_for(name))
+    }
+
+    fn with_token(server: &Server, token: &str) -> User {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        User {
+            http: reqwest::blocking::Client::builder()
+                .default_headers(h)
+                .timeout(Duration::from_secs(300))
+                .build()
+                .unwrap(),
+            base: server.base.clone(),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.http.request(m, url);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, body);
+        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
+        v
+    }
+
+    fn create(&self, body: Value) -> Value {
+        let (s, v) = self.call("POST", "/api/v1/instances?wait=true", Some(body));
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    fn ids(&self) -> HashSet<String> {
+        self.ok("GET", "/api/v1/instances", None)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn write_config(data: &Path, text: &str) -> String {
+    let p = data.join("test-serve.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn pool(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[hostnames]]\nname = \"wn{i:03}.example.org\"\naddress = \"192.0.2.{}\"\n",
+                i % 250 + 1
+            )
+        })
+        .collect()
+}
+
+/// Acceptance 1 (API part): each user sees and touches only their own instances, another's
+/// is 404 and untouched, the admin sees all, no identity is a 401. Also exec, snapshots,
+/// extend, console and the live events of the caller's own instances only.
+#[test]
+fn owners_admins_and_live_events() {
+    let vf = Vf::with_minbase(fresh_dir("svc-owners"));
+    // With a site CA, every kept instance gets a host certificate for its hostname.
+    vf.ok(&[
+        "ca",
+        "init",
+        "--subject",
+        "/C=XX/O=vfarm tests/CN=Test Site CA",
+    ]);
+    let server = Server::start_with(&vf.data, &["--admin", "site-admin"]);
+    let (alice, bob, admin) = (
+        User::new(&server, "alice"),
+        User::new(&server, "bob"),
+        User::new(&server, "site-admin"),
+    );
+
+    // Alice listens for events before anything happens.
+    let alice_token = server.token_for("alice");
+    let events = std::thread::spawn({
+        let base = server.base.clone();
+        move || {
+            let resp = reqwest::blocking::Client::new()
+                .get(format!("{base}/api/v1/events"))
+                .bearer_auth(alice_token)
+                .send()
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for line in BufReader::new(resp).lines() {
+                let line = line.unwrap();
+                if let Some(d) = line.strip_prefix("data: ") {
+                    let v: Value = serde_json::from_str(d).unwrap();
+                    seen.push(v.clone());
+                    if v["name"] == "a1" && v["state"] == "running" {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    break;
+                }
+            }
+            seen
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+
+    let a1 = alice.create(json!({"image": "minbase", "name": "a1", "expiry": "2h"}));
+    assert_eq!(a1["state"], "running");
+    assert_eq!(a1["owner"], "alice");
+    let b1 = bob.create(json!({"image": "minbase", "name": "b1"}));
+    assert_eq!(b1["owner"], "bob");
+
+    assert_eq!(
+        alice.ids(),
+        HashSet::from([a1["id"].as_str().unwrap().to_string()])
+    );
+    assert_eq!(
+        bob.ids(),
+        HashSet::from([b1["id"].as_str().unwrap().to_string()])
+    );
+    assert_eq!(admin.ids().len(), 2);
+    for (m, p) in [
+        ("GET", "/api/v1/instances/b1"),
+        ("DELETE", "/api/v1/instances/b1"),
+        ("POST", "/api/v1/instances/b1/stop"),
+        ("GET", "/api/v1/instances/b1/console"),
+    ] {
+        let (s, v) = alice.call(m, p, None);
+        assert_eq!(s, 404, "{m} {p}: {v}");
+        assert_eq!(v["error"]["code"], "instance_not_found", "{v}");
+    }
+    assert_eq!(
+        bob.ok("GET", "/api/v1/instances/b1", None)["state"],
+        "running"
+    );
+    let anon = reqwest::blocking::get(format!("{}/api/v1/instances", server.base)).unwrap();
+    assert_eq!(anon.status().as_u16(), 401);
+
+    // The CLI against the service (--server): the same commands and output as locally.
+    let remote = |token: &str, args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"));
+        c.args(["--server", &server.base])
+            .env("VFARM_TOKEN", token)
+            .env("VFARM_DATA_DIR", "/nonexistent-vfarm-data")
+            .args(args);
+        c.output().unwrap()
+    };
+    let bob_token = server.token_for("bob");
+    let o = remote(&bob_token, &["instance", "ls", "--output", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "b1");
+    let o = remote(&bob_token, &["instance", "ls"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.starts_with("ID") && table.contains("b1") && !table.contains("a1"),
+        "{table}"
+    );
+    let o = remote(&bob_token, &["instance", "show", "a1"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+    let o = remote(
+        &bob_token,
+        &[
+            "instance",
+            "exec",
+            "b1",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; exit 4",
+        ],
+    );
+    assert_eq!(
+        (o.status.code(), o.stdout.as_slice()),
+        (Some(4), &b"hi\n"[..])
+    );
+    let o = remote("vft_bogus", &["instance", "ls"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // The host certificate is in the instance, for its hostname, signed by the site CA; the
+    // key is readable by root only.
+    let r = alice.ok(
+        "POST",
+        "/api/v1/instances/a1/exec",
+        Some(json!({"command": ["sh", "-c", "cat /etc/grid-security/hostcert.pem; stat -c %a /etc/grid-security/hostkey.pem"]})),
+    );
+    let out = r["stdout"].as_str().unwrap();
+    assert!(out.trim_end().ends_with("600"), "{out}");
+    let pem = &out[..out
+        .find("-----END CERTIFICATE-----")
+        .expect("a certificate")
+        + 25];
+    let ca = vf.data.join("ca/ca.pem");
+    let cert_file = vf.data.join("a1-hostcert.pem");
+    std::fs::write(&cert_file, pem).unwrap();
+    let subject = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "compat", "-in"])
+        .arg(&cert_file)
+        .output()
+        .unwrap();
+    let subject = String::from_utf8_lossy(&subject.stdout);
+    assert!(subject.contains("CN=a1"), "{subject}");
+    let verify = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&ca)
+        .arg(&cert_file)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let record = vf.json(&["instance", "show", "a1"]);
+    assert!(
+        !record.to_string().contains("PRIVATE KEY"),
+        "the host key leaked into the record"
+    );
+
+    // exec: output and exit status come back.
+    let r = alice.ok(
+        "POST",
+        "/api/v1/instances/a1/exec",
+        Some(json!({"command": ["sh", "-c", "echo out; echo err >&2; echo x > /marker; exit 3"]})),
+    );
+    assert_eq!(
+        (
+            r["exit_code"].as_i64(),
+            r["stdout"].as_str(),
+            r["stderr"].as_str()
+        ),
+        (Some(3), Some("out\n"), Some("err\n"))
+    );
+    // Bad input names the field and changes nothing.
+    let (s, v) = alice.call(
+        "POST",
+        "/api/v1/instances/a1/exec",
+        Some(json!({"command": []})),
+    );
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("command")),
+        "{v}"
+    );
+    let (s, v) = alice.call(
+        "POST",
+        "/api/v1/instances",
+        Some(json!({"image": "minbase", "memory": "lots"})),
+    );
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("memory")),
+        "{v}"
+    );
+    assert_eq!(alice.ids().len(), 1);
+
+    // Snapshots: take, change, revert, remove.
+    let snap = alice.call(
+        "POST",
+        "/api/v1/instances/a1/snapshots",
+        Some(json!({"name": "s1"})),
+    );
+    assert_eq!(snap.0, 201, "{}", snap.1);
+    alice.ok(
+        "POST",
+        "/api/v1/instances/a1/exec",
+        Some(json!({"command": ["rm", "/marker"]})),
+    );
+    alice.ok("POST", "/api/v1/instances/a1/snapshots/s1/revert", None);
+    let r = alice.ok(
+        "POST",
+        "/api/v1/instances/a1/exec",
+        Some(json!({"command": ["cat", "/marker"]})),
+    );
+    assert_eq!(r["stdout"], "x\n", "{r}");
+    assert_eq!(
+        alice.ok("GET", "/api/v1/instances/a1/snapshots", None)[0]["name"],
+        "s1"
+    );
+    alice.ok("DELETE", "/api/v1/instances/a1/snapshots/s1", None);
+    let (s, _) = alice.call("DELETE", "/api/v1/instances/a1/snapshots/s1", None);
+    assert_eq!(s, 404);
+
+    // Expiry: extend moves it later; the list shows time left.
+    let before = alice.ok("GET", "/api/v1/instances/a1", None)["expires_in_secs"]
+        .as_i64()
+        .unwrap();
+    assert!((7000..=7200).contains(&before), "{before}");
+    let ext = alice.ok(
+        "POST",
+        "/api/v1/instances/a1/extend",
+        Some(json!({"by": "1d"})),
+    );
+    assert!(
+        ext["expires_in_secs"].as_i64().unwrap() > before + 86_000,
+        "{ext}"
+    );
+    let (s, v) = alice.call(
+        "POST",
+        "/api/v1/instances/a1/extend",
+        Some(json!({"by": "soon"})),
+    );
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("by")), "{v}");
+
+    // Stop, start, pause, resume through the API.
+    assert_eq!(
+        alice.ok("POST", "/api/v1/instances/a1/pause", None)["state"],
+        "paused"
+    );
+    assert_eq!(
+        alice.ok("POST", "/api/v1/instances/a1/resume", None)["state"],
+        "running"
+    );
+    assert_eq!(
+        alice.ok(
+            "POST",
+            "/api/v1/instances/a1/stop",
+            Some(json!({"force": true}))
+        )["state"],
+        "stopped"
+    );
+    let (s, v) = alice.call(
+        "POST",
+        "/api/v1/instances/a1/exec",
+        Some(json!({"command": ["true"]})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("illegal_state")),
+        "{v}"
+    );
+    assert_eq!(
+        alice.ok("POST", "/api/v1/instances/a1/start", None)["state"],
+        "running"
+    );
+
+    let seen = events.join().unwrap();
+    assert!(
+        seen.iter()
+            .any(|v| v["name"] == "a1" && v["state"] == "running"),
+        "alice's stream never showed a1 running: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|v| v["owner"] == "alice"),
+        "alice saw someone else's instance: {seen:?}"
+    );
+
+    // The admin may destroy anyone's; then nothing is left.
+    admin.ok("DELETE", "/api/v1/instances/b1", None);
+    alice.ok("DELETE", "/api/v1/instances/a1", None);
+    assert!(admin.ids().is_empty());
+    let dirs = std::fs::read_dir(vf.data.join("instances"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(dirs, 0, "instance directories left behind");
+    // Every change is in the audit log with its actor.
+    let audit = admin.ok("GET", "/api/v1/audit?limit=1000", None);
+    let by = |actor: &str, action: &str| {
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == actor && e["action"].as_str().unwrap().starts_with(action))
+    };
+    assert!(by("alice", "POST /api/v1/instances"), "{audit}");
+    assert!(by("site-admin", "DELETE /api/v1/instances/b1"), "{audit}");
+    let own = alice.ok("GET", "/api/v1/audit", None);
+    assert!(
+        own.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == "alice"),
+        "{own}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&vf.data);
+}
+
+/// Acceptance 2: 200 concurrent creates over a pool of 150 hostnames, from 4 users with a
+/// quota of 45 instances each: exactly 150 succeed, every refusal says pool exhausted or
+/// quota exceeded, no hostname is given twice, no user holds more than the quota.
+#[test]
+fn two_hundred_concurrent_creates_against_pool_and_quota() {
+    let vf = Vf::with_minbase(fresh_dir("svc-burst"));
+    let cfg = write_config(
+        &vf.data,
+        &format!("[quotas.default]\ninstances = 45\n{}", pool(150)),
+    );
+    let server = Server::start_with(&vf.data, &["--config", &cfg, "--admin", "site-admin"]);
+    let users: Vec<Arc<User>> = (0..4)
+        .map(|i| Arc::new(User::new(&server, &format!("user{i}"))))
+        .collect();
+    let barrier = Arc::new(Barrier::new(200));
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let (u, b) = (users[i % 4].clone(), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                // Reservations: prepared and holding a name, not started (the pool and quota
+                // logic is the same; 150 running containers would only slow the test).
+                u.call(
+                    "POST",
+                    "/api/v1/instances?wait=true",
+                    Some(json!({"image": "minbase", "reserve": true, "cpus": 0.1})),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Value)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    eprintln!("200 concurrent creates answered in {:.1?}", t0.elapsed());
+    let ok: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, v)| v)
+        .collect();
+    let refused: Vec<&(u16, Value)> = results.iter().filter(|(s, _)| *s != 201).collect();
+    let codes: Vec<&str> = refused
+        .iter()
+        .map(|(_, v)| v["error"]["code"].as_str().unwrap_or("?"))
+        .collect();
+    eprintln!(
+        "created {}, refused {} (pool_exhausted {}, quota_exceeded {})",
+        ok.len(),
+        refused.len(),
+        codes.iter().filter(|c| **c == "pool_exhausted").count(),
+        codes.iter().filter(|c| **c == "quota_exceeded").count()
+    );
+    assert_eq!(ok.len(), 150, "refusals: {refused:?}");
+    for (s, v) in &refused {
+        assert_eq!(*s, 409, "{v}");
+        let code = v["error"]["code"].as_str().unwrap();
+        assert!(
+            code == "pool_exhausted" || code == "quota_exceeded",
+            "unexpected refusal {v}"
+        );
+    }
+    for v in &ok {
+        assert_eq!(v["state"], "created", "{v}");
+    }
+    let names: HashSet<&str> = ok.iter().map(|v| v["hostname"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 150, "a hostname was given twice");
+    assert!(names.iter().all(|n| n.ends_with(".example.org")));
+    assert!(ok.iter().all(|v| v["address"].as_str().is_some()));
+    for (i, u) in users.iter().enumerate() {
+        let n = u.ids().len();
+        assert!(n <= 45, "user{i} holds {n} instances, over the quota of 45");
+    }
+    let admin = User::new(&server, "site-admin");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metrics.contains("vfarm_hostname_leases 150"), "{metrics}");
+    // Destroying one frees its name for the next create.
+    let victim = ok[0]["id"].as_str().unwrap();
+    let freed = ok[0]["hostname"].as_str().unwrap();
+    let owner: usize = ok[0]["owner"].as_str().unwrap()["user".len()..]
+        .parse()
+        .unwrap();
+    admin.ok("DELETE", &format!("/api/v1/instances/{victim}"), None);
+    let u = &users[owner];
+    let again = u.create(json!({"image": "minbase", "reserve": true, "cpus": 0.1}));
+    assert_eq!(again["hostname"], freed);
+    let q = u.ok("GET", "/api/v1/quota", None);
+    assert_eq!(q["limits"]["instances"], 45, "{q}");
+    // Everything goes again, names and all.
+    let all: Vec<String> = admin.ids().into_iter().collect();
+    let admin = Arc::new(admin);
+    let gone: Vec<_> = all
+        .chunks(all.len().div_ceil(8))
+        .map(|ids| {
+            let (a, ids) = (admin.clone(), ids.to_vec());
+            std::thread::spawn(move || {
+                for id in ids {
+                    a.ok("DELETE", &format!("/api/v1/instances/{id}"), None);
+                }
+            })
+        })
+        .collect();
+    for g in gone {
+        g.join().unwrap();
+    }
+    assert!(admin.ids().is_empty());
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metrics.contains("vfarm_hostname_leases 0"), "{metrics}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&vf.data);
+}
+
+/// Acceptance 3: kill -9 of the service during a burst of creates and destroys, then a
+/// restart: every record agrees with the host (running ones run), no instance directory
+/// without a record, no hostname held by an instance that is gone.
+#[test]
+fn killed_mid_burst_the_service_restarts_consistent() {
+    let vf = Vf::with_minbase(fresh_dir("svc-kill"));
+    let cfg = write_config(&vf.data, &pool(60));
+    let mut server = Server::start_with(&vf.data, &["--config", &cfg]);
+    let token = server.token_for("carol");
+    let carol = Arc::new(User::with_token(&server, &token));
+    // Some instances exist before the burst, so destroys are part of it.
+    let early: Vec<String> = (0..6)
+        .map(|_| {
+            carol.create(json!({"image": "minbase"}))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut burst = Vec::new();
+    for i in 0..24 {
+        let c = carol.clone();
+        let victim = early.get(i % 8).cloned().filter(|_| i % 4 == 0);
+        burst.push(std::thread::spawn(move || match victim {
+            Some(v) => {
+                let _ = c
+                    .http
+                    .delete(format!("{}/api/v1/instances/{v}", c.base))
+                    .send();
+            }
+            None => {
+                let _ = c
+                    .http
+                    .post(format!("{}/api/v1/instances", c.base))
+                    .json(&json!({"image": "minbase"}))
+                    .send();
+            }
+        }));
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    // Mid-burst: 202s came back, the background prepares and starts are under way.
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill9();
+    for b in burst {
+        let _ = b.join();
+    }
+    let server = Server::start_with(&vf.data, &["--config", &cfg]);
+    let carol = User::with_token(&server, &token);
+    // The watcher and a show reconcile; give the driver-side starts that were under way
+    // a moment to be observed.
+    std::thread::sleep(Duration::from_secs(2));
+    let list = carol.ok("GET", "/api/v1/instances", None);
+    let rows = list.as_array().unwrap();
+    let ids: HashSet<String> = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    eprintln!(
+        "after restart: {} instances ({:?})",
+        rows.len(),
+        rows.iter()
+            .map(|r| r["state"].as_str().unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert!(!rows.is_empty());
+    for r in rows {
+        let id = r["id"].as_str().unwrap();
+        let state = carol.ok("GET", &format!("/api/v1/instances/{id}"), None)["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // `failed`: a destroy (or start) cut short by the kill ended the processes but not the
+        // record; the record says so, and a destroy now finishes it.
+        assert!(
+            ["created", "running", "stopped", "failed"].contains(&state.as_str()),
+            "{id} is {state} after the restart"
+        );
+        if state == "running" {
+            let e = carol.ok(
+                "POST",
+                &format!("/api/v1/instances/{id}/exec"),
+                Some(json!({"command": ["true"]})),
+            );
+            assert_eq!(
+                e["exit_code"], 0,
+                "{id}: recorded running but exec failed: {e}"
+            );
+        }
+    }
+    let dirs: HashSet<String> = std::fs::read_dir(vf.data.join("instances"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(dirs, ids, "instance directories and records differ");
+    let leases = vf.json(&["instance", "ls"]);
+    let hosts: Vec<&str> = leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hosts.iter().collect::<HashSet<_>>().len(),
+        hosts.len(),
+        "a hostname is held twice"
+    );
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("vfarm_hostname_leases {}", ids.len())),
+        "leases and instances differ ({} instances):\n{metrics}",
+        ids.len()
+    );
+    for id in &ids {
+        carol.ok("DELETE", &format!("/api/v1/instances/{id}"), None);
+    }
+    assert!(carol.ids().is_empty());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&vf.data);
+}
+
+/// Acceptance 4: an instance past its expiry is destroyed by the service's reaper, and the
+/// audit log says so.
+#[test]
+fn the_reaper_destroys_expired_instances_and_audits_it() {
+    let vf = Vf::with_minbase(fresh_dir("svc-reap"));
+    let server = Server::start_with(&vf.data, &["--admin", "site-admin"]);
+    let dave = User::new(&server, "dave");
+    let admin = User::new(&server, "site-admin");
+    let v = dave.create(json!({"image": "minbase", "expiry": "3s"}));
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dave.ids().contains(&id) {
+        assert!(Instant::now() < deadline, "instance {id} was not reaped");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let audit = admin.ok("GET", "/api/v1/audit?limit=100", None);
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "instance.reap" && e["object"] == id.as_str())
+        .unwrap_or_else(|| panic!("no reap entry for {id} in {audit}"));
+    assert_eq!(entry["actor"], "vfarm-reaper");
+    assert_eq!(entry["detail"]["owner"], "dave");
+    assert!(!vf.data.join("instances").join(&id).exists());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&vf.data);
+}
+
+/// Shell completions and man pages come from the same definitions as the parser.
+#[test]
+fn completions_and_man_pages() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        script.contains("vfarm__instance__create") || script.contains("instance"),
+        "{}",
+        &script[..200]
+    );
+    assert!(script.contains("--server"));
+    let dir = fresh_dir("man-pages");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .arg("man")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(dir.join("vfarm-instance-create.1")).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH"),
+        "{}",
+        &page[..100]
+    );
+    assert!(page.contains("expiry"));
+}
+
+/// Acceptance 1 with grid identities: two users with client certificates from a test CA
+/// (the site CA) drive the service through the CLI (`--server https://… --cert --key --ca`);
+/// each sees only their own instances, and the certificate's DN is the owner.
+#[test]
+fn certificate_users_through_the_cli() {
+    let vf = Vf::with_minbase(fresh_dir("svc-certs"));
+    vf.ok(&["ca", "init", "--subject", "/C=XX/O=vfarm tests/CN=Test CA"]);
+    let srv = vf.data.join("srv");
+    vf.ok(&[
+        "ca",
+        "issue-host",
+        "localhost",
+        "--out",
+        srv.to_str().unwrap(),
+    ]);
+    let users = [
+        ("/C=XX/O=vfarm tests/CN=Carol", vf.data.join("carol")),
+        ("/C=XX/O=vfarm tests/CN=Dave", vf.data.join("dave")),
+    ];
+    for (dn, dir) in &users {
+        vf.ok(&["ca", "issue-user", dn, "--out", dir.to_str().unwrap()]);
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(srv.join("hostcert.pem"))
+        .arg("--tls-key")
+        .arg(srv.join("hostkey.pem"))
+        .arg("--client-ca-dir")
+        .arg(vf.data.join("ca/certificates"))
+        .env("VFARM_DATA_DIR", &vf.data)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .and_then(|u| u.rsplit(':').next())
+        .unwrap_or_else(|| panic!("no https address in {line:?}"))
+        .to_string();
+    let url = format!("https://localhost:{port}");
+    let cli = |who: usize, args: &[&str]| {
+        let dir = &users[who].1;
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
+            .args(["--server", &url, "--cert"])
+            .arg(dir.join("usercert.pem"))
+            .arg("--key")
+            .arg(dir.join("userkey.pem"))
+            .arg("--ca")
+            .arg(vf.data.join("ca/ca.pem"))
+            .env_remove("VFARM_TOKEN")
+            .args(args)
+            .output()
+            .unwrap();
+        o
+    };
+    let o = cli(
+        0,
+        &[
+            "instance", "create", "--image", "minbase", "--name", "c1", "--output", "json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c1: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c1["owner"], users[0].0);
+    assert_eq!(c1["state"], "running");
+    let o = cli(
+        1,
+        &["instance", "create", "--image", "minbase", "--name", "d1"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("d1"));
+    for (who, mine) in [(0, "c1"), (1, "d1")] {
+        let o = cli(who, &["instance", "ls", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let names: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, [mine], "user {who}");
+    }
+    let o = cli(0, &["instance", "destroy", "d1"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = cli(0, &["snapshot", "create", "c1", "s1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli(0, &["snapshot", "ls", "c1"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("s1"));
+    // Without a certificate or token: 401, exit 2, nothing changed.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .args(["--server", &url, "--ca"])
+        .arg(vf.data.join("ca/ca.pem"))
+        .env_remove("VFARM_TOKEN")
+        .args(["instance", "destroy", "c1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("401"));
+    for (who, name) in [(0, "c1"), (1, "d1")] {
+        let o = cli(who, &["instance", "destroy", name]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&vf.data);
+}

@@ -1,0 +1,539 @@
+// End-to-end test of the vfarm web UI in Debian's headless Chromium (issue 5, acceptance 1 and 5).
+//
+//   node tests/web/deploy.test.mjs        exit 0 = pass; non-zero with the reason on stderr
+//
+// It starts its own `vfarm serve` on a fresh data dir (a hostname pool and a quota in
+// serve.toml) with the real oci driver (runc), imports the minbase image, makes tokens for
+// alice, bob and an admin, and drives the page: alice logs in, has a bad memory size refused
+// next to the field, deploys through the form, sees `running` arrive by Server-Sent Events
+// (no reload) with a pool hostname and her quota, opens the instance page, runs `hostname`
+// in it and destroys it there; bob (another browser context, keyboard only) never sees
+// alice's instances and gets "no such instance" for her id; the admin sees both owners' and
+// loses alice's live when she destroys it. alice then checks a download link and a refused
+// build on the images page and signs out.
+// Then the same data dir is served over TLS with client certificates from a site CA made
+// for the test (`vfarm ca`): carol's browser presents her certificate and lands on the page
+// without a login form, deploys her own instance; dave (another certificate) sees none of
+// the others'. Screenshots go to <target>/web-e2e/*.png.
+//
+// Environment: VFARM_BIN (default <target>/debug/vfarm), CARGO_TARGET_DIR (default ./target),
+// VFARM_MINBASE_TAR (default <target>/tmp/minbase-bookworm.tar, built with mmdebstrap if
+// absent), CHROMIUM (default /usr/bin/chromium). VFARM_UI_DIR, when set, is passed on to the
+// service (serve the UI from disk instead of the copy built into the binary).
+// VFARM_E2E_KEEP=1 keeps the data dir of a passing run.
+
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const TARGET = path.resolve(REPO, process.env.CARGO_TARGET_DIR || 'target');
+const BIN = path.resolve(REPO, process.env.VFARM_BIN || path.join(TARGET, 'debug', 'vfarm'));
+const MINBASE = path.resolve(REPO, process.env.VFARM_MINBASE_TAR || path.join(TARGET, 'tmp', 'minbase-bookworm.tar'));
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SHOTS = path.join(TARGET, 'web-e2e');
+// The flags from the machine notes: no sandbox as root, and no background connections, which
+// this machine's closed network refuses (many at a time) and which slow every start.
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const RUNNING_TIMEOUT = 120_000;
+
+const t0 = Date.now();
+const secs = (since) => ((Date.now() - since) / 1000).toFixed(1);
+const log = (msg) => console.log(`[${secs(t0).padStart(6)} s] ${msg}`);
+
+class Failure extends Error {}
+function fail(msg) { throw new Failure(msg); }
+function check(cond, msg) { if (!cond) fail(msg); }
+
+// ---------------------------------------------------------------------------------------
+// Preconditions: every component is real; a missing one fails loudly, naming the fix.
+
+async function loadPlaywright() {
+  try {
+    return await import('playwright-core');
+  } catch (e) {
+    fail(`playwright-core is not installed (${e.code || e.message}): run scripts/setup.sh ` +
+      '(it runs `npm ci --prefix tests/web`)');
+  }
+}
+
+function preconditions() {
+  check(fs.existsSync(CHROMIUM), `Chromium is missing: ${CHROMIUM} does not exist. Install Debian's ` +
+    '`chromium` package with scripts/setup.sh (or point CHROMIUM at a Chromium binary)');
+  check(fs.existsSync(BIN), `the vfarm binary is missing: ${BIN}. Build it (cargo build -p vfarm) ` +
+    'or set VFARM_BIN');
+}
+
+function run(cmd, args, env, what) {
+  const r = spawnSync(cmd, args, { env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.error) fail(`${what}: cannot run ${cmd}: ${r.error.message}`);
+  if (r.status !== 0) fail(`${what}: \`${cmd} ${args.join(' ')}\` exited ${r.status}\n${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+function ensureMinbase() {
+  if (fs.existsSync(MINBASE)) return;
+  log(`${MINBASE} is absent: building it with mmdebstrap`);
+  const which = spawnSync('sh', ['-c', 'command -v mmdebstrap']);
+  check(which.status === 0, 'mmdebstrap is missing (needed to build the minbase image): run scripts/setup.sh');
+  fs.mkdirSync(path.dirname(MINBASE), { recursive: true });
+  // Built beside the target and renamed, so a killed build never leaves a partial tarball.
+  const part = `${MINBASE}.part-${process.pid}.tar`;
+  run('mmdebstrap', ['--variant=minbase', 'bookworm', part], {}, 'building the minbase image');
+  fs.renameSync(part, MINBASE);
+}
+
+// ---------------------------------------------------------------------------------------
+// The service
+
+/** Start `vfarm serve` and resolve with its base URL, read from its first stdout line. */
+function startServe(env, extra = []) {
+  const child = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--admin', 'root-admin', ...extra], {
+    env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => { stderr += d; if (stderr.length > 1 << 20) stderr = stderr.slice(-(1 << 19)); });
+  const url = new Promise((resolve, reject) => {
+    const rl = readline.createInterface({ input: child.stdout });
+    const timer = setTimeout(() => reject(new Failure(`vfarm serve printed no address within 30 s\n${stderr}`)), 30_000);
+    rl.once('line', (line) => {
+      clearTimeout(timer);
+      const m = line.match(/serving on (https?:\/\/\S+)/);
+      if (m) resolve(m[1].replace(/\/$/, ''));
+      else reject(new Failure(`unexpected first line from vfarm serve: ${line}`));
+    });
+    child.once('exit', (code, sig) => {
+      clearTimeout(timer);
+      reject(new Failure(`vfarm serve exited (${code ?? sig}) before serving\n${stderr}`));
+    });
+  });
+  return { child, url, stderr: () => stderr };
+}
+
+async function stopServe(serve) {
+  if (!serve || serve.child.exitCode !== null) return;
+  const exited = new Promise((r) => serve.child.once('exit', r));
+  serve.child.kill('SIGTERM');
+  const killed = setTimeout(() => {
+    console.error('vfarm serve did not exit 10 s after SIGTERM: SIGKILL');
+    serve.child.kill('SIGKILL');
+  }, 10_000);
+  await exited;
+  clearTimeout(killed);
+}
+
+/** A direct API call with a bearer token (setup, cross-checks and cleanup, not the UI).
+ *  Over https the server certificate is checked against `ca` (the test's site CA). */
+function api(base, token, method, p, ca) {
+  const url = new URL(`${base}/api/v1${p}`);
+  const mod = url.protocol === 'https:' ? https : http;
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  return new Promise((resolve, reject) => {
+    const req = mod.request(url, { method, headers, ca, timeout: 60_000 }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => {
+        let body = text;
+        try { body = JSON.parse(text); } catch (e) { /* text answers stay text */ }
+        resolve({ status: res.statusCode, body });
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`${method} ${url} timed out`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Page helpers
+
+const shots = [];
+async function shot(page, name) {
+  const file = path.join(SHOTS, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  shots.push(file);
+  log(`screenshot ${file}`);
+}
+
+async function newPage(browser, options = {}) {
+  const ctx = await browser.newContext({ viewport: { width: 1400, height: 900 }, ...options });
+  const page = await ctx.newPage();
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(e.message));
+  return page;
+}
+
+async function liveOpen(page, user) {
+  // Live updates must be connected before anything is deployed, or the test proves nothing.
+  await page.waitForFunction(() => document.querySelector('[data-testid="live-status"]')?.dataset.live === 'open',
+    null, { timeout: 15_000 }).catch(() => fail(`${user}: the event stream (/api/v1/events) never opened`));
+}
+
+async function login(browser, base, token, user, { keyboard = false } = {}) {
+  const page = await newPage(browser);
+  await page.goto(`${base}/`);
+  await page.getByTestId('login-form').waitFor({ timeout: 15_000 });
+  if (keyboard) {
+    // Without a mouse: the token field has the focus when the page opens; Enter submits.
+    await page.keyboard.type(token);
+    await page.keyboard.press('Enter');
+  } else {
+    await page.getByLabel('Token', { exact: true }).fill(token);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+  }
+  await page.getByTestId('deploy-form').waitFor({ timeout: 15_000 }).catch(async () => {
+    const err = await page.getByTestId('login-form').locator('.field-error:visible, .form-error:visible').allTextContents();
+    fail(`${user} could not log in through the page${err.length ? `: ${err.join(' | ')}` : ''}`);
+  });
+  const shown = await page.getByTestId('whoami-user').textContent();
+  check(shown === user, `logged in as ${user} but the page says ${JSON.stringify(shown)}`);
+  await liveOpen(page, user);
+  return page;
+}
+
+const row = (page, name) => page.locator(`[data-testid="instance-row"][data-name="${name}"]`);
+
+/** Deploy through the form; return the instance id from the table. */
+async function deploy(page, name, fields = {}) {
+  const form = page.getByTestId('deploy-form');
+  const value = await page.getByTestId('deploy-image').evaluate((sel) =>
+    [...sel.options].find((o) => o.textContent.startsWith('minbase'))?.value);
+  check(value, 'the deploy form offers no image called minbase');
+  await page.getByTestId('deploy-image').selectOption(value);
+  await form.getByLabel('Name', { exact: true }).fill(name);
+  await form.getByLabel('Driver', { exact: true }).selectOption('oci');
+  await form.getByLabel('CPUs', { exact: true }).fill(fields.cpus || '0.5');
+  await form.getByLabel('Memory', { exact: true }).fill(fields.memory || '256M');
+  await form.getByLabel('Expires after', { exact: true }).fill(fields.expiry || '1h');
+  await page.getByTestId('deploy-submit').click();
+  await row(page, name).waitFor({ timeout: 30_000 }).catch(async () => {
+    const err = await page.locator('[data-testid="deploy-form"] .field-error:visible, [data-testid="deploy-error"]:visible').allTextContents();
+    fail(`${name} did not appear in the table after Deploy${err.length ? `; the form says: ${err.join(' | ')}` : ''}`);
+  });
+  return row(page, name).getAttribute('data-id');
+}
+
+async function waitRunning(page, name) {
+  const started = Date.now();
+  await page.waitForFunction((n) => {
+    const r = document.querySelector(`[data-testid="instance-row"][data-name="${n}"]`);
+    return r && ['running', 'failed'].includes(r.dataset.state);
+  }, name, { timeout: RUNNING_TIMEOUT }).catch(async () => {
+    const st = await row(page, name).getAttribute('data-state').catch(() => 'absent');
+    fail(`${name} is not running after ${RUNNING_TIMEOUT / 1000} s (the table shows ${st})`);
+  });
+  const st = await row(page, name).getAttribute('data-state');
+  if (st !== 'running') {
+    const text = await row(page, name).textContent();
+    fail(`${name} failed instead of running: ${text}`);
+  }
+  return secs(started);
+}
+
+// ---------------------------------------------------------------------------------------
+
+async function main() {
+  preconditions();
+  const { chromium } = await loadPlaywright();
+  ensureMinbase();
+  fs.mkdirSync(SHOTS, { recursive: true });
+  fs.mkdirSync(path.join(TARGET, 'tmp'), { recursive: true });
+  const data = fs.mkdtempSync(path.join(TARGET, 'tmp', 'web-e2e-'));
+  const env = { VFARM_DATA_DIR: data };
+  log(`vfarm ${BIN}, data dir ${data}${process.env.VFARM_UI_DIR ? `, UI from ${process.env.VFARM_UI_DIR}` : ''}`);
+
+  // A hostname pool and a quota, as a site would configure them: the table shows pool names,
+  // the deploy form the owner's quota.
+  fs.writeFileSync(path.join(data, 'serve.toml'), [
+    ...[1, 2, 3, 4].map((n) => `[[hostnames]]\nname = "vnode0${n}.example.org"\n`),
+    '[quotas.default]\ninstances = 3\ncpus = 2\nmemory = "2G"\n',
+  ].join('\n'));
+  run(BIN, ['image', 'import', MINBASE, '--name', 'minbase'], env, 'importing the minbase image');
+  log('imported minbase');
+  const tok = {};
+  for (const u of ['alice', 'bob', 'root-admin']) {
+    tok[u] = run(BIN, ['token', 'create', '--user', u, '--name', `web-e2e-${u}`], env, `creating a token for ${u}`).trim();
+    check(/^vft_\S+$/.test(tok[u]), `vfarm token create printed no token for ${u}: ${JSON.stringify(tok[u])}`);
+  }
+
+  let serve = startServe(env);
+  let ca; // the test's site CA (PEM) once the TLS phase runs: what api() trusts over https
+  let browser;
+  let ok = false;
+  try {
+    const base = await serve.url;
+    log(`vfarm serve at ${base}`);
+    const anon = await fetch(`${base}/api/v1/instances`);
+    check(anon.status === 401, `GET /api/v1/instances without identity answered ${anon.status}, not 401`);
+
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+    // Each context is a fresh profile: Playwright gives every launch its own empty user-data-dir.
+    log(`Chromium ${browser.version()}`);
+
+    // alice: login page, then her empty instance list.
+    const alice = await login(browser, base, tok.alice, 'alice');
+    log('alice logged in through the page');
+    await alice.evaluate(() => { window.__noReload = true; });
+
+    // An API error is shown next to the field it names, and nothing is created.
+    const form = alice.getByTestId('deploy-form');
+    await form.getByLabel('Name', { exact: true }).fill('e2e-bad');
+    await form.getByLabel('Memory', { exact: true }).fill('lots');
+    await alice.getByTestId('deploy-submit').click();
+    const memErr = alice.getByTestId('deploy-error-memory');
+    await memErr.waitFor({ state: 'visible', timeout: 15_000 }).catch(async () => {
+      const other = await alice.locator('[data-testid="deploy-form"] .field-error:visible, [data-testid="deploy-error"]:visible').allTextContents();
+      fail(`memory "lots" was not reported next to the Memory field (shown instead: ${JSON.stringify(other)})`);
+    });
+    log(`bad memory refused next to the field: ${await memErr.textContent()}`);
+    await shot(alice, '01-alice-form-error');
+    check(await row(alice, 'e2e-bad').count() === 0, 'a refused deploy still shows a row');
+    await form.getByLabel('Memory', { exact: true }).fill('');
+
+    // Deploy through the form; `running` must arrive by SSE without a reload.
+    const deployed = Date.now();
+    const aliceId = await deploy(alice, 'e2e-alice');
+    const firstState = await row(alice, 'e2e-alice').getAttribute('data-state');
+    log(`alice deployed e2e-alice (${aliceId}); first state shown: ${firstState}`);
+    await shot(alice, '02-alice-deploying');
+    const tookRunning = await waitRunning(alice, 'e2e-alice');
+    log(`e2e-alice running in the table after ${tookRunning} s (${secs(deployed)} s since Deploy)`);
+    check(await alice.evaluate(() => window.__noReload === true), 'the page was reloaded while waiting for running');
+    const events = await alice.evaluate((id) => (window.vfarmEvents || []).filter((e) => e.id === id), aliceId);
+    check(events.some((e) => e.event === 'instance' && e.state === 'running'),
+      `no Server-Sent Event said e2e-alice is running (events for it: ${JSON.stringify(events)})`);
+    log(`SSE events for e2e-alice: ${events.map((e) => e.state).join(' → ')}`);
+    const host = await row(alice, 'e2e-alice').locator('td').nth(3).textContent();
+    check(/^vnode0[1-4]\.example\.org$/.test(host), `e2e-alice's hostname ${JSON.stringify(host)} is not from the pool`);
+    const quota = alice.getByTestId('quota');
+    await alice.waitForFunction(() => /Instances 1 \/ 3/.test(document.querySelector('[data-testid="quota"]')?.textContent || ''),
+      null, { timeout: 15_000 }).catch(async () => fail(`the quota line does not say "Instances 1 / 3": ${JSON.stringify(await quota.textContent())}`));
+    log(`hostname from the pool: ${host}; quota line: ${(await quota.innerText()).replace(/\s+/g, " ")}`);
+    await shot(alice, '03-alice-running');
+
+    // bob: another browser context, his own instance, never alice's.
+    const bob = await login(browser, base, tok.bob, 'bob', { keyboard: true });
+    log('bob logged in through the page with the keyboard only');
+    check(await row(bob, 'e2e-alice').count() === 0, "bob's table shows alice's instance");
+    const bobId = await deploy(bob, 'e2e-bob');
+    log(`bob deployed e2e-bob (${bobId}); running after ${await waitRunning(bob, 'e2e-bob')} s`);
+    check(await row(bob, 'e2e-alice').count() === 0, "bob's table shows alice's instance after his deploy");
+    const bobOwners = await bob.locator('[data-testid="instance-row"]').evaluateAll((rs) => rs.map((r) => r.dataset.owner));
+    check(bobOwners.every((o) => o === 'bob'), `bob sees instances of others: ${bobOwners}`);
+    await shot(bob, '04-bob-own-only');
+    await bob.goto(`${base}/#/instances/${aliceId}`);
+    await bob.getByTestId('instance-missing').waitFor({ timeout: 15_000 })
+      .catch(() => fail("bob opened alice's instance page and did not get 'no such instance'"));
+    log("bob gets 'no such instance' for alice's id");
+    check(await row(alice, 'e2e-bob').count() === 0, "alice's table shows bob's instance (an event leaked)");
+
+    // The admin sees both owners' instances.
+    const admin = await login(browser, base, tok['root-admin'], 'root-admin');
+    check(await admin.getByTestId('whoami-admin').isVisible(), 'the admin badge is not shown for root-admin');
+    await row(admin, 'e2e-alice').waitFor({ timeout: 15_000 }).catch(() => fail('the admin does not see e2e-alice'));
+    await row(admin, 'e2e-bob').waitFor({ timeout: 15_000 }).catch(() => fail('the admin does not see e2e-bob'));
+    const adminOwners = new Set(await admin.locator('[data-testid="instance-row"]').evaluateAll((rs) => rs.map((r) => r.dataset.owner)));
+    check(adminOwners.has('alice') && adminOwners.has('bob'), `the admin sees owners ${[...adminOwners]}`);
+    // Sorting by owner, both ways (the buttons in the column headers).
+    const owners = () => admin.locator('[data-testid="instance-row"]').evaluateAll((rs) => rs.map((r) => r.dataset.owner));
+    await admin.getByTestId('sort-owner').click();
+    const asc = await owners();
+    await admin.getByTestId('sort-owner').click();
+    const desc = await owners();
+    check(asc.join() === [...asc].sort().join() && desc.join() === [...asc].reverse().join(),
+      `sorting by owner gave ${asc} then ${desc}`);
+    log('the admin sees alice and bob (sorted by owner both ways)');
+    await shot(admin, '05-admin-all');
+
+    // alice opens her instance page and destroys it there.
+    await alice.getByTestId('instance-link').and(alice.locator(`[href="#/instances/${aliceId}"]`)).click();
+    await alice.getByTestId('instance-page').waitFor();
+    await alice.getByTestId('detail-state').waitFor({ timeout: 15_000 });
+    const detailState = await alice.getByTestId('detail-state').textContent();
+    check(detailState === 'running', `the instance page shows ${detailState}, not running`);
+    const details = await alice.getByTestId('instance-details').textContent();
+    check(details.includes(aliceId) && details.includes('alice'), `the details lack the id or owner: ${details}`);
+    await alice.waitForFunction(() => !/loading/.test(document.querySelector('[data-testid="console-log"]')?.textContent || 'loading'));
+    log(`instance page: console panel says ${JSON.stringify((await alice.getByTestId('console-log').textContent()).slice(0, 80))}`);
+    // A command inside the instance: its hostname is the one from the pool.
+    await alice.getByTestId('exec-command').fill('hostname');
+    await alice.getByTestId('exec-run').click();
+    await alice.getByTestId('exec-exit').waitFor({ timeout: 30_000 }).catch(async () => {
+      const err = await alice.locator('[data-testid="exec-form"] .field-error:visible, [data-testid="exec-form"] .form-error:visible').allTextContents();
+      fail(`running \`hostname\` in e2e-alice showed no result${err.length ? `: ${err.join(' | ')}` : ''}`);
+    });
+    const execOut = await alice.getByTestId('exec-output').textContent();
+    check(execOut.includes('(exit 0)') && execOut.includes(host), `\`hostname\` in e2e-alice printed ${JSON.stringify(execOut)}, expected ${host}`);
+    log(`exec through the page: ${JSON.stringify(execOut.trim())}`);
+    await shot(alice, '06-alice-instance-page');
+    await alice.getByRole('button', { name: 'Destroy…' }).click();
+    const dialog = alice.getByRole('dialog');
+    await dialog.waitFor();
+    await shot(alice, '07-alice-confirm-destroy');
+    const destroyed = Date.now();
+    await dialog.getByRole('button', { name: 'Destroy' }).click();
+    await alice.waitForURL(/#\/instances$/, { timeout: 60_000 }).catch(() => fail('destroy did not return to the instance list'));
+    await row(alice, 'e2e-alice').waitFor({ state: 'detached', timeout: 60_000 })
+      .catch(() => fail('e2e-alice is still in the table after destroy'));
+    log(`e2e-alice destroyed through the page in ${secs(destroyed)} s`);
+    check(await alice.evaluate(() => window.__noReload === true), 'the page was reloaded by the destroy');
+    // The admin's page loses it live, without a reload.
+    await row(admin, 'e2e-alice').waitFor({ state: 'detached', timeout: 30_000 })
+      .catch(() => fail("the admin's table still shows e2e-alice (no instance-removed event)"));
+    log("the admin's table dropped e2e-alice by SSE");
+    const left = await api(base, tok.alice, 'GET', '/instances');
+    check(left.status === 200 && Array.isArray(left.body) && !left.body.some((i) => i.id === aliceId),
+      `the API still lists e2e-alice after destroy: ${JSON.stringify(left.body)}`);
+    await shot(alice, '08-alice-destroyed');
+
+    // The images page: the imported image with download links that work with the session
+    // cookie, and a build request the API refuses is shown next to the packages field.
+    await alice.getByRole('link', { name: 'Images', exact: true }).click();
+    const imgRow = alice.locator('[data-testid="image-row"][data-name="minbase"]');
+    await imgRow.waitFor({ timeout: 15_000 }).catch(() => fail('the images page does not list minbase'));
+    const href = await imgRow.getByTestId('download-tar').getAttribute('href');
+    const part = await alice.request.get(`${base}${href}`, { headers: { Range: 'bytes=0-511' } });
+    check(part.status() === 206 && (await part.body()).length === 512,
+      `the tar download link answered ${part.status()} with ${(await part.body()).length} bytes to a 512-byte range`);
+    log(`download link ${href}: 206, 512 bytes`);
+    await alice.getByTestId('build-packages').fill('curl Not_A_Package!');
+    await alice.getByTestId('build-submit').click();
+    const pkgErr = alice.getByTestId('build-error-package');
+    await pkgErr.waitFor({ state: 'visible', timeout: 15_000 }).catch(async () => {
+      const other = await alice.locator('[data-testid="build-form"] .field-error:visible, [data-testid="build-error"]:visible').allTextContents();
+      fail(`a bad package name was not reported next to the packages field (shown instead: ${JSON.stringify(other)})`);
+    });
+    log(`bad package refused next to the field: ${await pkgErr.textContent()}`);
+    await shot(alice, '09-alice-images');
+
+    // Sign out: back to the login form, and the session cookie no longer opens the API.
+    await alice.getByRole('button', { name: 'Sign out' }).click();
+    await alice.getByTestId('login-form').waitFor({ timeout: 15_000 }).catch(() => fail('Sign out did not show the login form'));
+    const after = await alice.request.get(`${base}/api/v1/whoami`);
+    check(after.status() === 401, `after Sign out, /api/v1/whoami with the browser's cookies answered ${after.status()}, not 401`);
+    log('alice signed out: login form shown, the API answers 401');
+
+    for (const p of [alice, bob, admin]) {
+      check(p.errors.length === 0, `JavaScript errors on the page: ${p.errors.join('; ')}`);
+    }
+
+    // TLS with grid-style client certificates: the same data dir, served again. bob's
+    // instance keeps running across the restart (a container outlives the service).
+    // Closing the pages ends their event streams (a service waits for open ones to end).
+    await Promise.all([alice, bob, admin].map((p) => p.context().close()));
+    const restart = Date.now();
+    await stopServe(serve);
+    log(`vfarm serve (plain HTTP) stopped in ${secs(restart)} s`);
+    const pki = path.join(data, 'test-pki');
+    run(BIN, ['ca', 'init', '--subject', '/C=XX/O=vfarm web test/CN=test CA'], env, 'making the test CA');
+    run(BIN, ['ca', 'issue-host', 'localhost', '--out', path.join(pki, 'host')], env, 'issuing the host certificate');
+    const dn = { carol: '/C=XX/O=vfarm web test/CN=Carol', dave: '/C=XX/O=vfarm web test/CN=Dave' };
+    for (const [u, d] of Object.entries(dn)) {
+      run(BIN, ['ca', 'issue-user', d, '--out', path.join(pki, u)], env, `issuing ${u}'s certificate`);
+    }
+    ca = fs.readFileSync(path.join(data, 'ca', 'ca.pem'));
+    serve = startServe(env, ['--tls-cert', path.join(pki, 'host', 'hostcert.pem'), '--tls-key', path.join(pki, 'host', 'hostkey.pem'),
+      '--client-ca-dir', path.join(data, 'ca', 'certificates')]);
+    const tlsBase = (await serve.url).replace('https://127.0.0.1:', 'https://localhost:');
+    check(tlsBase.startsWith('https://'), `vfarm serve with --tls-cert serves ${tlsBase}`);
+    log(`vfarm serve (TLS, client certificates) at ${tlsBase}`);
+    const certPage = async (u) => {
+      // Playwright presents the certificate in the TLS handshake; the test CA is not in
+      // Chromium's trust store, hence ignoreHTTPSErrors (api() checks the server against it).
+      const page = await newPage(browser, {
+        ignoreHTTPSErrors: true,
+        clientCertificates: [{ origin: tlsBase, certPath: path.join(pki, u, 'usercert.pem'), keyPath: path.join(pki, u, 'userkey.pem') }],
+      });
+      await page.goto(`${tlsBase}/`);
+      await page.getByTestId('deploy-form').or(page.getByTestId('login-form')).first().waitFor({ timeout: 15_000 });
+      check(await page.getByTestId('login-form').count() === 0, `${u} presented a certificate and still got the login form`);
+      const shown = await page.getByTestId('whoami-user').textContent();
+      check(shown === dn[u], `${u}'s certificate shows as ${JSON.stringify(shown)}, not ${dn[u]}`);
+      check(!(await page.getByTestId('logout').isVisible()), 'a certificate user is offered "Sign out"');
+      await liveOpen(page, u);
+      return page;
+    };
+    const carol = await certPage('carol');
+    log(`carol signed in by certificate: ${dn.carol}`);
+    check(await row(carol, 'e2e-bob').count() === 0, "carol's table shows bob's instance");
+    const carolId = await deploy(carol, 'e2e-carol');
+    log(`carol deployed e2e-carol (${carolId}); running after ${await waitRunning(carol, 'e2e-carol')} s`);
+    await shot(carol, '10-carol-certificate');
+    const dave = await certPage('dave');
+    log(`dave signed in by certificate: ${dn.dave}`);
+    const daveRows = await dave.locator('[data-testid="instance-row"]').count();
+    check(daveRows === 0, `dave (no instances of his own) sees ${daveRows} instance(s)`);
+    await shot(dave, '11-dave-certificate');
+    const viaApi = await api(tlsBase, tok.bob, 'GET', '/instances', ca);
+    check(viaApi.status === 200 && viaApi.body.length === 1 && viaApi.body[0].name === 'e2e-bob',
+      `bob's token over TLS lists ${JSON.stringify(viaApi.body)}, not just e2e-bob`);
+    log('over TLS: carol sees only hers, dave nothing, bob (token) only his');
+    for (const p of [carol, dave]) {
+      check(p.errors.length === 0, `JavaScript errors on the page: ${p.errors.join('; ')}`);
+    }
+    ok = true;
+  } finally {
+    if (browser) {
+      const closing = Date.now();
+      await browser.close().catch(() => {});
+      log(`Chromium closed in ${secs(closing)} s`);
+    }
+    // Whatever the outcome, no instance outlives the test.
+    try {
+      const url = serve.child.exitCode === null ? await serve.url.catch(() => null) : null;
+      // Over TLS the host certificate names localhost.
+      const base = url && url.replace('https://127.0.0.1:', 'https://localhost:');
+      if (base) {
+        const cleanup = Date.now();
+        const all = await api(base, tok['root-admin'], 'GET', '/instances', ca);
+        const list = Array.isArray(all.body) ? all.body : [];
+        for (const i of list) {
+          const d = await api(base, tok['root-admin'], 'DELETE', `/instances/${i.id}`, ca);
+          if (d.status !== 200) console.error(`cleanup: destroying ${i.id} answered ${d.status} ${JSON.stringify(d.body)}`);
+        }
+        log(`cleanup: destroyed ${list.length} leftover instance(s) in ${secs(cleanup)} s`);
+      }
+    } catch (e) {
+      console.error(`cleanup failed: ${e.message}`);
+    }
+    const stopping = Date.now();
+    await stopServe(serve);
+    log(`vfarm serve stopped in ${secs(stopping)} s`);
+    if (!ok) {
+      console.error(`vfarm serve stderr (last 4 KiB):\n${serve.stderr().slice(-4096)}`);
+      console.error(`data dir kept for inspection: ${data}`);
+    } else if (process.env.VFARM_E2E_KEEP) {
+      log(`data dir kept (VFARM_E2E_KEEP): ${data}`);
+    } else if (!hasMounts(data)) {
+      const removing = Date.now();
+      // --one-file-system: even a mount that appeared since the check is never descended into.
+      run('rm', ['-rf', '--one-file-system', data], {}, 'removing the data dir');
+      log(`data dir removed in ${secs(removing)} s`);
+    } else {
+      console.error(`data dir kept: something is still mounted below ${data}`);
+    }
+  }
+}
+
+/** True when anything is mounted at or below `dir` (never delete through a mount). */
+function hasMounts(dir) {
+  const real = fs.realpathSync(dir);
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
+    .some((l) => { const m = l.split(' ')[4]; return m && (m === real || m.startsWith(`${real}/`)); });
+}
+
+try {
+  await main();
+  console.log(`\nweb UI end-to-end test passed in ${secs(t0)} s; screenshots:`);
+  for (const s of shots) console.log(`  ${s}`);
+} catch (e) {
+  console.error(`\nweb UI end-to-end test FAILED after ${secs(t0)} s: ${e instanceof Failure ? e.message : e.stack}`);
+  if (shots.length) console.error(`screenshots so far:\n  ${shots.join('\n  ')}`);
+  process.exit(1);
+}
