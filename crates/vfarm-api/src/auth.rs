@@ -159,6 +159,20 @@ pub async fn resolve_identity(
                     .into(),
             );
         }
+        // The OS-Farm URL builds images: anonymous orders only from this host.
+        None if s.auth.require_identity
+            && req.uri().path() == "/osfarm/create"
+            && req
+                .extensions()
+                .get::<ConnectInfo<Peer>>()
+                .and_then(|c| c.0.addr)
+                .is_some_and(|a| !a.ip().is_loopback()) =>
+        {
+            return unauthorized(
+                "unauthenticated",
+                "OS-Farm orders from other hosts need a client certificate or a token".into(),
+            );
+        }
         None => {}
     }
     let method = req.method().clone();
@@ -282,6 +296,25 @@ mod tests {
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
             www,
         )
+    }
+
+    #[tokio::test]
+    async fn anonymous_osfarm_orders_only_from_loopback() {
+        let (_d, st) = state(&[]);
+        let order = "/osfarm/create?class=nosuch";
+        let mut req = Request::get(order).body(Body::empty()).unwrap();
+        req.extensions_mut().insert(ConnectInfo(Peer {
+            addr: Some("192.0.2.7:4000".parse().unwrap()),
+            client_dn: None,
+            unix_uid: None,
+        }));
+        let resp = crate::router(st.clone()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        // From loopback the order is taken (and refused for its bad suite, not for identity).
+        let (s, v, _) = get(&st, order, None, None).await;
+        assert_ne!(s, StatusCode::UNAUTHORIZED, "{v}");
+        let (s, _, _) = get(&st, order, None, Some("/C=XX/CN=Remote")).await;
+        assert_ne!(s, StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

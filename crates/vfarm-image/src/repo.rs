@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vfarm_core::{Boot, BuildRequest, Format, ImageSpec};
 use vfarm_store::images::{upsert_image, ArtifactRow, BuildRow, ImageRow};
@@ -27,7 +27,7 @@ use crate::formats::{self, Written};
 use crate::tools::{self, Bootstrap, Progress, ProgressParser};
 
 /// A repository image with absolute paths.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Image {
     pub id: String,
     pub name: Option<String>,
@@ -43,7 +43,7 @@ pub struct Image {
     pub artifacts: Vec<Artifact>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Artifact {
     pub format: Format,
     pub path: PathBuf,
@@ -68,7 +68,7 @@ impl Image {
 }
 
 /// What `build` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildOutcome {
     #[serde(flatten)]
     pub image: Image,

@@ -325,6 +325,16 @@ impl Store {
     }
 
     /// Operations left running by a process that died are failed on startup.
+    /// Ids and targets of the operations of `kind` still marked running.
+    pub fn running_operations(&self, kind: &str) -> Result<Vec<(String, Option<String>)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, target FROM operations WHERE status = 'running' AND kind = ?1 ORDER BY created",
+        )?;
+        let rows = st.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn fail_stale_operations(&self, reason: &str) -> Result<usize> {
         Ok(self.conn().execute(
             "UPDATE operations SET status = 'failed', error = ?1, updated = ?2 WHERE status = 'running'",

@@ -112,9 +112,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Instance(c) if remote => cmd::remote::run_instance(&ctx, &cli.remote, c),
         Command::Snapshot(c) if remote => cmd::remote::run_snapshot(&ctx, &cli.remote, c),
-        Command::Image(_) | Command::Run(_) | Command::Job(_) if remote => Err(anyhow::anyhow!(
-            "--server works with `instance` and `snapshot` commands; run this one on the \
-             service's host (or unset VFARM_SERVER)"
+        Command::Image(c) if remote => cmd::remote::run_image(&ctx, &cli.remote, c),
+        Command::Run(_) | Command::Job(_) if remote => Err(anyhow::anyhow!(
+            "--server works with `image`, `instance` and `snapshot` commands; run this one on \
+             the service's host (or unset VFARM_SERVER)"
         )),
         Command::Image(c) => cmd::image::run(&ctx, c),
         Command::Instance(c) => cmd::instance::run_instance(&ctx, c),

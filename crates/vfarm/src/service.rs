@@ -517,6 +517,8 @@ pub struct Reconciled {
     pub orphan_dirs: usize,
     /// Hostname leases and quota shares of no instance: released.
     pub orphan_holds: usize,
+    /// Accepted creates whose operation was still running: settled.
+    pub settled_operations: usize,
 }
 
 /// Make records and the host agree after a service that died mid-work (kill -9 during a
@@ -536,10 +538,15 @@ pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
             }
         };
         if row.state == State::Creating.as_str() {
-            let driver = drivers.get(&row.driver)?;
-            let _ = driver.cleanup(&row.id);
-            store.delete_instance("vfarm-service", &row.id)?;
-            out.unfinished_creates += 1;
+            match drivers.get(&row.driver) {
+                Ok(driver) => {
+                    let _ = driver.cleanup(&row.id);
+                    store.delete_instance("vfarm-service", &row.id)?;
+                    out.unfinished_creates += 1;
+                }
+                // The record stays (and says `creating`) until the driver is usable again.
+                Err(e) => tracing::warn!("cannot clean up unfinished create {}: {e:#}", row.id),
+            }
         }
     }
     let known: std::collections::HashSet<String> =
@@ -557,13 +564,39 @@ pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
             } else {
                 "qemu"
             };
-            match drivers.get(kind)?.cleanup(&id) {
+            match drivers.get(kind).and_then(|d| Ok(d.cleanup(&id)?)) {
                 Ok(()) => out.orphan_dirs += 1,
-                Err(e) => tracing::warn!("cannot clean up orphan instance dir {id}: {e}"),
+                Err(e) => tracing::warn!("cannot clean up orphan instance dir {id}: {e:#}"),
             }
         }
     }
     out.orphan_holds = store.release_orphan_holds()?;
+    // Creates the dead service accepted (202) end as what happened to their instance, so a
+    // client polling the operation learns the truth: there and prepared, or removed.
+    for (op, target) in store.running_operations("instance.create")? {
+        let row = match &target {
+            Some(id) => store.instance(id)?,
+            None => None,
+        };
+        match row {
+            Some(row) => {
+                let v = inst::view(&store, &row, false)?;
+                store.finish_operation(
+                    &op,
+                    "succeeded",
+                    None,
+                    serde_json::to_value(v).ok().as_ref(),
+                )?;
+            }
+            None => store.finish_operation(
+                &op,
+                "failed",
+                Some("the service stopped before the instance was prepared; it was removed"),
+                Some(&serde_json::json!({ "code": "interrupted" })),
+            )?,
+        }
+        out.settled_operations += 1;
+    }
     Ok(out)
 }
 

@@ -34,6 +34,21 @@ fn fixture() -> &'static Fixture {
         let home = root.join("home");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::create_dir_all(&home).unwrap();
+        // A site CA: every kept VM gets a host certificate through cloud-init.
+        let ca = vfarm_cmd(&data)
+            .args([
+                "ca",
+                "init",
+                "--subject",
+                "/C=XX/O=vfarm tests/CN=VM Test CA",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            ca.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ca.stderr)
+        );
         let begun = Instant::now();
         build_bootable(
             &data,
@@ -188,7 +203,7 @@ fn full_profile_boots_systemd_with_cloud_init_and_logs_in_over_ssh() {
     let cert_text = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
     std::fs::write(&cert, cert_text).unwrap();
     let pubkey = format!("{}.pub", key.display());
-    let guest_file = format!("{}:/etc/grid-security/hostcert.pem", cert.display());
+    let guest_file = format!("{}:/etc/vfarm-test/injected.pem", cert.display());
 
     let begun = Instant::now();
     let out = vfarm(
@@ -239,11 +254,50 @@ fn full_profile_boots_systemd_with_cloud_init_and_logs_in_over_ssh() {
             "f1",
             "--",
             "cat",
-            "/etc/grid-security/hostcert.pem",
+            "/etc/vfarm-test/injected.pem",
         ],
     );
     assert_success(&out, "reading the injected file over ssh");
     assert_eq!(String::from_utf8_lossy(&out.stdout), cert_text);
+    // The site CA's host certificate for the VM's hostname, and its key for root only.
+    let out = vfarm(
+        f,
+        &[
+            "instance",
+            "exec",
+            "f1",
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/grid-security/hostcert.pem; stat -c %a /etc/grid-security/hostkey.pem",
+        ],
+    );
+    assert_success(&out, "reading the host certificate");
+    let got = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(got.trim_end().ends_with("600"), "{got}");
+    let end = got
+        .find("-----END CERTIFICATE-----")
+        .expect("a certificate")
+        + 25;
+    let pem = f.data.join("f1-hostcert.pem");
+    std::fs::write(&pem, &got[..end]).unwrap();
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(f.data.join("ca/ca.pem"))
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", text(&verify));
+    let subject = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "compat", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&subject.stdout).contains("CN=f1"),
+        "{}",
+        text(&subject)
+    );
     // Host keys were checked against vfarm's own known_hosts; the user's was not touched.
     assert!(
         !f.home.join(".ssh/known_hosts").exists(),

@@ -222,6 +222,51 @@ fn owners_admins_and_live_events() {
         (o.status.code(), o.stdout.as_slice()),
         (Some(4), &b"hi\n"[..])
     );
+    // Images too: list, show, export (download), and a refused build.
+    let o = remote(&bob_token, &["image", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("minbase"),
+        "{o:?}"
+    );
+    let o = remote(
+        &bob_token,
+        &["image", "show", "minbase", "--output", "json"],
+    );
+    let img: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tar = img["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["format"] == "tar")
+        .unwrap()
+        .clone();
+    let out = vf.data.join("exported.tar");
+    let o = remote(
+        &bob_token,
+        &[
+            "image",
+            "export",
+            "minbase",
+            "--format",
+            "tar",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().len(),
+        tar["size"].as_u64().unwrap()
+    );
+    std::fs::remove_file(&out).unwrap();
+    let o = remote(&bob_token, &["image", "build", "--suite", "nosuch"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nosuch"));
     let o = remote("vft_bogus", &["instance", "ls"]);
     assert_eq!(
         o.status.code(),
@@ -575,23 +620,28 @@ fn killed_mid_burst_the_service_restarts_consistent() {
                     .http
                     .delete(format!("{}/api/v1/instances/{v}", c.base))
                     .send();
+                None
             }
-            None => {
-                let _ = c
-                    .http
-                    .post(format!("{}/api/v1/instances", c.base))
-                    .json(&json!({"image": "minbase"}))
-                    .send();
-            }
+            // What an accepted create promised: an operation about an instance.
+            None => c
+                .http
+                .post(format!("{}/api/v1/instances", c.base))
+                .json(&json!({"image": "minbase"}))
+                .send()
+                .ok()
+                .filter(|r| r.status().as_u16() == 202)
+                .and_then(|r| r.json::<Value>().ok()),
         }));
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(15));
     }
-    // Mid-burst: 202s came back, the background prepares and starts are under way.
-    std::thread::sleep(Duration::from_millis(300));
+    // Mid-burst: the first 202s came back, prepares and starts are under way, the last
+    // requests may not even have been answered.
+    std::thread::sleep(Duration::from_millis(100));
     server.kill9();
-    for b in burst {
-        let _ = b.join();
-    }
+    let accepted: Vec<Value> = burst
+        .into_iter()
+        .filter_map(|b| b.join().ok().flatten())
+        .collect();
     let server = Server::start_with(&vf.data, &["--config", &cfg]);
     let carol = User::with_token(&server, &token);
     // The watcher and a show reconcile; give the driver-side starts that were under way
@@ -611,6 +661,20 @@ fn killed_mid_burst_the_service_restarts_consistent() {
             .collect::<Vec<_>>()
     );
     assert!(!rows.is_empty());
+    // No accepted create is lost: its operation either succeeded and the instance is there,
+    // or says it failed (the restart) and there is no instance.
+    eprintln!("{} creates were accepted before the kill", accepted.len());
+    assert!(!accepted.is_empty());
+    for a in &accepted {
+        let op = a["operation"]["id"].as_str().unwrap();
+        let id = a["instance"]["id"].as_str().unwrap();
+        let o = carol.ok("GET", &format!("/api/v1/operations/{op}"), None);
+        match o["status"].as_str() {
+            Some("succeeded") => assert!(ids.contains(id), "{id} succeeded but is gone: {o}"),
+            Some("failed") => assert!(!ids.contains(id), "{id} failed but exists: {o}"),
+            _ => panic!("operation of {id} still {o} after the restart"),
+        }
+    }
     for r in rows {
         let id = r["id"].as_str().unwrap();
         let state = carol.ok("GET", &format!("/api/v1/instances/{id}"), None)["state"]

@@ -260,7 +260,7 @@ pub fn build(ctx: &Ctx, args: &BuildArgs) -> Result<BuildOutcome> {
     })
 }
 
-fn print_outcome(ctx: &Ctx, o: &BuildOutcome) -> Result<()> {
+pub(crate) fn print_outcome(ctx: &Ctx, o: &BuildOutcome) -> Result<()> {
     if ctx.json() {
         return ctx.print_json(o);
     }
@@ -285,7 +285,7 @@ fn print_outcome(ctx: &Ctx, o: &BuildOutcome) -> Result<()> {
     Ok(())
 }
 
-fn print_table(images: &[Image]) {
+pub(crate) fn print_table(images: &[Image]) {
     println!(
         "{:<14} {:<20} {:<8} {:<24} {:>10}  SPEC",
         "ID", "NAME", "ORIGIN", "FORMATS", "SIZE"
@@ -304,7 +304,7 @@ fn print_table(images: &[Image]) {
     }
 }
 
-fn print_image(i: &Image) {
+pub(crate) fn print_image(i: &Image) {
     println!("id:        {}", i.id);
     println!("name:      {}", i.name.as_deref().unwrap_or("-"));
     println!("summary:   {}", i.summary);

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use vfarm_api::instances::{InstanceView, SnapshotView};
+use vfarm_image::Image;
 
+use crate::cmd::image::{self, ImageCmd};
 use crate::cmd::instance::{print_snapshots, print_table, print_view, InstanceCmd, SnapshotCmd};
 use crate::ctx::Ctx;
 
@@ -288,6 +290,92 @@ pub fn run_instance(ctx: &Ctx, a: &RemoteArgs, cmd: InstanceCmd) -> Result<i32> 
         }
         _ => {
             bail!("this command is not available with --server (yet): run it on the service's host")
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_image(ctx: &Ctx, a: &RemoteArgs, cmd: ImageCmd) -> Result<i32> {
+    use reqwest::Method as M;
+    let c = Client::new(a)?;
+    let path = |r: &str, rest: &str| format!("/api/v1/images/{}{rest}", seg(r));
+    match cmd {
+        ImageCmd::Ls => {
+            let images: Vec<Image> = c.json(M::GET, "/api/v1/images", None)?;
+            if ctx.json() {
+                ctx.print_json(&images)?;
+            } else {
+                image::print_table(&images);
+            }
+        }
+        ImageCmd::Show { image } => {
+            let img: Image = c.json(M::GET, &path(&image, ""), None)?;
+            if ctx.json() {
+                ctx.print_json(&img)?;
+            } else {
+                image::print_image(&img);
+            }
+        }
+        ImageCmd::Rm { image } => {
+            let v: Value = c.json(M::DELETE, &path(&image, ""), None)?;
+            if ctx.json() {
+                ctx.print_json(&v)?;
+            } else {
+                println!("removed {}", v["removed"].as_str().unwrap_or(&image));
+            }
+        }
+        ImageCmd::Log { image } => {
+            print!("{}", c.call(M::GET, &path(&image, "/log"), None)?.text()?)
+        }
+        ImageCmd::Build(args) => {
+            // The service builds; we wait on its operation (long polls of up to 5 minutes).
+            let spec = serde_json::to_value(args.to_request()?)?;
+            let v: Value = c.json(M::POST, "/api/v1/images", Some(spec))?;
+            let op = v["operation"]["id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no operation in {v}"))?
+                .to_string();
+            eprintln!("vfarm: building on {} (operation {op})", c.base);
+            let done = loop {
+                let o: Value =
+                    c.json(M::GET, &format!("/api/v1/operations/{op}?wait=300"), None)?;
+                if o["status"] != "running" {
+                    break o;
+                }
+            };
+            if done["status"] != "succeeded" {
+                bail!(
+                    "the build failed on the service: {}",
+                    done["error"].as_str().unwrap_or("(no message)")
+                );
+            }
+            let outcome: vfarm_image::BuildOutcome = serde_json::from_value(done["result"].clone())
+                .with_context(|| format!("unexpected build result {done}"))?;
+            image::print_outcome(ctx, &outcome)?;
+        }
+        ImageCmd::Export { image, format, out } => {
+            let mut resp = c.call(
+                M::GET,
+                &path(&image, &format!("/download?format={}", seg(&format))),
+                None,
+            )?;
+            let mut f = std::fs::File::create(&out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            let size = resp.copy_to(&mut f)?;
+            if ctx.json() {
+                ctx.print_json(
+                    &json!({ "image": image, "format": format, "path": out, "size": size }),
+                )?;
+            } else {
+                println!(
+                    "wrote {} ({format}, {})",
+                    out.display(),
+                    vfarm_core::ByteSize(size)
+                );
+            }
+        }
+        ImageCmd::Import { .. } | ImageCmd::Groups => {
+            bail!("`image import` and `image groups` are local: run them on the service's host")
         }
     }
     Ok(0)

@@ -80,18 +80,20 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
         )?)),
         _ => None,
     };
-    let store = ctx.store()?;
-    let mut state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
-    let admins = config.admins.iter().chain(&args.admins).cloned();
-    state.auth = vfarm_api::AuthPolicy::new(admins);
     // A previous service may have died mid-create or mid-destroy: make records and host
     // agree before taking requests. Running instances keep running.
     let fixed = crate::service::reconcile(ctx)?;
-    if fixed.unfinished_creates + fixed.orphan_dirs + fixed.orphan_holds > 0 {
+    if fixed.unfinished_creates + fixed.orphan_dirs + fixed.orphan_holds + fixed.settled_operations
+        > 0
+    {
         eprintln!(
             "vfarm: reconciled after an unclean stop: {} unfinished create(s) removed, {} \
-             orphan instance dir(s) cleaned up, {} orphan hold(s) released",
-            fixed.unfinished_creates, fixed.orphan_dirs, fixed.orphan_holds
+             orphan instance dir(s) cleaned up, {} orphan hold(s) released, {} create \
+             operation(s) settled",
+            fixed.unfinished_creates,
+            fixed.orphan_dirs,
+            fixed.orphan_holds,
+            fixed.settled_operations
         );
     }
     // Choose the OCI runtime now (a probe container on a fresh data dir), not in the first
@@ -102,6 +104,10 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
     {
         eprintln!("vfarm: warning: oci instances cannot be created here: {e}");
     }
+    let store = ctx.store()?;
+    let mut state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
+    let admins = config.admins.iter().chain(&args.admins).cloned();
+    state.auth = vfarm_api::AuthPolicy::new(admins);
     let admission = crate::cmd::instance::Admission::from_config(&config);
     let busy = crate::service::Busy::default();
     state.instances = Some(std::sync::Arc::new(crate::service::Service::new(
