@@ -151,6 +151,7 @@ fn api_error(e: anyhow::Error) -> ApiError {
     let (code, status) = match inst::classify(&e) {
         Some(("illegal_state", _)) => ("illegal_state", StatusCode::CONFLICT),
         Some(("conflict", _)) => ("conflict", StatusCode::CONFLICT),
+        Some(("image_revoked", _)) => ("image_revoked", StatusCode::CONFLICT),
         Some(("ambiguous_reference", _)) => ("ambiguous_reference", StatusCode::BAD_REQUEST),
         Some(("unsupported", _)) => ("unsupported", StatusCode::BAD_REQUEST),
         Some(("invalid_request", _)) => ("invalid_request", StatusCode::BAD_REQUEST),
@@ -231,11 +232,7 @@ impl InstanceBackend for Service {
                     .map_err(|why| ApiError::bad_request("disk", format!("`{d}`: {why}")))
             })
             .transpose()?;
-        let image = self
-            .ctx
-            .images()
-            .and_then(|r| Ok(r.resolve(&req.image)?))
-            .map_err(api_error)?;
+        let image = inst::usable_image(&self.ctx, &req.image).map_err(api_error)?;
         let vm = if kind == "qemu" {
             // The full profile reads keys from files, as the CLI's --ssh-key does.
             let dir = tempfile::tempdir().map_err(|e| api_error(e.into()))?;
@@ -671,4 +668,48 @@ fn watch_once(
     }
     w.seen = now;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_stable_codes_and_statuses() {
+        let e = api_error(
+            inst::ImageRevoked {
+                reference: "web".into(),
+                id: "0123456789ab".into(),
+            }
+            .into(),
+        );
+        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "image_revoked"));
+        let e = api_error(
+            StoreError::NotFound {
+                kind: "snapshot",
+                id: "x/s1".into(),
+            }
+            .into(),
+        );
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::NOT_FOUND, "snapshot_not_found")
+        );
+        let e = api_error(vfarm_auth::AuthError::PoolExhausted { size: 150 }.into());
+        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "pool_exhausted"));
+        // Server-side failures name no internals beyond the top message.
+        let e = api_error(anyhow::anyhow!("disk on fire").context("cannot prepare instance x"));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("disk on fire"), "{}", e.message);
+    }
+
+    #[test]
+    fn nul_bytes_are_bad_input_naming_the_field() {
+        let e = no_nul("command", &["sh".into(), "a\0b".into()]).unwrap_err();
+        assert_eq!(
+            (e.status, e.field),
+            (StatusCode::BAD_REQUEST, Some("command"))
+        );
+        assert!(no_nul("env", &["A=1".into()]).is_ok());
+    }
 }

@@ -354,6 +354,9 @@ pub fn classify(err: &anyhow::Error) -> Option<(&'static str, u8)> {
     if err.downcast_ref::<ChangedMeanwhile>().is_some() {
         return Some(("conflict", 2));
     }
+    if err.downcast_ref::<ImageRevoked>().is_some() {
+        return Some(("image_revoked", 2));
+    }
     if err
         .downcast_ref::<vfarm_core::instance::TransitionError>()
         .is_some()
@@ -1000,16 +1003,31 @@ fn resolve_image(ctx: &Ctx, args: &ImageArgs, bootable: bool) -> Result<vfarm_im
         .image
         .as_deref()
         .expect("clap requires --image, --image-spec or --suite");
+    usable_image(ctx, reference)
+}
+
+/// An image new instances may be made from, by reference.
+pub(crate) fn usable_image(ctx: &Ctx, reference: &str) -> Result<vfarm_image::Image> {
     let img = ctx.images()?.resolve(reference)?;
     // An image whose endorsement was revoked (image, endorser or subscription) must not
     // start anything new; instances already running from it are flagged, not killed.
     if ctx.store()?.repository_image_revoked(&img.id)? {
-        bail!(
-            "image `{reference}` ({}) was revoked by its image list; new instances from it are refused",
-            &img.id[..12.min(img.id.len())]
-        );
+        return Err(ImageRevoked {
+            reference: reference.to_string(),
+            id: img.id[..12.min(img.id.len())].to_string(),
+        }
+        .into());
     }
     Ok(img)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "image `{reference}` ({id}) was revoked by its image list; new instances from it are refused"
+)]
+pub struct ImageRevoked {
+    pub reference: String,
+    pub id: String,
 }
 
 pub(crate) fn image_input(img: &vfarm_image::Image) -> ImageInput {
