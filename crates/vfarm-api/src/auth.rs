@@ -126,12 +126,7 @@ pub async fn resolve_identity(
         })
         .await;
         match verified {
-            Ok(Ok(row)) => Some(Identity {
-                admin: s.auth.admins.contains(&row.user),
-                user: row.user,
-                method: AuthMethod::Token,
-                token_id: Some(row.id),
-            }),
+            Ok(Ok(row)) => Some(token_identity(&s.auth, row)),
             // A stale session cookie is no identity (the login page must still load), not
             // an error; a bad Authorization header is what the caller asked for: 401.
             Ok(Err(_)) if cookie => peer_identity(&s, &req),
@@ -218,6 +213,16 @@ pub async fn resolve_identity(
         }
     }
     resp
+}
+
+/// Who a verified token makes the caller.
+pub(crate) fn token_identity(policy: &AuthPolicy, row: vfarm_store::auth::TokenRow) -> Identity {
+    Identity {
+        admin: policy.admins.contains(&row.user),
+        user: row.user,
+        method: AuthMethod::Token,
+        token_id: Some(row.id),
+    }
 }
 
 /// The identity the connection itself proves: a verified client certificate, or the unix

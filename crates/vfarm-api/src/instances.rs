@@ -352,7 +352,7 @@ pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<Query<T>, 
     q.map_err(|e| ApiError::bad_request("query", e.body_text()))
 }
 
-fn json_body<T>(
+pub(crate) fn json_body<T>(
     body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
 ) -> Result<T, ApiError> {
     body.map(|Json(v)| v)

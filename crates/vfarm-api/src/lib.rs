@@ -407,7 +407,7 @@ pub(crate) async fn create_image(
     State(s): State<AppState>,
     body: Result<Json<SpecRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(spec) = body.map_err(|e| ApiError::bad_request("body", e.body_text()))?;
+    let spec = instances::json_body(body)?;
     let req = spec.resolve()?;
     let op_id = uuid::Uuid::new_v4().to_string();
     let image_id = req.spec.id();

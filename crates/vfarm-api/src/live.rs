@@ -18,7 +18,6 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
-use vfarm_auth::Identity;
 
 use crate::instances::{identity, InstanceEvent, Who, KEEP_ALIVE};
 use crate::{blocking, ApiError, AppState, ErrorBody};
@@ -80,7 +79,7 @@ pub(crate) async fn login(
     State(s): State<AppState>,
     body: Result<Json<SessionRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request("body", e.body_text()))?;
+    let req = crate::instances::json_body(body)?;
     let store = s.store.clone();
     let token = req.token.trim().to_string();
     let t = token.clone();
@@ -105,12 +104,7 @@ pub(crate) async fn login(
             "not a vfarm token (letters, digits, - _ . only)",
         ));
     }
-    let id = Identity {
-        admin: s.auth.admins.contains(&row.user),
-        user: row.user,
-        method: vfarm_auth::AuthMethod::Token,
-        token_id: Some(row.id),
-    };
+    let id = crate::auth::token_identity(&s.auth, row);
     let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
     let mut resp = Json(id).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -149,7 +143,8 @@ pub(crate) struct AuditQuery {
     limit: Option<usize>,
 }
 
-/// One audit record: who did what to which object, when, and how it ended.
+/// One audit record: who did what to which object, when, and how it ended. The schema of
+/// the store's `AuditEntry`, which the endpoint returns as it is.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditView {
     pub seq: i64,
@@ -184,20 +179,7 @@ pub(crate) async fn audit(
             .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))
     })
     .await?;
-    let v: Vec<AuditView> = entries
-        .into_iter()
-        .map(|e| AuditView {
-            seq: e.seq,
-            at: e.at,
-            actor: e.actor,
-            method: e.method,
-            action: e.action,
-            object: e.object,
-            outcome: e.outcome,
-            detail: e.detail,
-        })
-        .collect();
-    Ok(Json(v).into_response())
+    Ok(Json(entries).into_response())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -267,22 +249,10 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiEr
 
 /// The web UI's files, built into the binary. `VFARM_UI_DIR` serves them from a directory
 /// instead (for working on the UI without rebuilding).
-const UI_FILES: &[(&str, &str, &str)] = &[
-    (
-        "index.html",
-        "text/html; charset=utf-8",
-        include_str!("../ui/index.html"),
-    ),
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../ui/app.js"),
-    ),
-    (
-        "app.css",
-        "text/css; charset=utf-8",
-        include_str!("../ui/app.css"),
-    ),
+const UI_FILES: &[(&str, &str)] = &[
+    ("index.html", include_str!("../ui/index.html")),
+    ("app.js", include_str!("../ui/app.js")),
+    ("app.css", include_str!("../ui/app.css")),
 ];
 
 fn content_type(name: &str) -> &'static str {
@@ -316,10 +286,10 @@ fn ui_file(name: &str) -> Response {
             Err(_) => not_found(),
         };
     }
-    match UI_FILES.iter().find(|(n, _, _)| *n == name) {
-        Some((_, ct, body)) => (
+    match UI_FILES.iter().find(|(n, _)| *n == name) {
+        Some((_, body)) => (
             [
-                (header::CONTENT_TYPE, *ct),
+                (header::CONTENT_TYPE, content_type(name)),
                 (header::CACHE_CONTROL, "no-cache"),
             ],
             *body,

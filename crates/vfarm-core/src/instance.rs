@@ -243,7 +243,32 @@ pub fn parse_duration(field: &'static str, s: &str) -> Result<u64, InvalidField>
 }
 
 /// `K=V` for the instance's environment.
+/// A command line as execve takes it: a program name, and no NUL byte anywhere (no argument
+/// can hold one).
+pub fn validate_command(argv: &[String]) -> Result<(), InvalidField> {
+    match argv.first() {
+        None => return Err(invalid("command", "", "a command is required")),
+        Some(c) if c.is_empty() => return Err(invalid("command", "", "the command name is empty")),
+        Some(_) => {}
+    }
+    if let Some(a) = argv.iter().find(|a| a.contains('\0')) {
+        return Err(invalid(
+            "command",
+            &a.escape_debug().to_string(),
+            "contains a NUL byte, which no program argument can hold",
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse_env(s: &str) -> Result<(String, String), InvalidField> {
+    if s.contains('\0') {
+        return Err(invalid(
+            "env",
+            &s.escape_debug().to_string(),
+            "contains a NUL byte, which no environment variable can hold",
+        ));
+    }
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| invalid("env", s, "expected KEY=VALUE"))?;
@@ -373,8 +398,8 @@ impl InstanceRequest {
             .iter()
             .map(|e| parse_env(e))
             .collect::<Result<Vec<_>, _>>()?;
-        if self.command.first().is_some_and(|c| c.is_empty()) {
-            return Err(invalid("command", "", "the command name is empty"));
+        if !self.command.is_empty() {
+            validate_command(&self.command)?;
         }
         Ok(InstanceSettings {
             name: self.name.clone(),
@@ -571,6 +596,23 @@ mod tests {
             }),
             "env"
         );
+        // execve cannot pass a NUL byte: bad input, named, with the value shown escaped.
+        let e = InstanceRequest {
+            command: vec!["sh".into(), "a\0b".into()],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "command");
+        assert_eq!(e.value, "a\\0b");
+        assert_eq!(
+            field(InstanceRequest {
+                env: vec!["A=x\0y".into()],
+                ..Default::default()
+            }),
+            "env"
+        );
+        assert_eq!(validate_command(&[]).unwrap_err().field, "command");
         assert_eq!(
             field(InstanceRequest {
                 pids: Some(0),

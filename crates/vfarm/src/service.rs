@@ -173,17 +173,6 @@ fn api_error(e: anyhow::Error) -> ApiError {
     }
 }
 
-/// Arguments and environment reach execve: a NUL byte cannot be passed, so it is bad input.
-fn no_nul(field: &'static str, items: &[String]) -> Result<(), ApiError> {
-    if items.iter().any(|i| i.contains('\0')) {
-        return Err(ApiError::bad_request(
-            field,
-            "contains a NUL byte, which no program argument or variable can hold",
-        ));
-    }
-    Ok(())
-}
-
 fn read_limited(f: &mut std::fs::File, limit: u64) -> String {
     let mut b = Vec::new();
     let _ = f.take(limit).read_to_end(&mut b);
@@ -221,9 +210,12 @@ impl InstanceBackend for Service {
         if req.image.trim().is_empty() {
             return Err(ApiError::bad_request("image", "an image is required"));
         }
-        no_nul("command", &req.command)?;
-        no_nul("env", &req.env)?;
-        no_nul("ssh_keys", &req.ssh_keys)?;
+        if req.ssh_keys.iter().any(|k| k.contains('\0')) {
+            return Err(ApiError::bad_request(
+                "ssh_keys",
+                "a key contains a NUL byte",
+            ));
+        }
         let disk = req
             .disk
             .as_deref()
@@ -234,14 +226,6 @@ impl InstanceBackend for Service {
             .transpose()?;
         let image = inst::usable_image(&self.ctx, &req.image).map_err(api_error)?;
         let vm = if kind == "qemu" {
-            // The full profile reads keys from files, as the CLI's --ssh-key does.
-            let dir = tempfile::tempdir().map_err(|e| api_error(e.into()))?;
-            let mut keys = Vec::new();
-            for (i, k) in req.ssh_keys.iter().enumerate() {
-                let p = dir.path().join(format!("key{i}.pub"));
-                std::fs::write(&p, k).map_err(|e| api_error(e.into()))?;
-                keys.push(p);
-            }
             let mut drivers = Drivers::new(&self.ctx);
             let driver = drivers.get("qemu").map_err(api_error)?;
             inst::vm_setup(
@@ -249,9 +233,8 @@ impl InstanceBackend for Service {
                 None,
                 BootProfile::Full,
                 &inst::GuestArgs {
-                    ssh_keys: &keys,
-                    ssh_user: None,
-                    guest_files: &[],
+                    ssh_key_texts: &req.ssh_keys,
+                    ..Default::default()
                 },
             )
             .map_err(api_error)?
@@ -362,11 +345,7 @@ impl InstanceBackend for Service {
         reference: &str,
         req: ExecRequest,
     ) -> Result<ExecResult, ApiError> {
-        if req.command.is_empty() || req.command[0].is_empty() {
-            return Err(ApiError::bad_request("command", "a command is required"));
-        }
-        no_nul("command", &req.command)?;
-        no_nul("env", &req.env)?;
+        vfarm_core::instance::validate_command(&req.command).map_err(|e| api_error(e.into()))?;
         let env = req
             .env
             .iter()
@@ -705,11 +684,13 @@ mod tests {
 
     #[test]
     fn nul_bytes_are_bad_input_naming_the_field() {
-        let e = no_nul("command", &["sh".into(), "a\0b".into()]).unwrap_err();
+        let e = vfarm_core::instance::validate_command(&["sh".into(), "a\0b".into()])
+            .map_err(|e| api_error(e.into()))
+            .unwrap_err();
         assert_eq!(
             (e.status, e.field),
             (StatusCode::BAD_REQUEST, Some("command"))
         );
-        assert!(no_nul("env", &["A=1".into()]).is_ok());
+        assert!(vfarm_core::instance::parse_env("A=1").is_ok());
     }
 }

@@ -1050,6 +1050,8 @@ pub(crate) fn image_input(img: &vfarm_image::Image) -> ImageInput {
 #[derive(Default)]
 pub(crate) struct GuestArgs<'a> {
     pub(crate) ssh_keys: &'a [PathBuf],
+    /// Public keys given as text (the API), beside or instead of key files.
+    pub(crate) ssh_key_texts: &'a [String],
     pub(crate) ssh_user: Option<&'a str>,
     pub(crate) guest_files: &'a [String],
 }
@@ -1069,7 +1071,10 @@ pub(crate) fn vm_setup(
     if driver.kind() != "qemu" {
         let given = [
             ("--profile", profile.is_some()),
-            ("--ssh-key", !g.ssh_keys.is_empty()),
+            (
+                "--ssh-key",
+                !g.ssh_keys.is_empty() || !g.ssh_key_texts.is_empty(),
+            ),
             ("--ssh-user", g.ssh_user.is_some()),
             ("--guest-file", !g.guest_files.is_empty()),
         ];
@@ -1088,7 +1093,10 @@ pub(crate) fn vm_setup(
         None => default,
     };
     if profile == BootProfile::Fast {
-        let given = !g.ssh_keys.is_empty() || g.ssh_user.is_some() || !g.guest_files.is_empty();
+        let given = !g.ssh_keys.is_empty()
+            || !g.ssh_key_texts.is_empty()
+            || g.ssh_user.is_some()
+            || !g.guest_files.is_empty();
         if given {
             return Err(invalid(
                 "profile",
@@ -1099,7 +1107,23 @@ pub(crate) fn vm_setup(
         }
         return Ok(VmSetup::default());
     }
+    // Key lines of a public key file or text; none is an error naming `what`.
+    let key_lines = |text: &str, what: String| {
+        let lines: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+        if lines.is_empty() {
+            return Err(invalid("ssh-key", format!("{what} holds no public key")));
+        }
+        Ok(lines)
+    };
     let mut keys = Vec::new();
+    for (i, text) in g.ssh_key_texts.iter().enumerate() {
+        keys.extend(key_lines(text, format!("ssh key {}", i + 1))?);
+    }
     let mut identity = None;
     for f in g.ssh_keys {
         let text = std::fs::read_to_string(f).map_err(|e| {
@@ -1108,19 +1132,7 @@ pub(crate) fn vm_setup(
                 format!("cannot read public key file {}: {e}", f.display()),
             )
         })?;
-        let lines: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_string)
-            .collect();
-        if lines.is_empty() {
-            return Err(invalid(
-                "ssh-key",
-                format!("{} holds no public key", f.display()),
-            ));
-        }
-        keys.extend(lines);
+        keys.extend(key_lines(&text, f.display().to_string())?);
         // `key.pub` beside `key`: ssh-keygen's layout; that private key logs in by default.
         if identity.is_none() {
             let private = f
@@ -1642,6 +1654,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                 BootProfile::Full,
                 &GuestArgs {
                     ssh_keys: &a.ssh_keys,
+                    ssh_key_texts: &[],
                     ssh_user: a.ssh_user.as_deref(),
                     guest_files: &a.guest_files,
                 },
