@@ -23,6 +23,7 @@ PKGS=(
   openssh-client      # ssh + ssh-keygen: `vfarm instance ssh` and the full-profile VM tests
   openssl libssl-dev pkg-config   # S/MIME image lists, and the openssl crate's build
   sqlite3             # inspecting the state store by hand
+  postgresql          # PostgreSQL 15: the state store's second backend (`--database postgres://…`) and its tests
   slurm-wlm slurm-client munge # Slurm backend: slurmctld + slurmd + sbatch/squeue/scontrol, munge auth
   curl ca-certificates tar zstd uidmap iproute2 util-linux
   python3-venv        # the Python client's virtualenv (.venv: client, pytest, schemathesis)
@@ -85,6 +86,21 @@ if [ "$want" != "$have" ]; then
   echo "setup.sh: npm ci --prefix tests/web (playwright-core $want)"
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/web --no-audit --no-fund
 fi
+
+# PostgreSQL on loopback for the state store's tests (and a site trying the PostgreSQL backend):
+# the `main` cluster running (it listens on localhost only by default), role `vfarm` with
+# password `vfarm` (loopback logins use scram-sha-256 in Debian's pg_hba.conf), and database
+# `vfarm_test` owned by it with byte-order collation (text sorts as in SQLite). Idempotent.
+pg_ver=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
+pg_lsclusters -h | awk -v v="$pg_ver" '$1 == v && $2 == "main" {found=1} END {exit !found}' \
+  || pg_createcluster "$pg_ver" main >/dev/null
+pg_ctlcluster "$pg_ver" main status >/dev/null 2>&1 || pg_ctlcluster "$pg_ver" main start
+pg_psql() { runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+pg_psql -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vfarm')
+  THEN CREATE ROLE vfarm LOGIN PASSWORD 'vfarm'; END IF; END \$\$"
+[ "$(pg_psql -tAc "SELECT 1 FROM pg_database WHERE datname = 'vfarm_test'")" = 1 ] \
+  || pg_psql -c "CREATE DATABASE vfarm_test OWNER vfarm TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+echo "setup.sh: PostgreSQL $pg_ver: VFARM_TEST_POSTGRES=postgres://vfarm:vfarm@127.0.0.1/vfarm_test"
 
 if [ "${1:-}" != "--deps" ]; then
   cargo build --release --locked -p vfarm 2>&1 | tail -n 3

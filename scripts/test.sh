@@ -2,7 +2,8 @@
 # The whole test suite: host packages (idempotent), formatting, lints, every unit, component
 # and end-to-end test of the workspace with the real components, the web UI in headless
 # Chromium, the Python client against a real service, and schemathesis on the OpenAPI
-# document. Every step runs even when an earlier one failed; the summary names the failures
+# document; the end-to-end tests, the web UI and the Python client also run a second time
+# with the state in PostgreSQL. Every step runs even when an earlier one failed; the summary names the failures
 # and the exit status is 1 if there were any.
 # Run as root: the end-to-end tests build images with mmdebstrap and run runc and QEMU.
 set -euo pipefail
@@ -17,11 +18,27 @@ step() {
 }
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+# The state store's tests run on SQLite and on the PostgreSQL that setup.sh started.
+export VFARM_TEST_POSTGRES="${VFARM_TEST_POSTGRES:-postgres://vfarm:vfarm@127.0.0.1/vfarm_test}"
 step "cargo test" cargo test --workspace --locked --no-fail-fast -- --test-threads="${VFARM_TEST_THREADS:-4}"
+# The end-to-end suite again with the binary's state in PostgreSQL (one schema per data dir;
+# the previous run's schemas are dropped first). Nodes in the several-hosts tests keep their
+# own records in SQLite: a namespace does not reach the database on loopback.
+pg_e2e() {
+  PGPASSWORD=vfarm psql -qAt -h 127.0.0.1 -U vfarm vfarm_test -c \
+    "SELECT format('DROP SCHEMA %I CASCADE;', nspname) FROM pg_namespace WHERE nspname ~ '^(d|t)_'" |
+    PGPASSWORD=vfarm psql -q -h 127.0.0.1 -U vfarm vfarm_test >/dev/null
+  VFARM_DATABASE="$VFARM_TEST_POSTGRES" VFARM_DATABASE_SCHEMA=per-data-dir \
+    cargo test -p vfarm --tests --locked --no-fail-fast -- --test-threads="${VFARM_TEST_THREADS:-4}"
+}
+step "cargo test (end-to-end on PostgreSQL)" pg_e2e
 # The steps below drive the debug binary that `cargo test` built.
 step "web UI (Chromium)" node tests/web/deploy.test.mjs
 step "python client" .venv/bin/pytest -q clients/python/tests
 step "schemathesis" bash scripts/schemathesis.sh
+on_pg() { VFARM_DATABASE="$VFARM_TEST_POSTGRES" VFARM_DATABASE_SCHEMA=per-data-dir "$@"; }
+step "web UI (Chromium, PostgreSQL)" on_pg node tests/web/deploy.test.mjs
+step "python client (PostgreSQL)" on_pg .venv/bin/pytest -q clients/python/tests
 if ((${#failed[@]})); then
   printf '== FAILED: %s\n' "${failed[@]}"
   exit 1

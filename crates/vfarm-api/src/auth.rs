@@ -92,7 +92,12 @@ impl From<AuthError> for ApiError {
 
 /// `/api/v1/` paths that need no identity: the API's description, and the login that
 /// turns a token into the web UI's session cookie.
-const OPEN_PATHS: &[&str] = &["/api/v1/openapi.json", "/api/v1/session"];
+const OPEN_PATHS: &[&str] = &[
+    "/api/v1/openapi.json",
+    "/api/v1/session",
+    // The join token is the credential.
+    "/api/v1/hosts/join",
+];
 
 /// The middleware: resolve the identity, refuse `/api/v1/*` without one.
 pub async fn resolve_identity(

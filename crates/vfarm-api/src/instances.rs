@@ -35,6 +35,9 @@ pub struct InstanceView {
     pub driver: String,
     pub owner: String,
     pub hostname: String,
+    /// The node it runs on (several hosts); absent: the service's own machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The address that goes with a hostname from the pool, if the pool gives one.
     #[serde(default)]
     pub address: Option<String>,
@@ -186,6 +189,20 @@ pub struct CreateInstance {
     /// KEY=VALUE.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Admins only (a control placing the instance on a node): record it under this id,
+    /// 12 hex digits.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Admins only: whose instance it is (default: the caller).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Several hosts: run it on this node (default: the placement policy chooses).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// qemu: `full` (default: the image's own kernel, cloud-init, SSH) or `fast` (the host's
+    /// kernel and a minimal init; seconds to boot, reached through the guest agent only).
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// What an instance action asks for.
@@ -203,6 +220,34 @@ pub struct StopRequest {
     /// Kill at once instead of SIGTERM (or ACPI) first.
     #[serde(default)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The node to move to (several hosts).
+    pub to: String,
+    /// Both nodes open the same disk file instead of copying it (it must be on a file
+    /// system both reach).
+    #[serde(default)]
+    pub shared_storage: bool,
+}
+
+/// What a live migration between nodes did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MigrateResult {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    /// copied or shared
+    pub storage: String,
+    /// How long the guest was paused.
+    pub downtime_ms: u64,
+    /// The whole migration, from the control's first call to its last.
+    pub total_ms: u64,
+    pub ram_bytes: u64,
+    pub disk_bytes: u64,
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -313,6 +358,22 @@ pub trait InstanceBackend: Send + Sync + 'static {
     ) -> Result<InstanceView, ApiError>;
     fn snapshot_remove(&self, who: &Identity, reference: &str, name: &str) -> Result<(), ApiError>;
     fn quota(&self, who: &Identity) -> Result<QuotaView, ApiError>;
+    /// Live-migrate a VM to another node (several hosts only).
+    fn migrate(
+        &self,
+        _who: &Identity,
+        _reference: &str,
+        req: MigrateRequest,
+    ) -> Result<MigrateResult, ApiError> {
+        Err(ApiError::bad_request(
+            "to",
+            format!(
+                "`{}`: this service has no nodes to migrate between (`vfarm instance migrate \
+                 --to DIR` moves a VM to another data dir on the service's host)",
+                req.to
+            ),
+        ))
+    }
 }
 
 pub(crate) type Who = Option<Extension<Identity>>;
@@ -416,9 +477,14 @@ pub(crate) async fn create(
     let start = !req.reserve;
     let view = with(&s, who, move |b, w| b.create(w, req)).await?;
     let op_id = uuid::Uuid::new_v4().to_string();
-    s.store
-        .create_operation(&op_id, "instance.create", Some(&view.id))
-        .map_err(|e| ApiError::internal(format!("cannot record the operation: {e}")))?;
+    // On the blocking pool: the PostgreSQL store's sync client must not run on a worker thread.
+    let (store, op, target) = (s.store.clone(), op_id.clone(), view.id.clone());
+    blocking(move || {
+        store
+            .create_operation(&op, "instance.create", Some(&target))
+            .map_err(|e| ApiError::internal(format!("cannot record the operation: {e}")))
+    })
+    .await?;
     let (b, store, id, op) = (
         backend(&s)?,
         s.store.clone(),
@@ -561,6 +627,23 @@ pub(crate) async fn extend(
 ) -> Result<Response, ApiError> {
     let req = json_body(body)?;
     let v = with(&s, who, move |b, w| b.extend(w, &r, &req.by)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{ref}/migrate", tag = "instances",
+    params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
+    request_body = MigrateRequest,
+    responses((status = 200, body = MigrateResult), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn migrate(
+    State(s): State<AppState>,
+    who: Who,
+    Path(r): Path<String>,
+    body: Result<Json<MigrateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = json_body(body)?;
+    let v = with(&s, who, move |b, w| b.migrate(w, &r, req)).await?;
     Ok(Json(v).into_response())
 }
 

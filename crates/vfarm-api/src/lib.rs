@@ -23,8 +23,10 @@ use vfarm_image::{ImageError, Repository};
 use vfarm_store::Store;
 
 pub mod auth;
+pub mod hosts;
 pub mod instances;
 pub mod live;
+pub mod migration;
 pub mod openapi;
 pub mod tls;
 
@@ -46,6 +48,10 @@ pub struct AppState {
     /// Instance changes for `/api/v1/events`; the binary's watcher sends them.
     pub events: tokio::sync::broadcast::Sender<InstanceEvent>,
     pub metrics: live::Metrics,
+    /// The subject of this service's own TLS certificate (nodes make it their admin).
+    pub server_subject: Option<String>,
+    /// Set on nodes: the steps of a live migration between nodes.
+    pub migration: Option<Arc<dyn migration::MigrationBackend>>,
 }
 
 impl AppState {
@@ -61,6 +67,8 @@ impl AppState {
             instances: None,
             events: tokio::sync::broadcast::channel(1024).0,
             metrics: live::Metrics::default(),
+            server_subject: None,
+            migration: None,
         })
     }
 }
@@ -92,6 +100,29 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/instances/{ref}/resume", post(instances::resume))
         .route("/api/v1/instances/{ref}/extend", post(instances::extend))
         .route("/api/v1/instances/{ref}/exec", post(instances::exec))
+        .route("/api/v1/instances/{ref}/migrate", post(instances::migrate))
+        .route("/api/v1/node/migrations", post(migration::prepare))
+        .route(
+            "/api/v1/node/migrations/{id}/source",
+            post(migration::source),
+        )
+        .route("/api/v1/node/migrations/{id}/send", post(migration::send))
+        .route(
+            "/api/v1/node/migrations/{id}/finish",
+            post(migration::finish),
+        )
+        .route(
+            "/api/v1/node/migrations/{id}/incoming",
+            delete(migration::abort_incoming),
+        )
+        .route(
+            "/api/v1/node/migrations/{id}/complete",
+            post(migration::complete),
+        )
+        .route(
+            "/api/v1/node/migrations/{id}/abort",
+            post(migration::abort_outgoing),
+        )
         .route("/api/v1/instances/{ref}/console", get(instances::console))
         .route(
             "/api/v1/instances/{ref}/snapshots",
@@ -105,6 +136,15 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/instances/{ref}/snapshots/{name}",
             delete(instances::snapshot_remove),
         )
+        .route("/api/v1/hosts", get(hosts::list).post(hosts::add))
+        .route("/api/v1/hosts/join", post(hosts::join))
+        .route("/api/v1/hosts/heartbeat", post(hosts::heartbeat))
+        .route(
+            "/api/v1/hosts/{name}",
+            get(hosts::show).delete(hosts::remove),
+        )
+        .route("/api/v1/hosts/{name}/drain", post(hosts::drain))
+        .route("/api/v1/hosts/{name}/undrain", post(hosts::undrain))
         .route("/api/v1/images", get(list_images).post(create_image))
         .route("/api/v1/images/{id}", get(get_image).delete(delete_image))
         .route("/api/v1/images/{id}/download", get(download))
@@ -253,6 +293,29 @@ impl From<ImageError> for ApiError {
     }
 }
 
+impl From<vfarm_store::StoreError> for ApiError {
+    fn from(e: vfarm_store::StoreError) -> ApiError {
+        match e {
+            vfarm_store::StoreError::NotFound { kind, id } => ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                message: format!("{kind} `{id}` not found"),
+                field: None,
+            },
+            vfarm_store::StoreError::Conflict { kind, id } => ApiError {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message: format!("{kind} `{id}` already exists"),
+                field: None,
+            },
+            e => {
+                tracing::error!(error = %e, "state store");
+                ApiError::internal("state store error; see the service log")
+            }
+        }
+    }
+}
+
 impl From<SpecError> for ApiError {
     fn from(e: SpecError) -> ApiError {
         ImageError::Spec(e).into()
@@ -379,6 +442,29 @@ async fn repository_file(
     Path((id, file)): Path<(String, String)>,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
+    // A bootable image's kernel and initramfs: what a node mirroring it boots.
+    if file == "vmlinuz" || file == "initrd.img" {
+        let path = blocking(move || {
+            let img = s.repo.resolve(&id)?;
+            let p = if file == "vmlinuz" {
+                img.kernel
+            } else {
+                img.initrd
+            };
+            p.ok_or_else(|| ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "artifact_not_found",
+                message: format!("image {} has no {file} (it is not bootable)", img.id),
+                field: Some("file"),
+            })
+        })
+        .await?;
+        return ServeFile::new(&path)
+            .oneshot(req)
+            .await
+            .map(|r| r.map(Body::new))
+            .map_err(|e| ApiError::internal(format!("cannot serve file: {e}")));
+    }
     let format = Format::ALL
         .iter()
         .copied()
@@ -411,9 +497,14 @@ pub(crate) async fn create_image(
     let req = spec.resolve()?;
     let op_id = uuid::Uuid::new_v4().to_string();
     let image_id = req.spec.id();
-    s.store
-        .create_operation(&op_id, "image.build", Some(&image_id))
-        .map_err(|e| ApiError::from(ImageError::from(e)))?;
+    // On the blocking pool: the PostgreSQL store's sync client must not run on a worker thread.
+    let (store, op, target) = (s.store.clone(), op_id.clone(), image_id.clone());
+    blocking(move || {
+        store
+            .create_operation(&op, "image.build", Some(&target))
+            .map_err(|e| ApiError::from(ImageError::from(e)))
+    })
+    .await?;
     let st = s.clone();
     let op = op_id.clone();
     tokio::task::spawn_blocking(move || {
@@ -456,16 +547,19 @@ pub(crate) async fn get_operation(
     let Query(q) = instances::query(q)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(300));
     loop {
-        let op = s
-            .store
-            .operation(&id)
-            .map_err(|e| ApiError::from(ImageError::from(e)))?
-            .ok_or_else(|| ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: "operation_not_found",
-                message: format!("operation `{id}` not found"),
-                field: None,
-            })?;
+        let (store, op_id) = (s.store.clone(), id.clone());
+        let op = blocking(move || {
+            store
+                .operation(&op_id)
+                .map_err(|e| ApiError::from(ImageError::from(e)))
+        })
+        .await?
+        .ok_or_else(|| ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "operation_not_found",
+            message: format!("operation `{id}` not found"),
+            field: None,
+        })?;
         if op.status != "running" || tokio::time::Instant::now() >= deadline {
             return Ok(Json(op).into_response());
         }

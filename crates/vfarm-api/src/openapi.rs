@@ -5,6 +5,9 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::hosts::{
+    AddHost, AddedHost, HeartbeatRequest, JoinRequest, JoinResponse, ReportedInstance,
+};
 use crate::instances::*;
 use crate::live::{AuditView, SessionRequest};
 use crate::{ErrorBody, ErrorDetail};
@@ -29,6 +32,7 @@ use crate::{ErrorBody, ErrorDetail};
         crate::instances::resume,
         crate::instances::extend,
         crate::instances::exec,
+        crate::instances::migrate,
         crate::instances::console,
         crate::instances::snapshots,
         crate::instances::snapshot_create,
@@ -41,12 +45,21 @@ use crate::{ErrorBody, ErrorDetail};
         crate::build_log,
         crate::download,
         crate::get_operation,
+        crate::hosts::add,
+        crate::hosts::list,
+        crate::hosts::show,
+        crate::hosts::drain,
+        crate::hosts::undrain,
+        crate::hosts::remove,
+        crate::hosts::join,
+        crate::hosts::heartbeat,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, InstanceView, VmView, SshView, StatsView, BlockView, NetView,
         SnapshotView, CreateInstance, CreateAccepted, OperationRef, StopRequest, ExtendRequest,
-        ExecRequest, ExecResult, SnapshotRequest, QuotaView, QuotaNumbers, Destroyed, Removed,
-        AuditView, SessionRequest,
+        ExecRequest, ExecResult, MigrateRequest, MigrateResult, SnapshotRequest, QuotaView, QuotaNumbers, Destroyed, Removed,
+        AuditView, SessionRequest, JoinRequest, JoinResponse, HeartbeatRequest, ReportedInstance,
+        AddHost, AddedHost,
     )),
     modifiers(&Security),
     security(("bearer" = []), ("session" = [])),

@@ -53,37 +53,39 @@ mod tests {
 
     #[test]
     fn records_actor_method_and_outcome() {
-        let s = Store::open_in_memory().unwrap();
-        let alice = Identity {
-            user: "/C=XX/CN=Alice".into(),
-            method: AuthMethod::ClientCert,
-            admin: false,
-            token_id: None,
-        };
-        record(
-            &s,
-            Some(&alice),
-            "instance.create",
-            "abc",
-            &Outcome::Denied("quota_exceeded".into()),
-            &serde_json::json!({"cpus": 4}),
-        )
-        .unwrap();
-        record(
-            &s,
-            None,
-            "token.create",
-            "t1",
-            &Outcome::Ok,
-            &serde_json::json!({}),
-        )
-        .unwrap();
-        let log = s.audit_log(None, 10).unwrap();
-        assert_eq!(log[0].actor, "/C=XX/CN=Alice");
-        assert_eq!(log[0].method, "client-cert");
-        assert_eq!(log[0].outcome, "denied:quota_exceeded");
-        assert_eq!(log[0].detail["cpus"], 4);
-        assert_eq!(log[1].method, "local");
-        assert!(!log[1].actor.is_empty());
+        for db in vfarm_store::testing::TestDb::all() {
+            let s = db.open();
+            let alice = Identity {
+                user: "/C=XX/CN=Alice".into(),
+                method: AuthMethod::ClientCert,
+                admin: false,
+                token_id: None,
+            };
+            record(
+                &s,
+                Some(&alice),
+                "instance.create",
+                "abc",
+                &Outcome::Denied("quota_exceeded".into()),
+                &serde_json::json!({"cpus": 4}),
+            )
+            .unwrap();
+            record(
+                &s,
+                None,
+                "token.create",
+                "t1",
+                &Outcome::Ok,
+                &serde_json::json!({}),
+            )
+            .unwrap();
+            let log = s.audit_log(None, 10).unwrap();
+            assert_eq!(log[0].actor, "/C=XX/CN=Alice");
+            assert_eq!(log[0].method, "client-cert");
+            assert_eq!(log[0].outcome, "denied:quota_exceeded");
+            assert_eq!(log[0].detail["cpus"], 4);
+            assert_eq!(log[1].method, "local");
+            assert!(!log[1].actor.is_empty());
+        }
     }
 }

@@ -391,9 +391,29 @@ impl SiteCa {
     /// A host certificate for `hostname`: subject = the CA's DN with CN = the host name,
     /// SAN = the host name, serverAuth + clientAuth.
     pub fn issue_host(&self, hostname: &str, days: u32, now: DateTime<Utc>) -> Result<Issued> {
+        self.issue_host_with(hostname, &[], days, now)
+    }
+
+    /// [`issue_host`](Self::issue_host) with more subject alternative names: host names, or
+    /// IP addresses (a node reached by its address, as the control reaches nodes).
+    pub fn issue_host_with(
+        &self,
+        hostname: &str,
+        alt_names: &[String],
+        days: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Issued> {
         check_hostname(hostname)?;
         let host = hostname.trim_end_matches('.').to_ascii_lowercase();
-        let mut p = CertificateParams::new(vec![host.clone()])?;
+        let mut sans = vec![host.clone()];
+        for a in alt_names {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                check_hostname(a)?;
+            }
+            sans.push(a.clone());
+        }
+        // rcgen makes an IP address SAN of a name that parses as one.
+        let mut p = CertificateParams::new(sans)?;
         let mut name = DistinguishedName::new();
         for (ty, v) in self.dn.iter() {
             if *ty != DnType::CommonName {

@@ -34,6 +34,16 @@ struct Raw {
     #[serde(default)]
     quotas: RawQuotas,
     default_expiry: Option<String>,
+    #[serde(default)]
+    placement: RawPlacement,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    policy: Option<String>,
+    cpu_ratio: Option<f64>,
+    memory_ratio: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +120,10 @@ pub struct ServeConfig {
     pub quotas: QuotaConfig,
     /// Expiry of instances created without one (`default_expiry = "1w"`), in seconds.
     pub default_expiry_secs: Option<u64>,
+    /// Several hosts: `[placement] policy = "spread" | "pack"`, and how far a node's CPUs and
+    /// memory may be promised (`cpu_ratio = 4.0` over-commits CPUs fourfold).
+    pub placement: vfarm_core::placement::Policy,
+    pub ratios: vfarm_core::placement::Ratios,
 }
 
 impl ServeConfig {
@@ -194,7 +208,26 @@ impl ServeConfig {
                     .map_err(|e| err(format!("default_expiry `{s}`: {e}")))
             })
             .transpose()?;
+        let placement = match &raw.placement.policy {
+            Some(p) => p
+                .parse()
+                .map_err(|e| err(format!("placement.policy: {e}")))?,
+            None => Default::default(),
+        };
+        let ratio = |key: &str, v: Option<f64>| -> Result<f64> {
+            match v {
+                None => Ok(1.0),
+                Some(r) if r.is_finite() && r > 0.0 => Ok(r),
+                Some(r) => Err(err(format!("placement.{key} `{r}` must be a number > 0"))),
+            }
+        };
+        let ratios = vfarm_core::placement::Ratios {
+            cpu: ratio("cpu_ratio", raw.placement.cpu_ratio)?,
+            memory: ratio("memory_ratio", raw.placement.memory_ratio)?,
+        };
         Ok(ServeConfig {
+            placement,
+            ratios,
             default_expiry_secs,
             admins: raw.admins,
             hostnames,

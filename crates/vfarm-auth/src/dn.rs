@@ -13,6 +13,17 @@ pub fn subject_of_der(der: &[u8]) -> Result<String> {
     Ok(oneline(openssl::x509::X509::from_der(der)?.subject_name()))
 }
 
+/// The subject of the first certificate in PEM text, one-line form.
+pub fn subject_of_pem(pem: &[u8]) -> Result<String> {
+    Ok(oneline(openssl::x509::X509::from_pem(pem)?.subject_name()))
+}
+
+/// The OpenSSL subject hash file name (`<hash>.0`) a CA certificate has in a CA directory.
+pub fn hashed_name_of_pem(pem: &[u8]) -> Result<String> {
+    let x = openssl::x509::X509::from_pem(pem)?;
+    Ok(format!("{:08x}.0", x.subject_name_hash()))
+}
+
 /// The attribute types a DN given to the site CA may use.
 const KNOWN: &str = "C, ST, L, O, OU, CN, DC";
 

@@ -114,42 +114,44 @@ mod tests {
         assert!(check("a", &Quota::default(), &full, &r(u64::MAX / 4, 0)).is_ok());
     }
 
-    /// 40 threads on separate connections reserve 1 CPU each against a 10-CPU quota:
-    /// exactly 10 get through, the rest are told which limit they hit.
+    /// 40 threads on separate connections (SQLite: one each; PostgreSQL: 10, shared)
+    /// reserve 1 CPU each against a 10-CPU quota: exactly 10 get through, the rest are told
+    /// which limit they hit.
     #[test]
     fn concurrent_reservations_never_overshoot() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("state.db");
-        drop(Store::open(&path).unwrap());
-        let quotas = QuotaConfig {
-            default: Quota {
-                cpus_milli: Some(10_000),
-                ..Quota::default()
-            },
-            ..QuotaConfig::default()
-        };
-        let barrier = Arc::new(Barrier::new(40));
-        let handles: Vec<_> = (0..40)
-            .map(|i| {
-                let (path, quotas, barrier) = (path.clone(), quotas.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    let s = Store::open(&path).unwrap();
-                    barrier.wait();
-                    reserve(&s, &quotas, &format!("i{i}"), "alice", r(1000, 64))
+        for db in vfarm_store::testing::TestDb::all() {
+            let quotas = QuotaConfig {
+                default: Quota {
+                    cpus_milli: Some(10_000),
+                    ..Quota::default()
+                },
+                ..QuotaConfig::default()
+            };
+            let conns = if db.backend() == "postgres" { 10 } else { 40 };
+            let stores: Vec<Arc<Store>> = (0..conns).map(|_| Arc::new(db.open())).collect();
+            let barrier = Arc::new(Barrier::new(40));
+            let handles: Vec<_> = (0..40)
+                .map(|i| {
+                    let (s, quotas, barrier) =
+                        (stores[i % conns].clone(), quotas.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        reserve(&s, &quotas, &format!("i{i}"), "alice", r(1000, 64))
+                    })
                 })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let ok = results.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(ok, 10);
-        for e in results.iter().filter_map(|r| r.as_ref().err()) {
-            assert_eq!(e.code(), "quota_exceeded", "{e}");
+                .collect();
+            let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(ok, 10, "{}", db.backend());
+            for e in results.iter().filter_map(|r| r.as_ref().err()) {
+                assert_eq!(e.code(), "quota_exceeded", "{e}");
+            }
+            let s = db.open();
+            assert_eq!(s.quota_usage("alice").unwrap().cpus_milli, 10_000);
+            let held = results.iter().position(|r| r.is_ok()).unwrap();
+            assert!(release(&s, &format!("i{held}")).unwrap());
+            assert_eq!(s.quota_usage("alice").unwrap().cpus_milli, 9_000);
+            assert!(reserve(&s, &quotas, "again", "alice", r(1000, 64)).is_ok());
         }
-        let s = Store::open(&path).unwrap();
-        assert_eq!(s.quota_usage("alice").unwrap().cpus_milli, 10_000);
-        let held = results.iter().position(|r| r.is_ok()).unwrap();
-        assert!(release(&s, &format!("i{held}")).unwrap());
-        assert_eq!(s.quota_usage("alice").unwrap().cpus_milli, 9_000);
-        assert!(reserve(&s, &quotas, "again", "alice", r(1000, 64)).is_ok());
     }
 }

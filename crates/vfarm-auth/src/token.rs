@@ -169,69 +169,77 @@ mod tests {
 
     #[test]
     fn create_verify_revoke() {
-        let s = Store::open_in_memory().unwrap();
-        let c = create(&s, "alice", Some("laptop"), None, now()).unwrap();
-        assert!(c.token.starts_with("vft_"));
-        assert_eq!(c.token.len(), 4 + 12 + 1 + 64);
-        // Only the hash is stored.
-        let stored = s.token(&c.row.id).unwrap().unwrap();
-        assert!(!c.token.contains(&stored.secret_hash));
-        assert_eq!(stored.secret_hash.len(), 64);
-        assert_eq!(verify(&s, &c.token, now()).unwrap().user, "alice");
-        // Wrong secret, unknown id, malformed: all the same error.
-        let mut wrong = c.token.clone();
-        let last = wrong.pop().unwrap();
-        wrong.push(if last == '0' { '1' } else { '0' });
-        for bad in [wrong.as_str(), "vft_000000000000_00", "Bearer x", ""] {
-            assert!(
-                matches!(verify(&s, bad, now()), Err(AuthError::InvalidToken)),
-                "{bad}"
+        for db in vfarm_store::testing::TestDb::all() {
+            let s = db.open();
+            let c = create(&s, "alice", Some("laptop"), None, now()).unwrap();
+            assert!(c.token.starts_with("vft_"));
+            assert_eq!(c.token.len(), 4 + 12 + 1 + 64);
+            // Only the hash is stored.
+            let stored = s.token(&c.row.id).unwrap().unwrap();
+            assert!(!c.token.contains(&stored.secret_hash));
+            assert_eq!(stored.secret_hash.len(), 64);
+            assert_eq!(verify(&s, &c.token, now()).unwrap().user, "alice");
+            // Wrong secret, unknown id, malformed: all the same error.
+            let mut wrong = c.token.clone();
+            let last = wrong.pop().unwrap();
+            wrong.push(if last == '0' { '1' } else { '0' });
+            for bad in [wrong.as_str(), "vft_000000000000_00", "Bearer x", ""] {
+                assert!(
+                    matches!(verify(&s, bad, now()), Err(AuthError::InvalidToken)),
+                    "{bad}"
+                );
+            }
+            let other = create(&s, "bob", None, None, now()).unwrap();
+            revoke(&s, &c.row.id).unwrap();
+            assert_eq!(
+                verify(&s, &c.token, now()).unwrap_err().code(),
+                "token_revoked"
             );
+            assert_eq!(verify(&s, &other.token, now()).unwrap().user, "bob");
+            assert_eq!(
+                revoke(&s, "ffffffffffff").unwrap_err().code(),
+                "token_not_found"
+            );
+            // Revoking by the whole token string works too.
+            revoke(&s, &other.token).unwrap();
+            assert!(verify(&s, &other.token, now()).is_err());
         }
-        let other = create(&s, "bob", None, None, now()).unwrap();
-        revoke(&s, &c.row.id).unwrap();
-        assert_eq!(
-            verify(&s, &c.token, now()).unwrap_err().code(),
-            "token_revoked"
-        );
-        assert_eq!(verify(&s, &other.token, now()).unwrap().user, "bob");
-        assert_eq!(
-            revoke(&s, "ffffffffffff").unwrap_err().code(),
-            "token_not_found"
-        );
-        // Revoking by the whole token string works too.
-        revoke(&s, &other.token).unwrap();
-        assert!(verify(&s, &other.token, now()).is_err());
     }
 
     #[test]
     fn expiry_is_enforced() {
-        let s = Store::open_in_memory().unwrap();
-        let c = create(&s, "alice", None, Some(3600), now()).unwrap();
-        assert!(verify(&s, &c.token, now()).is_ok());
-        let later = now() + chrono::Duration::seconds(3600);
-        assert_eq!(
-            verify(&s, &c.token, later).unwrap_err().code(),
-            "token_expired"
-        );
+        for db in vfarm_store::testing::TestDb::all() {
+            let s = db.open();
+            let c = create(&s, "alice", None, Some(3600), now()).unwrap();
+            assert!(verify(&s, &c.token, now()).is_ok());
+            let later = now() + chrono::Duration::seconds(3600);
+            assert_eq!(
+                verify(&s, &c.token, later).unwrap_err().code(),
+                "token_expired"
+            );
+        }
     }
 
     #[test]
     fn bad_user_or_name_is_refused_by_field() {
-        let s = Store::open_in_memory().unwrap();
-        let e = create(&s, " ", None, None, now()).unwrap_err();
-        assert_eq!(e.field(), Some("user"));
-        let e = create(&s, "alice", Some("a\nb"), None, now()).unwrap_err();
-        assert_eq!(e.field(), Some("name"));
-        assert!(s.tokens(None).unwrap().is_empty());
+        for db in vfarm_store::testing::TestDb::all() {
+            let s = db.open();
+            let e = create(&s, " ", None, None, now()).unwrap_err();
+            assert_eq!(e.field(), Some("user"));
+            let e = create(&s, "alice", Some("a\nb"), None, now()).unwrap_err();
+            assert_eq!(e.field(), Some("name"));
+            assert!(s.tokens(None).unwrap().is_empty());
+        }
     }
 
     #[test]
     fn secrets_differ() {
-        let s = Store::open_in_memory().unwrap();
-        let a = create(&s, "u", None, None, now()).unwrap();
-        let b = create(&s, "u", None, None, now()).unwrap();
-        assert_ne!(a.token, b.token);
-        assert_ne!(a.row.secret_hash, b.row.secret_hash);
+        for db in vfarm_store::testing::TestDb::all() {
+            let s = db.open();
+            let a = create(&s, "u", None, None, now()).unwrap();
+            let b = create(&s, "u", None, None, now()).unwrap();
+            assert_ne!(a.token, b.token);
+            assert_ne!(a.row.secret_hash, b.row.secret_hash);
+        }
     }
 }

@@ -26,6 +26,9 @@ pub enum State {
     Failed,
     /// Gone from the host; the record remains only in the event log.
     Destroyed,
+    /// On a node that stopped answering: what runs there is unknown until it answers again
+    /// (then the node's own state is taken over). Never dropped silently.
+    Lost,
 }
 
 impl State {
@@ -37,6 +40,7 @@ impl State {
         State::Stopped,
         State::Failed,
         State::Destroyed,
+        State::Lost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +52,7 @@ impl State {
             State::Stopped => "stopped",
             State::Failed => "failed",
             State::Destroyed => "destroyed",
+            State::Lost => "lost",
         }
     }
 
@@ -185,6 +190,9 @@ fn hint(state: State, event: Event) -> &'static str {
             " (it is already running)"
         }
         (State::Creating, _) => " (it is still being prepared)",
+        (State::Lost, _) => {
+            " (its host is not answering; it is taken over again when the host is back)"
+        }
         _ => "",
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod groups;
 pub mod instance;
+pub mod placement;
 pub mod size;
 pub mod spec;
 

@@ -26,6 +26,8 @@ use crate::error::{ImageError, Result};
 use crate::formats::{self, Written};
 use crate::tools::{self, Bootstrap, Progress, ProgressParser};
 
+mod mirror;
+
 /// A repository image with absolute paths.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Image {
@@ -300,8 +302,7 @@ impl Repository {
         let img = self.resolve(reference)?;
         let _lock = self.lock(&format!("image-{}", img.id), &mut |_| {})?;
         self.store.tx(|tx| {
-            tx.execute("DELETE FROM images WHERE id = ?1", [&img.id])
-                .map_err(vfarm_store::StoreError::from)?;
+            tx.execute("DELETE FROM images WHERE id = ?1", [&img.id])?;
             append_event(
                 tx,
                 actor,
@@ -1023,37 +1024,39 @@ mod tests {
 
     #[test]
     fn open_cleans_orphans_and_keeps_complete_images() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_memory().unwrap());
-        let repo = Repository::open(dir.path(), store.clone()).unwrap();
-        // An image directory without a record (crash between rename and insert)…
-        fs::create_dir_all(dir.path().join("images/deadbeef")).unwrap();
-        // …a build work area of a dead process, and a running build record.
-        fs::create_dir_all(dir.path().join("tmp/build-cafe0001-1234/rootfs")).unwrap();
-        store
-            .insert_build(&BuildRow {
-                id: "b".into(),
-                image_id: "cafe0001".into(),
-                spec: "{}".into(),
-                started: vfarm_store::now(),
-                ended: None,
-                status: "running".into(),
-                error: None,
-                log: "/x".into(),
-            })
-            .unwrap();
-        // A work area whose build is alive (lock held) must survive.
-        fs::create_dir_all(dir.path().join("tmp/build-beef0002-1234")).unwrap();
-        let held = repo.try_lock("image-beef0002").unwrap().expect("free");
-        drop(repo);
-        let _repo = Repository::open(dir.path(), store.clone()).unwrap();
-        assert!(!dir.path().join("images/deadbeef").exists());
-        assert!(!dir.path().join("tmp/build-cafe0001-1234").exists());
-        assert!(dir.path().join("tmp/build-beef0002-1234").exists());
-        assert_eq!(
-            store.latest_build("cafe0001").unwrap().unwrap().status,
-            "interrupted"
-        );
-        drop(held);
+        for db in vfarm_store::testing::TestDb::all() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(db.open());
+            let repo = Repository::open(dir.path(), store.clone()).unwrap();
+            // An image directory without a record (crash between rename and insert)…
+            fs::create_dir_all(dir.path().join("images/deadbeef")).unwrap();
+            // …a build work area of a dead process, and a running build record.
+            fs::create_dir_all(dir.path().join("tmp/build-cafe0001-1234/rootfs")).unwrap();
+            store
+                .insert_build(&BuildRow {
+                    id: "b".into(),
+                    image_id: "cafe0001".into(),
+                    spec: "{}".into(),
+                    started: vfarm_store::now(),
+                    ended: None,
+                    status: "running".into(),
+                    error: None,
+                    log: "/x".into(),
+                })
+                .unwrap();
+            // A work area whose build is alive (lock held) must survive.
+            fs::create_dir_all(dir.path().join("tmp/build-beef0002-1234")).unwrap();
+            let held = repo.try_lock("image-beef0002").unwrap().expect("free");
+            drop(repo);
+            let _repo = Repository::open(dir.path(), store.clone()).unwrap();
+            assert!(!dir.path().join("images/deadbeef").exists());
+            assert!(!dir.path().join("tmp/build-cafe0001-1234").exists());
+            assert!(dir.path().join("tmp/build-beef0002-1234").exists());
+            assert_eq!(
+                store.latest_build("cafe0001").unwrap().unwrap().status,
+                "interrupted"
+            );
+            drop(held);
+        }
     }
 }

@@ -4,10 +4,9 @@
 //! The rules (what a token looks like, which name to pick, what a quota allows) live in
 //! `vfarm-auth`; this module keeps the rows and makes each change one IMMEDIATE transaction.
 
-use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 
-use crate::{now, optional, Result, Store, StoreError};
+use crate::{is_unique_violation, now, optional, params, Db, Result, Row, Store, StoreError};
 
 /// A token as stored: never the secret, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,9 +62,10 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-const TOKEN_COLS: &str = "id, user, name, secret_hash, created, expires, revoked, last_used";
+// `user` is a reserved word in PostgreSQL: always quoted.
+const TOKEN_COLS: &str = "id, \"user\", name, secret_hash, created, expires, revoked, last_used";
 
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+fn token_row(r: &Row<'_>) -> Result<TokenRow> {
     Ok(TokenRow {
         id: r.get(0)?,
         user: r.get(1)?,
@@ -78,7 +78,7 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     })
 }
 
-fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+fn lease_row(r: &Row<'_>) -> Result<Lease> {
     Ok(Lease {
         name: r.get(0)?,
         address: r.get(1)?,
@@ -86,11 +86,6 @@ fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
         owner: r.get(3)?,
         allocated: r.get(4)?,
     })
-}
-
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
 impl Store {
@@ -117,7 +112,7 @@ impl Store {
                         id: t.id.clone(),
                     }
                 } else {
-                    e.into()
+                    e
                 }
             })?;
         Ok(())
@@ -136,10 +131,10 @@ impl Store {
     pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
-            "SELECT {TOKEN_COLS} FROM tokens WHERE ?1 IS NULL OR user = ?1 ORDER BY created, id"
+            "SELECT {TOKEN_COLS} FROM tokens WHERE CAST(?1 AS TEXT) IS NULL OR \"user\" = ?1 ORDER BY created, id"
         ))?;
         let rows = st.query_map([user], token_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.collect::<Result<_, _>>()
     }
 
     /// Mark a token revoked (idempotent: a second revoke keeps the first time).
@@ -212,7 +207,7 @@ impl Store {
                         id: holder.to_string(),
                     }
                 } else {
-                    e.into()
+                    e
                 }
             })?;
             Ok(Some(lease))
@@ -247,8 +242,8 @@ impl Store {
         let mut st = conn.prepare(
             "SELECT name, address, holder, owner, allocated FROM hostname_leases ORDER BY name",
         )?;
-        let rows = st.query_map([], lease_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = st.query_map(params![], lease_row)?;
+        rows.collect::<Result<_, _>>()
     }
 
     /// What `owner` holds now.
@@ -288,7 +283,7 @@ impl Store {
                         id: holder.to_string(),
                     }
                 } else {
-                    StoreError::from(e)
+                    e
                 }
             })?;
             Ok(())
@@ -321,7 +316,7 @@ impl Store {
         let conn = self.conn();
         let mut st = conn.prepare(
             "SELECT seq, at, actor, method, action, object, outcome, detail FROM
-               (SELECT * FROM audit WHERE ?1 IS NULL OR actor = ?1 ORDER BY seq DESC LIMIT ?2)
+               (SELECT * FROM audit WHERE CAST(?1 AS TEXT) IS NULL OR actor = ?1 ORDER BY seq DESC LIMIT ?2) AS recent
              ORDER BY seq",
         )?;
         let rows = st.query_map(params![actor, limit as i64], |r| {
@@ -337,20 +332,21 @@ impl Store {
                     .unwrap_or(serde_json::Value::Null),
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.collect::<Result<_, _>>()
     }
 }
 
-fn held_names(tx: &Transaction<'_>) -> Result<std::collections::HashSet<String>> {
+fn held_names(tx: &Db<'_>) -> Result<std::collections::HashSet<String>> {
     let mut st = tx.prepare("SELECT name FROM hostname_leases")?;
-    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = st.query_map(params![], |r| r.get::<_, String>(0))?;
+    rows.collect::<Result<_, _>>()
 }
 
-fn usage(conn: &Connection, owner: &str) -> Result<Usage> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(cpus_milli),0), COALESCE(SUM(memory_mib),0),
-                COALESCE(SUM(disk_mib),0)
+fn usage(conn: &Db<'_>, owner: &str) -> Result<Usage> {
+    conn.query_row(
+        // PostgreSQL sums BIGINTs as NUMERIC: cast back.
+        "SELECT COUNT(*), CAST(COALESCE(SUM(cpus_milli), 0) AS BIGINT),
+                CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT), CAST(COALESCE(SUM(disk_mib), 0) AS BIGINT)
          FROM quota_reservations WHERE owner = ?1",
         [owner],
         |r| {
@@ -361,12 +357,12 @@ fn usage(conn: &Connection, owner: &str) -> Result<Usage> {
                 disk_mib: r.get::<_, i64>(3)? as u64,
             })
         },
-    )?)
+    )
 }
 
 /// Append an audit record inside an existing transaction or connection.
 pub fn append_audit(
-    conn: &Connection,
+    conn: &Db<'_>,
     actor: &str,
     method: &str,
     action: &str,
@@ -409,102 +405,111 @@ mod tests {
 
     #[test]
     fn tokens_insert_list_revoke() {
-        let s = Store::open_in_memory().unwrap();
-        s.insert_token(&token("a1", "alice")).unwrap();
-        s.insert_token(&token("b2", "bob")).unwrap();
-        assert!(matches!(
-            s.insert_token(&token("a1", "eve")),
-            Err(StoreError::Conflict { .. })
-        ));
-        assert_eq!(s.tokens(None).unwrap().len(), 2);
-        assert_eq!(s.tokens(Some("bob")).unwrap()[0].id, "b2");
-        let r = s.revoke_token("a1").unwrap();
-        let first = r.revoked.clone().unwrap();
-        assert_eq!(s.revoke_token("a1").unwrap().revoked.unwrap(), first);
-        assert!(matches!(
-            s.revoke_token("zz"),
-            Err(StoreError::NotFound { .. })
-        ));
-        s.touch_token("b2").unwrap();
-        assert!(s.token("b2").unwrap().unwrap().last_used.is_some());
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.insert_token(&token("a1", "alice")).unwrap();
+            s.insert_token(&token("b2", "bob")).unwrap();
+            assert!(matches!(
+                s.insert_token(&token("a1", "eve")),
+                Err(StoreError::Conflict { .. })
+            ));
+            assert_eq!(s.tokens(None).unwrap().len(), 2);
+            assert_eq!(s.tokens(Some("bob")).unwrap()[0].id, "b2");
+            let r = s.revoke_token("a1").unwrap();
+            let first = r.revoked.clone().unwrap();
+            assert_eq!(s.revoke_token("a1").unwrap().revoked.unwrap(), first);
+            assert!(matches!(
+                s.revoke_token("zz"),
+                Err(StoreError::NotFound { .. })
+            ));
+            s.touch_token("b2").unwrap();
+            assert!(s.token("b2").unwrap().unwrap().last_used.is_some());
+        }
     }
 
     #[test]
     fn leases_never_share_a_name() {
-        let s = Store::open_in_memory().unwrap();
-        let pool: Vec<(String, Option<String>)> = vec![("n1".into(), None), ("n2".into(), None)];
-        let a = s.lease_hostname(&pool, "i1", "alice").unwrap().unwrap();
-        let b = s.lease_hostname(&pool, "i2", "alice").unwrap().unwrap();
-        assert_ne!(a.name, b.name);
-        assert!(s.lease_hostname(&pool, "i3", "bob").unwrap().is_none());
-        // One name per holder.
-        assert!(s.release_hostname("i1").unwrap().is_some());
-        assert!(matches!(
-            s.lease_hostname(&pool, "i2", "alice"),
-            Err(StoreError::Conflict { .. })
-        ));
-        assert_eq!(
-            s.lease_hostname(&pool, "i3", "bob").unwrap().unwrap().name,
-            a.name
-        );
-        assert_eq!(s.release_hostname("nobody").unwrap(), None);
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            let pool: Vec<(String, Option<String>)> =
+                vec![("n1".into(), None), ("n2".into(), None)];
+            let a = s.lease_hostname(&pool, "i1", "alice").unwrap().unwrap();
+            let b = s.lease_hostname(&pool, "i2", "alice").unwrap().unwrap();
+            assert_ne!(a.name, b.name);
+            assert!(s.lease_hostname(&pool, "i3", "bob").unwrap().is_none());
+            // One name per holder.
+            assert!(s.release_hostname("i1").unwrap().is_some());
+            assert!(matches!(
+                s.lease_hostname(&pool, "i2", "alice"),
+                Err(StoreError::Conflict { .. })
+            ));
+            assert_eq!(
+                s.lease_hostname(&pool, "i3", "bob").unwrap().unwrap().name,
+                a.name
+            );
+            assert_eq!(s.release_hostname("nobody").unwrap(), None);
+        }
     }
 
     #[test]
     fn reservations_sum_per_owner() {
-        let s = Store::open_in_memory().unwrap();
-        let r = Resources {
-            cpus_milli: 1000,
-            memory_mib: 512,
-            disk_mib: 1024,
-        };
-        s.reserve_quota::<StoreError>("i1", "alice", r, |_| Ok(()))
-            .unwrap();
-        s.reserve_quota::<StoreError>("i2", "alice", r, |_| Ok(()))
-            .unwrap();
-        let u = s.quota_usage("alice").unwrap();
-        assert_eq!((u.instances, u.cpus_milli, u.memory_mib), (2, 2000, 1024));
-        assert_eq!(s.quota_usage("bob").unwrap(), Usage::default());
-        let refused = s.reserve_quota("i3", "alice", r, |u| {
-            if u.instances >= 2 {
-                Err(StoreError::Conflict {
-                    kind: "quota",
-                    id: "alice".into(),
-                })
-            } else {
-                Ok(())
-            }
-        });
-        assert!(refused.is_err());
-        assert_eq!(s.quota_usage("alice").unwrap().instances, 2);
-        assert!(s.release_quota("i1").unwrap());
-        assert!(!s.release_quota("i1").unwrap());
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            let r = Resources {
+                cpus_milli: 1000,
+                memory_mib: 512,
+                disk_mib: 1024,
+            };
+            s.reserve_quota::<StoreError>("i1", "alice", r, |_| Ok(()))
+                .unwrap();
+            s.reserve_quota::<StoreError>("i2", "alice", r, |_| Ok(()))
+                .unwrap();
+            let u = s.quota_usage("alice").unwrap();
+            assert_eq!((u.instances, u.cpus_milli, u.memory_mib), (2, 2000, 1024));
+            assert_eq!(s.quota_usage("bob").unwrap(), Usage::default());
+            let refused = s.reserve_quota("i3", "alice", r, |u| {
+                if u.instances >= 2 {
+                    Err(StoreError::Conflict {
+                        kind: "quota",
+                        id: "alice".into(),
+                    })
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(refused.is_err());
+            assert_eq!(s.quota_usage("alice").unwrap().instances, 2);
+            assert!(s.release_quota("i1").unwrap());
+            assert!(!s.release_quota("i1").unwrap());
+        }
     }
 
     #[test]
     fn audit_appends_in_order() {
-        let s = Store::open_in_memory().unwrap();
-        s.audit(
-            "alice",
-            "token",
-            "token.create",
-            "t1",
-            "ok",
-            &serde_json::json!({}),
-        )
-        .unwrap();
-        s.audit(
-            "bob",
-            "client-cert",
-            "instance.create",
-            "i1",
-            "denied",
-            &serde_json::json!({"code": "quota_exceeded"}),
-        )
-        .unwrap();
-        let all = s.audit_log(None, 10).unwrap();
-        assert_eq!(all.len(), 2);
-        assert!(all[0].seq < all[1].seq);
-        assert_eq!(s.audit_log(Some("bob"), 10).unwrap()[0].outcome, "denied");
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.audit(
+                "alice",
+                "token",
+                "token.create",
+                "t1",
+                "ok",
+                &serde_json::json!({}),
+            )
+            .unwrap();
+            s.audit(
+                "bob",
+                "client-cert",
+                "instance.create",
+                "i1",
+                "denied",
+                &serde_json::json!({"code": "quota_exceeded"}),
+            )
+            .unwrap();
+            let all = s.audit_log(None, 10).unwrap();
+            assert_eq!(all.len(), 2);
+            assert!(all[0].seq < all[1].seq);
+            assert_eq!(s.audit_log(Some("bob"), 10).unwrap()[0].outcome, "denied");
+        }
     }
 }

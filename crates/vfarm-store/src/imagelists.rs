@@ -2,10 +2,9 @@
 //! the image cache index and revocations. The decisions are made by `vfarm-imagelist`; this
 //! module only records them, each update in one transaction.
 
-use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::{now, optional, Result, Store, StoreError};
+use crate::{now, optional, params, Db, Result, Row, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndorserRow {
@@ -106,7 +105,7 @@ pub struct RevocationRow {
 const SUB_COLS: &str =
     "id, url, ca_dir, list_identifier, title, auto_cache, hook, created, updated, checked, last_error, revoked";
 
-fn sub_row(r: &Row<'_>) -> rusqlite::Result<SubscriptionRow> {
+fn sub_row(r: &Row<'_>) -> Result<SubscriptionRow> {
     Ok(SubscriptionRow {
         id: r.get(0)?,
         url: r.get(1)?,
@@ -126,7 +125,7 @@ fn sub_row(r: &Row<'_>) -> rusqlite::Result<SubscriptionRow> {
 
 const INST_COLS: &str = "id, subscription_id, sha512, identifier, version, created, expires, signer_dn, signer_ca, imported";
 
-fn inst_row(r: &Row<'_>) -> rusqlite::Result<ListInstanceRow> {
+fn inst_row(r: &Row<'_>) -> Result<ListInstanceRow> {
     Ok(ListInstanceRow {
         id: r.get(0)?,
         subscription_id: r.get(1)?,
@@ -143,7 +142,7 @@ fn inst_row(r: &Row<'_>) -> rusqlite::Result<ListInstanceRow> {
 
 const IMG_COLS: &str = "subscription_id, identifier, instance_id, title, sha512, size, uri, version, os, os_version, arch, hypervisor, format, entry, state, cache, image_id";
 
-fn img_row(r: &Row<'_>) -> rusqlite::Result<ImageDefRow> {
+fn img_row(r: &Row<'_>) -> Result<ImageDefRow> {
     Ok(ImageDefRow {
         subscription_id: r.get(0)?,
         identifier: r.get(1)?,
@@ -167,7 +166,7 @@ fn img_row(r: &Row<'_>) -> rusqlite::Result<ImageDefRow> {
 
 const CACHE_COLS: &str = "identifier, subscription_id, file, size, sha512, cached, image_id";
 
-fn cache_row(r: &Row<'_>) -> rusqlite::Result<CacheRow> {
+fn cache_row(r: &Row<'_>) -> Result<CacheRow> {
     Ok(CacheRow {
         identifier: r.get(0)?,
         subscription_id: r.get(1)?,
@@ -179,7 +178,7 @@ fn cache_row(r: &Row<'_>) -> rusqlite::Result<CacheRow> {
     })
 }
 
-fn endorsers_of(conn: &Connection, sub: &str) -> Result<Vec<EndorserRow>> {
+fn endorsers_of(conn: &Db<'_>, sub: &str) -> Result<Vec<EndorserRow>> {
     let mut st = conn
         .prepare("SELECT dn, ca FROM imagelist_endorsers WHERE subscription_id = ?1 ORDER BY dn")?;
     let rows = st
@@ -196,16 +195,16 @@ fn endorsers_of(conn: &Connection, sub: &str) -> Result<Vec<EndorserRow>> {
 /// Record an accepted list inside a transaction: the instance, the images it makes available
 /// (replacing earlier definitions), and the images that expire. Returns the instance id.
 pub fn record_list(
-    conn: &Connection,
+    conn: &Db<'_>,
     subscription_id: &str,
     list: &NewListInstance<'_>,
     available: &[ImageDefRow],
     expired: &[String],
 ) -> Result<i64> {
     let t = now();
-    conn.execute(
+    let instance: i64 = conn.query_row(
         "INSERT INTO imagelist_instances(subscription_id, raw, sha512, identifier, version, created, expires,
-             signer_dn, signer_ca, imported) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+             signer_dn, signer_ca, imported) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10) RETURNING id",
         params![
             subscription_id,
             list.raw,
@@ -218,8 +217,8 @@ pub fn record_list(
             list.signer_ca,
             t
         ],
+        |r| r.get(0),
     )?;
-    let instance = conn.last_insert_rowid();
     for img in available {
         conn.execute(
             &format!(
@@ -231,7 +230,7 @@ pub fn record_list(
                    entry = excluded.entry,
                    state = CASE WHEN imagelist_images.state = 'revoked' THEN 'revoked' ELSE excluded.state END,
                    cache = CASE WHEN imagelist_images.state = 'revoked' THEN 0
-                                ELSE imagelist_images.cache OR excluded.cache END,
+                                WHEN imagelist_images.cache <> 0 OR excluded.cache <> 0 THEN 1 ELSE 0 END,
                    image_id = CASE WHEN imagelist_images.sha512 = excluded.sha512
                                    THEN imagelist_images.image_id ELSE excluded.image_id END"
             ),
@@ -305,7 +304,8 @@ impl Store {
             )?;
             for e in &s.endorsers {
                 tx.execute(
-                    "INSERT OR REPLACE INTO imagelist_endorsers(subscription_id, dn, ca) VALUES (?1,?2,?3)",
+                    "INSERT INTO imagelist_endorsers(subscription_id, dn, ca) VALUES (?1,?2,?3)
+                     ON CONFLICT(subscription_id, dn) DO UPDATE SET ca = excluded.ca",
                     params![s.id, e.dn, e.ca],
                 )?;
             }
@@ -318,20 +318,22 @@ impl Store {
         let mut st = conn.prepare(&format!(
             "SELECT {SUB_COLS} FROM imagelist_subscriptions ORDER BY created, id"
         ))?;
-        let mut rows: Vec<SubscriptionRow> =
-            st.query_map([], sub_row)?.collect::<Result<_, _>>()?;
+        let mut rows: Vec<SubscriptionRow> = st
+            .query_map(params![], sub_row)?
+            .collect::<Result<_, _>>()?;
         for r in &mut rows {
             r.endorsers = endorsers_of(&conn, &r.id)?;
         }
         Ok(rows)
     }
 
-    /// Find by id, unique id prefix (4+ chars), URL or list identifier.
+    /// Find by id, unique id prefix (4+ chars, any case: SQLite's LIKE ignores ASCII case,
+    /// PostgreSQL's does not, and ids are lower-case), URL or list identifier.
     pub fn find_subscription(&self, reference: &str) -> Result<SubscriptionRow> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
             "SELECT {SUB_COLS} FROM imagelist_subscriptions
-             WHERE id = ?1 OR url = ?1 OR list_identifier = ?1 OR (length(?1) >= 4 AND id LIKE ?1 || '%')
+             WHERE id = ?1 OR url = ?1 OR list_identifier = ?1 OR (length(?1) >= 4 AND id LIKE LOWER(?1) || '%')
              LIMIT 5"
         ))?;
         let rows: Vec<SubscriptionRow> = st
@@ -428,7 +430,7 @@ impl Store {
     pub fn list_images(&self, subscription_id: Option<&str>) -> Result<Vec<ImageDefRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
-            "SELECT {IMG_COLS} FROM imagelist_images WHERE ?1 IS NULL OR subscription_id = ?1
+            "SELECT {IMG_COLS} FROM imagelist_images WHERE CAST(?1 AS TEXT) IS NULL OR subscription_id = ?1
              ORDER BY subscription_id, identifier"
         ))?;
         let rows = st
@@ -444,7 +446,7 @@ impl Store {
             "SELECT {IMG_COLS} FROM imagelist_images WHERE identifier = ?1 ORDER BY instance_id DESC LIMIT 1"
         ))?;
         if let Some(r) = st.query_map([reference], img_row)?.next() {
-            return Ok(r?);
+            return r;
         }
         let mut st = conn.prepare(&format!(
             "SELECT {IMG_COLS} FROM imagelist_images WHERE title = ?1 LIMIT 5"
@@ -488,7 +490,9 @@ impl Store {
         let mut st = conn.prepare(&format!(
             "SELECT {CACHE_COLS} FROM imagelist_cache ORDER BY identifier"
         ))?;
-        let rows = st.query_map([], cache_row)?.collect::<Result<_, _>>()?;
+        let rows = st
+            .query_map(params![], cache_row)?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
@@ -503,8 +507,21 @@ impl Store {
 
     pub fn put_cache_entry(&self, c: &CacheRow) -> Result<()> {
         self.conn().execute(
-            &format!("INSERT OR REPLACE INTO imagelist_cache({CACHE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7)"),
-            params![c.identifier, c.subscription_id, c.file, c.size as i64, c.sha512, c.cached, c.image_id],
+            &format!(
+                "INSERT INTO imagelist_cache({CACHE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7)
+                 ON CONFLICT(identifier) DO UPDATE SET subscription_id = excluded.subscription_id,
+                   file = excluded.file, size = excluded.size, sha512 = excluded.sha512,
+                   cached = excluded.cached, image_id = excluded.image_id"
+            ),
+            params![
+                c.identifier,
+                c.subscription_id,
+                c.file,
+                c.size as i64,
+                c.sha512,
+                c.cached,
+                c.image_id
+            ],
         )?;
         Ok(())
     }
@@ -528,7 +545,8 @@ impl Store {
         self.tx(|tx| {
             let t = now();
             tx.execute(
-                "INSERT OR IGNORE INTO imagelist_revocations(kind, target, reason, at) VALUES (?1,?2,?3,?4)",
+                "INSERT INTO imagelist_revocations(kind, target, reason, at) VALUES (?1,?2,?3,?4)
+                 ON CONFLICT DO NOTHING",
                 params![kind, target, reason, t],
             )?;
             let cond = match kind {
@@ -577,7 +595,7 @@ impl Store {
             "SELECT kind, target, reason, at FROM imagelist_revocations ORDER BY at, kind, target",
         )?;
         let rows = st
-            .query_map([], |r| {
+            .query_map(params![], |r| {
                 Ok(RevocationRow {
                     kind: r.get(0)?,
                     target: r.get(1)?,
@@ -685,87 +703,90 @@ mod tests {
 
     #[test]
     fn subscription_lifecycle() {
-        let s = Store::open_in_memory().unwrap();
-        s.add_subscription(&sub("abcd-1", "http://127.0.0.1/l"))
-            .unwrap();
-        assert!(matches!(
-            s.add_subscription(&sub("x", "http://127.0.0.1/l")),
-            Err(StoreError::Conflict { .. })
-        ));
-        let found = s.find_subscription("abcd").unwrap();
-        assert_eq!(found.endorsers.len(), 1);
-        assert!(s.latest_list("abcd-1").unwrap().is_none());
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.add_subscription(&sub("abcd-1", "http://127.0.0.1/l"))
+                .unwrap();
+            assert!(matches!(
+                s.add_subscription(&sub("x", "http://127.0.0.1/l")),
+                Err(StoreError::Conflict { .. })
+            ));
+            let found = s.find_subscription("abcd").unwrap();
+            assert_eq!(s.find_subscription("ABCD").unwrap().id, "abcd-1");
+            assert_eq!(found.endorsers.len(), 1);
+            assert!(s.latest_list("abcd-1").unwrap().is_none());
 
-        s.tx(|tx| {
-            record_list(
-                tx,
-                "abcd-1",
-                &inst(b"v1", "1"),
-                &[img("abcd-1", "A", "a1"), img("abcd-1", "B", "b1")],
-                &[],
-            )
-        })
-        .unwrap();
-        let i2 = s
-            .tx(|tx| {
+            s.tx(|tx| {
                 record_list(
                     tx,
                     "abcd-1",
-                    &inst(b"v2", "2"),
-                    &[img("abcd-1", "A", "a2")],
-                    &["B".to_string()],
+                    &inst(b"v1", "1"),
+                    &[img("abcd-1", "A", "a1"), img("abcd-1", "B", "b1")],
+                    &[],
                 )
             })
             .unwrap();
-        let latest = s.latest_list("abcd-1").unwrap().unwrap();
-        assert_eq!((latest.id, latest.version.as_str()), (i2, "2"));
-        assert_eq!(s.list_raw(i2).unwrap(), b"v2");
-        let imgs = s.list_images(Some("abcd-1")).unwrap();
-        let states: Vec<_> = imgs
-            .iter()
-            .map(|i| (i.identifier.as_str(), i.state.as_str(), i.sha512.as_str()))
-            .collect();
-        assert_eq!(states, [("A", "available", "a2"), ("B", "expired", "b1")]);
-        assert_eq!(s.find_subscription("L").unwrap().id, "abcd-1");
-        assert_eq!(s.find_list_image("t-A").unwrap().identifier, "A");
+            let i2 = s
+                .tx(|tx| {
+                    record_list(
+                        tx,
+                        "abcd-1",
+                        &inst(b"v2", "2"),
+                        &[img("abcd-1", "A", "a2")],
+                        &["B".to_string()],
+                    )
+                })
+                .unwrap();
+            let latest = s.latest_list("abcd-1").unwrap().unwrap();
+            assert_eq!((latest.id, latest.version.as_str()), (i2, "2"));
+            assert_eq!(s.list_raw(i2).unwrap(), b"v2");
+            let imgs = s.list_images(Some("abcd-1")).unwrap();
+            let states: Vec<_> = imgs
+                .iter()
+                .map(|i| (i.identifier.as_str(), i.state.as_str(), i.sha512.as_str()))
+                .collect();
+            assert_eq!(states, [("A", "available", "a2"), ("B", "expired", "b1")]);
+            assert_eq!(s.find_subscription("L").unwrap().id, "abcd-1");
+            assert_eq!(s.find_list_image("t-A").unwrap().identifier, "A");
 
-        s.put_cache_entry(&CacheRow {
-            identifier: "A".into(),
-            subscription_id: Some("abcd-1".into()),
-            file: "/c/A".into(),
-            size: 1,
-            sha512: "a2".into(),
-            cached: now(),
-            image_id: Some("img-A".into()),
-        })
-        .unwrap();
-        s.set_list_image_repository_id("abcd-1", "A", Some("img-A"))
+            s.put_cache_entry(&CacheRow {
+                identifier: "A".into(),
+                subscription_id: Some("abcd-1".into()),
+                file: "/c/A".into(),
+                size: 1,
+                sha512: "a2".into(),
+                cached: now(),
+                image_id: Some("img-A".into()),
+            })
             .unwrap();
-        assert!(!s.repository_image_revoked("img-A").unwrap());
-        let revoked = s.revoke("image", "A", Some("bad")).unwrap();
-        assert_eq!(revoked.len(), 1);
-        assert!(s.is_revoked("image", "A").unwrap());
-        assert!(s.repository_image_revoked("img-A").unwrap());
-        assert_eq!(s.find_list_image("A").unwrap().state, "revoked");
-        // A later list cannot un-revoke it.
-        s.tx(|tx| {
-            record_list(
-                tx,
-                "abcd-1",
-                &inst(b"v3", "3"),
-                &[img("abcd-1", "A", "a3")],
-                &[],
-            )
-        })
-        .unwrap();
-        assert_eq!(s.find_list_image("A").unwrap().state, "revoked");
+            s.set_list_image_repository_id("abcd-1", "A", Some("img-A"))
+                .unwrap();
+            assert!(!s.repository_image_revoked("img-A").unwrap());
+            let revoked = s.revoke("image", "A", Some("bad")).unwrap();
+            assert_eq!(revoked.len(), 1);
+            assert!(s.is_revoked("image", "A").unwrap());
+            assert!(s.repository_image_revoked("img-A").unwrap());
+            assert_eq!(s.find_list_image("A").unwrap().state, "revoked");
+            // A later list cannot un-revoke it.
+            s.tx(|tx| {
+                record_list(
+                    tx,
+                    "abcd-1",
+                    &inst(b"v3", "3"),
+                    &[img("abcd-1", "A", "a3")],
+                    &[],
+                )
+            })
+            .unwrap();
+            assert_eq!(s.find_list_image("A").unwrap().state, "revoked");
 
-        // Endorser revocation reaches the images of lists that endorser signed.
-        assert_eq!(s.revoke("endorser", "/CN=e", None).unwrap().len(), 2);
-        assert!(s.revoke("planet", "x", None).is_err());
-        s.revoke("subscription", "abcd-1", None).unwrap();
-        assert!(s.find_subscription("abcd-1").unwrap().revoked.is_some());
-        assert!(s.remove_subscription("abcd-1").unwrap());
-        assert!(s.list_images(None).unwrap().is_empty());
+            // Endorser revocation reaches the images of lists that endorser signed.
+            assert_eq!(s.revoke("endorser", "/CN=e", None).unwrap().len(), 2);
+            assert!(s.revoke("planet", "x", None).is_err());
+            s.revoke("subscription", "abcd-1", None).unwrap();
+            assert!(s.find_subscription("abcd-1").unwrap().revoked.is_some());
+            assert!(s.remove_subscription("abcd-1").unwrap());
+            assert!(s.list_images(None).unwrap().is_empty());
+        }
     }
 }

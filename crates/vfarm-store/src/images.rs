@@ -1,9 +1,8 @@
 //! Images, artifacts, builds and operations.
 
-use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::{now, optional, Result, Store, StoreError};
+use crate::{now, optional, params, Db, Result, Row, Store, StoreError, Value};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRow {
@@ -58,7 +57,7 @@ pub struct OperationRow {
 const IMAGE_COLS: &str =
     "id, name, spec, summary, origin, created, os, os_version, arch, kernel, initrd";
 
-fn image_row(r: &Row<'_>) -> rusqlite::Result<ImageRow> {
+fn image_row(r: &Row<'_>) -> Result<ImageRow> {
     Ok(ImageRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -76,7 +75,7 @@ fn image_row(r: &Row<'_>) -> rusqlite::Result<ImageRow> {
 
 /// Insert an image with its artifacts, or add artifacts to an existing one (same id).
 /// Name clashes with another image are refused.
-pub fn upsert_image(conn: &Connection, img: &ImageRow, artifacts: &[ArtifactRow]) -> Result<()> {
+pub fn upsert_image(conn: &Db<'_>, img: &ImageRow, artifacts: &[ArtifactRow]) -> Result<()> {
     if let Some(name) = &img.name {
         let holder: Option<String> = optional(conn.query_row(
             "SELECT id FROM images WHERE name = ?1",
@@ -113,8 +112,10 @@ pub fn upsert_image(conn: &Connection, img: &ImageRow, artifacts: &[ArtifactRow]
     )?;
     for a in artifacts {
         conn.execute(
-            "INSERT OR REPLACE INTO artifacts(image_id, format, file, size, sha512, disk_size)
-             VALUES (?1,?2,?3,?4,?5,?6)",
+            "INSERT INTO artifacts(image_id, format, file, size, sha512, disk_size)
+             VALUES (?1,?2,?3,?4,?5,?6)
+             ON CONFLICT(image_id, format) DO UPDATE SET file = excluded.file, size = excluded.size,
+               sha512 = excluded.sha512, disk_size = excluded.disk_size",
             params![
                 img.id,
                 a.format,
@@ -214,7 +215,9 @@ impl Store {
         let mut st = conn.prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images ORDER BY created, id"
         ))?;
-        let rows = st.query_map([], image_row)?.collect::<Result<_, _>>()?;
+        let rows = st
+            .query_map(params![], image_row)?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
@@ -274,12 +277,12 @@ impl Store {
         Ok(self
             .builds_where(
                 "image_id LIKE ?1 AND status != 'cached' ORDER BY started DESC LIMIT 1",
-                &[&pattern],
+                &[Value::from(pattern)],
             )?
             .pop())
     }
 
-    fn builds_where(&self, cond: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<BuildRow>> {
+    fn builds_where(&self, cond: &str, args: &[Value]) -> Result<Vec<BuildRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
             "SELECT id, image_id, spec, started, ended, status, error, log FROM builds WHERE {cond}"
@@ -332,14 +335,14 @@ impl Store {
             "SELECT id, target FROM operations WHERE status = 'running' AND kind = ?1 ORDER BY created",
         )?;
         let rows = st.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     pub fn fail_stale_operations(&self, reason: &str) -> Result<usize> {
-        Ok(self.conn().execute(
+        self.conn().execute(
             "UPDATE operations SET status = 'failed', error = ?1, updated = ?2 WHERE status = 'running'",
             params![reason, now()],
-        )?)
+        )
     }
 
     pub fn operation(&self, id: &str) -> Result<Option<OperationRow>> {
@@ -417,84 +420,90 @@ mod tests {
 
     #[test]
     fn find_by_id_name_prefix() {
-        let s = Store::open_in_memory().unwrap();
-        s.tx(|tx| upsert_image(tx, &img("abcd1234", Some("web")), &[art("tar")]))
-            .unwrap();
-        s.tx(|tx| upsert_image(tx, &img("abce9999", None), &[]))
-            .unwrap();
-        assert_eq!(s.find_image("web").unwrap().id, "abcd1234");
-        assert_eq!(s.find_image("abcd").unwrap().id, "abcd1234");
-        assert!(matches!(
-            s.find_image("abc"),
-            Err(StoreError::NotFound { .. })
-        ));
-        assert!(matches!(
-            s.find_image("abc9"),
-            Err(StoreError::NotFound { .. })
-        ));
-        s.tx(|tx| upsert_image(tx, &img("abcf0000", None), &[]))
-            .unwrap();
-        assert!(matches!(
-            s.find_image("abc"),
-            Err(StoreError::NotFound { .. })
-        ));
-        assert_eq!(s.find_image("abce9").unwrap().id, "abce9999");
-        s.tx(|tx| upsert_image(tx, &img("abce9990", None), &[]))
-            .unwrap();
-        assert!(matches!(
-            s.find_image("abce"),
-            Err(StoreError::Ambiguous { .. })
-        ));
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.tx(|tx| upsert_image(tx, &img("abcd1234", Some("web")), &[art("tar")]))
+                .unwrap();
+            s.tx(|tx| upsert_image(tx, &img("abce9999", None), &[]))
+                .unwrap();
+            assert_eq!(s.find_image("web").unwrap().id, "abcd1234");
+            assert_eq!(s.find_image("abcd").unwrap().id, "abcd1234");
+            assert!(matches!(
+                s.find_image("abc"),
+                Err(StoreError::NotFound { .. })
+            ));
+            assert!(matches!(
+                s.find_image("abc9"),
+                Err(StoreError::NotFound { .. })
+            ));
+            s.tx(|tx| upsert_image(tx, &img("abcf0000", None), &[]))
+                .unwrap();
+            assert!(matches!(
+                s.find_image("abc"),
+                Err(StoreError::NotFound { .. })
+            ));
+            assert_eq!(s.find_image("abce9").unwrap().id, "abce9999");
+            s.tx(|tx| upsert_image(tx, &img("abce9990", None), &[]))
+                .unwrap();
+            assert!(matches!(
+                s.find_image("abce"),
+                Err(StoreError::Ambiguous { .. })
+            ));
+        }
     }
 
     #[test]
     fn upsert_adds_artifacts_and_keeps_name_unique() {
-        let s = Store::open_in_memory().unwrap();
-        s.tx(|tx| upsert_image(tx, &img("aaaa0001", Some("n")), &[art("tar")]))
-            .unwrap();
-        s.tx(|tx| upsert_image(tx, &img("aaaa0001", None), &[art("qcow2")]))
-            .unwrap();
-        assert_eq!(s.artifacts("aaaa0001").unwrap().len(), 2);
-        assert_eq!(
-            s.image("aaaa0001").unwrap().unwrap().name.as_deref(),
-            Some("n")
-        );
-        let e = s
-            .tx(|tx| upsert_image(tx, &img("bbbb0001", Some("n")), &[]))
-            .unwrap_err();
-        assert!(matches!(e, StoreError::Conflict { .. }));
-        assert!(s.delete_image("aaaa0001").unwrap());
-        assert!(s.artifacts("aaaa0001").unwrap().is_empty());
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.tx(|tx| upsert_image(tx, &img("aaaa0001", Some("n")), &[art("tar")]))
+                .unwrap();
+            s.tx(|tx| upsert_image(tx, &img("aaaa0001", None), &[art("qcow2")]))
+                .unwrap();
+            assert_eq!(s.artifacts("aaaa0001").unwrap().len(), 2);
+            assert_eq!(
+                s.image("aaaa0001").unwrap().unwrap().name.as_deref(),
+                Some("n")
+            );
+            let e = s
+                .tx(|tx| upsert_image(tx, &img("bbbb0001", Some("n")), &[]))
+                .unwrap_err();
+            assert!(matches!(e, StoreError::Conflict { .. }));
+            assert!(s.delete_image("aaaa0001").unwrap());
+            assert!(s.artifacts("aaaa0001").unwrap().is_empty());
+        }
     }
 
     #[test]
     fn builds_and_operations() {
-        let s = Store::open_in_memory().unwrap();
-        let b = BuildRow {
-            id: "b1".into(),
-            image_id: "ffff0001".into(),
-            spec: "{}".into(),
-            started: now(),
-            ended: None,
-            status: "running".into(),
-            error: None,
-            log: "/tmp/l".into(),
-        };
-        s.insert_build(&b).unwrap();
-        assert_eq!(s.running_builds().unwrap().len(), 1);
-        s.finish_build("b1", "failed", Some("boom")).unwrap();
-        let l = s.latest_build("ffff").unwrap().unwrap();
-        assert_eq!(
-            (l.status.as_str(), l.error.as_deref()),
-            ("failed", Some("boom"))
-        );
-        s.create_operation("o1", "image.build", Some("ffff0001"))
-            .unwrap();
-        assert_eq!(s.fail_stale_operations("restart").unwrap(), 1);
-        let o = s.operation("o1").unwrap().unwrap();
-        assert_eq!(o.status, "failed");
-        s.finish_operation("o1", "succeeded", None, Some(&serde_json::json!({"id": 1})))
-            .unwrap();
-        assert_eq!(s.operation("o1").unwrap().unwrap().result.unwrap()["id"], 1);
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            let b = BuildRow {
+                id: "b1".into(),
+                image_id: "ffff0001".into(),
+                spec: "{}".into(),
+                started: now(),
+                ended: None,
+                status: "running".into(),
+                error: None,
+                log: "/tmp/l".into(),
+            };
+            s.insert_build(&b).unwrap();
+            assert_eq!(s.running_builds().unwrap().len(), 1);
+            s.finish_build("b1", "failed", Some("boom")).unwrap();
+            let l = s.latest_build("ffff").unwrap().unwrap();
+            assert_eq!(
+                (l.status.as_str(), l.error.as_deref()),
+                ("failed", Some("boom"))
+            );
+            s.create_operation("o1", "image.build", Some("ffff0001"))
+                .unwrap();
+            assert_eq!(s.fail_stale_operations("restart").unwrap(), 1);
+            let o = s.operation("o1").unwrap().unwrap();
+            assert_eq!(o.status, "failed");
+            s.finish_operation("o1", "succeeded", None, Some(&serde_json::json!({"id": 1})))
+                .unwrap();
+            assert_eq!(s.operation("o1").unwrap().unwrap().result.unwrap()["id"], 1);
+        }
     }
 }

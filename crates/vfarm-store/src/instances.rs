@@ -3,10 +3,9 @@
 //! State changes are compare-and-set (`set_instance_state` names the state it expects), so
 //! two processes acting on one instance (CLI and service, or the reaper) cannot both win.
 
-use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::{append_event, now, optional, Result, Store, StoreError};
+use crate::{append_event, now, optional, params, Db, Result, Row, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRow {
@@ -38,7 +37,7 @@ pub struct SnapshotRow {
 const COLS: &str =
     "id, name, image_id, driver, owner, state, exit_code, hostname, spec, created, started, expires, updated, error";
 
-fn row(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
+fn row(r: &Row<'_>) -> Result<InstanceRow> {
     Ok(InstanceRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -66,7 +65,7 @@ pub struct StateChange<'a> {
     pub started: bool,
 }
 
-fn insert(conn: &Connection, i: &InstanceRow) -> Result<()> {
+fn insert(conn: &Db<'_>, i: &InstanceRow) -> Result<()> {
     if let Some(name) = &i.name {
         let holder: Option<String> = optional(conn.query_row(
             "SELECT id FROM instances WHERE name = ?1",
@@ -171,7 +170,7 @@ impl Store {
         let mut st = conn.prepare(&format!(
             "SELECT {COLS} FROM instances ORDER BY created, id"
         ))?;
-        let rows = st.query_map([], row)?.collect::<Result<_, _>>()?;
+        let rows = st.query_map(params![], row)?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
@@ -183,7 +182,7 @@ impl Store {
         let mut st = conn.prepare(&format!(
             "SELECT {brief} FROM instances ORDER BY created, id"
         ))?;
-        let rows = st.query_map([], row)?.collect::<Result<_, _>>()?;
+        let rows = st.query_map(params![], row)?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
@@ -191,23 +190,24 @@ impl Store {
     /// state change, expiry change or delete changes it.
     pub fn instances_fingerprint(&self) -> Result<(i64, Option<String>)> {
         let conn = self.conn();
-        Ok(
-            conn.query_row("SELECT COUNT(*), MAX(updated) FROM instances", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?,
+        conn.query_row(
+            "SELECT COUNT(*), MAX(updated) FROM instances",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
     }
 
     /// The instances in `states` (full rows).
     pub fn instances_in(&self, states: &[&str]) -> Result<Vec<InstanceRow>> {
         let conn = self.conn();
-        let marks = vec!["?"; states.len()].join(",");
+        let marks = (1..=states.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut st = conn.prepare(&format!(
             "SELECT {COLS} FROM instances WHERE state IN ({marks}) ORDER BY created, id"
         ))?;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(states), row)?
-            .collect::<Result<_, _>>()?;
+        let rows = st.query_map(states, row)?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
@@ -216,8 +216,8 @@ impl Store {
         let conn = self.conn();
         let mut st =
             conn.prepare("SELECT state, COUNT(*) FROM instances GROUP BY state ORDER BY state")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = st.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()
     }
 
     /// Give back hostname leases and quota reservations whose holder is no instance (a
@@ -226,11 +226,11 @@ impl Store {
         self.tx(|tx| {
             let a = tx.execute(
                 "DELETE FROM hostname_leases WHERE holder NOT IN (SELECT id FROM instances)",
-                [],
+                params![],
             )?;
             let b = tx.execute(
                 "DELETE FROM quota_reservations WHERE holder NOT IN (SELECT id FROM instances)",
-                [],
+                params![],
             )?;
             Ok(a + b)
         })
@@ -280,7 +280,7 @@ impl Store {
             let t = now();
             let n = tx.execute(
                 "UPDATE instances SET state = ?3, exit_code = COALESCE(?4, CASE WHEN ?3 = 'running' THEN NULL ELSE exit_code END),
-                   error = ?5, started = CASE WHEN ?6 THEN ?7 ELSE started END, updated = ?7
+                   error = ?5, started = CASE WHEN ?6 <> 0 THEN ?7 ELSE started END, updated = ?7
                  WHERE id = ?1 AND state = ?2",
                 params![id, from, to, change.exit_code, change.error, change.started, t],
             )?;
@@ -409,117 +409,125 @@ mod tests {
 
     #[test]
     fn insert_find_and_unique_names() {
-        let s = Store::open_in_memory().unwrap();
-        s.insert_instance(&inst("abcd00000001", Some("web")))
-            .unwrap();
-        s.insert_instance(&inst("abce00000002", None)).unwrap();
-        assert_eq!(s.find_instance("web").unwrap().id, "abcd00000001");
-        assert_eq!(s.find_instance("abcd").unwrap().id, "abcd00000001");
-        assert_eq!(s.find_instance("abce00000002").unwrap().id, "abce00000002");
-        assert!(matches!(
-            s.find_instance("abc"),
-            Err(StoreError::NotFound { .. })
-        ));
-        assert!(matches!(
-            s.find_instance("nope"),
-            Err(StoreError::NotFound { .. })
-        ));
-        s.insert_instance(&inst("abcd00000003", None)).unwrap();
-        assert!(matches!(
-            s.find_instance("abcd"),
-            Err(StoreError::Ambiguous { .. })
-        ));
-        let e = s
-            .insert_instance(&inst("ffff00000004", Some("web")))
-            .unwrap_err();
-        assert!(matches!(e, StoreError::Conflict { .. }));
-        assert_eq!(s.instances().unwrap().len(), 3);
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.insert_instance(&inst("abcd00000001", Some("web")))
+                .unwrap();
+            s.insert_instance(&inst("abce00000002", None)).unwrap();
+            assert_eq!(s.find_instance("web").unwrap().id, "abcd00000001");
+            assert_eq!(s.find_instance("abcd").unwrap().id, "abcd00000001");
+            assert_eq!(s.find_instance("abce00000002").unwrap().id, "abce00000002");
+            assert!(matches!(
+                s.find_instance("abc"),
+                Err(StoreError::NotFound { .. })
+            ));
+            assert!(matches!(
+                s.find_instance("nope"),
+                Err(StoreError::NotFound { .. })
+            ));
+            s.insert_instance(&inst("abcd00000003", None)).unwrap();
+            assert!(matches!(
+                s.find_instance("abcd"),
+                Err(StoreError::Ambiguous { .. })
+            ));
+            let e = s
+                .insert_instance(&inst("ffff00000004", Some("web")))
+                .unwrap_err();
+            assert!(matches!(e, StoreError::Conflict { .. }));
+            assert_eq!(s.instances().unwrap().len(), 3);
+        }
     }
 
     #[test]
     fn state_changes_are_compare_and_set() {
-        let s = Store::open_in_memory().unwrap();
-        s.insert_instance(&inst("a1", None)).unwrap();
-        assert!(s
-            .set_instance_state("root", "a1", "creating", "created", &StateChange::default())
-            .unwrap());
-        assert!(!s
-            .set_instance_state("root", "a1", "creating", "failed", &StateChange::default())
-            .unwrap());
-        let ch = StateChange {
-            started: true,
-            ..Default::default()
-        };
-        assert!(s
-            .set_instance_state("root", "a1", "created", "running", &ch)
-            .unwrap());
-        assert!(s.instance("a1").unwrap().unwrap().started.is_some());
-        let ch = StateChange {
-            exit_code: Some(7),
-            error: Some("exited with status 7"),
-            ..Default::default()
-        };
-        assert!(s
-            .set_instance_state("root", "a1", "running", "failed", &ch)
-            .unwrap());
-        let r = s.instance("a1").unwrap().unwrap();
-        assert_eq!((r.state.as_str(), r.exit_code), ("failed", Some(7)));
-        // Starting again clears the previous exit status.
-        let ch = StateChange {
-            started: true,
-            ..Default::default()
-        };
-        assert!(s
-            .set_instance_state("root", "a1", "failed", "running", &ch)
-            .unwrap());
-        assert_eq!(s.instance("a1").unwrap().unwrap().exit_code, None);
-        assert!(s
-            .events(10)
-            .unwrap()
-            .iter()
-            .any(|e| e.kind == "instance.failed"));
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.insert_instance(&inst("a1", None)).unwrap();
+            assert!(s
+                .set_instance_state("root", "a1", "creating", "created", &StateChange::default())
+                .unwrap());
+            assert!(!s
+                .set_instance_state("root", "a1", "creating", "failed", &StateChange::default())
+                .unwrap());
+            let ch = StateChange {
+                started: true,
+                ..Default::default()
+            };
+            assert!(s
+                .set_instance_state("root", "a1", "created", "running", &ch)
+                .unwrap());
+            assert!(s.instance("a1").unwrap().unwrap().started.is_some());
+            let ch = StateChange {
+                exit_code: Some(7),
+                error: Some("exited with status 7"),
+                ..Default::default()
+            };
+            assert!(s
+                .set_instance_state("root", "a1", "running", "failed", &ch)
+                .unwrap());
+            let r = s.instance("a1").unwrap().unwrap();
+            assert_eq!((r.state.as_str(), r.exit_code), ("failed", Some(7)));
+            // Starting again clears the previous exit status.
+            let ch = StateChange {
+                started: true,
+                ..Default::default()
+            };
+            assert!(s
+                .set_instance_state("root", "a1", "failed", "running", &ch)
+                .unwrap());
+            assert_eq!(s.instance("a1").unwrap().unwrap().exit_code, None);
+            assert!(s
+                .events(10)
+                .unwrap()
+                .iter()
+                .any(|e| e.kind == "instance.failed"));
+        }
     }
 
     #[test]
     fn snapshots_go_with_their_instance() {
-        let s = Store::open_in_memory().unwrap();
-        s.insert_instance(&inst("a1", None)).unwrap();
-        let snap = |n: &str| SnapshotRow {
-            instance_id: "a1".into(),
-            name: n.into(),
-            created: now(),
-            size: 1,
-        };
-        s.insert_snapshot("root", &snap("one")).unwrap();
-        s.insert_snapshot("root", &snap("two")).unwrap();
-        assert!(matches!(
-            s.insert_snapshot("root", &snap("one")),
-            Err(StoreError::Conflict { .. })
-        ));
-        assert_eq!(s.snapshots("a1").unwrap().len(), 2);
-        assert!(s.delete_snapshot("root", "a1", "one").unwrap());
-        assert!(!s.delete_snapshot("root", "a1", "one").unwrap());
-        assert!(s.delete_instance("root", "a1").unwrap());
-        assert!(s.snapshots("a1").unwrap().is_empty());
-        assert!(!s.delete_instance("root", "a1").unwrap());
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.insert_instance(&inst("a1", None)).unwrap();
+            let snap = |n: &str| SnapshotRow {
+                instance_id: "a1".into(),
+                name: n.into(),
+                created: now(),
+                size: 1,
+            };
+            s.insert_snapshot("root", &snap("one")).unwrap();
+            s.insert_snapshot("root", &snap("two")).unwrap();
+            assert!(matches!(
+                s.insert_snapshot("root", &snap("one")),
+                Err(StoreError::Conflict { .. })
+            ));
+            assert_eq!(s.snapshots("a1").unwrap().len(), 2);
+            assert!(s.delete_snapshot("root", "a1", "one").unwrap());
+            assert!(!s.delete_snapshot("root", "a1", "one").unwrap());
+            assert!(s.delete_instance("root", "a1").unwrap());
+            assert!(s.snapshots("a1").unwrap().is_empty());
+            assert!(!s.delete_instance("root", "a1").unwrap());
+        }
     }
 
     #[test]
     fn expiry_query() {
-        let s = Store::open_in_memory().unwrap();
-        let mut a = inst("a1", None);
-        a.expires = Some("2020-01-01T00:00:00.000Z".into());
-        let mut b = inst("b1", None);
-        b.expires = Some("2999-01-01T00:00:00.000Z".into());
-        s.insert_instance(&a).unwrap();
-        s.insert_instance(&b).unwrap();
-        s.insert_instance(&inst("c1", None)).unwrap();
-        let ids: Vec<String> = s
-            .expired_instances(&now())
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(ids, ["a1"]);
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            let mut a = inst("a1", None);
+            a.expires = Some("2020-01-01T00:00:00.000Z".into());
+            let mut b = inst("b1", None);
+            b.expires = Some("2999-01-01T00:00:00.000Z".into());
+            s.insert_instance(&a).unwrap();
+            s.insert_instance(&b).unwrap();
+            s.insert_instance(&inst("c1", None)).unwrap();
+            let ids: Vec<String> = s
+                .expired_instances(&now())
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            assert_eq!(ids, ["a1"]);
+        }
     }
 }

@@ -4,10 +4,9 @@
 //! also appends a `job_events` row, so two dispatchers (or a dispatcher and a `cancel`)
 //! cannot both win: a job is claimed once, gets one runner and ends once.
 
-use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::{append_event, now, optional, Result, Store, StoreError};
+use crate::{append_event, now, optional, params, Db, Result, Row, Store, StoreError, Value};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRow {
@@ -47,7 +46,7 @@ const COLS: &str = "id, name, owner, queue, priority, state, reason, backend, dr
     error, cancel_requested, runner_pid, runner_start, payload_pid, payload_start, instance_id, \
     slurm_id, updated";
 
-fn row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
+fn row(r: &Row<'_>) -> Result<JobRow> {
     Ok(JobRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -138,7 +137,7 @@ pub enum CancelOutcome {
     AlreadyFinal { state: String },
 }
 
-fn job_event(conn: &Connection, id: i64, kind: &str, detail: &serde_json::Value) -> Result<()> {
+fn job_event(conn: &Db<'_>, id: i64, kind: &str, detail: &serde_json::Value) -> Result<()> {
     conn.execute(
         "INSERT INTO job_events(job_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
         params![id, now(), kind, detail.to_string()],
@@ -146,7 +145,7 @@ fn job_event(conn: &Connection, id: i64, kind: &str, detail: &serde_json::Value)
     Ok(())
 }
 
-fn get(conn: &Connection, id: i64) -> Result<JobRow> {
+fn get(conn: &Db<'_>, id: i64) -> Result<JobRow> {
     optional(conn.query_row(&format!("SELECT {COLS} FROM jobs WHERE id = ?1"), [id], row))?
         .ok_or_else(|| StoreError::NotFound {
             kind: "job",
@@ -159,10 +158,10 @@ impl Store {
     pub fn insert_job(&self, j: &NewJob<'_>) -> Result<i64> {
         self.tx(|tx| {
             let t = now();
-            tx.execute(
+            let id: i64 = tx.query_row(
                 "INSERT INTO jobs(name, owner, queue, priority, state, backend, driver, image_id,
                    cpus_milli, memory_mib, walltime_secs, spec, submitted, updated)
-                 VALUES (?1,?2,?3,?4,'queued',?5,?6,?7,?8,?9,?10,?11,?12,?12)",
+                 VALUES (?1,?2,?3,?4,'queued',?5,?6,?7,?8,?9,?10,?11,?12,?12) RETURNING id",
                 params![
                     j.name,
                     j.owner,
@@ -177,8 +176,8 @@ impl Store {
                     j.spec,
                     t
                 ],
+                |r| r.get(0),
             )?;
-            let id = tx.last_insert_rowid();
             let d =
                 serde_json::json!({"queue": j.queue, "priority": j.priority, "image": j.image_id});
             job_event(tx, id, "submit", &d)?;
@@ -197,14 +196,14 @@ impl Store {
         let conn = self.conn();
         let mut st =
             conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = st.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()
     }
 
     pub fn jobs(&self, states: &[&str]) -> Result<Vec<JobRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!("SELECT {COLS} FROM jobs ORDER BY id"))?;
-        let rows: Vec<JobRow> = st.query_map([], row)?.collect::<Result<_, _>>()?;
+        let rows: Vec<JobRow> = st.query_map(params![], row)?.collect::<Result<_, _>>()?;
         Ok(rows
             .into_iter()
             .filter(|r| states.is_empty() || states.contains(&r.state.as_str()))
@@ -373,20 +372,16 @@ impl Store {
 
     /// A job's events, oldest first.
     pub fn job_events(&self, id: i64) -> Result<Vec<JobEventRow>> {
-        self.job_events_where("job_id", &id)
+        self.job_events_where("job_id", id.into())
     }
 
     /// Every job event of one kind, oldest first (e.g. all claims, to check the order).
     pub fn job_events_of_kind(&self, kind: &str) -> Result<Vec<JobEventRow>> {
-        self.job_events_where("kind", &kind)
+        self.job_events_where("kind", kind.into())
     }
 
     /// Job events whose `column` (a fixed name, never user input) equals `value`.
-    fn job_events_where(
-        &self,
-        column: &'static str,
-        value: &dyn rusqlite::ToSql,
-    ) -> Result<Vec<JobEventRow>> {
+    fn job_events_where(&self, column: &'static str, value: Value) -> Result<Vec<JobEventRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
             "SELECT seq, job_id, at, kind, detail FROM job_events WHERE {column} = ?1 ORDER BY seq"
@@ -430,82 +425,93 @@ mod tests {
 
     #[test]
     fn a_job_is_claimed_and_registered_once_and_ends_once() {
-        let s = Store::open_in_memory().unwrap();
-        let id = new(&s, "alice");
-        assert_eq!(s.job(id).unwrap().state, "queued");
-        assert!(s.claim_job(id, &serde_json::json!({})).unwrap());
-        assert!(!s.claim_job(id, &serde_json::json!({})).unwrap());
-        assert_eq!(
-            s.register_runner(id, 10, 1).unwrap(),
-            Registration::Registered
-        );
-        assert!(matches!(
-            s.register_runner(id, 11, 1).unwrap(),
-            Registration::Refused { .. }
-        ));
-        assert!(s.mark_job_running(id).unwrap());
-        let end = JobEnd {
-            state: "failed",
-            reason: "exit",
-            exit_code: Some(3),
-            ..Default::default()
-        };
-        assert!(s.end_job(id, &["starting", "running"], &end).unwrap());
-        assert!(!s.end_job(id, &["starting", "running"], &end).unwrap());
-        let j = s.job(id).unwrap();
-        assert_eq!((j.state.as_str(), j.exit_code), ("failed", Some(3)));
-        assert!(j.claimed.is_some() && j.started.is_some() && j.ended.is_some());
-        let kinds: Vec<_> = s
-            .job_events(id)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(kinds, ["submit", "claim", "runner", "start", "end"]);
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            let id = new(&s, "alice");
+            assert_eq!(s.job(id).unwrap().state, "queued");
+            assert!(s.claim_job(id, &serde_json::json!({})).unwrap());
+            assert!(!s.claim_job(id, &serde_json::json!({})).unwrap());
+            assert_eq!(
+                s.register_runner(id, 10, 1).unwrap(),
+                Registration::Registered
+            );
+            assert!(matches!(
+                s.register_runner(id, 11, 1).unwrap(),
+                Registration::Refused { .. }
+            ));
+            assert!(s.mark_job_running(id).unwrap());
+            let end = JobEnd {
+                state: "failed",
+                reason: "exit",
+                exit_code: Some(3),
+                ..Default::default()
+            };
+            assert!(s.end_job(id, &["starting", "running"], &end).unwrap());
+            assert!(!s.end_job(id, &["starting", "running"], &end).unwrap());
+            let j = s.job(id).unwrap();
+            assert_eq!((j.state.as_str(), j.exit_code), ("failed", Some(3)));
+            assert!(j.claimed.is_some() && j.started.is_some() && j.ended.is_some());
+            let kinds: Vec<_> = s
+                .job_events(id)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            assert_eq!(kinds, ["submit", "claim", "runner", "start", "end"]);
+        }
     }
 
     #[test]
     fn cancel_in_each_state() {
-        let s = Store::open_in_memory().unwrap();
-        let q = new(&s, "a");
-        assert_eq!(s.request_cancel("a", q).unwrap(), CancelOutcome::Cancelled);
-        assert_eq!(s.job(q).unwrap().state, "cancelled");
-        assert!(!s.claim_job(q, &serde_json::json!({})).unwrap());
-        let c = new(&s, "a");
-        s.claim_job(c, &serde_json::json!({})).unwrap();
-        assert_eq!(
-            s.request_cancel("a", c).unwrap(),
-            CancelOutcome::Requested { runner: None }
-        );
-        // The runner comes up after the cancel: it must not run the job.
-        assert_eq!(
-            s.register_runner(c, 5, 6).unwrap(),
-            Registration::CancelRequested
-        );
-        assert!(matches!(
-            s.request_cancel("a", q).unwrap(),
-            CancelOutcome::AlreadyFinal { .. }
-        ));
-        assert!(matches!(s.job(999), Err(StoreError::NotFound { .. })));
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            let q = new(&s, "a");
+            assert_eq!(s.request_cancel("a", q).unwrap(), CancelOutcome::Cancelled);
+            assert_eq!(s.job(q).unwrap().state, "cancelled");
+            assert!(!s.claim_job(q, &serde_json::json!({})).unwrap());
+            let c = new(&s, "a");
+            s.claim_job(c, &serde_json::json!({})).unwrap();
+            assert_eq!(
+                s.request_cancel("a", c).unwrap(),
+                CancelOutcome::Requested { runner: None }
+            );
+            // The runner comes up after the cancel: it must not run the job.
+            assert_eq!(
+                s.register_runner(c, 5, 6).unwrap(),
+                Registration::CancelRequested
+            );
+            assert!(matches!(
+                s.request_cancel("a", q).unwrap(),
+                CancelOutcome::AlreadyFinal { .. }
+            ));
+            assert!(matches!(s.job(999), Err(StoreError::NotFound { .. })));
+        }
     }
 
+    /// Several stores (own connections, as separate processes would have) on one database
+    /// race to claim the same jobs: each job is claimed exactly once.
     #[test]
-    fn two_stores_on_one_file_claim_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.db");
-        let a = std::sync::Arc::new(Store::open(&p).unwrap());
-        let b = std::sync::Arc::new(Store::open(&p).unwrap());
-        let ids: Vec<i64> = (0..20).map(|_| new(&a, "o")).collect();
-        let run = |s: std::sync::Arc<Store>, ids: Vec<i64>| {
-            std::thread::spawn(move || {
-                ids.iter()
-                    .filter(|id| s.claim_job(**id, &serde_json::json!({})).unwrap())
-                    .count()
-            })
-        };
-        let (ha, hb) = (run(a.clone(), ids.clone()), run(b, ids.clone()));
-        let total = ha.join().unwrap() + hb.join().unwrap();
-        assert_eq!(total, ids.len());
-        assert_eq!(a.job_events_of_kind("claim").unwrap().len(), ids.len());
+    fn several_stores_on_one_database_claim_once() {
+        for db in crate::testing::TestDb::all() {
+            let stores: Vec<_> = (0..4).map(|_| std::sync::Arc::new(db.open())).collect();
+            let ids: Vec<i64> = (0..20).map(|_| new(&stores[0], "o")).collect();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(stores.len()));
+            let handles: Vec<_> = stores
+                .iter()
+                .map(|s| {
+                    let (s, ids, barrier) = (s.clone(), ids.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        ids.iter()
+                            .filter(|id| s.claim_job(**id, &serde_json::json!({})).unwrap())
+                            .count()
+                    })
+                })
+                .collect();
+            let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            assert_eq!(total, ids.len(), "{}", db.backend());
+            let claims = stores[1].job_events_of_kind("claim").unwrap();
+            assert_eq!(claims.len(), ids.len(), "{}", db.backend());
+        }
     }
 }

@@ -1,25 +1,33 @@
-//! vfarm's persistent state: one SQLite database (WAL mode) in the data directory.
+//! vfarm's persistent state: one SQLite database (WAL mode) in the data directory, or a
+//! schema in a PostgreSQL database that several `vfarm serve` processes may share.
 //!
-//! Migrations are numbered SQL files applied in order and tracked in `PRAGMA user_version`.
-//! Each capability keeps its tables in its own migration and its queries in its own module
-//! (`images`, …); the `events` table is append-only and shared by all of them.
+//! Migrations are numbered SQL files, one per dialect, applied in order and tracked in
+//! `PRAGMA user_version` (SQLite) or the `vfarm_schema_version` table (PostgreSQL). Each
+//! capability keeps its tables in its own migration and its queries in its own module
+//! (`images`, …); the `events` table is append-only and shared by all of them. Queries are
+//! written once, in SQL both backends accept, through the small layer in [`db`].
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction};
-
 pub mod auth;
+pub mod db;
+pub mod hosts;
 pub mod imagelists;
 pub mod images;
 pub mod instances;
 pub mod jobs;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
-pub use rusqlite;
+pub use db::{is_unique_violation, Backend, Db, FromValue, Params, Row, Value};
+
+use db::{Conn, PgConn};
 
 /// Migrations in order; index + 1 is the schema version after applying it.
-/// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs, 5 auth.
+/// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs, 5 auth,
+/// 6 hosts. Each has a PostgreSQL twin in [`PG_MIGRATIONS`] under the same name.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_images", include_str!("../migrations/0001_images.sql")),
     (
@@ -32,21 +40,62 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("0004_jobs", include_str!("../migrations/0004_jobs.sql")),
     ("0005_auth", include_str!("../migrations/0005_auth.sql")),
+    ("0006_hosts", include_str!("../migrations/0006_hosts.sql")),
+];
+
+/// The same migrations in PostgreSQL's dialect (BIGINT, BYTEA, identity columns, byte-order
+/// collation on text so it sorts and compares as in SQLite).
+const PG_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_images",
+        include_str!("../migrations/postgres/0001_images.sql"),
+    ),
+    (
+        "0002_instances",
+        include_str!("../migrations/postgres/0002_instances.sql"),
+    ),
+    (
+        "0003_imagelists",
+        include_str!("../migrations/postgres/0003_imagelists.sql"),
+    ),
+    (
+        "0004_jobs",
+        include_str!("../migrations/postgres/0004_jobs.sql"),
+    ),
+    (
+        "0005_auth",
+        include_str!("../migrations/postgres/0005_auth.sql"),
+    ),
+    (
+        "0006_hosts",
+        include_str!("../migrations/postgres/0006_hosts.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("state store (PostgreSQL): {}", pg_message(.0))]
+    Postgres(#[from] postgres::Error),
     #[error("cannot open state store {path}")]
     Open {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("state store {path} has schema version {found}, newer than this vfarm ({known}); upgrade vfarm")]
+    /// `url` never contains the password.
+    #[error("cannot connect to the PostgreSQL state store {url}: {}", pg_message(.source))]
+    OpenPostgres {
+        url: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+    #[error("state store {location} has schema version {found}, newer than this vfarm ({known}); upgrade vfarm")]
     TooNew {
-        path: PathBuf,
+        location: String,
         found: i64,
         known: i64,
     },
@@ -66,87 +115,253 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("state store: column {index}: {reason}")]
+    Column { index: usize, reason: String },
+    #[error("state store: parameter {index}: {reason}")]
+    Param { index: usize, reason: String },
+    #[error("state store: the query returned no row")]
+    NoRow,
+    #[error("state store: the transaction was aborted by an earlier error and is rolled back")]
+    Aborted,
+}
+
+/// A PostgreSQL error with the server's message (the plain `Display` says only "db error").
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+impl StoreError {
+    /// A stable code for API answers and exit statuses.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Sqlite(_) | StoreError::Postgres(_) => "store_error",
+            StoreError::Open { .. } | StoreError::OpenPostgres { .. } => "store_unavailable",
+            StoreError::InvalidConfig { .. } => "invalid_config",
+            StoreError::TooNew { .. } => "store_too_new",
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::Ambiguous { .. } => "ambiguous_reference",
+            StoreError::Conflict { .. } => "conflict",
+            StoreError::Corrupt { .. } | StoreError::Column { .. } => "store_corrupt",
+            StoreError::Param { .. } | StoreError::NoRow | StoreError::Aborted => "store_error",
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A handle on the state database. Cheap to share behind an `Arc`; calls serialise on one
-/// connection, which is plenty for a control plane and keeps SQLite's locking simple.
+/// connection, which is plenty for a control plane and keeps locking simple.
+///
+/// The PostgreSQL client is synchronous (it runs its own small runtime inside): call the
+/// store from plain threads or `spawn_blocking`, never on an async worker thread.
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
     path: PathBuf,
+    location: String,
+    backend: Backend,
+    /// PostgreSQL: the advisory lock every transaction takes first (per schema).
+    lock_key: i64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend.name())
+            .field("location", &self.location)
+            .finish()
+    }
 }
 
 impl Store {
-    /// Open (creating if needed) and migrate the database at `path`.
+    /// Open (creating if needed) and migrate the SQLite database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        let conn = rusqlite::Connection::open(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::init(conn, path.to_path_buf())
+        Self::init_sqlite(conn, path.to_path_buf())
     }
 
-    /// A private in-memory database, for tests.
+    /// A private in-memory SQLite database, for tests.
     pub fn open_in_memory() -> Result<Store> {
-        Self::init(Connection::open_in_memory()?, PathBuf::from(":memory:"))
+        Self::init_sqlite(
+            rusqlite::Connection::open_in_memory()?,
+            PathBuf::from(":memory:"),
+        )
     }
 
-    fn init(conn: Connection, path: PathBuf) -> Result<Store> {
+    fn init_sqlite(conn: rusqlite::Connection, path: PathBuf) -> Result<Store> {
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = Store {
-            conn: Mutex::new(conn),
+        let store = Store {
+            conn: Mutex::new(Conn::Sqlite(conn)),
+            location: path.display().to_string(),
             path,
+            backend: Backend::Sqlite,
+            lock_key: 0,
         };
         store.migrate()?;
         Ok(store)
     }
 
-    fn migrate(&mut self) -> Result<()> {
-        let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
+    /// Open (creating the schema if needed) and migrate the state in `schema` of the
+    /// PostgreSQL database at `url` (`postgres://user:password@host/db` or `host=… user=…`).
+    /// Several processes may open one schema at once; they serialise their writes.
+    pub fn open_postgres(url: &str, schema: &str) -> Result<Store> {
+        check_schema_name(schema)?;
+        let config: postgres::Config =
+            url.parse()
+                .map_err(|e: postgres::Error| StoreError::InvalidConfig {
+                    field: "database",
+                    reason: format!("not a PostgreSQL connection URL: {e}"),
+                })?;
+        let shown = redacted(&config);
+        let conn = PgConn::connect(&config, schema).map_err(|e| match e {
+            StoreError::Postgres(source) => StoreError::OpenPostgres {
+                url: shown.clone(),
+                source,
+            },
+            other => other,
+        })?;
+        let location = format!("{shown} (schema {schema})");
+        let store = Store {
+            conn: Mutex::new(Conn::Postgres(Box::new(conn))),
+            path: PathBuf::from(&location),
+            location,
+            backend: Backend::Postgres,
+            lock_key: advisory_key(schema),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
         let known = MIGRATIONS.len() as i64;
-        // BEGIN IMMEDIATE: two processes opening a fresh store at once must not both migrate.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > known {
+        let db = self.conn();
+        match self.backend {
+            Backend::Sqlite => {
+                // BEGIN IMMEDIATE: two processes opening a fresh store at once must not both migrate.
+                db.begin(self.lock_key)?;
+                let version: i64 = db.query_row("PRAGMA user_version", params![], |r| r.get(0))?;
+                self.check_version(version, known)?;
+                for (_, sql) in &MIGRATIONS[version as usize..] {
+                    db.execute_batch(sql)?;
+                }
+                db.execute_batch(&format!("PRAGMA user_version = {known}"))?;
+                db.commit()
+            }
+            Backend::Postgres => {
+                if let Some((name, _)) = MIGRATIONS.get(PG_MIGRATIONS.len()) {
+                    return Err(StoreError::InvalidConfig {
+                        field: "database",
+                        reason: format!("migration {name} has no PostgreSQL version in this vfarm"),
+                    });
+                }
+                // The advisory lock comes before anything else, so two processes starting at
+                // once on a fresh schema do not both create and migrate it.
+                db.begin(self.lock_key)?;
+                let schema = db.pg_schema().unwrap_or_default();
+                // Created only when missing: a site may give vfarm a schema of its own and
+                // no right to create schemas in the database.
+                let exists = db
+                    .query_opt(
+                        "SELECT 1 FROM pg_namespace WHERE nspname = ?1",
+                        [&schema],
+                        |r| r.get::<_, i64>(0),
+                    )?
+                    .is_some();
+                if !exists {
+                    db.execute_batch(&format!("CREATE SCHEMA \"{schema}\""))?;
+                }
+                db.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS vfarm_schema_version (version BIGINT NOT NULL)",
+                )?;
+                let version: Option<i64> =
+                    db.query_opt("SELECT version FROM vfarm_schema_version", params![], |r| {
+                        r.get(0)
+                    })?;
+                let version = version.unwrap_or(0);
+                self.check_version(version, known)?;
+                for (_, sql) in &PG_MIGRATIONS[version as usize..] {
+                    db.execute_batch(sql)?;
+                }
+                db.execute_batch(&format!(
+                    "DELETE FROM vfarm_schema_version; INSERT INTO vfarm_schema_version VALUES ({known})"
+                ))?;
+                db.commit()
+            }
+        }
+    }
+
+    fn check_version(&self, found: i64, known: i64) -> Result<()> {
+        if found > known {
             return Err(StoreError::TooNew {
-                path: self.path.clone(),
-                found: version,
+                location: self.location.clone(),
+                found,
                 known,
             });
         }
-        for (_, sql) in &MIGRATIONS[version as usize..] {
-            tx.execute_batch(sql)?;
-        }
-        tx.pragma_update(None, "user_version", known)?;
-        tx.commit()?;
         Ok(())
     }
 
+    /// The SQLite file; for PostgreSQL, [`Store::location`] as a path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The connection, for modules' queries. Hold it briefly.
-    pub fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Where the state is, for messages: the SQLite file, or the PostgreSQL URL without
+    /// its password and the schema.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
-    /// Run `f` in one IMMEDIATE transaction: all or nothing, and no other writer in between.
+    /// "sqlite" or "postgres" (for `vfarm serve`'s start line).
+    pub fn backend(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The schema version the store is at.
+    pub fn schema_version(&self) -> Result<i64> {
+        let db = self.conn();
+        match self.backend {
+            Backend::Sqlite => db.query_row("PRAGMA user_version", params![], |r| r.get(0)),
+            Backend::Postgres => {
+                db.query_row("SELECT version FROM vfarm_schema_version", params![], |r| {
+                    r.get(0)
+                })
+            }
+        }
+    }
+
+    /// The connection, for modules' queries. Hold it briefly.
+    pub fn conn(&self) -> Db<'_> {
+        Db::new(self.conn.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Run `f` in one transaction: all or nothing, and no other writer in between (SQLite:
+    /// `BEGIN IMMEDIATE`; PostgreSQL: the schema's advisory lock is taken first, so writers
+    /// serialise across every process sharing the schema exactly as on SQLite).
     pub fn tx<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+        f: impl FnOnce(&Db<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(out)
+        let db = self.conn();
+        db.begin(self.lock_key)?;
+        match f(&db) {
+            Ok(out) => {
+                db.commit()?;
+                Ok(out)
+            }
+            Err(e) => {
+                db.rollback();
+                Err(e)
+            }
+        }
     }
 
     /// Append to the event log (who did what to which object).
@@ -162,36 +377,92 @@ impl Store {
 
     /// The most recent events, newest last.
     pub fn events(&self, limit: usize) -> Result<Vec<Event>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
+        self.conn().query_map(
             "SELECT seq, at, actor, kind, object, detail FROM
-               (SELECT * FROM events ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
-        )?;
-        let rows = st.query_map([limit as i64], |r| {
-            Ok(Event {
-                seq: r.get(0)?,
-                at: r.get(1)?,
-                actor: r.get(2)?,
-                kind: r.get(3)?,
-                object: r.get(4)?,
-                detail: r.get::<_, String>(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+               (SELECT * FROM events ORDER BY seq DESC LIMIT ?1) AS recent ORDER BY seq",
+            [limit as i64],
+            |r| {
+                Ok(Event {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    kind: r.get(3)?,
+                    object: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            },
+        )
     }
+}
+
+/// PostgreSQL identifiers vfarm creates are plain lower-case names, so they never need
+/// escaping inside the SQL text.
+fn check_schema_name(schema: &str) -> Result<()> {
+    let ok_start = schema
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let ok_rest = schema
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ok_start || !ok_rest || schema.len() > 63 {
+        return Err(StoreError::InvalidConfig {
+            field: "schema",
+            reason: format!(
+                "`{schema}`: use 1 to 63 lower-case letters, digits and `_`, not starting with a digit"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The connection target without the password: `postgres://user@host:port/db`.
+fn redacted(config: &postgres::Config) -> String {
+    use postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            };
+            match config.get_ports().get(i).or(config.get_ports().first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let db = config.get_dbname().unwrap_or("");
+    format!("postgres://{user}{}/{db}", hosts.join(","))
+}
+
+/// The advisory lock key of a schema: stable across processes and versions (FNV-1a).
+fn advisory_key(schema: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("vfarm-store:{schema}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
 }
 
 /// Append an event inside an existing transaction or connection.
 pub fn append_event(
-    conn: &Connection,
+    db: &Db<'_>,
     actor: &str,
     kind: &str,
     object: &str,
     detail: &serde_json::Value,
 ) -> Result<()> {
-    conn.execute(
+    db.execute(
         "INSERT INTO events(at, actor, kind, object, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        rusqlite::params![now(), actor, kind, object, detail.to_string()],
+        params![now(), actor, kind, object, detail.to_string()],
     )?;
     Ok(())
 }
@@ -206,52 +477,250 @@ pub struct Event {
     pub detail: String,
 }
 
+/// `query_row` that maps "no rows" to `None`.
+pub(crate) fn optional<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::NoRow) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Timestamps are RFC 3339 UTC with milliseconds, so they sort as text.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// `query_row` that maps "no rows" to `None`.
-pub(crate) fn optional<T>(r: rusqlite::Result<T>) -> Result<Option<T>> {
-    Ok(r.optional()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TestDb;
 
     #[test]
     fn migrates_once_and_reopens() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.db");
-        {
-            let s = Store::open(&p).unwrap();
-            s.event("root", "test", "x", &serde_json::json!({"a": 1}))
-                .unwrap();
+        for db in TestDb::all() {
+            {
+                let s = db.open();
+                s.event("root", "test", "x", &serde_json::json!({"a": 1}))
+                    .unwrap();
+            }
+            let s = db.open();
+            let ev = s.events(10).unwrap();
+            assert_eq!(ev.len(), 1, "{}", db.backend());
+            assert_eq!(ev[0].kind, "test");
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            assert_eq!(s.backend(), db.backend());
         }
-        let s = Store::open(&p).unwrap();
-        let ev = s.events(10).unwrap();
-        assert_eq!(ev.len(), 1);
-        assert_eq!(ev[0].kind, "test");
-        let v: i64 = s
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, MIGRATIONS.len() as i64);
     }
 
     #[test]
     fn refuses_newer_schema() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.db");
-        drop(Store::open(&p).unwrap());
-        Connection::open(&p)
-            .unwrap()
-            .pragma_update(None, "user_version", 99)
+        for db in TestDb::all() {
+            let s = db.open();
+            match s.backend {
+                Backend::Sqlite => s.conn().execute_batch("PRAGMA user_version = 99").unwrap(),
+                Backend::Postgres => s
+                    .conn()
+                    .execute_batch("UPDATE vfarm_schema_version SET version = 99")
+                    .unwrap(),
+            }
+            drop(s);
+            match db.try_open() {
+                Err(StoreError::TooNew { found: 99, .. }) => {}
+                Err(e) => panic!("{}: {e}", db.backend()),
+                Ok(_) => panic!("{}: a newer schema was opened", db.backend()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_nothing() {
+        for db in TestDb::all() {
+            let s = db.open();
+            let r: Result<()> = s.tx(|tx| {
+                append_event(tx, "root", "kept?", "x", &serde_json::json!({}))?;
+                Err(StoreError::Conflict {
+                    kind: "test",
+                    id: "x".into(),
+                })
+            });
+            assert!(matches!(r, Err(StoreError::Conflict { .. })));
+            // A statement error the closure swallows: PostgreSQL has aborted the transaction,
+            // so the commit must not report success; SQLite goes on and commits.
+            let r = s.tx(|tx| {
+                append_event(tx, "root", "maybe", "x", &serde_json::json!({}))?;
+                let _ = tx.execute("INSERT INTO no_such_table VALUES (1)", params![]);
+                Ok::<_, StoreError>(())
+            });
+            let kinds: Vec<String> = s.events(10).unwrap().into_iter().map(|e| e.kind).collect();
+            match s.backend {
+                Backend::Sqlite => {
+                    r.unwrap();
+                    assert_eq!(kinds, ["maybe"]);
+                }
+                Backend::Postgres => {
+                    assert!(matches!(r, Err(StoreError::Aborted)), "{r:?}");
+                    assert!(kinds.is_empty(), "{kinds:?}");
+                }
+            }
+            // The connection is usable afterwards.
+            s.event("root", "after", "x", &serde_json::json!({}))
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn postgres_reconnects_after_losing_its_session() {
+        let Some(db) = TestDb::postgres() else { return };
+        let s = db.open();
+        let other = db.open();
+        let pid: i64 = s
+            .conn()
+            .query_row("SELECT pg_backend_pid()", params![], |r| r.get(0))
             .unwrap();
-        assert!(matches!(
-            Store::open(&p),
-            Err(StoreError::TooNew { found: 99, .. })
-        ));
+        let killed: bool = other
+            .conn()
+            .query_row("SELECT pg_terminate_backend(?1)", [pid], |r| r.get(0))
+            .unwrap();
+        assert!(killed);
+        s.event("root", "after-restart", "x", &serde_json::json!({}))
+            .unwrap();
+        let new_pid: i64 = s
+            .conn()
+            .query_row("SELECT pg_backend_pid()", params![], |r| r.get(0))
+            .unwrap();
+        assert_ne!(pid, new_pid);
+        assert_eq!(s.events(1).unwrap()[0].kind, "after-restart");
+    }
+
+    /// Processes starting at once on a new PostgreSQL schema: one creates and migrates it,
+    /// the others wait on the advisory lock and find it done.
+    #[test]
+    fn postgres_concurrent_first_opens_migrate_once() {
+        let Some(db) = TestDb::postgres() else { return };
+        let db = std::sync::Arc::new(db);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let (db, barrier) = (db.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    db.try_open().map(|s| s.schema_version().unwrap())
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap().unwrap(), MIGRATIONS.len() as i64);
+        }
+    }
+
+    /// `vfarm serve` calls the store from tokio's blocking pool: the sync PostgreSQL
+    /// client (a runtime of its own inside) must work there.
+    #[test]
+    fn postgres_store_works_on_the_blocking_pool() {
+        let Some(db) = TestDb::postgres() else { return };
+        let s = std::sync::Arc::new(db.open());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let n = rt.block_on(async move {
+            let s2 = s.clone();
+            tokio::task::spawn_blocking(move || {
+                s2.event("api", "from-pool", "x", &serde_json::json!({}))
+                    .unwrap();
+                s2.events(10).unwrap().len()
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(n, 1);
+        // The last handle going away on an async worker closes the connection without panic.
+        let s = db.open();
+        rt.block_on(async move { drop(s) });
+    }
+
+    #[test]
+    fn every_migration_has_both_dialects() {
+        let names: Vec<_> = MIGRATIONS.iter().map(|(n, _)| n).collect();
+        let pg: Vec<_> = PG_MIGRATIONS.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, pg);
+    }
+
+    /// The PostgreSQL twin of a migration differs only in the spelling of types (and the
+    /// quoting of `user`): a change made to one dialect only fails here.
+    #[test]
+    fn both_dialects_define_the_same_tables() {
+        fn norm(sql: &str, pg: bool) -> String {
+            let code: Vec<&str> = sql
+                .lines()
+                .map(|l| l.split("--").next().unwrap_or(""))
+                .collect();
+            let mut s = code.join(" ");
+            if pg {
+                for (from, to) in [
+                    (
+                        "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+                        "INTEGER PRIMARY KEY AUTOINCREMENT",
+                    ),
+                    ("BIGINT", "INTEGER"),
+                    ("BYTEA", "BLOB"),
+                    (" COLLATE \"C\"", ""),
+                    ("\"user\"", "user"),
+                ] {
+                    s = s.replace(from, to);
+                }
+            }
+            s.split_whitespace().collect::<Vec<_>>().join(" ")
+        }
+        for ((name, lite), (_, pg)) in MIGRATIONS.iter().zip(PG_MIGRATIONS) {
+            assert_eq!(norm(lite, false), norm(pg, true), "migration {name}");
+        }
+    }
+
+    #[test]
+    fn bad_schema_and_url_are_refused_by_field() {
+        let e = Store::open_postgres("postgres://u@127.0.0.1/x", "Bad-Name").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::InvalidConfig {
+                    field: "schema",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = Store::open_postgres("postgres://u@127.0.0.1:notaport/x", "vfarm").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::InvalidConfig {
+                    field: "database",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn connection_errors_never_show_the_password() {
+        // Nothing listens on port 1: the connection is refused at once.
+        let e =
+            Store::open_postgres("postgres://vfarm:s3cret@127.0.0.1:1/vfarm", "vfarm").unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(matches!(e, StoreError::OpenPostgres { .. }), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("postgres://vfarm@127.0.0.1:1/vfarm"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn advisory_keys_differ_per_schema() {
+        assert_eq!(advisory_key("vfarm"), advisory_key("vfarm"));
+        assert_ne!(advisory_key("vfarm"), advisory_key("other"));
     }
 }

@@ -7,6 +7,15 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use vfarm_store::Store;
 
+/// The state database: `--database postgres://…` (or `VFARM_DATABASE`); none: SQLite in the
+/// data dir. Read from the environment so every part of a process (and the runners it
+/// starts) uses the same one.
+pub fn database() -> Option<String> {
+    std::env::var("VFARM_DATABASE")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+}
+
 /// `--output`: a table for people, one JSON document for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -38,8 +47,29 @@ impl Ctx {
         }
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create data dir {}", self.data_dir.display()))?;
-        let s = Arc::new(Store::open(&self.data_dir.join("state.db"))?);
+        let s = Arc::new(match database() {
+            Some(url) => Store::open_postgres(&url, &self.database_schema())?,
+            None => Store::open(&self.data_dir.join("state.db"))?,
+        });
         Ok(self.store.get_or_init(|| s).clone())
+    }
+
+    /// The PostgreSQL schema of this data dir: `VFARM_DATABASE_SCHEMA` (default `vfarm`, the
+    /// one several control services share); `per-data-dir` gives every data dir its own,
+    /// named from its path (independent installations, the test suite, on one database).
+    fn database_schema(&self) -> String {
+        let given = std::env::var("VFARM_DATABASE_SCHEMA").unwrap_or_default();
+        match given.as_str() {
+            "" => "vfarm".into(),
+            "per-data-dir" => {
+                use sha2::Digest;
+                let dir =
+                    std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+                let h = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+                format!("d_{}", hex::encode(&h[..8]))
+            }
+            s => s.to_string(),
+        }
     }
 
     /// The image repository in the data dir.

@@ -9,8 +9,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod cmd;
 mod ctx;
+mod node_migration;
 mod service;
 
 use ctx::{default_data_dir, Ctx, OutputFormat};
@@ -38,6 +40,18 @@ struct Cli {
         env = "VFARM_OUTPUT"
     )]
     output: OutputFormat,
+
+    /// Keep the state in PostgreSQL (postgres://USER:PASSWORD@HOST/DB) instead of SQLite in
+    /// the data dir; several control services may share one. The schema is
+    /// VFARM_DATABASE_SCHEMA (default `vfarm`; `per-data-dir` gives each data dir its own).
+    #[arg(
+        long,
+        global = true,
+        env = "VFARM_DATABASE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database: Option<String>,
 
     /// More detail on stderr (repeat for debug logs).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -88,6 +102,13 @@ enum Command {
     /// The site CA: init, show, issue-host, issue-user, revoke, crl.
     #[command(subcommand)]
     Ca(cmd::ca::CaCmd),
+    /// Several hosts: the physical host inventory (add with a join token, ls, show, drain,
+    /// undrain, rm).
+    #[command(subcommand)]
+    Host(cmd::host::HostCmd),
+    /// Run this machine as a node of a control service (joins once with a token, then
+    /// serves instances over mutual TLS and reports by heartbeat).
+    Node(cmd::node::NodeArgs),
     /// Print a shell completion script: `vfarm completions bash > /etc/bash_completion.d/vfarm`.
     Completions {
         #[arg(value_enum)]
@@ -103,6 +124,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    if let Some(url) = &cli.database {
+        // Every store this process opens (threads, reconcilers) and every runner it starts
+        // reads the same setting.
+        std::env::set_var("VFARM_DATABASE", url);
+    }
     let ctx = Ctx::new(
         cli.data_dir.clone().unwrap_or_else(default_data_dir),
         cli.output,
@@ -129,6 +155,8 @@ fn main() -> ExitCode {
         Command::Bench(c) => cmd::bench::run(&ctx, c),
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Ca(c) => cmd::ca::run(&ctx, c),
+        Command::Host(c) => cmd::host::run(&ctx, c),
+        Command::Node(a) => cmd::node::run(&ctx, a),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "vfarm", &mut std::io::stdout());

@@ -34,7 +34,7 @@ const CONSOLE_LIMIT: u64 = 1 << 20;
 pub struct Busy(Arc<Mutex<HashSet<String>>>);
 
 impl Busy {
-    fn hold(&self, id: &str) -> BusyGuard {
+    pub(crate) fn hold(&self, id: &str) -> BusyGuard {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -53,7 +53,7 @@ impl Busy {
     }
 }
 
-struct BusyGuard {
+pub(crate) struct BusyGuard {
     busy: Busy,
     id: String,
 }
@@ -68,10 +68,15 @@ impl Drop for BusyGuard {
     }
 }
 
+/// Fetches an image this machine lacks (a node pulls from its control's repository).
+pub type ImagePuller = Arc<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
+
 pub struct Service {
     ctx: Ctx,
     admission: Admission,
     busy: Busy,
+    /// Set on nodes: images come from the control on first use.
+    pub puller: Option<ImagePuller>,
 }
 
 impl Service {
@@ -80,6 +85,7 @@ impl Service {
             ctx: Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose),
             admission,
             busy,
+            puller: None,
         }
     }
 
@@ -199,7 +205,7 @@ impl InstanceBackend for Service {
         Ok(v)
     }
 
-    fn create(&self, who: &Identity, req: CreateInstance) -> Result<InstanceView, ApiError> {
+    fn create(&self, who: &Identity, mut req: CreateInstance) -> Result<InstanceView, ApiError> {
         let kind = req.driver.as_deref().unwrap_or("oci");
         if !["oci", "qemu"].contains(&kind) {
             return Err(ApiError::bad_request(
@@ -209,6 +215,14 @@ impl InstanceBackend for Service {
         }
         if req.image.trim().is_empty() {
             return Err(ApiError::bad_request("image", "an image is required"));
+        }
+        if let Some(h) = &req.host {
+            return Err(ApiError::bad_request(
+                "host",
+                format!(
+                    "`{h}`: this service runs instances itself; it takes nodes only with                      --tls-cert and a site CA (vfarm ca init)"
+                ),
+            ));
         }
         if req.ssh_keys.iter().any(|k| k.contains('\0')) {
             return Err(ApiError::bad_request(
@@ -224,13 +238,43 @@ impl InstanceBackend for Service {
                     .map_err(|why| ApiError::bad_request("disk", format!("`{d}`: {why}")))
             })
             .transpose()?;
+        // A control places instances on nodes under its own id and for their owner.
+        let admin_only = |field: &'static str| {
+            ApiError::bad_request(
+                field,
+                format!("only an admin (a control service) sets `{field}`"),
+            )
+        };
+        let owner = match req.owner.take() {
+            Some(_) if !who.admin => return Err(admin_only("owner")),
+            Some(o) => o,
+            None => who.user.clone(),
+        };
+        let id = match req.id.take() {
+            Some(_) if !who.admin => return Err(admin_only("id")),
+            Some(i) if i.len() != 12 || !i.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                return Err(ApiError::bad_request(
+                    "id",
+                    format!("`{i}` is not 12 hex digits"),
+                ))
+            }
+            i => i,
+        };
+        if let Some(pull) = &self.puller {
+            pull(&req.image).map_err(|e| ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                code: "image_pull_failed",
+                message: format!("{e:#}"),
+                field: Some("image"),
+            })?;
+        }
         let image = inst::usable_image(&self.ctx, &req.image).map_err(api_error)?;
         let vm = if kind == "qemu" {
             let mut drivers = Drivers::new(&self.ctx);
             let driver = drivers.get("qemu").map_err(api_error)?;
             inst::vm_setup(
                 driver,
-                None,
+                req.profile.as_deref(),
                 BootProfile::Full,
                 &inst::GuestArgs {
                     ssh_key_texts: &req.ssh_keys,
@@ -243,6 +287,12 @@ impl InstanceBackend for Service {
                 return Err(ApiError::bad_request(
                     "ssh_keys",
                     "SSH keys are for VMs: use the qemu driver",
+                ));
+            }
+            if req.profile.is_some() {
+                return Err(ApiError::bad_request(
+                    "profile",
+                    "a boot profile is for VMs: use the qemu driver",
                 ));
             }
             Default::default()
@@ -268,8 +318,9 @@ impl InstanceBackend for Service {
                 command: req.command,
                 disposable: false,
                 vm,
-                owner: who.user.clone(),
+                owner,
                 disk,
+                id,
             },
         )
         .map_err(api_error)?;

@@ -323,7 +323,7 @@ fn tls_client_certs_tokens_crls_and_401s() {
     assert_eq!(code, 200);
 
     // The audit log has the local admin's actions.
-    let store = vfarm_store::Store::open(&data.join("state.db")).unwrap();
+    let store = common::store_of(&data);
     let actions: Vec<String> = store
         .audit_log(None, 100)
         .unwrap()

@@ -71,7 +71,10 @@ use vfarm_qemu::{
 };
 
 pub use full::{NetStats, SshInfo};
-pub use migrate::{MigrateOptions, MigrationReport, Storage, DEFAULT_BANDWIDTH};
+pub use migrate::{
+    Carried, Incoming, IncomingOptions, MigrateOptions, MigrationReport, MigrationSource,
+    SendOptions, SendReport, Storage, DEFAULT_BANDWIDTH, SWITCHOVER_TIMEOUT,
+};
 pub use stats::{BlockStats, VmStats};
 /// The accelerator wanted (`Auto`, `Kvm`, `Tcg`) and the one used.
 pub use vfarm_qemu::{Accel, AccelChoice};
@@ -162,6 +165,9 @@ struct Record {
     /// Set for the full boot profile (systemd, cloud-init, sshd): its SSH port and login.
     #[serde(default)]
     full: Option<full::FullRecord>,
+    /// Set while a live migration moves the instance in or out (see `migrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    migration: Option<migrate::MigrationMark>,
 }
 
 /// What the CLI shows about a VM instance.
@@ -237,7 +243,14 @@ impl QemuDriver {
         self.instance_dir(id).join("runtime.json")
     }
 
+    /// The record of a normal instance: one under migration answers "migrating".
     fn load(&self, id: &str) -> Result<Record> {
+        let rec = self.load_raw(id)?;
+        migrate::refuse_migrating(&rec)?;
+        Ok(rec)
+    }
+
+    fn load_raw(&self, id: &str) -> Result<Record> {
         crate::record::load(&self.record_path(id), id)
     }
 
@@ -753,6 +766,7 @@ impl QemuDriver {
             snapshots: Vec::new(),
             checkpoints: Vec::new(),
             full,
+            migration: None,
         })
     }
 

@@ -1255,10 +1255,10 @@ fn update_one(
         if sub.endorsers.is_empty() {
             // First use: the signer of the first accepted list becomes the endorser.
             tx.execute(
-                "INSERT OR IGNORE INTO imagelist_endorsers(subscription_id, dn, ca) VALUES (?1, ?2, ?3)",
-                vfarm_store::rusqlite::params![sub.id, verified.signer.subject, verified.signer.issuer],
-            )
-            .map_err(vfarm_store::StoreError::from)?;
+                "INSERT INTO imagelist_endorsers(subscription_id, dn, ca) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+                vfarm_store::params![sub.id, verified.signer.subject, verified.signer.issuer],
+            )?;
         }
         Ok::<_, vfarm_store::StoreError>(())
     })?;

@@ -167,6 +167,10 @@ pub struct CreateArgs {
     /// certificate (repeatable; the mode is the host file's).
     #[arg(long = "guest-file", value_name = "SRC:DEST")]
     pub guest_files: Vec<String>,
+    /// Several hosts (with --server on a control): run it on this node instead of where
+    /// the placement policy puts it.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
     /// Main command (default: an idle init that keeps the instance up for exec).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -247,11 +251,12 @@ pub enum InstanceCmd {
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
     },
-    /// Move a running VM to another data dir while it keeps running; prints the downtime
-    /// (qemu driver only). `--to HOST` for remote nodes comes with the multi-host work.
-    #[command(after_help = "Example:
+    /// Move a running VM to another data dir, or (with --server on a control) to another
+    /// node, while it keeps running; prints the downtime (qemu driver only).
+    #[command(after_help = "Examples:
   vfarm instance migrate web --to /var/lib/vfarm-node2
-  vfarm instance migrate web --to /var/lib/vfarm-node2 --shared-storage --output json")]
+  vfarm instance migrate web --to /var/lib/vfarm-node2 --shared-storage --output json
+  vfarm --server https://control:8750 instance migrate web --to node2")]
     Migrate(crate::cmd::migrate::MigrateArgs),
     /// List instances: state, image, driver, owner, created, uptime, expiry.
     #[command(alias = "list")]
@@ -523,7 +528,11 @@ pub(crate) fn refresh(
     row: InstanceRow,
 ) -> Result<InstanceRow> {
     let stored = state_of(&row)?;
-    if stored == State::Destroyed {
+    if stored == State::Destroyed || stored == State::Lost {
+        return Ok(row);
+    }
+    // An instance on a node is that node's to observe; its heartbeats keep the record.
+    if store.instance_host(&row.id)?.is_some() {
         return Ok(row);
     }
     let driver = drivers.get(&row.driver)?;
@@ -660,6 +669,8 @@ pub(crate) struct ViewCache {
     images: HashMap<String, (Option<String>, bool)>,
     /// Lease holder (instance id) → the pool address of its hostname.
     addresses: Option<HashMap<String, Option<String>>>,
+    /// Instance id → the node it was placed on.
+    hosts: Option<HashMap<String, String>>,
 }
 
 pub(crate) fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<InstanceView> {
@@ -711,6 +722,10 @@ pub(crate) fn view_cached(
         .addresses
         .as_ref()
         .and_then(|a| a.get(&row.id).cloned().flatten());
+    if cache.hosts.is_none() {
+        cache.hosts = Some(store.instance_hosts()?);
+    }
+    let host = cache.hosts.as_ref().and_then(|h| h.get(&row.id).cloned());
     Ok(InstanceView {
         id: row.id.clone(),
         name: row.name.clone(),
@@ -723,6 +738,7 @@ pub(crate) fn view_cached(
         driver: row.driver.clone(),
         owner: row.owner.clone(),
         hostname: row.hostname.clone(),
+        host,
         address,
         created: row.created.clone(),
         started: row.started.clone(),
@@ -805,9 +821,27 @@ fn time_left(v: &InstanceView) -> String {
 }
 
 pub(crate) fn print_table(views: &[InstanceView]) {
+    // The HOST column appears once instances run on nodes (several hosts).
+    let hosts = views.iter().any(|v| v.host.is_some());
+    let host_col = |h: &str| {
+        if hosts {
+            format!("  {h:<12}")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{:<12}  {:<14}  {:<9}  {:<16}  {:<6}  {:<8}  {:<19}  {:>6}  {:<19}",
-        "ID", "NAME", "STATE", "IMAGE", "DRIVER", "OWNER", "CREATED", "UPTIME", "EXPIRES IN"
+        "{:<12}  {:<14}  {:<9}  {:<16}  {:<6}  {:<8}  {:<19}  {:>6}  {:<19}{}",
+        "ID",
+        "NAME",
+        "STATE",
+        "IMAGE",
+        "DRIVER",
+        "OWNER",
+        "CREATED",
+        "UPTIME",
+        "EXPIRES IN",
+        host_col("HOST")
     );
     for v in views {
         let state = match (v.state.as_str(), v.exit_code) {
@@ -815,7 +849,7 @@ pub(crate) fn print_table(views: &[InstanceView]) {
             (s, _) => s.to_string(),
         };
         println!(
-            "{:<12}  {:<14}  {:<9}  {:<16}  {:<6}  {:<8}  {:<19}  {:>6}  {:<19}",
+            "{:<12}  {:<14}  {:<9}  {:<16}  {:<6}  {:<8}  {:<19}  {:>6}  {:<19}{}",
             v.id,
             v.name.as_deref().unwrap_or("-"),
             state,
@@ -835,6 +869,7 @@ pub(crate) fn print_table(views: &[InstanceView]) {
             short_time(&v.created),
             v.uptime_secs.map(human_secs).unwrap_or_else(|| "-".into()),
             time_left(v),
+            host_col(v.host.as_deref().unwrap_or("-")),
         );
     }
 }
@@ -848,6 +883,9 @@ pub(crate) fn print_view(v: &InstanceView) {
         state.push_str(&format!(" (exit status {c})"));
     }
     kv("state", &state);
+    if let Some(h) = &v.host {
+        kv("host", h);
+    }
     if let Some(e) = &v.error {
         kv("error", e);
     }
@@ -1201,6 +1239,15 @@ fn time_after(secs: u64) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// An instance placed on a node is reached through the control service, not this machine's
+/// drivers.
+#[derive(Debug, thiserror::Error)]
+#[error("instance {id} runs on node {host}: act on it through the control service (--server)")]
+pub(crate) struct OnNode {
+    pub id: String,
+    pub host: String,
+}
+
 pub(crate) struct NewInstance {
     pub image: vfarm_image::Image,
     pub name: Option<String>,
@@ -1215,6 +1262,8 @@ pub(crate) struct NewInstance {
     pub owner: String,
     /// Disk size (bytes), for the disk quota and drivers with their own disks.
     pub disk: Option<u64>,
+    /// The id to record it under (a node takes the control's); new otherwise.
+    pub id: Option<String>,
 }
 
 /// The site's rules for new instances (serve.toml): hostname pool, quotas, default expiry.
@@ -1307,7 +1356,10 @@ pub(crate) fn record_instance(
         command: n.command.clone(),
     }
     .validate()?;
-    let id = new_id()?;
+    let id = match &n.id {
+        Some(id) => id.clone(),
+        None => new_id()?,
+    };
     // An instance without a CPU limit still takes a CPU of the owner's share.
     let resources = Resources {
         cpus_milli: settings
@@ -1624,6 +1676,13 @@ pub(crate) fn destroy_instance(
     row: &InstanceRow,
 ) -> Result<()> {
     check(row, Event::Destroy)?;
+    if let Some(host) = store.instance_host(&row.id)? {
+        return Err(OnNode {
+            id: row.id.clone(),
+            host,
+        }
+        .into());
+    }
     driver
         .cleanup(&row.id)
         .with_context(|| format!("cannot destroy instance {}", row.id))?;
@@ -1647,6 +1706,16 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
     match cmd {
         InstanceCmd::Create(a) => {
             let a = *a;
+            if let Some(h) = &a.host {
+                return Err(DriverError::InvalidSpec {
+                    field: "host",
+                    reason: format!(
+                        "`{h}`: a node is chosen by a control service: use --server URL \
+                         (without it, instances run on this machine)"
+                    ),
+                }
+                .into());
+            }
             let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime, &a.driver.accel)?;
             let vm = vm_setup(
                 driver.as_ref(),
@@ -1674,6 +1743,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                     vm,
                     owner: actor(),
                     disk: None,
+                    id: None,
                 },
             )?;
             if !a.no_start {
@@ -2005,6 +2075,10 @@ pub fn reap_expired(ctx: &Ctx) -> Result<Vec<String>> {
         if row.state == State::Creating.as_str() {
             continue;
         }
+        // Instances on nodes are the control service's to reap (through the node).
+        if store.instance_host(&row.id)?.is_some() {
+            continue;
+        }
         let row = refresh(&store, &mut drivers, row.clone()).unwrap_or(row);
         let driver = drivers.get(&row.driver)?;
         match destroy_instance(&store, driver, &row) {
@@ -2196,6 +2270,7 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
             vm,
             owner: actor(),
             disk: None,
+            id: None,
         },
     )?;
     let id = row.id.clone();

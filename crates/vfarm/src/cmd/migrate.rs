@@ -23,9 +23,9 @@ use crate::ctx::Ctx;
 pub struct MigrateArgs {
     /// Instance id, unique id prefix or name.
     pub instance: String,
-    /// The destination's data dir on this machine (created if missing). Migrating to
-    /// another node (`--to HOST`) comes with the multi-host work.
-    #[arg(long, value_name = "DIR")]
+    /// The destination: a data dir on this machine (created if missing), or, with --server
+    /// on a control, a node's name.
+    #[arg(long, value_name = "DIR|HOST")]
     pub to: PathBuf,
     /// Both sides use the same overlay file instead of copying the disk (it must be on the
     /// same file system); snapshots and checkpoints in it stay usable.
@@ -49,6 +49,9 @@ pub fn run(ctx: &Ctx, a: MigrateArgs) -> Result<i32> {
     let store = ctx.store()?;
     let mut drivers = Drivers::new(ctx);
     let row = find(&store, &mut drivers, &a.instance)?;
+    if let Some(host) = store.instance_host(&row.id)? {
+        return Err(crate::cmd::instance::OnNode { id: row.id, host }.into());
+    }
     let source = qemu_for(&mut drivers, &row, "live migration")?;
     let state = state_of(&row)?;
     if !matches!(state, State::Running | State::Paused) {

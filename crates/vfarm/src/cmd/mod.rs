@@ -2,11 +2,13 @@
 
 pub mod bench;
 pub mod ca;
+pub mod host;
 pub mod image;
 pub mod imagelist;
 pub mod instance;
 pub mod job;
 pub mod migrate;
+pub mod node;
 pub mod remote;
 pub mod serve;
 pub mod staging;

@@ -219,6 +219,8 @@ pub fn run_instance(ctx: &Ctx, a: &RemoteArgs, cmd: InstanceCmd) -> Result<i32> 
                 "ssh_keys": keys,
                 "command": args.command,
                 "env": args.shape.env,
+                "host": args.host,
+                "profile": args.driver.profile,
             });
             let v: InstanceView = c.json(M::POST, "/api/v1/instances?wait=true", Some(body))?;
             report(ctx, &v, if args.no_start { "created" } else { "running" })?;
@@ -279,6 +281,27 @@ pub fn run_instance(ctx: &Ctx, a: &RemoteArgs, cmd: InstanceCmd) -> Result<i32> 
             return Ok(v["exit_code"]
                 .as_i64()
                 .ok_or_else(|| anyhow!("no exit code in {v}"))? as i32);
+        }
+        InstanceCmd::Migrate(a) => {
+            let to = a.to.to_string_lossy().into_owned();
+            let v: Value = c.json(
+                M::POST,
+                &path(&a.instance, "/migrate"),
+                Some(json!({ "to": to, "shared_storage": a.shared_storage })),
+            )?;
+            if ctx.json() {
+                ctx.print_json(&v)?;
+            } else {
+                println!(
+                    "instance {} migrated from {} to {} ({} storage): downtime {} ms, total {:.2} s",
+                    v["id"].as_str().unwrap_or(&a.instance),
+                    v["from"].as_str().unwrap_or("?"),
+                    v["to"].as_str().unwrap_or("?"),
+                    v["storage"].as_str().unwrap_or("?"),
+                    v["downtime_ms"],
+                    v["total_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                );
+            }
         }
         InstanceCmd::Console {
             instance,

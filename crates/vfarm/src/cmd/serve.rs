@@ -13,28 +13,28 @@ pub struct ServeArgs {
     /// Address to listen on. Plain HTTP is allowed on loopback only; elsewhere give
     /// --tls-cert and --tls-key.
     #[arg(long, default_value = "127.0.0.1:8750", env = "VFARM_LISTEN")]
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Serve HTTPS with this certificate (PEM; a chain may follow the leaf).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// Accept client certificates from the CAs in DIR (IGTF layout: <hash>.0 certificates,
     /// <hash>.r0 CRLs, e.g. /etc/grid-security/certificates); a revoked one is refused.
     #[arg(long, value_name = "DIR", requires = "tls_cert")]
-    client_ca_dir: Option<PathBuf>,
+    pub(crate) client_ca_dir: Option<PathBuf>,
     /// A user with admin rights (a DN or a token's user); repeatable, added to `admins` in
     /// the config.
     #[arg(long = "admin", value_name = "DN")]
-    admins: Vec<String>,
+    pub(crate) admins: Vec<String>,
     /// Service configuration: admins, hostname pool, quotas (default: <data>/serve.toml).
     #[arg(long, value_name = "FILE", env = "VFARM_SERVE_CONFIG")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Also serve on this unix socket; callers are identified by the kernel (peer
     /// credentials: their login name), no token needed.
     #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
 }
 
 /// How long a stopping service waits for open requests (event streams never finish).
@@ -44,6 +44,15 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
+    run_with(ctx, args, None)
+}
+
+/// What a node (`vfarm node`) adds to the service: images fetched from its control.
+pub struct NodeHooks {
+    pub puller: crate::service::ImagePuller,
+}
+
+pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i32> {
     limit_malloc_arenas();
     // Refuse before anything starts: credentials must not cross a network in the clear.
     if args.tls_cert.is_none() && !args.listen.ip().is_loopback() {
@@ -105,16 +114,45 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
         eprintln!("vfarm: warning: oci instances cannot be created here: {e}");
     }
     let store = ctx.store()?;
+    let (store_backend, store_location) = (store.backend(), store.location().to_string());
     let mut state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
     let admins = config.admins.iter().chain(&args.admins).cloned();
     state.auth = vfarm_api::AuthPolicy::new(admins);
     let admission = crate::cmd::instance::Admission::from_config(&config);
     let busy = crate::service::Busy::default();
-    state.instances = Some(std::sync::Arc::new(crate::service::Service::new(
-        ctx,
-        admission,
-        busy.clone(),
-    )));
+    let mut service = crate::service::Service::new(ctx, admission, busy.clone());
+    let is_node = node.is_some();
+    if let Some(n) = node {
+        service.puller = Some(n.puller.clone());
+        state.migration = Some(std::sync::Arc::new(
+            crate::node_migration::NodeMigrations::new(
+                ctx,
+                args.listen.ip(),
+                n.puller,
+                busy.clone(),
+            ),
+        ));
+    }
+    let service = std::sync::Arc::new(service);
+    // A control with a site CA and a certificate of its own can take nodes: instances then
+    // go to the nodes that joined (`vfarm host add`), the rest stays as it is.
+    let site_ca = vfarm_auth::ca::ca_dir(&ctx.data_dir).join("ca.pem");
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) if !is_node && site_ca.is_file() => {
+            let nodes = crate::cluster::NodeClient::new(cert, key, &site_ca)?;
+            let cluster = std::sync::Arc::new(crate::cluster::Cluster::new(
+                ctx,
+                service.clone(),
+                nodes,
+                config.placement,
+                config.ratios,
+            ));
+            crate::cluster::spawn_monitor(ctx, cluster.clone());
+            state.server_subject = Some(subject_of_pem_file(cert)?);
+            state.instances = Some(cluster);
+        }
+        _ => state.instances = Some(service),
+    }
     crate::service::spawn_watcher(ctx, state.events.clone(), busy);
     // The reaper destroys expired instances; it runs beside the HTTP service and survives
     // its own failures (they are logged and retried on the next round).
@@ -139,9 +177,11 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
         let addr = listener.local_addr()?;
         // One line on stdout so scripts and tests learn the address (useful with port 0).
         println!(
-            "vfarm: serving on {}://{addr} (data dir {})",
+            "vfarm: serving on {}://{addr} (data dir {}, state in {} {})",
             if tls.is_some() { "https" } else { "http" },
-            ctx.data_dir.display()
+            ctx.data_dir.display(),
+            store_backend,
+            store_location
         );
         tracing::info!(%addr, "serving");
         // One signal stops every listener.
@@ -189,6 +229,13 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(0)
+}
+
+/// The subject of the first certificate in a PEM file (one-line form).
+fn subject_of_pem_file(path: &std::path::Path) -> Result<String> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    vfarm_auth::dn::subject_of_pem(&pem)
+        .with_context(|| format!("{}: no certificate", path.display()))
 }
 
 async fn shutdown() {

@@ -104,6 +104,29 @@ impl Drop for Server {
     }
 }
 
+/// The state store `vfarm` uses for `data`: SQLite in the data dir, or, when the suite runs
+/// on PostgreSQL (`VFARM_DATABASE`, `VFARM_DATABASE_SCHEMA=per-data-dir`), the data dir's
+/// schema there (named as `vfarm` names it: `d_` and 16 hex digits of its path's sha256).
+pub fn store_of(data: &Path) -> vfarm_store::Store {
+    match std::env::var("VFARM_DATABASE")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        None => vfarm_store::Store::open(&data.join("state.db")).unwrap(),
+        Some(url) => {
+            use sha2::Digest;
+            assert_eq!(
+                std::env::var("VFARM_DATABASE_SCHEMA").as_deref(),
+                Ok("per-data-dir"),
+                "the suite on PostgreSQL needs VFARM_DATABASE_SCHEMA=per-data-dir"
+            );
+            let dir = std::fs::canonicalize(data).unwrap();
+            let h = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+            vfarm_store::Store::open_postgres(&url, &format!("d_{}", hex::encode(&h[..8]))).unwrap()
+        }
+    }
+}
+
 /// The tests' scratch directory (cargo's per-target tmp dir, kept between runs).
 pub fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))

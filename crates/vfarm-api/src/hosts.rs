@@ -1,0 +1,444 @@
+//! The node side of several hosts on the control: joining with a one-time token, heartbeats,
+//! and the host inventory (`/api/v1/hosts`).
+//!
+//! A node proves who it is with the client certificate the site CA issued it at join time
+//! (CN = its host name); the TLS layer already refused certificates that do not chain to the
+//! CA directory or are on its CRL, and the heartbeat is taken only from the subject recorded
+//! at join. Join itself is the one open call: the token is the credential.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use vfarm_auth::ca::SiteCa;
+use vfarm_auth::{AuthMethod, Identity};
+use vfarm_store::hosts::{Heartbeat, HostRow};
+use vfarm_store::StoreError;
+
+use crate::{blocking, ApiError, AppState, ErrorBody, StatusCode};
+
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// How long a node certificate issued at join is valid.
+const NODE_CERT_DAYS: u32 = 395;
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub name: String,
+    pub token: String,
+    /// The address the node's API will listen on (an IP SAN of its certificate, so the
+    /// control can verify it when it connects).
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct JoinResponse {
+    pub name: String,
+    pub subject: String,
+    pub serial: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The site CA, for the node's trust directory.
+    pub ca_pem: String,
+    /// The control's certificate subject: the one client the node obeys as admin.
+    pub control_subject: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// `https://ADDRESS:PORT` of the node's API.
+    pub url: String,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    pub disk_mib: i64,
+    pub features: Vec<String>,
+    pub instances: Vec<ReportedInstance>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ReportedInstance {
+    pub id: String,
+    pub state: String,
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.trim().as_bytes()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound { kind, id } => ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "host_not_found",
+            message: format!("{kind} `{id}` not found"),
+            field: Some("name"),
+        },
+        StoreError::Conflict { kind, id } => ApiError {
+            status: StatusCode::CONFLICT,
+            code: "conflict",
+            message: format!("{kind} `{id}` already exists or is in use"),
+            field: Some("name"),
+        },
+        e => ApiError::internal(e.to_string()),
+    }
+}
+
+fn admin(who: &Option<Extension<Identity>>) -> Result<Identity, ApiError> {
+    let who = crate::instances::identity(who.clone())?;
+    if !who.admin {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: "the host inventory is for admins".into(),
+            field: None,
+        });
+    }
+    Ok(who)
+}
+
+/// `POST /api/v1/hosts/join`: trade a one-time token for a node certificate.
+#[utoipa::path(post, path = "/api/v1/hosts/join", tag = "hosts", request_body = JoinRequest, security(()),
+    responses((status = 201, body = JoinResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn join(
+    State(s): State<AppState>,
+    body: Body<JoinRequest>,
+) -> Result<Response, ApiError> {
+    let req = crate::instances::json_body(body)?;
+    vfarm_auth::ca::check_hostname(&req.name)
+        .map_err(|e| ApiError::bad_request("name", e.to_string()))?;
+    if req.address.parse::<std::net::IpAddr>().is_err() {
+        return Err(ApiError::bad_request(
+            "address",
+            format!("`{}` is not an IP address", req.address),
+        ));
+    }
+    let data = s.data_dir.clone();
+    let store = s.store.clone();
+    let control_subject = s.server_subject.clone().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "no_site_ca",
+        message: "this service takes no nodes (it needs --tls-cert and a site CA: vfarm ca init)"
+            .into(),
+        field: None,
+    })?;
+    let out = blocking(move || {
+        let now = chrono::Utc::now();
+        let ca = SiteCa::open(&vfarm_auth::ca::ca_dir(&data)).map_err(|e| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "no_site_ca",
+            message: format!("this control has no site CA to issue node certificates: {e}"),
+            field: None,
+        })?;
+        // Check the token before issuing anything; the store's compare-and-set below is
+        // what makes it one-time.
+        let hash = token_hash(&req.token);
+        let host = s.store.host(&req.name).map_err(store_err)?;
+        let valid = host.as_ref().is_some_and(|h| {
+            h.state == "pending" && h.token_expires.as_deref() > Some(vfarm_store::now().as_str())
+        });
+        if !valid {
+            return Err(bad_token());
+        }
+        let issued = ca
+            .issue_host_with(
+                &req.name,
+                std::slice::from_ref(&req.address),
+                NODE_CERT_DAYS,
+                now,
+            )
+            .map_err(ApiError::from)?;
+        if !store
+            .join_host(
+                &req.name,
+                &hash,
+                &vfarm_store::now(),
+                &issued.subject,
+                &issued.serial,
+            )
+            .map_err(store_err)?
+        {
+            // Lost a race with another join, or a wrong token: the certificate goes.
+            let _ = ca.revoke(&issued.serial, now);
+            return Err(bad_token());
+        }
+        Ok(JoinResponse {
+            name: req.name,
+            subject: issued.subject.clone(),
+            serial: issued.serial.clone(),
+            cert_pem: issued.cert_pem.clone(),
+            key_pem: issued.key_pem.clone(),
+            ca_pem: ca.certificate_pem().map_err(ApiError::from)?,
+            control_subject,
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+fn bad_token() -> ApiError {
+    ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "invalid_join_token",
+        message: "no pending host with that name and token (used, expired or never issued: \
+                  `vfarm host add NAME` prints a new one)"
+            .into(),
+        field: Some("token"),
+    }
+}
+
+/// `POST /api/v1/hosts/heartbeat`: a joined node reports, with its certificate.
+#[utoipa::path(post, path = "/api/v1/hosts/heartbeat", tag = "hosts", request_body = HeartbeatRequest,
+    responses((status = 200, description = "What the heartbeat changed (re-adopted, changed and missing instances)", body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(crate) async fn heartbeat(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    body: Body<HeartbeatRequest>,
+) -> Result<Response, ApiError> {
+    let who = crate::instances::identity(who)?;
+    if who.method != AuthMethod::ClientCert {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "node_certificate_required",
+            message: "heartbeats come from nodes, with the certificate issued at join".into(),
+            field: None,
+        });
+    }
+    let hb = crate::instances::json_body(body)?;
+    let name = common_name(&who.user).ok_or_else(|| ApiError {
+        status: StatusCode::FORBIDDEN,
+        code: "unknown_node",
+        message: format!("`{}` has no CN", who.user),
+        field: None,
+    })?;
+    let store = s.store.clone();
+    let out = blocking(move || {
+        let instances: Vec<(String, String)> = hb
+            .instances
+            .iter()
+            .map(|i| (i.id.clone(), i.state.clone()))
+            .collect();
+        store
+            .host_heartbeat(
+                &name,
+                &who.user,
+                &Heartbeat {
+                    url: &hb.url,
+                    cpus: hb.cpus,
+                    memory_mib: hb.memory_mib,
+                    disk_mib: hb.disk_mib,
+                    features: &hb.features,
+                    instances: &instances,
+                },
+            )
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: "unknown_node",
+                message: format!("no joined host `{name}` with the subject `{}`", who.user),
+                field: None,
+            })
+    })
+    .await?;
+    Ok(Json(out).into_response())
+}
+
+/// The CN of a one-line DN (`/C=…/O=…/CN=name`).
+fn common_name(dn: &str) -> Option<String> {
+    dn.rsplit('/')
+        .find_map(|part| part.strip_prefix("CN="))
+        .map(str::to_string)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddHost {
+    pub name: String,
+    /// How long the token works: 1h (default), 30m, 2d.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AddedHost {
+    pub name: String,
+    pub token: String,
+    pub expires: String,
+}
+
+/// Issue a one-time join token for `name` (shared by the API and the CLI).
+pub fn add_host(
+    store: &vfarm_store::Store,
+    actor: &str,
+    name: &str,
+    valid_secs: u64,
+) -> Result<AddedHost, ApiError> {
+    vfarm_auth::ca::check_hostname(name)
+        .map_err(|e| ApiError::bad_request("name", e.to_string()))?;
+    let mut secret = [0u8; 24];
+    getrandom(&mut secret)?;
+    let token = format!("vfj_{}", hex(&secret));
+    let expires = (chrono::Utc::now() + chrono::Duration::seconds(valid_secs as i64))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    store
+        .add_host(actor, name, &token_hash(&token), &expires)
+        .map_err(store_err)?;
+    Ok(AddedHost {
+        name: name.to_string(),
+        token,
+        expires,
+    })
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<(), ApiError> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| ApiError::internal(format!("no randomness: {e}")))
+}
+
+#[utoipa::path(post, path = "/api/v1/hosts", tag = "hosts", request_body = AddHost,
+    responses((status = 201, body = AddedHost), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn add(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    body: Body<AddHost>,
+) -> Result<Response, ApiError> {
+    let who = admin(&who)?;
+    let req = crate::instances::json_body(body)?;
+    let secs = match &req.expires {
+        None => 3600,
+        Some(e) => vfarm_core::instance::parse_duration("expires", e)
+            .map_err(|e| ApiError::bad_request("expires", e.to_string()))?,
+    };
+    let out = blocking(move || add_host(&s.store, &who.user, &req.name, secs)).await?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
+    responses((status = 200, description = "The host inventory", body = [Object]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+) -> Result<Response, ApiError> {
+    admin(&who)?;
+    let hosts: Vec<HostRow> = blocking(move || s.store.hosts().map_err(store_err)).await?;
+    Ok(Json(hosts).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn show(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&who)?;
+    let host = blocking(move || {
+        s.store.host(&name).map_err(store_err)?.ok_or_else(|| {
+            store_err(StoreError::NotFound {
+                kind: "host",
+                id: name,
+            })
+        })
+    })
+    .await?;
+    Ok(Json(host).into_response())
+}
+
+async fn set_drained(
+    s: AppState,
+    who: Option<Extension<Identity>>,
+    name: String,
+    drained: bool,
+) -> Result<Response, ApiError> {
+    let who = admin(&who)?;
+    let host = blocking(move || {
+        if !s
+            .store
+            .set_host_drained(&who.user, &name, drained)
+            .map_err(store_err)?
+        {
+            return Err(store_err(StoreError::NotFound {
+                kind: "host",
+                id: name,
+            }));
+        }
+        s.store.host(&name).map_err(store_err)
+    })
+    .await?;
+    Ok(Json(host).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/drain", tag = "hosts", params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn drain(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_drained(s, who, name, true).await
+}
+
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/undrain", tag = "hosts", params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn undrain(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_drained(s, who, name, false).await
+}
+
+/// Remove a host without instances and revoke its certificate (the CRL is republished, so
+/// its next connection is refused in the TLS handshake).
+pub fn remove_host(
+    store: &vfarm_store::Store,
+    data_dir: &std::path::Path,
+    actor: &str,
+    name: &str,
+) -> Result<HostRow, ApiError> {
+    let host = store.remove_host(actor, name).map_err(store_err)?;
+    if let Some(serial) = &host.cert_serial {
+        let ca = SiteCa::open(&vfarm_auth::ca::ca_dir(data_dir)).map_err(ApiError::from)?;
+        ca.revoke(serial, chrono::Utc::now())
+            .map_err(ApiError::from)?;
+    }
+    Ok(host)
+}
+
+#[utoipa::path(delete, path = "/api/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn remove(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = admin(&who)?;
+    let host = blocking(move || remove_host(&s.store, &s.data_dir, &who.user, &name)).await?;
+    Ok(Json(host).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_names_and_token_hashes() {
+        assert_eq!(
+            common_name("/C=CH/O=Site/CN=node1").as_deref(),
+            Some("node1")
+        );
+        assert_eq!(common_name("/C=CH/O=Site"), None);
+        assert_eq!(token_hash("abc"), token_hash(" abc\n"));
+        assert_ne!(token_hash("abc"), token_hash("abd"));
+        assert_eq!(token_hash("abc").len(), 64);
+    }
+}

@@ -1,0 +1,149 @@
+//! Live migration between nodes, the node's half: the steps the control calls, in order, on
+//! the destination (`incoming`, `finish`) and the source (`source`, `send`, `complete`), each
+//! one request, so the control can undo at every point (`abort`). Admin only: on a node the
+//! one admin is the control's certificate. These routes are the control↔node protocol, not
+//! part of the public API document; users migrate with `POST /api/v1/instances/{ref}/migrate`
+//! on the control.
+//!
+//! The bodies are the driver's serde types, passed through as JSON: this crate stays
+//! independent of the drivers (the binary implements [`MigrationBackend`]).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use vfarm_auth::Identity;
+
+use crate::{blocking, ApiError, AppState, StatusCode};
+
+pub trait MigrationBackend: Send + Sync + 'static {
+    /// Source: what the destination needs (`MigrationSource`).
+    fn source(&self, id: &str, shared_storage: bool) -> Result<Value, ApiError>;
+    /// Destination: start the incoming VM (`Incoming`: where to send).
+    fn prepare(&self, source: Value) -> Result<Value, ApiError>;
+    /// Source: send to `incoming`; the source is paused afterwards (`SendReport`).
+    fn send(&self, id: &str, incoming: Value) -> Result<Value, ApiError>;
+    /// Destination: wait for the run state and record the instance (`row`: the control's).
+    fn finish(&self, id: &str, was_running: bool, row: Value) -> Result<(), ApiError>;
+    /// Destination: remove what `prepare` made.
+    fn abort_incoming(&self, id: &str) -> Result<(), ApiError>;
+    /// Source: end the sent VM and forget it (warnings of what could not be tidied).
+    fn complete(&self, id: &str) -> Result<Vec<String>, ApiError>;
+    /// Source: run on as before.
+    fn abort_outgoing(&self, id: &str) -> Result<(), ApiError>;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SourceRequest {
+    #[serde(default)]
+    pub shared_storage: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FinishRequest {
+    pub was_running: bool,
+    pub row: Value,
+}
+
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn backend(
+    s: &AppState,
+    who: Option<Extension<Identity>>,
+) -> Result<Arc<dyn MigrationBackend>, ApiError> {
+    let who = crate::instances::identity(who)?;
+    if !who.admin {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: "node migrations are for the control service".into(),
+            field: None,
+        });
+    }
+    s.migration.clone().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "host_not_ready",
+        message: "this service is not a node (vfarm node)".into(),
+        field: None,
+    })
+}
+
+pub(crate) async fn source(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(id): Path<String>,
+    body: Body<SourceRequest>,
+) -> Result<Response, ApiError> {
+    let b = backend(&s, who)?;
+    let req = crate::instances::json_body(body)?;
+    let v = blocking(move || b.source(&id, req.shared_storage)).await?;
+    Ok(Json(v).into_response())
+}
+
+pub(crate) async fn prepare(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    body: Body<Value>,
+) -> Result<Response, ApiError> {
+    let b = backend(&s, who)?;
+    let src = crate::instances::json_body(body)?;
+    let v = blocking(move || b.prepare(src)).await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+pub(crate) async fn send(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(id): Path<String>,
+    body: Body<Value>,
+) -> Result<Response, ApiError> {
+    let b = backend(&s, who)?;
+    let incoming = crate::instances::json_body(body)?;
+    let v = blocking(move || b.send(&id, incoming)).await?;
+    Ok(Json(v).into_response())
+}
+
+pub(crate) async fn finish(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(id): Path<String>,
+    body: Body<FinishRequest>,
+) -> Result<Response, ApiError> {
+    let b = backend(&s, who)?;
+    let req = crate::instances::json_body(body)?;
+    blocking(move || b.finish(&id, req.was_running, req.row)).await?;
+    Ok(Json(serde_json::json!({ "finished": true })).into_response())
+}
+
+pub(crate) async fn abort_incoming(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let b = backend(&s, who)?;
+    blocking(move || b.abort_incoming(&id)).await?;
+    Ok(Json(serde_json::json!({ "aborted": true })).into_response())
+}
+
+pub(crate) async fn complete(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let b = backend(&s, who)?;
+    let warnings = blocking(move || b.complete(&id)).await?;
+    Ok(Json(serde_json::json!({ "warnings": warnings })).into_response())
+}
+
+pub(crate) async fn abort_outgoing(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let b = backend(&s, who)?;
+    blocking(move || b.abort_outgoing(&id)).await?;
+    Ok(Json(serde_json::json!({ "aborted": true })).into_response())
+}

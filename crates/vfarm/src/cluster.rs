@@ -1,0 +1,793 @@
+//! Several hosts, the control's side: the instance backend of `vfarm serve` once hosts have
+//! joined. New instances are recorded here (owner, hostname from the pool, quota), placed on
+//! a node by the placement policy inside the transaction that promises the node's share,
+//! and created on that node through its API (mutual TLS: the control's host certificate as
+//! client, the site CA as the only trust). Everything else on a placed instance goes to its
+//! node; the record here follows the node's heartbeats. Instances not placed on a node
+//! (made before any host joined, or by the local CLI) stay with the local backend.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+use vfarm_api::instances::{
+    Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, MigrateRequest,
+    MigrateResult, QuotaView, SnapshotView,
+};
+use vfarm_api::{ApiError, StatusCode};
+use vfarm_auth::Identity;
+use vfarm_core::placement::{self, Candidate, Policy, Ratios, Request};
+use vfarm_store::hosts::HostRow;
+use vfarm_store::instances::{InstanceRow, StateChange};
+use vfarm_store::{Store, StoreError};
+
+use crate::ctx::Ctx;
+use crate::service::Service;
+
+/// A node whose last heartbeat is older than this is down (heartbeats come every 2 s; the
+/// issue's bound is 30 s).
+pub const DOWN_AFTER: Duration = Duration::from_secs(10);
+/// How often the control looks for silent nodes.
+pub const MONITOR_INTERVAL: Duration = Duration::from_secs(2);
+/// A create on a node (image pull, prepare, start) may take this long.
+const NODE_CREATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How the control reaches nodes.
+pub struct NodeClient {
+    http: reqwest::blocking::Client,
+}
+
+impl NodeClient {
+    /// `cert`/`key`: the control's own host certificate (serverAuth + clientAuth);
+    /// `ca`: the site CA certificate every node's certificate chains to.
+    pub fn new(cert: &PathBuf, key: &PathBuf, ca: &PathBuf) -> anyhow::Result<NodeClient> {
+        let mut pem =
+            std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+        pem.extend(std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?);
+        let ca_pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        let http = reqwest::blocking::Client::builder()
+            .identity(reqwest::Identity::from_pem(&pem).context("control certificate")?)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).context("site CA")?)
+            .tls_built_in_root_certs(false)
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(NODE_CREATE_TIMEOUT)
+            .build()?;
+        Ok(NodeClient { http })
+    }
+
+    /// A call to a node's API; a non-2xx answer becomes the node's error (status, code,
+    /// message), an unreachable node `host_unreachable`.
+    pub fn call(
+        &self,
+        host: &HostRow,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::blocking::Response, ApiError> {
+        let url = host
+            .url
+            .as_deref()
+            .ok_or_else(|| unreachable(host, "it never reported"))?;
+        let mut r = self.http.request(method, format!("{url}{path}"));
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let resp = r.send().map_err(|e| unreachable(host, &format!("{e}")))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let v: Value = resp.json().unwrap_or(Value::Null);
+        Err(ApiError {
+            status,
+            code: node_code(v["error"]["code"].as_str().unwrap_or("")),
+            message: format!(
+                "node {}: {}",
+                host.name,
+                v["error"]["message"].as_str().unwrap_or("request failed")
+            ),
+            field: None,
+        })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        host: &HostRow,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ApiError> {
+        self.call(host, method, path, body)?
+            .json()
+            .map_err(|e| ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                code: "node_error",
+                message: format!("node {}: unreadable answer: {e}", host.name),
+                field: None,
+            })
+    }
+}
+
+fn unreachable(host: &HostRow, why: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "host_unreachable",
+        message: format!(
+            "node {} ({}) cannot be reached: {why}",
+            host.name, host.state
+        ),
+        field: None,
+    }
+}
+
+/// The node's error codes that the control passes on as they are; others are `node_error`.
+fn node_code(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "illegal_state",
+        "conflict",
+        "invalid_request",
+        "instance_not_found",
+        "snapshot_not_found",
+        "unsupported",
+        "image_pull_failed",
+        "host_not_ready",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("node_error")
+}
+
+pub struct Cluster {
+    local: Arc<Service>,
+    ctx: Ctx,
+    nodes: NodeClient,
+    policy: Policy,
+    ratios: Ratios,
+    /// Accepted creates waiting for `complete` (the request the node gets).
+    pending: Mutex<HashMap<String, CreateInstance>>,
+}
+
+impl Cluster {
+    pub fn new(
+        ctx: &Ctx,
+        local: Arc<Service>,
+        nodes: NodeClient,
+        policy: Policy,
+        ratios: Ratios,
+    ) -> Cluster {
+        Cluster {
+            local,
+            ctx: Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose),
+            nodes,
+            policy,
+            ratios,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn store(&self) -> Result<Arc<Store>, ApiError> {
+        self.ctx
+            .store()
+            .map_err(|e| ApiError::internal(format!("{e:#}")))
+    }
+
+    /// The caller's instance and the node it is on (`None`: the local backend's).
+    fn placed(
+        &self,
+        who: &Identity,
+        reference: &str,
+    ) -> Result<Option<(InstanceRow, HostRow)>, ApiError> {
+        let store = self.store()?;
+        let row = match store.find_instance(reference) {
+            Ok(r) => r,
+            // The local backend words it (not found, ambiguous).
+            Err(_) => return Ok(None),
+        };
+        if !who.may_access(&row.owner) {
+            return Ok(None);
+        }
+        let Some(name) = store.instance_host(&row.id).map_err(store_err)? else {
+            return Ok(None);
+        };
+        let host = store
+            .host(&name)
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::internal(format!("host {name} of {} is gone", row.id)))?;
+        Ok(Some((row, host)))
+    }
+
+    /// Take over the state the node reports (compare-and-set from what the record says).
+    fn follow(&self, row: &InstanceRow, v: &InstanceView) -> Result<InstanceView, ApiError> {
+        let store = self.store()?;
+        if v.state != row.state {
+            let _ = store.set_instance_state(
+                "vfarm-control",
+                &row.id,
+                &row.state,
+                &v.state,
+                &StateChange {
+                    exit_code: v.exit_code,
+                    error: v.error.as_deref(),
+                    started: v.state == "running",
+                },
+            );
+        }
+        let row = store
+            .instance(&row.id)
+            .map_err(store_err)?
+            .unwrap_or_else(|| row.clone());
+        crate::cmd::instance::view(&store, &row, false)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))
+    }
+
+    /// Destroy a placed instance on its node, then the record (and its holds).
+    pub fn destroy_placed(
+        &self,
+        actor: &str,
+        row: &InstanceRow,
+        host: &HostRow,
+    ) -> Result<(), ApiError> {
+        match self.nodes.call(
+            host,
+            reqwest::Method::DELETE,
+            &format!("/api/v1/instances/{}", row.id),
+            None,
+        ) {
+            Ok(_) => {}
+            Err(e) if e.code == "instance_not_found" => {}
+            Err(e) => return Err(e),
+        }
+        self.store()?
+            .delete_instance(actor, &row.id)
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    fn path(row: &InstanceRow, rest: &str) -> String {
+        format!("/api/v1/instances/{}{rest}", row.id)
+    }
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+/// Hosts as placement sees them.
+pub fn candidates(hosts: &[HostRow]) -> Vec<Candidate> {
+    hosts
+        .iter()
+        .filter(|h| h.state != "pending")
+        .map(|h| {
+            let reason = if h.state != "up" {
+                Some(h.state.clone())
+            } else if h.drained {
+                Some("drained".to_string())
+            } else {
+                None
+            };
+            Candidate {
+                name: h.name.clone(),
+                schedulable: reason.is_none(),
+                unschedulable_reason: reason,
+                features: h.features.clone(),
+                cpus_milli: h.cpus.max(0) as u64 * 1000,
+                memory_mib: h.memory_mib.max(0) as u64,
+                used_cpus_milli: h.used_cpus_milli.max(0) as u64,
+                used_memory_mib: h.used_memory_mib.max(0) as u64,
+            }
+        })
+        .collect()
+}
+
+impl InstanceBackend for Cluster {
+    fn list(&self, who: &Identity) -> Result<Vec<InstanceView>, ApiError> {
+        self.local.list(who)
+    }
+
+    fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ApiError> {
+        let Some((row, host)) = self.placed(who, reference)? else {
+            return self.local.show(who, reference);
+        };
+        if host.state != "up" {
+            // What the control knows (lost) beats an error.
+            return crate::cmd::instance::view(&*self.store()?, &row, true)
+                .map_err(|e| ApiError::internal(format!("{e:#}")));
+        }
+        let mut v: InstanceView =
+            self.nodes
+                .json(&host, reqwest::Method::GET, &Self::path(&row, ""), None)?;
+        self.follow(&row, &v)?;
+        v.host = Some(host.name.clone());
+        v.expires = row.expires.clone();
+        Ok(v)
+    }
+
+    fn create(&self, who: &Identity, mut req: CreateInstance) -> Result<InstanceView, ApiError> {
+        let store = self.store()?;
+        if !store.has_hosts().map_err(store_err)? {
+            if let Some(h) = &req.host {
+                return Err(ApiError::bad_request(
+                    "host",
+                    format!("`{h}`: no host has joined this service (vfarm host add NAME)"),
+                ));
+            }
+            return self.local.create(who, req);
+        }
+        let pinned = req.host.take();
+        let mut forward = req.clone();
+        let v = self.local.create(who, req)?;
+        let row = store
+            .instance(&v.id)
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::internal("the recorded instance vanished"))?;
+        let cpus_milli = forward
+            .cpus
+            .map(|c| (c * 1000.0).round() as u64)
+            .unwrap_or(1000);
+        let memory_mib = forward
+            .memory
+            .as_deref()
+            .and_then(|m| vfarm_core::parse_size(m).ok())
+            .map(|b| b.div_ceil(1 << 20))
+            .unwrap_or(0);
+        let features = vec![row.driver.clone()];
+        let wanted = Request {
+            cpus_milli,
+            memory_mib,
+            features,
+            pinned: pinned.clone(),
+        };
+        let (policy, ratios) = (self.policy, self.ratios);
+        let placed = store.place_instance(&row.id, cpus_milli, memory_mib, |hosts| {
+            placement::choose(&candidates(hosts), &wanted, policy, ratios).map_err(|r| {
+                let (code, field) = if r.unknown_host.is_some() {
+                    ("host_not_found", Some("host"))
+                } else {
+                    ("no_capacity", None)
+                };
+                ApiError {
+                    status: if r.unknown_host.is_some() {
+                        StatusCode::BAD_REQUEST
+                    } else {
+                        StatusCode::CONFLICT
+                    },
+                    code,
+                    message: r.to_string(),
+                    field,
+                }
+            })
+        });
+        let host = match placed {
+            Ok(h) => h,
+            Err(e) => {
+                // Nothing was made anywhere: the record and its holds go.
+                let _ = store.delete_instance("vfarm-control", &row.id);
+                return Err(e);
+            }
+        };
+        forward.id = Some(row.id.clone());
+        forward.owner = Some(row.owner.clone());
+        forward.hostname = Some(row.hostname.clone());
+        forward.image = row.image_id.clone();
+        // Expiry is the control's (its reaper destroys through the node).
+        forward.expiry = None;
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(row.id.clone(), forward);
+        let mut v = crate::cmd::instance::view(&store, &row, false)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        v.host = Some(host);
+        Ok(v)
+    }
+
+    fn complete(&self, id: &str, start: bool) -> Result<InstanceView, ApiError> {
+        let store = self.store()?;
+        let Some(name) = store.instance_host(id).map_err(store_err)? else {
+            return self.local.complete(id, start);
+        };
+        let req = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        let row = store
+            .instance(id)
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::internal(format!("instance {id} vanished")))?;
+        let host = store
+            .host(&name)
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::internal(format!("host {name} vanished")))?;
+        let made = (|| {
+            let mut req = req.ok_or_else(|| {
+                ApiError::internal("the create request was lost (the control restarted)")
+            })?;
+            req.reserve = !start;
+            let body = serde_json::to_value(&req).map_err(|e| ApiError::internal(e.to_string()))?;
+            let began = Instant::now();
+            let v: InstanceView = self.nodes.json(
+                &host,
+                reqwest::Method::POST,
+                "/api/v1/instances?wait=true",
+                Some(&body),
+            )?;
+            tracing::info!(id, host = %host.name, ms = began.elapsed().as_millis() as u64, "created on node");
+            Ok::<_, ApiError>(v)
+        })();
+        match made {
+            Ok(v) => {
+                let mut out = self.follow(&row, &v)?;
+                out.host = Some(host.name);
+                Ok(out)
+            }
+            Err(e) => {
+                // The node may hold a half-made instance: ask it to go, then drop the record.
+                let _ =
+                    self.nodes
+                        .call(&host, reqwest::Method::DELETE, &Self::path(&row, ""), None);
+                let _ = store.delete_instance("vfarm-control", id);
+                Err(e)
+            }
+        }
+    }
+
+    fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ApiError> {
+        let Some((row, host)) = self.placed(who, reference)? else {
+            return self.local.destroy(who, reference);
+        };
+        self.destroy_placed(&who.user, &row, &host)?;
+        Ok(row.id)
+    }
+
+    fn act(
+        &self,
+        who: &Identity,
+        reference: &str,
+        action: Action,
+    ) -> Result<InstanceView, ApiError> {
+        let Some((row, host)) = self.placed(who, reference)? else {
+            return self.local.act(who, reference, action);
+        };
+        let (verb, body) = match action {
+            Action::Start => ("start", None),
+            Action::Stop { force } => ("stop", Some(serde_json::json!({ "force": force }))),
+            Action::Pause => ("pause", None),
+            Action::Resume => ("resume", None),
+        };
+        let v: InstanceView = self.nodes.json(
+            &host,
+            reqwest::Method::POST,
+            &Self::path(&row, &format!("/{verb}")),
+            body.as_ref(),
+        )?;
+        let mut out = self.follow(&row, &v)?;
+        out.host = Some(host.name);
+        Ok(out)
+    }
+
+    fn extend(&self, who: &Identity, reference: &str, by: &str) -> Result<InstanceView, ApiError> {
+        self.local.extend(who, reference, by)
+    }
+
+    fn exec(
+        &self,
+        who: &Identity,
+        reference: &str,
+        req: ExecRequest,
+    ) -> Result<ExecResult, ApiError> {
+        let Some((row, host)) = self.placed(who, reference)? else {
+            return self.local.exec(who, reference, req);
+        };
+        let body = serde_json::to_value(&req).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.nodes.json(
+            &host,
+            reqwest::Method::POST,
+            &Self::path(&row, "/exec"),
+            Some(&body),
+        )
+    }
+
+    fn console(&self, who: &Identity, reference: &str) -> Result<Vec<u8>, ApiError> {
+        let Some((row, host)) = self.placed(who, reference)? else {
+            return self.local.console(who, reference);
+        };
+        let resp = self.nodes.call(
+            &host,
+            reqwest::Method::GET,
+            &Self::path(&row, "/console"),
+            None,
+        )?;
+        resp.bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| unreachable(&host, &e.to_string()))
+    }
+
+    fn snapshots(&self, who: &Identity, reference: &str) -> Result<Vec<SnapshotView>, ApiError> {
+        let Some((row, host)) = self.placed(who, reference)? else {
+            return self.local.snapshots(who, reference);
+        };
+        self.nodes.json(
+            &host,
+            reqwest::Method::GET,
+            &Self::path(&row, "/snapshots"),
+            None,
+        )
+    }
+
+    fn snapshot_create(
+        &self,
+        who: &Identity,
+        reference: &str,
+        name: &str,
+    ) -> Result<SnapshotView, ApiError> {
+        let Some((row, host)) = self.placed(who, reference)? else {
+            return self.local.snapshot_create(who, reference, name);
+        };
+        self.nodes.json(
+            &host,
+            reqwest::Method::POST,
+            &Self::path(&row, "/snapshots"),
+            Some(&serde_json::json!({ "name": name })),
+        )
+    }
+
+    fn snapshot_revert(
+        &self,
+        who: &Identity,
+        reference: &str,
+        name: &str,
+    ) -> Result<InstanceView, ApiError> {
+        let Some((row, host)) = self.placed(who, reference)? else {
+            return self.local.snapshot_revert(who, reference, name);
+        };
+        let v: InstanceView = self.nodes.json(
+            &host,
+            reqwest::Method::POST,
+            &Self::path(&row, &format!("/snapshots/{name}/revert")),
+            None,
+        )?;
+        let mut out = self.follow(&row, &v)?;
+        out.host = Some(host.name);
+        Ok(out)
+    }
+
+    fn snapshot_remove(&self, who: &Identity, reference: &str, name: &str) -> Result<(), ApiError> {
+        let Some((row, host)) = self.placed(who, reference)? else {
+            return self.local.snapshot_remove(who, reference, name);
+        };
+        self.nodes.call(
+            &host,
+            reqwest::Method::DELETE,
+            &Self::path(&row, &format!("/snapshots/{name}")),
+            None,
+        )?;
+        Ok(())
+    }
+
+    fn quota(&self, who: &Identity) -> Result<QuotaView, ApiError> {
+        self.local.quota(who)
+    }
+
+    fn migrate(
+        &self,
+        who: &Identity,
+        reference: &str,
+        req: MigrateRequest,
+    ) -> Result<MigrateResult, ApiError> {
+        let Some((row, src)) = self.placed(who, reference)? else {
+            // Not on a node (or not the caller's): the local backend words the refusal.
+            self.local.show(who, reference)?;
+            return Err(ApiError::bad_request(
+                "instance",
+                format!("instance {reference} runs on the control's own machine, not on a node"),
+            ));
+        };
+        self.migrate_placed(who, &row, &src, &req)
+    }
+}
+
+impl Cluster {
+    /// Live migration of a VM from node `src` to `req.to`: the control drives both nodes'
+    /// halves (source, prepare, send, finish, complete) and undoes what was done when a step
+    /// before the finish fails, so the VM runs on exactly one node at every moment.
+    fn migrate_placed(
+        &self,
+        who: &Identity,
+        row: &InstanceRow,
+        src: &HostRow,
+        req: &MigrateRequest,
+    ) -> Result<MigrateResult, ApiError> {
+        let began = Instant::now();
+        let store = self.store()?;
+        if row.driver != "qemu" {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "unsupported",
+                message: format!(
+                    "instance {} is an oci instance: live migration between nodes is for VMs \
+                     (cold migration of oci instances is not built yet)",
+                    row.id
+                ),
+                field: Some("instance"),
+            });
+        }
+        if !matches!(row.state.as_str(), "running" | "paused") {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: "illegal_state",
+                message: format!(
+                    "instance {} is {}: only a running or paused VM migrates",
+                    row.id, row.state
+                ),
+                field: None,
+            });
+        }
+        let dest = store
+            .host(&req.to)
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "host_not_found",
+                message: format!("no host `{}` (vfarm host ls)", req.to),
+                field: Some("to"),
+            })?;
+        if dest.name == src.name {
+            return Err(ApiError::bad_request(
+                "to",
+                format!("instance {} already runs on {}", row.id, src.name),
+            ));
+        }
+        // The destination must take the VM's share like a new placement would.
+        let (_, cpus_milli, memory_mib) = store
+            .instance_placement(&row.id)
+            .map_err(store_err)?
+            .unwrap_or((src.name.clone(), 1000, 0));
+        let wanted = Request {
+            cpus_milli: cpus_milli.max(0) as u64,
+            memory_mib: memory_mib.max(0) as u64,
+            features: vec!["qemu".into()],
+            pinned: Some(dest.name.clone()),
+        };
+        placement::choose(
+            &candidates(std::slice::from_ref(&dest)),
+            &wanted,
+            self.policy,
+            self.ratios,
+        )
+        .map_err(|r| ApiError {
+            status: StatusCode::CONFLICT,
+            code: "no_capacity",
+            message: r.to_string(),
+            field: Some("to"),
+        })?;
+        let path = |step: &str| format!("/api/v1/node/migrations/{}/{step}", row.id);
+        use reqwest::Method as M;
+        let source: Value = self.nodes.json(
+            src,
+            M::POST,
+            &path("source"),
+            Some(&serde_json::json!({ "shared_storage": req.shared_storage })),
+        )?;
+        let incoming: Value =
+            match self
+                .nodes
+                .json(&dest, M::POST, "/api/v1/node/migrations", Some(&source))
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = self.nodes.call(src, M::POST, &path("abort"), None);
+                    return Err(e);
+                }
+            };
+        let sent: Value = match self
+            .nodes
+            .json(src, M::POST, &path("send"), Some(&incoming))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                // The source recovered itself; the destination's half goes.
+                let _ = self.nodes.call(&dest, M::DELETE, &path("incoming"), None);
+                return Err(e);
+            }
+        };
+        let was_running = sent["was_running"].as_bool().unwrap_or(true);
+        let fin = serde_json::json!({
+            "was_running": was_running,
+            "row": serde_json::to_value(row).map_err(|e| ApiError::internal(e.to_string()))?,
+        });
+        if let Err(e) = self.nodes.call(&dest, M::POST, &path("finish"), Some(&fin)) {
+            // The destination goes first, so the guest never runs twice.
+            let _ = self.nodes.call(&dest, M::DELETE, &path("incoming"), None);
+            let _ = self.nodes.call(src, M::POST, &path("abort"), None);
+            return Err(e);
+        }
+        // The point of no return: the VM runs on the destination only.
+        store
+            .move_instance_host(&who.user, &row.id, &src.name, &dest.name)
+            .map_err(store_err)?;
+        match self
+            .nodes
+            .json::<Value>(src, M::POST, &path("complete"), None)
+        {
+            Ok(v) => {
+                for w in v["warnings"].as_array().into_iter().flatten() {
+                    tracing::warn!(id = %row.id, "after migration: {w}");
+                }
+            }
+            Err(e) => tracing::warn!(id = %row.id, "the source could not tidy up: {}", e.message),
+        }
+        let state = if was_running { "running" } else { "paused" };
+        Ok(MigrateResult {
+            id: row.id.clone(),
+            from: src.name.clone(),
+            to: dest.name.clone(),
+            storage: sent["storage"].as_str().unwrap_or("copied").to_string(),
+            downtime_ms: sent["downtime_ms"].as_u64().unwrap_or(0),
+            total_ms: began.elapsed().as_millis() as u64,
+            ram_bytes: sent["ram_bytes"].as_u64().unwrap_or(0),
+            disk_bytes: sent["disk_bytes"].as_u64().unwrap_or(0),
+            state: state.into(),
+        })
+    }
+}
+
+/// The control's watch over nodes: silent ones go down (their instances `lost`), and
+/// expired placed instances are destroyed through their node. Every round is one
+/// compare-and-set transaction, so several control processes on one database agree.
+pub fn spawn_monitor(ctx: &Ctx, cluster: Arc<Cluster>) {
+    let ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
+    std::thread::spawn(move || loop {
+        if let Err(e) = monitor_once(&ctx, &cluster) {
+            tracing::warn!("host monitor: {e:#}");
+        }
+        std::thread::sleep(MONITOR_INTERVAL);
+    });
+}
+
+fn monitor_once(ctx: &Ctx, cluster: &Cluster) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    let cutoff = (chrono::Utc::now() - chrono::Duration::from_std(DOWN_AFTER)?)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for (host, lost) in store.mark_hosts_down("vfarm-monitor", &cutoff)? {
+        eprintln!(
+            "vfarm: host {host} stopped answering: {} instance(s) lost until it is back",
+            lost.len()
+        );
+    }
+    let placed = store.instance_hosts()?;
+    for row in store.expired_instances(&vfarm_store::now())? {
+        let Some(name) = placed.get(&row.id) else {
+            continue;
+        };
+        let Some(host) = store.host(name)? else {
+            continue;
+        };
+        if host.state != "up" || row.state == "creating" {
+            continue;
+        }
+        match cluster.destroy_placed("vfarm-reaper", &row, &host) {
+            Ok(()) => {
+                let detail = serde_json::json!({
+                    "owner": row.owner, "hostname": row.hostname, "expires": row.expires, "host": name,
+                });
+                let _ = store.audit(
+                    "vfarm-reaper",
+                    "service",
+                    "instance.reap",
+                    &row.id,
+                    "ok",
+                    &detail,
+                );
+            }
+            Err(e) => tracing::warn!("cannot reap {} on {name}: {}", row.id, e.message),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! Live migration between nodes, a node's half: the driver's split migration steps
+//! (`vfarm_driver::qemu::migrate`) behind the node API's migration routes, with the node's
+//! records kept right. The control calls them in order — source, prepare (destination),
+//! send, finish (destination), complete — and undoes with abort at any point before finish.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use serde_json::Value;
+use vfarm_api::migration::MigrationBackend;
+use vfarm_api::{ApiError, StatusCode};
+use vfarm_driver::qemu::{
+    AccelChoice, Incoming, IncomingOptions, MigrationSource, QemuDriver, SendOptions, Storage,
+    SWITCHOVER_TIMEOUT,
+};
+use vfarm_driver::InstanceSpec;
+use vfarm_store::instances::InstanceRow;
+
+use crate::cmd::instance::image_input;
+use crate::ctx::Ctx;
+use crate::service::{Busy, BusyGuard, ImagePuller};
+
+pub struct NodeMigrations {
+    ctx: Ctx,
+    /// This node's address: the destination's QEMU listens on it.
+    listen: IpAddr,
+    puller: ImagePuller,
+    busy: Busy,
+    /// Instances being sent: the watcher leaves them alone until complete or abort.
+    sending: Mutex<HashMap<String, BusyGuard>>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("{e:#}"))
+}
+
+fn driver_err(e: vfarm_driver::DriverError) -> ApiError {
+    let client = matches!(e, vfarm_driver::DriverError::InvalidSpec { .. });
+    let not_found = matches!(e, vfarm_driver::DriverError::NotFound { .. });
+    ApiError {
+        status: if client {
+            StatusCode::BAD_REQUEST
+        } else if not_found {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::CONFLICT
+        },
+        code: if client {
+            "invalid_request"
+        } else if not_found {
+            "instance_not_found"
+        } else {
+            "migration_failed"
+        },
+        message: e.to_string(),
+        field: None,
+    }
+}
+
+impl NodeMigrations {
+    pub fn new(ctx: &Ctx, listen: IpAddr, puller: ImagePuller, busy: Busy) -> NodeMigrations {
+        NodeMigrations {
+            ctx: Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose),
+            listen,
+            puller,
+            busy,
+            sending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn qemu(&self) -> QemuDriver {
+        // The accelerator is each VM's own (in its record); the choice matters to prepare only.
+        QemuDriver::new(&self.ctx.data_dir, AccelChoice::Auto)
+    }
+
+    fn release(&self, id: &str) {
+        self.sending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+}
+
+impl MigrationBackend for NodeMigrations {
+    fn source(&self, id: &str, shared_storage: bool) -> Result<Value, ApiError> {
+        let store = self.ctx.store().map_err(internal)?;
+        if store.instance(id).map_err(internal)?.is_none() {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "instance_not_found",
+                message: format!("instance `{id}` not found on this node"),
+                field: None,
+            });
+        }
+        let storage = if shared_storage {
+            Storage::Shared
+        } else {
+            Storage::Copied
+        };
+        let guard = self.busy.hold(id);
+        let src = self
+            .qemu()
+            .migration_source(id, storage)
+            .map_err(driver_err)?;
+        self.sending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), guard);
+        serde_json::to_value(src).map_err(internal)
+    }
+
+    fn prepare(&self, source: Value) -> Result<Value, ApiError> {
+        let src: MigrationSource = serde_json::from_value(source)
+            .map_err(|e| ApiError::bad_request("source", format!("not a migration source: {e}")))?;
+        let store = self.ctx.store().map_err(internal)?;
+        if store.instance(&src.id).map_err(internal)?.is_some() {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message: format!("this node already has an instance `{}`", src.id),
+                field: None,
+            });
+        }
+        // The destination boots its own copy of the image, fetched from the control.
+        let image_id = src.spec().image.id.clone();
+        (self.puller)(&image_id).map_err(|e| ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            code: "image_pull_failed",
+            message: format!("{e:#}"),
+            field: None,
+        })?;
+        let img = self
+            .ctx
+            .images()
+            .and_then(|r| Ok(r.resolve(&image_id)?))
+            .map_err(internal)?;
+        let incoming = self
+            .qemu()
+            .prepare_incoming(
+                &src,
+                &IncomingOptions {
+                    storage: src.storage,
+                    dest_image: Some(image_input(&img)),
+                    listen: self.listen,
+                },
+            )
+            .map_err(driver_err)?;
+        serde_json::to_value(incoming).map_err(internal)
+    }
+
+    fn send(&self, id: &str, incoming: Value) -> Result<Value, ApiError> {
+        let to: Incoming = serde_json::from_value(incoming)
+            .map_err(|e| ApiError::bad_request("incoming", format!("not an incoming VM: {e}")))?;
+        let report = self.qemu().send_migration(id, &to, &SendOptions::default());
+        match report {
+            Ok(r) => serde_json::to_value(r).map_err(internal),
+            Err(e) => {
+                // The driver let the source run on as before.
+                self.release(id);
+                Err(driver_err(e))
+            }
+        }
+    }
+
+    fn finish(&self, id: &str, was_running: bool, row: Value) -> Result<(), ApiError> {
+        let mut row: InstanceRow = serde_json::from_value(row)
+            .map_err(|e| ApiError::bad_request("row", format!("not an instance record: {e}")))?;
+        if row.id != id {
+            return Err(ApiError::bad_request(
+                "row",
+                "the record is another instance's",
+            ));
+        }
+        let q = self.qemu();
+        q.finish_incoming(id, was_running, SWITCHOVER_TIMEOUT)
+            .map_err(driver_err)?;
+        // The record here: the control's, with this node's image files in the spec.
+        let store = self.ctx.store().map_err(internal)?;
+        let img = self
+            .ctx
+            .images()
+            .and_then(|r| Ok(r.resolve(&row.image_id)?))
+            .map_err(internal)?;
+        let mut spec: InstanceSpec = serde_json::from_str(&row.spec).map_err(internal)?;
+        spec.image = image_input(&img);
+        row.spec = serde_json::to_string(&spec).map_err(internal)?;
+        row.state = if was_running { "running" } else { "paused" }.into();
+        row.updated = vfarm_store::now();
+        store.insert_instance(&row).map_err(internal)?;
+        store
+            .event(
+                "vfarm-node",
+                "instance.migrated_in",
+                id,
+                &serde_json::json!({}),
+            )
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    fn abort_incoming(&self, id: &str) -> Result<(), ApiError> {
+        self.qemu().abort_incoming(id).map_err(driver_err)
+    }
+
+    fn complete(&self, id: &str) -> Result<Vec<String>, ApiError> {
+        let warnings = self.qemu().complete_outgoing(id).map_err(driver_err)?;
+        let store = self.ctx.store().map_err(internal)?;
+        store.delete_instance("vfarm-node", id).map_err(internal)?;
+        self.release(id);
+        Ok(warnings)
+    }
+
+    fn abort_outgoing(&self, id: &str) -> Result<(), ApiError> {
+        let r = self.qemu().abort_outgoing(id).map_err(driver_err);
+        self.release(id);
+        r
+    }
+}
