@@ -123,6 +123,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/node/migrations/{id}/abort",
             post(migration::abort_outgoing),
         )
+        .route(
+            "/api/v1/node/migrations/{id}/upper",
+            get(migration::export_upper).put(migration::put_upper),
+        )
+        .route("/api/v1/node/migrations/import", post(migration::import))
         .route("/api/v1/instances/{ref}/console", get(instances::console))
         .route(
             "/api/v1/instances/{ref}/snapshots",

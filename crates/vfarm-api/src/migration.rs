@@ -34,6 +34,18 @@ pub trait MigrationBackend: Send + Sync + 'static {
     fn complete(&self, id: &str) -> Result<Vec<String>, ApiError>;
     /// Source: run on as before.
     fn abort_outgoing(&self, id: &str) -> Result<(), ApiError>;
+
+    /// Cold migration of an oci instance, source: its writable layer as a tar file (the
+    /// instance is stopped and has no snapshot layers).
+    fn export_upper(&self, id: &str) -> Result<std::path::PathBuf, ApiError>;
+    /// Destination: record and prepare the instance (`row`: the control's) without
+    /// starting it.
+    fn import(&self, row: Value) -> Result<(), ApiError>;
+    /// Destination: the exported layer (a tar file here) becomes the instance's writable
+    /// layer.
+    fn put_upper(&self, id: &str, tar: &std::path::Path) -> Result<(), ApiError>;
+    /// Where a streamed upload may be written (this node's scratch directory).
+    fn scratch(&self) -> std::path::PathBuf;
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -136,6 +148,78 @@ pub(crate) async fn complete(
     let b = backend(&s, who)?;
     let warnings = blocking(move || b.complete(&id)).await?;
     Ok(Json(serde_json::json!({ "warnings": warnings })).into_response())
+}
+
+pub(crate) async fn export_upper(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(id): Path<String>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    use tower::ServiceExt;
+    let b = backend(&s, who)?;
+    let path = blocking(move || b.export_upper(&id)).await?;
+    tower_http::services::ServeFile::new(&path)
+        .oneshot(req)
+        .await
+        .map(|r| r.map(axum::body::Body::new))
+        .map_err(|e| ApiError::internal(format!("cannot serve the layer: {e}")))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImportRequest {
+    pub row: Value,
+}
+
+pub(crate) async fn import(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    body: Body<ImportRequest>,
+) -> Result<Response, ApiError> {
+    let b = backend(&s, who)?;
+    let req = crate::instances::json_body(body)?;
+    blocking(move || b.import(req.row)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "imported": true })),
+    )
+        .into_response())
+}
+
+/// The layer arrives as a stream (it may be large): written to a scratch file first.
+pub(crate) async fn put_upper(
+    State(s): State<AppState>,
+    who: Option<Extension<Identity>>,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let b = backend(&s, who)?;
+    let dir = b.scratch();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::internal(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(format!("upper-in-{}.tar", uuid::Uuid::new_v4()));
+    let mut f = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("body", format!("upload cut: {e}")))?;
+        f.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    }
+    f.flush()
+        .await
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    drop(f);
+    let tar = path.clone();
+    let out = blocking(move || b.put_upper(&id, &tar)).await;
+    let _ = tokio::fs::remove_file(&path).await;
+    out?;
+    Ok(Json(serde_json::json!({ "layer": "in place" })).into_response())
 }
 
 pub(crate) async fn abort_outgoing(

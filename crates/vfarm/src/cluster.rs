@@ -606,19 +606,22 @@ impl Cluster {
     ) -> Result<MigrateResult, ApiError> {
         let began = Instant::now();
         let store = self.store()?;
-        if row.driver != "qemu" {
+        let oci = row.driver == "oci";
+        if oci && req.shared_storage {
+            return Err(ApiError::bad_request(
+                "shared_storage",
+                "an oci instance moves cold: its writable layer is copied",
+            ));
+        }
+        if oci && !matches!(row.state.as_str(), "running" | "created" | "stopped") {
             return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "unsupported",
-                message: format!(
-                    "instance {} is an oci instance: live migration between nodes is for VMs \
-                     (cold migration of oci instances is not built yet)",
-                    row.id
-                ),
-                field: Some("instance"),
+                status: StatusCode::CONFLICT,
+                code: "illegal_state",
+                message: format!("instance {} is {}: it cannot move now", row.id, row.state),
+                field: None,
             });
         }
-        if !matches!(row.state.as_str(), "running" | "paused") {
+        if !oci && !matches!(row.state.as_str(), "running" | "paused") {
             return Err(ApiError {
                 status: StatusCode::CONFLICT,
                 code: "illegal_state",
@@ -652,7 +655,7 @@ impl Cluster {
         let wanted = Request {
             cpus_milli: cpus_milli.max(0) as u64,
             memory_mib: memory_mib.max(0) as u64,
-            features: vec!["qemu".into()],
+            features: vec![row.driver.clone()],
             pinned: Some(dest.name.clone()),
         };
         placement::choose(
@@ -667,6 +670,9 @@ impl Cluster {
             message: r.to_string(),
             field: Some("to"),
         })?;
+        if oci {
+            return self.move_cold(who, row, src, &dest, began);
+        }
         let path = |step: &str| format!("/api/v1/node/migrations/{}/{step}", row.id);
         use reqwest::Method as M;
         let source: Value = self.nodes.json(
@@ -724,6 +730,7 @@ impl Cluster {
             Err(e) => tracing::warn!(id = %row.id, "the source could not tidy up: {}", e.message),
         }
         let state = if was_running { "running" } else { "paused" };
+        self.settle(&row.id, state);
         Ok(MigrateResult {
             id: row.id.clone(),
             from: src.name.clone(),
@@ -734,6 +741,141 @@ impl Cluster {
             ram_bytes: sent["ram_bytes"].as_u64().unwrap_or(0),
             disk_bytes: sent["disk_bytes"].as_u64().unwrap_or(0),
             state: state.into(),
+        })
+    }
+
+    /// After a move the record says what runs at the destination (the source's heartbeats
+    /// may have recorded the pause or stop in between).
+    fn settle(&self, id: &str, state: &str) {
+        let Ok(store) = self.store() else { return };
+        if let Ok(Some(now)) = store.instance(id) {
+            if now.state != state {
+                let _ = store.set_instance_state(
+                    "vfarm-control",
+                    id,
+                    &now.state,
+                    state,
+                    &StateChange::default(),
+                );
+            }
+        }
+    }
+
+    /// Cold migration of an oci instance: stop it, copy its writable layer to the
+    /// destination (which has prepared the same instance on its own copy of the image),
+    /// start it there, destroy it at the source. Until the destination runs it, any failure
+    /// removes the destination's copy and starts the source again.
+    fn move_cold(
+        &self,
+        who: &Identity,
+        row: &InstanceRow,
+        src: &HostRow,
+        dest: &HostRow,
+        began: Instant,
+    ) -> Result<MigrateResult, ApiError> {
+        use reqwest::Method as M;
+        let store = self.store()?;
+        let was_running = row.state == "running";
+        let path = |step: &str| format!("/api/v1/node/migrations/{}/{step}", row.id);
+        let stopped_at = Instant::now();
+        if was_running {
+            self.nodes.call(
+                src,
+                M::POST,
+                &Self::path(row, "/stop"),
+                Some(&serde_json::json!({ "force": false })),
+            )?;
+        }
+        let restart_source = || {
+            if was_running {
+                let _ = self
+                    .nodes
+                    .call(src, M::POST, &Self::path(row, "/start"), None);
+            }
+        };
+        let tmp = self.ctx.data_dir.join("tmp");
+        let layer = (|| {
+            std::fs::create_dir_all(&tmp).map_err(|e| ApiError::internal(e.to_string()))?;
+            let file = tmp.join(format!("upper-{}.tar", row.id));
+            let mut resp = self.nodes.call(src, M::GET, &path("upper"), None)?;
+            let mut f =
+                std::fs::File::create(&file).map_err(|e| ApiError::internal(e.to_string()))?;
+            resp.copy_to(&mut f)
+                .map_err(|e| unreachable(src, &e.to_string()))?;
+            Ok::<_, ApiError>(file)
+        })();
+        let layer = match layer {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self.nodes.call(src, M::POST, &path("abort"), None);
+                restart_source();
+                return Err(e);
+            }
+        };
+        let disk_bytes = std::fs::metadata(&layer).map(|m| m.len()).unwrap_or(0);
+        let mut record = row.clone();
+        record.state = "created".into();
+        let placed = (|| {
+            let body = serde_json::json!({
+                "row": serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?,
+            });
+            self.nodes
+                .call(dest, M::POST, "/api/v1/node/migrations/import", Some(&body))?;
+            let f = std::fs::File::open(&layer).map_err(|e| ApiError::internal(e.to_string()))?;
+            let url = dest.url.as_deref().unwrap_or_default();
+            let resp = self
+                .nodes
+                .http
+                .put(format!("{url}{}", path("upper")))
+                .body(f)
+                .send()
+                .map_err(|e| unreachable(dest, &e.to_string()))?;
+            if !resp.status().is_success() {
+                let v: Value = resp.json().unwrap_or(Value::Null);
+                return Err(ApiError {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: "node_error",
+                    message: format!(
+                        "node {}: {}",
+                        dest.name,
+                        v["error"]["message"]
+                            .as_str()
+                            .unwrap_or("the layer was refused")
+                    ),
+                    field: None,
+                });
+            }
+            if was_running {
+                self.nodes
+                    .call(dest, M::POST, &Self::path(row, "/start"), None)?;
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&layer);
+        if let Err(e) = placed {
+            let _ = self.nodes.call(dest, M::DELETE, &Self::path(row, ""), None);
+            let _ = self.nodes.call(src, M::POST, &path("abort"), None);
+            restart_source();
+            return Err(e);
+        }
+        let downtime_ms = stopped_at.elapsed().as_millis() as u64;
+        store
+            .move_instance_host(&who.user, &row.id, &src.name, &dest.name)
+            .map_err(store_err)?;
+        if let Err(e) = self.nodes.call(src, M::POST, &path("complete"), None) {
+            tracing::warn!(id = %row.id, "the source could not remove its copy: {}", e.message);
+        }
+        self.settle(&row.id, if was_running { "running" } else { "created" });
+        Ok(MigrateResult {
+            id: row.id.clone(),
+            from: src.name.clone(),
+            to: dest.name.clone(),
+            storage: "copied".into(),
+            downtime_ms: if was_running { downtime_ms } else { 0 },
+            total_ms: began.elapsed().as_millis() as u64,
+            ram_bytes: 0,
+            disk_bytes,
+            state: if was_running { "running" } else { "created" }.into(),
         })
     }
 }

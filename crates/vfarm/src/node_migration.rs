@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -204,6 +205,18 @@ impl MigrationBackend for NodeMigrations {
     }
 
     fn complete(&self, id: &str) -> Result<Vec<String>, ApiError> {
+        if std::fs::remove_file(self.outgoing_tar(id)).is_ok() {
+            // An oci instance whose layer moved: destroyed here like any other.
+            self.release(id);
+            let store = self.ctx.store().map_err(internal)?;
+            let Some(row) = store.instance(id).map_err(internal)? else {
+                return Ok(vec![]);
+            };
+            let mut drivers = crate::cmd::instance::Drivers::new(&self.ctx);
+            let driver = drivers.get("oci").map_err(internal)?;
+            crate::cmd::instance::destroy_instance(&store, driver, &row).map_err(internal)?;
+            return Ok(vec![]);
+        }
         let warnings = self.qemu().complete_outgoing(id).map_err(driver_err)?;
         let store = self.ctx.store().map_err(internal)?;
         store.delete_instance("vfarm-node", id).map_err(internal)?;
@@ -212,8 +225,197 @@ impl MigrationBackend for NodeMigrations {
     }
 
     fn abort_outgoing(&self, id: &str) -> Result<(), ApiError> {
-        let r = self.qemu().abort_outgoing(id).map_err(driver_err);
+        // An oci instance's export changed nothing but the tar file; a VM's send is undone.
+        let r = if std::fs::remove_file(self.outgoing_tar(id)).is_ok() {
+            Ok(())
+        } else {
+            self.qemu().abort_outgoing(id).map_err(driver_err)
+        };
         self.release(id);
         r
+    }
+
+    fn export_upper(&self, id: &str) -> Result<PathBuf, ApiError> {
+        let store = self.ctx.store().map_err(internal)?;
+        let row = store
+            .instance(id)
+            .map_err(internal)?
+            .ok_or_else(|| ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "instance_not_found",
+                message: format!("instance `{id}` not found on this node"),
+                field: None,
+            })?;
+        if row.driver != "oci" {
+            return Err(ApiError::bad_request(
+                "instance",
+                format!("instance {id} is not an oci instance"),
+            ));
+        }
+        if matches!(row.state.as_str(), "running" | "paused" | "creating") {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: "illegal_state",
+                message: format!(
+                    "instance {id} is {}: stop it before its layer moves",
+                    row.state
+                ),
+                field: None,
+            });
+        }
+        let snaps = store.snapshots(id).map_err(internal)?;
+        let dir = self.oci_dir(id);
+        let layered = std::fs::read_dir(dir.join("layers"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if !snaps.is_empty() || layered {
+            return Err(ApiError::bad_request(
+                "instance",
+                format!(
+                    "instance {id} has snapshots ({}): only its writable layer moves between \
+                     nodes; remove them first",
+                    snaps
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let tar = self.outgoing_tar(id);
+        if let Some(p) = tar.parent() {
+            std::fs::create_dir_all(p).map_err(internal)?;
+        }
+        // Numeric owners, and the overlay's own xattrs (opaque dirs) and whiteouts (0:0
+        // character devices) kept, so the layer means the same on the other side.
+        let out = std::process::Command::new("tar")
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(dir.join("upper"))
+            .arg(".")
+            .output()
+            .map_err(internal)?;
+        if !out.status.success() {
+            return Err(internal(format!(
+                "tar of the writable layer failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let guard = self.busy.hold(id);
+        self.sending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), guard);
+        Ok(tar)
+    }
+
+    fn import(&self, row: Value) -> Result<(), ApiError> {
+        let mut row: InstanceRow = serde_json::from_value(row)
+            .map_err(|e| ApiError::bad_request("row", format!("not an instance record: {e}")))?;
+        if row.driver != "oci" {
+            return Err(ApiError::bad_request(
+                "row",
+                "only oci instances are imported",
+            ));
+        }
+        let store = self.ctx.store().map_err(internal)?;
+        if store.instance(&row.id).map_err(internal)?.is_some() {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message: format!("this node already has an instance `{}`", row.id),
+                field: None,
+            });
+        }
+        (self.puller)(&row.image_id).map_err(|e| ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            code: "image_pull_failed",
+            message: format!("{e:#}"),
+            field: None,
+        })?;
+        let img = self
+            .ctx
+            .images()
+            .and_then(|r| Ok(r.resolve(&row.image_id)?))
+            .map_err(internal)?;
+        let mut spec: InstanceSpec = serde_json::from_str(&row.spec).map_err(internal)?;
+        spec.image = image_input(&img);
+        row.spec = serde_json::to_string(&spec).map_err(internal)?;
+        row.state = "creating".into();
+        row.exit_code = None;
+        row.error = None;
+        row.updated = vfarm_store::now();
+        store.insert_instance(&row).map_err(internal)?;
+        let mut drivers = crate::cmd::instance::Drivers::new(&self.ctx);
+        let driver = drivers.get("oci").map_err(internal)?;
+        crate::cmd::instance::prepare_recorded(&store, driver, &row, &self.ctx.data_dir)
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    fn put_upper(&self, id: &str, tar: &Path) -> Result<(), ApiError> {
+        let store = self.ctx.store().map_err(internal)?;
+        match store.instance(id).map_err(internal)? {
+            Some(r) if r.state == "created" && r.driver == "oci" => {}
+            Some(r) => {
+                return Err(ApiError {
+                    status: StatusCode::CONFLICT,
+                    code: "illegal_state",
+                    message: format!("instance {id} is {} here: import it first", r.state),
+                    field: None,
+                })
+            }
+            None => {
+                return Err(ApiError {
+                    status: StatusCode::NOT_FOUND,
+                    code: "instance_not_found",
+                    message: format!("instance `{id}` not found on this node"),
+                    field: None,
+                })
+            }
+        }
+        let upper = self.oci_dir(id).join("upper");
+        let out = std::process::Command::new("tar")
+            .args([
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--same-permissions",
+                "-xf",
+            ])
+            .arg(tar)
+            .arg("-C")
+            .arg(&upper)
+            .output()
+            .map_err(internal)?;
+        if !out.status.success() {
+            return Err(ApiError::bad_request(
+                "body",
+                format!(
+                    "the layer does not unpack: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn scratch(&self) -> PathBuf {
+        self.ctx.data_dir.join("tmp")
+    }
+}
+
+impl NodeMigrations {
+    fn oci_dir(&self, id: &str) -> PathBuf {
+        // The layout is the oci driver's (instances/<id>/upper); the runtime does not matter.
+        self.ctx.data_dir.join("instances").join(id)
+    }
+
+    fn outgoing_tar(&self, id: &str) -> PathBuf {
+        self.ctx
+            .data_dir
+            .join("tmp")
+            .join(format!("upper-out-{id}.tar"))
     }
 }

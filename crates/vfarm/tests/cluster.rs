@@ -642,6 +642,64 @@ fn control_and_three_nodes_place_lose_and_readopt() {
         "{o:?}"
     );
 
+    // Cold migration of an oci instance: stopped, its writable layer copied, started on the
+    // other node (node1 has room: one of its instances was destroyed above).
+    let mv = by_host["node2"].iter().next().unwrap().clone();
+    let (st, v) = c.api(
+        reqwest::Method::POST,
+        &format!("/api/v1/instances/{mv}/exec"),
+        Some(json!({"command": ["sh", "-c", "echo moved > /root/marker"]})),
+    );
+    assert_eq!((st, v["exit_code"].as_i64()), (200, Some(0)), "{v}");
+    let (st, v) = c.api(
+        reqwest::Method::POST,
+        &format!("/api/v1/instances/{mv}/migrate"),
+        Some(json!({"to": "node1", "shared_storage": true})),
+    );
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("shared_storage")),
+        "{v}"
+    );
+    let (st, m) = c.api(
+        reqwest::Method::POST,
+        &format!("/api/v1/instances/{mv}/migrate"),
+        Some(json!({"to": "node1"})),
+    );
+    assert_eq!(st, 200, "{m}");
+    eprintln!("oci instance moved node2 -> node1 (cold): {m}");
+    assert_eq!(
+        (m["to"].as_str(), m["state"].as_str()),
+        (Some("node1"), Some("running")),
+        "{m}"
+    );
+    let (st, v) = c.api(
+        reqwest::Method::POST,
+        &format!("/api/v1/instances/{mv}/exec"),
+        Some(json!({"command": ["cat", "/root/marker"]})),
+    );
+    assert_eq!((st, v["stdout"].as_str()), (200, Some("moved\n")), "{v}");
+    assert!(c.node_instances(1).iter().any(|v| v["id"] == mv.as_str()));
+    assert!(!c.node_instances(2).iter().any(|v| v["id"] == mv.as_str()));
+    let shown = c.instances();
+    let row = shown.iter().find(|v| v["id"] == mv.as_str()).unwrap();
+    assert_eq!(
+        (row["host"].as_str(), row["state"].as_str()),
+        (Some("node1"), Some("running"))
+    );
+    // node1 is full again: nothing more moves there.
+    let other = by_host["node2"].iter().find(|i| **i != mv).unwrap();
+    let (st, v) = c.api(
+        reqwest::Method::POST,
+        &format!("/api/v1/instances/{other}/migrate"),
+        Some(json!({"to": "node1"})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("no_capacity")),
+        "{v}"
+    );
+
     // Destroy everything through the control; the nodes end empty.
     for v in c.instances() {
         let id = v["id"].as_str().unwrap();
