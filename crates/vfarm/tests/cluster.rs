@@ -38,10 +38,13 @@ impl Net {
     fn new(nodes: usize) -> Net {
         require("ip");
         require("nsenter");
+        // Names and a /24 of its own per test (several run at once in one process), in a
+        // private range.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let tag = format!("{:x}", pid & 0xfffff);
-        // A /24 of its own per test process, in a private range.
-        let prefix = format!("10.{}.{}", 200 + (pid % 50), (pid / 50) % 250);
+        let tag = format!("{:x}{n}", pid & 0xffff);
+        let prefix = format!("10.{}.{}", 200 + (pid % 50), (pid / 50 + n * 97) % 250);
         let bridge = format!("vfb{tag}");
         let _ = Command::new("ip").args(["link", "del", &bridge]).output();
         ip(&["link", "add", &bridge, "type", "bridge"]);
