@@ -336,6 +336,34 @@ impl Cluster {
     }
 }
 
+/// Whatever a test leaves on the nodes goes with it (pass or fail): the node processes end,
+/// then each node's instances are destroyed through its own data dir.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (node, proc) in &mut self.nodes {
+            drop(proc.take());
+            let ls = node
+                .cmd(&["instance", "ls", "--output", "json"])
+                .env_remove("VFARM_DATABASE")
+                .output();
+            let ids: Vec<String> = ls
+                .ok()
+                .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| v["id"].as_str().map(str::to_string))
+                .collect();
+            for id in ids {
+                let _ = node
+                    .cmd(&["instance", "destroy", &id])
+                    .env_remove("VFARM_DATABASE")
+                    .output();
+            }
+        }
+    }
+}
+
 fn up(h: &Value) -> bool {
     h["state"] == "up"
 }
@@ -721,6 +749,8 @@ fn control_and_three_nodes_place_lose_and_readopt() {
         assert_eq!(hosts[n]["instances"], 0);
         assert_eq!(hosts[n]["used_cpus_milli"], 0);
     }
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The guest's counter through the control (exec forwarded to the VM's node), once it is
@@ -894,4 +924,5 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
         assert!(common::live_qemus(c.nodes[i - 1].0.data.to_str().unwrap()).is_empty());
     }
     drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
 }
