@@ -399,6 +399,8 @@ fn ssh_hostname(info: &SshInfo) -> String {
 #[test]
 fn full_profile_seed_and_ssh_move_with_the_vm() {
     let _one = one_vm_at_a_time();
+    // The image first (a build of minutes on a fresh target dir), then the scratch files.
+    let image = full_image();
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("split-migration-full-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -408,7 +410,7 @@ fn full_profile_seed_and_ssh_move_with_the_vm() {
     let b = QemuDriver::new(&bdir, AccelChoice::Tcg);
     let id = format!("migf-{:x}", std::process::id());
     let key = keygen(&root);
-    let mut spec = spec(&id, full_image());
+    let mut spec = spec(&id, image);
     spec.memory = Some(512 << 20);
     spec.vm = VmSetup {
         profile: BootProfile::Full,

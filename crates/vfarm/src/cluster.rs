@@ -793,7 +793,8 @@ impl Cluster {
                     .call(src, M::POST, &Self::path(row, "/start"), None);
             }
         };
-        let tmp = self.ctx.data_dir.join("tmp");
+        // Not the repository's tmp/: it reaps entries there that no build holds.
+        let tmp = self.ctx.data_dir.join("migrations");
         let layer = (|| {
             std::fs::create_dir_all(&tmp).map_err(|e| ApiError::internal(e.to_string()))?;
             let file = tmp.join(format!("upper-{}.tar", row.id));

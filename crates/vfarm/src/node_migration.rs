@@ -402,7 +402,8 @@ impl MigrationBackend for NodeMigrations {
     }
 
     fn scratch(&self) -> PathBuf {
-        self.ctx.data_dir.join("tmp")
+        // Not the repository's tmp/: it reaps entries there that no build holds.
+        self.ctx.data_dir.join("migrations")
     }
 }
 
@@ -413,9 +414,6 @@ impl NodeMigrations {
     }
 
     fn outgoing_tar(&self, id: &str) -> PathBuf {
-        self.ctx
-            .data_dir
-            .join("tmp")
-            .join(format!("upper-out-{id}.tar"))
+        self.scratch().join(format!("upper-out-{id}.tar"))
     }
 }
