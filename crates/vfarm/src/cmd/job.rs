@@ -1450,7 +1450,14 @@ fn slurm_submit(
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
         }),
     ));
-    for k in ["VFARM_OCI_RUNTIME", "VFARM_ACCEL", "VFARM_LOG"] {
+    // The payload must open the same state store as this process (PostgreSQL included).
+    for k in [
+        "VFARM_OCI_RUNTIME",
+        "VFARM_ACCEL",
+        "VFARM_LOG",
+        "VFARM_DATABASE",
+        "VFARM_DATABASE_SCHEMA",
+    ] {
         if let Ok(v) = std::env::var(k) {
             bj.env.push((k.into(), v));
         }
