@@ -53,7 +53,7 @@ unset VFARM_OUTPUT VFARM_SERVER VFARM_TOKEN VFARM_DATABASE
 
 wait_line() { # FILE PATTERN
   for _ in $(seq 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "cluster.sh: no \`$2\` in $1:" >&2; cat "$1" >&2; exit 1
+  echo "cluster.sh: no \`$2\` in $1:" >&2; cat "$1" "${1%.out}.err" >&2; exit 1
 }
 
 # The network: a bridge here, one namespace per node.

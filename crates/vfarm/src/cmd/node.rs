@@ -97,6 +97,9 @@ pub fn run(ctx: &Ctx, a: NodeArgs) -> Result<i32> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => join(&a, &control, &files)?,
         Err(e) => return Err(e).context(format!("cannot read {}", files.state().display())),
     };
+    // The store is made (and migrated) here, before the heartbeat thread and the service
+    // open it on connections of their own.
+    ctx.store()?;
     let client = client(&files, Duration::from_secs(600))?;
     let url = format!("https://{}", a.listen);
     let beat_client = client.clone();
