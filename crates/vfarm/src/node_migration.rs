@@ -36,6 +36,15 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("{e:#}"))
 }
 
+fn not_here(id: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "instance_not_found",
+        message: format!("instance `{id}` not found on this node"),
+        field: None,
+    }
+}
+
 fn driver_err(e: vfarm_driver::DriverError) -> ApiError {
     let client = matches!(e, vfarm_driver::DriverError::InvalidSpec { .. });
     let not_found = matches!(e, vfarm_driver::DriverError::NotFound { .. });
@@ -87,12 +96,7 @@ impl MigrationBackend for NodeMigrations {
     fn source(&self, id: &str, shared_storage: bool) -> Result<Value, ApiError> {
         let store = self.ctx.store().map_err(internal)?;
         if store.instance(id).map_err(internal)?.is_none() {
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: "instance_not_found",
-                message: format!("instance `{id}` not found on this node"),
-                field: None,
-            });
+            return Err(not_here(id));
         }
         let storage = if shared_storage {
             Storage::Shared
@@ -240,12 +244,7 @@ impl MigrationBackend for NodeMigrations {
         let row = store
             .instance(id)
             .map_err(internal)?
-            .ok_or_else(|| ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: "instance_not_found",
-                message: format!("instance `{id}` not found on this node"),
-                field: None,
-            })?;
+            .ok_or_else(|| not_here(id))?;
         if row.driver != "oci" {
             return Err(ApiError::bad_request(
                 "instance",
@@ -366,14 +365,7 @@ impl MigrationBackend for NodeMigrations {
                     field: None,
                 })
             }
-            None => {
-                return Err(ApiError {
-                    status: StatusCode::NOT_FOUND,
-                    code: "instance_not_found",
-                    message: format!("instance `{id}` not found on this node"),
-                    field: None,
-                })
-            }
+            None => return Err(not_here(id)),
         }
         let upper = self.oci_dir(id).join("upper");
         let out = std::process::Command::new("tar")
