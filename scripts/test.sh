@@ -10,11 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --deps
 failed=()
+# Each step prints its time and the disk left after it: CI's limits are 30 minutes and a
+# disk smaller than a developer's.
 step() {
-  local name=$1
+  local name=$1 t0=$SECONDS
   shift
   echo "== $name"
   "$@" || failed+=("$name")
+  echo "== $name: $((SECONDS - t0)) s; $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
 }
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -202,8 +202,11 @@ const row = (page, name) => page.locator(`[data-testid="instance-row"][data-name
 /** Deploy through the form; return the instance id from the table. */
 async function deploy(page, name, fields = {}) {
   const form = page.getByTestId('deploy-form');
-  const value = await page.getByTestId('deploy-image').evaluate((sel) =>
-    [...sel.options].find((o) => o.textContent.startsWith('minbase'))?.value);
+  // The image list is fetched after the form appears: wait for the option, not just the form.
+  const option = page.getByTestId('deploy-image').locator('option', { hasText: /^minbase/ }).first();
+  await option.waitFor({ state: 'attached', timeout: 15_000 })
+    .catch(() => fail('the deploy form offers no image called minbase'));
+  const value = await option.getAttribute('value');
   check(value, 'the deploy form offers no image called minbase');
   await page.getByTestId('deploy-image').selectOption(value);
   await form.getByLabel('Name', { exact: true }).fill(name);

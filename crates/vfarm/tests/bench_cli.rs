@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{require, tmp, Vf};
+use common::{fresh_dir, require, tmp, Vf};
 
 use serde_json::Value;
 
@@ -20,9 +20,7 @@ fn rows<'a>(report: &'a Value, workload: &str) -> Vec<&'a Value> {
 #[test]
 fn overhead_native_vs_oci_json_checksums_and_chart() {
     require("runc");
-    let data = tmp().join("bench-cli-data");
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).unwrap();
+    let data = fresh_dir("bench-cli-data");
     let vf = Vf::with_minbase(data.clone());
     let chart = data.join("overhead.svg");
     let start = std::time::Instant::now();

@@ -74,6 +74,7 @@ fn fixture() -> &'static Fixture {
             .join(format!("image-farm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
+        common::remove_at_exit(&data);
         let mut args = vec!["image", "build"];
         args.extend_from_slice(BASE_SPEC);
         args.extend(["--output", "json"]);

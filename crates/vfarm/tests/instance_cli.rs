@@ -15,7 +15,9 @@ use serde_json::Value;
 impl Vf {
     /// A data dir with the minbase image imported as `minbase`.
     fn new(name: &str) -> Vf {
-        Vf::with_minbase(tmp().join(name))
+        let data = tmp().join(name);
+        common::remove_at_exit(&data);
+        Vf::with_minbase(data)
     }
 
     /// The data dir shared by most tests (so the image is imported and unpacked once).
@@ -574,6 +576,7 @@ fn files_copy_in_and_out_and_runs_stage_them() {
     let vf = Vf::shared();
     let dir = tmp().join(unique("stage"));
     std::fs::create_dir_all(&dir).unwrap();
+    common::remove_at_exit(&dir);
     let script = dir.join("job.sh");
     std::fs::write(
         &script,

@@ -6,7 +6,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, Once, OnceLock};
 
 /// `vfarm serve` on an ephemeral loopback port, killed on drop.
 pub struct Server {
@@ -215,7 +216,50 @@ pub fn fresh_dir(name: &str) -> PathBuf {
     let dir = tmp().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    remove_at_exit(&dir);
     dir
+}
+
+/// Directories to delete when this test binary exits.
+static AT_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Set by the panic hook: a failing test's data dirs are kept as evidence.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Delete `dir` when this test binary exits, unless a test panicked or `VFARM_KEEP_TEST_DATA`
+/// is set. Shared fixtures (images built once per binary) have no owner to drop them, and a
+/// whole suite's leftovers (several GB of images) filled CI's disk half-way through the run.
+pub fn remove_at_exit(dir: &Path) {
+    static HOOKS: Once = Once::new();
+    HOOKS.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, Ordering::SeqCst);
+            previous(info)
+        }));
+        // The test harness has no "after all tests" hook; `exit` (which ends every test
+        // binary, pass or fail) runs atexit handlers.
+        #[allow(unsafe_code)]
+        // SAFETY: the handler is a plain `extern "C" fn()` that never unwinds: it takes a lock
+        // without unwrapping and ignores every I/O error.
+        let registered = unsafe { libc::atexit(remove_registered) } == 0;
+        assert!(registered, "atexit refused the test data cleanup");
+    });
+    if let Ok(mut dirs) = AT_EXIT.lock() {
+        dirs.push(dir.to_path_buf());
+    }
+}
+
+extern "C" fn remove_registered() {
+    let Ok(dirs) = AT_EXIT.lock() else { return };
+    if PANICKED.load(Ordering::SeqCst) || std::env::var_os("VFARM_KEEP_TEST_DATA").is_some() {
+        for d in dirs.iter().filter(|d| d.exists()) {
+            eprintln!("test data kept: {}", d.display());
+        }
+        return;
+    }
+    for d in dirs.iter() {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
 
 /// Build a bootable bookworm image (`--boot vm`, qcow2) named `name` in `data`, with `extra`
