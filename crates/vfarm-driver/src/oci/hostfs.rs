@@ -11,15 +11,38 @@ use crate::{DriverError, Result};
 
 pub(crate) use crate::record::{io_err, write_atomic};
 
-/// Unpack the image's rootfs tarball into `dest` exactly once per image. Concurrent callers
-/// each unpack into a private temp dir; the first rename wins and the others discard theirs,
-/// so `dest` is either absent or complete.
+/// Unpack the image's rootfs tarball into `dest` exactly once per image, so `dest` is either
+/// absent or complete. One caller unpacks (into a temp dir, renamed into place) while the
+/// others wait on the image's lock file and then find it done: 200 concurrent first creates
+/// once made 200 copies of the tree at the same time and filled the disk.
 pub(crate) fn unpack_rootfs(tar: &Path, dest: &Path, image_id: &str) -> Result<()> {
     if dest.is_dir() {
         return Ok(());
     }
     let parent = dest.parent().expect("rootfs dir has a parent");
     std::fs::create_dir_all(parent).map_err(|e| io_err("unpack", image_id, parent.display(), e))?;
+    let lock_path = parent.join(format!(".lock-{image_id}"));
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io_err("unpack", image_id, lock_path.display(), e))?;
+    // Released when `lock` is dropped, or by the kernel when the holder dies.
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err("unpack", image_id, lock_path.display(), e.into()))?;
+    if dest.is_dir() {
+        return Ok(());
+    }
+    // Temp dirs of this image are a dead unpacker's (nobody else holds the lock).
+    let stale = format!(".unpack-{image_id}-");
+    if let Ok(rd) = std::fs::read_dir(parent) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&stale) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let tmp = parent.join(format!(
         ".unpack-{image_id}-{}",
         uuid::Uuid::new_v4().simple()
@@ -59,11 +82,6 @@ pub(crate) fn unpack_rootfs(tar: &Path, dest: &Path, image_id: &str) -> Result<(
     }
     match std::fs::rename(&tmp, dest) {
         Ok(()) => Ok(()),
-        Err(_) if dest.is_dir() => {
-            // Someone else finished first; theirs is as good as ours.
-            let _ = std::fs::remove_dir_all(&tmp);
-            Ok(())
-        }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(io_err("unpack", image_id, dest.display(), e))
@@ -135,12 +153,17 @@ pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
+    // mountinfo holds absolute, resolved paths; a relative data dir (`--data-dir ./d`)
+    // matched none of them and left the instance's overlay mounted.
+    let dir = std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
     let mut found: Vec<PathBuf> = text
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(unescape_mountinfo)
         .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
+        .filter(|p| p.starts_with(&dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found.dedup();
@@ -238,5 +261,67 @@ mod tests {
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+    }
+
+    /// While one unpacker holds the image's lock, the others wait without unpacking (no
+    /// temp trees pile up); then exactly one tree is in place, a dead unpacker's leftover is
+    /// gone, and nothing else is left.
+    #[test]
+    fn concurrent_unpacks_of_one_image_wait_for_the_first() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).unwrap();
+        std::fs::write(src.join("etc/os-release"), "ID=test\n").unwrap();
+        let tar = t.path().join("rootfs.tar");
+        let st = Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .expect("tar is installed");
+        assert!(st.success());
+        let parent = t.path().join("rootfs");
+        std::fs::create_dir_all(parent.join(".unpack-img1-deadbeef")).unwrap();
+        let dest = parent.join("img1");
+        // Hold the lock as a first unpacker would.
+        let held = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(parent.join(".lock-img1"))
+            .unwrap();
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let (tar, dest) = (tar.clone(), dest.clone());
+                std::thread::spawn(move || unpack_rootfs(&tar, &dest, "img1"))
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let temps = |p: &Path| -> Vec<String> {
+            std::fs::read_dir(p)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".unpack-"))
+                .collect()
+        };
+        assert_eq!(
+            temps(&parent),
+            [".unpack-img1-deadbeef"],
+            "unpacked without the lock"
+        );
+        assert!(!dest.exists());
+        drop(held);
+        for w in waiters {
+            w.join().unwrap().unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(dest.join("etc/os-release")).unwrap(),
+            "ID=test\n"
+        );
+        assert!(temps(&parent).is_empty(), "{:?}", temps(&parent));
     }
 }
