@@ -273,6 +273,16 @@ impl Repository {
         self.store.image(id)?.map(|r| self.to_image(r)).transpose()
     }
 
+    /// The image `id` if its files are in this repository. Several services sharing one
+    /// database each have a repository of their own: a record another one made says nothing
+    /// about this data dir, so a build or import makes the files here (same id, same record).
+    fn get_here(&self, id: &str) -> Result<Option<Image>> {
+        if !self.images.join(id).is_dir() {
+            return Ok(None);
+        }
+        self.get(id)
+    }
+
     pub fn list(&self) -> Result<Vec<Image>> {
         self.store
             .images()?
@@ -328,7 +338,7 @@ impl Repository {
         let t0 = Instant::now();
         let id = req.spec.id();
         let _lock = self.lock(&format!("image-{id}"), on)?;
-        if let Some(img) = self.get(&id)? {
+        if let Some(img) = self.get_here(&id)? {
             let missing = missing_formats(&img, req);
             if missing.is_empty() {
                 let image = self.set_name(img, req.name.as_deref())?;
@@ -776,7 +786,7 @@ impl Repository {
             serde_json::json!({ "v": 1, "origin": origin, "format": format, "sha512": sha512 });
         let id = hex::encode(Sha256::digest(canon.to_string().as_bytes()));
         let _lock = self.lock(&format!("image-{id}"), &mut |_| {})?;
-        if let Some(img) = self.get(&id)? {
+        if let Some(img) = self.get_here(&id)? {
             let image = self.set_name(img, opts.name.as_deref())?;
             return Ok(BuildOutcome {
                 image,

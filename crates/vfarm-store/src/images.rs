@@ -250,8 +250,8 @@ impl Store {
 
     pub fn insert_build(&self, b: &BuildRow) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO builds(id, image_id, spec, started, ended, status, error, log) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
-            params![b.id, b.image_id, b.spec, b.started, b.ended, b.status, b.error, b.log],
+            "INSERT INTO builds(id, image_id, spec, started, ended, status, error, log, origin) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+            params![b.id, b.image_id, b.spec, b.started, b.ended, b.status, b.error, b.log, self.origin()],
         )?;
         Ok(())
     }
@@ -266,8 +266,12 @@ impl Store {
 
     /// Builds still marked running whose process is gone are marked interrupted by the caller
     /// (which knows about locks); this lists them.
+    /// Builds of this store's origin still marked running (another service's builds run in
+    /// its own data dir, which this one cannot see).
     pub fn running_builds(&self) -> Result<Vec<BuildRow>> {
-        self.builds_where("status = 'running'", &[])
+        let (ours, arg) = self.ours("origin", 1);
+        let args: Vec<Value> = arg.into_iter().collect();
+        self.builds_where(&format!("status = 'running' AND {ours}"), &args)
     }
 
     /// Latest build of an image id or of an id prefix (failed builds have no image record, so
@@ -307,8 +311,8 @@ impl Store {
     pub fn create_operation(&self, id: &str, kind: &str, target: Option<&str>) -> Result<()> {
         let t = now();
         self.conn().execute(
-            "INSERT INTO operations(id, kind, status, target, created, updated) VALUES (?1,?2,'running',?3,?4,?4)",
-            params![id, kind, target, t],
+            "INSERT INTO operations(id, kind, status, target, created, updated, origin) VALUES (?1,?2,'running',?3,?4,?4,?5)",
+            params![id, kind, target, t, self.origin()],
         )?;
         Ok(())
     }
@@ -327,21 +331,28 @@ impl Store {
         Ok(())
     }
 
-    /// Operations left running by a process that died are failed on startup.
-    /// Ids and targets of the operations of `kind` still marked running.
+    /// Ids and targets of this origin's operations of `kind` still marked running.
     pub fn running_operations(&self, kind: &str) -> Result<Vec<(String, Option<String>)>> {
+        let (ours, arg) = self.ours("origin", 2);
+        let mut args = vec![Value::from(kind)];
+        args.extend(arg);
         let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT id, target FROM operations WHERE status = 'running' AND kind = ?1 ORDER BY created",
-        )?;
-        let rows = st.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut st = conn.prepare(&format!(
+            "SELECT id, target FROM operations WHERE status = 'running' AND kind = ?1 AND {ours} ORDER BY created"
+        ))?;
+        let rows = st.query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect::<Result<_>>()
     }
 
+    /// Operations left running by a process of this origin that died are failed on startup
+    /// (another service's are its own, and may be under way).
     pub fn fail_stale_operations(&self, reason: &str) -> Result<usize> {
+        let (ours, arg) = self.ours("origin", 3);
+        let mut args = vec![Value::from(reason), Value::from(now())];
+        args.extend(arg);
         self.conn().execute(
-            "UPDATE operations SET status = 'failed', error = ?1, updated = ?2 WHERE status = 'running'",
-            params![reason, now()],
+            &format!("UPDATE operations SET status = 'failed', error = ?1, updated = ?2 WHERE status = 'running' AND {ours}"),
+            args,
         )
     }
 
@@ -389,7 +400,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn img(id: &str, name: Option<&str>) -> ImageRow {
@@ -474,20 +485,25 @@ mod tests {
         }
     }
 
+    /// A running build of image `image_id`.
+    pub(crate) fn build(id: &str, image_id: &str) -> BuildRow {
+        BuildRow {
+            id: id.into(),
+            image_id: image_id.into(),
+            spec: "{}".into(),
+            started: now(),
+            ended: None,
+            status: "running".into(),
+            error: None,
+            log: "/tmp/l".into(),
+        }
+    }
+
     #[test]
     fn builds_and_operations() {
         for db in crate::testing::TestDb::all() {
             let s = db.open();
-            let b = BuildRow {
-                id: "b1".into(),
-                image_id: "ffff0001".into(),
-                spec: "{}".into(),
-                started: now(),
-                ended: None,
-                status: "running".into(),
-                error: None,
-                log: "/tmp/l".into(),
-            };
+            let b = build("b1", "ffff0001");
             s.insert_build(&b).unwrap();
             assert_eq!(s.running_builds().unwrap().len(), 1);
             s.finish_build("b1", "failed", Some("boom")).unwrap();

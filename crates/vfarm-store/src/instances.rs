@@ -65,7 +65,7 @@ pub struct StateChange<'a> {
     pub started: bool,
 }
 
-fn insert(conn: &Db<'_>, i: &InstanceRow) -> Result<()> {
+fn insert(conn: &Db<'_>, i: &InstanceRow, origin: Option<&str>) -> Result<()> {
     if let Some(name) = &i.name {
         let holder: Option<String> = optional(conn.query_row(
             "SELECT id FROM instances WHERE name = ?1",
@@ -81,7 +81,7 @@ fn insert(conn: &Db<'_>, i: &InstanceRow) -> Result<()> {
     }
     conn.execute(
         &format!(
-            "INSERT INTO instances({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
+            "INSERT INTO instances({COLS}, origin) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)"
         ),
         params![
             i.id,
@@ -97,17 +97,19 @@ fn insert(conn: &Db<'_>, i: &InstanceRow) -> Result<()> {
             i.started,
             i.expires,
             i.updated,
-            i.error
+            i.error,
+            origin
         ],
     )?;
     Ok(())
 }
 
 impl Store {
-    /// Record a new instance (and an `instance.create` event). Names are unique.
+    /// Record a new instance (and an `instance.create` event), as this store's origin's.
+    /// Names are unique.
     pub fn insert_instance(&self, i: &InstanceRow) -> Result<()> {
         self.tx(|tx| {
-            insert(tx, i)?;
+            insert(tx, i, self.origin())?;
             append_event(
                 tx,
                 &i.owner,
@@ -116,6 +118,22 @@ impl Store {
                 &serde_json::json!({"name": i.name, "image": i.image_id, "driver": i.driver}),
             )
         })
+    }
+
+    /// The other service that made instance `id` on its own machine, if it was not this
+    /// store's origin: its drivers are there, not here, so only it observes, reconciles,
+    /// reaps and acts on it. `None` for this origin's instances, for rows older than
+    /// origins, and when this store has no origin.
+    pub fn foreign_origin(&self, id: &str) -> Result<Option<String>> {
+        let Some(mine) = self.origin() else {
+            return Ok(None);
+        };
+        let theirs: Option<Option<String>> = optional(self.conn().query_row(
+            "SELECT origin FROM instances WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        ))?;
+        Ok(theirs.flatten().filter(|o| o != mine))
     }
 
     pub fn instance(&self, id: &str) -> Result<Option<InstanceRow>> {
@@ -385,10 +403,10 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn inst(id: &str, name: Option<&str>) -> InstanceRow {
+    pub(crate) fn inst(id: &str, name: Option<&str>) -> InstanceRow {
         InstanceRow {
             id: id.into(),
             name: name.map(Into::into),

@@ -238,15 +238,30 @@ impl Store {
         self.tx(|tx| {
             let t = now();
             let n = tx.execute(
-                "UPDATE jobs SET state = 'starting', claimed = ?2, updated = ?2
+                "UPDATE jobs SET state = 'starting', claimed = ?2, updated = ?2, origin = ?3
                  WHERE id = ?1 AND state = 'queued'",
-                params![id, t],
+                params![id, t, self.origin()],
             )?;
             if n == 1 {
                 job_event(tx, id, "claim", detail)?;
             }
             Ok(n == 1)
         })
+    }
+
+    /// Starting or running jobs that another service claimed: their runners are on its
+    /// machine, so only its dispatcher can tell whether they are alive, and they use its
+    /// capacity, not this one's. Empty when this store has no origin.
+    pub fn jobs_claimed_elsewhere(&self) -> Result<std::collections::HashSet<i64>> {
+        let Some(mine) = self.origin() else {
+            return Ok(Default::default());
+        };
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id FROM jobs WHERE state IN ('starting', 'running') AND origin IS NOT NULL AND origin <> ?1",
+        )?;
+        let ids = st.query_map([mine], |r| r.get(0))?;
+        ids.collect::<Result<_, _>>()
     }
 
     /// A runner takes a claimed job. Only one runner ever registers for a job.
@@ -402,10 +417,10 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn new(store: &Store, owner: &str) -> i64 {
+    pub(crate) fn new(store: &Store, owner: &str) -> i64 {
         store
             .insert_job(&NewJob {
                 name: None,

@@ -27,7 +27,7 @@ use db::{Conn, PgConn};
 
 /// Migrations in order; index + 1 is the schema version after applying it.
 /// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs, 5 auth,
-/// 6 hosts. Each has a PostgreSQL twin in [`PG_MIGRATIONS`] under the same name.
+/// 6 hosts, 7 origins (several services on one database). Each has a PostgreSQL twin in [`PG_MIGRATIONS`] under the same name.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_images", include_str!("../migrations/0001_images.sql")),
     (
@@ -41,6 +41,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_jobs", include_str!("../migrations/0004_jobs.sql")),
     ("0005_auth", include_str!("../migrations/0005_auth.sql")),
     ("0006_hosts", include_str!("../migrations/0006_hosts.sql")),
+    (
+        "0007_origins",
+        include_str!("../migrations/0007_origins.sql"),
+    ),
 ];
 
 /// The same migrations in PostgreSQL's dialect (BIGINT, BYTEA, identity columns, byte-order
@@ -69,6 +73,10 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0006_hosts",
         include_str!("../migrations/postgres/0006_hosts.sql"),
+    ),
+    (
+        "0007_origins",
+        include_str!("../migrations/postgres/0007_origins.sql"),
     ),
 ];
 
@@ -164,6 +172,9 @@ pub struct Store {
     backend: Backend,
     /// PostgreSQL: the advisory lock every transaction takes first (per schema).
     lock_key: i64,
+    /// The service this store speaks for (`<hostname>:<data dir>`), recorded on local
+    /// instances, builds, operations and claimed jobs; `None`: every row is this one's.
+    origin: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -217,6 +228,7 @@ impl Store {
             path,
             backend: Backend::Sqlite,
             lock_key: 0,
+            origin: None,
         };
         store.migrate()?;
         Ok(store)
@@ -248,6 +260,7 @@ impl Store {
             location,
             backend: Backend::Postgres,
             lock_key: advisory_key(schema),
+            origin: None,
         };
         store.migrate()?;
         Ok(store)
@@ -331,6 +344,32 @@ impl Store {
     /// its password and the schema.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Speak for the service `origin` (`<hostname>:<data dir>`): what this store records is
+    /// marked as that service's, and what other services sharing the database marked as
+    /// theirs is left to them (see [`Store::foreign_origin`]).
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Store {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// The service this store speaks for, if set.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// SQL and its parameter that hold for rows of this service (or of none): `col IS NULL OR
+    /// col = ?n`, or `1 = 1` (and no parameter) when no origin is set. `n` is the parameter's
+    /// position.
+    pub(crate) fn ours(&self, col: &str, n: usize) -> (String, Option<Value>) {
+        match &self.origin {
+            Some(o) => (
+                format!("({col} IS NULL OR {col} = ?{n})"),
+                Some(Value::from(o.as_str())),
+            ),
+            None => ("1 = 1".into(), None),
+        }
     }
 
     /// "sqlite" or "postgres" (for `vfarm serve`'s start line).
@@ -508,6 +547,82 @@ pub fn now() -> String {
 mod tests {
     use super::*;
     use crate::testing::TestDb;
+
+    /// Two services on one database: each sees every record, but another's local instances,
+    /// builds, operations and claimed jobs are reported as its, never as this one's to
+    /// reconcile. Rows without an origin (older schemas) stay everyone's.
+    #[test]
+    fn two_origins_on_one_database_keep_to_their_own() {
+        use crate::images::tests::build;
+        use crate::instances::tests::inst;
+        for db in TestDb::all() {
+            let a = db.open().with_origin("hostA:/var/lib/vfarm");
+            let b = db.open().with_origin("hostB:/srv/vfarm");
+            let legacy = db.open();
+            a.insert_instance(&inst("a1", None)).unwrap();
+            b.insert_instance(&inst("b1", None)).unwrap();
+            legacy.insert_instance(&inst("old1", None)).unwrap();
+            assert_eq!(a.instances().unwrap().len(), 3, "{}", db.backend());
+            assert_eq!(a.foreign_origin("a1").unwrap(), None);
+            assert_eq!(
+                a.foreign_origin("b1").unwrap().as_deref(),
+                Some("hostB:/srv/vfarm")
+            );
+            assert_eq!(
+                b.foreign_origin("a1").unwrap().as_deref(),
+                Some("hostA:/var/lib/vfarm")
+            );
+            assert_eq!(a.foreign_origin("old1").unwrap(), None);
+            assert_eq!(legacy.foreign_origin("b1").unwrap(), None);
+
+            a.insert_build(&build("ba", "ffff0a")).unwrap();
+            b.insert_build(&build("bb", "ffff0b")).unwrap();
+            let ids = |s: &Store| -> Vec<String> {
+                s.running_builds()
+                    .unwrap()
+                    .into_iter()
+                    .map(|b| b.id)
+                    .collect()
+            };
+            assert_eq!(ids(&a), ["ba"]);
+            assert_eq!(ids(&b), ["bb"]);
+            assert_eq!(ids(&legacy).len(), 2);
+
+            a.create_operation("oa", "instance.create", Some("a1"))
+                .unwrap();
+            b.create_operation("ob", "instance.create", None).unwrap();
+            assert_eq!(
+                a.running_operations("instance.create").unwrap(),
+                [("oa".to_string(), Some("a1".to_string()))]
+            );
+            // A restarting service fails its own stale operations, not the other's.
+            assert_eq!(a.fail_stale_operations("restart").unwrap(), 1);
+            assert_eq!(b.operation("ob").unwrap().unwrap().status, "running");
+            assert_eq!(a.operation("oa").unwrap().unwrap().status, "failed");
+
+            let (ja, jb) = (
+                crate::jobs::tests::new(&a, "alice"),
+                crate::jobs::tests::new(&a, "alice"),
+            );
+            assert!(a.claim_job(ja, &serde_json::json!({})).unwrap());
+            assert!(b.claim_job(jb, &serde_json::json!({})).unwrap());
+            assert_eq!(
+                a.jobs_claimed_elsewhere()
+                    .unwrap()
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                [jb]
+            );
+            assert_eq!(
+                b.jobs_claimed_elsewhere()
+                    .unwrap()
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                [ja]
+            );
+            assert!(legacy.jobs_claimed_elsewhere().unwrap().is_empty());
+        }
+    }
 
     #[test]
     fn migrates_once_and_reopens() {

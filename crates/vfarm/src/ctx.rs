@@ -47,11 +47,48 @@ impl Ctx {
         }
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create data dir {}", self.data_dir.display()))?;
-        let s = Arc::new(match database() {
+        let s = match database() {
             Some(url) => Store::open_postgres(&url, &self.database_schema())?,
             None => Store::open(&self.data_dir.join("state.db"))?,
-        });
+        };
+        let s = Arc::new(s.with_origin(self.origin()?));
         Ok(self.store.get_or_init(|| s).clone())
+    }
+
+    /// This data dir's name in a shared database: what it records that only this machine can
+    /// act on (local instances, builds, operations, claimed jobs) carries it, and other
+    /// services sharing the database leave such rows alone. Made once, as
+    /// `<hostname>:<data dir>`, and kept in `<data>/origin`, so a renamed host or a moved data
+    /// dir still owns what it made.
+    pub fn origin(&self) -> Result<String> {
+        let file = self.data_dir.join("origin");
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if !text.trim().is_empty() {
+                return Ok(text.trim().to_string());
+            }
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let dir = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        let origin = format!("{host}:{}", dir.display());
+        // Two first commands at once: one file wins, both use what it says.
+        let tmp = self
+            .data_dir
+            .join(format!(".origin-{}", std::process::id()));
+        std::fs::write(&tmp, format!("{origin}\n"))
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let linked = std::fs::hard_link(&tmp, &file);
+        let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = linked {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(e).with_context(|| format!("cannot write {}", file.display()));
+            }
+        }
+        Ok(std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .trim()
+            .to_string())
     }
 
     /// The PostgreSQL schema of this data dir: `VFARM_DATABASE_SCHEMA` (default `vfarm`, the

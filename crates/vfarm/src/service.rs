@@ -157,6 +157,7 @@ fn api_error(e: anyhow::Error) -> ApiError {
     let (code, status) = match inst::classify(&e) {
         Some(("illegal_state", _)) => ("illegal_state", StatusCode::CONFLICT),
         Some(("conflict", _)) => ("conflict", StatusCode::CONFLICT),
+        Some(("instance_elsewhere", _)) => ("instance_elsewhere", StatusCode::CONFLICT),
         Some(("image_revoked", _)) => ("image_revoked", StatusCode::CONFLICT),
         Some(("ambiguous_reference", _)) => ("ambiguous_reference", StatusCode::BAD_REQUEST),
         Some(("unsupported", _)) => ("unsupported", StatusCode::BAD_REQUEST),
@@ -335,7 +336,7 @@ impl InstanceBackend for Service {
             .ok_or_else(|| not_found("instance", id))?;
         let _busy = self.busy.hold(id);
         let mut drivers = Drivers::new(&self.ctx);
-        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         let row =
             inst::prepare_recorded(&store, driver, &row, &self.ctx.data_dir).map_err(api_error)?;
         if start {
@@ -351,7 +352,7 @@ impl InstanceBackend for Service {
     fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ApiError> {
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.ctx);
-        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         inst::destroy_instance(&*self.store()?, driver, &row).map_err(api_error)?;
         Ok(row.id)
     }
@@ -365,7 +366,7 @@ impl InstanceBackend for Service {
         let (row, _busy) = self.take(who, reference)?;
         let store = self.store()?;
         let mut drivers = Drivers::new(&self.ctx);
-        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         match action {
             Action::Start => inst::start_instance(&store, driver, &row),
             Action::Stop { force } => inst::stop_instance(&store, driver, &row, force),
@@ -406,7 +407,7 @@ impl InstanceBackend for Service {
         let row = self.find(who, reference)?;
         inst::check(&row, Event::Exec).map_err(api_error)?;
         let mut drivers = Drivers::new(&self.ctx);
-        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         let exec = driver.exec().ok_or_else(|| {
             api_error(
                 DriverError::Unsupported {
@@ -441,7 +442,7 @@ impl InstanceBackend for Service {
     fn console(&self, who: &Identity, reference: &str) -> Result<Vec<u8>, ApiError> {
         let row = self.find(who, reference)?;
         let mut drivers = Drivers::new(&self.ctx);
-        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         let logs = driver.logs(&row.id).map_err(|e| api_error(e.into()))?;
         let mut paths = vec![logs.stdout.clone()];
         if logs.stderr != logs.stdout {
@@ -480,7 +481,7 @@ impl InstanceBackend for Service {
     ) -> Result<SnapshotView, ApiError> {
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.ctx);
-        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         inst::snapshot_instance(&*self.store()?, driver, &row, name)
             .map(inst::snapshot_view)
             .map_err(api_error)
@@ -495,7 +496,7 @@ impl InstanceBackend for Service {
         let (row, _busy) = self.take(who, reference)?;
         let store = self.store()?;
         let mut drivers = Drivers::new(&self.ctx);
-        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         inst::revert_instance(&store, driver, &row, name).map_err(api_error)?;
         let row = store
             .instance(&row.id)
@@ -507,7 +508,7 @@ impl InstanceBackend for Service {
     fn snapshot_remove(&self, who: &Identity, reference: &str, name: &str) -> Result<(), ApiError> {
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.ctx);
-        let driver = drivers.get(&row.driver).map_err(api_error)?;
+        let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         inst::remove_snapshot(&*self.store()?, driver, &row, name).map_err(api_error)
     }
 
@@ -564,7 +565,8 @@ pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
                 continue;
             }
         };
-        if row.state == State::Creating.as_str() {
+        // Another service sharing the database may be creating it right now.
+        if row.state == State::Creating.as_str() && store.foreign_origin(&row.id)?.is_none() {
             match drivers.get(&row.driver) {
                 Ok(driver) => {
                     let _ = driver.cleanup(&row.id);

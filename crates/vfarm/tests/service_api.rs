@@ -705,7 +705,24 @@ fn killed_mid_burst_the_service_restarts_consistent() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
         .collect();
-    assert_eq!(dirs, ids, "instance directories and records differ");
+    // Every directory has its record, and every record its directory, except a `failed`
+    // one whose destroy the kill cut short after the directory went (the record says so,
+    // and the destroy below finishes it).
+    let failed: HashSet<String> = rows
+        .iter()
+        .filter(|r| r["state"] == "failed")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        dirs.is_subset(&ids),
+        "directories without a record: {:?}",
+        dirs.difference(&ids)
+    );
+    let missing: HashSet<&String> = ids.difference(&dirs).collect();
+    assert!(
+        missing.iter().all(|id| failed.contains(*id)),
+        "records without a directory that are not failed: {missing:?} (failed: {failed:?})"
+    );
     let leases = vf.json(&["instance", "ls"]);
     let hosts: Vec<&str> = leases
         .as_array()
@@ -919,4 +936,229 @@ fn certificate_users_through_the_cli() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&vf.data);
+}
+
+/// `vfarm` with the given data dir and environment; expect success, return stdout.
+fn vfarm_env(data: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .env("VFARM_DATA_DIR", data)
+        .envs(env.iter().copied())
+        .env_remove("VFARM_OUTPUT")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "vfarm {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Pass or fail, what the services of a test left running is destroyed on the way out,
+/// each instance through the data dir that runs it.
+struct DestroyLeft<'a> {
+    dirs: Vec<std::path::PathBuf>,
+    env: &'a [(&'a str, &'a str)],
+}
+
+impl Drop for DestroyLeft<'_> {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let Ok(rd) = std::fs::read_dir(d.join("instances")) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
+                    .env("VFARM_DATA_DIR", d)
+                    .envs(self.env.iter().copied())
+                    .args(["instance", "destroy", &id])
+                    .output();
+            }
+        }
+    }
+}
+
+/// Several hosts: two `vfarm serve` processes, each with its own data dir, share one
+/// PostgreSQL schema. The pool and tokens are common to both; each keeps to its own local
+/// instances (the other's are neither marked lost by its watcher nor touched by its restart
+/// reconciliation), and acting on the other's through it is refused with a code.
+#[test]
+fn two_services_share_one_postgresql() {
+    let url = std::env::var("VFARM_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty() && u != "off")
+        .expect(
+            "two services sharing a database need PostgreSQL: set VFARM_TEST_POSTGRES \
+             (scripts/test.sh sets it; scripts/setup.sh starts the server)",
+        );
+    let schema = format!("t_shared_{}", std::process::id());
+    let env = [
+        ("VFARM_DATABASE", url.as_str()),
+        ("VFARM_DATABASE_SCHEMA", schema.as_str()),
+    ];
+    let root = fresh_dir("svc-shared");
+    let (da, db) = (root.join("a"), root.join("b"));
+    let _left = DestroyLeft {
+        dirs: vec![da.clone(), db.clone()],
+        env: &env,
+    };
+    let tar = common::minbase_tar();
+    for d in [&da, &db] {
+        std::fs::create_dir_all(d).unwrap();
+        // Each service needs the image's files in its own data dir.
+        vfarm_env(
+            d,
+            &env,
+            &[
+                "image",
+                "import",
+                tar.to_str().unwrap(),
+                "--name",
+                "minbase",
+            ],
+        );
+        write_config(d, &pool(4));
+    }
+    let start = |d: &Path| {
+        let cfg = d.join("test-serve.toml");
+        Server::start_env(d, &["--config", cfg.to_str().unwrap()], &env)
+    };
+    let a = start(&da);
+    let mut b = start(&db);
+    // A token made through one service is good at the other: users are in the database.
+    let token = a.token_for("alice");
+    let (alice_a, alice_b) = (
+        Arc::new(User::with_token(&a, &token)),
+        Arc::new(User::with_token(&b, &token)),
+    );
+
+    // Six creates at once, three through each, over one pool of four hostnames.
+    let barrier = Arc::new(Barrier::new(6));
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let u = if i % 2 == 0 { &alice_a } else { &alice_b }.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let r = u.call(
+                    "POST",
+                    "/api/v1/instances?wait=true",
+                    Some(json!({"image": "minbase", "cpus": 0.1, "memory": "64M"})),
+                );
+                (i % 2 == 0, r)
+            })
+        })
+        .collect();
+    let results: Vec<(bool, (u16, Value))> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let made: Vec<(bool, &Value)> = results
+        .iter()
+        .filter(|(_, (s, _))| *s == 201)
+        .map(|(via_a, (_, v))| (*via_a, v))
+        .collect();
+    assert_eq!(made.len(), 4, "{results:?}");
+    for (_, (s, v)) in results.iter().filter(|(_, (s, _))| *s != 201) {
+        assert_eq!(
+            (*s, v["error"]["code"].as_str()),
+            (409, Some("pool_exhausted")),
+            "{v}"
+        );
+    }
+    let hostnames: HashSet<&str> = made
+        .iter()
+        .map(|(_, v)| v["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(hostnames.len(), 4, "a hostname was given twice: {made:?}");
+    let of = |via_a: bool| -> Vec<String> {
+        made.iter()
+            .filter(|(a, _)| *a == via_a)
+            .map(|(_, v)| v["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (ids_a, ids_b) = (of(true), of(false));
+    assert!(
+        !ids_a.is_empty() && !ids_b.is_empty(),
+        "both services made some: {ids_a:?} {ids_b:?}"
+    );
+    eprintln!("through a: {ids_a:?}; through b: {ids_b:?}");
+
+    // Several watcher rounds (every 0.5 s) later, both list all four, all running.
+    let all_running = |u: &User, what: &str| {
+        let v = u.ok("GET", "/api/v1/instances", None);
+        let states: Vec<(String, String)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap().to_string(),
+                    i["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(states.len(), 4, "{what}: {states:?}");
+        assert!(
+            states.iter().all(|(_, s)| s == "running"),
+            "{what}: {states:?}"
+        );
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    all_running(&alice_a, "listed through a");
+    all_running(&alice_b, "listed through b");
+    // Each data dir holds exactly its own service's instances.
+    let dirs = |d: &Path| -> HashSet<String> {
+        std::fs::read_dir(d.join("instances"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(dirs(&da), ids_a.iter().cloned().collect());
+    assert_eq!(dirs(&db), ids_b.iter().cloned().collect());
+
+    // Acting through a on b's instance is refused, naming where it runs.
+    let (s, v) = alice_a.call(
+        "POST",
+        &format!("/api/v1/instances/{}/stop", ids_b[0]),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("instance_elsewhere")),
+        "{v}"
+    );
+    let canon_b = std::fs::canonicalize(&db).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(canon_b.to_str().unwrap()),
+        "{v}"
+    );
+
+    // b killed and restarted: its reconciliation leaves a's instances (and its own) be.
+    b.kill9();
+    let b = start(&db);
+    let alice_b = User::with_token(&b, &token);
+    std::thread::sleep(Duration::from_secs(2));
+    all_running(&alice_a, "after b's restart, through a");
+    all_running(&alice_b, "after b's restart, through b");
+
+    // Each destroys its own; nothing is left anywhere.
+    for id in &ids_a {
+        alice_a.ok("DELETE", &format!("/api/v1/instances/{id}"), None);
+    }
+    for id in &ids_b {
+        alice_b.ok("DELETE", &format!("/api/v1/instances/{id}"), None);
+    }
+    assert!(alice_a.ids().is_empty());
+    assert!(dirs(&da).is_empty() && dirs(&db).is_empty());
+    drop((a, b));
 }

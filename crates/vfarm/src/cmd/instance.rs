@@ -359,6 +359,9 @@ pub fn classify(err: &anyhow::Error) -> Option<(&'static str, u8)> {
     if err.downcast_ref::<ChangedMeanwhile>().is_some() {
         return Some(("conflict", 2));
     }
+    if err.downcast_ref::<Elsewhere>().is_some() || err.downcast_ref::<OnNode>().is_some() {
+        return Some(("instance_elsewhere", 2));
+    }
     if err.downcast_ref::<ImageRevoked>().is_some() {
         return Some(("image_revoked", 2));
     }
@@ -459,6 +462,33 @@ impl<'a> Drivers<'a> {
         }
         Ok(self.made[kind].as_ref())
     }
+
+    /// The driver that acts on `row` here: refused for an instance placed on a node or made
+    /// by another service that shares the database (its drivers are on its machine).
+    pub(crate) fn for_row(&mut self, store: &Store, row: &InstanceRow) -> Result<&dyn Driver> {
+        here(store, row)?;
+        self.get(&row.driver)
+    }
+}
+
+/// Refuse what this machine's drivers cannot reach: an instance on a node, or one that
+/// another service sharing the database runs on its own machine.
+pub(crate) fn here(store: &Store, row: &InstanceRow) -> Result<()> {
+    if let Some(host) = store.instance_host(&row.id)? {
+        return Err(OnNode {
+            id: row.id.clone(),
+            host,
+        }
+        .into());
+    }
+    if let Some(origin) = store.foreign_origin(&row.id)? {
+        return Err(Elsewhere {
+            id: row.id.clone(),
+            origin,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -531,8 +561,9 @@ pub(crate) fn refresh(
     if stored == State::Destroyed || stored == State::Lost {
         return Ok(row);
     }
-    // An instance on a node is that node's to observe; its heartbeats keep the record.
-    if store.instance_host(&row.id)?.is_some() {
+    // An instance on a node is that node's to observe; its heartbeats keep the record. One
+    // that another service sharing the database runs is that service's to observe.
+    if store.instance_host(&row.id)?.is_some() || store.foreign_origin(&row.id)?.is_some() {
         return Ok(row);
     }
     let driver = drivers.get(&row.driver)?;
@@ -1248,6 +1279,15 @@ pub(crate) struct OnNode {
     pub host: String,
 }
 
+/// A local instance of another service that shares the state database (several `vfarm
+/// serve` on one PostgreSQL): it runs on that service's machine, under its data dir.
+#[derive(Debug, thiserror::Error)]
+#[error("instance {id} runs under the service at {origin}: act on it there")]
+pub(crate) struct Elsewhere {
+    pub id: String,
+    pub origin: String,
+}
+
 pub(crate) struct NewInstance {
     pub image: vfarm_image::Image,
     pub name: Option<String>,
@@ -1676,13 +1716,7 @@ pub(crate) fn destroy_instance(
     row: &InstanceRow,
 ) -> Result<()> {
     check(row, Event::Destroy)?;
-    if let Some(host) = store.instance_host(&row.id)? {
-        return Err(OnNode {
-            id: row.id.clone(),
-            host,
-        }
-        .into());
-    }
+    here(store, row)?;
     driver
         .cleanup(&row.id)
         .with_context(|| format!("cannot destroy instance {}", row.id))?;
@@ -1760,7 +1794,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Start { instance } => {
             let row = find(&store, &mut drivers, &instance)?;
-            start_instance(&store, drivers.get(&row.driver)?, &row)?;
+            start_instance(&store, drivers.for_row(&store, &row)?, &row)?;
             report(
                 ctx,
                 &store,
@@ -1771,7 +1805,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Stop { instance, force } => {
             let row = find(&store, &mut drivers, &instance)?;
-            stop_instance(&store, drivers.get(&row.driver)?, &row, force)?;
+            stop_instance(&store, drivers.for_row(&store, &row)?, &row, force)?;
             report(
                 ctx,
                 &store,
@@ -1788,7 +1822,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Destroy { instance } => {
             let row = find(&store, &mut drivers, &instance)?;
-            destroy_instance(&store, drivers.get(&row.driver)?, &row)?;
+            destroy_instance(&store, drivers.for_row(&store, &row)?, &row)?;
             if ctx.json() {
                 ctx.print_json(&serde_json::json!({"id": row.id, "state": "destroyed"}))?;
             } else {
@@ -1807,7 +1841,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                 .iter()
                 .map(|e| vfarm_core::instance::parse_env(e))
                 .collect::<Result<Vec<_>, _>>()?;
-            let driver = drivers.get(&row.driver)?;
+            let driver = drivers.for_row(&store, &row)?;
             let exec = driver.exec().ok_or_else(|| DriverError::Unsupported {
                 driver: driver.kind(),
                 what: "exec".into(),
@@ -1817,7 +1851,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         InstanceCmd::Cp { src, dst } => {
             let (instance, path, host, into) = staging::cp_plan(&src, &dst)?;
             let row = find(&store, &mut drivers, instance)?;
-            let files = staging::files_of(drivers.get(&row.driver)?)?;
+            let files = staging::files_of(drivers.for_row(&store, &row)?)?;
             if into {
                 files.copy_in(&row.id, host, path)?;
             } else {
@@ -1827,14 +1861,14 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Logs { instance } => {
             let row = find(&store, &mut drivers, &instance)?;
-            let logs = drivers.get(&row.driver)?.logs(&row.id)?;
+            let logs = drivers.for_row(&store, &row)?.logs(&row.id)?;
             copy_file(&logs.stdout, &mut std::io::stdout())?;
             copy_file(&logs.stderr, &mut std::io::stderr())?;
             Ok(0)
         }
         InstanceCmd::Console { instance, follow } => {
             let row = find(&store, &mut drivers, &instance)?;
-            console(drivers.get(&row.driver)?, &row.id, follow)?;
+            console(drivers.for_row(&store, &row)?, &row.id, follow)?;
             Ok(0)
         }
         InstanceCmd::Checkpoint { instance, to, stop } => {
@@ -2008,7 +2042,7 @@ fn pause_resume(
     ev: Event,
 ) -> Result<i32> {
     let row = find(store, drivers, instance)?;
-    let to = pause_resume_instance(store, drivers.get(&row.driver)?, &row, ev)?;
+    let to = pause_resume_instance(store, drivers.for_row(store, &row)?, &row, ev)?;
     report(
         ctx,
         store,
@@ -2075,12 +2109,13 @@ pub fn reap_expired(ctx: &Ctx) -> Result<Vec<String>> {
         if row.state == State::Creating.as_str() {
             continue;
         }
-        // Instances on nodes are the control service's to reap (through the node).
-        if store.instance_host(&row.id)?.is_some() {
+        // Instances on nodes are the control service's to reap (through the node), those of
+        // another service sharing the database that service's.
+        if here(&store, &row).is_err() {
             continue;
         }
         let row = refresh(&store, &mut drivers, row.clone()).unwrap_or(row);
-        let driver = drivers.get(&row.driver)?;
+        let driver = drivers.for_row(&store, &row)?;
         match destroy_instance(&store, driver, &row) {
             Ok(()) => {
                 // The audit log says who took it away, and why.
@@ -2117,7 +2152,7 @@ pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
     match cmd {
         SnapshotCmd::Create { instance, name } => {
             let row = find(&store, &mut drivers, &instance)?;
-            let info = snapshot_instance(&store, drivers.get(&row.driver)?, &row, &name)?;
+            let info = snapshot_instance(&store, drivers.for_row(&store, &row)?, &row, &name)?;
             if ctx.json() {
                 ctx.print_json(&store.snapshot(&row.id, &name)?)?;
             } else {
@@ -2145,7 +2180,7 @@ pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
         }
         SnapshotCmd::Revert { instance, name } => {
             let row = find(&store, &mut drivers, &instance)?;
-            revert_instance(&store, drivers.get(&row.driver)?, &row, &name)?;
+            revert_instance(&store, drivers.for_row(&store, &row)?, &row, &name)?;
             report(
                 ctx,
                 &store,
@@ -2156,7 +2191,7 @@ pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
         }
         SnapshotCmd::Rm { instance, name } => {
             let row = store.find_instance(&instance)?;
-            remove_snapshot(&store, drivers.get(&row.driver)?, &row, &name)?;
+            remove_snapshot(&store, drivers.for_row(&store, &row)?, &row, &name)?;
             if ctx.json() {
                 ctx.print_json(
                     &serde_json::json!({"instance": row.id, "snapshot": name, "removed": true}),

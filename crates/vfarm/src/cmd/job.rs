@@ -1614,8 +1614,12 @@ impl Dispatcher {
         let store = ctx.store()?;
         let now = now_ms();
 
-        // Reconcile: claimed jobs whose runner is gone.
-        let active_rows = store.jobs_in(&["starting", "running"])?;
+        // Reconcile: claimed jobs whose runner is gone. Jobs another service sharing the
+        // database claimed are its own: their runners are on its machine, and they use its
+        // capacity.
+        let elsewhere = store.jobs_claimed_elsewhere()?;
+        let mut active_rows = store.jobs_in(&["starting", "running"])?;
+        active_rows.retain(|j| !elsewhere.contains(&j.id));
         let mut active = Vec::new();
         for j in &active_rows {
             let gone = match j.runner_pid {

@@ -14,6 +14,8 @@ pub struct Server {
     child: Child,
     pub base: String,
     data: PathBuf,
+    /// Environment given to the service and to its CLI helpers (`token_for`).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -23,10 +25,20 @@ impl Server {
 
     /// `vfarm serve` with extra arguments (`--admin NAME`, `--config FILE` …).
     pub fn start_with(data: &Path, extra: &[&str]) -> Server {
+        Server::start_env(data, extra, &[])
+    }
+
+    /// `vfarm serve` with extra arguments and environment (e.g. a shared database).
+    pub fn start_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_vfarm"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("VFARM_DATA_DIR", data)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -47,6 +59,7 @@ impl Server {
             child,
             base,
             data: data.to_path_buf(),
+            env,
         }
     }
 
@@ -60,6 +73,7 @@ impl Server {
         let out = Command::new(env!("CARGO_BIN_EXE_vfarm"))
             .args(["token", "create", "--user", user, "--name", "tests"])
             .env("VFARM_DATA_DIR", &self.data)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run vfarm token create");
         assert!(
