@@ -2015,13 +2015,19 @@ fn run_one(ctx: &Ctx, id: i64, in_slurm: bool) -> Result<i32> {
     // `vfarm run` removes its instance unless it keeps it for --keep-on-failure, and the
     // job's hostname is its own: an instance still named so is the kept one. (Its stderr
     // line is not evidence: the job's own stderr goes to the same file.)
-    let kept = kept_instance(&store, id)?;
+    let mut kept = kept_instance(&store, id)?;
     // `vfarm run` reports its own failures (not the command's) as `vfarm: error:`.
     let vfarm_error = stderr_text
         .lines()
         .find(|l| l.starts_with("vfarm: error:"))
         .map(|l| l.trim_start_matches("vfarm: error: ").to_string());
     let cancelled = forwarded || store.job(id)?.cancel_requested;
+    // A cancelled job keeps nothing. A cancel that reaches `vfarm run` while it is still
+    // making its instance can leave that instance behind (seen under load).
+    if cancelled && kept.is_some() {
+        destroy_job_instances(ctx, &store, id);
+        kept = kept_instance(&store, id)?;
+    }
     let (state, reason) = ending(if cancelled {
         JobEvent::Cancel
     } else if code == TIMEOUT_EXIT {
