@@ -406,3 +406,40 @@ def test_events_stream_the_state_changes_of_a_create(plain):
                     removed = True
                     break
         assert removed, "no instance-removed event after destroy"
+
+
+def test_host_inventory_is_for_admins(plain):
+    boss, alice = plain.client("boss"), plain.client("alice")
+    with pytest.raises(VfarmError) as e:
+        alice.hosts()
+    assert e.value.status == 403, repr(e.value)
+    name = unique("node")
+    tok = boss.add_host(name, expires="30m")
+    try:
+        assert tok.name == name and len(tok.token) > 20, tok
+        listed = {h.name: h for h in boss.hosts()}
+        assert listed[name].state == "pending" and listed[name].instances == 0, listed[name]
+        assert boss.drain(name).drained is True
+        assert boss.undrain(name).drained is False
+        assert boss.host(name).token_expires == tok.expires
+    finally:
+        assert boss.remove_host(name).name == name
+    with pytest.raises(VfarmError) as e:
+        boss.host(name)
+    assert e.value.status == 404, repr(e.value)
+    with pytest.raises(VfarmError) as e:
+        boss.add_host("Not A Name!")
+    assert (e.value.status, e.value.field) == (400, "name"), repr(e.value)
+
+
+def test_migrate_without_nodes_names_the_field(plain):
+    c = plain.client("alice")
+    inst = create(c, unique("mig"))
+    try:
+        with pytest.raises(VfarmError) as e:
+            c.migrate(inst.id, to="node9")
+        assert (e.value.status, e.value.field) == (400, "to"), repr(e.value)
+        assert "no nodes" in e.value.message, repr(e.value)
+        assert c.instance(inst.id).state == "running"
+    finally:
+        c.destroy(inst.id)

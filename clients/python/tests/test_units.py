@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from vfarm_client import EventStream, Image, Instance, VfarmError
+from vfarm_client import EventStream, Host, Image, Instance, Migration, VfarmError
 
 
 class FakeResponse(io.BytesIO):
@@ -62,3 +62,17 @@ def test_error_text_names_status_code_and_field():
     assert str(e) == "HTTP 400 invalid_request: memory `lots` is not a size (field `memory`)"
     assert (e.status, e.code, e.field) == (400, "invalid_request", "memory")
     assert str(VfarmError(0, "timeout", "no answer")) == "timeout: no answer"
+
+
+def test_host_and_migration_results():
+    h = Host.from_json(
+        {"name": "node1", "state": "up", "drained": False, "cpus": 2, "features": ["oci", "qemu"],
+         "instances": 3, "used_cpus_milli": 600, "cert_serial": "0a"}
+    )
+    assert (h.name, h.state, h.cpus, h.instances, h.used_cpus_milli) == ("node1", "up", 2, 3, 600)
+    assert h.features == ["oci", "qemu"] and h.extra == {"cert_serial": "0a"}
+    m = Migration.from_json(
+        {"id": "ab12", "from": "node1", "to": "node2", "storage": "copied", "downtime_ms": 14,
+         "total_ms": 920, "ram_bytes": 1, "disk_bytes": 2, "state": "running"}
+    )
+    assert (m.source, m.to, m.downtime_ms, m.storage) == ("node1", "node2", 14, "copied")

@@ -31,8 +31,11 @@ from .models import (
     AuditEntry,
     Event,
     ExecResult,
+    Host,
+    HostToken,
     Image,
     Instance,
+    Migration,
     Operation,
     Quota,
     Snapshot,
@@ -597,6 +600,46 @@ class Client:
     def extend(self, ref: str, by: str) -> Instance:
         """Move the expiry later by a duration such as `2h` or `1d`."""
         return self._action(ref, "extend", {"by": by})
+
+    def migrate(self, ref: str, to: str, shared_storage: bool = False) -> Migration:
+        """Move an instance to node `to` (several hosts): a VM live, an oci instance cold
+        (stopped, its writable layer copied, started). `shared_storage=True`: both nodes open
+        the same disk file instead of copying it."""
+        return Migration.from_json(
+            self._call(
+                "POST",
+                f"{API}/instances/{self._ref(ref)}/migrate",
+                {"to": to, "shared_storage": shared_storage},
+                timeout=LONG_TIMEOUT,
+            )
+        )
+
+    # Hosts (several hosts; admins only)
+
+    def hosts(self) -> List[Host]:
+        """The physical host inventory: capacity, what is placed there, last heartbeat."""
+        return [Host.from_json(h) for h in self._call("GET", f"{API}/hosts")]
+
+    def host(self, name: str) -> Host:
+        return Host.from_json(self._call("GET", f"{API}/hosts/{self._ref(name)}"))
+
+    def add_host(self, name: str, expires: Optional[str] = None) -> HostToken:
+        """A one-time join token for the node `name` (valid 1h unless `expires`, e.g. `2d`)."""
+        body: Dict[str, Any] = {"name": name}
+        if expires is not None:
+            body["expires"] = expires
+        return HostToken.from_json(self._call("POST", f"{API}/hosts", body))
+
+    def drain(self, name: str) -> Host:
+        """No new instances go to `name`; those there stay."""
+        return Host.from_json(self._call("POST", f"{API}/hosts/{self._ref(name)}/drain", {}))
+
+    def undrain(self, name: str) -> Host:
+        return Host.from_json(self._call("POST", f"{API}/hosts/{self._ref(name)}/undrain", {}))
+
+    def remove_host(self, name: str) -> Host:
+        """Remove a host without instances; a joined node's certificate is revoked."""
+        return Host.from_json(self._call("DELETE", f"{API}/hosts/{self._ref(name)}"))
 
     def exec(
         self,

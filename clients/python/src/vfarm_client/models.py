@@ -164,6 +164,7 @@ class Instance:
     profile: Optional[str] = None
     ssh: Any = None
     stats: Any = None
+    host: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -249,3 +250,73 @@ class Event:
         except ValueError:
             data = text
         return Event(event=event or "message", data=data, id=id)
+
+
+@dataclass(frozen=True)
+class Host:
+    """A physical host of the inventory (several hosts): a node that joined, or one with a
+    join token not yet used (`state` pending | up | down). Capacity is what its node reported;
+    `used_*` is what placement promised there."""
+
+    name: str
+    state: str
+    drained: bool = False
+    dn: Optional[str] = None
+    url: Optional[str] = None
+    cpus: int = 0
+    memory_mib: int = 0
+    disk_mib: int = 0
+    features: List[str] = field(default_factory=list)
+    running: int = 0
+    instances: int = 0
+    used_cpus_milli: int = 0
+    used_memory_mib: int = 0
+    lost: int = 0
+    created: Optional[str] = None
+    joined: Optional[str] = None
+    last_heartbeat: Optional[str] = None
+    token_expires: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Host":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class HostToken:
+    """A one-time join token for `vfarm node --token` (shown once)."""
+
+    name: str
+    token: str
+    expires: str
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "HostToken":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What moving an instance between nodes did: a VM live, an oci instance cold."""
+
+    id: str
+    to: str
+    downtime_ms: int
+    total_ms: int
+    storage: Optional[str] = None
+    ram_bytes: int = 0
+    disk_bytes: int = 0
+    state: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Migration":
+        # `from` is a Python keyword: it stays in `extra` and is read through `source`.
+        return _build(cls, data)
+
+    @property
+    def source(self) -> Optional[str]:
+        """The node it left."""
+        return self.extra.get("from")
