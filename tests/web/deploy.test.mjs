@@ -8,8 +8,9 @@
 // next to the field, deploys through the form, sees `running` arrive by Server-Sent Events
 // (no reload) with a pool hostname and her quota, opens the instance page, runs `hostname`
 // in it and destroys it there; bob (another browser context, keyboard only) never sees
-// alice's instances and gets "no such instance" for her id; the admin sees both owners' and
-// loses alice's live when she destroys it. alice then checks a download link and a refused
+// alice's instances and gets "no such instance" for her id; the admin sees both owners', a
+// node added with `vfarm host add` as pending on the hosts page (alice is not offered the
+// page), and loses alice's live when she destroys it. alice then checks a download link and a refused
 // build on the images page and signs out.
 // Then the same data dir is served over TLS with client certificates from a site CA made
 // for the test (`vfarm ca`): carol's browser presents her certificate and lands on the page
@@ -259,6 +260,8 @@ async function main() {
   ].join('\n'));
   run(BIN, ['image', 'import', MINBASE, '--name', 'minbase'], env, 'importing the minbase image');
   log('imported minbase');
+  // A node with a join token, not yet joined: the hosts page lists it as pending.
+  run(BIN, ['host', 'add', 'web-node1'], env, 'adding a pending host');
   const tok = {};
   for (const u of ['alice', 'bob', 'root-admin']) {
     tok[u] = run(BIN, ['token', 'create', '--user', u, '--name', `web-e2e-${u}`], env, `creating a token for ${u}`).trim();
@@ -353,6 +356,20 @@ async function main() {
       `sorting by owner gave ${asc} then ${desc}`);
     log('the admin sees alice and bob (sorted by owner both ways)');
     await shot(admin, '05-admin-all');
+
+    // The host inventory is the admin's: the pending node is listed; users are not offered it.
+    check(!(await alice.getByTestId('nav-hosts').isVisible()), 'alice is offered the hosts page');
+    await admin.getByTestId('nav-hosts').click();
+    const hostRow = admin.locator('[data-testid="host-row"][data-name="web-node1"]');
+    await hostRow.waitFor({ timeout: 15_000 }).catch(() => fail('the hosts page does not list web-node1'));
+    const hostState = await hostRow.getByTestId('host-state').textContent();
+    check(hostState === 'pending', `web-node1 is shown ${JSON.stringify(hostState)}, not pending`);
+    log('the admin sees web-node1 pending on the hosts page');
+    await shot(admin, '05b-admin-hosts');
+    await admin.getByTestId('nav-instances').click();
+    // A control with a site CA (the TLS phase below) places instances on hosts once any is
+    // known: this one never joins, so it goes.
+    run(BIN, ['host', 'rm', 'web-node1'], env, 'removing the pending host');
 
     // alice opens her instance page and destroys it there.
     await alice.getByTestId('instance-link').and(alice.locator(`[href="#/instances/${aliceId}"]`)).click();

@@ -21,6 +21,7 @@ const state = {
   quota: null, // GET /quota: limits and usage of the signed-in owner
   sort: null, // {key, dir} of the instances table; null = newest first
   showAll: false,
+  hosts: null, // GET /hosts (admins): the physical host inventory, null until loaded
 };
 
 // ---------------------------------------------------------------------------------------
@@ -258,6 +259,8 @@ function signedIn(me) {
   $('[data-testid="whoami-user"]').textContent = me.user;
   $('[data-testid="whoami-user"]').title = `signed in by ${me.method}`;
   $('[data-testid="whoami-admin"]').hidden = !me.admin;
+  // The host inventory is the site's, not a user's (the API answers 403 to others).
+  $('[data-testid="nav-hosts"]').hidden = !me.admin;
   // A client certificate or the unix socket cannot be signed out of from the page.
   $('[data-testid="logout"]').hidden = ['client-cert', 'unix-peer'].includes(me.method);
   document.body.dataset.user = me.user;
@@ -473,7 +476,8 @@ function route() {
   const m = hash.match(/^#\/instances\/([^/?]+)/);
   let page = 'instances';
   if (m) renderInstance(decodeURIComponent(m[1]));
-  else if (hash.startsWith('#/images')) { page = 'images'; renderImages(); } else renderInstances();
+  else if (hash.startsWith('#/images')) { page = 'images'; renderImages(); }
+  else if (hash.startsWith('#/hosts')) { page = 'hosts'; renderHosts(); } else renderInstances();
   for (const a of $$('.nav a')) {
     if (a.dataset.route === page) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
@@ -570,7 +574,7 @@ function paintInstances(flash = new Set()) {
     const s = state.sort && state.sort.key === th.dataset.sort ? state.sort.dir : 0;
     if (s) th.setAttribute('aria-sort', s > 0 ? 'ascending' : 'descending'); else th.removeAttribute('aria-sort');
   }
-  const shown = all.filter((i) => !q || [i.name, i.id, i.owner, i.hostname, i.image_name, i.image, i.state, i.driver]
+  const shown = all.filter((i) => !q || [i.name, i.id, i.owner, i.hostname, i.host, i.image_name, i.image, i.state, i.driver]
     .some((v) => v && String(v).toLowerCase().includes(q)));
   // Thousands of rows are no use to a person; the filter finds the rest.
   const limit = state.showAll ? shown.length : PAGE_ROWS;
@@ -579,7 +583,7 @@ function paintInstances(flash = new Set()) {
       h('span', { class: 'id' }, short(i.id))),
     h('td', {}, stateBadge(i.state), i.error ? h('span', { class: 'id', title: i.error }, i.error.slice(0, 40)) : null),
     h('td', { class: 'mono', testid: 'instance-owner' }, i.owner),
-    h('td', { class: 'mono' }, i.hostname || '–'),
+    h('td', { class: 'mono' }, i.hostname || '–', i.host ? h('span', { class: 'id', testid: 'instance-host' }, `on ${i.host}`) : null),
     h('td', {}, imageLabel(i)),
     h('td', {}, h('span', { class: `badge badge-driver-${i.driver}` }, i.driver)),
     h('td', { class: 'num' }, tickCell('uptime', i)),
@@ -919,6 +923,70 @@ function paintDetail() {
 
 // ---------------------------------------------------------------------------------------
 // Images page
+
+// ---------------------------------------------------------------------------------------
+// Hosts page (admins): the vNode host inventory
+
+const HOSTS_REFRESH_MS = 3000;
+let hostsTimer = null;
+
+function renderHosts() {
+  state.detail = null;
+  document.title = 'Hosts · vfarm';
+  if (!state.me.admin) {
+    mount(h('div', { class: 'page-head' }, h('h1', {}, 'Hosts')),
+      h('p', { class: 'panel', testid: 'hosts-denied' }, 'Only site admins see the host inventory.'));
+    return;
+  }
+  mount(
+    h('div', { class: 'page-head' }, h('h1', {}, 'Hosts'),
+      h('span', { class: 'sub' }, 'nodes that joined with a token from ', h('code', {}, 'vfarm host add NAME'))),
+    h('section', { class: 'panel', 'aria-labelledby': 'hosts-h' },
+      h('h2', { id: 'hosts-h' }, 'Inventory', h('span', { class: 'count', testid: 'hosts-summary' })),
+      h('div', { class: 'table-wrap' }, h('table', { testid: 'hosts-table', 'aria-label': 'Hosts' },
+        h('thead', {}, h('tr', {}, ['Host', 'State', 'CPUs used / total', 'Memory used / total', 'Instances', 'Drivers', 'Last heartbeat']
+          .map((c) => h('th', { scope: 'col' }, c)))),
+        h('tbody', {}))),
+      h('p', { class: 'empty', testid: 'hosts-empty', hidden: true },
+        'No hosts: instances run on this service\'s own machine. Add a node with ', h('code', {}, 'vfarm host add NAME'),
+        ' and start ', h('code', {}, 'vfarm node --token …'), ' there.')));
+  paintHosts();
+  loadHosts();
+}
+
+async function loadHosts() {
+  clearTimeout(hostsTimer);
+  if (!$('[data-testid="hosts-table"]')) return; // left the page
+  try {
+    state.hosts = await api('GET', '/hosts');
+    paintHosts();
+  } catch (e) {
+    if (e.status !== 401) notice(`Cannot list hosts: ${e.message}`, 'error');
+  }
+  // Heartbeats change the figures every 2 s; a node that stops answering turns `down`.
+  hostsTimer = setTimeout(loadHosts, HOSTS_REFRESH_MS);
+}
+
+function paintHosts() {
+  const table = $('[data-testid="hosts-table"]');
+  if (!table || !state.hosts) return;
+  const hosts = state.hosts;
+  const up = hosts.filter((x) => x.state === 'up').length;
+  $('[data-testid="hosts-summary"]').textContent = `${hosts.length} total · ${up} up`;
+  $('[data-testid="hosts-empty"]').hidden = hosts.length > 0;
+  table.hidden = hosts.length === 0;
+  const mib = (n) => bytes(n * 1048576);
+  table.tBodies[0].replaceChildren(...hosts.map((x) => h('tr', { testid: 'host-row', 'data-name': x.name, 'data-state': x.state },
+    h('td', {}, h('strong', {}, x.name), x.url ? h('span', { class: 'id' }, x.url) : null),
+    h('td', {}, stateBadge(x.state, 'host-state'), x.drained ? h('span', { class: 'badge', testid: 'host-drained' }, 'drained') : null,
+      x.state === 'pending' && x.token_expires ? h('span', { class: 'id' }, `token until ${when(x.token_expires)}`) : null),
+    h('td', { class: 'num' }, `${(x.used_cpus_milli / 1000).toFixed(1)} / ${x.cpus}`),
+    h('td', { class: 'num' }, `${mib(x.used_memory_mib)} / ${mib(x.memory_mib)}`),
+    h('td', { class: 'num', testid: 'host-instances' }, String(x.instances),
+      x.lost ? h('span', { class: 'id expiry-past' }, `${x.lost} lost`) : null),
+    h('td', {}, (x.features || []).map((f) => h('span', { class: 'badge' }, f))),
+    h('td', { class: 'num' }, x.last_heartbeat ? when(x.last_heartbeat) : '–'))));
+}
 
 function renderImages() {
   state.detail = null;
