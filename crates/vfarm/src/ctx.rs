@@ -16,6 +16,13 @@ pub fn database() -> Option<String> {
         .filter(|u| !u.trim().is_empty())
 }
 
+/// This machine's host name (empty if the kernel does not say).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// `--output`: a table for people, one JSON document for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -67,9 +74,7 @@ impl Ctx {
                 return Ok(text.trim().to_string());
             }
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
+        let host = hostname();
         let dir = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
         let origin = format!("{host}:{}", dir.display());
         // Two first commands at once: one file wins, both use what it says.

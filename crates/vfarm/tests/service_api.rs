@@ -941,23 +941,13 @@ fn certificate_users_through_the_cli() {
     let _ = std::fs::remove_dir_all(&vf.data);
 }
 
-/// `vfarm` with the given data dir and environment; expect success, return stdout.
-fn vfarm_env(data: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
-        .env("VFARM_DATA_DIR", data)
+/// `vfarm ARGS` on a data dir with extra environment (a shared database).
+fn vfarm_env(data: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    common::vfarm_cmd(data)
         .envs(env.iter().copied())
-        .env_remove("VFARM_OUTPUT")
         .args(args)
-        .stdin(std::process::Stdio::null())
         .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "vfarm {args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+        .expect("run vfarm")
 }
 
 /// Pass or fail, what the services of a test left running is destroyed on the way out,
@@ -975,11 +965,7 @@ impl Drop for DestroyLeft<'_> {
             };
             for e in rd.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
-                let _ = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
-                    .env("VFARM_DATA_DIR", d)
-                    .envs(self.env.iter().copied())
-                    .args(["instance", "destroy", &id])
-                    .output();
+                let _ = vfarm_env(d, self.env, &["instance", "destroy", &id]);
             }
         }
     }
@@ -1013,17 +999,14 @@ fn two_services_share_one_postgresql() {
     for d in [&da, &db] {
         std::fs::create_dir_all(d).unwrap();
         // Each service needs the image's files in its own data dir.
-        vfarm_env(
-            d,
-            &env,
-            &[
-                "image",
-                "import",
-                tar.to_str().unwrap(),
-                "--name",
-                "minbase",
-            ],
-        );
+        let import = [
+            "image",
+            "import",
+            tar.to_str().unwrap(),
+            "--name",
+            "minbase",
+        ];
+        common::assert_success(&vfarm_env(d, &env, &import), "image import");
         write_config(d, &pool(4));
     }
     let start = |d: &Path| {

@@ -1390,13 +1390,8 @@ fn slurm_of(cfg: &QueueConfig) -> vfarm_slurm::Slurm {
 }
 
 fn short_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .split('.')
-        .next()
-        .unwrap_or("")
-        .to_string()
+    let host = crate::ctx::hostname();
+    host.split('.').next().unwrap_or("").to_string()
 }
 
 fn slurm_refusal(e: vfarm_slurm::Error) -> anyhow::Error {
