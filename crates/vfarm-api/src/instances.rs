@@ -183,6 +183,10 @@ pub struct CreateInstance {
     /// OpenSSH public keys for the login user (qemu full profile).
     #[serde(default)]
     pub ssh_keys: Vec<String>,
+    /// Admins only (oci): run without a user namespace, so root in the instance is root on
+    /// the host. Every other oci instance maps its ids to its owner's unprivileged range.
+    #[serde(default)]
+    pub privileged: bool,
     /// The main command (default: an idle init that keeps the instance up for exec).
     #[serde(default)]
     pub command: Vec<String>,

@@ -372,9 +372,10 @@ impl Connected<IncomingStream<'_, UnixPeerListener>> for Peer {
 }
 
 /// Bind the unix socket at `path`: a leftover socket file nobody answers on is replaced, one
-/// a running service answers on is refused; anyone may connect (mode 0666), since the kernel
-/// names the caller.
-pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+/// a running service answers on is refused. Only the service's user may connect (0600), or
+/// also the members of `group` (0660): every local caller is a tenant the kernel names, so
+/// the site chooses which local accounts are.
+pub fn bind_unix(path: &Path, group: Option<u32>) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
@@ -392,7 +393,14 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
         std::fs::remove_file(path)?;
     }
     let l = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(l)
 }
 

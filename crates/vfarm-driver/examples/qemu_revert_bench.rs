@@ -129,6 +129,7 @@ fn spec(image: &Path, id: &str, disk: u64) -> R<InstanceSpec> {
         command: Vec::new(),
         network: Network::None,
         user_namespace: false,
+        id_base: 0,
         volatile: false,
         // The fast profile (the default), as `vfarm run` uses.
         vm: Default::default(),

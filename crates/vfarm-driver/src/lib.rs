@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub mod idmap;
 pub mod oci;
 pub mod process;
 pub mod qemu;
@@ -131,6 +132,11 @@ pub struct InstanceSpec {
     pub network: Network,
     /// Run inside a user namespace (root in the instance is not root on the host).
     pub user_namespace: bool,
+    /// With `user_namespace`: the host id that uid and gid 0 map to, 65,536 ids from it
+    /// (`idmap::base_for` the owner). 0 maps ids to themselves, as records made before ranges
+    /// existed do: the namespace then confines capabilities but not file ownership.
+    #[serde(default)]
+    pub id_base: u32,
     /// The instance's filesystem need not survive a host crash (disposable runs): its writes
     /// are never flushed (fsync inside is a no-op), so start, stop, revert and destroy do not
     /// wait for the host's dirty data. Durable instances leave this off.

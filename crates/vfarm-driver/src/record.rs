@@ -68,6 +68,18 @@ mod libc_codes {
 }
 
 /// Write `data` to `path` so readers see the old or the new content, never a torn file.
+/// Take an exclusive `flock` on the file at `path` (made if missing); released when the
+/// returned file is dropped, or by the kernel when the holder dies.
+pub(crate) fn lock_file(path: &Path) -> io::Result<std::fs::File> {
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(f)
+}
+
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, data)?;

@@ -515,3 +515,119 @@ fn user_namespace_on_request() {
     let map: Vec<String> = i.stdout().split_whitespace().map(str::to_string).collect();
     assert_eq!(map, ["0", "0", "65536"], "own user namespace expected");
 }
+
+/// Runs `argv` on the host as `nobody`, with no capabilities; returns (exit code, stdout).
+fn as_nobody(argv: &[&str]) -> (i32, String) {
+    // Through a shell, so that even the program's path is looked up as nobody.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+            "sh",
+            "-c",
+            "exec \"$@\"",
+            "sh",
+        ])
+        .args(argv)
+        .output()
+        .expect("setpriv (util-linux) must be installed");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+/// Issue 15, finding 1: root in an instance with an id range is an unprivileged host user, a
+/// set-uid file made inside gives nobody on the host root, and seccomp is on.
+#[test]
+fn user_namespace_with_a_range_is_unprivileged_on_the_host() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = driver();
+    let base = vfarm_driver::idmap::base_for(&data_dir(), "tenant-a").unwrap();
+    assert!(base >= 1 << 20);
+    let mut s = spec(
+        &unique_id("userns-range"),
+        &[
+            "sh",
+            "-c",
+            "cp /usr/bin/id /tmp/suid-id && chmod 4755 /tmp/suid-id && cat /proc/self/uid_map \
+             && grep Seccomp: /proc/self/status && id -u && stat -c %u /etc/passwd \
+             && (unshare -U true 2>/dev/null; echo unshare=$?) && touch /root/mine \
+             && echo ready && sleep 60",
+        ],
+    );
+    s.user_namespace = true;
+    s.id_base = base;
+    let i = Inst::new(&d, &s);
+    d.start(&i.id).unwrap();
+    let begun = Instant::now();
+    while !i.stdout().contains("ready") {
+        assert!(
+            begun.elapsed() < Duration::from_secs(30),
+            "instance never got ready; stdout: {} stderr: {}",
+            i.stdout(),
+            i.stderr()
+        );
+        if let Observed::Exited { code } = d.observe(&i.id).unwrap() {
+            panic!(
+                "exited {code}; stdout: {} stderr: {}",
+                i.stdout(),
+                i.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = i.stdout();
+    let lines: Vec<&str> = out.lines().collect();
+    let map: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(map, ["0", &base.to_string(), "65536"], "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["Seccomp:", "2"]
+    );
+    assert_eq!(lines[2], "0", "root inside");
+    assert_eq!(lines[3], "0", "the image's files are root's inside: {out}");
+    assert_ne!(lines[4], "unshare=0", "a nested user namespace was allowed");
+
+    // From the host: the instance's processes run as the range's first id, not as root.
+    let pid = std::fs::read_to_string(d.instance_dir(&i.id).join("run/container.pid")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let uids: Vec<u32> = uid_line
+        .split_whitespace()
+        .skip(1)
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert_eq!(uids, [base; 4], "{uid_line}");
+
+    // The set-uid copy belongs to the range on the host, not to root.
+    let dir = d.instance_dir(&i.id);
+    let upper_copy = dir.join("upper/tmp/suid-id");
+    let meta = std::fs::metadata(&upper_copy).unwrap();
+    assert_eq!(meta.uid(), base);
+    assert_eq!(meta.mode() & 0o4000, 0o4000, "made set-uid inside");
+    assert_eq!(
+        std::fs::metadata(dir.join("upper/root/mine"))
+            .unwrap()
+            .uid(),
+        base
+    );
+    // Nobody on the host even reaches the instance's files.
+    let (code, _) = as_nobody(&["stat", upper_copy.to_str().unwrap()]);
+    assert_ne!(code, 0, "nobody reached {}", upper_copy.display());
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    // Opened up on purpose: still no root, through the upper dir (set-uid to the range) nor
+    // through the mounted root (nosuid).
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let (_, via_upper) = as_nobody(&[upper_copy.to_str().unwrap(), "-u"]);
+    let mounted = dir.join("bundle/rootfs/tmp/suid-id");
+    let (_, via_mount) = as_nobody(&[mounted.to_str().unwrap(), "-u"]);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(via_upper, base.to_string());
+    assert_eq!(via_mount, "65534", "the overlay mount must be nosuid");
+    d.stop(&i.id, StopMode::Kill).unwrap();
+}

@@ -59,6 +59,7 @@ fn spec(id: &str) -> InstanceSpec {
         command: vec![],
         network: Network::None,
         user_namespace: false,
+        id_base: 0,
         volatile: false,
         vm: Default::default(),
     }

@@ -77,6 +77,7 @@ fn spec(id: &str, image: &ImageInput) -> InstanceSpec {
         command: vec![],
         network: Network::None,
         user_namespace: false,
+        id_base: 0,
         volatile: false,
         vm: Default::default(),
     }

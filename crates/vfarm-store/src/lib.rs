@@ -92,6 +92,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot create the state store {path} with mode 0600")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// `url` never contains the password.
     #[error("cannot connect to the PostgreSQL state store {url}: {}", pg_message(.source))]
     OpenPostgres {
@@ -146,7 +152,9 @@ impl StoreError {
     pub fn code(&self) -> &'static str {
         match self {
             StoreError::Sqlite(_) | StoreError::Postgres(_) => "store_error",
-            StoreError::Open { .. } | StoreError::OpenPostgres { .. } => "store_unavailable",
+            StoreError::Open { .. } | StoreError::File { .. } | StoreError::OpenPostgres { .. } => {
+                "store_unavailable"
+            }
             StoreError::InvalidConfig { .. } => "invalid_config",
             StoreError::TooNew { .. } => "store_too_new",
             StoreError::NotFound { .. } => "not_found",
@@ -189,6 +197,10 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Open (creating if needed) and migrate the SQLite database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
+        restrict_to_owner(path).map_err(|source| StoreError::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = rusqlite::Connection::open(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source,
@@ -850,5 +862,64 @@ mod tests {
     fn advisory_keys_differ_per_schema() {
         assert_eq!(advisory_key("vfarm"), advisory_key("vfarm"));
         assert_ne!(advisory_key("vfarm"), advisory_key("other"));
+    }
+}
+
+/// The database holds instances' environment values (secrets) and token hashes: it is the
+/// service user's alone (0600). A new file is made so before SQLite opens it (its WAL and
+/// shared-memory files take the same mode); an older, wider one is narrowed.
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // Only a file that does not exist yet is opened here: closing any descriptor of a
+    // database file drops the POSIX locks that SQLite connections of this process hold on it.
+    if !path.exists() {
+        match std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    for p in [
+        path.to_path_buf(),
+        path.with_extension("db-wal"),
+        path.with_extension("db-shm"),
+    ] {
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod file_mode_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Issue 15, finding 12: the state (instance environments, token hashes) is the service
+    /// user's alone, also when an older release left it world-readable.
+    #[test]
+    fn the_state_database_and_its_wal_are_0600() {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join("state.db");
+        let s = super::Store::open(&db).unwrap();
+        drop(s);
+        assert_eq!(mode(&db), 0o600);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = super::Store::open(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        let wal = d.path().join("state.db-wal");
+        if wal.exists() {
+            assert_eq!(mode(&wal), 0o600);
+        }
+        drop(s);
     }
 }

@@ -1,6 +1,6 @@
 //! What every command needs: where the data lives, how to print, and lazily opened state.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
@@ -52,8 +52,7 @@ impl Ctx {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("cannot create data dir {}", self.data_dir.display()))?;
+        ensure_data_dir(&self.data_dir)?;
         let s = match database() {
             Some(url) => Store::open_postgres(&url, &self.database_schema())?,
             None => Store::open(&self.data_dir.join("state.db"))?,
@@ -134,6 +133,21 @@ impl Ctx {
 }
 
 /// Default data dir: `$VFARM_DATA_DIR`, else `/var/lib/vfarm` for root, else the XDG data home.
+/// The data dir is traversable but not listable by others (0711): user-namespaced runtimes
+/// reach their own instance's directory (0700, owned by the instance's id range) through it,
+/// while no other host user can list what it holds. An existing dir is set so too.
+pub fn ensure_data_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0o011 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("cannot set data dir {} to mode 0711", dir.display()))?;
+    }
+    Ok(())
+}
+
 pub fn default_data_dir() -> PathBuf {
     // SAFETY-free check of the effective uid through libc's safe wrapper in std is not
     // available; `geteuid` has no preconditions.

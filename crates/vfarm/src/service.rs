@@ -246,6 +246,15 @@ impl InstanceBackend for Service {
                 format!("only an admin (a control service) sets `{field}`"),
             )
         };
+        if req.privileged && !who.admin {
+            return Err(admin_only("privileged"));
+        }
+        if req.privileged && kind != "oci" {
+            return Err(ApiError::bad_request(
+                "privileged",
+                "only oci instances have a user namespace to leave out",
+            ));
+        }
         let owner = match req.owner.take() {
             Some(_) if !who.admin => return Err(admin_only("owner")),
             Some(o) => o,
@@ -302,6 +311,7 @@ impl InstanceBackend for Service {
         let row = inst::record_instance(
             &store,
             &self.admission,
+            &self.ctx.data_dir,
             kind,
             NewInstance {
                 image,
@@ -314,7 +324,7 @@ impl InstanceBackend for Service {
                     hostname: req.hostname,
                     env: req.env,
                     net: NetArg::None,
-                    user_namespace: false,
+                    privileged: req.privileged,
                 },
                 command: req.command,
                 disposable: false,

@@ -401,10 +401,40 @@ fn unix_socket_callers_are_their_login_name() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let sock = tmp.path().join("vfarm.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vfarm"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--socket"])
+    let mut child = serve_on_socket(&data, &sock, &[]);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--unix-socket"])
         .arg(&sock)
-        .env("VFARM_DATA_DIR", &data)
+        .arg("http://localhost/api/v1/whoami")
+        .output()
+        .unwrap();
+    // Issue 15, finding 1: the socket is the service user's alone (0600) unless a group is
+    // named, so a local account is not a tenant by default.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    let nobody = whoami_as_nobody(&sock);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(mode, 0o600);
+    assert!(!nobody.status.success(), "nobody connected: {nobody:?}");
+    let who = json(&ok(&out, "curl over the unix socket"));
+    assert_eq!(who["method"], "unix-peer");
+    // The kernel's answer, compared with what `id -un` says for this process's user.
+    let me = Command::new("id").arg("-un").output().unwrap();
+    assert_eq!(
+        who["user"].as_str().unwrap(),
+        String::from_utf8_lossy(&me.stdout).trim()
+    );
+}
+
+/// `vfarm serve` on loopback and on the unix socket `sock`, once it answers on both.
+fn serve_on_socket(data: &Path, sock: &Path, extra: &[&str]) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--socket")
+        .arg(sock)
+        .env("VFARM_DATA_DIR", data)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -415,21 +445,65 @@ fn unix_socket_callers_are_their_login_name() {
     let second = lines.next().unwrap().unwrap();
     assert!(first.contains("http://127.0.0.1:"), "{first}");
     assert!(second.contains("unix:"), "{second}");
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "--unix-socket"])
-        .arg(&sock)
+    child
+}
+
+/// `GET /api/v1/whoami` over the unix socket `sock` as the host user nobody.
+fn whoami_as_nobody(sock: &Path) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-sS",
+        ])
+        .args(["--max-time", "30", "--unix-socket"])
+        .arg(sock)
         .arg("http://localhost/api/v1/whoami")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// With `--socket-group`, the group's members are tenants named by the kernel (not admins).
+#[test]
+fn socket_group_members_connect_as_themselves() {
+    require("curl");
+    require("setpriv");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    // nobody must reach the socket's directory.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("data");
+    let sock = tmp.path().join("vfarm.sock");
+    let mut child = serve_on_socket(&data, &sock, &["--socket-group", "nogroup"]);
+    let meta = std::fs::metadata(&sock).unwrap();
+    let out = whoami_as_nobody(&sock);
     let _ = child.kill();
     let _ = child.wait();
-    let who = json(&ok(&out, "curl over the unix socket"));
-    assert_eq!(who["method"], "unix-peer");
-    // The kernel's answer, compared with what `id -un` says for this process's user.
-    let me = Command::new("id").arg("-un").output().unwrap();
-    assert_eq!(
-        who["user"].as_str().unwrap(),
-        String::from_utf8_lossy(&me.stdout).trim()
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 65534);
+    let who = json(&ok(&out, "curl as nobody over the unix socket"));
+    assert_eq!(who["user"], "nobody");
+    assert_eq!(who["admin"], false);
+    // A group that does not exist is refused before anything starts.
+    let out = vfarm(
+        &data,
+        tmp.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--socket",
+            "/tmp/x.sock",
+            "--socket-group",
+            "no-such-group-x",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--socket-group"),
+        "{out:?}"
     );
 }
 

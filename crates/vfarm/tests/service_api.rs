@@ -784,6 +784,110 @@ fn the_reaper_destroys_expired_instances_and_audits_it() {
     let _ = std::fs::remove_dir_all(&vf.data);
 }
 
+/// Issue 15, finding 1 and acceptance 2: an instance made through the API runs as its
+/// owner's unprivileged host id range (seen from the host), under seccomp; a set-uid file made
+/// inside belongs to that range on the host and nobody on the host reaches it; the data dir
+/// is not listable and the state database is 0600. Only an admin may ask for a privileged one.
+#[test]
+fn api_instances_are_unprivileged_on_the_host() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let vf = Vf::with_minbase(fresh_dir("svc-userns"));
+    let server = Server::start_with(&vf.data, &["--admin", "site-admin"]);
+    let (erin, admin) = (User::new(&server, "erin"), User::new(&server, "site-admin"));
+    let v = erin.create(json!({"image": "minbase", "name": "e1"}));
+    let id = v["id"].as_str().unwrap().to_string();
+    let r = erin.ok(
+        "POST",
+        "/api/v1/instances/e1/exec",
+        Some(json!({"command": ["sh", "-c",
+            "cat /proc/self/uid_map; id -u; grep Seccomp: /proc/self/status; \
+             cp /usr/bin/id /tmp/sid && chmod 4755 /tmp/sid && echo made"]})),
+    );
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let out = r["stdout"].as_str().unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    let map: Vec<u64> = lines[0]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let base = map[1];
+    assert_eq!((map[0], map[2]), (0, 65536), "{out}");
+    assert!(base >= 1 << 20, "uid 0 maps to host uid {base}: {out}");
+    assert_eq!(lines[1], "0", "{out}");
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        ["Seccomp:", "2"]
+    );
+    assert_eq!(lines[3], "made");
+    // The instance's main process, as the host sees it.
+    let dir = vf.data.join("instances").join(&id);
+    let pid = std::fs::read_to_string(dir.join("run/container.pid")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let uid: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(uid, base, "{status}");
+    let sid = dir.join("upper/tmp/sid");
+    let m = std::fs::metadata(&sid).unwrap();
+    assert_eq!((u64::from(m.uid()), m.mode() & 0o4000), (base, 0o4000));
+    // Through a shell: the path is looked up as nobody, as a local account would.
+    let nobody = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            "exec \"$0\"",
+        ])
+        .arg(&sid)
+        .output()
+        .unwrap();
+    assert!(
+        !nobody.status.success(),
+        "nobody ran {}: {nobody:?}",
+        sid.display()
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&vf.data), 0o711);
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&vf.data.join("rootfs")), 0o700);
+    if vf.data.join("state.db").exists() {
+        assert_eq!(mode(&vf.data.join("state.db")), 0o600);
+    }
+    // Privileged instances are an admin's explicit choice.
+    let (s, e) = erin.call(
+        "POST",
+        "/api/v1/instances",
+        Some(json!({"image": "minbase", "privileged": true})),
+    );
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (400, Some("privileged")),
+        "{e}"
+    );
+    let p = admin.create(json!({"image": "minbase", "name": "p1", "privileged": true}));
+    let r = admin.ok(
+        "POST",
+        "/api/v1/instances/p1/exec",
+        Some(json!({"command": ["cat", "/proc/self/uid_map"]})),
+    );
+    let map: Vec<&str> = r["stdout"].as_str().unwrap().split_whitespace().collect();
+    assert_eq!(
+        map[1], "0",
+        "privileged instances share the host's ids: {r}"
+    );
+    for i in [&id, p["id"].as_str().unwrap()] {
+        admin.ok("DELETE", &format!("/api/v1/instances/{i}"), None);
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&vf.data);
+}
+
 /// Shell completions and man pages come from the same definitions as the parser.
 #[test]
 fn completions_and_man_pages() {

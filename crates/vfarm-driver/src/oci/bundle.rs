@@ -2,9 +2,10 @@
 //! Pure: no files are touched here, so the rendering is tested without a runtime.
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    Arch, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
     LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, MountBuilder, Spec,
+    LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, MountBuilder, Spec,
 };
 
 use crate::{DriverError, InstanceSpec, Network, Result};
@@ -12,11 +13,136 @@ use crate::{DriverError, InstanceSpec, Network, Result};
 /// CFS period for CPU limits; the quota is `cpus` periods.
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// Ids mapped into an instance's user namespace when one is requested. The mapping is the
-/// identity over the first 65536 ids: the unpacked image is owned by host ids and overlayfs
-/// here cannot shift them, so the namespace confines capabilities (root in the instance holds
-/// them only over its own namespaces) without renumbering files.
-const USERNS_IDS: u32 = 65_536;
+/// Ids mapped into an instance's user namespace: 0–65535 to the spec's `id_base` onwards
+/// (the driver shifts the owners of the instance's bottom layer to match).
+const USERNS_IDS: u32 = crate::idmap::IDS_PER_RANGE;
+
+/// Syscalls no instance may make, refused with EPERM (the rest are allowed): the host's
+/// kernel state (modules, kexec, reboot, clocks, swap, accounting, quotas), kernel attack
+/// surface an instance has no use for (bpf, perf, userfaultfd, the keyring, handle-based
+/// opens that bypass the mount namespace), mounts, and new namespaces (a nested user
+/// namespace would hand the instance a full capability set again). The set follows the
+/// default profiles of Docker and LXC/Incus for an instance without CAP_SYS_ADMIN.
+const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "adjtimex",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "query_module",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+    "_sysctl",
+];
+const EPERM: u32 = 1;
+const ENOSYS: u32 = 38;
+/// `clone` flags that make new namespaces.
+const CLONE_NEWNS_FLAGS: &[u64] = &[
+    0x0002_0000, // CLONE_NEWNS
+    0x0200_0000, // CLONE_NEWCGROUP
+    0x0400_0000, // CLONE_NEWUTS
+    0x0800_0000, // CLONE_NEWIPC
+    0x1000_0000, // CLONE_NEWUSER
+    0x2000_0000, // CLONE_NEWPID
+    0x4000_0000, // CLONE_NEWNET
+];
+
+/// The seccomp filter every instance runs under (see [`DENIED_SYSCALLS`]).
+fn seccomp_profile() -> Result<LinuxSeccomp> {
+    let mut rules = vec![built(
+        LinuxSyscallBuilder::default()
+            .names(
+                DENIED_SYSCALLS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(EPERM)
+            .build(),
+    )?];
+    // clone3 passes its flags in memory a filter cannot read: ENOSYS makes the C library
+    // fall back to clone, whose flags the rules below do read.
+    rules.push(built(
+        LinuxSyscallBuilder::default()
+            .names(vec!["clone3".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(ENOSYS)
+            .build(),
+    )?);
+    for &flag in CLONE_NEWNS_FLAGS {
+        let arg = built(
+            LinuxSeccompArgBuilder::default()
+                .index(0usize)
+                .value(flag)
+                .value_two(flag)
+                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                .build(),
+        )?;
+        rules.push(built(
+            LinuxSyscallBuilder::default()
+                .names(vec!["clone".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(EPERM)
+                .args(vec![arg])
+                .build(),
+        )?);
+    }
+    built(
+        LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .architectures(vec![
+                Arch::ScmpArchX86_64,
+                Arch::ScmpArchX86,
+                Arch::ScmpArchX32,
+            ])
+            .syscalls(rules)
+            .build(),
+    )
+}
 
 /// The main command when the spec gives none: an idle init that exits promptly on SIGTERM,
 /// so a graceful stop is quick (pid 1 ignores signals it has no handler for).
@@ -113,7 +239,7 @@ pub fn render(spec: &InstanceSpec) -> Result<Spec> {
         let map = built(
             LinuxIdMappingBuilder::default()
                 .container_id(0u32)
-                .host_id(0u32)
+                .host_id(spec.id_base)
                 .size(USERNS_IDS)
                 .build(),
         )?;
@@ -124,6 +250,7 @@ pub fn render(spec: &InstanceSpec) -> Result<Spec> {
         ns.push(built(LinuxNamespaceBuilder::default().typ(t).build())?);
     }
     linux.set_namespaces(Some(ns));
+    linux.set_seccomp(Some(seccomp_profile()?));
     linux.set_cgroups_path(Some(format!("/vfarm/{}", spec.id).into()));
 
     let mut res = LinuxResourcesBuilder::default().devices(vec![built(
@@ -195,6 +322,7 @@ mod tests {
             command: vec!["sh".into(), "-c".into(), "exit 7".into()],
             network: Network::None,
             user_namespace: false,
+            id_base: 0,
             volatile: false,
             vm: Default::default(),
         }
@@ -232,6 +360,24 @@ mod tests {
             assert!(ns.contains(&t), "{t} missing from {ns:?}");
         }
         assert!(!ns.contains(&"user"));
+        let sc = &v["linux"]["seccomp"];
+        assert_eq!(sc["defaultAction"], "SCMP_ACT_ALLOW");
+        let denied = sc["syscalls"][0]["names"].to_string();
+        for call in [
+            "kexec_load",
+            "init_module",
+            "bpf",
+            "mount",
+            "unshare",
+            "keyctl",
+        ] {
+            assert!(denied.contains(call), "{call} not denied: {denied}");
+        }
+        assert_eq!(sc["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
+        // No capability beyond the runtime's minimal default set.
+        let caps = v["process"]["capabilities"]["bounding"].to_string();
+        assert!(!caps.contains("CAP_SYS_ADMIN"), "{caps}");
+        assert_eq!(v["process"]["noNewPrivileges"], true);
     }
 
     #[test]
@@ -239,12 +385,16 @@ mod tests {
         let mut s = spec();
         s.network = Network::Host;
         s.user_namespace = true;
+        s.id_base = 1 << 20;
         s.command.clear();
         let v = serde_json::to_value(render(&s).unwrap()).unwrap();
         let ns = v["linux"]["namespaces"].to_string();
         assert!(!ns.contains("network"));
         assert!(ns.contains("user"));
         assert_eq!(v["linux"]["uidMappings"][0]["size"], 65536);
+        assert_eq!(v["linux"]["uidMappings"][0]["hostID"], 1 << 20);
+        assert_eq!(v["linux"]["gidMappings"][0]["hostID"], 1 << 20);
+        assert_eq!(v["linux"]["uidMappings"][0]["containerID"], 0);
         assert!(v["mounts"].to_string().contains("/etc/resolv.conf"));
         assert_eq!(v["process"]["args"][0], "/bin/sh");
     }

@@ -44,8 +44,8 @@ fn split(path: &str) -> (&str, &str) {
     }
 }
 
-/// Open (creating as needed) the directory `rel` below the root.
-fn make_dirs(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
+/// Open (creating as needed, owned by `owner` when given) the directory `rel` below the root.
+fn make_dirs(root: &OwnedFd, rel: &str, owner: Option<u32>) -> io::Result<OwnedFd> {
     let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY;
     match open_in_root(root, rel, dir_flags, Mode::empty()) {
         Ok(fd) => return Ok(fd),
@@ -56,17 +56,35 @@ fn make_dirs(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
         Some((p, n)) => (p, n),
         None => ("", rel),
     };
-    let parent_fd = make_dirs(root, parent)?;
+    let parent_fd = make_dirs(root, parent, owner)?;
     match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o755)) {
-        Ok(()) => {}
+        Ok(()) => {
+            if let Some(id) = owner {
+                let id = Some(rustix::fs::Uid::from_raw(id));
+                rustix::fs::chownat(
+                    &parent_fd,
+                    name,
+                    id,
+                    id.map(|u| rustix::fs::Gid::from_raw(u.as_raw())),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            }
+        }
         Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(e.into()),
     }
     open_in_root(root, rel, dir_flags, Mode::empty())
 }
 
-/// Copy host `src` to `dst` below `root` (the mounted instance root).
-pub(crate) fn copy_in(id: &str, root: &Path, src: &Path, dst: &str) -> Result<()> {
+/// Copy host `src` to `dst` below `root` (the mounted instance root); what is made belongs to
+/// host id `owner` (the instance's root in a user namespace), else to the host's root.
+pub(crate) fn copy_in(
+    id: &str,
+    root: &Path,
+    src: &Path,
+    dst: &str,
+    owner: Option<u32>,
+) -> Result<()> {
     let err = |what: &str, e: io::Error| DriverError::Backend {
         op: "copy in",
         id: id.to_string(),
@@ -88,7 +106,8 @@ pub(crate) fn copy_in(id: &str, root: &Path, src: &Path, dst: &str) -> Result<()
     let mode = meta.permissions().mode() & 0o7777;
     let rootfd = open_root(root).map_err(|e| err("open instance root", e))?;
     let (dir, name) = split(dst);
-    let dirfd = make_dirs(&rootfd, dir).map_err(|e| err(&format!("make directory /{dir}"), e))?;
+    let dirfd =
+        make_dirs(&rootfd, dir, owner).map_err(|e| err(&format!("make directory /{dir}"), e))?;
     // Write beside the target and rename over it, so a reader in the instance never sees a
     // half-written file and a failed copy leaves the old one.
     let tmp = format!(".{name}.vfarm-{}", uuid::Uuid::new_v4().simple());
@@ -101,6 +120,11 @@ pub(crate) fn copy_in(id: &str, root: &Path, src: &Path, dst: &str) -> Result<()
     .map_err(|e| err(&format!("create {dst}"), e.into()))?;
     let mut out = File::from(fd);
     let copied = io::copy(&mut input, &mut out)
+        .and_then(|_| match owner {
+            Some(u) => std::os::unix::fs::fchown(&out, Some(u), Some(u)),
+            None => Ok(()),
+        })
+        // After the chown, which clears set-id bits.
         .and_then(|_| out.set_permissions(std::fs::Permissions::from_mode(mode)));
     if let Err(e) = copied {
         let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), rustix::fs::AtFlags::empty());

@@ -11,31 +11,121 @@ use crate::{DriverError, Result};
 
 pub(crate) use crate::record::{io_err, write_atomic};
 
-/// Unpack the image's rootfs tarball into `dest` exactly once per image, so `dest` is either
-/// absent or complete. One caller unpacks (into a temp dir, renamed into place) while the
-/// others wait on the image's lock file and then find it done: 200 concurrent first creates
-/// once made 200 copies of the tree at the same time and filled the disk.
+/// Unpack the image's rootfs tarball into `dest` exactly once per image (see [`make_once`]).
 pub(crate) fn unpack_rootfs(tar: &Path, dest: &Path, image_id: &str) -> Result<()> {
+    make_once(dest, image_id, |tmp| {
+        let out = Command::new("tar")
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+            .arg(tar)
+            .arg("-C")
+            .arg(tmp)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| DriverError::HostNotReady {
+                driver: "oci",
+                reason: format!("cannot run tar to unpack images: {e}"),
+            })?;
+        if !out.status.success() {
+            return Err(DriverError::Backend {
+                op: "unpack",
+                id: image_id.to_string(),
+                detail: format!(
+                    "tar -x {} failed ({}): {}",
+                    tar.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                retryable: false,
+                source: None,
+            });
+        }
+        Ok(())
+    })
+}
+
+/// Make `dest`, a copy of the unpacked rootfs `src` whose every file and directory is owned
+/// by its id plus `base` (ids past the 16-bit range become base + 65534, "nobody"): the
+/// bottom layer of instances whose ids map 0 → `base`. Made once per image and range.
+pub(crate) fn shift_rootfs(src: &Path, dest: &Path, base: u32, image_id: &str) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shift = |id: u32| {
+        base + if id < crate::idmap::IDS_PER_RANGE {
+            id
+        } else {
+            65_534
+        }
+    };
+    make_once(dest, image_id, |tmp| {
+        let out = Command::new("cp")
+            .args(["-a", "--reflink=auto", "--"])
+            .arg(format!("{}/.", src.display()))
+            .arg(tmp)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| io_err("shift", image_id, "cp", e))?;
+        if !out.status.success() {
+            return Err(DriverError::Backend {
+                op: "shift",
+                id: image_id.to_string(),
+                detail: format!(
+                    "cp -a {} failed: {}",
+                    src.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                retryable: false,
+                source: None,
+            });
+        }
+        // Owners come from `src`, so a hard-linked file is not shifted twice.
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let from = src.join(&rel);
+            let to = tmp.join(&rel);
+            let meta = std::fs::symlink_metadata(&from)
+                .map_err(|e| io_err("shift", image_id, from.display(), e))?;
+            std::os::unix::fs::lchown(&to, Some(shift(meta.uid())), Some(shift(meta.gid())))
+                .map_err(|e| io_err("shift", image_id, to.display(), e))?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            // chown clears set-id bits; the image's own modes are kept.
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(|e| io_err("shift", image_id, to.display(), e))?;
+            if meta.is_dir() {
+                let rd = std::fs::read_dir(&from)
+                    .map_err(|e| io_err("shift", image_id, from.display(), e))?;
+                for e in rd {
+                    let e = e.map_err(|e| io_err("shift", image_id, from.display(), e))?;
+                    stack.push(rel.join(e.file_name()));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Make the directory `dest` exactly once, so it is either absent or complete: one caller
+/// fills a temp dir (renamed into place) while the others wait on the image's lock file and
+/// then find it done. 200 concurrent first creates once made 200 copies of the tree at the
+/// same time and filled the disk.
+fn make_once(dest: &Path, image_id: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if dest.is_dir() {
         return Ok(());
     }
     let parent = dest.parent().expect("rootfs dir has a parent");
     std::fs::create_dir_all(parent).map_err(|e| io_err("unpack", image_id, parent.display(), e))?;
-    let lock_path = parent.join(format!(".lock-{image_id}"));
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| image_id.to_string());
+    let lock_path = parent.join(format!(".lock-{name}"));
+    let _lock = crate::record::lock_file(&lock_path)
         .map_err(|e| io_err("unpack", image_id, lock_path.display(), e))?;
-    // Released when `lock` is dropped, or by the kernel when the holder dies.
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io_err("unpack", image_id, lock_path.display(), e.into()))?;
     if dest.is_dir() {
         return Ok(());
     }
-    // Temp dirs of this image are a dead unpacker's (nobody else holds the lock).
-    let stale = format!(".unpack-{image_id}-");
+    // Temp dirs of this name are a dead maker's (nobody else holds the lock).
+    let stale = format!(".unpack-{name}-");
     if let Ok(rd) = std::fs::read_dir(parent) {
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().starts_with(&stale) {
@@ -43,42 +133,11 @@ pub(crate) fn unpack_rootfs(tar: &Path, dest: &Path, image_id: &str) -> Result<(
             }
         }
     }
-    let tmp = parent.join(format!(
-        ".unpack-{image_id}-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let tmp = parent.join(format!("{stale}{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&tmp).map_err(|e| io_err("unpack", image_id, tmp.display(), e))?;
-    let out = Command::new("tar")
-        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
-        .arg(tar)
-        .arg("-C")
-        .arg(&tmp)
-        .stdin(Stdio::null())
-        .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(DriverError::HostNotReady {
-                driver: "oci",
-                reason: format!("cannot run tar to unpack images: {e}"),
-            });
-        }
-    };
-    if !out.status.success() {
+    if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(DriverError::Backend {
-            op: "unpack",
-            id: image_id.to_string(),
-            detail: format!(
-                "tar -x {} failed ({}): {}",
-                tar.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            retryable: false,
-            source: None,
-        });
+        return Err(e);
     }
     match std::fs::rename(&tmp, dest) {
         Ok(()) => Ok(()),
@@ -131,11 +190,13 @@ pub(crate) fn mount_overlay(
         field: "data dir",
         reason: "path contains a NUL byte".into(),
     })?;
+    // The instance's files are reached on the host through this mount too: a set-id or
+    // device file made inside must mean nothing there.
     rustix::mount::mount(
         "overlay",
         target,
         "overlay",
-        MountFlags::empty(),
+        MountFlags::NOSUID | MountFlags::NODEV,
         Some(data.as_c_str()),
     )
     .map_err(|e| {

@@ -145,16 +145,64 @@ impl OciDriver {
         self.data_dir.join("instances").join(id)
     }
 
-    /// The image's unpacked rootfs can be removed when the image is; instances still using
-    /// it keep working only while their overlay is mounted, so callers check first.
+    /// The image's rootfs with its owners shifted into the id range starting at `base`.
+    fn shifted_rootfs_dir(&self, image_id: &str, base: u32) -> PathBuf {
+        self.data_dir
+            .join("rootfs")
+            .join(format!("{image_id}.u{base}"))
+    }
+
+    /// The image's unpacked rootfs (and its shifted copies) can be removed when the image
+    /// is; instances still using it keep working only while their overlay is mounted, so
+    /// callers check first.
     pub fn remove_rootfs(&self, image_id: &str) -> Result<()> {
-        let d = self.rootfs_dir(image_id);
-        match std::fs::remove_dir_all(&d) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io_err("remove rootfs", image_id, d.display(), e))
-            }
-            _ => Ok(()),
+        let mut doomed = vec![self.rootfs_dir(image_id)];
+        let prefix = format!("{image_id}.u");
+        if let Ok(rd) = std::fs::read_dir(self.data_dir.join("rootfs")) {
+            doomed.extend(
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path()),
+            );
         }
+        for d in doomed {
+            match std::fs::remove_dir_all(&d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err("remove rootfs", image_id, d.display(), e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Give the instance's own directory and its writable layer to the instance's root
+    /// (host id `base`): the runtime reaches the rootfs from inside the user namespace, and
+    /// nobody else on the host gets into the directory (0700).
+    fn own_instance_dirs(&self, rec_spec: &InstanceSpec, rootfs: &Path) -> Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let id = &rec_spec.id;
+        let dir = self.instance_dir(id);
+        let base = if rec_spec.user_namespace {
+            rec_spec.id_base
+        } else {
+            0
+        };
+        std::os::unix::fs::chown(&dir, Some(base), Some(base))
+            .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| io_err("prepare", id, dir.display(), e))?;
+        // The upper dir's owner and mode are those of the instance's `/`.
+        let upper = dir.join("upper");
+        let root_meta =
+            std::fs::metadata(rootfs).map_err(|e| io_err("prepare", id, rootfs.display(), e))?;
+        std::os::unix::fs::chown(&upper, Some(root_meta.uid()), Some(root_meta.gid()))
+            .and_then(|_| {
+                std::fs::set_permissions(
+                    &upper,
+                    std::fs::Permissions::from_mode(root_meta.mode() & 0o7777),
+                )
+            })
+            .map_err(|e| io_err("prepare", id, upper.display(), e))
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -523,7 +571,8 @@ impl OciDriver {
 
     /// Move `upper` and `work` aside and make empty ones; the old ones are deleted in the
     /// background. Returns the directory they were moved to (already scheduled for removal).
-    fn fresh_upper(&self, id: &str, keep_upper_as: Option<&Path>) -> Result<()> {
+    fn fresh_upper(&self, rec: &Record, keep_upper_as: Option<&Path>) -> Result<()> {
+        let id = rec.id.as_str();
         let dir = self.instance_dir(id);
         let trash = dir
             .join("trash")
@@ -538,6 +587,7 @@ impl OciDriver {
             .map_err(|e| io_err("snapshot", id, "work dir", e))?;
         std::fs::create_dir(&upper).map_err(|e| io_err("snapshot", id, upper.display(), e))?;
         std::fs::create_dir(dir.join("work")).map_err(|e| io_err("snapshot", id, "work dir", e))?;
+        self.own_instance_dirs(&rec.spec, &rec.rootfs)?;
         // Ours and any left by an interrupted earlier deletion, in one background process.
         if let Ok(rd) = std::fs::read_dir(&trash) {
             let doomed: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
@@ -633,13 +683,33 @@ impl Driver for OciDriver {
                 reason: format!("image id `{iid}` is not a plain name"),
             });
         }
-        let rootfs = self.rootfs_dir(&spec.image.id);
-        hostfs::unpack_rootfs(&tar.path, &rootfs, &spec.image.id)?;
+        // Unpacked images carry the distribution's set-uid-root files: the host's other
+        // users have no business below `rootfs/` (0700); `instances/` is traversable only
+        // (0711), each instance's own directory being 0700.
+        for (d, mode) in [("rootfs", 0o700), ("instances", 0o711)] {
+            let p = self.data_dir.join(d);
+            std::fs::create_dir_all(&p)
+                .and_then(|_| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                })
+                .map_err(|e| io_err("prepare", id, p.display(), e))?;
+        }
+        let plain = self.rootfs_dir(&spec.image.id);
+        hostfs::unpack_rootfs(&tar.path, &plain, &spec.image.id)?;
+        let rootfs = if spec.user_namespace && spec.id_base != 0 {
+            let shifted = self.shifted_rootfs_dir(&spec.image.id, spec.id_base);
+            hostfs::shift_rootfs(&plain, &shifted, spec.id_base, &spec.image.id)?;
+            shifted
+        } else {
+            plain
+        };
         let dir = self.instance_dir(id);
         for d in ["bundle/rootfs", "upper", "work", "layers", "run", "trash"] {
             let p = dir.join(d);
             std::fs::create_dir_all(&p).map_err(|e| io_err("prepare", id, p.display(), e))?;
         }
+        self.own_instance_dirs(spec, &rootfs)?;
         std::fs::create_dir_all(self.runtime_root())
             .map_err(|e| io_err("prepare", id, "runtime root", e))?;
         config
@@ -795,7 +865,15 @@ impl Files for OciDriver {
         // The overlay is mounted from prepare until cleanup (also after the main process
         // ended), but a host reboot unmounts it: mount again if needed.
         self.ensure_mounted(&rec)?;
-        files::copy_in(id, &self.instance_dir(id).join("bundle/rootfs"), src, dst)
+        // Copied files belong to the instance's root, as if it had written them.
+        let owner = (rec.spec.user_namespace && rec.spec.id_base != 0).then_some(rec.spec.id_base);
+        files::copy_in(
+            id,
+            &self.instance_dir(id).join("bundle/rootfs"),
+            src,
+            dst,
+            owner,
+        )
     }
 
     fn copy_out(&self, id: &str, src: &str, dst: &Path) -> Result<()> {
@@ -935,7 +1013,7 @@ impl Snapshots for OciDriver {
                 // Stopped: the upper dir itself becomes the layer, and both the instance and
                 // the snapshot stack on it.
                 self.unmount_rootfs(id)?;
-                self.fresh_upper(id, Some(&layer_dir))?;
+                self.fresh_upper(&rec, Some(&layer_dir))?;
                 rec.layers.insert(0, layer.clone());
                 rec.layers.clone()
             }
@@ -969,7 +1047,7 @@ impl Snapshots for OciDriver {
             self.stop_locked(&rec, StopMode::Kill)?;
         }
         self.unmount_rootfs(id)?;
-        self.fresh_upper(id, None)?;
+        self.fresh_upper(&rec, None)?;
         rec.layers = snap.chain;
         self.save(&rec)?;
         self.gc_layers(&rec);

@@ -1448,6 +1448,7 @@ mod tests {
                 command: vec![],
                 network: Network::None,
                 user_namespace: false,
+                id_base: 0,
                 volatile: false,
                 vm: VmSetup::default(),
             },

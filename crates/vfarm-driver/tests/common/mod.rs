@@ -106,6 +106,7 @@ pub fn spec(id: &str, command: &[&str]) -> InstanceSpec {
         command: command.iter().map(|s| s.to_string()).collect(),
         network: Network::None,
         user_namespace: false,
+        id_base: 0,
         volatile: false,
         vm: Default::default(),
     }

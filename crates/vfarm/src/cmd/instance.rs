@@ -107,9 +107,11 @@ pub struct ShapeArgs {
     /// Network: none (loopback only) or host.
     #[arg(long, value_enum, default_value = "none")]
     pub net: NetArg,
-    /// Run in a user namespace.
+    /// Run without a user namespace (oci): root in the instance is then root on the host.
+    /// By default an instance's ids 0-65535 map to an unprivileged host id range of its
+    /// owner's own.
     #[arg(long)]
-    pub user_namespace: bool,
+    pub privileged: bool,
 }
 
 /// The image to instantiate.
@@ -1338,7 +1340,7 @@ fn create_instance(ctx: &Ctx, driver: &dyn Driver, n: NewInstance) -> Result<Ins
         Admission::load(ctx)?
     };
     let store = ctx.store()?;
-    let row = record_instance(&store, &admission, driver.kind(), n)?;
+    let row = record_instance(&store, &admission, &ctx.data_dir, driver.kind(), n)?;
     prepare_recorded(&store, driver, &row, &ctx.data_dir)
 }
 
@@ -1382,6 +1384,7 @@ fn place_host_certificate(
 pub(crate) fn record_instance(
     store: &Store,
     admission: &Admission,
+    data_dir: &Path,
     driver_kind: &str,
     n: NewInstance,
 ) -> Result<InstanceRow> {
@@ -1431,6 +1434,14 @@ pub(crate) fn record_instance(
             .or_else(|| settings.name.clone())
             .unwrap_or_else(|| format!("vf-{id}"))
     };
+    // Every oci instance but an admin's explicitly privileged one runs in a user namespace
+    // with its owner's host id range (issue 15: root inside must not be root outside).
+    let user_namespace = driver_kind == "oci" && !n.shape.privileged;
+    let id_base = if user_namespace {
+        vfarm_driver::idmap::base_for(data_dir, &n.owner)?
+    } else {
+        0
+    };
     let spec = InstanceSpec {
         id: id.clone(),
         image: image_input(&n.image),
@@ -1445,7 +1456,8 @@ pub(crate) fn record_instance(
             NetArg::None => Network::None,
             NetArg::Host => Network::Host,
         },
-        user_namespace: n.shape.user_namespace,
+        user_namespace,
+        id_base,
         volatile: n.disposable,
         vm: n.vm.clone(),
     };

@@ -126,6 +126,7 @@ pub fn run(ctx: &Ctx, a: NodeArgs) -> Result<i32> {
             admins: vec![joined.control_subject.clone()],
             config: None,
             socket: None,
+            socket_group: None,
         },
         Some(NodeHooks { puller }),
     )

@@ -35,6 +35,28 @@ pub struct ServeArgs {
     /// credentials: their login name), no token needed.
     #[arg(long, value_name = "PATH")]
     pub(crate) socket: Option<PathBuf>,
+    /// Let the members of this group use the unix socket (mode 0660); without it only the
+    /// service's own user may (0600).
+    #[arg(long, value_name = "GROUP", requires = "socket")]
+    pub(crate) socket_group: Option<String>,
+}
+
+/// The group id of `--socket-group` (a name through NSS, as `getent` finds it, or a number).
+fn socket_group_id(name: &str) -> Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let out = std::process::Command::new("getent")
+        .args(["group", "--", name])
+        .output()
+        .context("--socket-group: cannot run getent to look the group up")?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    line.trim()
+        .split(':')
+        .nth(2)
+        .and_then(|g| g.parse().ok())
+        .filter(|_| out.status.success())
+        .ok_or_else(|| anyhow::anyhow!("--socket-group: no group `{name}` on this host"))
 }
 
 /// How long a stopping service waits for open requests (event streams never finish).
@@ -79,6 +101,11 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
         .into());
     }
     let config = vfarm_auth::ServeConfig::load(&config_path)?;
+    let socket_gid = args
+        .socket_group
+        .as_deref()
+        .map(socket_group_id)
+        .transpose()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(std::sync::Arc::new(vfarm_api::TlsConfigSource::new(
             vfarm_api::TlsSettings {
@@ -194,7 +221,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
             let _ = rx.changed().await;
         };
         if let Some(path) = &args.socket {
-            let unix = vfarm_api::tls::bind_unix(path)
+            let unix = vfarm_api::tls::bind_unix(path, socket_gid)
                 .with_context(|| format!("cannot listen on --socket {}", path.display()))?;
             println!("vfarm: serving on unix:{}", path.display());
             let st = state.clone();
