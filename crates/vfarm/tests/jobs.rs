@@ -528,8 +528,22 @@ fn walltime_keep_on_failure_and_cancel() {
         "-c",
         "echo broken > /tmp/job/state; exit 4",
     ]);
+    // Issue 16, acceptance 3: a command that exits 124 by itself was once taken for a
+    // wall-time kill.
+    let own124 = vf.submit(&["--walltime", "5m", "--", "sh", "-c", "exit 124"]);
     let t = Instant::now();
-    vf.wait(&[wall, kept], 60);
+    vf.wait(&[wall, kept, own124], 60);
+    let v = vf.show(own124);
+    assert_eq!(
+        (
+            v["state"].as_str(),
+            v["reason"].as_str(),
+            v["exit_code"].as_i64()
+        ),
+        (Some("failed"), Some("exit"), Some(124)),
+        "{v:#}"
+    );
+    assert!(v["error"].is_null(), "{v:#}");
     let v = vf.show(wall);
     assert_eq!(
         (

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 use vfarm_core::instance::{next, parse_duration, Event, InstanceRequest, State};
 use vfarm_core::ByteSize;
 use vfarm_driver::oci::{OciDriver, RuntimeChoice};
@@ -339,8 +340,23 @@ pub struct RunArgs {
     /// console, boot messages included; oci: the main process's output).
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,
+    /// Write how the run ended to FILE as JSON: `{"reason": "exit"|"timeout"|"interrupted"|
+    /// "error", "exit_code": N, "error": "…"}`. Unlike the exit status, it tells a command
+    /// that exited 124 by itself from one killed at --timeout.
+    #[arg(long, value_name = "FILE")]
+    pub outcome: Option<PathBuf>,
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// How a disposable run ended, as `vfarm run --outcome` writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// `exit`, `timeout`, `interrupted` or `error` (vfarm's own failure, not the command's).
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2256,6 +2272,39 @@ impl Follower {
 }
 
 pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
+    let outcome_file = a.outcome.clone();
+    let r = run_disposable(ctx, a);
+    if let Some(file) = outcome_file {
+        let o = match &r {
+            Ok((code, ending)) => RunOutcome {
+                reason: match ending {
+                    Ending::Exited => "exit",
+                    Ending::TimedOut => "timeout",
+                    Ending::Interrupted => "interrupted",
+                }
+                .into(),
+                exit_code: Some(*code),
+                error: None,
+            },
+            Err(e) => RunOutcome {
+                reason: "error".into(),
+                exit_code: None,
+                error: Some(format!("{e:#}")),
+            },
+        };
+        std::fs::write(&file, serde_json::to_vec(&o)?)
+            .with_context(|| format!("cannot write --outcome {}", file.display()))?;
+    }
+    let (code, ending) = r?;
+    Ok(match ending {
+        Ending::Exited => code,
+        Ending::TimedOut => TIMEOUT_EXIT,
+        Ending::Interrupted => INTERRUPTED_EXIT,
+    })
+}
+
+/// `vfarm run`: the command's own exit code (or 1 for lost outputs) and how it ended.
+fn run_disposable(ctx: &Ctx, a: RunArgs) -> Result<(i32, Ending)> {
     let store = ctx.store()?;
     tracing::debug!("run: store open");
     let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime, &a.driver.accel)?;
@@ -2376,11 +2425,7 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     } else {
         keep_failed(&store, driver, &id, code)?;
     }
-    Ok(match ending {
-        Ending::Exited => code,
-        Ending::TimedOut => TIMEOUT_EXIT,
-        Ending::Interrupted => INTERRUPTED_EXIT,
-    })
+    Ok((code, ending))
 }
 
 /// How a disposable run's command ended.

@@ -43,7 +43,8 @@ const TICK: Duration = Duration::from_millis(250);
 /// came up, e.g. the service died between claim and spawn).
 const REGISTER_GRACE_MS: i64 = 30_000;
 /// `vfarm run`'s exit status for a command killed at its timeout.
-const TIMEOUT_EXIT: i32 = 124;
+/// Where a job's `vfarm run` writes how it ended (`vfarm run --outcome`).
+const OUTCOME_FILE: &str = "outcome.json";
 
 #[derive(Args)]
 pub struct JobArgs {
@@ -1108,7 +1109,7 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         eprintln!("vfarm: job wait: job {id} is still {}", j.state);
-                        return Ok(TIMEOUT_EXIT);
+                        return Ok(crate::cmd::instance::TIMEOUT_EXIT);
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 };
@@ -1867,6 +1868,9 @@ fn run_argv(ctx: &Ctx, id: i64, spec: &JobSpec, st: &Staged) -> Vec<String> {
         // The instance's console (a VM's boot messages) is kept with the job.
         "--console-log".into(),
         job_dir(ctx, id).join("console.log").display().to_string(),
+        // How the run ended, typed: exit status 124 is also a command's own.
+        "--outcome".into(),
+        job_dir(ctx, id).join(OUTCOME_FILE).display().to_string(),
     ];
     if spec.keep_on_failure {
         // The kept instance lives this long; never shorter than the run itself.
@@ -2023,11 +2027,21 @@ fn run_one(ctx: &Ctx, id: i64, in_slurm: bool) -> Result<i32> {
         destroy_job_instances(ctx, &store, id);
         kept = kept_instance(&store, id)?;
     }
+    // `vfarm run` says how it ended; without its word (it died), a failure it printed is
+    // still an error, anything else the command's own exit.
+    let outcome: Option<crate::cmd::instance::RunOutcome> = std::fs::read(dir.join(OUTCOME_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let vfarm_error = match &outcome {
+        Some(o) if o.reason == "error" => o.error.clone().or(vfarm_error),
+        Some(_) => None,
+        None => vfarm_error,
+    };
     let (state, reason) = ending(if cancelled {
         JobEvent::Cancel
-    } else if code == TIMEOUT_EXIT {
+    } else if outcome.as_ref().is_some_and(|o| o.reason == "timeout") {
         JobEvent::Walltime
-    } else if code != 0 && vfarm_error.is_some() {
+    } else if vfarm_error.is_some() && (code != 0 || outcome.is_some()) {
         JobEvent::Error
     } else {
         JobEvent::Exit { code }
