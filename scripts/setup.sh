@@ -26,6 +26,7 @@ PKGS=(
   postgresql          # PostgreSQL 15: the state store's second backend (`--database postgres://…`) and its tests
   slurm-wlm slurm-client munge # Slurm backend: slurmctld + slurmd + sbatch/squeue/scontrol, munge auth
   curl ca-certificates tar zstd uidmap iproute2 util-linux
+  nftables dnsmasq-base # instance networks: NAT and isolation rules, DNS for instance names (vfarm-net)
   python3-venv        # the Python client's virtualenv (.venv: client, pytest, schemathesis)
   chromium            # headless browser for the web UI end-to-end test (tests/web, playwright-core)
 )
@@ -57,7 +58,7 @@ fi
 
 # Every binary the project drives, checked by name so a broken install fails here, not in a test.
 for b in mmdebstrap mkfs.ext4 e2fsck qemu-img qemu-system-x86_64 runc busybox openssl ssh ssh-keygen \
-         slurmctld slurmd sbatch scontrol munged chromium node npm; do
+         slurmctld slurmd sbatch scontrol munged chromium node npm nft dnsmasq nsenter setpriv; do
   command -v "$b" >/dev/null || { echo "setup.sh: $b is still missing after install" >&2; exit 1; }
 done
 
