@@ -5,10 +5,7 @@
 use vfarm_jsdl::*;
 
 fn read(rel: &str) -> String {
-    let path = format!(
-        "{}/../../tests/data/jsdl/{rel}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../../tests/data/jsdl/{rel}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -571,10 +568,7 @@ fn every_testdata_document_has_a_test() {
         "xenbee/example5.xsdl",
         "xenbee/hello-world.xsdl",
     ];
-    let root = format!(
-        "{}/../../tests/data/jsdl",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let root = format!("{}/../../tests/data/jsdl", env!("CARGO_MANIFEST_DIR"));
     let mut found = Vec::new();
     for dir in ["gridsam", "ogf", "unicore", "xenbee"] {
         for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {

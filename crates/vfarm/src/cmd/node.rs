@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -211,6 +211,9 @@ fn client(files: &Files, timeout: Duration) -> Result<reqwest::blocking::Client>
         .build()?)
 }
 
+/// How often a node measures again what it can run (`vfarm doctor`) for its heartbeat.
+const CHECKS_EVERY: Duration = Duration::from_secs(300);
+
 fn heartbeats(
     ctx: &Ctx,
     http: &reqwest::blocking::Client,
@@ -219,9 +222,19 @@ fn heartbeats(
     every: Duration,
 ) {
     let mut failing = false;
+    // The doctor's probes are cached but still run tools: measured at start and every few
+    // minutes, not with every heartbeat.
+    let mut checks: Option<(Instant, vfarm_core::doctor::Report)> = None;
     loop {
+        if checks
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() > CHECKS_EVERY)
+        {
+            checks = Some((Instant::now(), crate::doctor::report(ctx)));
+        }
         let sent = capacity(ctx).and_then(|mut hb| {
             hb.url = url.to_string();
+            hb.checks = checks.as_ref().map(|(_, r)| r.clone());
             let resp = http
                 .post(format!("{control}/api/v1/hosts/heartbeat"))
                 .timeout(every.max(Duration::from_secs(5)))
@@ -288,6 +301,7 @@ fn capacity(ctx: &Ctx) -> Result<HeartbeatRequest> {
         disk_mib,
         features,
         instances,
+        checks: None,
     })
 }
 
