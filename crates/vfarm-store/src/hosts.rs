@@ -441,6 +441,19 @@ impl Store {
         })
     }
 
+    /// Why instance `id` went to its host (the `instance.place` event's reason).
+    pub fn placement_reason(&self, id: &str) -> Result<Option<String>> {
+        let detail: Option<String> = optional(self.conn().query_row(
+            "SELECT detail FROM events WHERE kind = 'instance.place' AND object = ?1
+             ORDER BY seq DESC LIMIT 1",
+            [id],
+            |r| r.get(0),
+        ))?;
+        Ok(detail
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|d| d["reason"].as_str().map(str::to_string)))
+    }
+
     /// The host instance `id` was placed on; `None`: the control's own machine.
     pub fn instance_host(&self, id: &str) -> Result<Option<String>> {
         optional(self.conn().query_row(
@@ -674,6 +687,10 @@ mod tests {
                 Ok(("n1".into(), "the only host".into()))
             })
             .unwrap();
+            assert_eq!(
+                s.placement_reason("a").unwrap().as_deref(),
+                Some("the only host")
+            );
             s.place_instance::<StoreError>("admin", "zz", 500, 128, |hosts| {
                 assert_eq!(hosts[0].used_cpus_milli, 500);
                 Err(StoreError::Conflict {

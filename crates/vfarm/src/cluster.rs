@@ -345,10 +345,12 @@ impl InstanceBackend for Cluster {
             pinned: pinned.clone(),
         };
         let (policy, ratios) = (self.policy, self.ratios);
+        let mut why = None;
         let placed = store.place_instance(&who.user, &row.id, cpus_milli, memory_mib, |hosts| {
             placement::place(&candidates(hosts), &wanted, policy, ratios)
                 .map(|p| {
                     tracing::info!(instance = %row.id, host = %p.host, reason = %p.reason, "placed");
+                    why = Some(p.reason.clone());
                     (p.host, p.reason)
                 })
                 .map_err(|r| {
@@ -390,6 +392,7 @@ impl InstanceBackend for Cluster {
         let mut v = crate::cmd::instance::view(&store, &row, false)
             .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         v.host = Some(host);
+        v.placement = why;
         Ok(v)
     }
 
