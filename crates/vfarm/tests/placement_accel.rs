@@ -8,7 +8,7 @@ mod common;
 use common::{fresh_dir, require, text, Vf};
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -52,10 +52,9 @@ fn report(accelerator: &str) -> Value {
     })
 }
 
-#[test]
-fn a_qemu_instance_goes_to_the_kvm_node_and_says_why() {
-    require("qemu-system-x86_64");
-    let dir = fresh_dir("placement-accel");
+/// A control service over TLS on loopback with a site CA: (its CLI, the process, its URL, the
+/// CA certificate).
+fn start_control(dir: &Path) -> (Vf, Proc, String, PathBuf) {
     let control = Vf::with_minbase(dir.join("control"));
     control.ok(&["ca", "init", "--subject", "/C=XX/O=vfarm tests/CN=Site CA"]);
     let srv = control.data.join("srv");
@@ -87,13 +86,20 @@ fn a_qemu_instance_goes_to_the_kvm_node_and_says_why() {
     BufReader::new(serve.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let _serve = Proc(serve);
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("https://"))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
     let ca = control.data.join("ca/ca.pem");
+    (control, Proc(serve), url, ca)
+}
+
+#[test]
+fn a_qemu_instance_goes_to_the_kvm_node_and_says_why() {
+    require("qemu-system-x86_64");
+    let dir = fresh_dir("placement-accel");
+    let (control, _serve, url, ca) = start_control(&dir);
 
     // Two nodes: the TCG one is bigger, so spreading alone would pick it.
     for (name, cpus, accel) in [("kvmnode", 4, "kvm"), ("tcgnode", 8, "tcg")] {
@@ -181,5 +187,75 @@ fn a_qemu_instance_goes_to_the_kvm_node_and_says_why() {
         text(&show).contains("accelerator:     -"),
         "{}",
         text(&show)
+    );
+}
+
+/// The real `vfarm node` measures what it can run and the control shows it.
+#[test]
+fn a_node_reports_its_doctor_verdicts_in_its_heartbeat() {
+    for tool in ["runc", "qemu-system-x86_64"] {
+        require(tool);
+    }
+    let dir = fresh_dir("node-checks");
+    let (control, _serve, url, ca) = start_control(&dir);
+    let added = control.json(&["host", "add", "n1"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = Vf {
+        data: dir.join("n1"),
+    };
+    std::fs::create_dir_all(&node.data).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let child = node
+        .cmd(&[
+            "node",
+            "--control",
+            &url,
+            "--name",
+            "n1",
+            "--listen",
+            &listen,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--token",
+            added["token"].as_str().unwrap(),
+        ])
+        .env_remove("VFARM_DATABASE")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _node = Proc(child);
+    let t0 = std::time::Instant::now();
+    let h = loop {
+        let h = control.json(&["host", "show", "n1"]);
+        if h["checks"].is_object() {
+            break h;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no checks from the node within 60 s: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let accel = h["accelerator"].as_str().unwrap_or_default();
+    assert!(accel == "kvm" || accel == "tcg", "{h}");
+    let checks = h["checks"]["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks
+        .iter()
+        .map(|c| c["capability"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["oci", "qemu", "builds", "slurm", "database"], "{h}");
+    assert_eq!(h["checks"]["core_ok"], true, "{h}");
+    let show = control.ok(&["host", "show", "n1"]);
+    assert!(
+        show.contains(&format!("accelerator:     {accel}")),
+        "{show}"
+    );
+    assert!(
+        show.contains("checks (the node's `vfarm doctor`):"),
+        "{show}"
     );
 }

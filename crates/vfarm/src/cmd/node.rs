@@ -7,7 +7,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -222,19 +223,23 @@ fn heartbeats(
     every: Duration,
 ) {
     let mut failing = false;
-    // The doctor's probes are cached but still run tools: measured at start and every few
-    // minutes, not with every heartbeat.
-    let mut checks: Option<(Instant, vfarm_core::doctor::Report)> = None;
+    // The doctor's probes take seconds (a KVM test boot, Slurm's controller): measured on a
+    // thread of their own at start and every few minutes, so heartbeats never wait for them
+    // (a node silent for 10 s is down).
+    let checks: Arc<Mutex<Option<vfarm_core::doctor::Report>>> = Arc::default();
+    {
+        let checks = checks.clone();
+        let ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
+        std::thread::spawn(move || loop {
+            let r = crate::doctor::report(&ctx);
+            *checks.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            std::thread::sleep(CHECKS_EVERY);
+        });
+    }
     loop {
-        if checks
-            .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() > CHECKS_EVERY)
-        {
-            checks = Some((Instant::now(), crate::doctor::report(ctx)));
-        }
         let sent = capacity(ctx).and_then(|mut hb| {
             hb.url = url.to_string();
-            hb.checks = checks.as_ref().map(|(_, r)| r.clone());
+            hb.checks = checks.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let resp = http
                 .post(format!("{control}/api/v1/hosts/heartbeat"))
                 .timeout(every.max(Duration::from_secs(5)))
