@@ -5,23 +5,13 @@
 
 mod common;
 
-use common::{fresh_dir, require, text, Vf};
+use common::{fresh_dir, require, serving, text, Proc, Vf};
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn client(ca: &Path, identity: Option<&Path>, bearer: Option<&str>) -> reqwest::blocking::Client {
     let mut b = reqwest::blocking::Client::builder()
@@ -65,34 +55,21 @@ fn start_control(dir: &Path) -> (Vf, Proc, String, PathBuf) {
         "--out",
         srv.to_str().unwrap(),
     ]);
-    let mut serve = control
-        .cmd(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            srv.join("hostcert.pem").to_str().unwrap(),
-            "--tls-key",
-            srv.join("hostkey.pem").to_str().unwrap(),
-            "--client-ca-dir",
-            control.data.join("ca/certificates").to_str().unwrap(),
-            "--admin",
-            "admin",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("https://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let (serve, url) = serving(control.cmd(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        srv.join("hostcert.pem").to_str().unwrap(),
+        "--tls-key",
+        srv.join("hostkey.pem").to_str().unwrap(),
+        "--client-ca-dir",
+        control.data.join("ca/certificates").to_str().unwrap(),
+        "--admin",
+        "admin",
+    ]));
     let ca = control.data.join("ca/ca.pem");
-    (control, Proc(serve), url, ca)
+    (control, serve, url, ca)
 }
 
 #[test]

@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{fresh_dir, require, text, tmp, vfarm_cmd, Vf};
+use common::{fresh_dir, require, serving, text, tmp, vfarm_cmd, Vf};
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -177,22 +176,9 @@ fn the_readme_tour_runs() {
             }
         })
         .collect();
-    let mut serve = vfarm_cmd(&data)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let serve = Proc(serve);
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_end_matches('/')
-        .to_string();
+    let mut cmd = vfarm_cmd(&data);
+    cmd.args(&args);
+    let (serve, base) = serving(cmd);
     let token_line = parts
         .script
         .iter()
@@ -215,15 +201,6 @@ fn the_readme_tour_runs() {
         .unwrap();
     assert_eq!(who.status().as_u16(), 200, "the printed token signs in");
     drop(serve);
-}
-
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `vfarm <path> --help`, cached.
