@@ -164,3 +164,35 @@ fn with_no_driver_the_exit_code_says_the_core_does_not_work() {
     );
     assert_eq!(check(&r, "slurm")["fix"], "apt-get install slurm-client");
 }
+
+#[test]
+fn an_unreachable_database_is_named_without_its_password_with_the_fix() {
+    let path = fresh_dir("doctor-db-path");
+    let data = fresh_dir("doctor-db-data");
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let out = vfarm_cmd(&data)
+        .env("PATH", &path)
+        .env(
+            "VFARM_DATABASE",
+            "postgres://vfarm:s3cret@127.0.0.1:1/vfarm",
+        )
+        .args(["doctor", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!text(&out).contains("s3cret"), "{}", text(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let db = check(&r, "database");
+    assert_eq!(db["ok"], false, "{db}");
+    assert!(
+        db["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("PostgreSQL at postgres://vfarm:***@127.0.0.1:1/vfarm"),
+        "{db}"
+    );
+    assert_eq!(
+        db["fix"],
+        "start PostgreSQL or correct --database / VFARM_DATABASE"
+    );
+}
