@@ -30,7 +30,8 @@ step "cargo test" cargo test --workspace --locked --no-fail-fast -- --test-threa
 # services sharing one PostgreSQL schema ran on PostgreSQL in the first pass already.
 # The three VM-only binaries (their records take the same store calls as the oci tests; under
 # TCG they cost 5 minutes) run in this pass only with VFARM_PG_FULL=1, to keep CI under 30
-# minutes. Every other test binary of crates/vfarm, present or future, runs.
+# minutes. Every other test binary of crates/vfarm, present or future, runs; the README tour
+# (an image built from scratch, commands the other tests cover) runs in the first pass only.
 pg_e2e() {
   PGPASSWORD=vfarm psql -qAt -h 127.0.0.1 -U vfarm vfarm_test -c \
     "SELECT format('DROP SCHEMA %I CASCADE;', nspname) FROM pg_namespace WHERE nspname ~ '^(d|t)_'" |
@@ -46,7 +47,7 @@ pg_e2e() {
   echo "PostgreSQL pass: ${tests[*]}"
   VFARM_DATABASE="$VFARM_TEST_POSTGRES" VFARM_DATABASE_SCHEMA=per-data-dir \
     cargo test -p vfarm "${tests[@]}" --locked --no-fail-fast -- --test-threads="${VFARM_TEST_THREADS:-4}" \
-    --skip two_services_share_one_postgresql
+    --skip two_services_share_one_postgresql --skip the_readme_tour_runs
 }
 step "cargo test (end-to-end on PostgreSQL)" pg_e2e
 # The steps below drive the debug binary that `cargo test` built.

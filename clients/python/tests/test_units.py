@@ -71,6 +71,10 @@ def test_host_and_migration_results():
     )
     assert (h.name, h.state, h.cpus, h.instances, h.used_cpus_milli) == ("node1", "up", 2, 3, 600)
     assert h.features == ["oci", "qemu"] and h.extra == {"cert_serial": "0a"}
+    assert h.accelerator is None and h.checks is None
+    k = Host.from_json({"name": "node2", "state": "up", "accelerator": "kvm",
+                        "checks": {"core_ok": True, "checks": []}})
+    assert (k.accelerator, k.checks["core_ok"], k.extra) == ("kvm", True, {})
     m = Migration.from_json(
         {"id": "ab12", "from": "node1", "to": "node2", "storage": "copied", "downtime_ms": 14,
          "total_ms": 920, "ram_bytes": 1, "disk_bytes": 2, "state": "running"}

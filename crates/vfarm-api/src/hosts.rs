@@ -57,6 +57,11 @@ pub struct HeartbeatRequest {
     pub disk_mib: i64,
     pub features: Vec<String>,
     pub instances: Vec<ReportedInstance>,
+    /// What the node measured it can run (`vfarm doctor --output json`); nodes older than it
+    /// send none. Its `accelerator` steers where VMs go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub checks: Option<vfarm_core::doctor::Report>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -225,6 +230,10 @@ pub(crate) async fn heartbeat(
             .iter()
             .map(|i| (i.id.clone(), i.state.clone()))
             .collect();
+        let checks = hb
+            .checks
+            .as_ref()
+            .map(|c| serde_json::to_string(c).unwrap_or_default());
         store
             .host_heartbeat(
                 &name,
@@ -236,6 +245,7 @@ pub(crate) async fn heartbeat(
                     disk_mib: hb.disk_mib,
                     features: &hb.features,
                     instances: &instances,
+                    checks: checks.as_deref(),
                 },
             )
             .map_err(store_err)?

@@ -38,6 +38,10 @@ pub struct InstanceView {
     /// The node it runs on (several hosts); absent: the service's own machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Why the control chose that node (e.g. "KVM works there (n2 would emulate with TCG);
+    /// spread: …").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
     /// The address that goes with a hostname from the pool, if the pool gives one.
     #[serde(default)]
     pub address: Option<String>,

@@ -3,6 +3,7 @@
 //! Invariant: this crate does no I/O (no files, processes, sockets or clocks). Functions
 //! take what they need as arguments, so they are tested without a machine.
 
+pub mod doctor;
 pub mod groups;
 pub mod instance;
 pub mod placement;

@@ -71,6 +71,16 @@ pub struct Candidate {
     /// Already placed there.
     pub used_cpus_milli: u64,
     pub used_memory_mib: u64,
+    /// The QEMU accelerator its VMs get (`kvm`, `tcg`) as its node measured it; `None`: not
+    /// reported (a node older than the verdicts, or no QEMU).
+    pub accelerator: Option<String>,
+}
+
+/// The chosen host and why, for the instance's record and the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub host: String,
+    pub reason: String,
 }
 
 /// What the new instance needs.
@@ -101,6 +111,17 @@ pub fn choose(
     policy: Policy,
     ratios: Ratios,
 ) -> Result<String, Refusal> {
+    place(hosts, req, policy, ratios).map(|p| p.host)
+}
+
+/// As [`choose`], with the reason. A qemu instance goes to a host whose accelerator is KVM
+/// when one fits: TCG emulates every instruction, an order of magnitude slower.
+pub fn place(
+    hosts: &[Candidate],
+    req: &Request,
+    policy: Policy,
+    ratios: Ratios,
+) -> Result<Placement, Refusal> {
     if let Some(p) = &req.pinned {
         if !hosts.iter().any(|h| &h.name == p) {
             return Err(Refusal {
@@ -112,6 +133,7 @@ pub fn choose(
     let mut reasons = Vec::new();
     // (free cpu share after placing, free memory after placing, name)
     let mut fits: Vec<(f64, f64, &str)> = Vec::new();
+    let mut kvm: Vec<&str> = Vec::new();
     for h in hosts {
         if req.pinned.as_ref().is_some_and(|p| p != &h.name) {
             continue;
@@ -163,6 +185,23 @@ pub fn choose(
             0.0
         };
         fits.push((cpu_share, mem_share, &h.name));
+        if h.accelerator.as_deref() == Some(crate::doctor::ACCEL_KVM) {
+            kvm.push(&h.name);
+        }
+    }
+    let wants_vm = req.features.iter().any(|f| f == "qemu");
+    let mut why_kvm = None;
+    if wants_vm && !kvm.is_empty() && kvm.len() < fits.len() {
+        let others: Vec<&str> = fits
+            .iter()
+            .map(|f| f.2)
+            .filter(|n| !kvm.contains(n))
+            .collect();
+        why_kvm = Some(format!(
+            "KVM works there ({} would emulate with TCG)",
+            others.join(", ")
+        ));
+        fits.retain(|f| kvm.contains(&f.2));
     }
     let by_free = |a: &(f64, f64, &str), b: &(f64, f64, &str)| {
         a.0.total_cmp(&b.0)
@@ -174,9 +213,26 @@ pub fn choose(
         Policy::Spread => fits.iter().max_by(|a, b| by_free(a, b)),
         Policy::Pack => fits.iter().min_by(|a, b| by_free(a, b)),
     };
-    best.map(|b| b.2.to_string()).ok_or(Refusal {
-        reasons,
-        unknown_host: None,
+    let Some(best) = best else {
+        return Err(Refusal {
+            reasons,
+            unknown_host: None,
+        });
+    };
+    let mut reason = if req.pinned.is_some() {
+        "pinned with --host".to_string()
+    } else {
+        format!(
+            "{policy}: {:.0}% of its CPUs free after this one",
+            best.0 * 100.0
+        )
+    };
+    if let Some(k) = why_kvm {
+        reason = format!("{k}; {reason}");
+    }
+    Ok(Placement {
+        host: best.2.to_string(),
+        reason,
     })
 }
 
@@ -202,6 +258,7 @@ mod tests {
             memory_mib: 4096,
             used_cpus_milli: used * 1000,
             used_memory_mib: 0,
+            accelerator: None,
         }
     }
 
@@ -288,6 +345,39 @@ mod tests {
         pin.pinned = Some("a".into());
         let e = choose(&hosts, &pin, Policy::Spread, Ratios::default()).unwrap_err();
         assert_eq!(e.to_string(), "no host can take it: a: down");
+    }
+
+    #[test]
+    fn a_vm_prefers_a_kvm_host_and_says_why() {
+        let mut kvm = host("k", 4, 3);
+        kvm.accelerator = Some("kvm".into());
+        let mut tcg = host("t", 4, 0);
+        tcg.accelerator = Some("tcg".into());
+        let hosts = [tcg.clone(), kvm.clone()];
+        let mut vm = req(1);
+        vm.features = vec!["qemu".into()];
+        // Spread alone would take the emptier TCG host.
+        let p = place(&hosts, &vm, Policy::Spread, Ratios::default()).unwrap();
+        assert_eq!(p.host, "k");
+        assert_eq!(
+            p.reason,
+            "KVM works there (t would emulate with TCG); spread: 0% of its CPUs free after this one"
+        );
+        // Containers do not care about the accelerator.
+        let p = place(&hosts, &req(1), Policy::Spread, Ratios::default()).unwrap();
+        assert_eq!(p.host, "t");
+        assert!(!p.reason.contains("KVM"), "{}", p.reason);
+        // A full KVM host: the VM still runs, under TCG, and the reason does not claim KVM.
+        let full = [tcg, host_with_accel("k", 4, 4, "kvm")];
+        let p = place(&full, &vm, Policy::Spread, Ratios::default()).unwrap();
+        assert_eq!(p.host, "t");
+        assert!(!p.reason.contains("KVM"), "{}", p.reason);
+    }
+
+    fn host_with_accel(name: &str, cpus: u64, used: u64, accel: &str) -> Candidate {
+        let mut h = host(name, cpus, used);
+        h.accelerator = Some(accel.into());
+        h
     }
 
     #[test]

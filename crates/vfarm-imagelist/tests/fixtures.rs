@@ -1,4 +1,4 @@
-//! Every real list in shared/testdata/imagelists gets the verdict SOURCES.txt predicts.
+//! Every real list in tests/data/imagelists gets the verdict SOURCES.md predicts.
 
 mod common;
 

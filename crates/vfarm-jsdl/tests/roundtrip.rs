@@ -21,10 +21,7 @@ const DOCS: &[&str] = &[
 ];
 
 fn read(rel: &str) -> String {
-    let path = format!(
-        "{}/../../../shared/testdata/jsdl/{rel}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../../tests/data/jsdl/{rel}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 

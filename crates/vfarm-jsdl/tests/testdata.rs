@@ -1,14 +1,11 @@
-//! One test per document in shared/testdata/jsdl, asserting the verdict SOURCES.txt gives:
+//! One test per document in tests/data/jsdl, asserting the verdict SOURCES.md gives:
 //! VALID → parses with no schema warnings; INVALID (order / errata / StagingSchedule) →
 //! parses and reports the matching warning; NEGATIVE → refused, naming element and line.
 
 use vfarm_jsdl::*;
 
 fn read(rel: &str) -> String {
-    let path = format!(
-        "{}/../../../shared/testdata/jsdl/{rel}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../../tests/data/jsdl/{rel}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -571,10 +568,7 @@ fn every_testdata_document_has_a_test() {
         "xenbee/example5.xsdl",
         "xenbee/hello-world.xsdl",
     ];
-    let root = format!(
-        "{}/../../../shared/testdata/jsdl",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let root = format!("{}/../../tests/data/jsdl", env!("CARGO_MANIFEST_DIR"));
     let mut found = Vec::new();
     for dir in ["gridsam", "ogf", "unicore", "xenbee"] {
         for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {

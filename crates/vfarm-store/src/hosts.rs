@@ -40,6 +40,10 @@ pub struct HostRow {
     pub lost: i64,
     /// When the join token stops working (pending hosts).
     pub token_expires: Option<String>,
+    /// The node's own report of what it can run (`vfarm doctor`), from its last heartbeat.
+    pub checks: Option<serde_json::Value>,
+    /// The QEMU accelerator the node measured (`kvm`, `tcg`), from `checks`.
+    pub accelerator: Option<String>,
 }
 
 const COLS: &str = "h.name, h.state, h.drained, h.dn, h.cert_serial, h.url, h.cpus, h.memory_mib,
@@ -49,10 +53,18 @@ const COLS: &str = "h.name, h.state, h.drained, h.dn, h.cert_serial, h.url, h.cp
     (SELECT CAST(COALESCE(SUM(p.memory_mib), 0) AS BIGINT) FROM instance_hosts p WHERE p.host = h.name),
     (SELECT COUNT(*) FROM instance_hosts p JOIN instances i ON i.id = p.instance_id
        WHERE p.host = h.name AND i.state = 'lost'),
-    h.token_expires";
+    h.token_expires, h.checks";
 
 fn row(r: &Row<'_>) -> Result<HostRow> {
     let features: String = r.get(9)?;
+    let checks: Option<serde_json::Value> = r
+        .get::<_, Option<String>>(19)?
+        .and_then(|c| serde_json::from_str(&c).ok());
+    let accelerator = checks
+        .as_ref()
+        .and_then(|c| c.get("accelerator"))
+        .and_then(|a| a.as_str())
+        .map(str::to_string);
     Ok(HostRow {
         name: r.get(0)?,
         state: r.get(1)?,
@@ -73,6 +85,8 @@ fn row(r: &Row<'_>) -> Result<HostRow> {
         used_memory_mib: r.get(16)?,
         lost: r.get(17)?,
         token_expires: r.get(18)?,
+        checks,
+        accelerator,
     })
 }
 
@@ -92,6 +106,8 @@ pub struct Heartbeat<'a> {
     pub features: &'a [String],
     /// Every instance the node has, with its state there.
     pub instances: &'a [(String, String)],
+    /// The node's `vfarm doctor` report as JSON; `None` from nodes that do not send one.
+    pub checks: Option<&'a str>,
 }
 
 /// What a heartbeat changed.
@@ -207,7 +223,7 @@ impl Store {
             let running = hb.instances.iter().filter(|(_, s)| s == "running").count() as i64;
             tx.execute(
                 "UPDATE hosts SET state = 'up', url = ?2, cpus = ?3, memory_mib = ?4, disk_mib = ?5,
-                   features = ?6, running = ?7, last_heartbeat = ?8 WHERE name = ?1",
+                   features = ?6, running = ?7, last_heartbeat = ?8, checks = ?9 WHERE name = ?1",
                 params![
                     name,
                     hb.url,
@@ -216,7 +232,8 @@ impl Store {
                     hb.disk_mib,
                     serde_json::to_string(hb.features).unwrap_or_else(|_| "[]".into()),
                     running,
-                    t
+                    t,
+                    hb.checks
                 ],
             )?;
             if was != "up" {
@@ -395,24 +412,46 @@ impl Store {
         })
     }
 
-    /// Place instance `id` (already recorded) on the host `choose` picks from every host as
-    /// it stands inside this transaction; the share is promised before anyone else looks.
+    /// Place instance `id` (already recorded) on the host `choose` picks (with its reason)
+    /// from every host as it stands inside this transaction; the share is promised before
+    /// anyone else looks, and an `instance.place` event by `actor` records where and why.
     pub fn place_instance<E: From<StoreError>>(
         &self,
+        actor: &str,
         id: &str,
         cpus_milli: u64,
         memory_mib: u64,
-        choose: impl FnOnce(&[HostRow]) -> std::result::Result<String, E>,
+        choose: impl FnOnce(&[HostRow]) -> std::result::Result<(String, String), E>,
     ) -> std::result::Result<String, E> {
         self.tx(|tx| {
             let hosts = all(tx)?;
-            let host = choose(&hosts)?;
+            let (host, reason) = choose(&hosts)?;
             tx.execute(
                 "INSERT INTO instance_hosts(instance_id, host, cpus_milli, memory_mib) VALUES (?1, ?2, ?3, ?4)",
                 params![id, host, cpus_milli as i64, memory_mib as i64],
             )?;
+            append_event(
+                tx,
+                actor,
+                "instance.place",
+                id,
+                &serde_json::json!({ "host": host, "reason": reason }),
+            )?;
             Ok(host)
         })
+    }
+
+    /// Why instance `id` went to its host (the `instance.place` event's reason).
+    pub fn placement_reason(&self, id: &str) -> Result<Option<String>> {
+        let detail: Option<String> = optional(self.conn().query_row(
+            "SELECT detail FROM events WHERE kind = 'instance.place' AND object = ?1
+             ORDER BY seq DESC LIMIT 1",
+            [id],
+            |r| r.get(0),
+        ))?;
+        Ok(detail
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|d| d["reason"].as_str().map(str::to_string)))
     }
 
     /// The host instance `id` was placed on; `None`: the control's own machine.
@@ -510,9 +549,37 @@ mod tests {
                 disk_mib: 10_000,
                 features: &features,
                 instances,
+                checks: None,
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_heartbeat_with_checks_records_the_accelerator_and_one_without_clears_it() {
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            joined(&s, "n1");
+            let hb = |checks| Heartbeat {
+                url: "https://10.0.0.1:8751",
+                checks,
+                ..Default::default()
+            };
+            let report = r#"{"checks":[],"accelerator":"kvm","core_ok":true,"elapsed_ms":1}"#;
+            s.host_heartbeat("n1", "CN=n1", &hb(Some(report)))
+                .unwrap()
+                .unwrap();
+            let h = s.host("n1").unwrap().unwrap();
+            assert_eq!(h.accelerator.as_deref(), Some("kvm"));
+            assert_eq!(h.checks.unwrap()["core_ok"], true);
+            // A node older than the report: accepted, and nothing stale is kept.
+            s.host_heartbeat("n1", "CN=n1", &hb(None)).unwrap().unwrap();
+            let h = s.host("n1").unwrap().unwrap();
+            assert_eq!(
+                (h.state.as_str(), h.accelerator, h.checks),
+                ("up", None, None)
+            );
+        }
     }
 
     #[test]
@@ -564,7 +631,9 @@ mod tests {
             for (id, host) in [("a", "n1"), ("b", "n1"), ("c", "n2")] {
                 inst(&s, id, "running");
                 let placed = s
-                    .place_instance::<StoreError>(id, 1000, 64, |_| Ok(host.to_string()))
+                    .place_instance::<StoreError>("admin", id, 1000, 64, |_| {
+                        Ok((host.to_string(), String::new()))
+                    })
                     .unwrap();
                 assert_eq!(placed, host);
             }
@@ -612,13 +681,17 @@ mod tests {
             let s = db.open();
             joined(&s, "n1");
             inst(&s, "a", "running");
-            s.place_instance::<StoreError>("a", 500, 128, |hosts| {
+            s.place_instance::<StoreError>("admin", "a", 500, 128, |hosts| {
                 assert_eq!(hosts.len(), 1);
                 assert_eq!(hosts[0].used_cpus_milli, 0);
-                Ok("n1".into())
+                Ok(("n1".into(), "the only host".into()))
             })
             .unwrap();
-            s.place_instance::<StoreError>("zz", 500, 128, |hosts| {
+            assert_eq!(
+                s.placement_reason("a").unwrap().as_deref(),
+                Some("the only host")
+            );
+            s.place_instance::<StoreError>("admin", "zz", 500, 128, |hosts| {
                 assert_eq!(hosts[0].used_cpus_milli, 500);
                 Err(StoreError::Conflict {
                     kind: "capacity",

@@ -27,7 +27,7 @@ use db::{Conn, PgConn};
 
 /// Migrations in order; index + 1 is the schema version after applying it.
 /// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs, 5 auth,
-/// 6 hosts, 7 origins (several services on one database). Each has a PostgreSQL twin in [`PG_MIGRATIONS`] under the same name.
+/// 6 hosts, 7 origins (several services on one database), 8 host checks (doctor verdicts). Each has a PostgreSQL twin in [`PG_MIGRATIONS`] under the same name.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_images", include_str!("../migrations/0001_images.sql")),
     (
@@ -44,6 +44,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0007_origins",
         include_str!("../migrations/0007_origins.sql"),
+    ),
+    (
+        "0008_host_checks",
+        include_str!("../migrations/0008_host_checks.sql"),
     ),
 ];
 
@@ -77,6 +81,10 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0007_origins",
         include_str!("../migrations/postgres/0007_origins.sql"),
+    ),
+    (
+        "0008_host_checks",
+        include_str!("../migrations/postgres/0008_host_checks.sql"),
     ),
 ];
 

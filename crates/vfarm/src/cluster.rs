@@ -280,6 +280,7 @@ pub fn candidates(hosts: &[HostRow]) -> Vec<Candidate> {
                 memory_mib: h.memory_mib.max(0) as u64,
                 used_cpus_milli: h.used_cpus_milli.max(0) as u64,
                 used_memory_mib: h.used_memory_mib.max(0) as u64,
+                accelerator: h.accelerator.clone(),
             }
         })
         .collect()
@@ -344,8 +345,15 @@ impl InstanceBackend for Cluster {
             pinned: pinned.clone(),
         };
         let (policy, ratios) = (self.policy, self.ratios);
-        let placed = store.place_instance(&row.id, cpus_milli, memory_mib, |hosts| {
-            placement::choose(&candidates(hosts), &wanted, policy, ratios).map_err(|r| {
+        let mut why = None;
+        let placed = store.place_instance(&who.user, &row.id, cpus_milli, memory_mib, |hosts| {
+            placement::place(&candidates(hosts), &wanted, policy, ratios)
+                .map(|p| {
+                    tracing::info!(instance = %row.id, host = %p.host, reason = %p.reason, "placed");
+                    why = Some(p.reason.clone());
+                    (p.host, p.reason)
+                })
+                .map_err(|r| {
                 let (code, field) = if r.unknown_host.is_some() {
                     ("host_not_found", Some("host"))
                 } else {
@@ -384,6 +392,7 @@ impl InstanceBackend for Cluster {
         let mut v = crate::cmd::instance::view(&store, &row, false)
             .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         v.host = Some(host);
+        v.placement = why;
         Ok(v)
     }
 

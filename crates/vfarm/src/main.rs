@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod cluster;
 mod cmd;
 mod ctx;
+mod doctor;
 mod node_migration;
 mod service;
 
@@ -109,6 +110,10 @@ enum Command {
     /// Run this machine as a node of a control service (joins once with a token, then
     /// serves instances over mutual TLS and reports by heartbeat).
     Node(cmd::node::NodeArgs),
+    /// What this machine can run, measured: oci, qemu (KVM or TCG), image builds, Slurm, the
+    /// database; each failure with the command that fixes it. Exit 0 when the core works (the
+    /// database opens and oci or qemu runs instances), 1 otherwise.
+    Doctor,
     /// Print a shell completion script: `vfarm completions bash > /etc/bash_completion.d/vfarm`.
     Completions {
         #[arg(value_enum)]
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
         Command::Ca(c) => cmd::ca::run(&ctx, c),
         Command::Host(c) => cmd::host::run(&ctx, c),
         Command::Node(a) => cmd::node::run(&ctx, a),
+        Command::Doctor => doctor::run(&ctx),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "vfarm", &mut std::io::stdout());

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha512};
 fn testdata(rel: &str) -> PathBuf {
     Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/testdata/imagelists"
+        "/../../tests/data/imagelists"
     ))
     .join(rel)
 }
@@ -467,7 +467,7 @@ fn random_file(path: &Path, len: usize, seed: u8) {
 // Acceptance 1: the shared real-world lists.
 
 #[test]
-fn shared_testdata_lists_get_the_verdicts_sources_predicts() {
+fn fixture_lists_get_the_verdicts_sources_predicts() {
     require("openssl");
     let ck_ca = testdata("cloudkeeper/ca");
     let tmp = tempfile::tempdir().unwrap();

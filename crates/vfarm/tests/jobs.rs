@@ -292,7 +292,7 @@ fn serve_once(body: &'static [u8]) -> String {
 #[test]
 fn jsdl_documents_run_or_are_refused_naming_the_element() {
     let vf = Vf::new("jobs-jsdl");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/jsdl");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/jsdl");
     assert!(
         root.is_dir(),
         "JSDL test data missing at {}",

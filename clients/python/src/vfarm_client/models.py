@@ -165,6 +165,7 @@ class Instance:
     ssh: Any = None
     stats: Any = None
     host: Optional[str] = None
+    placement: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -276,6 +277,9 @@ class Host:
     joined: Optional[str] = None
     last_heartbeat: Optional[str] = None
     token_expires: Optional[str] = None
+    # The node's `vfarm doctor` report and its QEMU accelerator ("kvm", "tcg"), if it sends one.
+    checks: Optional[Dict[str, Any]] = None
+    accelerator: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod

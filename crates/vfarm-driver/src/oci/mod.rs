@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use bundle::{render as render_config, validate_hostname, IDLE_INIT};
-pub use runtime::{Runtime, RuntimeChoice};
+pub use runtime::{select as select_runtime, Runtime, RuntimeChoice};
 
 use crate::{
     validate_id, Driver, DriverError, Exec, ExecIo, Files, InstanceSpec, LogFiles, Observed,

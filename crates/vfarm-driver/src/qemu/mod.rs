@@ -1463,7 +1463,7 @@ impl Driver for QemuDriver {
 }
 
 /// The newest `/boot/vmlinuz-*` of the host, for the KVM probe.
-fn host_kernel() -> Option<PathBuf> {
+pub fn host_kernel() -> Option<PathBuf> {
     let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
         .ok()?
         .flatten()

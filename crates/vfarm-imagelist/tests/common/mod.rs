@@ -26,7 +26,7 @@ use vfarm_imagelist::trust::oneline;
 pub fn testdata(rel: &str) -> PathBuf {
     Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/testdata/imagelists"
+        "/../../tests/data/imagelists"
     ))
     .join(rel)
 }

@@ -140,7 +140,7 @@ fn since(t: &Option<String>) -> String {
 
 fn print_table(hosts: &[HostRow]) {
     println!(
-        "{:<16} {:<14} {:>5} {:>9} {:>11} {:>9} {:>5} {:>5} {:<24} {:<10}",
+        "{:<16} {:<14} {:>5} {:>9} {:>11} {:>9} {:>5} {:>5} {:<24} {:<5} {:<10}",
         "NAME",
         "STATE",
         "CPUS",
@@ -150,11 +150,12 @@ fn print_table(hosts: &[HostRow]) {
         "INST",
         "LOST",
         "DRIVERS",
+        "ACCEL",
         "HEARTBEAT"
     );
     for h in hosts {
         println!(
-            "{:<16} {:<14} {:>5} {:>9} {:>11} {:>9} {:>5} {:>5} {:<24} {:<10}",
+            "{:<16} {:<14} {:>5} {:>9} {:>11} {:>9} {:>5} {:>5} {:<24} {:<5} {:<10}",
             h.name,
             state_label(h),
             h.cpus,
@@ -164,6 +165,7 @@ fn print_table(hosts: &[HostRow]) {
             h.instances,
             h.lost,
             h.features.join(","),
+            h.accelerator.as_deref().unwrap_or("-"),
             since(&h.last_heartbeat)
         );
     }
@@ -196,4 +198,16 @@ fn print_one(h: &HostRow) {
     );
     println!("joined:          {}", opt(&h.joined));
     println!("last heartbeat:  {}", since(&h.last_heartbeat));
+    println!("accelerator:     {}", opt(&h.accelerator));
+    match h
+        .checks
+        .clone()
+        .and_then(|c| serde_json::from_value::<vfarm_core::doctor::Report>(c).ok())
+    {
+        Some(r) => {
+            println!("checks (the node's `vfarm doctor`):");
+            crate::doctor::print_checks(&r);
+        }
+        None => println!("checks:          - (the node reports none)"),
+    }
 }

@@ -787,6 +787,10 @@ pub(crate) fn view_cached(
         driver: row.driver.clone(),
         owner: row.owner.clone(),
         hostname: row.hostname.clone(),
+        placement: match (&host, detail) {
+            (Some(_), true) => store.placement_reason(&row.id)?,
+            _ => None,
+        },
         host,
         address,
         created: row.created.clone(),
@@ -934,6 +938,9 @@ pub(crate) fn print_view(v: &InstanceView) {
     kv("state", &state);
     if let Some(h) = &v.host {
         kv("host", h);
+    }
+    if let Some(p) = &v.placement {
+        kv("placement", p);
     }
     if let Some(e) = &v.error {
         kv("error", e);

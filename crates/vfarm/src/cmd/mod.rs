@@ -58,11 +58,84 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     1
 }
 
-/// Print the error chain on stderr; with `--output json` also an error document on stdout.
+/// The one thing to do about `err`, for refusals whose own message does not say it (a
+/// newcomer's first errors: a missing image, instance or tool, a taken name or port).
+pub fn fix(err: &anyhow::Error) -> Option<String> {
+    use vfarm_driver::DriverError;
+    use vfarm_image::ImageError;
+    use vfarm_store::StoreError;
+    let store = |e: &StoreError| {
+        match e {
+        StoreError::NotFound { kind, .. } if kind.starts_with("instance") => {
+            Some("`vfarm instance ls` lists the instances".to_string())
+        }
+        StoreError::NotFound { kind: "image", id } => Some(format!(
+            "`vfarm image ls` lists the images; `vfarm image build --suite bookworm --name {id}` builds one"
+        )),
+        StoreError::Conflict { kind: "instance name", id } => Some(format!(
+            "choose another --name, or remove the old one: vfarm instance destroy {id}"
+        )),
+        _ => None,
+    }
+    };
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<ImageError>() {
+            match e {
+                ImageError::NotFound(r) => {
+                    return Some(format!(
+                        "`vfarm image ls` lists the images; `vfarm image build --suite bookworm --name {r}` builds one"
+                    ))
+                }
+                ImageError::ToolMissing { tool } => {
+                    let package = match *tool {
+                        "setpriv" | "unshare" => "util-linux",
+                        t => t,
+                    };
+                    return Some(format!("apt-get install {package}"));
+                }
+                ImageError::Store(s) => return store(s),
+                _ => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return store(e);
+        }
+        if let Some(e) = cause.downcast_ref::<DriverError>() {
+            match e {
+                DriverError::NotFound { .. } => {
+                    return Some("`vfarm instance ls` lists the instances".into())
+                }
+                DriverError::HostNotReady { reason, .. } if !reason.contains("install") => {
+                    return Some(
+                        "`vfarm doctor` shows what this machine can run and how to fix the rest"
+                            .into(),
+                    )
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Some(
+                    "another process listens there: choose another port with --listen ADDR:PORT"
+                        .into(),
+                );
+            }
+        }
+    }
+    None
+}
+
+/// Print the error chain on stderr (and the fix, when there is one to name); with
+/// `--output json` also an error document on stdout.
 pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
     let mut msg = format!("vfarm: error: {err}");
     for cause in err.chain().skip(1) {
         msg.push_str(&format!("\n  caused by: {cause}"));
+    }
+    let fix = fix(err);
+    if let Some(f) = &fix {
+        msg.push_str(&format!("\n  fix: {f}"));
     }
     eprintln!("{msg}");
     if ctx.json() {
@@ -112,7 +185,10 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
                 err.downcast_ref::<remote::RemoteError>()
                     .and_then(|e| e.field.as_deref())
             });
-        let doc = serde_json::json!({ "error": { "code": code, "field": field, "message": format!("{err:#}") } });
+        let mut doc = serde_json::json!({ "error": { "code": code, "field": field, "message": format!("{err:#}") } });
+        if let Some(f) = fix {
+            doc["error"]["fix"] = f.into();
+        }
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
 }

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -212,6 +213,9 @@ fn client(files: &Files, timeout: Duration) -> Result<reqwest::blocking::Client>
         .build()?)
 }
 
+/// How often a node measures again what it can run (`vfarm doctor`) for its heartbeat.
+const CHECKS_EVERY: Duration = Duration::from_secs(300);
+
 fn heartbeats(
     ctx: &Ctx,
     http: &reqwest::blocking::Client,
@@ -220,9 +224,23 @@ fn heartbeats(
     every: Duration,
 ) {
     let mut failing = false;
+    // The doctor's probes take seconds (a KVM test boot, Slurm's controller): measured on a
+    // thread of their own at start and every few minutes, so heartbeats never wait for them
+    // (a node silent for 10 s is down).
+    let checks: Arc<Mutex<Option<vfarm_core::doctor::Report>>> = Arc::default();
+    {
+        let checks = checks.clone();
+        let ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
+        std::thread::spawn(move || loop {
+            let r = crate::doctor::report(&ctx);
+            *checks.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            std::thread::sleep(CHECKS_EVERY);
+        });
+    }
     loop {
         let sent = capacity(ctx).and_then(|mut hb| {
             hb.url = url.to_string();
+            hb.checks = checks.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let resp = http
                 .post(format!("{control}/api/v1/hosts/heartbeat"))
                 .timeout(every.max(Duration::from_secs(5)))
@@ -289,6 +307,7 @@ fn capacity(ctx: &Ctx) -> Result<HeartbeatRequest> {
         disk_mib,
         features,
         instances,
+        checks: None,
     })
 }
 

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, Once, OnceLock};
 
 /// `vfarm serve` on an ephemeral loopback port, killed on drop.
 pub struct Server {
-    child: Child,
+    child: Proc,
     pub base: String,
     data: PathBuf,
     /// Environment given to the service and to its CLI helpers (`token_for`).
@@ -34,26 +34,15 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vfarm"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vfarm"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("VFARM_DATA_DIR", data)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start vfarm serve");
+            .stderr(Stdio::inherit());
         // `serve` prints its address as its first line on stdout.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("read the serving line");
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
+        let (child, base) = serving(cmd);
         assert!(base.starts_with("http://127.0.0.1:"), "{base}");
         Server {
             child,
@@ -102,21 +91,41 @@ impl Server {
 impl Server {
     /// The service's process id (to kill it the hard way).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     /// Kill with SIGKILL and reap: no chance to clean up.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
     }
 }
 
-impl Drop for Server {
+/// A child process, killed and reaped on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
+}
+
+/// Start a `vfarm serve` (or `node`) command and wait for its first line on stdout, which
+/// names where it serves: the process and that URL (`http://…` or `https://…`, no final `/`).
+pub fn serving(mut cmd: Command) -> (Proc, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start vfarm");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the serving line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    (Proc(child), url)
 }
 
 /// The state store `vfarm` uses for `data`: SQLite in the data dir, or, when the suite runs
