@@ -223,7 +223,12 @@ fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> Inval
     }
 }
 
-/// A duration like `90s`, `30m`, `2h`, `2d`, `1w` (or plain seconds), in seconds.
+/// Longest duration accepted anywhere (about 100 years): every timestamp `now + duration`
+/// stays representable, so no caller can overflow date arithmetic.
+pub const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
+
+/// A duration like `90s`, `30m`, `2h`, `2d`, `1w` (or plain seconds), in seconds, at most
+/// [`MAX_DURATION_SECS`].
 pub fn parse_duration(field: &'static str, s: &str) -> Result<u64, InvalidField> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -245,8 +250,8 @@ pub fn parse_duration(field: &'static str, s: &str) -> Result<u64, InvalidField>
     };
     match n.checked_mul(mult) {
         Some(0) => Err(invalid(field, s, "must be longer than zero")),
-        Some(v) => Ok(v),
-        None => Err(invalid(field, s, "too long")),
+        Some(v) if v <= MAX_DURATION_SECS => Ok(v),
+        _ => Err(invalid(field, s, "too long (at most 100 years)")),
     }
 }
 
@@ -526,6 +531,17 @@ mod tests {
         assert!(parse_duration("expiry", "0h").is_err());
         assert!(parse_duration("expiry", "h").is_err());
         assert!(parse_duration("expiry", "99999999999999999999d").is_err());
+        // Fits in u64 seconds but not in any date: refused as a field error (finding 10).
+        let e = parse_duration("expiry", "999999999999w").unwrap_err();
+        assert_eq!(e.field, "expiry");
+        assert!(e.reason.contains("too long"), "{e}");
+        assert_eq!(parse_duration("expiry", "5200w").unwrap(), 5200 * 604_800);
+        assert!(parse_duration("expiry", &format!("{}", MAX_DURATION_SECS + 1)).is_err());
+        let req = InstanceRequest {
+            expiry: Some("999999999999w".into()),
+            ..Default::default()
+        };
+        assert_eq!(req.validate().unwrap_err().field, "expiry");
     }
 
     #[test]

@@ -146,10 +146,27 @@ pub(crate) fn parse_tree(xml: &str) -> Result<Node, JsdlError> {
             }
             Event::Start(e) => {
                 let node = start_node(&reader, ns, &e, line)?;
+                // Every later pass (typed parsing, to_any, Drop) recurses over the tree.
+                if stack.len() >= crate::MAX_DEPTH {
+                    return Err(JsdlError::TooDeep {
+                        element: node.qname(),
+                        line,
+                        depth: stack.len() + 1,
+                        max: crate::MAX_DEPTH,
+                    });
+                }
                 stack.push(node);
             }
             Event::Empty(e) => {
                 let node = start_node(&reader, ns, &e, line)?;
+                if stack.len() >= crate::MAX_DEPTH {
+                    return Err(JsdlError::TooDeep {
+                        element: node.qname(),
+                        line,
+                        depth: stack.len() + 1,
+                        max: crate::MAX_DEPTH,
+                    });
+                }
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(node),
                     None => root = Some(node),

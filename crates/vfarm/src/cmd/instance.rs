@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use vfarm_core::instance::{next, parse_duration, Event, InstanceRequest, State};
+use vfarm_core::instance::{
+    next, parse_duration, Event, InstanceRequest, State, MAX_DURATION_SECS,
+};
 use vfarm_core::ByteSize;
 use vfarm_driver::oci::{OciDriver, RuntimeChoice};
 use vfarm_driver::qemu::{AccelChoice, AfterCheckpoint, QemuDriver};
@@ -1266,7 +1268,8 @@ fn new_id() -> Result<String> {
 }
 
 fn time_after(secs: u64) -> String {
-    let t = chrono::Utc::now() + chrono::Duration::seconds(secs.min(i64::MAX as u64 / 2) as i64);
+    // parse_duration caps every duration at MAX_DURATION_SECS, so this cannot overflow.
+    let t = chrono::Utc::now() + chrono::Duration::seconds(secs.min(MAX_DURATION_SECS) as i64);
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -1622,7 +1625,15 @@ pub(crate) fn extend_instance(store: &Store, row: &InstanceRow, by: &str) -> Res
         .map(|t| t.with_timezone(&chrono::Utc))
         .filter(|t| *t > now)
         .unwrap_or(now);
-    let until = base + chrono::Duration::seconds(secs.min(i64::MAX as u64 / 2) as i64);
+    // parse_duration caps `secs`; repeated extensions could still run past chrono's range.
+    let until = base
+        .checked_add_signed(chrono::Duration::seconds(secs as i64))
+        .filter(|t| *t - now <= chrono::Duration::seconds(2 * MAX_DURATION_SECS as i64))
+        .ok_or_else(|| vfarm_core::instance::InvalidField {
+            field: "by",
+            value: by.to_string(),
+            reason: "the expiry would be more than 200 years away".into(),
+        })?;
     let until = until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     if !store.set_instance_expiry(&actor(), &row.id, &until)? {
         return Err(StoreError::NotFound {
