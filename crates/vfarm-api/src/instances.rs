@@ -707,6 +707,7 @@ pub(crate) async fn snapshot_create(
     body: Result<Json<SnapshotRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let req = json_body(body)?;
+    snapshot_name(&req.name)?;
     let v = with(&s, who, move |b, w| b.snapshot_create(w, &r, &req.name)).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -721,6 +722,7 @@ pub(crate) async fn snapshot_revert(
     who: Who,
     Path((r, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    snapshot_name(&name)?;
     let v = with(&s, who, move |b, w| b.snapshot_revert(w, &r, &name)).await?;
     Ok(Json(v).into_response())
 }
@@ -740,9 +742,17 @@ pub(crate) async fn snapshot_remove(
     who: Who,
     Path((r, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    snapshot_name(&name)?;
     let n = name.clone();
     with(&s, who, move |b, w| b.snapshot_remove(w, &r, &n)).await?;
     Ok(Json(Removed { removed: name }).into_response())
+}
+
+/// Refuses a snapshot name no driver accepts before any backend sees it (a name like
+/// `../../x` must never reach a URL or a path).
+fn snapshot_name(name: &str) -> Result<(), ApiError> {
+    vfarm_core::instance::validate_snapshot_name(name)
+        .map_err(|e| ApiError::bad_request(e.field, e.to_string()))
 }
 
 #[utoipa::path(get, path = "/api/v1/quota", tag = "accounting",

@@ -317,6 +317,25 @@ pub fn validate_name(s: &str) -> Result<(), InvalidField> {
     }
 }
 
+/// Snapshot names, as the drivers accept them: 1-64 of `A-Z a-z 0-9 . - _`, not starting
+/// with a dot (so never `.` or `..`, which a URL or a path would resolve).
+pub fn validate_snapshot_name(s: &str) -> Result<(), InvalidField> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            s,
+            "a snapshot name is 1-64 of A-Z a-z 0-9 . - _, not starting with a dot",
+        ))
+    }
+}
+
 /// RFC 1123 host names.
 pub fn validate_hostname(s: &str) -> Result<(), InvalidField> {
     let ok = !s.is_empty()
