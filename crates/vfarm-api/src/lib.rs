@@ -165,17 +165,64 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Longest a client may take to send a request's headers, counted from when the service
+/// starts waiting for them, so also how long a kept-alive connection may sit idle. A client
+/// that dribbles header bytes is dropped after this (issue 15, finding 15).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The accept loop of every listener: HTTP/1.1 (the only protocol the TLS config offers)
+/// through hyper with a timer, which axum::serve does not set, so the header-read timeout
+/// applies (no route upgrades a connection). Graceful shutdown waits for running requests.
+async fn serve_on<L>(
+    mut listener: L,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = Peer>,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            c = listener.accept() => c,
+            _ = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer.clone()));
+            app.clone().oneshot(req)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// Serve the router on `listener` (plain TCP) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    serve_on(
         PlainListener(listener),
-        router(state).into_make_service_with_connect_info::<Peer>(),
+        router(state),
+        HEADER_READ_TIMEOUT,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 
@@ -185,11 +232,12 @@ pub async fn serve_unix(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    serve_on(
         UnixPeerListener(listener),
-        router(state).into_make_service_with_connect_info::<Peer>(),
+        router(state),
+        HEADER_READ_TIMEOUT,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 
@@ -200,11 +248,12 @@ pub async fn serve_tls(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    serve_on(
         TlsListener::new(listener, tls)?,
-        router(state).into_make_service_with_connect_info::<Peer>(),
+        router(state),
+        HEADER_READ_TIMEOUT,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 
@@ -649,6 +698,61 @@ mod tests {
         // These tests are about the handlers; authentication has its own in `auth.rs`.
         st.auth.require_identity = false;
         (dir, st)
+    }
+
+    /// Finding 15 of issue 15: a client that dribbles header bytes held its connection
+    /// for as long as it liked. Now `serve` drops it within HEADER_READ_TIMEOUT, while a
+    /// normal request on the same server is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_header_clients_are_dropped_within_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_d, st) = state();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, st, async {
+            let _ = stop_rx.await;
+        }));
+
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let header = b"GET /api/v1/images HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let mut closed_after = None;
+        for b in header.iter().cycle() {
+            if started.elapsed() > HEADER_READ_TIMEOUT + Duration::from_secs(10) {
+                break;
+            }
+            if slow.write_all(&[*b]).await.is_err() {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            // The server answers a timeout with a 408 or just closes: either ends the read.
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(500), slow.read(&mut buf)).await {
+                Ok(Ok(_)) | Ok(Err(_)) => {
+                    closed_after = Some(started.elapsed());
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        let closed_after = closed_after.expect("the dribbling connection was never dropped");
+        assert!(
+            closed_after >= HEADER_READ_TIMEOUT - Duration::from_secs(1)
+                && closed_after <= HEADER_READ_TIMEOUT + Duration::from_secs(3),
+            "dropped after {closed_after:?}"
+        );
+
+        // A prompt client is still served.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /api/v1/images HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        ok.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stop_tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[test]
