@@ -177,6 +177,29 @@ pub async fn resolve_identity(
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let writes = !matches!(
+        method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    // Joins take no identity: limited per client address, so guessing tokens or names is
+    // slow. Every other change is limited per user.
+    let limited = if path == "/api/v1/hosts/join" {
+        let addr = req
+            .extensions()
+            .get::<ConnectInfo<Peer>>()
+            .and_then(|c| c.0.addr)
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        s.join_limit.check(&addr, "join")
+    } else {
+        match &identity {
+            Some(id) if writes => s.write_limit.check(&id.user, "write"),
+            _ => Ok(()),
+        }
+    };
+    if let Err(e) = limited {
+        return e.into_response();
+    }
     let resp = next.run(req).await;
     s.metrics
         .requests
@@ -186,12 +209,7 @@ pub async fn resolve_identity(
         })
         .inc();
     // Every change an identified caller asks for is audited with how it ended.
-    if let Some(id) = identity.filter(|_| {
-        !matches!(
-            method,
-            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-        )
-    }) {
+    if let Some(id) = identity.filter(|_| writes) {
         let status = resp.status();
         let outcome = if status.is_success() {
             vfarm_auth::audit::Outcome::Ok
@@ -393,5 +411,43 @@ mod tests {
             assert_eq!(s, StatusCode::UNAUTHORIZED, "{bad}");
             assert_eq!(v["error"]["code"], "invalid_token", "{bad}");
         }
+    }
+
+    /// Write requests are limited per user (a token bucket): one user's flood is refused
+    /// with 429 while another user's writes still go through.
+    #[tokio::test]
+    async fn writes_are_rate_limited_per_user() {
+        let (_d, mut st) = state(&[]);
+        st.write_limit = Arc::new(crate::ratelimit::RateLimiter::new(0.001, 3));
+        let post = |user: &'static str| {
+            let st = st.clone();
+            async move {
+                let t = vfarm_auth::token::create(&st.store, user, None, None, chrono::Utc::now())
+                    .unwrap();
+                let mut req = Request::post("/api/v1/images")
+                    .header("authorization", format!("Bearer {}", t.token))
+                    .header("content-type", "application/json")
+                    .body(Body::from(r#"{"suite":"nosuch"}"#))
+                    .unwrap();
+                req.extensions_mut().insert(ConnectInfo(Peer::default()));
+                crate::router(st).oneshot(req).await.unwrap().status()
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(post("mallory").await, StatusCode::BAD_REQUEST);
+        }
+        assert_eq!(post("mallory").await, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(post("alice").await, StatusCode::BAD_REQUEST);
+        // Reads are not limited.
+        let t = vfarm_auth::token::create(&st.store, "mallory", None, None, chrono::Utc::now())
+            .unwrap();
+        let (s, _, _) = get(
+            &st,
+            "/api/v1/images",
+            Some(&format!("Bearer {}", t.token)),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
     }
 }

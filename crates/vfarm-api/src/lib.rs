@@ -28,6 +28,7 @@ pub mod instances;
 pub mod live;
 pub mod migration;
 pub mod openapi;
+pub mod ratelimit;
 pub mod tls;
 
 pub use auth::AuthPolicy;
@@ -52,6 +53,10 @@ pub struct AppState {
     pub server_subject: Option<String>,
     /// Set on nodes: the steps of a live migration between nodes.
     pub migration: Option<Arc<dyn migration::MigrationBackend>>,
+    /// Join attempts per client address (the endpoint takes no credential but the token).
+    pub join_limit: Arc<ratelimit::RateLimiter>,
+    /// State-changing requests per user.
+    pub write_limit: Arc<ratelimit::RateLimiter>,
 }
 
 impl AppState {
@@ -69,6 +74,10 @@ impl AppState {
             metrics: live::Metrics::default(),
             server_subject: None,
             migration: None,
+            // A node joins once; a few retries a minute are plenty.
+            join_limit: Arc::new(ratelimit::RateLimiter::new(0.2, 5)),
+            // Bursts like a 200-instance batch pass; a sustained flood is slowed to 20/s.
+            write_limit: Arc::new(ratelimit::RateLimiter::new(20.0, 600)),
         })
     }
 }
