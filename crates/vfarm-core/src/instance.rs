@@ -306,15 +306,23 @@ pub fn validate_name(s: &str) -> Result<(), InvalidField> {
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
+    if !ok {
+        return Err(invalid(
             "name",
             s,
             "use 1-63 of a-z 0-9 -, starting with a letter or digit",
-        ))
+        ));
     }
+    // References resolve ids and id prefixes of 4+ hex digits: a name like that could
+    // shadow (or be shadowed by) another instance's id.
+    if s.len() >= 4 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(invalid(
+            "name",
+            s,
+            "a name of 4 or more hex digits could be taken for an instance id; add another letter or a -",
+        ));
+    }
+    Ok(())
 }
 
 /// Snapshot names, as the drivers accept them: 1-64 of `A-Z a-z 0-9 . - _`, not starting
@@ -534,6 +542,17 @@ mod tests {
             assert_eq!(s.as_str().parse::<State>().unwrap(), *s);
         }
         assert!("zombie".parse::<State>().is_err());
+    }
+
+    /// Finding 16 of issue 15: a name could equal another instance's id or id prefix.
+    #[test]
+    fn names_cannot_look_like_ids() {
+        for bad in ["abcd", "0123456789ab", "deadbeef"] {
+            assert_eq!(validate_name(bad).unwrap_err().field, "name", "{bad}");
+        }
+        for ok in ["web", "abc", "web-1", "deadbeefs", "a-bcd"] {
+            validate_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl Cluster {
         reference: &str,
     ) -> Result<Option<(InstanceRow, HostRow)>, ApiError> {
         let store = self.store()?;
-        let row = match store.find_instance(reference) {
+        let row = match store.find_instance_of(reference, crate::service::owner_scope(who)) {
             Ok(r) => r,
             // The local backend words it (not found, ambiguous).
             Err(_) => return Ok(None),

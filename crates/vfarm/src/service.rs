@@ -97,8 +97,10 @@ impl Service {
     /// instance is reported exactly like a missing one.
     fn find(&self, who: &Identity, reference: &str) -> Result<InstanceRow, ApiError> {
         let store = self.store()?;
+        // Only the caller's own instances (all, for admins) take part in the lookup, so
+        // another owner's ids never make a prefix ambiguous or appear in an error.
         let row = store
-            .find_instance(reference)
+            .find_instance_of(reference, owner_scope(who))
             .map_err(|e| api_error(e.into()))?;
         if !who.may_access(&row.owner) {
             return Err(not_found("instance", reference));
@@ -117,6 +119,11 @@ impl Service {
     fn view(&self, row: &InstanceRow) -> Result<InstanceView, ApiError> {
         inst::view(&*self.store()?, row, false).map_err(api_error)
     }
+}
+
+/// The owner whose instances a caller's references resolve among (`None`: all, for admins).
+pub(crate) fn owner_scope(who: &Identity) -> Option<&str> {
+    (!who.admin).then_some(who.user.as_str())
 }
 
 fn not_found(kind: &str, id: &str) -> ApiError {
