@@ -169,7 +169,7 @@ impl Store {
                 Some(o) => st.query_map(params![arg, o], row)?,
                 None => st.query_map(params![arg], row)?,
             };
-            Ok(rows.collect::<Result<_, _>>()?)
+            rows.collect::<Result<_, _>>()
         };
         if let Some(r) = by("id = ?1", reference, 1)?.pop() {
             return Ok(r);
