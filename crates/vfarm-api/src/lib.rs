@@ -57,7 +57,16 @@ pub struct AppState {
     pub join_limit: Arc<ratelimit::RateLimiter>,
     /// State-changing requests per user.
     pub write_limit: Arc<ratelimit::RateLimiter>,
+    /// Execs running, per user and in all.
+    pub exec_slots: Arc<instances::ExecSlots>,
+    /// Format conversions running on demand (downloads of a format not built yet).
+    pub conversions: Arc<tokio::sync::Semaphore>,
+    /// Signs the web UI's session cookies (`<data>/session.key`).
+    pub session_key: Arc<Vec<u8>>,
 }
+
+/// On-demand format conversions at a time: each is CPU- and disk-heavy.
+pub const CONVERSIONS: usize = 2;
 
 impl AppState {
     pub fn new(data_dir: PathBuf, store: Arc<Store>) -> Result<AppState, ImageError> {
@@ -67,7 +76,6 @@ impl AppState {
         Ok(AppState {
             repo,
             store,
-            data_dir,
             auth: AuthPolicy::default(),
             instances: None,
             events: tokio::sync::broadcast::channel(1024).0,
@@ -78,6 +86,16 @@ impl AppState {
             join_limit: Arc::new(ratelimit::RateLimiter::new(0.2, 5)),
             // Bursts like a 200-instance batch pass; a sustained flood is slowed to 20/s.
             write_limit: Arc::new(ratelimit::RateLimiter::new(20.0, 600)),
+            exec_slots: Arc::default(),
+            conversions: Arc::new(tokio::sync::Semaphore::new(CONVERSIONS)),
+            session_key: Arc::new(
+                vfarm_auth::token::session_key(&data_dir).unwrap_or_else(|e| {
+                    // Sessions then end with this process; everything else works.
+                    tracing::warn!("no persistent session key: {e}");
+                    uuid::Uuid::new_v4().as_bytes().repeat(2)
+                }),
+            ),
+            data_dir,
         })
     }
 }
@@ -454,7 +472,7 @@ pub(crate) async fn download(
 ) -> Result<Response, ApiError> {
     let Query(q) = instances::query(q)?;
     let format: Format = q.format.as_deref().unwrap_or("tar").parse()?;
-    serve_artifact(s, id, format, req).await
+    serve_artifact(s, id, format, req, true).await
 }
 
 /// Stream an artifact: Content-Length, Range/206 (tower-http's ServeFile), and the sha512 as
@@ -464,9 +482,43 @@ async fn serve_artifact(
     id: String,
     format: Format,
     req: Request<Body>,
+    convert_anonymously: bool,
 ) -> Result<Response, ApiError> {
+    // Files already there are served to anyone who may fetch them; making one (a format
+    // conversion: minutes of CPU and GBs of disk) needs an identity and a conversion slot.
+    let identified =
+        convert_anonymously || req.extensions().get::<vfarm_auth::Identity>().is_some();
+    let repo = s.repo.clone();
+    let img = blocking(move || Ok(repo.resolve(&id)?)).await?;
+    let _permit = if img.artifact(format).is_none() {
+        if !identified {
+            return Err(ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                code: "unauthenticated",
+                message: format!(
+                    "image {} has no {} yet; converting it needs a client certificate or a token",
+                    img.id,
+                    format.file_name()
+                ),
+                field: Some("authorization"),
+            });
+        }
+        Some(
+            s.conversions
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ApiError {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    code: "rate_limited",
+                    message: "the service is converting as many images as it may; retry later"
+                        .into(),
+                    field: None,
+                })?,
+        )
+    } else {
+        None
+    };
     let art = blocking(move || {
-        let img = s.repo.resolve(&id)?;
         Ok((
             img.id.clone(),
             s.repo.ensure_format(&img, format, &mut |_| {})?,
@@ -545,7 +597,8 @@ async fn repository_file(
             ),
             field: Some("file"),
         })?;
-    serve_artifact(s, id, format, req).await
+    // Image-list subscribers fetch what the list names without an identity.
+    serve_artifact(s, id, format, req, false).await
 }
 
 /// POST /api/v1/images: validate now (bad input is a 400 that changes nothing), then build
@@ -644,7 +697,7 @@ async fn osfarm_create(
     let st = s.clone();
     let outcome = blocking(move || Ok(st.repo.build(&build_req, "osfarm", &mut |_| {})?)).await?;
     if download {
-        return serve_artifact(s, outcome.image.id.clone(), format, req).await;
+        return serve_artifact(s, outcome.image.id.clone(), format, req, true).await;
     }
     Ok(Json(outcome).into_response())
 }
@@ -707,6 +760,70 @@ mod tests {
         // These tests are about the handlers; authentication has its own in `auth.rs`.
         st.auth.require_identity = false;
         (dir, st)
+    }
+
+    /// Finding 8 of issue 15: `/repository/{id}/{file}` converted formats for anyone. A file
+    /// that is there is still served without an identity (image-list subscribers); making
+    /// one is refused without one, and nothing is converted.
+    #[tokio::test]
+    async fn repository_conversions_need_an_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let st = AppState::new(dir.path().to_path_buf(), store).unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/debian_version"), "12.0\n").unwrap();
+        let tar = dir.path().join("root.tar");
+        let ok = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&root)
+            .arg(".")
+            .status()
+            .expect("this test needs `tar`");
+        assert!(ok.success());
+        let st2 = st.clone();
+        let img = tokio::task::spawn_blocking(move || {
+            st2.repo
+                .import(
+                    &tar,
+                    &vfarm_image::ImportOptions {
+                        format: Some(Format::Tar),
+                        ..Default::default()
+                    },
+                    "test",
+                )
+                .unwrap()
+                .image
+        })
+        .await
+        .unwrap();
+        assert!(img.artifact(Format::Qcow2).is_none());
+        let get = |path: String| {
+            let st = st.clone();
+            async move {
+                let resp = router(st)
+                    .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let b = to_bytes(resp.into_body(), 64 << 20).await.unwrap();
+                (status, b)
+            }
+        };
+        let (s, body) = get(format!("/repository/{}/disk.qcow2", img.id)).await;
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let again = st.repo.get(&img.id).unwrap().unwrap();
+        assert!(again.artifact(Format::Qcow2).is_none(), "a qcow2 was made");
+        let (s, body) = get(format!("/repository/{}/rootfs.tar", img.id)).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body.len() as u64, img.artifact(Format::Tar).unwrap().size);
     }
 
     /// Finding 15 of issue 15: a client that dribbles header bytes held its connection

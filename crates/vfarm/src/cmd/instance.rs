@@ -1380,6 +1380,16 @@ fn place_host_certificate(
     Ok(())
 }
 
+/// Memory limit of a kept instance that asks for none and has no `[quotas] default_memory`:
+/// what the qemu driver gives a VM anyway, and 1 GiB for a container.
+fn default_memory(driver_kind: &str) -> u64 {
+    if driver_kind == "qemu" {
+        512 << 20
+    } else {
+        1 << 30
+    }
+}
+
 /// Validate, take the quota share and the pool hostname, and record the instance
 /// (`creating`). Every refusal happens here, before any work; a failure leaves nothing held.
 pub(crate) fn record_instance(
@@ -1403,6 +1413,22 @@ pub(crate) fn record_instance(
         Some(id) => id.clone(),
         None => new_id()?,
     };
+    let held = !n.disposable;
+    let mut settings = settings;
+    let mut disk = n.disk;
+    if held {
+        // A kept instance always runs with a memory limit, and what it may use is what
+        // counts against the owner's quota (none asked for used to mean unlimited and 0).
+        settings.memory = settings
+            .memory
+            .or(admission.quotas.default_memory)
+            .or(Some(default_memory(driver_kind)));
+        // An oci instance's upper dir has no size of its own: the disk it asked for, else
+        // the site's default, is what counts against the disk quota.
+        if driver_kind == "oci" {
+            disk = disk.or(admission.quotas.default_disk);
+        }
+    }
     // An instance without a CPU limit still takes a CPU of the owner's share.
     let resources = Resources {
         cpus_milli: settings
@@ -1410,9 +1436,8 @@ pub(crate) fn record_instance(
             .map(|c| (c * 1000.0).round() as u64)
             .unwrap_or(1000),
         memory_mib: settings.memory.map(|m| m.div_ceil(1 << 20)).unwrap_or(0),
-        disk_mib: n.disk.map(|d| d.div_ceil(1 << 20)).unwrap_or(0),
+        disk_mib: disk.map(|d| d.div_ceil(1 << 20)).unwrap_or(0),
     };
-    let held = !n.disposable;
     if held {
         vfarm_auth::quota::reserve(store, &admission.quotas, &id, &n.owner, resources)?;
     }
@@ -1441,7 +1466,7 @@ pub(crate) fn record_instance(
         cpus: settings.cpus,
         memory: settings.memory,
         pids: settings.pids,
-        disk: n.disk,
+        disk,
         env: settings.env.clone(),
         command: settings.command.clone(),
         network: match n.shape.net {

@@ -1,0 +1,280 @@
+//! Attacks on the instance API from issue 15, each against a real `vfarm serve` with the oci
+//! driver (runc), now refused or harmless: runaway and abandoned execs, exec output floods,
+//! overflowing durations, path tricks in snapshot names.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fresh_dir, require, Server, Vf};
+use serde_json::{json, Value};
+
+fn client(token: &str, timeout: Duration) -> reqwest::blocking::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::blocking::Client::builder()
+        .default_headers(h)
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}
+
+fn call(
+    c: &reqwest::blocking::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut r = c.request(m, format!("{base}{path}"));
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Processes on this host whose command line is exactly `argv` (the exec'd process runs in
+/// the container's pid namespace but is visible from the host's /proc).
+fn processes(argv: &[&str]) -> usize {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| *c == want)
+        .count()
+}
+
+fn wait_until_gone(argv: &[&str], within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if processes(argv) == 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Findings 4, 5, 10, 11 and 3 of issue 15 against one service.
+#[test]
+fn exec_limits_durations_quotas_and_path_parameters() {
+    require("runc");
+    let vf = Vf::with_minbase(fresh_dir("api-hardening"));
+    std::fs::write(
+        vf.data.join("serve.toml"),
+        "[quotas]\ndefault_memory = \"256M\"\ndefault_disk = \"2G\"\n[quotas.default]\ndisk = \"3G\"\n",
+    )
+    .unwrap();
+    let server = Server::start(&vf.data);
+    let base = server.base.clone();
+    let alice_token = server.token_for("alice");
+    let alice = client(&alice_token, Duration::from_secs(120));
+    let bob = client(&server.token_for("bob"), Duration::from_secs(120));
+
+    let (s, a1) = call(
+        &alice,
+        &base,
+        "POST",
+        "/api/v1/instances?wait=true",
+        Some(json!({"image": "minbase", "name": "a1"})),
+    );
+    assert_eq!(s, 201, "{a1}");
+    let (s, b1) = call(
+        &bob,
+        &base,
+        "POST",
+        "/api/v1/instances?wait=true",
+        Some(json!({"image": "minbase", "name": "b1"})),
+    );
+    assert_eq!(s, 201, "{b1}");
+    let exec = "/api/v1/instances/a1/exec";
+
+    // Finding 11: no memory asked for is the site's default limit, counted in the quota,
+    // and the oci instance's disk counts too: a second 2G one is over alice's 3G.
+    let (_, q) = call(&alice, &base, "GET", "/api/v1/quota", None);
+    assert_eq!(
+        (
+            q["usage"]["memory_mib"].as_u64(),
+            q["usage"]["disk_mib"].as_u64()
+        ),
+        (Some(256), Some(2048)),
+        "{q}"
+    );
+    let a1_id = a1["id"].as_str().unwrap();
+    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/vfarm/{a1_id}/memory.max"))
+        .or_else(|_| {
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/memory/vfarm/{a1_id}/memory.limit_in_bytes"
+            ))
+        })
+        .expect("the instance's memory cgroup");
+    assert_eq!(limit.trim(), (256u64 << 20).to_string());
+    let (s, r) = call(
+        &alice,
+        &base,
+        "POST",
+        "/api/v1/instances?wait=true",
+        Some(json!({"image": "minbase", "name": "a2"})),
+    );
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (409, Some("quota_exceeded")),
+        "{r}"
+    );
+
+    // Finding 4: a command past its time limit is killed, inside the container too.
+    let t = Instant::now();
+    let (s, r) = call(
+        &alice,
+        &base,
+        "POST",
+        exec,
+        Some(json!({"command": ["sleep", "3131"], "timeout": "2s"})),
+    );
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (r["timed_out"].as_bool(), r["exit_code"].as_i64()),
+        (Some(true), Some(137))
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(wait_until_gone(&["sleep", "3131"], Duration::from_secs(5)));
+    // A limit over the maximum is a field error.
+    let (s, r) = call(
+        &alice,
+        &base,
+        "POST",
+        exec,
+        Some(json!({"command": ["true"], "timeout": "2h"})),
+    );
+    assert_eq!(
+        (s, r["error"]["field"].as_str()),
+        (400, Some("timeout")),
+        "{r}"
+    );
+
+    // Finding 4: a client that goes away takes its command with it.
+    let impatient = client(&alice_token, Duration::from_secs(2));
+    let gone = impatient
+        .post(format!("{base}{exec}"))
+        .json(&json!({"command": ["sleep", "3132"]}))
+        .send();
+    assert!(gone.is_err(), "the exec answered before the client gave up");
+    assert!(
+        wait_until_gone(&["sleep", "3132"], Duration::from_secs(10)),
+        "the exec kept running after its client disconnected"
+    );
+
+    // Finding 4: a user runs a few execs at a time; everyone else is still answered.
+    let hold: Vec<_> = (0..4)
+        .map(|_| {
+            let c = client(&alice_token, Duration::from_secs(60));
+            let base = base.clone();
+            std::thread::spawn(move || {
+                call(
+                    &c,
+                    &base,
+                    "POST",
+                    "/api/v1/instances/a1/exec",
+                    Some(json!({"command": ["sleep", "3133"], "timeout": "6s"})),
+                )
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    while processes(&["sleep", "3133"]) < 4 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (s, r) = call(
+        &alice,
+        &base,
+        "POST",
+        exec,
+        Some(json!({"command": ["true"]})),
+    );
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{r}"
+    );
+    let t = Instant::now();
+    let (s, _) = call(&bob, &base, "GET", "/api/v1/instances", None);
+    assert_eq!(s, 200);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    for h in hold {
+        let (s, r) = h.join().unwrap();
+        assert_eq!((s, r["timed_out"].as_bool()), (200, Some(true)), "{r}");
+    }
+
+    // Finding 5: output is capped, whatever the command writes.
+    let (s, r) = call(
+        &alice,
+        &base,
+        "POST",
+        exec,
+        Some(
+            json!({"command": ["sh", "-c", "head -c 30000000 /dev/zero | tr '\\0' x; echo done >&2"]}),
+        ),
+    );
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["stdout"].as_str().unwrap().len(), 8 << 20);
+    assert_eq!(r["truncated"], true);
+    assert_eq!(
+        (r["exit_code"].as_i64(), r["stderr"].as_str()),
+        (Some(0), Some("done\n"))
+    );
+
+    // Finding 10: an expiry past any date is a field error, and nothing is taken.
+    let (_, quota_before) = call(&alice, &base, "GET", "/api/v1/quota", None);
+    let (s, r) = call(
+        &alice,
+        &base,
+        "POST",
+        "/api/v1/instances?wait=true",
+        Some(json!({"image": "minbase", "expiry": "999999999999w"})),
+    );
+    assert_eq!(
+        (s, r["error"]["field"].as_str()),
+        (400, Some("expiry")),
+        "{r}"
+    );
+    let (_, quota_after) = call(&alice, &base, "GET", "/api/v1/quota", None);
+    assert_eq!(quota_before, quota_after);
+
+    // Finding 3: a snapshot name cannot climb out of its instance's path.
+    for name in ["..%2F..%2Fb1", "..", "%2E%2E"] {
+        let (s, r) = call(
+            &alice,
+            &base,
+            "POST",
+            &format!("/api/v1/instances/a1/snapshots/{name}/revert"),
+            None,
+        );
+        assert!(s == 400 || s == 404, "{name}: {s} {r}");
+    }
+    let (s, r) = call(&bob, &base, "GET", "/api/v1/instances/b1", None);
+    assert_eq!((s, r["state"].as_str()), (200, Some("running")), "{r}");
+
+    for (c, id) in [(&alice, &a1["id"]), (&bob, &b1["id"])] {
+        let (s, r) = call(
+            c,
+            &base,
+            "DELETE",
+            &format!("/api/v1/instances/{}", id.as_str().unwrap()),
+            None,
+        );
+        assert!((200..300).contains(&s), "{r}");
+    }
+}
