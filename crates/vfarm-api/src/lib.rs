@@ -339,7 +339,8 @@ impl From<ImageError> for ApiError {
         let code = e.code();
         let status = match code {
             "image_not_found" | "artifact_not_found" => StatusCode::NOT_FOUND,
-            "conflict" => StatusCode::CONFLICT,
+            "conflict" | "image_in_use" => StatusCode::CONFLICT,
+            "forbidden" => StatusCode::FORBIDDEN,
             "host_not_ready" => StatusCode::SERVICE_UNAVAILABLE,
             _ if e.is_client_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -429,12 +430,24 @@ pub(crate) async fn get_image(
 }
 
 #[utoipa::path(delete, path = "/api/v1/images/{ref}", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "Not the caller's image (public images: admins only)", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Instances' disks sit on it (image_in_use, naming them)", body = ErrorBody)))]
 pub(crate) async fn delete_image(
     State(s): State<AppState>,
+    who: instances::Who,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let img = blocking(move || Ok(s.repo.remove(&id, "api")?)).await?;
+    let owner = image_owner_for(&who);
+    let img = blocking(move || {
+        if let Some(user) = &owner {
+            let img = s.repo.resolve(&id)?;
+            let theirs = s.store.image_owner(&img.id).map_err(ImageError::from)?;
+            if theirs.flatten().as_deref() != Some(user.as_str()) {
+                return Err(ImageError::NotOwner { id: img.id }.into());
+            }
+        }
+        Ok(s.repo.remove(&id, owner.as_deref().unwrap_or("api"))?)
+    })
+    .await?;
     Ok(Json(serde_json::json!({ "removed": img.id })).into_response())
 }
 
@@ -601,12 +614,25 @@ async fn repository_file(
     serve_artifact(s, id, format, req, false).await
 }
 
+/// Whose an image a caller builds is, and whether the caller may remove only its own:
+/// `None` for admins and the local socket's caller (public images, removable by them),
+/// else the user.
+fn image_owner_for(who: &instances::Who) -> Option<String> {
+    match who {
+        Some(axum::Extension(id)) if !id.admin && id.method != vfarm_auth::AuthMethod::UnixPeer => {
+            Some(id.user.clone())
+        }
+        _ => None,
+    }
+}
+
 /// POST /api/v1/images: validate now (bad input is a 400 that changes nothing), then build
 /// in the background and answer 202 with an operation to poll.
 #[utoipa::path(post, path = "/api/v1/images", tag = "images", request_body = Object,
     responses((status = 202, description = "Building in the background: poll the operation", body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(crate) async fn create_image(
     State(s): State<AppState>,
+    who: instances::Who,
     body: Result<Json<SpecRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let spec = instances::json_body(body)?;
@@ -623,8 +649,17 @@ pub(crate) async fn create_image(
     .await?;
     let st = s.clone();
     let op = op_id.clone();
+    let owner = image_owner_for(&who);
     tokio::task::spawn_blocking(move || {
-        let result = st.repo.build(&req, "api", &mut |_| {});
+        let result = st
+            .repo
+            .build(&req, owner.as_deref().unwrap_or("api"), &mut |_| {});
+        // A new image is its builder's; one that existed (a cache hit) keeps its owner.
+        if let (Ok(outcome), Some(user)) = (&result, &owner) {
+            if !outcome.cached {
+                let _ = st.store.claim_image(&outcome.image.id, user);
+            }
+        }
         let _ = match result {
             Ok(outcome) => st.store.finish_operation(
                 &op,
@@ -762,18 +797,12 @@ mod tests {
         (dir, st)
     }
 
-    /// Finding 8 of issue 15: `/repository/{id}/{file}` converted formats for anyone. A file
-    /// that is there is still served without an identity (image-list subscribers); making
-    /// one is refused without one, and nothing is converted.
-    #[tokio::test]
-    async fn repository_conversions_need_an_identity() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_memory().unwrap());
-        let st = AppState::new(dir.path().to_path_buf(), store).unwrap();
-        let root = dir.path().join("root");
+    /// A minimal rootfs tarball imported as an image (tar only).
+    async fn tiny_image(st: &AppState, dir: &std::path::Path) -> vfarm_image::Image {
+        let root = dir.join("root");
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/debian_version"), "12.0\n").unwrap();
-        let tar = dir.path().join("root.tar");
+        let tar = dir.join("root.tar");
         let ok = std::process::Command::new("tar")
             .arg("-cf")
             .arg(&tar)
@@ -783,9 +812,9 @@ mod tests {
             .status()
             .expect("this test needs `tar`");
         assert!(ok.success());
-        let st2 = st.clone();
-        let img = tokio::task::spawn_blocking(move || {
-            st2.repo
+        let st = st.clone();
+        tokio::task::spawn_blocking(move || {
+            st.repo
                 .import(
                     &tar,
                     &vfarm_image::ImportOptions {
@@ -798,7 +827,96 @@ mod tests {
                 .image
         })
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Finding 7 of issue 15: any user deleted any image, also one instances' disks sat on.
+    /// Now only its owner (or an admin; public images: admins only) removes it, and not
+    /// while an instance uses it (409 naming the instance).
+    #[tokio::test]
+    async fn images_are_removed_by_their_owner_and_not_while_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let mut st = AppState::new(dir.path().to_path_buf(), store.clone()).unwrap();
+        st.auth = AuthPolicy::new(["root-admin".to_string()]);
+        let img = tiny_image(&st, dir.path()).await;
+        let delete = |user: &'static str| {
+            let st = st.clone();
+            let id = img.id.clone();
+            async move {
+                let t = vfarm_auth::token::create(&st.store, user, None, None, chrono::Utc::now())
+                    .unwrap();
+                let mut req = Request::delete(format!("/api/v1/images/{id}"))
+                    .header("authorization", format!("Bearer {}", t.token))
+                    .body(Body::empty())
+                    .unwrap();
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(Peer::default()));
+                call(&st, req).await
+            }
+        };
+        // Public (an import by the local CLI): not a user's to remove.
+        let (s, v) = delete("alice").await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+            "{v}"
+        );
+        assert!(store.claim_image(&img.id, "alice").unwrap());
+        let (s, _) = delete("bob").await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        // In use: refused, naming the instance, for the owner and the admin alike.
+        let inst = vfarm_store::instances::InstanceRow {
+            id: "c0ffee000001".into(),
+            name: None,
+            image_id: img.id.clone(),
+            driver: "oci".into(),
+            owner: "carol".into(),
+            state: "running".into(),
+            exit_code: None,
+            hostname: "h".into(),
+            spec: "{}".into(),
+            created: vfarm_store::now(),
+            started: None,
+            expires: None,
+            updated: vfarm_store::now(),
+            error: None,
+        };
+        store.insert_instance(&inst).unwrap();
+        for user in ["alice", "root-admin"] {
+            let (s, v) = delete(user).await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (StatusCode::CONFLICT, Some("image_in_use")),
+                "{v}"
+            );
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("c0ffee000001"),
+                "{v}"
+            );
+        }
+        assert!(
+            store.image_owner(&img.id).unwrap().is_some(),
+            "the image went"
+        );
+        store.delete_instance("test", "c0ffee000001").unwrap();
+        let (s, v) = delete("alice").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(store.image_owner(&img.id).unwrap(), None);
+    }
+
+    /// Finding 8 of issue 15: `/repository/{id}/{file}` converted formats for anyone. A file
+    /// that is there is still served without an identity (image-list subscribers); making
+    /// one is refused without one, and nothing is converted.
+    #[tokio::test]
+    async fn repository_conversions_need_an_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let st = AppState::new(dir.path().to_path_buf(), store).unwrap();
+        let img = tiny_image(&st, dir.path()).await;
         assert!(img.artifact(Format::Qcow2).is_none());
         let get = |path: String| {
             let st = st.clone();

@@ -363,15 +363,23 @@ pub fn validate_image_name(n: &str) -> Result<(), SpecError> {
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && !n.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::Invalid {
+    if !ok {
+        return Err(SpecError::Invalid {
             field: "name",
             value: n.to_string(),
             reason: "use 1-64 characters from A-Z a-z 0-9 . _ - (not starting with . or -)".into(),
-        })
+        });
     }
+    // References resolve ids and id prefixes of 4+ hex digits (any case): such a name
+    // could shadow another image's id.
+    if n.len() >= 4 && n.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(SpecError::Invalid {
+            field: "name",
+            value: n.to_string(),
+            reason: "a name of 4 or more hex digits could be taken for an image id; add another letter or a -".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The content of an image. Its canonical JSON, hashed, is the image id.
@@ -496,6 +504,21 @@ mod tests {
 
     /// Finding 17 of issue 15: only the part before `=`/`:` was checked, so anything could
     /// ride along after it to apt's command line.
+    /// Finding 7 of issue 15: an image name could shadow another image's id prefix.
+    #[test]
+    fn image_names_cannot_look_like_ids() {
+        for bad in ["abcd", "DEADBEEF", "0123456789abcdef"] {
+            assert_eq!(
+                validate_image_name(bad).unwrap_err().field(),
+                "name",
+                "{bad}"
+            );
+        }
+        for ok in ["minbase", "abc", "deadbeef-2", "v1.0"] {
+            validate_image_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
     #[test]
     fn package_names_are_checked_in_full() {
         for ok in [
