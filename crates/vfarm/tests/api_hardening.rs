@@ -278,3 +278,25 @@ fn exec_limits_durations_quotas_and_path_parameters() {
         assert!((200..300).contains(&s), "{r}");
     }
 }
+
+/// Finding 17 of issue 15: a 50,000-deep JSDL document crashed `vfarm job submit` with a
+/// stack overflow. It is refused with an error naming the nesting, and the process exits
+/// normally (a crash would end it by a signal).
+#[test]
+fn job_submit_refuses_a_deeply_nested_jsdl() {
+    use std::os::unix::process::ExitStatusExt;
+    let data = fresh_dir("api-hardening-jsdl");
+    let depth = 50_000;
+    let doc = format!(
+        "<jsdl:JobDefinition xmlns:jsdl=\"http://schemas.ggf.org/jsdl/2005/11/jsdl\">\n<jsdl:JobDescription>\n{}{}\n</jsdl:JobDescription>\n</jsdl:JobDefinition>\n",
+        "<x>".repeat(depth),
+        "</x>".repeat(depth)
+    );
+    let path = data.join("deep.jsdl");
+    std::fs::write(&path, doc).unwrap();
+    let out = common::vfarm(&data, &["job", "submit", "--jsdl", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), None, "killed by a signal: {err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("nested") && err.contains("deep.jsdl"), "{err}");
+}
