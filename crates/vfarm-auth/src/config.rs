@@ -274,6 +274,26 @@ mod tests {
     }
 
     #[test]
+    fn default_memory_and_disk() {
+        let c = parse("[quotas]\ndefault_memory = \"1G\"\ndefault_disk = \"10G\"\n").unwrap();
+        assert_eq!(
+            (c.quotas.default_memory, c.quotas.default_disk),
+            (Some(1 << 30), Some(10 << 30))
+        );
+        assert_eq!(parse("").unwrap().quotas.default_memory, None);
+        for bad in [
+            "default_memory = \"2M\"",
+            "default_memory = \"lots\"",
+            "default_disk = \"x\"",
+        ] {
+            let e = parse(&format!("[quotas]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("quotas.default_"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn full_config() {
         let c = parse(
             r#"

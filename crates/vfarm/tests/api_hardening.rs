@@ -68,9 +68,9 @@ fn wait_until_gone(argv: &[&str], within: Duration) -> bool {
     false
 }
 
-/// Findings 4, 5, 10, 11 and 3 of issue 15 against one service.
+/// Findings 4, 5, 10, 11, 16 and 3 of issue 15 against one service.
 #[test]
-fn exec_limits_durations_quotas_and_path_parameters() {
+fn exec_limits_durations_quotas_references_and_path_parameters() {
     require("runc");
     let vf = Vf::with_minbase(fresh_dir("api-hardening"));
     std::fs::write(
@@ -78,7 +78,7 @@ fn exec_limits_durations_quotas_and_path_parameters() {
         "[quotas]\ndefault_memory = \"256M\"\ndefault_disk = \"2G\"\n[quotas.default]\ndisk = \"3G\"\n",
     )
     .unwrap();
-    let server = Server::start(&vf.data);
+    let server = Server::start_with(&vf.data, &["--admin", "site-admin"]);
     let base = server.base.clone();
     let alice_token = server.token_for("alice");
     let alice = client(&alice_token, Duration::from_secs(120));
@@ -252,6 +252,61 @@ fn exec_limits_durations_quotas_and_path_parameters() {
     );
     let (_, quota_after) = call(&alice, &base, "GET", "/api/v1/quota", None);
     assert_eq!(quota_before, quota_after);
+
+    // Finding 16: references resolve among the caller's own instances. Two owners' ids
+    // share a prefix (an admin, as a control does, picks the ids): for each owner the
+    // prefix is their own instance, and no error names the other's id.
+    let admin = client(&server.token_for("site-admin"), Duration::from_secs(120));
+    let mut shared = Vec::new();
+    for (id, owner) in [("beef00000001", "carol"), ("beef00000002", "dave")] {
+        let (s, r) = call(
+            &admin,
+            &base,
+            "POST",
+            "/api/v1/instances?wait=true",
+            Some(json!({"image": "minbase", "id": id, "owner": owner, "reserve": true})),
+        );
+        assert_eq!(s, 201, "{r}");
+        shared.push(id);
+    }
+    let carol = client(&server.token_for("carol"), Duration::from_secs(120));
+    let (s, r) = call(&carol, &base, "GET", "/api/v1/instances/beef", None);
+    assert_eq!((s, r["id"].as_str()), (200, Some("beef00000001")), "{r}");
+    let (s, r) = call(&carol, &base, "GET", "/api/v1/instances/beef00000002", None);
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (404, Some("instance_not_found")),
+        "{r}"
+    );
+    let (s, r) = call(&admin, &base, "GET", "/api/v1/instances/beef", None);
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (400, Some("ambiguous_reference")),
+        "{r}"
+    );
+    // A name that looks like an id (prefix) is refused.
+    let (s, r) = call(
+        &carol,
+        &base,
+        "POST",
+        "/api/v1/instances?wait=true",
+        Some(json!({"image": "minbase", "name": "beef0000"})),
+    );
+    assert_eq!(
+        (s, r["error"]["field"].as_str()),
+        (400, Some("name")),
+        "{r}"
+    );
+    for id in shared {
+        let (s, r) = call(
+            &admin,
+            &base,
+            "DELETE",
+            &format!("/api/v1/instances/{id}"),
+            None,
+        );
+        assert!((200..300).contains(&s), "{r}");
+    }
 
     // Finding 3: a snapshot name cannot climb out of its instance's path.
     for name in ["..%2F..%2Fb1", "..", "%2E%2E"] {
