@@ -192,30 +192,51 @@ fn api_error(e: anyhow::Error) -> ApiError {
 struct CappedReader {
     buf: Arc<std::sync::Mutex<(Vec<u8>, bool)>>,
     done: std::sync::mpsc::Receiver<()>,
+    abandon: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CappedReader {
     fn spawn(mut r: std::io::PipeReader, limit: u64) -> CappedReader {
+        use std::sync::atomic::Ordering;
         let buf = Arc::new(std::sync::Mutex::new((Vec::new(), false)));
+        let abandon = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, done) = std::sync::mpsc::channel();
-        let b = buf.clone();
+        let (b, stop) = (buf.clone(), abandon.clone());
+        // Non-blocking, so the thread can be told to stop while a process the command left
+        // in the background still holds the pipe open.
+        let _ = rustix::fs::fcntl_setfl(&r, rustix::fs::OFlags::NONBLOCK);
         std::thread::spawn(move || {
             let mut chunk = [0u8; 64 * 1024];
-            while let Ok(n @ 1..) = r.read(&mut chunk) {
-                let mut g = b.lock().unwrap_or_else(|e| e.into_inner());
-                let room = (limit as usize).saturating_sub(g.0.len());
-                g.0.extend_from_slice(&chunk[..n.min(room)]);
-                g.1 |= n > room;
+            loop {
+                match r.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut g = b.lock().unwrap_or_else(|e| e.into_inner());
+                        let room = (limit as usize).saturating_sub(g.0.len());
+                        g.0.extend_from_slice(&chunk[..n.min(room)]);
+                        g.1 |= n > room;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
             let _ = tx.send(());
         });
-        CappedReader { buf, done }
+        CappedReader { buf, done, abandon }
     }
 
     /// The output and whether it was cut. A process the command left behind may still hold
-    /// the pipe open: then what arrived within a moment is the output.
+    /// the pipe open: then what arrived within a moment is the output, and the reader stops.
     fn finish(self) -> (String, bool) {
         let _ = self.done.recv_timeout(std::time::Duration::from_secs(2));
+        self.abandon
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let g = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         (String::from_utf8_lossy(&g.0).into_owned(), g.1)
     }

@@ -236,6 +236,34 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
         (Some(0), Some("done\n"))
     );
 
+    // A process the command leaves behind holding the output pipe (runc exec waits for
+    // it too, so the time limit ends the exec) costs neither the answer nor a reader
+    // thread that lives on.
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = threads();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (s, r) = call(
+            &alice,
+            &base,
+            "POST",
+            exec,
+            Some(json!({"command": ["sh", "-c", "sleep 3134 & echo started"], "timeout": "2s"})),
+        );
+        assert_eq!((s, r["stdout"].as_str()), (200, Some("started\n")), "{r}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        threads() < before + 3,
+        "reader threads stayed: {before} -> {}",
+        threads()
+    );
+
     // Finding 10: an expiry past any date is a field error, and nothing is taken.
     let (_, quota_before) = call(&alice, &base, "GET", "/api/v1/quota", None);
     let (s, r) = call(
