@@ -43,6 +43,25 @@ fn call(
     )
 }
 
+/// `POST /api/v1/instances?wait=true`.
+fn create(c: &reqwest::blocking::Client, base: &str, body: Value) -> (u16, Value) {
+    call(c, base, "POST", "/api/v1/instances?wait=true", Some(body))
+}
+
+/// `POST /api/v1/instances/a1/exec`.
+fn exec_a1(c: &reqwest::blocking::Client, base: &str, body: Value) -> (u16, Value) {
+    call(c, base, "POST", "/api/v1/instances/a1/exec", Some(body))
+}
+
+/// An error answer with this status and this `code` or `field`.
+fn refused(status: u16, body: &Value, want: u16, key: &str, value: &str) {
+    assert_eq!(
+        (status, body["error"][key].as_str()),
+        (want, Some(value)),
+        "{body}"
+    );
+}
+
 /// Processes on this host whose command line is exactly `argv` (the exec'd process runs in
 /// the container's pid namespace but is visible from the host's /proc).
 fn processes(argv: &[&str]) -> usize {
@@ -84,23 +103,10 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
     let alice = client(&alice_token, Duration::from_secs(120));
     let bob = client(&server.token_for("bob"), Duration::from_secs(120));
 
-    let (s, a1) = call(
-        &alice,
-        &base,
-        "POST",
-        "/api/v1/instances?wait=true",
-        Some(json!({"image": "minbase", "name": "a1"})),
-    );
+    let (s, a1) = create(&alice, &base, json!({"image": "minbase", "name": "a1"}));
     assert_eq!(s, 201, "{a1}");
-    let (s, b1) = call(
-        &bob,
-        &base,
-        "POST",
-        "/api/v1/instances?wait=true",
-        Some(json!({"image": "minbase", "name": "b1"})),
-    );
+    let (s, b1) = create(&bob, &base, json!({"image": "minbase", "name": "b1"}));
     assert_eq!(s, 201, "{b1}");
-    let exec = "/api/v1/instances/a1/exec";
 
     // Finding 11: no memory asked for is the site's default limit, counted in the quota,
     // and the oci instance's disk counts too: a second 2G one is over alice's 3G.
@@ -122,27 +128,15 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
         })
         .expect("the instance's memory cgroup");
     assert_eq!(limit.trim(), (256u64 << 20).to_string());
-    let (s, r) = call(
-        &alice,
-        &base,
-        "POST",
-        "/api/v1/instances?wait=true",
-        Some(json!({"image": "minbase", "name": "a2"})),
-    );
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (409, Some("quota_exceeded")),
-        "{r}"
-    );
+    let (s, r) = create(&alice, &base, json!({"image": "minbase", "name": "a2"}));
+    refused(s, &r, 409, "code", "quota_exceeded");
 
     // Finding 4: a command past its time limit is killed, inside the container too.
     let t = Instant::now();
-    let (s, r) = call(
+    let (s, r) = exec_a1(
         &alice,
         &base,
-        "POST",
-        exec,
-        Some(json!({"command": ["sleep", "3131"], "timeout": "2s"})),
+        json!({"command": ["sleep", "3131"], "timeout": "2s"}),
     );
     assert_eq!(s, 200, "{r}");
     assert_eq!(
@@ -152,23 +146,13 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     assert!(wait_until_gone(&["sleep", "3131"], Duration::from_secs(5)));
     // A limit over the maximum is a field error.
-    let (s, r) = call(
-        &alice,
-        &base,
-        "POST",
-        exec,
-        Some(json!({"command": ["true"], "timeout": "2h"})),
-    );
-    assert_eq!(
-        (s, r["error"]["field"].as_str()),
-        (400, Some("timeout")),
-        "{r}"
-    );
+    let (s, r) = exec_a1(&alice, &base, json!({"command": ["true"], "timeout": "2h"}));
+    refused(s, &r, 400, "field", "timeout");
 
     // Finding 4: a client that goes away takes its command with it.
     let impatient = client(&alice_token, Duration::from_secs(2));
     let gone = impatient
-        .post(format!("{base}{exec}"))
+        .post(format!("{base}/api/v1/instances/a1/exec"))
         .json(&json!({"command": ["sleep", "3132"]}))
         .send();
     assert!(gone.is_err(), "the exec answered before the client gave up");
@@ -197,18 +181,8 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
     while processes(&["sleep", "3133"]) < 4 && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (s, r) = call(
-        &alice,
-        &base,
-        "POST",
-        exec,
-        Some(json!({"command": ["true"]})),
-    );
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (429, Some("rate_limited")),
-        "{r}"
-    );
+    let (s, r) = exec_a1(&alice, &base, json!({"command": ["true"]}));
+    refused(s, &r, 429, "code", "rate_limited");
     let t = Instant::now();
     let (s, _) = call(&bob, &base, "GET", "/api/v1/instances", None);
     assert_eq!(s, 200);
@@ -219,14 +193,10 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
     }
 
     // Finding 5: output is capped, whatever the command writes.
-    let (s, r) = call(
+    let (s, r) = exec_a1(
         &alice,
         &base,
-        "POST",
-        exec,
-        Some(
-            json!({"command": ["sh", "-c", "head -c 30000000 /dev/zero | tr '\\0' x; echo done >&2"]}),
-        ),
+        json!({"command": ["sh", "-c", "head -c 30000000 /dev/zero | tr '\\0' x; echo done >&2"]}),
     );
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["stdout"].as_str().unwrap().len(), 8 << 20);
@@ -247,12 +217,10 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
     let before = threads();
     for _ in 0..3 {
         let t = Instant::now();
-        let (s, r) = call(
+        let (s, r) = exec_a1(
             &alice,
             &base,
-            "POST",
-            exec,
-            Some(json!({"command": ["sh", "-c", "sleep 3134 & echo started"], "timeout": "2s"})),
+            json!({"command": ["sh", "-c", "sleep 3134 & echo started"], "timeout": "2s"}),
         );
         assert_eq!((s, r["stdout"].as_str()), (200, Some("started\n")), "{r}");
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
@@ -266,18 +234,12 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
 
     // Finding 10: an expiry past any date is a field error, and nothing is taken.
     let (_, quota_before) = call(&alice, &base, "GET", "/api/v1/quota", None);
-    let (s, r) = call(
+    let (s, r) = create(
         &alice,
         &base,
-        "POST",
-        "/api/v1/instances?wait=true",
-        Some(json!({"image": "minbase", "expiry": "999999999999w"})),
+        json!({"image": "minbase", "expiry": "999999999999w"}),
     );
-    assert_eq!(
-        (s, r["error"]["field"].as_str()),
-        (400, Some("expiry")),
-        "{r}"
-    );
+    refused(s, &r, 400, "field", "expiry");
     let (_, quota_after) = call(&alice, &base, "GET", "/api/v1/quota", None);
     assert_eq!(quota_before, quota_after);
 
@@ -287,12 +249,10 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
     let admin = client(&server.token_for("site-admin"), Duration::from_secs(120));
     let mut shared = Vec::new();
     for (id, owner) in [("beef00000001", "carol"), ("beef00000002", "dave")] {
-        let (s, r) = call(
+        let (s, r) = create(
             &admin,
             &base,
-            "POST",
-            "/api/v1/instances?wait=true",
-            Some(json!({"image": "minbase", "id": id, "owner": owner, "reserve": true})),
+            json!({"image": "minbase", "id": id, "owner": owner, "reserve": true}),
         );
         assert_eq!(s, 201, "{r}");
         shared.push(id);
@@ -301,30 +261,16 @@ fn exec_limits_durations_quotas_references_and_path_parameters() {
     let (s, r) = call(&carol, &base, "GET", "/api/v1/instances/beef", None);
     assert_eq!((s, r["id"].as_str()), (200, Some("beef00000001")), "{r}");
     let (s, r) = call(&carol, &base, "GET", "/api/v1/instances/beef00000002", None);
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (404, Some("instance_not_found")),
-        "{r}"
-    );
+    refused(s, &r, 404, "code", "instance_not_found");
     let (s, r) = call(&admin, &base, "GET", "/api/v1/instances/beef", None);
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (400, Some("ambiguous_reference")),
-        "{r}"
-    );
+    refused(s, &r, 400, "code", "ambiguous_reference");
     // A name that looks like an id (prefix) is refused.
-    let (s, r) = call(
+    let (s, r) = create(
         &carol,
         &base,
-        "POST",
-        "/api/v1/instances?wait=true",
-        Some(json!({"image": "minbase", "name": "beef0000"})),
+        json!({"image": "minbase", "name": "beef0000"}),
     );
-    assert_eq!(
-        (s, r["error"]["field"].as_str()),
-        (400, Some("name")),
-        "{r}"
-    );
+    refused(s, &r, 400, "field", "name");
     for id in shared {
         let (s, r) = call(
             &admin,
