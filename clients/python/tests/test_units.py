@@ -80,3 +80,13 @@ def test_host_and_migration_results():
          "total_ms": 920, "ram_bytes": 1, "disk_bytes": 2, "state": "running"}
     )
     assert (m.source, m.to, m.downtime_ms, m.storage) == ("node1", "node2", 14, "copied")
+
+
+def test_exec_result_says_when_it_was_cut_short():
+    from vfarm_client.models import ExecResult
+
+    r = ExecResult.from_json(
+        {"exit_code": 137, "stdout": "", "stderr": "", "timed_out": True, "truncated": False}
+    )
+    assert (r.exit_code, r.timed_out, r.truncated, r.extra) == (137, True, False, {})
+    assert ExecResult.from_json({"exit_code": 0}).timed_out is False

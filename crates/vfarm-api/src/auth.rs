@@ -126,8 +126,13 @@ pub async fn resolve_identity(
     };
     let identity = if let Some(tok) = bearer {
         let store = s.store.clone();
+        let key = s.session_key.clone();
         let verified = tokio::task::spawn_blocking(move || {
-            vfarm_auth::token::verify(&store, &tok, chrono::Utc::now())
+            if cookie {
+                vfarm_auth::token::verify_session(&store, &key, &tok, chrono::Utc::now())
+            } else {
+                vfarm_auth::token::verify(&store, &tok, chrono::Utc::now())
+            }
         })
         .await;
         match verified {
@@ -177,6 +182,49 @@ pub async fn resolve_identity(
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let writes = !matches!(
+        method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    // A browser sends its cookie and its client certificate with any site's form: such a
+    // change must come from this service's own pages.
+    let by_cookie = cookie
+        && identity
+            .as_ref()
+            .is_some_and(|i| i.method == AuthMethod::Token);
+    let by_cert = identity
+        .as_ref()
+        .is_some_and(|i| i.method == AuthMethod::ClientCert);
+    if writes && (by_cookie || by_cert) {
+        if let Err(why) = same_origin(req.headers(), by_cookie) {
+            return ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: "cross_origin",
+                message: why,
+                field: Some("origin"),
+            }
+            .into_response();
+        }
+    }
+    // Joins take no identity: limited per client address, so guessing tokens or names is
+    // slow. Every other change is limited per user.
+    let limited = if path == "/api/v1/hosts/join" {
+        let addr = req
+            .extensions()
+            .get::<ConnectInfo<Peer>>()
+            .and_then(|c| c.0.addr)
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        s.join_limit.check(&addr, "join")
+    } else {
+        match &identity {
+            Some(id) if writes => s.write_limit.check(&id.user, "write"),
+            _ => Ok(()),
+        }
+    };
+    if let Err(e) = limited {
+        return e.into_response();
+    }
     let resp = next.run(req).await;
     s.metrics
         .requests
@@ -186,12 +234,7 @@ pub async fn resolve_identity(
         })
         .inc();
     // Every change an identified caller asks for is audited with how it ended.
-    if let Some(id) = identity.filter(|_| {
-        !matches!(
-            method,
-            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-        )
-    }) {
+    if let Some(id) = identity.filter(|_| writes) {
         let status = resp.status();
         let outcome = if status.is_success() {
             vfarm_auth::audit::Outcome::Ok
@@ -218,6 +261,40 @@ pub async fn resolve_identity(
         }
     }
     resp
+}
+
+/// CSRF defence for browser credentials: an `Origin` (or, failing that, `Sec-Fetch-Site`)
+/// must name this service. Without either header the client is no browser (curl, the CLI),
+/// which is accepted for certificates; a cookie comes only from a browser, so it needs one.
+fn same_origin(headers: &axum::http::HeaderMap, cookie: bool) -> Result<(), String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin
+            .split_once("://")
+            .map(|(_, a)| a.trim_end_matches('/'))
+            .unwrap_or("");
+        if !host.is_empty() && authority.eq_ignore_ascii_case(host) {
+            return Ok(());
+        }
+        return Err(format!(
+            "a change from another site (Origin `{origin}`) is refused for browser credentials"
+        ));
+    }
+    match headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("same-origin") | Some("none") => Ok(()),
+        Some(other) => Err(format!(
+            "a change from another site (Sec-Fetch-Site `{other}`) is refused for browser credentials"
+        )),
+        None if !cookie => Ok(()),
+        None => Err("a change with the session cookie needs an Origin header".into()),
+    }
 }
 
 /// Who a verified token makes the caller.
@@ -393,5 +470,168 @@ mod tests {
             assert_eq!(s, StatusCode::UNAUTHORIZED, "{bad}");
             assert_eq!(v["error"]["code"], "invalid_token", "{bad}");
         }
+    }
+
+    /// Write requests are limited per user (a token bucket): one user's flood is refused
+    /// with 429 while another user's writes still go through.
+    #[tokio::test]
+    async fn writes_are_rate_limited_per_user() {
+        let (_d, mut st) = state(&[]);
+        st.write_limit = Arc::new(crate::ratelimit::RateLimiter::new(0.001, 3));
+        let post = |user: &'static str| {
+            let st = st.clone();
+            async move {
+                let t = vfarm_auth::token::create(&st.store, user, None, None, chrono::Utc::now())
+                    .unwrap();
+                let mut req = Request::post("/api/v1/images")
+                    .header("authorization", format!("Bearer {}", t.token))
+                    .header("content-type", "application/json")
+                    .body(Body::from(r#"{"suite":"nosuch"}"#))
+                    .unwrap();
+                req.extensions_mut().insert(ConnectInfo(Peer::default()));
+                crate::router(st).oneshot(req).await.unwrap().status()
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(post("mallory").await, StatusCode::BAD_REQUEST);
+        }
+        assert_eq!(post("mallory").await, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(post("alice").await, StatusCode::BAD_REQUEST);
+        // Reads are not limited.
+        let t = vfarm_auth::token::create(&st.store, "mallory", None, None, chrono::Utc::now())
+            .unwrap();
+        let (s, _, _) = get(
+            &st,
+            "/api/v1/images",
+            Some(&format!("Bearer {}", t.token)),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    async fn send(
+        st: &AppState,
+        req: Request<Body>,
+    ) -> (StatusCode, serde_json::Value, Option<String>) {
+        let mut req = req;
+        req.extensions_mut().insert(ConnectInfo(Peer::default()));
+        let resp = crate::router(st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let cookie = resp
+            .headers()
+            .get(header::SET_COOKIE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let b = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&b).unwrap_or_default(),
+            cookie,
+        )
+    }
+
+    /// Finding 14 of issue 15: the session cookie was the raw token without `Secure`, and
+    /// cross-origin form posts with browser credentials (cookie or client certificate) were
+    /// carried out.
+    #[tokio::test]
+    async fn browser_credentials_need_this_origin_and_the_cookie_is_no_token() {
+        let (_d, mut st) = state(&[]);
+        st.server_subject = Some("/O=t/CN=service".into());
+        let t =
+            vfarm_auth::token::create(&st.store, "carol", None, None, chrono::Utc::now()).unwrap();
+        let login = Request::post("/api/v1/session")
+            .header("content-type", "application/json")
+            .body(Body::from(format!(r#"{{"token":"{}"}}"#, t.token)))
+            .unwrap();
+        let (s, v, set) = send(&st, login).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let set = set.expect("a session cookie");
+        for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+            assert!(set.contains(attr), "{attr} missing: {set}");
+        }
+        let value = set
+            .split(';')
+            .next()
+            .unwrap()
+            .strip_prefix("vfarm_session=")
+            .unwrap()
+            .to_string();
+        assert!(
+            !value.contains(&t.token) && !set.contains(&t.token),
+            "{set}"
+        );
+        let (secret, _) = t.token.rsplit_once('_').map(|(a, b)| (b, a)).unwrap();
+        assert!(
+            !value.contains(secret),
+            "the cookie holds the token's secret"
+        );
+
+        let post = |cookie: &str, origin: Option<&str>, fetch_site: Option<&str>| {
+            let mut r = Request::post("/api/v1/images")
+                .header("host", "vfarm.example:8750")
+                .header("cookie", format!("vfarm_session={cookie}"))
+                .header("content-type", "application/json");
+            if let Some(o) = origin {
+                r = r.header("origin", o);
+            }
+            if let Some(f) = fetch_site {
+                r = r.header("sec-fetch-site", f);
+            }
+            r.body(Body::from(r#"{"suite":"nosuch"}"#)).unwrap()
+        };
+        // Another site's form: refused before the handler.
+        let (s, v, _) = send(&st, post(&value, Some("https://evil.example"), None)).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("cross_origin")),
+            "{v}"
+        );
+        let (s, _, _) = send(&st, post(&value, None, Some("cross-site"))).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _, _) = send(&st, post(&value, None, None)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        // The service's own page: carried out (and refused for its bad spec).
+        let (s, v, _) = send(&st, post(&value, Some("https://vfarm.example:8750"), None)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        // The raw token in the cookie, or a forged session, is no identity.
+        for forged in [
+            t.token.clone(),
+            format!("vfs_{}_{}", t.row.id, "00".repeat(32)),
+        ] {
+            let r = Request::get("/api/v1/whoami")
+                .header("cookie", format!("vfarm_session={forged}"))
+                .body(Body::empty())
+                .unwrap();
+            let (s, _, _) = send(&st, r).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{forged}");
+        }
+        // A revoked token ends its sessions.
+        vfarm_auth::token::revoke(&st.store, &t.row.id).unwrap();
+        let (s, _, _) = send(&st, post(&value, Some("https://vfarm.example:8750"), None)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+        // A client certificate from another site's page is refused too; without any
+        // browser header (curl, the CLI) it is taken.
+        let cert = |origin: Option<&str>| {
+            let mut r = Request::post("/api/v1/images")
+                .header("host", "vfarm.example:8750")
+                .header("content-type", "application/json");
+            if let Some(o) = origin {
+                r = r.header("origin", o);
+            }
+            let mut r = r.body(Body::from(r#"{"suite":"nosuch"}"#)).unwrap();
+            r.extensions_mut().insert(ConnectInfo(Peer {
+                client_dn: Some("/O=t/CN=Dave".into()),
+                ..Peer::default()
+            }));
+            r
+        };
+        let resp = crate::router(st.clone())
+            .oneshot(cert(Some("https://evil.example")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let resp = crate::router(st.clone()).oneshot(cert(None)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     }
 }

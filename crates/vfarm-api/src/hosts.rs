@@ -142,13 +142,15 @@ pub(crate) async fn join(
             message: format!("this control has no site CA to issue node certificates: {e}"),
             field: None,
         })?;
-        // Check the token before issuing anything; the store's compare-and-set below is
-        // what makes it one-time.
+        // Check the token before issuing anything (a wrong one must not cost a certificate
+        // and a CRL entry); the store's compare-and-set below is what makes it one-time.
+        // Unknown and pending names do the same work and compare in constant time, so the
+        // answer's timing tells nothing about which names are pending.
         let hash = token_hash(&req.token);
-        let host = s.store.host(&req.name).map_err(store_err)?;
-        let valid = host.as_ref().is_some_and(|h| {
-            h.state == "pending" && h.token_expires.as_deref() > Some(vfarm_store::now().as_str())
-        });
+        let pending = s.store.pending_join_token(&req.name).map_err(store_err)?;
+        let (expected, expires) = pending.unwrap_or_else(|| (token_hash(""), String::new()));
+        let same: bool = subtle::ConstantTimeEq::ct_eq(hash.as_bytes(), expected.as_bytes()).into();
+        let valid = same && expires.as_str() > vfarm_store::now().as_str();
         if !valid {
             return Err(bad_token());
         }
@@ -439,6 +441,94 @@ pub(crate) async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::{to_bytes, Body as HttpBody};
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn join_from(st: &AppState, ip: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::post("/api/v1/hosts/join")
+            .header("content-type", "application/json")
+            .body(HttpBody::from(body.to_string()))
+            .unwrap();
+        req.extensions_mut().insert(ConnectInfo(crate::Peer {
+            addr: Some(format!("{ip}:40000").parse().unwrap()),
+            ..Default::default()
+        }));
+        let resp = crate::router(st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let b = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&b).unwrap_or_default())
+    }
+
+    fn issued(ca: &std::path::Path) -> usize {
+        std::fs::read_dir(ca.join("issued"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Finding 9 of issue 15: a wrong join token got a certificate signed (then revoked,
+    /// growing the CRL). Now nothing is issued or revoked for it, an unknown name and a
+    /// pending one answer alike, and one address can only try a few times.
+    #[tokio::test]
+    async fn wrong_join_tokens_cost_no_certificate_and_are_rate_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(vfarm_store::Store::open_in_memory().unwrap());
+        let mut st = AppState::new(dir.path().to_path_buf(), store.clone()).unwrap();
+        st.server_subject = Some("/O=t/CN=control".into());
+        let ca_dir = vfarm_auth::ca::ca_dir(dir.path());
+        SiteCa::init(&ca_dir, "/O=t/CN=Test CA", 30, chrono::Utc::now()).unwrap();
+        let expires = (chrono::Utc::now() + chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        store
+            .add_host("admin", "node1", &token_hash("right"), &expires)
+            .unwrap();
+        let before = issued(&ca_dir);
+        let crl = || std::fs::read_to_string(ca_dir.join("revoked.json")).unwrap_or_default();
+        let crl_before = crl();
+
+        let wrong = r#"{"name":"node1","token":"wrong","address":"127.0.0.1"}"#;
+        let unknown = r#"{"name":"node9","token":"wrong","address":"127.0.0.1"}"#;
+        let (s1, v1) = join_from(&st, "192.0.2.1", wrong).await;
+        let (s2, v2) = join_from(&st, "192.0.2.1", unknown).await;
+        assert_eq!(s1, StatusCode::UNAUTHORIZED, "{v1}");
+        assert_eq!(
+            (s1, &v1),
+            (s2, &v2),
+            "a pending name must answer like an unknown one"
+        );
+        assert_eq!(
+            issued(&ca_dir),
+            before,
+            "a certificate was signed for a wrong token"
+        );
+        assert_eq!(crl(), crl_before, "the CRL grew");
+
+        // The address is slowed down after a few tries.
+        let mut limited = false;
+        for _ in 0..10 {
+            let (s, v) = join_from(&st, "192.0.2.1", wrong).await;
+            if s == StatusCode::TOO_MANY_REQUESTS {
+                assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+                limited = true;
+                break;
+            }
+        }
+        assert!(
+            limited,
+            "12 join attempts from one address were all answered"
+        );
+
+        // The right token from another address still joins, with one certificate.
+        let (s, v) = join_from(
+            &st,
+            "192.0.2.2",
+            r#"{"name":"node1","token":"right","address":"127.0.0.1"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(issued(&ca_dir), before + 1);
+    }
 
     #[test]
     fn common_names_and_token_hashes() {

@@ -4,6 +4,7 @@
 //! Ownership is the backend's to enforce (it is where an instance is found); the handlers
 //! only make sure every call carries an identity.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -274,14 +275,114 @@ pub struct ExecRequest {
     /// KEY=VALUE.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Longest the command may run before it is killed: 90s, 30m (default 5m, at most 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Set when the client goes away, so the command is killed. Not part of the body.
+    #[serde(skip)]
+    pub cancelled: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Exec time limit when the request names none.
+pub const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest exec time limit a request may ask for.
+pub const EXEC_MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Execs one user may run at a time.
+pub const EXEC_PER_USER: usize = 4;
+/// Execs the service runs at a time. Each has its own thread (never the blocking pool that
+/// token checks use) and up to two capped output buffers.
+pub const EXEC_TOTAL: usize = 32;
+
+impl ExecRequest {
+    /// The request's time limit, refused as a field error when it is not a duration or
+    /// longer than [`EXEC_MAX_TIMEOUT`].
+    pub fn time_limit(&self) -> Result<Duration, ApiError> {
+        let Some(t) = &self.timeout else {
+            return Ok(EXEC_DEFAULT_TIMEOUT);
+        };
+        let secs = vfarm_core::instance::parse_duration("timeout", t)
+            .map_err(|e| ApiError::bad_request("timeout", e.to_string()))?;
+        if secs > EXEC_MAX_TIMEOUT.as_secs() {
+            return Err(ApiError::bad_request(
+                "timeout",
+                format!("invalid timeout `{t}`: at most 1h"),
+            ));
+        }
+        Ok(Duration::from_secs(secs))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExecResult {
     pub exit_code: i32,
-    /// Standard output (invalid UTF-8 replaced).
+    /// Standard output (invalid UTF-8 replaced; at most 8 MiB, see `truncated`).
     pub stdout: String,
     pub stderr: String,
+    /// The command was killed at its time limit.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Output past 8 MiB per stream was discarded.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// Running execs, per user and in all: a caller over either limit is refused with 429.
+#[derive(Default)]
+pub struct ExecSlots {
+    running: std::sync::Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// One running exec; its slot is given back when dropped.
+pub struct ExecSlot {
+    slots: Arc<ExecSlots>,
+    user: String,
+}
+
+impl ExecSlots {
+    pub fn acquire(self: &Arc<Self>, user: &str) -> Result<ExecSlot, ApiError> {
+        let mut r = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = r.1.get(user).copied().unwrap_or(0);
+        let busy = |what: String| ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            message: format!("{what}; retry when one has ended"),
+            field: None,
+        };
+        if mine >= EXEC_PER_USER {
+            return Err(busy(format!("you already run {mine} execs")));
+        }
+        if r.0 >= EXEC_TOTAL {
+            return Err(busy(format!("the service already runs {} execs", r.0)));
+        }
+        r.0 += 1;
+        *r.1.entry(user.to_string()).or_default() += 1;
+        Ok(ExecSlot {
+            slots: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Drop for ExecSlot {
+    fn drop(&mut self) {
+        let mut r = self.slots.running.lock().unwrap_or_else(|e| e.into_inner());
+        r.0 -= 1;
+        if let Some(n) = r.1.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                r.1.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Sets the flag when dropped: the handler's future is dropped when its client goes away.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -667,8 +768,27 @@ pub(crate) async fn exec(
     Path(r): Path<String>,
     body: Result<Json<ExecRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let req = json_body(body)?;
-    let v = with(&s, who, move |b, w| b.exec(w, &r, req)).await?;
+    let mut req = json_body(body)?;
+    req.time_limit()?;
+    let b = backend(&s)?;
+    let who = identity(who)?;
+    let slot = s.exec_slots.acquire(&who.user)?;
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    req.cancelled = Some(flag.clone());
+    let _cancel = CancelOnDrop(flag);
+    // A thread of its own: execs wait on processes for minutes, and the blocking pool is
+    // what every request's token check needs.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("vfarm-exec".into())
+        .spawn(move || {
+            let _slot = slot;
+            let _ = tx.send(b.exec(&who, &r, req));
+        })
+        .map_err(|e| ApiError::internal(format!("cannot start an exec thread: {e}")))?;
+    let v = rx
+        .await
+        .map_err(|_| ApiError::internal("the exec thread failed"))??;
     Ok(Json(v).into_response())
 }
 
@@ -715,6 +835,7 @@ pub(crate) async fn snapshot_create(
     body: Result<Json<SnapshotRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let req = json_body(body)?;
+    snapshot_name(&req.name)?;
     let v = with(&s, who, move |b, w| b.snapshot_create(w, &r, &req.name)).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -729,6 +850,7 @@ pub(crate) async fn snapshot_revert(
     who: Who,
     Path((r, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    snapshot_name(&name)?;
     let v = with(&s, who, move |b, w| b.snapshot_revert(w, &r, &name)).await?;
     Ok(Json(v).into_response())
 }
@@ -748,9 +870,17 @@ pub(crate) async fn snapshot_remove(
     who: Who,
     Path((r, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    snapshot_name(&name)?;
     let n = name.clone();
     with(&s, who, move |b, w| b.snapshot_remove(w, &r, &n)).await?;
     Ok(Json(Removed { removed: name }).into_response())
+}
+
+/// Refuses a snapshot name no driver accepts before any backend sees it (a name like
+/// `../../x` must never reach a URL or a path).
+fn snapshot_name(name: &str) -> Result<(), ApiError> {
+    vfarm_core::instance::validate_snapshot_name(name)
+        .map_err(|e| ApiError::bad_request(e.field, e.to_string()))
 }
 
 #[utoipa::path(get, path = "/api/v1/quota", tag = "accounting",

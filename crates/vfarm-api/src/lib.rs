@@ -28,6 +28,7 @@ pub mod instances;
 pub mod live;
 pub mod migration;
 pub mod openapi;
+pub mod ratelimit;
 pub mod tls;
 
 pub use auth::AuthPolicy;
@@ -52,7 +53,20 @@ pub struct AppState {
     pub server_subject: Option<String>,
     /// Set on nodes: the steps of a live migration between nodes.
     pub migration: Option<Arc<dyn migration::MigrationBackend>>,
+    /// Join attempts per client address (the endpoint takes no credential but the token).
+    pub join_limit: Arc<ratelimit::RateLimiter>,
+    /// State-changing requests per user.
+    pub write_limit: Arc<ratelimit::RateLimiter>,
+    /// Execs running, per user and in all.
+    pub exec_slots: Arc<instances::ExecSlots>,
+    /// Format conversions running on demand (downloads of a format not built yet).
+    pub conversions: Arc<tokio::sync::Semaphore>,
+    /// Signs the web UI's session cookies (`<data>/session.key`).
+    pub session_key: Arc<Vec<u8>>,
 }
+
+/// On-demand format conversions at a time: each is CPU- and disk-heavy.
+pub const CONVERSIONS: usize = 2;
 
 impl AppState {
     pub fn new(data_dir: PathBuf, store: Arc<Store>) -> Result<AppState, ImageError> {
@@ -62,13 +76,26 @@ impl AppState {
         Ok(AppState {
             repo,
             store,
-            data_dir,
             auth: AuthPolicy::default(),
             instances: None,
             events: tokio::sync::broadcast::channel(1024).0,
             metrics: live::Metrics::default(),
             server_subject: None,
             migration: None,
+            // A node joins once; a few retries a minute are plenty.
+            join_limit: Arc::new(ratelimit::RateLimiter::new(0.2, 5)),
+            // Bursts like a 200-instance batch pass; a sustained flood is slowed to 20/s.
+            write_limit: Arc::new(ratelimit::RateLimiter::new(20.0, 600)),
+            exec_slots: Arc::default(),
+            conversions: Arc::new(tokio::sync::Semaphore::new(CONVERSIONS)),
+            session_key: Arc::new(
+                vfarm_auth::token::session_key(&data_dir).unwrap_or_else(|e| {
+                    // Sessions then end with this process; everything else works.
+                    tracing::warn!("no persistent session key: {e}");
+                    uuid::Uuid::new_v4().as_bytes().repeat(2)
+                }),
+            ),
+            data_dir,
         })
     }
 }
@@ -165,17 +192,64 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Longest a client may take to send a request's headers, counted from when the service
+/// starts waiting for them, so also how long a kept-alive connection may sit idle. A client
+/// that dribbles header bytes is dropped after this (issue 15, finding 15).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The accept loop of every listener: HTTP/1.1 (the only protocol the TLS config offers)
+/// through hyper with a timer, which axum::serve does not set, so the header-read timeout
+/// applies (no route upgrades a connection). Graceful shutdown waits for running requests.
+async fn serve_on<L>(
+    mut listener: L,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = Peer>,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            c = listener.accept() => c,
+            _ = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer.clone()));
+            app.clone().oneshot(req)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// Serve the router on `listener` (plain TCP) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    serve_on(
         PlainListener(listener),
-        router(state).into_make_service_with_connect_info::<Peer>(),
+        router(state),
+        HEADER_READ_TIMEOUT,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 
@@ -185,11 +259,12 @@ pub async fn serve_unix(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    serve_on(
         UnixPeerListener(listener),
-        router(state).into_make_service_with_connect_info::<Peer>(),
+        router(state),
+        HEADER_READ_TIMEOUT,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 
@@ -200,11 +275,12 @@ pub async fn serve_tls(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    serve_on(
         TlsListener::new(listener, tls)?,
-        router(state).into_make_service_with_connect_info::<Peer>(),
+        router(state),
+        HEADER_READ_TIMEOUT,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 
@@ -263,7 +339,8 @@ impl From<ImageError> for ApiError {
         let code = e.code();
         let status = match code {
             "image_not_found" | "artifact_not_found" => StatusCode::NOT_FOUND,
-            "conflict" => StatusCode::CONFLICT,
+            "conflict" | "image_in_use" => StatusCode::CONFLICT,
+            "forbidden" => StatusCode::FORBIDDEN,
             "host_not_ready" => StatusCode::SERVICE_UNAVAILABLE,
             _ if e.is_client_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -353,12 +430,24 @@ pub(crate) async fn get_image(
 }
 
 #[utoipa::path(delete, path = "/api/v1/images/{ref}", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "Not the caller's image (public images: admins only)", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Instances' disks sit on it (image_in_use, naming them)", body = ErrorBody)))]
 pub(crate) async fn delete_image(
     State(s): State<AppState>,
+    who: instances::Who,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let img = blocking(move || Ok(s.repo.remove(&id, "api")?)).await?;
+    let owner = image_owner_for(&who);
+    let img = blocking(move || {
+        if let Some(user) = &owner {
+            let img = s.repo.resolve(&id)?;
+            let theirs = s.store.image_owner(&img.id).map_err(ImageError::from)?;
+            if theirs.flatten().as_deref() != Some(user.as_str()) {
+                return Err(ImageError::NotOwner { id: img.id }.into());
+            }
+        }
+        Ok(s.repo.remove(&id, owner.as_deref().unwrap_or("api"))?)
+    })
+    .await?;
     Ok(Json(serde_json::json!({ "removed": img.id })).into_response())
 }
 
@@ -396,7 +485,7 @@ pub(crate) async fn download(
 ) -> Result<Response, ApiError> {
     let Query(q) = instances::query(q)?;
     let format: Format = q.format.as_deref().unwrap_or("tar").parse()?;
-    serve_artifact(s, id, format, req).await
+    serve_artifact(s, id, format, req, true).await
 }
 
 /// Stream an artifact: Content-Length, Range/206 (tower-http's ServeFile), and the sha512 as
@@ -406,9 +495,43 @@ async fn serve_artifact(
     id: String,
     format: Format,
     req: Request<Body>,
+    convert_anonymously: bool,
 ) -> Result<Response, ApiError> {
+    // Files already there are served to anyone who may fetch them; making one (a format
+    // conversion: minutes of CPU and GBs of disk) needs an identity and a conversion slot.
+    let identified =
+        convert_anonymously || req.extensions().get::<vfarm_auth::Identity>().is_some();
+    let repo = s.repo.clone();
+    let img = blocking(move || Ok(repo.resolve(&id)?)).await?;
+    let _permit = if img.artifact(format).is_none() {
+        if !identified {
+            return Err(ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                code: "unauthenticated",
+                message: format!(
+                    "image {} has no {} yet; converting it needs a client certificate or a token",
+                    img.id,
+                    format.file_name()
+                ),
+                field: Some("authorization"),
+            });
+        }
+        Some(
+            s.conversions
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ApiError {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    code: "rate_limited",
+                    message: "the service is converting as many images as it may; retry later"
+                        .into(),
+                    field: None,
+                })?,
+        )
+    } else {
+        None
+    };
     let art = blocking(move || {
-        let img = s.repo.resolve(&id)?;
         Ok((
             img.id.clone(),
             s.repo.ensure_format(&img, format, &mut |_| {})?,
@@ -487,7 +610,20 @@ async fn repository_file(
             ),
             field: Some("file"),
         })?;
-    serve_artifact(s, id, format, req).await
+    // Image-list subscribers fetch what the list names without an identity.
+    serve_artifact(s, id, format, req, false).await
+}
+
+/// Whose an image a caller builds is, and whether the caller may remove only its own:
+/// `None` for admins and the local socket's caller (public images, removable by them),
+/// else the user.
+fn image_owner_for(who: &instances::Who) -> Option<String> {
+    match who {
+        Some(axum::Extension(id)) if !id.admin && id.method != vfarm_auth::AuthMethod::UnixPeer => {
+            Some(id.user.clone())
+        }
+        _ => None,
+    }
 }
 
 /// POST /api/v1/images: validate now (bad input is a 400 that changes nothing), then build
@@ -496,6 +632,7 @@ async fn repository_file(
     responses((status = 202, description = "Building in the background: poll the operation", body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(crate) async fn create_image(
     State(s): State<AppState>,
+    who: instances::Who,
     body: Result<Json<SpecRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let spec = instances::json_body(body)?;
@@ -512,8 +649,17 @@ pub(crate) async fn create_image(
     .await?;
     let st = s.clone();
     let op = op_id.clone();
+    let owner = image_owner_for(&who);
     tokio::task::spawn_blocking(move || {
-        let result = st.repo.build(&req, "api", &mut |_| {});
+        let result = st
+            .repo
+            .build(&req, owner.as_deref().unwrap_or("api"), &mut |_| {});
+        // A new image is its builder's; one that existed (a cache hit) keeps its owner.
+        if let (Ok(outcome), Some(user)) = (&result, &owner) {
+            if !outcome.cached {
+                let _ = st.store.claim_image(&outcome.image.id, user);
+            }
+        }
         let _ = match result {
             Ok(outcome) => st.store.finish_operation(
                 &op,
@@ -586,7 +732,7 @@ async fn osfarm_create(
     let st = s.clone();
     let outcome = blocking(move || Ok(st.repo.build(&build_req, "osfarm", &mut |_| {})?)).await?;
     if download {
-        return serve_artifact(s, outcome.image.id.clone(), format, req).await;
+        return serve_artifact(s, outcome.image.id.clone(), format, req, true).await;
     }
     Ok(Json(outcome).into_response())
 }
@@ -649,6 +795,208 @@ mod tests {
         // These tests are about the handlers; authentication has its own in `auth.rs`.
         st.auth.require_identity = false;
         (dir, st)
+    }
+
+    /// A minimal rootfs tarball imported as an image (tar only).
+    async fn tiny_image(st: &AppState, dir: &std::path::Path) -> vfarm_image::Image {
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/debian_version"), "12.0\n").unwrap();
+        let tar = dir.join("root.tar");
+        let ok = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&root)
+            .arg(".")
+            .status()
+            .expect("this test needs `tar`");
+        assert!(ok.success());
+        let st = st.clone();
+        tokio::task::spawn_blocking(move || {
+            st.repo
+                .import(
+                    &tar,
+                    &vfarm_image::ImportOptions {
+                        format: Some(Format::Tar),
+                        ..Default::default()
+                    },
+                    "test",
+                )
+                .unwrap()
+                .image
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Finding 7 of issue 15: any user deleted any image, also one instances' disks sat on.
+    /// Now only its owner (or an admin; public images: admins only) removes it, and not
+    /// while an instance uses it (409 naming the instance).
+    #[tokio::test]
+    async fn images_are_removed_by_their_owner_and_not_while_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let mut st = AppState::new(dir.path().to_path_buf(), store.clone()).unwrap();
+        st.auth = AuthPolicy::new(["root-admin".to_string()]);
+        let img = tiny_image(&st, dir.path()).await;
+        let delete = |user: &'static str| {
+            let st = st.clone();
+            let id = img.id.clone();
+            async move {
+                let t = vfarm_auth::token::create(&st.store, user, None, None, chrono::Utc::now())
+                    .unwrap();
+                let mut req = Request::delete(format!("/api/v1/images/{id}"))
+                    .header("authorization", format!("Bearer {}", t.token))
+                    .body(Body::empty())
+                    .unwrap();
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(Peer::default()));
+                call(&st, req).await
+            }
+        };
+        // Public (an import by the local CLI): not a user's to remove.
+        let (s, v) = delete("alice").await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+            "{v}"
+        );
+        assert!(store.claim_image(&img.id, "alice").unwrap());
+        let (s, _) = delete("bob").await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        // In use: refused, naming the instance, for the owner and the admin alike.
+        let inst = vfarm_store::instances::InstanceRow {
+            id: "c0ffee000001".into(),
+            name: None,
+            image_id: img.id.clone(),
+            driver: "oci".into(),
+            owner: "carol".into(),
+            state: "running".into(),
+            exit_code: None,
+            hostname: "h".into(),
+            spec: "{}".into(),
+            created: vfarm_store::now(),
+            started: None,
+            expires: None,
+            updated: vfarm_store::now(),
+            error: None,
+        };
+        store.insert_instance(&inst).unwrap();
+        for user in ["alice", "root-admin"] {
+            let (s, v) = delete(user).await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (StatusCode::CONFLICT, Some("image_in_use")),
+                "{v}"
+            );
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("c0ffee000001"),
+                "{v}"
+            );
+        }
+        assert!(
+            store.image_owner(&img.id).unwrap().is_some(),
+            "the image went"
+        );
+        store.delete_instance("test", "c0ffee000001").unwrap();
+        let (s, v) = delete("alice").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(store.image_owner(&img.id).unwrap(), None);
+    }
+
+    /// Finding 8 of issue 15: `/repository/{id}/{file}` converted formats for anyone. A file
+    /// that is there is still served without an identity (image-list subscribers); making
+    /// one is refused without one, and nothing is converted.
+    #[tokio::test]
+    async fn repository_conversions_need_an_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let st = AppState::new(dir.path().to_path_buf(), store).unwrap();
+        let img = tiny_image(&st, dir.path()).await;
+        assert!(img.artifact(Format::Qcow2).is_none());
+        let get = |path: String| {
+            let st = st.clone();
+            async move {
+                let resp = router(st)
+                    .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let b = to_bytes(resp.into_body(), 64 << 20).await.unwrap();
+                (status, b)
+            }
+        };
+        let (s, body) = get(format!("/repository/{}/disk.qcow2", img.id)).await;
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let again = st.repo.get(&img.id).unwrap().unwrap();
+        assert!(again.artifact(Format::Qcow2).is_none(), "a qcow2 was made");
+        let (s, body) = get(format!("/repository/{}/rootfs.tar", img.id)).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body.len() as u64, img.artifact(Format::Tar).unwrap().size);
+    }
+
+    /// Finding 15 of issue 15: a client that dribbles header bytes held its connection
+    /// for as long as it liked. Now `serve` drops it within HEADER_READ_TIMEOUT, while a
+    /// normal request on the same server is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_header_clients_are_dropped_within_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_d, st) = state();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, st, async {
+            let _ = stop_rx.await;
+        }));
+
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let header = b"GET /api/v1/images HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let mut closed_after = None;
+        for b in header.iter().cycle() {
+            if started.elapsed() > HEADER_READ_TIMEOUT + Duration::from_secs(10) {
+                break;
+            }
+            if slow.write_all(&[*b]).await.is_err() {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            // The server answers a timeout with a 408 or just closes: either ends the read.
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(500), slow.read(&mut buf)).await {
+                Ok(Ok(_)) | Ok(Err(_)) => {
+                    closed_after = Some(started.elapsed());
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        let closed_after = closed_after.expect("the dribbling connection was never dropped");
+        assert!(
+            closed_after >= HEADER_READ_TIMEOUT - Duration::from_secs(1)
+                && closed_after <= HEADER_READ_TIMEOUT + Duration::from_secs(3),
+            "dropped after {closed_after:?}"
+        );
+
+        // A prompt client is still served.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /api/v1/images HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        ok.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stop_tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[test]

@@ -22,7 +22,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::instances::{identity, InstanceEvent, Who, KEEP_ALIVE};
 use crate::{blocking, ApiError, AppState, ErrorBody};
 
-/// The web UI's session cookie; it carries a bearer token (HttpOnly, SameSite=Strict).
+/// The web UI's session cookie: a session signed for a token, not the token (HttpOnly,
+/// SameSite=Strict, Secure over TLS).
 pub const SESSION_COOKIE: &str = "vfarm_session";
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
@@ -104,8 +105,17 @@ pub(crate) async fn login(
             "not a vfarm token (letters, digits, - _ . only)",
         ));
     }
+    // The cookie holds a signed session for the token, never the token itself; over TLS
+    // it is never sent in clear.
+    let session = vfarm_auth::token::session_value(&s.session_key, &row)
+        .map_err(|e| ApiError::internal(format!("cannot sign the session: {e}")))?;
+    let secure = if s.server_subject.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
     let id = crate::auth::token_identity(&s.auth, row);
-    let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    let cookie = format!("{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/{secure}");
     let mut resp = Json(id).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);

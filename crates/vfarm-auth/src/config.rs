@@ -57,6 +57,8 @@ struct RawHost {
 #[serde(deny_unknown_fields)]
 struct RawQuotas {
     default: Option<RawQuota>,
+    default_memory: Option<String>,
+    default_disk: Option<String>,
     #[serde(default)]
     owners: BTreeMap<String, RawQuota>,
 }
@@ -94,6 +96,11 @@ impl Quota {
 pub struct QuotaConfig {
     pub default: Quota,
     pub owners: BTreeMap<String, Quota>,
+    /// Memory limit (bytes) of an instance that asks for none (`[quotas] default_memory`);
+    /// it counts against the memory quota. `None`: the driver's built-in default.
+    pub default_memory: Option<u64>,
+    /// Disk counted for an oci instance that asks for none (`[quotas] default_disk`).
+    pub default_disk: Option<u64>,
 }
 
 impl QuotaConfig {
@@ -201,6 +208,19 @@ impl ServeConfig {
             let key = format!("quotas.owners.\"{owner}\"");
             owners.insert(owner, quota(&key, q)?);
         }
+        let bytes = |field: &str, v: &Option<String>| -> Result<Option<u64>> {
+            v.as_deref()
+                .map(|s| {
+                    vfarm_core::parse_size(s)
+                        .map_err(|why| err(format!("quotas.{field} `{s}`: {why}")))
+                })
+                .transpose()
+        };
+        let default_memory = bytes("default_memory", &raw.quotas.default_memory)?;
+        if default_memory.is_some_and(|m| m < vfarm_core::instance::MIN_MEMORY) {
+            return Err(err("quotas.default_memory must be at least 4M".into()));
+        }
+        let default_disk = bytes("default_disk", &raw.quotas.default_disk)?;
         let default_expiry_secs = raw
             .default_expiry
             .map(|s| {
@@ -231,7 +251,12 @@ impl ServeConfig {
             default_expiry_secs,
             admins: raw.admins,
             hostnames,
-            quotas: QuotaConfig { default, owners },
+            quotas: QuotaConfig {
+                default,
+                owners,
+                default_memory,
+                default_disk,
+            },
         })
     }
 
@@ -246,6 +271,26 @@ mod tests {
 
     fn parse(t: &str) -> Result<ServeConfig> {
         ServeConfig::parse(t, Path::new("serve.toml"))
+    }
+
+    #[test]
+    fn default_memory_and_disk() {
+        let c = parse("[quotas]\ndefault_memory = \"1G\"\ndefault_disk = \"10G\"\n").unwrap();
+        assert_eq!(
+            (c.quotas.default_memory, c.quotas.default_disk),
+            (Some(1 << 30), Some(10 << 30))
+        );
+        assert_eq!(parse("").unwrap().quotas.default_memory, None);
+        for bad in [
+            "default_memory = \"2M\"",
+            "default_memory = \"lots\"",
+            "default_disk = \"x\"",
+        ] {
+            let e = parse(&format!("[quotas]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("quotas.default_"), "{bad}: {e}");
+        }
     }
 
     #[test]

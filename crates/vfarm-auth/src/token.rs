@@ -125,6 +125,13 @@ pub fn verify(store: &Store, presented: &str, now: DateTime<Utc>) -> Result<Toke
         return Err(AuthError::InvalidToken);
     }
     // Only a holder of the secret learns that a token is revoked or expired.
+    let row = usable(row, now)?;
+    store.touch_token(&row.id)?;
+    Ok(row)
+}
+
+/// The row when it is neither revoked nor expired.
+fn usable(row: TokenRow, now: DateTime<Utc>) -> Result<TokenRow> {
     if let Some(at) = &row.revoked {
         return Err(AuthError::TokenRevoked {
             id: row.id,
@@ -142,8 +149,75 @@ pub fn verify(store: &Store, presented: &str, now: DateTime<Utc>) -> Result<Toke
             });
         }
     }
-    store.touch_token(&row.id)?;
     Ok(row)
+}
+
+/// Prefix of a web session value (the UI's cookie).
+pub const SESSION_PREFIX: &str = "vfs_";
+
+/// The key web sessions are signed with: `<data>/session.key` (0600), made on first use.
+pub fn session_key(data_dir: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("session.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() >= 32 => return Ok(k),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AuthError::io("read", &path, e)),
+    }
+    let mut key = vec![0u8; 32];
+    openssl::rand::rand_bytes(&mut key)?;
+    let tmp = data_dir.join(format!("session.key.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&key))
+        .map_err(|e| AuthError::io("write", &tmp, e))?;
+    // Two services starting at once: the first link wins and both read it back.
+    std::fs::hard_link(&tmp, &path).ok();
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::read(&path).map_err(|e| AuthError::io("read", &path, e))
+}
+
+fn session_mac(key: &[u8], token_id: &str) -> Result<String> {
+    let pkey = openssl::pkey::PKey::hmac(key)?;
+    let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey)?;
+    signer.update(b"vfarm-session:")?;
+    signer.update(token_id.as_bytes())?;
+    Ok(hex::encode(signer.sign_to_vec()?))
+}
+
+/// A web session for a verified token: `vfs_<token id>_<HMAC>`. It stands for the token
+/// (and ends with it) without holding its secret, and is no bearer token.
+pub fn session_value(key: &[u8], row: &TokenRow) -> Result<String> {
+    Ok(format!(
+        "{SESSION_PREFIX}{}_{}",
+        row.id,
+        session_mac(key, &row.id)?
+    ))
+}
+
+/// The token behind a session value, when the value is genuine and the token still usable.
+pub fn verify_session(
+    store: &Store,
+    key: &[u8],
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<TokenRow> {
+    let (id, mac) = value
+        .strip_prefix(SESSION_PREFIX)
+        .and_then(|r| r.split_once('_'))
+        .ok_or(AuthError::InvalidToken)?;
+    let want = session_mac(key, id)?;
+    if want.len() != mac.len() || !openssl::memcmp::eq(want.as_bytes(), mac.as_bytes()) {
+        return Err(AuthError::InvalidToken);
+    }
+    let row = store.token(id)?.ok_or(AuthError::InvalidToken)?;
+    usable(row, now)
 }
 
 /// Revoke by id (the public part); the token stops working at once.

@@ -223,7 +223,12 @@ fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> Inval
     }
 }
 
-/// A duration like `90s`, `30m`, `2h`, `2d`, `1w` (or plain seconds), in seconds.
+/// Longest duration accepted anywhere (about 100 years): every timestamp `now + duration`
+/// stays representable, so no caller can overflow date arithmetic.
+pub const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
+
+/// A duration like `90s`, `30m`, `2h`, `2d`, `1w` (or plain seconds), in seconds, at most
+/// [`MAX_DURATION_SECS`].
 pub fn parse_duration(field: &'static str, s: &str) -> Result<u64, InvalidField> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -245,8 +250,8 @@ pub fn parse_duration(field: &'static str, s: &str) -> Result<u64, InvalidField>
     };
     match n.checked_mul(mult) {
         Some(0) => Err(invalid(field, s, "must be longer than zero")),
-        Some(v) => Ok(v),
-        None => Err(invalid(field, s, "too long")),
+        Some(v) if v <= MAX_DURATION_SECS => Ok(v),
+        _ => Err(invalid(field, s, "too long (at most 100 years)")),
     }
 }
 
@@ -301,13 +306,40 @@ pub fn validate_name(s: &str) -> Result<(), InvalidField> {
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        return Err(invalid(
+            "name",
+            s,
+            "use 1-63 of a-z 0-9 -, starting with a letter or digit",
+        ));
+    }
+    // References resolve ids and id prefixes of 4+ hex digits: a name like that could
+    // shadow (or be shadowed by) another instance's id.
+    if s.len() >= 4 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(invalid(
+            "name",
+            s,
+            "a name of 4 or more hex digits could be taken for an instance id; add another letter or a -",
+        ));
+    }
+    Ok(())
+}
+
+/// Snapshot names, as the drivers accept them: 1-64 of `A-Z a-z 0-9 . - _`, not starting
+/// with a dot (so never `.` or `..`, which a URL or a path would resolve).
+pub fn validate_snapshot_name(s: &str) -> Result<(), InvalidField> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
         Err(invalid(
             "name",
             s,
-            "use 1-63 of a-z 0-9 -, starting with a letter or digit",
+            "a snapshot name is 1-64 of A-Z a-z 0-9 . - _, not starting with a dot",
         ))
     }
 }
@@ -512,6 +544,17 @@ mod tests {
         assert!("zombie".parse::<State>().is_err());
     }
 
+    /// Finding 16 of issue 15: a name could equal another instance's id or id prefix.
+    #[test]
+    fn names_cannot_look_like_ids() {
+        for bad in ["abcd", "0123456789ab", "deadbeef"] {
+            assert_eq!(validate_name(bad).unwrap_err().field, "name", "{bad}");
+        }
+        for ok in ["web", "abc", "web-1", "deadbeefs", "a-bcd"] {
+            validate_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("expiry", "2h").unwrap(), 7200);
@@ -526,6 +569,17 @@ mod tests {
         assert!(parse_duration("expiry", "0h").is_err());
         assert!(parse_duration("expiry", "h").is_err());
         assert!(parse_duration("expiry", "99999999999999999999d").is_err());
+        // Fits in u64 seconds but not in any date: refused as a field error (finding 10).
+        let e = parse_duration("expiry", "999999999999w").unwrap_err();
+        assert_eq!(e.field, "expiry");
+        assert!(e.reason.contains("too long"), "{e}");
+        assert_eq!(parse_duration("expiry", "5200w").unwrap(), 5200 * 604_800);
+        assert!(parse_duration("expiry", &format!("{}", MAX_DURATION_SECS + 1)).is_err());
+        let req = InstanceRequest {
+            expiry: Some("999999999999w".into()),
+            ..Default::default()
+        };
+        assert_eq!(req.validate().unwrap_err().field, "expiry");
     }
 
     #[test]

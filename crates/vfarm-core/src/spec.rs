@@ -302,9 +302,23 @@ impl SpecRequest {
 }
 
 /// Debian policy: lowercase letters, digits, `+ - .`, at least two characters, starting
-/// alphanumeric. An optional `:arch` suffix or `=version` is allowed as apt takes them.
+/// alphanumeric. An optional `:arch` suffix and `=version` are allowed as apt takes them
+/// (`name[:arch][=version]`); each part is checked in full, since the whole string reaches
+/// apt's command line.
 pub fn validate_package_name(p: &str) -> Result<(), SpecError> {
-    let base = p.split(['=', ':']).next().unwrap_or("");
+    let refuse = |reason: &str| SpecError::Invalid {
+        field: "package",
+        value: p.to_string(),
+        reason: reason.into(),
+    };
+    let (rest, version) = match p.split_once('=') {
+        Some((r, v)) => (r, Some(v)),
+        None => (p, None),
+    };
+    let (base, arch) = match rest.split_once(':') {
+        Some((b, a)) => (b, Some(a)),
+        None => (rest, None),
+    };
     let ok = base.len() >= 2
         && base
             .chars()
@@ -313,15 +327,33 @@ pub fn validate_package_name(p: &str) -> Result<(), SpecError> {
         && base
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::Invalid {
-            field: "package",
-            value: p.to_string(),
-            reason: "not a Debian package name (lowercase letters, digits, + - .)".into(),
-        })
+    if !ok {
+        return Err(refuse(
+            "not a Debian package name (lowercase letters, digits, + - .)",
+        ));
     }
+    if let Some(a) = arch {
+        let ok = !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok {
+            return Err(refuse(
+                "the architecture after `:` must be lowercase letters, digits and -",
+            ));
+        }
+    }
+    if let Some(v) = version {
+        // Debian policy 5.6.12: [epoch:]upstream[-revision], alphanumerics and . + ~ - :
+        let ok = v.starts_with(|c: char| c.is_ascii_digit())
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".+~-:".contains(c));
+        if !ok {
+            return Err(refuse(
+                "the version after `=` must start with a digit and use letters, digits and . + ~ - :",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Image names are aliases used on command lines and in URLs.
@@ -331,15 +363,23 @@ pub fn validate_image_name(n: &str) -> Result<(), SpecError> {
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && !n.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::Invalid {
+    if !ok {
+        return Err(SpecError::Invalid {
             field: "name",
             value: n.to_string(),
             reason: "use 1-64 characters from A-Z a-z 0-9 . _ - (not starting with . or -)".into(),
-        })
+        });
     }
+    // References resolve ids and id prefixes of 4+ hex digits (any case): such a name
+    // could shadow another image's id.
+    if n.len() >= 4 && n.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(SpecError::Invalid {
+            field: "name",
+            value: n.to_string(),
+            reason: "a name of 4 or more hex digits could be taken for an image id; add another letter or a -".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The content of an image. Its canonical JSON, hashed, is the image id.
@@ -461,6 +501,49 @@ impl ImageSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding 17 of issue 15: only the part before `=`/`:` was checked, so anything could
+    /// ride along after it to apt's command line.
+    /// Finding 7 of issue 15: an image name could shadow another image's id prefix.
+    #[test]
+    fn image_names_cannot_look_like_ids() {
+        for bad in ["abcd", "DEADBEEF", "0123456789abcdef"] {
+            assert_eq!(
+                validate_image_name(bad).unwrap_err().field(),
+                "name",
+                "{bad}"
+            );
+        }
+        for ok in ["minbase", "abc", "deadbeef-2", "v1.0"] {
+            validate_image_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn package_names_are_checked_in_full() {
+        for ok in [
+            "curl",
+            "libc6:amd64",
+            "curl=7.88.1-10+deb12u5",
+            "bash:arm64=5.2-1",
+            "g++",
+        ] {
+            validate_package_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "curl=1.0 --allow-unauthenticated",
+            "curl=$(id)",
+            "curl:amd64;rm",
+            "curl:",
+            "curl=",
+            "curl=x1",
+            "curl:../x",
+            "curl=1/../../x",
+        ] {
+            let e = validate_package_name(bad).unwrap_err();
+            assert_eq!(e.field(), "package", "{bad}");
+        }
+    }
 
     fn req() -> SpecRequest {
         SpecRequest {

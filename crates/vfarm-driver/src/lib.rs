@@ -334,11 +334,44 @@ impl ExecIo {
     }
 }
 
+/// When an exec must end early: at a deadline, or when its caller gives up (the API client
+/// went away).
+#[derive(Debug, Clone, Default)]
+pub struct ExecStop {
+    pub deadline: Option<Instant>,
+    pub cancelled: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl ExecStop {
+    /// Whether the exec must be ended now.
+    pub fn reached(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+            || self
+                .cancelled
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// Run another process inside a running instance.
 pub trait Exec: Send + Sync {
     /// Run `argv` (with extra `env`) in the instance and return its exit status (128 + signal
     /// for a signal).
     fn exec(&self, id: &str, argv: &[String], env: &[(String, String)], io: ExecIo) -> Result<i32>;
+
+    /// [`exec`](Self::exec), killing the process when `stop` is reached: `None` then. The
+    /// default cannot kill, so it runs to its end (a backend that can kill overrides it).
+    fn exec_until(
+        &self,
+        id: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        io: ExecIo,
+        stop: &ExecStop,
+    ) -> Result<Option<i32>> {
+        let _ = stop;
+        self.exec(id, argv, env, io).map(Some)
+    }
 }
 
 /// Named, revertible points of an instance's filesystem.

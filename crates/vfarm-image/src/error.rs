@@ -48,6 +48,12 @@ pub enum ImageError {
     Import { path: PathBuf, reason: String },
     #[error("image `{0}` has no {1} artifact")]
     NoArtifact(String, String),
+    /// Instances' disks sit on the image: it stays until they are destroyed.
+    #[error("image `{id}` is in use by instance(s) {}: destroy them first", instances.join(", "))]
+    InUse { id: String, instances: Vec<String> },
+    /// Only the image's owner (or an admin, for any image) may remove it.
+    #[error("image `{id}` is not yours to remove (public images: admins only)")]
+    NotOwner { id: String },
     #[error("{op} {path}")]
     Io {
         op: &'static str,
@@ -77,6 +83,8 @@ impl ImageError {
             ImageError::CheckFailed { .. } => "check_failed",
             ImageError::Import { .. } => "invalid_import",
             ImageError::NoArtifact(..) => "artifact_not_found",
+            ImageError::InUse { .. } => "image_in_use",
+            ImageError::NotOwner { .. } => "forbidden",
             ImageError::Io { .. } => "io_error",
         }
     }
@@ -93,6 +101,8 @@ impl ImageError {
                 | "suite_unavailable"
                 | "invalid_import"
                 | "artifact_not_found"
+                | "image_in_use"
+                | "forbidden"
         )
     }
 

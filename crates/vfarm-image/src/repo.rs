@@ -307,10 +307,17 @@ impl Repository {
     }
 
     /// Remove an image: record first, then files (a crash in between leaves an orphan
-    /// directory that the next open removes).
+    /// directory that the next open removes). Refused while instances' disks sit on it.
     pub fn remove(&self, reference: &str, actor: &str) -> Result<Image> {
         let img = self.resolve(reference)?;
         let _lock = self.lock(&format!("image-{}", img.id), &mut |_| {})?;
+        let users = self.store.instances_on_image(&img.id)?;
+        if !users.is_empty() {
+            return Err(ImageError::InUse {
+                id: img.id.clone(),
+                instances: users,
+            });
+        }
         self.store.tx(|tx| {
             tx.execute("DELETE FROM images WHERE id = ?1", [&img.id])?;
             append_event(

@@ -25,6 +25,15 @@ pub enum JsdlError {
     /// The document has no root element at all.
     #[error("line {line}: no root element")]
     NoRoot { line: usize },
+    /// Elements nested deeper than [`crate::MAX_DEPTH`]: refused before anything recurses
+    /// over the tree, so a hostile document cannot overflow the stack.
+    #[error("line {line}: <{element}> is nested {depth} elements deep (at most {max})")]
+    TooDeep {
+        element: String,
+        line: usize,
+        depth: usize,
+        max: usize,
+    },
     /// The document ends while an element is still open.
     #[error("line {line}: <{element}> is never closed")]
     Unclosed { element: String, line: usize },

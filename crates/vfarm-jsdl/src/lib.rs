@@ -21,6 +21,10 @@ mod request;
 mod write;
 mod xml;
 
+/// Deepest element nesting accepted. Real JSDL documents stay below 10 levels (extension
+/// elements included); the bound keeps the recursive passes over the tree off the stack limit.
+pub const MAX_DEPTH: usize = 100;
+
 pub use error::{JsdlError, SchemaWarning, WarningKind};
 pub use model::*;
 pub use parse::{parse, parse_range_value, NamedRange, Parsed, RANGE_ELEMENTS};

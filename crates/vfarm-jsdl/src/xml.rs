@@ -116,6 +116,20 @@ fn start_node(
     })
 }
 
+/// Refuses `node` when it would sit below `open` open elements and so deeper than
+/// MAX_DEPTH: every later pass (typed parsing, to_any, Drop) recurses over the tree.
+fn check_depth(node: &Node, open: usize, line: usize) -> Result<(), JsdlError> {
+    if open >= crate::MAX_DEPTH {
+        return Err(JsdlError::TooDeep {
+            element: node.qname(),
+            line,
+            depth: open + 1,
+            max: crate::MAX_DEPTH,
+        });
+    }
+    Ok(())
+}
+
 /// Parses a whole document into its root element.
 pub(crate) fn parse_tree(xml: &str) -> Result<Node, JsdlError> {
     let lines = Lines::new(xml);
@@ -146,10 +160,12 @@ pub(crate) fn parse_tree(xml: &str) -> Result<Node, JsdlError> {
             }
             Event::Start(e) => {
                 let node = start_node(&reader, ns, &e, line)?;
+                check_depth(&node, stack.len(), line)?;
                 stack.push(node);
             }
             Event::Empty(e) => {
                 let node = start_node(&reader, ns, &e, line)?;
+                check_depth(&node, stack.len(), line)?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(node),
                     None => root = Some(node),

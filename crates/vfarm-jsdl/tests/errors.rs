@@ -258,3 +258,23 @@ fn warnings_cover_unqualified_and_disallowed_extensions() {
         "line 5: <{urn:x}Foo>: the schema allows no extension elements here"
     );
 }
+
+/// Finding 17 of issue 15: a 50,000-deep document crashed the parser with a stack overflow.
+/// It is now refused as an error naming the element and line where nesting went too deep.
+#[test]
+fn deeply_nested_document_is_refused_without_stack_overflow() {
+    let depth = 50_000;
+    let body = format!("{}{}", "<x>".repeat(depth), "</x>".repeat(depth));
+    let e = err(&doc(&body));
+    assert!(
+        matches!(&e, JsdlError::TooDeep { element, line: 4, max, .. }
+            if element == "x" && *max == MAX_DEPTH),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("nested"), "{e}");
+    // Nesting below the bound is still parsed (as an ignored extension element).
+    let shallow = format!("{}{}", "<x>".repeat(20), "</x>".repeat(20));
+    if let Err(e) = parse(&doc(&shallow)) {
+        assert!(!matches!(e, JsdlError::TooDeep { .. }), "{e:?}");
+    }
+}

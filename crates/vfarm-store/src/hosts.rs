@@ -310,6 +310,19 @@ impl Store {
         ))
     }
 
+    /// The join token hash and its expiry of the pending host `name` (None: no such host, or
+    /// it is not pending). The join endpoint compares the hash itself, in constant time.
+    pub fn pending_join_token(&self, name: &str) -> Result<Option<(String, String)>> {
+        let conn = self.conn();
+        optional(conn.query_row(
+            "SELECT token_sha256, token_expires FROM hosts
+              WHERE name = ?1 AND state = 'pending'
+                AND token_sha256 IS NOT NULL AND token_expires IS NOT NULL",
+            [name],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        ))
+    }
+
     /// Whether any host was ever added: the control then places instances on nodes.
     pub fn has_hosts(&self) -> Result<bool> {
         let n: i64 = self

@@ -130,6 +130,35 @@ pub fn upsert_image(conn: &Db<'_>, img: &ImageRow, artifacts: &[ArtifactRow]) ->
 }
 
 impl Store {
+    /// An image's owner: `Ok(None)` when there is no such image, `Some(None)` for a public
+    /// (site) image.
+    pub fn image_owner(&self, id: &str) -> Result<Option<Option<String>>> {
+        optional(
+            self.conn()
+                .query_row("SELECT owner FROM images WHERE id = ?1", [id], |r| r.get(0)),
+        )
+    }
+
+    /// Give a public image to `owner` (an API user's new build or import). An image that
+    /// already has an owner keeps it. False when there is no such public image.
+    pub fn claim_image(&self, id: &str, owner: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE images SET owner = ?2 WHERE id = ?1 AND owner IS NULL",
+            params![id, owner],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The instances whose disks sit on image `id` (their ids), for in-use protection.
+    pub fn instances_on_image(&self, id: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id FROM instances WHERE image_id = ?1 ORDER BY id")?;
+        let rows = st
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     pub fn image(&self, id: &str) -> Result<Option<ImageRow>> {
         let conn = self.conn();
         optional(conn.query_row(
@@ -426,6 +455,37 @@ pub(crate) mod tests {
             size: 10,
             sha512: "ab".into(),
             disk_size: None,
+        }
+    }
+
+    /// Finding 7 of issue 15: images have owners (none: public, as every image made
+    /// before owners is), a re-recorded image keeps its owner, and the instances on an image
+    /// are known for in-use protection.
+    #[test]
+    fn image_owners_and_users() {
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.tx(|tx| upsert_image(tx, &img("feed0001", Some("mine")), &[art("tar")]))
+                .unwrap();
+            assert_eq!(s.image_owner("feed0001").unwrap(), Some(None));
+            assert_eq!(s.image_owner("nosuch").unwrap(), None);
+            assert!(s.claim_image("feed0001", "alice").unwrap());
+            assert!(!s.claim_image("feed0001", "bob").unwrap());
+            // Adding an artifact re-records the image; the owner stays.
+            s.tx(|tx| upsert_image(tx, &img("feed0001", None), &[art("qcow2")]))
+                .unwrap();
+            assert_eq!(
+                s.image_owner("feed0001").unwrap(),
+                Some(Some("alice".into()))
+            );
+            assert!(s.instances_on_image("feed0001").unwrap().is_empty());
+            let mut i = crate::instances::tests::inst("c0ffee000001", None);
+            i.image_id = "feed0001".into();
+            s.insert_instance(&i).unwrap();
+            assert_eq!(
+                s.instances_on_image("feed0001").unwrap(),
+                vec!["c0ffee000001"]
+            );
         }
     }
 

@@ -147,12 +147,34 @@ impl Store {
 
     /// Find by exact id, exact name, or unique id prefix (at least 4 hex digits).
     pub fn find_instance(&self, reference: &str) -> Result<InstanceRow> {
+        self.find_instance_of(reference, None)
+    }
+
+    /// [`find_instance`](Self::find_instance) among `owner`'s instances only (`None`: all,
+    /// for admins and the local CLI). Another owner's instance is not found, never makes a
+    /// prefix ambiguous, and is never named in an error. An exact id wins over a name.
+    pub fn find_instance_of(&self, reference: &str, owner: Option<&str>) -> Result<InstanceRow> {
         let conn = self.conn();
-        if let Some(r) = optional(conn.query_row(
-            &format!("SELECT {COLS} FROM instances WHERE id = ?1 OR name = ?1"),
-            [reference],
-            row,
-        ))? {
+        let scope = if owner.is_some() {
+            " AND owner = ?2"
+        } else {
+            ""
+        };
+        let by = |cond: &str, arg: &str, limit: u32| -> Result<Vec<InstanceRow>> {
+            let sql = format!(
+                "SELECT {COLS} FROM instances WHERE {cond}{scope} ORDER BY id LIMIT {limit}"
+            );
+            let mut st = conn.prepare(&sql)?;
+            let rows = match owner {
+                Some(o) => st.query_map(params![arg, o], row)?,
+                None => st.query_map(params![arg], row)?,
+            };
+            rows.collect::<Result<_, _>>()
+        };
+        if let Some(r) = by("id = ?1", reference, 1)?.pop() {
+            return Ok(r);
+        }
+        if let Some(r) = by("name = ?1", reference, 1)?.pop() {
             return Ok(r);
         }
         let not_found = || StoreError::NotFound {
@@ -162,15 +184,10 @@ impl Store {
         if reference.len() < 4 || !reference.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(not_found());
         }
-        let mut st = conn.prepare(&format!(
-            "SELECT {COLS} FROM instances WHERE id LIKE ?1 || '%' LIMIT 5"
-        ))?;
-        let rows: Vec<InstanceRow> = st
-            .query_map([reference.to_ascii_lowercase()], row)?
-            .collect::<Result<_, _>>()?;
+        let mut rows = by("id LIKE ?1 || '%'", &reference.to_ascii_lowercase(), 5)?;
         match rows.len() {
             0 => Err(not_found()),
-            1 => Ok(rows.into_iter().next().expect("one row")),
+            1 => Ok(rows.pop().expect("one row")),
             _ => Err(StoreError::Ambiguous {
                 kind: "instance",
                 id: reference.to_string(),
@@ -453,6 +470,66 @@ pub(crate) mod tests {
                 .unwrap_err();
             assert!(matches!(e, StoreError::Conflict { .. }));
             assert_eq!(s.instances().unwrap().len(), 3);
+        }
+    }
+
+    /// Finding 16 of issue 15: another owner's instance made a prefix ambiguous (and the
+    /// error listed its id), and a name equal to another's id could shadow it.
+    #[test]
+    fn lookups_are_owner_scoped() {
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            let mine = InstanceRow {
+                owner: "alice".into(),
+                ..inst("beef00000001", Some("mine"))
+            };
+            let theirs = InstanceRow {
+                owner: "bob".into(),
+                ..inst("beef00000002", Some("beef00000001x"))
+            };
+            // An older row whose name is exactly alice's id (names are now refused so).
+            let shadow = InstanceRow {
+                owner: "bob".into(),
+                ..inst("cafe00000003", Some("beef00000001"))
+            };
+            for r in [&mine, &theirs, &shadow] {
+                s.insert_instance(r).unwrap();
+            }
+            // Alice's prefix is hers alone; bob's instances neither clash nor show.
+            assert_eq!(
+                s.find_instance_of("beef", Some("alice")).unwrap().id,
+                mine.id
+            );
+            assert_eq!(
+                s.find_instance_of("beef00000001", Some("alice"))
+                    .unwrap()
+                    .id,
+                mine.id
+            );
+            assert!(matches!(
+                s.find_instance_of("beef00000002", Some("alice")),
+                Err(StoreError::NotFound { .. })
+            ));
+            assert!(matches!(
+                s.find_instance_of("cafe", Some("alice")),
+                Err(StoreError::NotFound { .. })
+            ));
+            // An exact id wins over a name, also for an admin seeing all.
+            assert_eq!(
+                s.find_instance_of("beef00000001", None).unwrap().id,
+                mine.id
+            );
+            // Ambiguity among all (admin) names only matches, and for bob only his own.
+            match s.find_instance_of("beef", None) {
+                Err(StoreError::Ambiguous { matches, .. }) => {
+                    assert!(matches.contains(&mine.id) && matches.contains(&theirs.id))
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                s.find_instance_of("beef", Some("bob")).unwrap().id,
+                theirs.id
+            );
         }
     }
 

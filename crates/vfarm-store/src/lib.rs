@@ -27,7 +27,8 @@ use db::{Conn, PgConn};
 
 /// Migrations in order; index + 1 is the schema version after applying it.
 /// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs, 5 auth,
-/// 6 hosts, 7 origins (several services on one database), 8 host checks (doctor verdicts). Each has a PostgreSQL twin in [`PG_MIGRATIONS`] under the same name.
+/// 6 hosts, 7 origins (several services on one database), 8 host checks (doctor verdicts),
+/// 9 image owners. Each has a PostgreSQL twin in [`PG_MIGRATIONS`] under the same name.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_images", include_str!("../migrations/0001_images.sql")),
     (
@@ -48,6 +49,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_host_checks",
         include_str!("../migrations/0008_host_checks.sql"),
+    ),
+    (
+        "0009_image_owners",
+        include_str!("../migrations/0009_image_owners.sql"),
     ),
 ];
 
@@ -85,6 +90,10 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_host_checks",
         include_str!("../migrations/postgres/0008_host_checks.sql"),
+    ),
+    (
+        "0009_image_owners",
+        include_str!("../migrations/postgres/0009_image_owners.sql"),
     ),
 ];
 
@@ -658,6 +667,34 @@ mod tests {
             assert_eq!(ev[0].kind, "test");
             assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
             assert_eq!(s.backend(), db.backend());
+        }
+    }
+
+    /// Migration 8 (image owners) keeps the images a version-7 store holds, as public.
+    #[test]
+    fn image_owner_migration_keeps_images_public() {
+        for db in TestDb::all() {
+            {
+                let s = db.open();
+                let back = match s.backend {
+                    Backend::Sqlite => "ALTER TABLE images DROP COLUMN owner; PRAGMA user_version = 7",
+                    Backend::Postgres => {
+                        "ALTER TABLE images DROP COLUMN owner; UPDATE vfarm_schema_version SET version = 7"
+                    }
+                };
+                s.conn().execute_batch(back).unwrap();
+                s.conn()
+                    .execute(
+                        "INSERT INTO images(id, name, spec, summary, origin, created)
+                         VALUES ('0ld1', 'old', '{}', 's', 'build', '2020-01-01T00:00:00Z')",
+                        params![],
+                    )
+                    .unwrap();
+            }
+            let s = db.open();
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            assert_eq!(s.find_image("old").unwrap().id, "0ld1", "{}", db.backend());
+            assert_eq!(s.image_owner("0ld1").unwrap(), Some(None));
         }
     }
 

@@ -184,7 +184,7 @@ impl Cluster {
         reference: &str,
     ) -> Result<Option<(InstanceRow, HostRow)>, ApiError> {
         let store = self.store()?;
-        let row = match store.find_instance(reference) {
+        let row = match store.find_instance_of(reference, crate::service::owner_scope(who)) {
             Ok(r) => r,
             // The local backend words it (not found, ambiguous).
             Err(_) => return Ok(None),
@@ -233,12 +233,10 @@ impl Cluster {
         row: &InstanceRow,
         host: &HostRow,
     ) -> Result<(), ApiError> {
-        match self.nodes.call(
-            host,
-            reqwest::Method::DELETE,
-            &format!("/api/v1/instances/{}", row.id),
-            None,
-        ) {
+        match self
+            .nodes
+            .call(host, reqwest::Method::DELETE, &Self::path(row, &[])?, None)
+        {
             Ok(_) => {}
             Err(e) if e.code == "instance_not_found" => {}
             Err(e) => return Err(e),
@@ -249,9 +247,39 @@ impl Cluster {
         Ok(())
     }
 
-    fn path(row: &InstanceRow, rest: &str) -> String {
-        format!("/api/v1/instances/{}{rest}", row.id)
+    /// `/api/v1/instances/{id}` followed by `rest`, each segment encoded by [`node_path`].
+    fn path(row: &InstanceRow, rest: &[&str]) -> Result<String, ApiError> {
+        let mut segs = vec!["api", "v1", "instances", row.id.as_str()];
+        segs.extend_from_slice(rest);
+        node_path(&segs)
     }
+}
+
+/// Characters left as they are in a path segment: RFC 3986 unreserved. Everything else,
+/// `/`, `%`, `?` and `#` included, is percent-encoded.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The path of a control-to-node URL from its segments. The control calls nodes as an
+/// admin, so a parameter must never change which endpoint or instance is addressed: each
+/// segment is percent-encoded, and empty, `.` and `..` segments (which URL parsers resolve,
+/// even when encoded as `%2e`) are refused.
+pub(crate) fn node_path(segments: &[&str]) -> Result<String, ApiError> {
+    let mut out = String::new();
+    for s in segments {
+        if s.is_empty() || *s == "." || *s == ".." {
+            return Err(ApiError::bad_request(
+                "path",
+                format!("`{s}` is not allowed as a path segment"),
+            ));
+        }
+        out.push('/');
+        out.extend(percent_encoding::utf8_percent_encode(s, SEGMENT));
+    }
+    Ok(out)
 }
 
 fn store_err(e: StoreError) -> ApiError {
@@ -302,7 +330,7 @@ impl InstanceBackend for Cluster {
         }
         let mut v: InstanceView =
             self.nodes
-                .json(&host, reqwest::Method::GET, &Self::path(&row, ""), None)?;
+                .json(&host, reqwest::Method::GET, &Self::path(&row, &[])?, None)?;
         self.follow(&row, &v)?;
         v.host = Some(host.name.clone());
         v.expires = row.expires.clone();
@@ -438,9 +466,12 @@ impl InstanceBackend for Cluster {
             }
             Err(e) => {
                 // The node may hold a half-made instance: ask it to go, then drop the record.
-                let _ =
-                    self.nodes
-                        .call(&host, reqwest::Method::DELETE, &Self::path(&row, ""), None);
+                let _ = self.nodes.call(
+                    &host,
+                    reqwest::Method::DELETE,
+                    &Self::path(&row, &[])?,
+                    None,
+                );
                 let _ = store.delete_instance("vfarm-control", id);
                 Err(e)
             }
@@ -473,7 +504,7 @@ impl InstanceBackend for Cluster {
         let v: InstanceView = self.nodes.json(
             &host,
             reqwest::Method::POST,
-            &Self::path(&row, &format!("/{verb}")),
+            &Self::path(&row, &[verb])?,
             body.as_ref(),
         )?;
         let mut out = self.follow(&row, &v)?;
@@ -498,7 +529,7 @@ impl InstanceBackend for Cluster {
         self.nodes.json(
             &host,
             reqwest::Method::POST,
-            &Self::path(&row, "/exec"),
+            &Self::path(&row, &["exec"])?,
             Some(&body),
         )
     }
@@ -510,7 +541,7 @@ impl InstanceBackend for Cluster {
         let resp = self.nodes.call(
             &host,
             reqwest::Method::GET,
-            &Self::path(&row, "/console"),
+            &Self::path(&row, &["console"])?,
             None,
         )?;
         resp.bytes()
@@ -525,7 +556,7 @@ impl InstanceBackend for Cluster {
         self.nodes.json(
             &host,
             reqwest::Method::GET,
-            &Self::path(&row, "/snapshots"),
+            &Self::path(&row, &["snapshots"])?,
             None,
         )
     }
@@ -542,7 +573,7 @@ impl InstanceBackend for Cluster {
         self.nodes.json(
             &host,
             reqwest::Method::POST,
-            &Self::path(&row, "/snapshots"),
+            &Self::path(&row, &["snapshots"])?,
             Some(&serde_json::json!({ "name": name })),
         )
     }
@@ -559,7 +590,7 @@ impl InstanceBackend for Cluster {
         let v: InstanceView = self.nodes.json(
             &host,
             reqwest::Method::POST,
-            &Self::path(&row, &format!("/snapshots/{name}/revert")),
+            &Self::path(&row, &["snapshots", name, "revert"])?,
             None,
         )?;
         let mut out = self.follow(&row, &v)?;
@@ -574,7 +605,7 @@ impl InstanceBackend for Cluster {
         self.nodes.call(
             &host,
             reqwest::Method::DELETE,
-            &Self::path(&row, &format!("/snapshots/{name}")),
+            &Self::path(&row, &["snapshots", name])?,
             None,
         )?;
         Ok(())
@@ -682,7 +713,8 @@ impl Cluster {
         if oci {
             return self.move_cold(who, row, src, &dest, began);
         }
-        let path = |step: &str| format!("/api/v1/node/migrations/{}/{step}", row.id);
+        let base = node_path(&["api", "v1", "node", "migrations", &row.id])?;
+        let path = |step: &str| format!("{base}/{step}");
         use reqwest::Method as M;
         let source: Value = self.nodes.json(
             src,
@@ -785,21 +817,21 @@ impl Cluster {
         use reqwest::Method as M;
         let store = self.store()?;
         let was_running = row.state == "running";
-        let path = |step: &str| format!("/api/v1/node/migrations/{}/{step}", row.id);
+        let base = node_path(&["api", "v1", "node", "migrations", &row.id])?;
+        let path = |step: &str| format!("{base}/{step}");
         let stopped_at = Instant::now();
         if was_running {
             self.nodes.call(
                 src,
                 M::POST,
-                &Self::path(row, "/stop"),
+                &Self::path(row, &["stop"])?,
                 Some(&serde_json::json!({ "force": false })),
             )?;
         }
+        let start_path = Self::path(row, &["start"])?;
         let restart_source = || {
             if was_running {
-                let _ = self
-                    .nodes
-                    .call(src, M::POST, &Self::path(row, "/start"), None);
+                let _ = self.nodes.call(src, M::POST, &start_path, None);
             }
         };
         // Not the repository's tmp/: it reaps entries there that no build holds.
@@ -857,13 +889,15 @@ impl Cluster {
             }
             if was_running {
                 self.nodes
-                    .call(dest, M::POST, &Self::path(row, "/start"), None)?;
+                    .call(dest, M::POST, &Self::path(row, &["start"])?, None)?;
             }
             Ok(())
         })();
         let _ = std::fs::remove_file(&layer);
         if let Err(e) = placed {
-            let _ = self.nodes.call(dest, M::DELETE, &Self::path(row, ""), None);
+            let _ = self
+                .nodes
+                .call(dest, M::DELETE, &Self::path(row, &[])?, None);
             let _ = self.nodes.call(src, M::POST, &path("abort"), None);
             restart_source();
             return Err(e);
@@ -942,4 +976,41 @@ fn monitor_once(ctx: &Ctx, cluster: &Cluster) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 3 of issue 15: the snapshot name `../../<id>` (sent as `..%2F..%2F<id>`)
+    /// was put into the node URL as it was, and the URL parser resolved it to another
+    /// instance. Every segment now stays one segment under the instance it names.
+    #[test]
+    fn node_paths_keep_each_parameter_inside_its_segment() {
+        let p = node_path(&[
+            "api",
+            "v1",
+            "instances",
+            "abc",
+            "snapshots",
+            "../../victim",
+            "revert",
+        ])
+        .unwrap();
+        assert_eq!(p, "/api/v1/instances/abc/snapshots/..%2F..%2Fvictim/revert");
+        let url = reqwest::Url::parse(&format!("https://node.example:8443{p}")).unwrap();
+        let segs: Vec<&str> = url.path_segments().unwrap().collect();
+        assert_eq!(segs.len(), 7, "{url}");
+        assert_eq!(segs[3], "abc");
+        for odd in ["?x=1", "a#b", "a b", "%2e%2e", "é"] {
+            let p = node_path(&["snapshots", odd]).unwrap();
+            let url = reqwest::Url::parse(&format!("https://n{p}")).unwrap();
+            assert_eq!(url.path_segments().unwrap().count(), 2, "{odd}: {url}");
+            assert!(url.query().is_none() && url.fragment().is_none(), "{url}");
+        }
+        for bad in ["..", ".", ""] {
+            let e = node_path(&["snapshots", bad]).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
 }

@@ -16,7 +16,7 @@ use vfarm_api::instances::{
 use vfarm_api::{ApiError, InstanceEvent, StatusCode};
 use vfarm_auth::Identity;
 use vfarm_core::instance::{Event, State};
-use vfarm_driver::{BootProfile, DriverError, ExecIo};
+use vfarm_driver::{BootProfile, DriverError, ExecIo, ExecStop};
 use vfarm_store::instances::InstanceRow;
 use vfarm_store::{Store, StoreError};
 
@@ -97,8 +97,10 @@ impl Service {
     /// instance is reported exactly like a missing one.
     fn find(&self, who: &Identity, reference: &str) -> Result<InstanceRow, ApiError> {
         let store = self.store()?;
+        // Only the caller's own instances (all, for admins) take part in the lookup, so
+        // another owner's ids never make a prefix ambiguous or appear in an error.
         let row = store
-            .find_instance(reference)
+            .find_instance_of(reference, owner_scope(who))
             .map_err(|e| api_error(e.into()))?;
         if !who.may_access(&row.owner) {
             return Err(not_found("instance", reference));
@@ -117,6 +119,11 @@ impl Service {
     fn view(&self, row: &InstanceRow) -> Result<InstanceView, ApiError> {
         inst::view(&*self.store()?, row, false).map_err(api_error)
     }
+}
+
+/// The owner whose instances a caller's references resolve among (`None`: all, for admins).
+pub(crate) fn owner_scope(who: &Identity) -> Option<&str> {
+    (!who.admin).then_some(who.user.as_str())
 }
 
 fn not_found(kind: &str, id: &str) -> ApiError {
@@ -180,10 +187,59 @@ fn api_error(e: anyhow::Error) -> ApiError {
     }
 }
 
-fn read_limited(f: &mut std::fs::File, limit: u64) -> String {
-    let mut b = Vec::new();
-    let _ = f.take(limit).read_to_end(&mut b);
-    String::from_utf8_lossy(&b).into_owned()
+/// Reads a pipe on a thread of its own, keeping the first `limit` bytes and discarding the
+/// rest, so a command's output costs at most `limit` bytes of memory and none of disk.
+struct CappedReader {
+    buf: Arc<std::sync::Mutex<(Vec<u8>, bool)>>,
+    done: std::sync::mpsc::Receiver<()>,
+    abandon: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CappedReader {
+    fn spawn(mut r: std::io::PipeReader, limit: u64) -> CappedReader {
+        use std::sync::atomic::Ordering;
+        let buf = Arc::new(std::sync::Mutex::new((Vec::new(), false)));
+        let abandon = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, done) = std::sync::mpsc::channel();
+        let (b, stop) = (buf.clone(), abandon.clone());
+        // Non-blocking, so the thread can be told to stop while a process the command left
+        // in the background still holds the pipe open.
+        let _ = rustix::fs::fcntl_setfl(&r, rustix::fs::OFlags::NONBLOCK);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                match r.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut g = b.lock().unwrap_or_else(|e| e.into_inner());
+                        let room = (limit as usize).saturating_sub(g.0.len());
+                        g.0.extend_from_slice(&chunk[..n.min(room)]);
+                        g.1 |= n > room;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(());
+        });
+        CappedReader { buf, done, abandon }
+    }
+
+    /// The output and whether it was cut. A process the command left behind may still hold
+    /// the pipe open: then what arrived within a moment is the output, and the reader stops.
+    fn finish(self) -> (String, bool) {
+        let _ = self.done.recv_timeout(std::time::Duration::from_secs(2));
+        self.abandon
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let g = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        (String::from_utf8_lossy(&g.0).into_owned(), g.1)
+    }
 }
 
 impl InstanceBackend for Service {
@@ -427,25 +483,34 @@ impl InstanceBackend for Service {
                 .into(),
             )
         })?;
-        // Files, not pipes: nothing can block on a full pipe while we wait for the exit.
+        // Pipes read by threads that keep the first EXEC_OUTPUT_LIMIT bytes and drain the
+        // rest: the process never blocks on a full pipe, and nothing piles up on disk.
         let io_err = |e: std::io::Error| api_error(anyhow::Error::new(e).context("exec output"));
-        let mut out = tempfile::tempfile().map_err(io_err)?;
-        let mut err = tempfile::tempfile().map_err(io_err)?;
+        let (out_r, out_w) = std::io::pipe().map_err(io_err)?;
+        let (err_r, err_w) = std::io::pipe().map_err(io_err)?;
+        let out = CappedReader::spawn(out_r, EXEC_OUTPUT_LIMIT);
+        let err = CappedReader::spawn(err_r, EXEC_OUTPUT_LIMIT);
         let io = ExecIo {
             stdin: std::process::Stdio::null(),
-            stdout: out.try_clone().map_err(io_err)?.into(),
-            stderr: err.try_clone().map_err(io_err)?.into(),
+            stdout: out_w.into(),
+            stderr: err_w.into(),
+        };
+        let stop = ExecStop {
+            deadline: Some(std::time::Instant::now() + req.time_limit()?),
+            cancelled: req.cancelled.clone(),
         };
         let code = exec
-            .exec(&row.id, &req.command, &env, io)
+            .exec_until(&row.id, &req.command, &env, io, &stop)
             .map_err(|e| api_error(e.into()))?;
-        use std::io::Seek;
-        out.rewind().map_err(io_err)?;
-        err.rewind().map_err(io_err)?;
+        let (stdout, cut_out) = out.finish();
+        let (stderr, cut_err) = err.finish();
         Ok(ExecResult {
-            exit_code: code,
-            stdout: read_limited(&mut out, EXEC_OUTPUT_LIMIT),
-            stderr: read_limited(&mut err, EXEC_OUTPUT_LIMIT),
+            // Killed with SIGKILL, as a shell would report it.
+            exit_code: code.unwrap_or(128 + 9),
+            stdout,
+            stderr,
+            timed_out: code.is_none(),
+            truncated: cut_out || cut_err,
         })
     }
 

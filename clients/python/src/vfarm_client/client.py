@@ -647,13 +647,18 @@ class Client:
         command: Union[str, Sequence[str]],
         env: Optional[Sequence[str]] = None,
         timeout: Optional[float] = None,
+        limit: Optional[str] = None,
     ) -> ExecResult:
         """Run a command in a running instance and collect its exit code and output. A
-        string runs through `sh -c`; a list runs as it is."""
+        string runs through `sh -c`; a list runs as it is. `limit` is the service-side time
+        limit (e.g. "90s", "30m"; default 5m, at most 1h): the command is killed then
+        (`timed_out`); output past 8 MiB per stream is dropped (`truncated`)."""
         argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
         body: Dict[str, Any] = {"command": argv}
         if env is not None:
             body["env"] = list(env)
+        if limit is not None:
+            body["timeout"] = limit
         return ExecResult.from_json(
             self._call(
                 "POST",

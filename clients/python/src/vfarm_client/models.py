@@ -184,6 +184,10 @@ class ExecResult:
     exit_code: Optional[int]
     stdout: str = ""
     stderr: str = ""
+    #: Killed at its time limit (exit code 137).
+    timed_out: bool = False
+    #: Output past 8 MiB per stream was dropped.
+    truncated: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -51,8 +51,8 @@ pub use bundle::{render as render_config, validate_hostname, IDLE_INIT};
 pub use runtime::{select as select_runtime, Runtime, RuntimeChoice};
 
 use crate::{
-    validate_id, Driver, DriverError, Exec, ExecIo, Files, InstanceSpec, LogFiles, Observed,
-    Pausable, ProbeReport, Result, SnapshotInfo, Snapshots, StopMode,
+    validate_id, Driver, DriverError, Exec, ExecIo, ExecStop, Files, InstanceSpec, LogFiles,
+    Observed, Pausable, ProbeReport, Result, SnapshotInfo, Snapshots, StopMode,
 };
 use hostfs::io_err;
 
@@ -923,8 +923,16 @@ impl Pausable for OciDriver {
     }
 }
 
-impl Exec for OciDriver {
-    fn exec(&self, id: &str, argv: &[String], env: &[(String, String)], io: ExecIo) -> Result<i32> {
+impl OciDriver {
+    /// `runc exec` for `argv`, ready to spawn or run.
+    fn exec_command(
+        &self,
+        id: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        io: ExecIo,
+        pid_file: Option<&Path>,
+    ) -> Result<(Command, PathBuf)> {
         let rec = self.load(id)?;
         match self.observe_rec(&rec) {
             Observed::Running => {}
@@ -938,6 +946,9 @@ impl Exec for OciDriver {
         }
         let mut c = rec.runtime.command(&self.runtime_root());
         c.arg("exec");
+        if let Some(p) = pid_file {
+            c.arg("--pid-file").arg(p);
+        }
         for (k, v) in env {
             c.arg("--env").arg(format!("{k}={v}"));
         }
@@ -946,14 +957,79 @@ impl Exec for OciDriver {
             .stdin(io.stdin)
             .stdout(io.stdout)
             .stderr(io.stderr);
+        Ok((c, rec.runtime.path.clone()))
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+impl Exec for OciDriver {
+    fn exec(&self, id: &str, argv: &[String], env: &[(String, String)], io: ExecIo) -> Result<i32> {
+        let (mut c, runtime) = self.exec_command(id, argv, env, io, None)?;
         let status = c.status().map_err(|e| DriverError::HostNotReady {
             driver: "oci",
-            reason: format!("cannot run {}: {e}", rec.runtime.path.display()),
+            reason: format!("cannot run {}: {e}", runtime.display()),
         })?;
-        use std::os::unix::process::ExitStatusExt;
-        Ok(status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        Ok(exit_code(status))
+    }
+
+    /// The exec'd process is killed (SIGKILL, by the pid runc records) when `stop` is
+    /// reached: killing `runc exec` alone would leave it running in the container.
+    fn exec_until(
+        &self,
+        id: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        io: ExecIo,
+        stop: &ExecStop,
+    ) -> Result<Option<i32>> {
+        let pid_file = self
+            .instance_dir(id)
+            .join(format!("exec-{}.pid", uuid::Uuid::new_v4().simple()));
+        let (mut c, runtime) = self.exec_command(id, argv, env, io, Some(&pid_file))?;
+        let mut child = c.spawn().map_err(|e| DriverError::HostNotReady {
+            driver: "oci",
+            reason: format!("cannot run {}: {e}", runtime.display()),
+        })?;
+        // The command holds the other ends of the caller's pipes: close them here, so
+        // readers see the end of output when the process ends.
+        drop(c);
+        let result = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(Some(exit_code(status))),
+                Ok(None) => {}
+                Err(e) => {
+                    break Err(DriverError::Backend {
+                        op: "exec",
+                        id: id.to_string(),
+                        detail: format!("cannot wait for {}: {e}", runtime.display()),
+                        retryable: false,
+                        source: Some(e),
+                    })
+                }
+            }
+            if stop.reached() {
+                if let Some(pid) = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                    .filter(|p| *p > 1)
+                    .and_then(rustix::process::Pid::from_raw)
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                break Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = std::fs::remove_file(&pid_file);
+        result
     }
 }
 

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
-use vfarm_core::instance::{next, parse_duration, Event, InstanceRequest, State};
+use vfarm_core::instance::{
+    next, parse_duration, Event, InstanceRequest, State, MAX_DURATION_SECS,
+};
 use vfarm_core::ByteSize;
 use vfarm_driver::oci::{OciDriver, RuntimeChoice};
 use vfarm_driver::qemu::{AccelChoice, AfterCheckpoint, QemuDriver};
@@ -1291,7 +1293,8 @@ fn new_id() -> Result<String> {
 }
 
 fn time_after(secs: u64) -> String {
-    let t = chrono::Utc::now() + chrono::Duration::seconds(secs.min(i64::MAX as u64 / 2) as i64);
+    // parse_duration caps every duration at MAX_DURATION_SECS, so this cannot overflow.
+    let t = chrono::Utc::now() + chrono::Duration::seconds(secs.min(MAX_DURATION_SECS) as i64);
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -1402,6 +1405,16 @@ fn place_host_certificate(
     Ok(())
 }
 
+/// Memory limit of a kept instance that asks for none and has no `[quotas] default_memory`:
+/// what the qemu driver gives a VM anyway, and 1 GiB for a container.
+fn default_memory(driver_kind: &str) -> u64 {
+    if driver_kind == "qemu" {
+        512 << 20
+    } else {
+        1 << 30
+    }
+}
+
 /// Validate, take the quota share and the pool hostname, and record the instance
 /// (`creating`). Every refusal happens here, before any work; a failure leaves nothing held.
 pub(crate) fn record_instance(
@@ -1426,6 +1439,22 @@ pub(crate) fn record_instance(
         Some(id) => id.clone(),
         None => new_id()?,
     };
+    let held = !n.disposable;
+    let mut settings = settings;
+    let mut disk = n.disk;
+    if held {
+        // A kept instance always runs with a memory limit, and what it may use is what
+        // counts against the owner's quota (none asked for used to mean unlimited and 0).
+        settings.memory = settings
+            .memory
+            .or(admission.quotas.default_memory)
+            .or(Some(default_memory(driver_kind)));
+        // An oci instance's upper dir has no size of its own: the disk it asked for, else
+        // the site's default, is what counts against the disk quota.
+        if driver_kind == "oci" {
+            disk = disk.or(admission.quotas.default_disk);
+        }
+    }
     // An instance without a CPU limit still takes a CPU of the owner's share.
     let resources = Resources {
         cpus_milli: settings
@@ -1433,9 +1462,8 @@ pub(crate) fn record_instance(
             .map(|c| (c * 1000.0).round() as u64)
             .unwrap_or(1000),
         memory_mib: settings.memory.map(|m| m.div_ceil(1 << 20)).unwrap_or(0),
-        disk_mib: n.disk.map(|d| d.div_ceil(1 << 20)).unwrap_or(0),
+        disk_mib: disk.map(|d| d.div_ceil(1 << 20)).unwrap_or(0),
     };
-    let held = !n.disposable;
     if held {
         vfarm_auth::quota::reserve(store, &admission.quotas, &id, &n.owner, resources)?;
     }
@@ -1472,7 +1500,7 @@ pub(crate) fn record_instance(
         cpus: settings.cpus,
         memory: settings.memory,
         pids: settings.pids,
-        disk: n.disk,
+        disk,
         env: settings.env.clone(),
         command: settings.command.clone(),
         network: match n.shape.net {
@@ -1657,7 +1685,15 @@ pub(crate) fn extend_instance(store: &Store, row: &InstanceRow, by: &str) -> Res
         .map(|t| t.with_timezone(&chrono::Utc))
         .filter(|t| *t > now)
         .unwrap_or(now);
-    let until = base + chrono::Duration::seconds(secs.min(i64::MAX as u64 / 2) as i64);
+    // parse_duration caps `secs`; repeated extensions could still run past chrono's range.
+    let until = base
+        .checked_add_signed(chrono::Duration::seconds(secs as i64))
+        .filter(|t| *t - now <= chrono::Duration::seconds(2 * MAX_DURATION_SECS as i64))
+        .ok_or_else(|| vfarm_core::instance::InvalidField {
+            field: "by",
+            value: by.to_string(),
+            reason: "the expiry would be more than 200 years away".into(),
+        })?;
     let until = until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     if !store.set_instance_expiry(&actor(), &row.id, &until)? {
         return Err(StoreError::NotFound {

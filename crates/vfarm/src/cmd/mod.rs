@@ -35,6 +35,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             | "suite_unavailable"
             | "invalid_import"
             | "conflict"
+            | "image_in_use"
             | "ambiguous_reference" => 2,
             "image_not_found" | "artifact_not_found" => 3,
             "host_not_ready" => 4,
