@@ -145,6 +145,82 @@ pub fn issue(
     }
 }
 
+/// A CA certificate for `parts` signed by `issuer` (an intermediate).
+pub fn intermediate(
+    issuer: &Cred,
+    parts: &[(&str, &str)],
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Cred {
+    let key = key();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let serial = BigNum::from_u32(SERIAL.fetch_add(1, Ordering::SeqCst) as u32).unwrap();
+    b.set_serial_number(&Asn1Integer::from_bn(&serial).unwrap())
+        .unwrap();
+    b.set_subject_name(&name(parts)).unwrap();
+    b.set_issuer_name(issuer.cert.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&t(from)).unwrap();
+    b.set_not_after(&t(until)).unwrap();
+    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+        .unwrap();
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let skid = SubjectKeyIdentifier::new()
+        .build(&b.x509v3_context(Some(&issuer.cert), None))
+        .unwrap();
+    b.append_extension(skid).unwrap();
+    b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
+    Cred {
+        cert: b.build(),
+        key,
+    }
+}
+
+/// An end-entity certificate like [`issue`] with an extended key usage (`serverAuth,clientAuth`).
+pub fn issue_eku(
+    issuer: &Cred,
+    parts: &[(&str, &str)],
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    eku: &str,
+) -> Cred {
+    let key = key();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let serial = BigNum::from_u32(SERIAL.fetch_add(1, Ordering::SeqCst) as u32).unwrap();
+    b.set_serial_number(&Asn1Integer::from_bn(&serial).unwrap())
+        .unwrap();
+    b.set_subject_name(&name(parts)).unwrap();
+    b.set_issuer_name(issuer.cert.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&t(from)).unwrap();
+    b.set_not_after(&t(until)).unwrap();
+    let mut e = openssl::x509::extension::ExtendedKeyUsage::new();
+    for p in eku.split(',') {
+        match p {
+            "serverAuth" => e.server_auth(),
+            "clientAuth" => e.client_auth(),
+            "emailProtection" => e.email_protection(),
+            other => panic!("unknown purpose {other}"),
+        };
+    }
+    b.append_extension(e.build().unwrap()).unwrap();
+    b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
+    Cred {
+        cert: b.build(),
+        key,
+    }
+}
+
 /// A CRL of `ca` revoking `revoked`, current from `from` to `until`.
 pub fn crl(ca: &Cred, revoked: &[&X509], from: DateTime<Utc>, until: DateTime<Utc>) -> X509Crl {
     let mut b = X509CrlBuilder::new().unwrap();
@@ -182,7 +258,15 @@ pub fn ca_dir(dir: &Path, cas: &[&Cred], crls: &[(&Cred, &X509Crl)]) {
     for c in cas {
         let h = c.cert.subject_name_hash();
         std::fs::write(dir.join(format!("{h:08x}.0")), c.cert.to_pem().unwrap()).unwrap();
-        std::fs::write(dir.join(format!("{h:08x}.signing_policy")), "ignored").unwrap();
+        // A policy that lets each CA sign any subject (tests of namespaces write their own).
+        std::fs::write(
+            dir.join(format!("{h:08x}.signing_policy")),
+            format!(
+                "access_id_CA X509 '{}'\npos_rights globus CA:sign\ncond_subjects globus '\"*\"'\n",
+                c.dn()
+            ),
+        )
+        .unwrap();
     }
     for (c, crl) in crls {
         let h = c.cert.subject_name_hash();

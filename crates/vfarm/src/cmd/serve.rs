@@ -85,6 +85,8 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca_dir: args.client_ca_dir.clone(),
+                crl_missing: config.crl_missing,
+                require_namespaces: config.require_namespaces,
             },
         )?)),
         _ => None,
