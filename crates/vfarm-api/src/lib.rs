@@ -50,6 +50,8 @@ pub struct AppState {
     pub metrics: live::Metrics,
     /// The subject of this service's own TLS certificate (nodes make it their admin).
     pub server_subject: Option<String>,
+    /// SHA-256 (hex) of this service's own TLS certificate: nodes pin it.
+    pub server_fingerprint: Option<String>,
     /// Set on nodes: the steps of a live migration between nodes.
     pub migration: Option<Arc<dyn migration::MigrationBackend>>,
 }
@@ -68,6 +70,7 @@ impl AppState {
             events: tokio::sync::broadcast::channel(1024).0,
             metrics: live::Metrics::default(),
             server_subject: None,
+            server_fingerprint: None,
             migration: None,
         })
     }

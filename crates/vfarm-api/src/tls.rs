@@ -37,6 +37,10 @@ pub struct Peer {
     pub client_dn: Option<String>,
     /// The peer's uid from the kernel (`SO_PEERCRED`), on the unix socket.
     pub unix_uid: Option<u32>,
+    /// The verified client certificate's serial (hex) and SHA-256 fingerprint (hex), for
+    /// pinning nodes and control to the very certificates issued at join.
+    pub client_serial: Option<String>,
+    pub client_fingerprint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -334,16 +338,13 @@ impl TlsListener {
                             return;
                         }
                     };
-                    let client_dn = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|der| vfarm_auth::dn::subject_of_der(der).ok());
+                    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                     let peer = Peer {
                         addr: Some(addr),
-                        client_dn,
+                        client_dn: leaf.and_then(|der| vfarm_auth::dn::subject_of_der(der).ok()),
                         unix_uid: None,
+                        client_serial: leaf.and_then(|der| vfarm_auth::dn::serial_of_der(der).ok()),
+                        client_fingerprint: leaf.map(|der| vfarm_auth::dn::fingerprint_of_der(der)),
                     };
                     let _ = tx.send((tls, peer)).await;
                 });

@@ -271,6 +271,11 @@ impl Namespaces {
     }
 }
 
+/// `s` quoted for a `.namespaces` regular expression.
+pub fn escape(s: &str) -> String {
+    regex::escape(s)
+}
+
 /// The two files `vfarm ca init` writes for a CA whose subjects live under `prefix`
 /// (the CA's DN without its CN): (`namespaces`, `signing_policy`).
 pub fn files_for(ca_subject: &str, prefix: &str) -> (String, String) {

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// credentials: their login name), no token needed.
     #[arg(long, value_name = "PATH")]
     pub(crate) socket: Option<PathBuf>,
+    /// Nodes: the certificate fingerprints an admin must present (the control's, from join).
+    #[arg(skip)]
+    pub(crate) admin_pins: Option<Vec<String>>,
 }
 
 /// How long a stopping service waits for open requests (event streams never finish).
@@ -120,7 +123,14 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     let mut state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
     let admins = config.admins.iter().chain(&args.admins).cloned();
     state.auth = vfarm_api::AuthPolicy::new(admins);
-    let admission = crate::cmd::instance::Admission::from_config(&config);
+    state.auth.admin_pins = args
+        .admin_pins
+        .clone()
+        .map(|p| std::sync::Arc::new(p.into_iter().collect()));
+    let mut admission = crate::cmd::instance::Admission::from_config(&config);
+    if let Some(cert) = &args.tls_cert {
+        admission.reserved = names_of_pem_file(cert)?;
+    }
     let busy = crate::service::Busy::default();
     let mut service = crate::service::Service::new(ctx, admission, busy.clone());
     let is_node = node.is_some();
@@ -151,6 +161,9 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
             ));
             crate::cluster::spawn_monitor(ctx, cluster.clone());
             state.server_subject = Some(subject_of_pem_file(cert)?);
+            state.server_fingerprint = Some(vfarm_auth::dn::fingerprint_of_pem(
+                &std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+            )?);
             state.instances = Some(cluster);
         }
         _ => state.instances = Some(service),
@@ -261,4 +274,10 @@ fn limit_malloc_arenas() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+}
+
+/// The DNS names and CN of the service's certificate: names no instance may take.
+fn names_of_pem_file(path: &std::path::Path) -> Result<Vec<String>> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    vfarm_auth::dn::names_of_pem(&pem).with_context(|| format!("{}", path.display()))
 }
