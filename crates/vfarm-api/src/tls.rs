@@ -207,9 +207,18 @@ impl rustls::server::danger::ClientCertVerifier for GridVerifier {
             }
             Err(e) => {
                 tracing::warn!(%subject, code = e.code(), "client certificate refused: {e}");
-                Err(rustls::Error::General(format!(
-                    "client certificate refused: {e}"
-                )))
+                // The TLS alert says the kind (curl prints "certificate revoked"); the
+                // reason is in the log.
+                use rustls::CertificateError as C;
+                use vfarm_imagelist::trust::PathError as P;
+                Err(rustls::Error::InvalidCertificate(match e {
+                    P::Revoked { .. } => C::Revoked,
+                    P::CrlNotCurrent { .. } => C::UnknownRevocationStatus,
+                    P::Untrusted { .. } => C::UnknownIssuer,
+                    P::OutsideNamespace { .. } | P::NoNamespace { .. } => {
+                        C::ApplicationVerificationFailure
+                    }
+                }))
             }
         }
     }

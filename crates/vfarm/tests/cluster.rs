@@ -264,9 +264,11 @@ impl Cluster {
         .env_remove("VFARM_DATABASE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-        if let Some(t) = token {
-            cmd.args(["--token", t]);
-        }
+        // In the environment, never in argv (where `ps` shows it).
+        match token {
+            Some(t) => cmd.env("VFARM_JOIN_TOKEN", t),
+            None => cmd.env_remove("VFARM_JOIN_TOKEN"),
+        };
         let mut child = cmd.spawn().expect("start vfarm node");
         wait_line(&mut child, "serving on https://");
         Proc(child)
@@ -663,7 +665,7 @@ fn control_and_three_nodes_place_lose_and_readopt() {
             "--ca",
         ])
         .arg(&c.ca)
-        .args(["--token", "vfj_0000"])
+        .env("VFARM_JOIN_TOKEN", "vfj_0000")
         .env("VFARM_DATA_DIR", dir.join("node5"))
         .output()
         .unwrap();

@@ -28,9 +28,13 @@ pub struct NodeArgs {
     /// Where this node's API listens: an address and port the control can reach.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
-    /// The one-time join token `vfarm host add` printed (first start only).
-    #[arg(long, env = "VFARM_JOIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// A file holding the one-time join token `vfarm host add` printed (first start only;
+    /// `-` reads it from standard input). Without it, $VFARM_JOIN_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Refused with the reason: a token on the command line shows in `ps`.
+    #[arg(long = "token", hide = true)]
+    pub token_argv: Option<String>,
     /// The site CA certificate, to check the control's at join (first start only; it is kept
     /// in <data>/node/ca.pem).
     #[arg(long, value_name = "FILE")]
@@ -139,9 +143,16 @@ pub fn run(ctx: &Ctx, a: NodeArgs) -> Result<i32> {
 
 /// First start: trade the token for a certificate, and keep what the node needs.
 fn join(a: &NodeArgs, control: &str, files: &Files) -> Result<Joined> {
-    let (Some(token), Some(ca)) = (&a.token, &a.ca) else {
+    let token = crate::cmd::secret(
+        "token",
+        a.token_argv.as_deref(),
+        a.token_file.as_deref(),
+        "VFARM_JOIN_TOKEN",
+    )?;
+    let (Some(token), Some(ca)) = (&token, &a.ca) else {
         bail!(
-            "this data dir has not joined a control yet: give --token (from `vfarm host add {}` \
+            "this data dir has not joined a control yet: give the token in $VFARM_JOIN_TOKEN or \
+             --token-file (from `vfarm host add {}` \
              on the control) and --ca (the site CA certificate)",
             a.name
         );
