@@ -26,6 +26,7 @@ PKGS=(
   postgresql          # PostgreSQL 15: the state store's second backend (`--database postgres://…`) and its tests
   slurm-wlm slurm-client munge # Slurm backend: slurmctld + slurmd + sbatch/squeue/scontrol, munge auth
   curl ca-certificates tar zstd uidmap iproute2 util-linux
+  wrk                 # HTTP load for benches/token_last_used.sh (requests/s of whoami)
   python3-venv        # the Python client's virtualenv (.venv: client, pytest, schemathesis)
   chromium            # headless browser for the web UI end-to-end test (tests/web, playwright-core)
 )

@@ -350,6 +350,8 @@ pub struct Reply {
     pub declared_len: Option<usize>,
     /// How many of the first requests get a cut-short body before answering in full.
     pub cut_first: usize,
+    /// Answer `302 Found` with this `Location` instead.
+    pub redirect: Option<String>,
 }
 
 pub struct Server {
@@ -387,6 +389,12 @@ impl Server {
                     None => {
                         let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                     }
+                    Some(Reply {
+                        redirect: Some(to), ..
+                    }) => {
+                        let head = format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        let _ = s.write_all(head.as_bytes());
+                    }
                     Some(mut rep) => {
                         let declared = rep.declared_len.unwrap_or(rep.body.len());
                         if rep.cut_first > 0 {
@@ -415,6 +423,7 @@ pub fn reply(body: Vec<u8>) -> Reply {
         body,
         declared_len: None,
         cut_first: 0,
+        redirect: None,
     }
 }
 
