@@ -33,7 +33,9 @@ pub mod tls;
 pub use auth::AuthPolicy;
 pub use axum::http::StatusCode;
 pub use instances::{InstanceBackend, InstanceEvent, InstanceView};
-pub use tls::{Peer, PlainListener, TlsConfigSource, TlsListener, TlsSettings, UnixPeerListener};
+pub use tls::{
+    Peer, PlainListener, RefusalSink, TlsConfigSource, TlsListener, TlsSettings, UnixPeerListener,
+};
 
 /// Shared by all handlers.
 #[derive(Clone)]
@@ -52,6 +54,8 @@ pub struct AppState {
     pub server_subject: Option<String>,
     /// SHA-256 (hex) of this service's own TLS certificate: nodes pin it.
     pub server_fingerprint: Option<String>,
+    /// The client CA directory (`--client-ca-dir`): its CRLs' ages are in `/metrics`.
+    pub client_ca_dir: Option<PathBuf>,
     /// Set on nodes: the steps of a live migration between nodes.
     pub migration: Option<Arc<dyn migration::MigrationBackend>>,
 }
@@ -71,6 +75,7 @@ impl AppState {
             metrics: live::Metrics::default(),
             server_subject: None,
             server_fingerprint: None,
+            client_ca_dir: None,
             migration: None,
         })
     }

@@ -65,6 +65,21 @@ pub struct TlsSettings {
     pub crl_missing: vfarm_imagelist::trust::CrlMissing,
     /// `[trust] require_namespaces` of serve.toml.
     pub require_namespaces: Option<bool>,
+    /// Told of every refused client certificate (for the audit log).
+    pub on_refusal: Option<RefusalSink>,
+}
+
+/// Receives (subject, code, reason) of each client certificate refused at the handshake.
+#[derive(Clone)]
+pub struct RefusalSink(pub Arc<RefusalFn>);
+
+/// (subject, code, reason) of a refused client certificate.
+pub type RefusalFn = dyn Fn(&str, &str, &str) + Send + Sync;
+
+impl std::fmt::Debug for RefusalSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusalSink")
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -142,6 +157,7 @@ fn client_verifier(
         trust,
         crl_missing: s.crl_missing,
         require_namespaces: s.require_namespaces,
+        on_refusal: s.on_refusal.clone(),
     }))
 }
 
@@ -151,6 +167,7 @@ struct GridVerifier {
     trust: vfarm_imagelist::trust::TrustStore,
     crl_missing: vfarm_imagelist::trust::CrlMissing,
     require_namespaces: Option<bool>,
+    on_refusal: Option<RefusalSink>,
 }
 
 impl std::fmt::Debug for GridVerifier {
@@ -207,6 +224,9 @@ impl rustls::server::danger::ClientCertVerifier for GridVerifier {
             }
             Err(e) => {
                 tracing::warn!(%subject, code = e.code(), "client certificate refused: {e}");
+                if let Some(sink) = &self.on_refusal {
+                    (sink.0)(&subject, e.code(), &e.to_string());
+                }
                 // The TLS alert says the kind (curl prints "certificate revoked"); the
                 // reason is in the log.
                 use rustls::CertificateError as C;
@@ -521,6 +541,7 @@ mod tests {
             client_ca_dir: Some(ca.certificates_dir()),
             crl_missing: Default::default(),
             require_namespaces: None,
+            on_refusal: None,
         };
         assert!(server_config(&ok).is_ok());
         let e = server_config(&TlsSettings {
@@ -562,6 +583,7 @@ mod tests {
             client_ca_dir: Some(ca.certificates_dir()),
             crl_missing: Default::default(),
             require_namespaces: None,
+            on_refusal: None,
         })
         .unwrap();
         let first = src.current();

@@ -534,6 +534,44 @@ fn a_second_ca_cannot_mint_the_admins_dn() {
     let (out, body, code) = whoami("admin-b");
     assert_ne!(code, 200, "CA B's admin DN must be refused: {body} {out:?}");
     assert!(!out.status.success(), "the handshake must fail: {out:?}");
+    // The refusal is in the audit log with its reason.
+    let c = cert_args(&t.join("admin-a"));
+    let args: Vec<&str> = c.iter().map(String::as_str).collect();
+    let mut found = None;
+    for _ in 0..50 {
+        let (_, body, _) = srv.curl(&data, "/api/v1/audit", &args);
+        found = json(&body)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "TLS handshake")
+            .cloned();
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let entry = found.expect("no audit entry for the refused handshake");
+    assert_eq!(entry["actor"], ADMIN);
+    assert_eq!(entry["outcome"], "denied:outside_namespace");
+    assert!(
+        entry["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Beta CA"),
+        "{entry}"
+    );
+    // Each CA's CRL age is a metric.
+    let (out, body, code) = srv.curl(&data, "/metrics", &args);
+    assert_eq!(code, 200, "{out:?}");
+    for ca in [CA_DN, "/C=XX/O=Beta/CN=Beta CA"] {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(&format!("vfarm_crl_age_seconds{{issuer=\"{ca}\"}}")))
+            .unwrap_or_else(|| panic!("no CRL age of {ca} in {body}"));
+        let secs: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((0..3600).contains(&secs), "{line}");
+    }
 }
 
 /// Issue 24, acceptance 2 at the service: a CA whose CRL is missing refuses its users by

@@ -90,6 +90,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
                 client_ca_dir: args.client_ca_dir.clone(),
                 crl_missing: config.crl_missing,
                 require_namespaces: config.require_namespaces,
+                on_refusal: Some(audit_refusals(ctx)),
             },
         )?)),
         _ => None,
@@ -123,6 +124,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     let mut state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
     let admins = config.admins.iter().chain(&args.admins).cloned();
     state.auth = vfarm_api::AuthPolicy::new(admins);
+    state.client_ca_dir = args.client_ca_dir.clone();
     state.auth.admin_pins = args
         .admin_pins
         .clone()
@@ -280,4 +282,39 @@ fn limit_malloc_arenas() {
 fn names_of_pem_file(path: &std::path::Path) -> Result<Vec<String>> {
     let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     vfarm_auth::dn::names_of_pem(&pem).with_context(|| format!("{}", path.display()))
+}
+
+/// Refused client certificates go to the audit log (actor = the certificate's subject), on
+/// a thread of their own: the handshake does not wait for the database.
+fn audit_refusals(ctx: &Ctx) -> vfarm_api::RefusalSink {
+    let data = ctx.data_dir.clone();
+    let (output, verbose) = (ctx.output, ctx.verbose);
+    let (tx, rx) = std::sync::mpsc::channel::<(String, String, String)>();
+    std::thread::spawn(move || {
+        let ctx = Ctx::new(data, output, verbose);
+        for (subject, code, reason) in rx {
+            let done = ctx.store().and_then(|s| {
+                s.audit(
+                    &subject,
+                    "client-cert",
+                    "TLS handshake",
+                    &subject,
+                    &format!("denied:{code}"),
+                    &serde_json::json!({ "reason": reason }),
+                )
+                .map_err(Into::into)
+            });
+            if let Err(e) = done {
+                tracing::error!("cannot audit a refused client certificate: {e:#}");
+            }
+        }
+    });
+    let tx = std::sync::Mutex::new(tx);
+    vfarm_api::RefusalSink(std::sync::Arc::new(move |s: &str, c: &str, r: &str| {
+        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((
+            s.to_string(),
+            c.to_string(),
+            r.to_string(),
+        ));
+    }))
 }
