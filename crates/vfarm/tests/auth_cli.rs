@@ -706,3 +706,98 @@ fn tokens_stay_out_of_argv_and_off_plain_http() {
     );
     assert!(o.status.success(), "{o:?}");
 }
+
+/// Issue 15, finding 2 (acceptance 3): the host certificate found inside an instance is in
+/// `OU=instances`, a server certificate for the lease only, refused by the service as a
+/// client, and revoked when the instance goes; an instance cannot take an address,
+/// `localhost` or the service's own name as its host name.
+#[test]
+fn an_instance_certificate_is_no_client() {
+    require("runc");
+    require("curl");
+    let vf = common::Vf::with_minbase(common::fresh_dir("inst-cert"));
+    let t = vf.data.clone();
+    vf.ok(&["ca", "init", "--subject", CA_DN]);
+    let srv_dir = t.join("srv");
+    vf.ok(&[
+        "ca",
+        "issue-host",
+        "localhost",
+        "--out",
+        srv_dir.to_str().unwrap(),
+    ]);
+    for bad in ["127.0.0.1", "localhost", "10.1.2.3"] {
+        let o = vf.run(&[
+            "instance",
+            "create",
+            "--image",
+            "minbase",
+            "--hostname",
+            bad,
+            "--no-start",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("hostname"),
+            "{o:?}"
+        );
+    }
+    let inst: Value = serde_json::from_str(&vf.ok(&[
+        "--output",
+        "json",
+        "instance",
+        "create",
+        "--image",
+        "minbase",
+        "--hostname",
+        "vm1",
+        "--expiry",
+        "2h",
+        "--",
+        "sleep",
+        "600",
+    ]))
+    .unwrap();
+    let id = inst["id"].as_str().unwrap().to_string();
+    let cat = |path: &str| vf.ok(&["instance", "exec", &id, "--", "cat", path]);
+    let (cert, key) = (
+        cat("/etc/grid-security/hostcert.pem"),
+        cat("/etc/grid-security/hostkey.pem"),
+    );
+    let stolen = t.join("stolen");
+    std::fs::create_dir_all(&stolen).unwrap();
+    std::fs::write(stolen.join("usercert.pem"), &cert).unwrap();
+    std::fs::write(stolen.join("userkey.pem"), &key).unwrap();
+    let x = vfarm_imagelist::trust::certificate_from_pem(cert.as_bytes()).unwrap();
+    let subject = vfarm_imagelist::trust::oneline(x.subject_name());
+    assert_eq!(subject, "/C=XX/O=vfarm test/OU=instances/CN=vm1");
+    let left = vfarm_imagelist::trust::asn1_to_utc(x.not_after()).unwrap() - chrono::Utc::now();
+    assert!(left <= chrono::Duration::hours(2), "valid for {left}");
+
+    let srv = TlsServer::start(&t, &srv_dir, &["--admin", &subject]);
+    let c = cert_args(&stolen);
+    let args: Vec<&str> = c.iter().map(String::as_str).collect();
+    let (out, body, code) = srv.curl(&t, "/api/v1/whoami", &args);
+    assert_ne!(
+        code, 200,
+        "an instance certificate was taken as a client: {body}"
+    );
+    assert!(!out.status.success(), "{out:?}");
+    drop(srv);
+
+    // Destroyed: its serial is on the CRL.
+    vf.ok(&["instance", "destroy", &id]);
+    let v = Command::new("openssl")
+        .args(["verify", "-crl_check", "-purpose", "sslserver", "-CApath"])
+        .arg(t.join("ca/certificates"))
+        .arg(stolen.join("usercert.pem"))
+        .output()
+        .unwrap();
+    assert!(!v.status.success());
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("revoked")
+            || String::from_utf8_lossy(&v.stderr).contains("revoked"),
+        "{v:?}"
+    );
+    let _ = std::fs::remove_dir_all(&t);
+}
