@@ -800,54 +800,38 @@ mod tests {
                 .output()
                 .expect("openssl (the command) is needed for this test")
         };
-        let o = run(&[
-            "smime".as_ref(),
-            "-sign".as_ref(),
-            "-in".as_ref(),
-            m.as_os_str(),
-            "-signer".as_ref(),
-            c.as_os_str(),
-            "-inkey".as_ref(),
-            k.as_os_str(),
-            "-out".as_ref(),
-            sig.as_os_str(),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let o = run(&[
-            "smime".as_ref(),
-            "-verify".as_ref(),
-            "-in".as_ref(),
-            sig.as_os_str(),
-            "-CApath".as_ref(),
-            ca.certificates_dir().as_os_str(),
-        ]);
+        // Sign with the certificate and key in `c`/`k`, then verify against the CA dir.
+        let sign_and_verify = || {
+            let o = run(&[
+                "smime".as_ref(),
+                "-sign".as_ref(),
+                "-in".as_ref(),
+                m.as_os_str(),
+                "-signer".as_ref(),
+                c.as_os_str(),
+                "-inkey".as_ref(),
+                k.as_os_str(),
+                "-out".as_ref(),
+                sig.as_os_str(),
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            run(&[
+                "smime".as_ref(),
+                "-verify".as_ref(),
+                "-in".as_ref(),
+                sig.as_os_str(),
+                "-CApath".as_ref(),
+                ca.certificates_dir().as_os_str(),
+            ])
+        };
+        let o = sign_and_verify();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "hello");
         // A host certificate (TLS purposes only) is refused by the same command.
         let h = ca.issue_host("h1.example.org", 1, now()).unwrap();
         std::fs::write(&c, &h.cert_pem).unwrap();
         std::fs::write(&k, &h.key_pem).unwrap();
-        let o = run(&[
-            "smime".as_ref(),
-            "-sign".as_ref(),
-            "-in".as_ref(),
-            m.as_os_str(),
-            "-signer".as_ref(),
-            c.as_os_str(),
-            "-inkey".as_ref(),
-            k.as_os_str(),
-            "-out".as_ref(),
-            sig.as_os_str(),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let o = run(&[
-            "smime".as_ref(),
-            "-verify".as_ref(),
-            "-in".as_ref(),
-            sig.as_os_str(),
-            "-CApath".as_ref(),
-            ca.certificates_dir().as_os_str(),
-        ]);
+        let o = sign_and_verify();
         assert!(!o.status.success());
     }
 }

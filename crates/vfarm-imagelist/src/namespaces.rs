@@ -49,6 +49,13 @@ pub enum Verdict {
     NoPolicy,
 }
 
+fn policy_error(file: &str, message: String) -> PolicyError {
+    PolicyError {
+        file: file.to_string(),
+        message,
+    }
+}
+
 fn anchored(re: &str, file: &str) -> Result<Regex, PolicyError> {
     Regex::new(&format!("^(?:{re})$")).map_err(|e| PolicyError {
         file: file.to_string(),
@@ -119,10 +126,7 @@ impl Namespaces {
         file: &str,
         self_dn: Option<&str>,
     ) -> Result<(), PolicyError> {
-        let bad = |message: String| PolicyError {
-            file: file.to_string(),
-            message,
-        };
+        let bad = |message: String| policy_error(file, message);
         let toks = tokens(text, file)?;
         let mut i = 0;
         let mut issuer: Option<String> = None;
@@ -179,10 +183,7 @@ impl Namespaces {
 
     /// Read a `.signing_policy` file (EACL).
     pub fn add_signing_policy(&mut self, text: &str, file: &str) -> Result<(), PolicyError> {
-        let bad = |message: String| PolicyError {
-            file: file.to_string(),
-            message,
-        };
+        let bad = |message: String| policy_error(file, message);
         let toks = tokens(text, file)?;
         let mut i = 0;
         let mut issuer: Option<String> = None;

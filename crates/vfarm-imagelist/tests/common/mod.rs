@@ -70,6 +70,25 @@ fn t(at: DateTime<Utc>) -> Asn1Time {
 
 static SERIAL: AtomicUsize = AtomicUsize::new(100);
 
+/// Basic constraints CA, key usage certSign + cRLSign, and the subject key id.
+fn ca_extensions(b: &mut X509Builder, issuer: Option<&X509>) {
+    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+        .unwrap();
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let skid = SubjectKeyIdentifier::new()
+        .build(&b.x509v3_context(issuer.map(|c| c.as_ref()), None))
+        .unwrap();
+    b.append_extension(skid).unwrap();
+}
+
 /// A self-signed CA valid from `from` to `until`.
 pub fn ca(parts: &[(&str, &str)], from: DateTime<Utc>, until: DateTime<Utc>) -> Cred {
     let key = key();
@@ -84,21 +103,7 @@ pub fn ca(parts: &[(&str, &str)], from: DateTime<Utc>, until: DateTime<Utc>) -> 
     b.set_pubkey(&key).unwrap();
     b.set_not_before(&t(from)).unwrap();
     b.set_not_after(&t(until)).unwrap();
-    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-        .unwrap();
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .key_cert_sign()
-            .crl_sign()
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let skid = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(None, None))
-        .unwrap();
-    b.append_extension(skid).unwrap();
+    ca_extensions(&mut b, None);
     b.sign(&key, MessageDigest::sha256()).unwrap();
     Cred {
         cert: b.build(),
@@ -106,13 +111,13 @@ pub fn ca(parts: &[(&str, &str)], from: DateTime<Utc>, until: DateTime<Utc>) -> 
     }
 }
 
-/// An end-entity certificate issued by `issuer`.
-pub fn issue(
+/// A new key and a certificate builder for `parts` under `issuer`, serial and dates set.
+fn started(
     issuer: &Cred,
     parts: &[(&str, &str)],
     from: DateTime<Utc>,
     until: DateTime<Utc>,
-) -> Cred {
+) -> (PKey<Private>, X509Builder) {
     let key = key();
     let mut b = X509Builder::new().unwrap();
     b.set_version(2).unwrap();
@@ -124,6 +129,17 @@ pub fn issue(
     b.set_pubkey(&key).unwrap();
     b.set_not_before(&t(from)).unwrap();
     b.set_not_after(&t(until)).unwrap();
+    (key, b)
+}
+
+/// An end-entity certificate issued by `issuer`.
+pub fn issue(
+    issuer: &Cred,
+    parts: &[(&str, &str)],
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Cred {
+    let (key, mut b) = started(issuer, parts, from, until);
     b.append_extension(
         KeyUsage::new()
             .critical()
@@ -152,32 +168,8 @@ pub fn intermediate(
     from: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Cred {
-    let key = key();
-    let mut b = X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    let serial = BigNum::from_u32(SERIAL.fetch_add(1, Ordering::SeqCst) as u32).unwrap();
-    b.set_serial_number(&Asn1Integer::from_bn(&serial).unwrap())
-        .unwrap();
-    b.set_subject_name(&name(parts)).unwrap();
-    b.set_issuer_name(issuer.cert.subject_name()).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&t(from)).unwrap();
-    b.set_not_after(&t(until)).unwrap();
-    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-        .unwrap();
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .key_cert_sign()
-            .crl_sign()
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let skid = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(Some(&issuer.cert), None))
-        .unwrap();
-    b.append_extension(skid).unwrap();
+    let (key, mut b) = started(issuer, parts, from, until);
+    ca_extensions(&mut b, Some(&issuer.cert));
     b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
     Cred {
         cert: b.build(),
@@ -193,17 +185,7 @@ pub fn issue_eku(
     until: DateTime<Utc>,
     eku: &str,
 ) -> Cred {
-    let key = key();
-    let mut b = X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    let serial = BigNum::from_u32(SERIAL.fetch_add(1, Ordering::SeqCst) as u32).unwrap();
-    b.set_serial_number(&Asn1Integer::from_bn(&serial).unwrap())
-        .unwrap();
-    b.set_subject_name(&name(parts)).unwrap();
-    b.set_issuer_name(issuer.cert.subject_name()).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&t(from)).unwrap();
-    b.set_not_after(&t(until)).unwrap();
+    let (key, mut b) = started(issuer, parts, from, until);
     let mut e = openssl::x509::extension::ExtendedKeyUsage::new();
     for p in eku.split(',') {
         match p {
