@@ -28,6 +28,9 @@ pub struct AuthPolicy {
     pub admins: Arc<HashSet<String>>,
     /// Whether `/api/v1/*` refuses requests without an identity (always, over TCP).
     pub require_identity: bool,
+    /// When set (nodes), a certificate admin must also present one of these certificates
+    /// (SHA-256 fingerprints): the control's own, pinned at join, not any with its subject.
+    pub admin_pins: Option<Arc<HashSet<String>>>,
 }
 
 impl Default for AuthPolicy {
@@ -35,6 +38,7 @@ impl Default for AuthPolicy {
         AuthPolicy {
             admins: Arc::new(HashSet::new()),
             require_identity: true,
+            admin_pins: None,
         }
     }
 }
@@ -44,6 +48,7 @@ impl AuthPolicy {
         AuthPolicy {
             admins: Arc::new(admins.into_iter().collect()),
             require_identity: true,
+            admin_pins: None,
         }
     }
 }
@@ -312,8 +317,14 @@ pub(crate) fn token_identity(policy: &AuthPolicy, row: vfarm_store::auth::TokenR
 fn peer_identity(s: &AppState, req: &Request<Body>) -> Option<Identity> {
     let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| &c.0);
     if let Some(dn) = peer.and_then(|p| p.client_dn.clone()) {
+        let pinned = match &s.auth.admin_pins {
+            None => true,
+            Some(pins) => peer
+                .and_then(|p| p.client_fingerprint.as_ref())
+                .is_some_and(|f| pins.contains(f)),
+        };
         Some(Identity {
-            admin: s.auth.admins.contains(&dn),
+            admin: pinned && s.auth.admins.contains(&dn),
             user: dn,
             method: AuthMethod::ClientCert,
             token_id: None,
@@ -369,7 +380,7 @@ mod tests {
         req.extensions_mut().insert(ConnectInfo(Peer {
             addr: Some("127.0.0.1:1".parse().unwrap()),
             client_dn: dn.map(str::to_string),
-            unix_uid: None,
+            ..Peer::default()
         }));
         let resp = crate::router(st.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
@@ -393,7 +404,7 @@ mod tests {
         req.extensions_mut().insert(ConnectInfo(Peer {
             addr: Some("192.0.2.7:4000".parse().unwrap()),
             client_dn: None,
-            unix_uid: None,
+            ..Peer::default()
         }));
         let resp = crate::router(st.clone()).oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);

@@ -32,6 +32,10 @@ pub struct JoinRequest {
     /// The address the node's API will listen on (an IP SAN of its certificate, so the
     /// control can verify it when it connects).
     pub address: String,
+    /// The port the node's API listens on: with `address`, the node's URL, fixed here
+    /// (heartbeats cannot move it).
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -45,6 +49,63 @@ pub struct JoinResponse {
     pub ca_pem: String,
     /// The control's certificate subject: the one client the node obeys as admin.
     pub control_subject: String,
+    /// SHA-256 of the control's certificate (hex): the node obeys that certificate only, not
+    /// any other with the same subject.
+    #[serde(default)]
+    pub control_fingerprint: String,
+    /// The site CA's current CRL and namespace files, for the node's trust directory.
+    #[serde(default)]
+    pub trust_files: Vec<TrustFile>,
+}
+
+/// One file of the site CA's IGTF directory (`<hash>.r0`, `<hash>.namespaces`, …).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+pub struct TrustFile {
+    pub name: String,
+    pub content: String,
+}
+
+/// What the control answers a heartbeat: what it changed, and the CA directory's current CRL
+/// and namespace files (a node takes them over, so a revoked certificate stops working there).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct HeartbeatResponse {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub outcome: serde_json::Value,
+    #[serde(default)]
+    pub trust_files: Vec<TrustFile>,
+}
+
+/// The site CA's CRL and namespace files as they are now; the CRL is re-signed first when
+/// less than half its validity is left, so nodes always receive a current one.
+pub fn site_trust_files(ca: &SiteCa) -> Result<Vec<TrustFile>, ApiError> {
+    let dir = ca.certificates_dir();
+    let now = chrono::Utc::now();
+    let stale = vfarm_imagelist::TrustStore::load(&dir)
+        .map(|t| {
+            t.crl_ages(now)
+                .iter()
+                .all(|(_, age, left)| left.unwrap_or(0) < age.unwrap_or(i64::MAX))
+        })
+        .unwrap_or(true);
+    if stale {
+        ca.publish(now).map_err(ApiError::from)?;
+    }
+    let mut out = Vec::new();
+    let rd = std::fs::read_dir(&dir).map_err(|e| ApiError::internal(e.to_string()))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let keep = [".r0", ".namespaces", ".signing_policy"]
+            .iter()
+            .any(|x| name.ends_with(x));
+        if keep {
+            let content =
+                std::fs::read_to_string(e.path()).map_err(|e| ApiError::internal(e.to_string()))?;
+            out.push(TrustFile { name, content });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -119,14 +180,22 @@ pub(crate) async fn join(
     let req = crate::instances::json_body(body)?;
     vfarm_auth::ca::check_hostname(&req.name)
         .map_err(|e| ApiError::bad_request("name", e.to_string()))?;
-    if req.address.parse::<std::net::IpAddr>().is_err() {
+    let Ok(ip) = req.address.parse::<std::net::IpAddr>() else {
         return Err(ApiError::bad_request(
             "address",
             format!("`{}` is not an IP address", req.address),
         ));
-    }
+    };
+    let Some(port) = req.port.filter(|p| *p != 0) else {
+        return Err(ApiError::bad_request(
+            "port",
+            "the node's API port is required (its URL is fixed at join)".to_string(),
+        ));
+    };
+    let url = format!("https://{}", std::net::SocketAddr::new(ip, port));
     let data = s.data_dir.clone();
     let store = s.store.clone();
+    let control_fingerprint = s.server_fingerprint.clone().unwrap_or_default();
     let control_subject = s.server_subject.clone().ok_or_else(|| ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "no_site_ca",
@@ -176,6 +245,7 @@ pub(crate) async fn join(
             let _ = ca.revoke(&issued.serial, now);
             return Err(bad_token());
         }
+        store.set_host_url(&req.name, &url).map_err(store_err)?;
         Ok(JoinResponse {
             name: req.name,
             subject: issued.subject.clone(),
@@ -184,6 +254,8 @@ pub(crate) async fn join(
             key_pem: issued.key_pem.clone(),
             ca_pem: ca.certificate_pem().map_err(ApiError::from)?,
             control_subject,
+            control_fingerprint,
+            trust_files: site_trust_files(&ca)?,
         })
     })
     .await?;
@@ -203,10 +275,11 @@ fn bad_token() -> ApiError {
 
 /// `POST /api/v1/hosts/heartbeat`: a joined node reports, with its certificate.
 #[utoipa::path(post, path = "/api/v1/hosts/heartbeat", tag = "hosts", request_body = HeartbeatRequest,
-    responses((status = 200, description = "What the heartbeat changed (re-adopted, changed and missing instances)", body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "What the heartbeat changed (re-adopted, changed and missing instances) and the site CA's CRL and namespace files", body = HeartbeatResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn heartbeat(
     State(s): State<AppState>,
     who: Option<Extension<Identity>>,
+    peer: Option<Extension<axum::extract::ConnectInfo<crate::tls::Peer>>>,
     body: Body<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
     let who = crate::instances::identity(who)?;
@@ -218,7 +291,25 @@ pub(crate) async fn heartbeat(
             field: None,
         });
     }
+    let serial = peer.and_then(|p| p.0 .0.client_serial.clone());
     let hb = crate::instances::json_body(body)?;
+    // States from the closed set only: anything else is refused before it is recorded.
+    for (i, inst) in hb.instances.iter().enumerate() {
+        if inst.state.parse::<vfarm_core::instance::State>().is_err() {
+            return Err(ApiError::bad_request(
+                "instances",
+                format!(
+                    "instances[{i}].state `{}` is not an instance state ({})",
+                    inst.state,
+                    vfarm_core::instance::State::ALL
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
     let name = common_name(&who.user).ok_or_else(|| ApiError {
         status: StatusCode::FORBIDDEN,
         code: "unknown_node",
@@ -226,7 +317,45 @@ pub(crate) async fn heartbeat(
         field: None,
     })?;
     let store = s.store.clone();
+    let data = s.data_dir.clone();
     let out = blocking(move || {
+        let unknown = || ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "unknown_node",
+            message: format!("no joined host `{name}` with the subject `{}`", who.user),
+            field: None,
+        };
+        let host = store.host(&name).map_err(store_err)?.ok_or_else(unknown)?;
+        // Pinned to the certificate issued at join, not just its subject.
+        if host.cert_serial.is_none() || host.cert_serial != serial {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: "unknown_node",
+                message: format!(
+                    "`{name}` joined with certificate serial {}, this one is {}",
+                    host.cert_serial.as_deref().unwrap_or("none"),
+                    serial.as_deref().unwrap_or("none")
+                ),
+                field: None,
+            });
+        }
+        // The URL was fixed at join; a heartbeat cannot move the node's calls elsewhere.
+        let Some(url) = host.url.clone().filter(|u| !u.is_empty()) else {
+            return Err(ApiError::bad_request(
+                "url",
+                format!("`{name}` has no URL recorded at join; join it again"),
+            ));
+        };
+        if !hb.url.is_empty() && hb.url != url {
+            return Err(ApiError::bad_request(
+                "url",
+                format!(
+                    "`{}` is not the URL `{url}` recorded when `{name}` joined (it changes only \
+                     by joining again)",
+                    hb.url
+                ),
+            ));
+        }
         let instances: Vec<(String, String)> = hb
             .instances
             .iter()
@@ -236,12 +365,12 @@ pub(crate) async fn heartbeat(
             .checks
             .as_ref()
             .map(|c| serde_json::to_string(c).unwrap_or_default());
-        store
+        let outcome = store
             .host_heartbeat(
                 &name,
                 &who.user,
                 &Heartbeat {
-                    url: &hb.url,
+                    url: &url,
                     cpus: hb.cpus,
                     memory_mib: hb.memory_mib,
                     disk_mib: hb.disk_mib,
@@ -251,12 +380,16 @@ pub(crate) async fn heartbeat(
                 },
             )
             .map_err(store_err)?
-            .ok_or_else(|| ApiError {
-                status: StatusCode::FORBIDDEN,
-                code: "unknown_node",
-                message: format!("no joined host `{name}` with the subject `{}`", who.user),
-                field: None,
-            })
+            .ok_or_else(unknown)?;
+        let trust_files = match SiteCa::open(&vfarm_auth::ca::ca_dir(&data)) {
+            Ok(ca) => site_trust_files(&ca)?,
+            Err(_) => Vec::new(),
+        };
+        Ok(HeartbeatResponse {
+            outcome: serde_json::to_value(outcome)
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+            trust_files,
+        })
     })
     .await?;
     Ok(Json(out).into_response())
@@ -540,5 +673,157 @@ mod tests {
         assert_eq!(token_hash("abc"), token_hash(" abc\n"));
         assert_ne!(token_hash("abc"), token_hash("abd"));
         assert_eq!(token_hash("abc").len(), 64);
+    }
+
+    async fn call(
+        st: &AppState,
+        path: &str,
+        body: serde_json::Value,
+        peer: crate::tls::Peer,
+    ) -> (StatusCode, serde_json::Value) {
+        use tower::ServiceExt;
+        let mut req = axum::http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let resp = crate::router(st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    /// Issue 24, acceptance 3; issue 15, findings 2 and 6: a heartbeat cannot move a node's
+    /// URL, report a state outside the closed set, or come from another certificate with
+    /// the node's subject; a good one brings the CRL back.
+    #[tokio::test]
+    async fn heartbeats_are_validated_and_bring_the_crl() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = SiteCa::init(
+            &vfarm_auth::ca::ca_dir(dir.path()),
+            "/C=XX/O=Site/CN=Site CA",
+            30,
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        let store = std::sync::Arc::new(vfarm_store::Store::open_in_memory().unwrap());
+        let mut st = AppState::new(dir.path().to_path_buf(), store.clone()).unwrap();
+        st.server_subject = Some("/C=XX/O=Site/CN=control".into());
+        let added = add_host(&store, "admin", "node1", 600).unwrap();
+        let (code, j) = call(
+            &st,
+            "/api/v1/hosts/join",
+            serde_json::json!({"name": "node1", "token": added.token, "address": "127.0.0.1", "port": 9001}),
+            crate::tls::Peer::default(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CREATED, "{j}");
+        assert!(
+            j["trust_files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["name"].as_str().unwrap().ends_with(".r0")),
+            "{j}"
+        );
+        let node = |serial: &str| crate::tls::Peer {
+            addr: Some("127.0.0.1:5".parse().unwrap()),
+            client_dn: Some(j["subject"].as_str().unwrap().to_string()),
+            client_serial: Some(serial.to_string()),
+            ..Default::default()
+        };
+        let serial = j["serial"].as_str().unwrap().to_string();
+        let hb = |url: &str, state: &str| {
+            serde_json::json!({"url": url, "cpus": 2, "memory_mib": 100, "disk_mib": 100,
+                "features": ["oci"], "instances": [{"id": "x1", "state": state}]})
+        };
+        let before = store.host("node1").unwrap().unwrap();
+        for (body, peer, code, field) in [
+            (
+                hb("https://attacker", "running"),
+                node(&serial),
+                StatusCode::BAD_REQUEST,
+                "url",
+            ),
+            (
+                hb("", "pwned"),
+                node(&serial),
+                StatusCode::BAD_REQUEST,
+                "instances",
+            ),
+            (
+                hb("", "running"),
+                node("00BEEF"),
+                StatusCode::FORBIDDEN,
+                "unknown_node",
+            ),
+        ] {
+            let (c, v) = call(&st, "/api/v1/hosts/heartbeat", body, peer).await;
+            assert_eq!(c, code, "{v}");
+            let e = &v["error"];
+            assert!(e["field"] == field || e["code"] == field, "{v}");
+            let now = store.host("node1").unwrap().unwrap();
+            assert_eq!(now.url.as_deref(), Some("https://127.0.0.1:9001"));
+            assert_eq!(now.state, before.state);
+            assert_eq!(now.last_heartbeat, before.last_heartbeat);
+        }
+        // The real node: taken, its URL the one of join, and the CRL in the answer.
+        let (c, v) = call(
+            &st,
+            "/api/v1/hosts/heartbeat",
+            hb("https://127.0.0.1:9001", "running"),
+            node(&serial),
+        )
+        .await;
+        assert_eq!(c, StatusCode::OK, "{v}");
+        assert_eq!(store.host("node1").unwrap().unwrap().state, "up");
+        let crl = v["trust_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"].as_str().unwrap().ends_with(".r0"))
+            .unwrap_or_else(|| panic!("no CRL in {v}"));
+        assert!(crl["content"].as_str().unwrap().contains("BEGIN X509 CRL"));
+        // A revocation reaches the node with the next heartbeat.
+        let u = ca
+            .issue_user("/C=XX/O=Site/CN=U", 1, chrono::Utc::now())
+            .unwrap();
+        ca.revoke(&u.serial, chrono::Utc::now()).unwrap();
+        let (_, v2) = call(
+            &st,
+            "/api/v1/hosts/heartbeat",
+            hb("", "running"),
+            node(&serial),
+        )
+        .await;
+        let crl2 = v2["trust_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"].as_str().unwrap().ends_with(".r0"))
+            .unwrap()
+            .clone();
+        assert_ne!(crl, &crl2);
+    }
+
+    #[tokio::test]
+    async fn join_needs_the_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(vfarm_store::Store::open_in_memory().unwrap());
+        let mut st = AppState::new(dir.path().to_path_buf(), store.clone()).unwrap();
+        st.server_subject = Some("/C=XX/O=Site/CN=control".into());
+        let added = add_host(&store, "admin", "node1", 600).unwrap();
+        let (code, v) = call(
+            &st,
+            "/api/v1/hosts/join",
+            serde_json::json!({"name": "node1", "token": added.token, "address": "127.0.0.1"}),
+            crate::tls::Peer::default(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["field"], "port");
     }
 }

@@ -34,7 +34,9 @@ pub mod tls;
 pub use auth::AuthPolicy;
 pub use axum::http::StatusCode;
 pub use instances::{InstanceBackend, InstanceEvent, InstanceView};
-pub use tls::{Peer, PlainListener, TlsConfigSource, TlsListener, TlsSettings, UnixPeerListener};
+pub use tls::{
+    Peer, PlainListener, RefusalSink, TlsConfigSource, TlsListener, TlsSettings, UnixPeerListener,
+};
 
 /// Shared by all handlers.
 #[derive(Clone)]
@@ -51,6 +53,10 @@ pub struct AppState {
     pub metrics: live::Metrics,
     /// The subject of this service's own TLS certificate (nodes make it their admin).
     pub server_subject: Option<String>,
+    /// SHA-256 (hex) of this service's own TLS certificate: nodes pin it.
+    pub server_fingerprint: Option<String>,
+    /// The client CA directory (`--client-ca-dir`): its CRLs' ages are in `/metrics`.
+    pub client_ca_dir: Option<PathBuf>,
     /// Set on nodes: the steps of a live migration between nodes.
     pub migration: Option<Arc<dyn migration::MigrationBackend>>,
     /// Join attempts per client address (the endpoint takes no credential but the token).
@@ -81,6 +87,8 @@ impl AppState {
             events: tokio::sync::broadcast::channel(1024).0,
             metrics: live::Metrics::default(),
             server_subject: None,
+            server_fingerprint: None,
+            client_ca_dir: None,
             migration: None,
             // A node joins once; a few retries a minute are plenty.
             join_limit: Arc::new(ratelimit::RateLimiter::new(0.2, 5)),
@@ -329,7 +337,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message, "field": self.field } });
+        // A 500's detail (a panic's text, paths, SQL) goes to the log under an id; the
+        // client gets the id to quote.
+        let message = if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            tracing::error!(error_id = %id, code = self.code, "internal error: {}", self.message);
+            format!("internal error {id}; the detail is in the service log under that id")
+        } else {
+            self.message
+        };
+        let body = serde_json::json!({ "error": { "code": self.code, "message": message, "field": self.field } });
         (self.status, Json(body)).into_response()
     }
 }
@@ -1079,5 +1096,32 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(v["error"]["code"], "operation_not_found");
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    /// Issue 24: a 500 carries an id, never the detail (a panic's text, a path).
+    #[tokio::test]
+    async fn internal_errors_carry_an_id_not_the_detail() {
+        let resp =
+            ApiError::internal("worker failed: panicked at /src/secret.rs:1").into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(!m.contains("secret") && !m.contains("panicked"), "{m}");
+        let id = m.split_whitespace().nth(2).unwrap().trim_end_matches(';');
+        assert_eq!(id.len(), 32, "{m}");
+        // Client errors keep their reason.
+        let resp = ApiError::bad_request("name", "too long").into_response();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("too long"));
     }
 }

@@ -203,6 +203,11 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
+}
+
 /// Counters that live as long as the service.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -213,12 +218,20 @@ pub struct Metrics {
 /// at every scrape, so they are right whichever process changed them.
 pub(crate) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     let store = s.store.clone();
-    let (instances, jobs, leases) = blocking(move || {
+    let ca_dir = s.client_ca_dir.clone();
+    let (instances, jobs, leases, crls) = blocking(move || {
         let e = |e: vfarm_store::StoreError| ApiError::internal(format!("metrics: {e}"));
+        // The CRLs fetch-crl keeps current: their age and time left, for alerting before
+        // `crl_missing = "refuse"` locks a CA's users out.
+        let crls = ca_dir
+            .and_then(|d| vfarm_imagelist::TrustStore::load(&d).ok())
+            .map(|t| t.crl_ages(chrono::Utc::now()))
+            .unwrap_or_default();
         Ok((
             store.instance_state_counts().map_err(e)?,
             store.job_state_counts().map_err(e)?,
             store.hostname_leases().map_err(e)?.len(),
+            crls,
         ))
     })
     .await?;
@@ -244,6 +257,29 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiEr
     let l = Gauge::<i64>::default();
     l.set(leases as i64);
     reg.register("vfarm_hostname_leases", "Pool hostnames held", l);
+    let (age, left) = (
+        Family::<IssuerLabels, Gauge>::default(),
+        Family::<IssuerLabels, Gauge>::default(),
+    );
+    for (issuer, a, r) in crls {
+        let labels = IssuerLabels { issuer };
+        if let Some(a) = a {
+            age.get_or_create(&labels).set(a);
+        }
+        if let Some(r) = r {
+            left.get_or_create(&labels).set(r);
+        }
+    }
+    reg.register(
+        "vfarm_crl_age_seconds",
+        "Age of each CRL of the client CA directory (now - lastUpdate), by issuer",
+        age,
+    );
+    reg.register(
+        "vfarm_crl_remaining_seconds",
+        "Time left of each CRL of the client CA directory (nextUpdate - now; negative: expired)",
+        left,
+    );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg)
         .map_err(|e| ApiError::internal(format!("metrics: {e}")))?;

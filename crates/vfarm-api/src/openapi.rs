@@ -6,7 +6,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::hosts::{
-    AddHost, AddedHost, HeartbeatRequest, JoinRequest, JoinResponse, ReportedInstance,
+    AddHost, AddedHost, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse,
+    ReportedInstance, TrustFile,
 };
 use crate::instances::*;
 use crate::live::{AuditView, SessionRequest};
@@ -59,7 +60,7 @@ use crate::{ErrorBody, ErrorDetail};
         SnapshotView, CreateInstance, CreateAccepted, OperationRef, StopRequest, ExtendRequest,
         ExecRequest, ExecResult, MigrateRequest, MigrateResult, SnapshotRequest, QuotaView, QuotaNumbers, Destroyed, Removed,
         AuditView, SessionRequest, JoinRequest, JoinResponse, HeartbeatRequest, ReportedInstance,
-        AddHost, AddedHost,
+        AddHost, AddedHost, HeartbeatResponse, TrustFile,
     )),
     modifiers(&Security),
     security(("bearer" = []), ("session" = [])),

@@ -9,8 +9,9 @@
 //!
 //! Client certificates are optional at the TLS level (`allow_unauthenticated`) so token users
 //! connect too; a certificate that is presented must chain to the CA directory (IGTF layout,
-//! `<hash>.0`) and must not be on its CA's CRL (`<hash>.r0`), else the handshake fails. The
-//! directory is re-read when a file in it changes (fetch-crl updates CRLs in place).
+//! `<hash>.0`), lie in its issuer's namespace (`<hash>.namespaces` / `.signing_policy`), and
+//! neither it nor any CA above it may be on its issuer's CRL (`<hash>.r0`), else the handshake
+//! fails. The directory is re-read when a file in it changes (fetch-crl updates CRLs in place).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use axum::serve::{IncomingStream, Listener};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -36,6 +37,10 @@ pub struct Peer {
     pub client_dn: Option<String>,
     /// The peer's uid from the kernel (`SO_PEERCRED`), on the unix socket.
     pub unix_uid: Option<u32>,
+    /// The verified client certificate's serial (hex) and SHA-256 fingerprint (hex), for
+    /// pinning nodes and control to the very certificates issued at join.
+    pub client_serial: Option<String>,
+    pub client_fingerprint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,25 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca_dir: Option<PathBuf>,
+    /// `[trust] crl_missing` of serve.toml.
+    pub crl_missing: vfarm_imagelist::trust::CrlMissing,
+    /// `[trust] require_namespaces` of serve.toml.
+    pub require_namespaces: Option<bool>,
+    /// Told of every refused client certificate (for the audit log).
+    pub on_refusal: Option<RefusalSink>,
+}
+
+/// Receives (subject, code, reason) of each client certificate refused at the handshake.
+#[derive(Clone)]
+pub struct RefusalSink(pub Arc<RefusalFn>);
+
+/// (subject, code, reason) of a refused client certificate.
+pub type RefusalFn = dyn Fn(&str, &str, &str) + Send + Sync;
+
+impl std::fmt::Debug for RefusalSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusalSink")
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -85,7 +109,7 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match &s.client_ca_dir {
         None => builder.with_no_client_auth(),
-        Some(dir) => builder.with_client_cert_verifier(client_verifier(dir)?),
+        Some(dir) => builder.with_client_cert_verifier(client_verifier(s, dir)?),
     };
     let mut cfg = builder
         .with_single_cert(certs, key)
@@ -98,10 +122,13 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
-/// Trust every CA of the IGTF directory and honour the CRLs of those CAs. Only the end
-/// entity's revocation is checked, and a CA without a CRL is accepted: sites install CRLs
-/// with fetch-crl, and a CA that has none published yet must not lock all its users out.
+/// Trust every CA of the IGTF directory, as a grid site does: rustls (webpki) checks the
+/// chain's signatures, validity and the clientAuth purpose; then the directory's own judgement
+/// ([`TrustStore::check_path`](vfarm_imagelist::trust::TrustStore::check_path)) checks every
+/// certificate of the chain against its issuer's namespace and its issuer's CRL, refusing a
+/// missing or stale CRL unless `crl_missing = "warn"`.
 fn client_verifier(
+    s: &TlsSettings,
     dir: &Path,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
     let bad = |message: String| TlsError::CaDir {
@@ -110,46 +137,133 @@ fn client_verifier(
     };
     let trust = vfarm_imagelist::trust::TrustStore::load(dir).map_err(|e| bad(format!("{e}")))?;
     let mut roots = RootCertStore::empty();
-    let mut crls: Vec<CertificateRevocationListDer<'static>> = Vec::new();
     for ca in trust.cas() {
         let der = ca.to_der().map_err(|e| bad(e.to_string()))?;
-        let subject = vfarm_auth::dn::oneline(ca.subject_name());
-        let mut own = RootCertStore::empty();
-        if let Err(e) = own.add(CertificateDer::from(der.clone())) {
+        if let Err(e) = roots.add(CertificateDer::from(der)) {
             // One odd CA among the IGTF bundle must not stop the service; say which.
+            let subject = vfarm_auth::dn::oneline(ca.subject_name());
             tracing::warn!(ca = %subject, "CA certificate not usable by rustls, skipped: {e}");
-            continue;
         }
-        let mut own_crls = Vec::new();
-        for crl in trust.crls_for(&subject) {
-            own_crls.push(CertificateRevocationListDer::from(
-                crl.to_der().map_err(|e| bad(e.to_string()))?,
-            ));
-        }
-        // A CRL rustls cannot read would fail the whole verifier: leave that CA out instead
-        // (fail closed for its users only, as OpenSSL with CRL checks would refuse them too).
-        if let Err(e) = WebPkiClientVerifier::builder_with_provider(Arc::new(own), provider())
-            .with_crls(own_crls.clone())
-            .build()
-        {
-            tracing::warn!(ca = %subject, "CRL not usable, CA skipped: {e}");
-            continue;
-        }
-        roots
-            .add(CertificateDer::from(der))
-            .map_err(|e| bad(e.to_string()))?;
-        crls.extend(own_crls);
     }
     if roots.is_empty() {
         return Err(bad("no usable CA certificate".into()));
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .with_crls(crls)
-        .only_check_end_entity_revocation()
-        .allow_unknown_revocation_status()
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()
-        .map_err(|e| bad(e.to_string()))
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Arc::new(GridVerifier {
+        inner,
+        trust,
+        crl_missing: s.crl_missing,
+        require_namespaces: s.require_namespaces,
+        on_refusal: s.on_refusal.clone(),
+    }))
+}
+
+/// The webpki verifier plus the CA directory's namespaces and chain-wide CRLs.
+struct GridVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    trust: vfarm_imagelist::trust::TrustStore,
+    crl_missing: vfarm_imagelist::trust::CrlMissing,
+    require_namespaces: Option<bool>,
+    on_refusal: Option<RefusalSink>,
+}
+
+impl std::fmt::Debug for GridVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GridVerifier")
+            .field("ca_dir", &self.trust.dir())
+            .finish()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for GridVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let parse = |d: &CertificateDer<'_>| {
+            openssl::x509::X509::from_der(d)
+                .map_err(|e| rustls::Error::General(format!("certificate not readable: {e}")))
+        };
+        let leaf = parse(end_entity)?;
+        let chain = intermediates
+            .iter()
+            .map(parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let policy = vfarm_imagelist::trust::PathPolicy {
+            at: chrono::DateTime::from_timestamp(now.as_secs() as i64, 0).unwrap_or_default(),
+            crl_missing: self.crl_missing,
+            require_namespaces: self.require_namespaces,
+        };
+        let subject = vfarm_auth::dn::oneline(leaf.subject_name());
+        match self.trust.verify_client(&leaf, &chain, &policy) {
+            Ok((_, warnings)) => {
+                for w in warnings {
+                    tracing::warn!(%subject, "client certificate accepted with crl_missing = warn: {w}");
+                }
+                Ok(verified)
+            }
+            Err(e) => {
+                tracing::warn!(%subject, code = e.code(), "client certificate refused: {e}");
+                if let Some(sink) = &self.on_refusal {
+                    (sink.0)(&subject, e.code(), &e.to_string());
+                }
+                // The TLS alert says the kind (curl prints "certificate revoked"); the
+                // reason is in the log.
+                use rustls::CertificateError as C;
+                use vfarm_imagelist::trust::PathError as P;
+                Err(rustls::Error::InvalidCertificate(match e {
+                    P::Revoked { .. } => C::Revoked,
+                    P::CrlNotCurrent { .. } => C::UnknownRevocationStatus,
+                    P::Untrusted { .. } => C::UnknownIssuer,
+                    P::OutsideNamespace { .. } | P::NoNamespace { .. } => {
+                        C::ApplicationVerificationFailure
+                    }
+                }))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The files' names, sizes and modification times: a change means "reload".
@@ -253,16 +367,13 @@ impl TlsListener {
                             return;
                         }
                     };
-                    let client_dn = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|der| vfarm_auth::dn::subject_of_der(der).ok());
+                    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                     let peer = Peer {
                         addr: Some(addr),
-                        client_dn,
+                        client_dn: leaf.and_then(|der| vfarm_auth::dn::subject_of_der(der).ok()),
                         unix_uid: None,
+                        client_serial: leaf.and_then(|der| vfarm_auth::dn::serial_of_der(der).ok()),
+                        client_fingerprint: leaf.map(|der| vfarm_auth::dn::fingerprint_of_der(der)),
                     };
                     let _ = tx.send((tls, peer)).await;
                 });
@@ -436,6 +547,9 @@ mod tests {
             cert: cert.clone(),
             key: key.clone(),
             client_ca_dir: Some(ca.certificates_dir()),
+            crl_missing: Default::default(),
+            require_namespaces: None,
+            on_refusal: None,
         };
         assert!(server_config(&ok).is_ok());
         let e = server_config(&TlsSettings {
@@ -475,6 +589,9 @@ mod tests {
             cert,
             key,
             client_ca_dir: Some(ca.certificates_dir()),
+            crl_missing: Default::default(),
+            require_namespaces: None,
+            on_refusal: None,
         })
         .unwrap();
         let first = src.current();

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use openssl::x509::X509;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     RevokedCertParams, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,9 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| AuthError::io("read", path, e))
 }
+
+/// The organisational unit of instance host certificates: a DN namespace of their own.
+pub const INSTANCES_OU: &str = "instances";
 
 /// Check a DNS host name (RFC 1123 labels).
 pub fn check_hostname(name: &str) -> Result<()> {
@@ -349,17 +352,57 @@ impl SiteCa {
         )?;
         let crl_path = certs.join(format!("{hash}.r0"));
         write_atomic(&crl_path, crl.pem()?.as_bytes(), 0o644)?;
+        // The IGTF namespace files: this CA signs subjects under its own DN's prefix, never
+        // an instance certificate as a client (they carry `OU=instances`). Written once, so
+        // a site's own edits stay.
+        let (ns, eacl) = self.policy_files();
+        for (ext, text) in [("namespaces", ns), ("signing_policy", eacl)] {
+            let p = certs.join(format!("{hash}.{ext}"));
+            if !p.exists() {
+                write_atomic(&p, text.as_bytes(), 0o644)?;
+            }
+        }
         self.save_revocations(&rev)?;
         Ok(crl_path)
     }
 
-    fn issue(&self, mut p: CertificateParams, days: u32, now: DateTime<Utc>) -> Result<Issued> {
+    /// The DN prefix this CA's subjects live under: its own DN without the CN.
+    pub fn namespace_prefix(&self) -> String {
+        let me = dn::oneline(self.cert.subject_name());
+        match me.rfind("/CN=") {
+            Some(i) => me[..i].to_string(),
+            None => me,
+        }
+    }
+
+    /// (`<hash>.namespaces`, `<hash>.signing_policy`) for this CA.
+    pub fn policy_files(&self) -> (String, String) {
+        let me = dn::oneline(self.cert.subject_name());
+        let prefix = self.namespace_prefix();
+        let (mut ns, eacl) = vfarm_imagelist::namespaces::files_for(&me, &prefix);
+        ns.push_str(&format!(
+            "# Instance host certificates are servers only, never clients or signers.\n\
+             TO Issuer \"{me}\" \\\n  DENY Subject \"{}/OU={INSTANCES_OU}/.*\"\n",
+            vfarm_imagelist::namespaces::escape(&prefix)
+        ));
+        (ns, eacl)
+    }
+
+    fn issue(&self, p: CertificateParams, days: u32, now: DateTime<Utc>) -> Result<Issued> {
         if days == 0 {
             return Err(AuthError::invalid("days", "0", "must be at least 1"));
         }
+        self.issue_until(p, now + chrono::Duration::days(i64::from(days)), now)
+    }
+
+    fn issue_until(
+        &self,
+        mut p: CertificateParams,
+        mut not_after: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Issued> {
         let key = KeyPair::generate()?;
         p.not_before = to_time(now - chrono::Duration::minutes(5))?;
-        let mut not_after = now + chrono::Duration::days(i64::from(days));
         // Never beyond the CA itself: verifiers would refuse the tail anyway.
         if let Some(ca_end) = vfarm_imagelist::trust::asn1_to_utc(self.cert.not_after()) {
             not_after = not_after.min(ca_end);
@@ -433,6 +476,84 @@ impl SiteCa {
         self.issue(p, days, now)
     }
 
+    /// An instance's host certificate: subject = the CA's DN with `OU=instances` (replacing
+    /// any OU) and CN = the host name, serverAuth only, valid until `until` (the instance's
+    /// lease; capped at `max_days`). Instances are tenants' machines: their certificates must
+    /// never be taken as a client, a node, the control or a list signer.
+    pub fn issue_instance(
+        &self,
+        hostname: &str,
+        until: Option<DateTime<Utc>>,
+        max_days: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Issued> {
+        check_hostname(hostname)?;
+        let host = hostname.trim_end_matches('.').to_ascii_lowercase();
+        let mut p = CertificateParams::new(vec![host.clone()])?;
+        let mut name = DistinguishedName::new();
+        for (ty, v) in self.dn.iter() {
+            if *ty != DnType::CommonName && *ty != DnType::OrganizationalUnitName {
+                name.push(ty.clone(), v.clone());
+            }
+        }
+        name.push(
+            DnType::OrganizationalUnitName,
+            DnValue::Utf8String(INSTANCES_OU.into()),
+        );
+        name.push(DnType::CommonName, host);
+        p.distinguished_name = name;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if max_days == 0 {
+            return Err(AuthError::invalid("days", "0", "must be at least 1"));
+        }
+        let cap = now + chrono::Duration::days(i64::from(max_days));
+        let until = until.map_or(cap, |u| u.min(cap).max(now + chrono::Duration::minutes(1)));
+        self.issue_until(p, until, now)
+    }
+
+    fn instance_index(&self, id: &str) -> Result<PathBuf> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(AuthError::invalid("instance", id, "not an instance id"));
+        }
+        Ok(self.dir.join("instances").join(id))
+    }
+
+    /// [`issue_instance`](Self::issue_instance) for instance `id`, remembering the serial so
+    /// [`revoke_instance`](Self::revoke_instance) can revoke it when the instance goes.
+    pub fn issue_instance_for(
+        &self,
+        id: &str,
+        hostname: &str,
+        until: Option<DateTime<Utc>>,
+        max_days: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Issued> {
+        let index = self.instance_index(id)?;
+        let issued = self.issue_instance(hostname, until, max_days, now)?;
+        let parent = index.parent().expect("under the CA dir");
+        std::fs::create_dir_all(parent).map_err(|e| AuthError::io("create", parent, e))?;
+        write_atomic(&index, issued.serial.as_bytes(), 0o600)?;
+        Ok(issued)
+    }
+
+    /// Revoke the certificate issued for instance `id` (none: nothing to do). Returns its
+    /// serial.
+    pub fn revoke_instance(&self, id: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+        let index = self.instance_index(id)?;
+        let serial = match std::fs::read_to_string(&index) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(AuthError::io("read", &index, e)),
+        };
+        self.revoke(&serial, now)?;
+        std::fs::remove_file(&index).map_err(|e| AuthError::io("remove", &index, e))?;
+        Ok(Some(serial))
+    }
+
     /// A user (or node) client certificate with the subject `dn` (one-line form).
     pub fn issue_user(&self, subject: &str, days: u32, now: DateTime<Utc>) -> Result<Issued> {
         let mut p = CertificateParams::default();
@@ -441,7 +562,12 @@ impl SiteCa {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        // E-mail protection too: the same certificate signs image lists (`openssl smime`
+        // and vfarm accept only signers fit for S/MIME).
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::EmailProtection,
+        ];
         self.issue(p, days, now)
     }
 
@@ -580,5 +706,132 @@ mod tests {
         );
         assert!(!dir.join("issued").exists());
         assert!(SiteCa::open(&d.path().join("none")).is_err());
+    }
+
+    /// Issue 15, finding 2: an instance's certificate is in a namespace of its own, a server
+    /// only, lives for the lease, is revoked with the instance, and is refused as a client
+    /// by the site's own CA directory.
+    #[test]
+    fn instance_certificates_are_servers_for_their_lease_and_revoked() {
+        use vfarm_imagelist::trust::{PathError, PathPolicy, TrustStore};
+        let d = tempfile::tempdir().unwrap();
+        let ca = SiteCa::init(&d.path().join("ca"), CA_DN, 3650, now()).unwrap();
+        let hash = ca.info().unwrap().hash;
+        for ext in ["namespaces", "signing_policy"] {
+            assert!(ca
+                .certificates_dir()
+                .join(format!("{hash}.{ext}"))
+                .is_file());
+        }
+        let lease = now() + chrono::Duration::hours(2);
+        let i = ca
+            .issue_instance_for("i-1", "vm1.example.org", Some(lease), 365, now())
+            .unwrap();
+        assert_eq!(
+            i.subject,
+            "/C=XX/O=vfarm test/OU=instances/CN=vm1.example.org"
+        );
+        let left = i.not_after.unwrap() - now();
+        assert!(left <= chrono::Duration::hours(2) && left > chrono::Duration::minutes(110));
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "extendedKeyUsage"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().unwrap().write_all(i.cert_pem.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("openssl (the command) is needed for this test");
+        let eku = String::from_utf8_lossy(&text.stdout);
+        assert!(eku.contains("TLS Web Server Authentication"), "{eku}");
+        assert!(!eku.contains("Client"), "{eku}");
+        // Refused by the CA directory's namespace, whatever the purpose checks above it.
+        let trust = TrustStore::load(&ca.certificates_dir()).unwrap();
+        let x = X509::from_pem(i.cert_pem.as_bytes()).unwrap();
+        let e = trust
+            .verify_client(&x, &[], &PathPolicy::strict(now()))
+            .unwrap_err();
+        assert!(matches!(e, PathError::OutsideNamespace { .. }), "{e}");
+        // A user of the site is inside it.
+        let u = ca
+            .issue_user("/C=XX/O=vfarm test/CN=Ursula", 1, now())
+            .unwrap();
+        let ux = X509::from_pem(u.cert_pem.as_bytes()).unwrap();
+        trust
+            .verify_client(&ux, &[], &PathPolicy::strict(now()))
+            .unwrap();
+        // Destroy: revoked, once.
+        assert!(openssl_verifies(&ca, &i.cert_pem));
+        assert_eq!(
+            ca.revoke_instance("i-1", now()).unwrap().as_deref(),
+            Some(i.serial.as_str())
+        );
+        assert!(!openssl_verifies(&ca, &i.cert_pem));
+        assert_eq!(ca.revoke_instance("i-1", now()).unwrap(), None);
+        assert_eq!(
+            ca.revoke_instance("../x", now()).unwrap_err().field(),
+            Some("instance")
+        );
+    }
+
+    /// Issue 15, finding 13 / issue 22: `ca issue-user` certificates sign what
+    /// `openssl smime -verify` accepts against the CA directory.
+    #[test]
+    fn user_certificates_sign_smime_that_openssl_verifies() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = SiteCa::init(&d.path().join("ca"), CA_DN, 3650, now()).unwrap();
+        let u = ca
+            .issue_user("/C=XX/O=vfarm test/CN=Signer", 1, now())
+            .unwrap();
+        let (c, k, m, sig) = (
+            d.path().join("u.pem"),
+            d.path().join("u.key"),
+            d.path().join("m.txt"),
+            d.path().join("m.smime"),
+        );
+        std::fs::write(&c, &u.cert_pem).unwrap();
+        std::fs::write(&k, &u.key_pem).unwrap();
+        std::fs::write(&m, "hello\n").unwrap();
+        let run = |args: &[&std::ffi::OsStr]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl (the command) is needed for this test")
+        };
+        // Sign with the certificate and key in `c`/`k`, then verify against the CA dir.
+        let sign_and_verify = || {
+            let o = run(&[
+                "smime".as_ref(),
+                "-sign".as_ref(),
+                "-in".as_ref(),
+                m.as_os_str(),
+                "-signer".as_ref(),
+                c.as_os_str(),
+                "-inkey".as_ref(),
+                k.as_os_str(),
+                "-out".as_ref(),
+                sig.as_os_str(),
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            run(&[
+                "smime".as_ref(),
+                "-verify".as_ref(),
+                "-in".as_ref(),
+                sig.as_os_str(),
+                "-CApath".as_ref(),
+                ca.certificates_dir().as_os_str(),
+            ])
+        };
+        let o = sign_and_verify();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "hello");
+        // A host certificate (TLS purposes only) is refused by the same command.
+        let h = ca.issue_host("h1.example.org", 1, now()).unwrap();
+        std::fs::write(&c, &h.cert_pem).unwrap();
+        std::fs::write(&k, &h.key_pem).unwrap();
+        let o = sign_and_verify();
+        assert!(!o.status.success());
     }
 }

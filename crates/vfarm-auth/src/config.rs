@@ -14,6 +14,9 @@
 //! disk = "200G"
 //! [quotas.owners."/C=XX/O=Example/CN=Alice"]
 //! instances = 20                   # fields not given fall back to quotas.default
+//! [trust]                          # the client CA directory (IGTF layout)
+//! crl_missing = "refuse"           # or "warn": a CA in a chain without a current CRL
+//! require_namespaces = true        # default: on when any CA there has namespace files
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -36,6 +39,15 @@ struct Raw {
     default_expiry: Option<String>,
     #[serde(default)]
     placement: RawPlacement,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    crl_missing: Option<vfarm_imagelist::trust::CrlMissing>,
+    require_namespaces: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +143,10 @@ pub struct ServeConfig {
     /// memory may be promised (`cpu_ratio = 4.0` over-commits CPUs fourfold).
     pub placement: vfarm_core::placement::Policy,
     pub ratios: vfarm_core::placement::Ratios,
+    /// `[trust] crl_missing`: refuse (default) or warn when a chain's CA has no current CRL.
+    pub crl_missing: vfarm_imagelist::trust::CrlMissing,
+    /// `[trust] require_namespaces`; `None` = on when the directory carries namespace files.
+    pub require_namespaces: Option<bool>,
 }
 
 impl ServeConfig {
@@ -246,6 +262,8 @@ impl ServeConfig {
             memory: ratio("memory_ratio", raw.placement.memory_ratio)?,
         };
         Ok(ServeConfig {
+            crl_missing: raw.trust.crl_missing.unwrap_or_default(),
+            require_namespaces: raw.trust.require_namespaces,
             placement,
             ratios,
             default_expiry_secs,

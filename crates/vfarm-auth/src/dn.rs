@@ -18,6 +18,44 @@ pub fn subject_of_pem(pem: &[u8]) -> Result<String> {
     Ok(oneline(openssl::x509::X509::from_pem(pem)?.subject_name()))
 }
 
+/// SHA-256 of a DER certificate, lowercase hex: what nodes and control pin each other by.
+pub fn fingerprint_of_der(der: &[u8]) -> String {
+    hex::encode(openssl::sha::sha256(der))
+}
+
+/// [`fingerprint_of_der`] of the first certificate in PEM text.
+pub fn fingerprint_of_pem(pem: &[u8]) -> Result<String> {
+    Ok(fingerprint_of_der(
+        &openssl::x509::X509::from_pem(pem)?.to_der()?,
+    ))
+}
+
+/// The serial of a DER certificate, uppercase hex as the site CA records it.
+pub fn serial_of_der(der: &[u8]) -> Result<String> {
+    let x = openssl::x509::X509::from_der(der)?;
+    Ok(x.serial_number().to_bn()?.to_hex_str()?.to_string())
+}
+
+/// The DNS subject alternative names and the CN of the first certificate in PEM text.
+pub fn names_of_pem(pem: &[u8]) -> Result<Vec<String>> {
+    let x = openssl::x509::X509::from_pem(pem)?;
+    let mut names: Vec<String> = x
+        .subject_alt_names()
+        .map(|s| {
+            s.iter()
+                .filter_map(|n| n.dnsname().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    for e in x
+        .subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+    {
+        names.extend(e.data().to_string().ok());
+    }
+    Ok(names)
+}
+
 /// The OpenSSL subject hash file name (`<hash>.0`) a CA certificate has in a CA directory.
 pub fn hashed_name_of_pem(pem: &[u8]) -> Result<String> {
     let x = openssl::x509::X509::from_pem(pem)?;

@@ -126,7 +126,17 @@ pub fn verify(store: &Store, presented: &str, now: DateTime<Utc>) -> Result<Toke
     }
     // Only a holder of the secret learns that a token is revoked or expired.
     let row = usable(row, now)?;
-    store.touch_token(&row.id)?;
+    // `last_used` is written at most once a minute per token: a statement per request,
+    // even one that changes no row, would take the database's write lock every time and
+    // serialise all writers behind reads.
+    let fresh = row
+        .last_used
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| now - t.with_timezone(&Utc) < chrono::Duration::seconds(TOUCH_EVERY_SECS));
+    if !fresh {
+        store.touch_token(&row.id)?;
+    }
     Ok(row)
 }
 
@@ -151,6 +161,9 @@ fn usable(row: TokenRow, now: DateTime<Utc>) -> Result<TokenRow> {
     }
     Ok(row)
 }
+
+/// How often a token's `last_used` is written at most.
+pub const TOUCH_EVERY_SECS: i64 = 60;
 
 /// Prefix of a web session value (the UI's cookie).
 pub const SESSION_PREFIX: &str = "vfs_";
@@ -315,5 +328,43 @@ mod tests {
             assert_ne!(a.token, b.token);
             assert_ne!(a.row.secret_hash, b.row.secret_hash);
         }
+    }
+
+    /// Issue 24: a token used again within a minute writes nothing, so it is verified even
+    /// while another process holds the database's write lock (before, every request ran an
+    /// UPDATE and waited for the lock).
+    #[test]
+    fn recent_use_is_not_written_again() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        let t = Utc::now();
+        let c = create(&store, "alice", None, None, t).unwrap();
+        verify(&store, &c.token, Utc::now()).unwrap();
+        let first = store.token(&c.row.id).unwrap().unwrap().last_used.unwrap();
+        let other = Store::open(&path).unwrap();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            other
+                .tx(|_| -> std::result::Result<(), vfarm_store::StoreError> {
+                    locked_tx.send(()).unwrap();
+                    std::thread::sleep(std::time::Duration::from_secs(3));
+                    Ok(())
+                })
+                .unwrap();
+        });
+        locked_rx.recv().unwrap();
+        let t0 = std::time::Instant::now();
+        verify(&store, &c.token, Utc::now()).unwrap();
+        let took = t0.elapsed();
+        holder.join().unwrap();
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "waited {took:?} for the write lock"
+        );
+        assert_eq!(
+            store.token(&c.row.id).unwrap().unwrap().last_used.unwrap(),
+            first
+        );
     }
 }

@@ -18,6 +18,10 @@ pub enum FetchError {
     BadName { name: String },
     #[error("unsupported URI scheme in `{uri}` (file, http and https are supported)")]
     UnsupportedScheme { uri: String },
+    #[error("{uri}: file:// image URIs are refused for this subscription (only http and https; a list read from a local file may name local files)")]
+    FileNotAllowed { uri: String },
+    #[error("{uri}: {detail} (only redirects to the same host are followed)")]
+    Redirect { uri: String, detail: String },
     #[error("cannot open {uri}")]
     Open {
         uri: String,
@@ -59,6 +63,8 @@ impl FetchError {
         match self {
             FetchError::BadName { .. } => "bad_name",
             FetchError::UnsupportedScheme { .. } => "unsupported_scheme",
+            FetchError::FileNotAllowed { .. } => "file_uri_not_allowed",
+            FetchError::Redirect { .. } => "redirect_refused",
             FetchError::Open { .. } => "source_unreadable",
             FetchError::Http { .. } => "transport",
             FetchError::Status { .. } => "http_status",
@@ -75,6 +81,8 @@ impl FetchError {
             self,
             FetchError::BadName { .. }
                 | FetchError::UnsupportedScheme { .. }
+                | FetchError::FileNotAllowed { .. }
+                | FetchError::Redirect { .. }
                 | FetchError::Io { .. }
         )
     }
@@ -94,6 +102,9 @@ pub struct FetchOptions {
     pub attempts: u32,
     pub retry_delay: Duration,
     pub timeout: Duration,
+    /// Whether `file://` URIs may be read (a subscription to a local list); off, a signed
+    /// list cannot make the cache copy a host file (`file:///etc/shadow`).
+    pub allow_file: bool,
 }
 
 impl Default for FetchOptions {
@@ -102,6 +113,7 @@ impl Default for FetchOptions {
             attempts: 3,
             retry_delay: Duration::from_secs(2),
             timeout: Duration::from_secs(3600),
+            allow_file: false,
         }
     }
 }
@@ -334,9 +346,19 @@ fn check_complete(
     Ok((n, found))
 }
 
-/// Open a `file://`, `http://` or `https://` URI for reading.
-fn open(uri: &str, timeout: Duration) -> Result<Box<dyn Read>, FetchError> {
+/// At most this many redirects, each to the host of the URI asked for.
+const MAX_REDIRECTS: usize = 5;
+
+/// Open a `file://` (when `allow_file`), `http://` or `https://` URI for reading. Redirects
+/// are followed only to the same host: a list's signer vouches for the URI it signed, not
+/// for wherever that server sends the download.
+fn open(uri: &str, timeout: Duration, allow_file: bool) -> Result<Box<dyn Read>, FetchError> {
     if let Some(path) = uri.strip_prefix("file://") {
+        if !allow_file {
+            return Err(FetchError::FileNotAllowed {
+                uri: uri.to_string(),
+            });
+        }
         let f = File::open(path).map_err(|source| FetchError::Open {
             uri: uri.to_string(),
             source,
@@ -344,16 +366,43 @@ fn open(uri: &str, timeout: Duration) -> Result<Box<dyn Read>, FetchError> {
         return Ok(Box::new(f));
     }
     if uri.starts_with("http://") || uri.starts_with("https://") {
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let first = attempt.previous().first().and_then(|u| u.host_str());
+            if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else if attempt.url().host_str() != first {
+                let to = attempt.url().to_string();
+                attempt.error(format!("redirected to another host: {to}"))
+            } else {
+                attempt.follow()
+            }
+        });
         let client = reqwest::blocking::Client::builder()
             .timeout(timeout)
+            .redirect(policy)
             .build()
             .map_err(|source| FetchError::Http {
                 uri: uri.to_string(),
                 source,
             })?;
-        let resp = client.get(uri).send().map_err(|source| FetchError::Http {
-            uri: uri.to_string(),
-            source,
+        let resp = client.get(uri).send().map_err(|source| {
+            if source.is_redirect() {
+                let mut detail = String::new();
+                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+                while let Some(e) = cur {
+                    detail = e.to_string();
+                    cur = e.source();
+                }
+                FetchError::Redirect {
+                    uri: uri.to_string(),
+                    detail,
+                }
+            } else {
+                FetchError::Http {
+                    uri: uri.to_string(),
+                    source,
+                }
+            }
         })?;
         if !resp.status().is_success() {
             return Err(FetchError::Status {
@@ -374,7 +423,8 @@ pub const MAX_LIST_BYTES: u64 = 64 << 20;
 /// Fetch a whole small document (an image list, at most [`MAX_LIST_BYTES`]) from `file://`,
 /// `http://` or `https://`.
 pub fn fetch_bytes(uri: &str, timeout: Duration) -> Result<Vec<u8>, FetchError> {
-    let r = open(uri, timeout)?;
+    // The list's own URL is what the admin subscribed to: a local file is theirs to name.
+    let r = open(uri, timeout, true)?;
     let mut v = Vec::new();
     r.take(MAX_LIST_BYTES + 1)
         .read_to_end(&mut v)
@@ -435,7 +485,7 @@ impl Cache {
         let attempts = opts.attempts.max(1);
         let mut last = None;
         for attempt in 1..=attempts {
-            match self.fetch_once(name, expected, opts.timeout) {
+            match self.fetch_once(name, expected, opts) {
                 Ok(mut c) => {
                     c.attempts = attempt;
                     return Ok(c);
@@ -457,13 +507,13 @@ impl Cache {
         &self,
         name: &str,
         expected: &Expected,
-        timeout: Duration,
+        opts: &FetchOptions,
     ) -> Result<Cached, FetchError> {
         let partial = self
             .partial_dir()
             .join(format!("{name}.{}", uuid::Uuid::new_v4().simple()));
         let result = (|| {
-            let mut reader = open(&expected.uri, timeout)?;
+            let mut reader = open(&expected.uri, opts.timeout, opts.allow_file)?;
             let out = File::create(&partial).map_err(io_err(&partial))?;
             let (size, sha512) = stream_to_file(&mut reader, out, &partial, expected)?;
             let dest = self.path_of(name);

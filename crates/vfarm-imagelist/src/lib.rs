@@ -3,6 +3,7 @@
 //! * [`model`]: the `{"hv:imagelist": …}` document, parsed leniently, unknown keys kept.
 //! * [`smime`]: detached S/MIME signatures as `openssl smime` writes and reads them.
 //! * [`trust`]: IGTF CA directories (`<hash>.0` certificates, `<hash>.r0` CRLs).
+//! * [`namespaces`]: IGTF `.namespaces` / `.signing_policy` files: who each CA may sign.
 //! * [`verify`]: the whole acceptance check, with a [`verify::Refusal`] for every way to fail.
 //! * [`subscription`]: the update decision (no-op, rollback, changed identifier, image sets).
 //! * [`cache`]: streaming, verifying, atomic image downloads.
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod create;
 pub mod hooks;
 pub mod model;
+pub mod namespaces;
 pub mod smime;
 pub mod subscription;
 pub mod trust;

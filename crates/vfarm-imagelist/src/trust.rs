@@ -1,6 +1,11 @@
 //! Trust anchors: a CA directory in the IGTF layout (`<hash>.0` certificates, `<hash>.r0`
-//! CRLs as written by fetch-crl; `*.pem` certificates are taken too, other files such as
-//! `*.signing_policy`, `*.namespaces`, `*.info` are ignored).
+//! CRLs as written by fetch-crl; `*.pem` certificates are taken too; `<hash>.namespaces` and
+//! `<hash>.signing_policy` say which subjects each CA may sign, see [`crate::namespaces`];
+//! other files such as `*.info` are ignored).
+//!
+//! [`TrustStore::check_path`] is the one judgement of a verified chain that TLS clients, nodes
+//! and image-list signers all go through: every certificate's subject inside its issuer's
+//! namespace, and every certificate below the trust anchor checked against its issuer's CRL.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +46,80 @@ pub enum TrustError {
     Empty { dir: PathBuf },
     #[error("cannot build the certificate store")]
     Store(#[source] openssl::error::ErrorStack),
+    #[error("namespace policy {0}")]
+    Policy(#[from] crate::namespaces::PolicyError),
+}
+
+/// What to do when a CA in a chain has no current CRL (none, expired, or not yet valid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlMissing {
+    /// Refuse the certificate (fetch-crl sites: a missing CRL is a broken set-up).
+    #[default]
+    Refuse,
+    /// Accept it and log a warning.
+    Warn,
+}
+
+/// How a verified chain is judged.
+#[derive(Debug, Clone)]
+pub struct PathPolicy {
+    pub at: DateTime<Utc>,
+    pub crl_missing: CrlMissing,
+    /// Refuse certificates from a CA that has no namespace policy. `None`: on when any CA of
+    /// the directory has one.
+    pub require_namespaces: Option<bool>,
+}
+
+impl PathPolicy {
+    pub fn strict(at: DateTime<Utc>) -> PathPolicy {
+        PathPolicy {
+            at,
+            crl_missing: CrlMissing::Refuse,
+            require_namespaces: None,
+        }
+    }
+}
+
+/// Why a chain was refused by [`TrustStore::check_path`] or [`TrustStore::verify_chain`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("{subject} does not chain to a trusted CA: {detail}")]
+    Untrusted { subject: String, detail: String },
+    #[error("{subject} is outside the namespace of its issuer {issuer} ({rules})")]
+    OutsideNamespace {
+        subject: String,
+        issuer: String,
+        rules: String,
+    },
+    #[error("{subject}: its issuer {issuer} has no namespace policy (.namespaces or .signing_policy) and require_namespaces is on")]
+    NoNamespace { subject: String, issuer: String },
+    #[error("{subject} (serial {serial}) is revoked by the CRL of {issuer}")]
+    Revoked {
+        subject: String,
+        serial: String,
+        issuer: String,
+    },
+    #[error(
+        "no current CRL of {issuer} to check {subject} against: {why} (crl_missing = \"refuse\")"
+    )]
+    CrlNotCurrent {
+        subject: String,
+        issuer: String,
+        why: String,
+    },
+}
+
+impl PathError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            PathError::Untrusted { .. } => "untrusted",
+            PathError::OutsideNamespace { .. } => "outside_namespace",
+            PathError::NoNamespace { .. } => "no_namespace",
+            PathError::Revoked { .. } => "certificate_revoked",
+            PathError::CrlNotCurrent { .. } => "crl_not_current",
+        }
+    }
 }
 
 /// A distinguished name in OpenSSL's one-line form: `/C=DE/O=GermanGrid/CN=Owen Synge`.
@@ -106,6 +185,7 @@ pub struct TrustStore {
     dir: PathBuf,
     cas: Vec<X509>,
     crls: Vec<(PathBuf, X509Crl)>,
+    namespaces: crate::namespaces::Namespaces,
 }
 
 fn is_hash_name(stem: &str) -> bool {
@@ -133,11 +213,16 @@ impl TrustStore {
         names.sort();
         let mut cas = Vec::new();
         let mut crls = Vec::new();
+        let mut policies: Vec<(PathBuf, String, bool)> = Vec::new();
         for path in names {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
             let (stem, ext) = name.rsplit_once('.').unwrap_or((name, ""));
+            if is_hash_name(stem) && (ext == "namespaces" || ext == "signing_policy") {
+                policies.push((path.clone(), stem.to_ascii_lowercase(), ext == "namespaces"));
+                continue;
+            }
             let is_cert = (is_hash_name(stem) && digits(ext)) || ext == "pem";
             let is_crl = is_hash_name(stem) && ext.strip_prefix('r').is_some_and(digits);
             if !is_cert && !is_crl {
@@ -167,10 +252,29 @@ impl TrustStore {
                 dir: dir.to_path_buf(),
             });
         }
+        let mut namespaces = crate::namespaces::Namespaces::default();
+        for (path, hash, is_ns) in policies {
+            let text = std::fs::read_to_string(&path).map_err(|source| TrustError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            let file = path.display().to_string();
+            if is_ns {
+                // `TO Issuer SELF` is the CA this file is named after.
+                let own = cas
+                    .iter()
+                    .find(|c| format!("{:08x}", c.subject_name_hash()) == hash)
+                    .map(|c| oneline(c.subject_name()));
+                namespaces.add_namespaces(&text, &file, own.as_deref())?;
+            } else {
+                namespaces.add_signing_policy(&text, &file)?;
+            }
+        }
         Ok(TrustStore {
             dir: dir.to_path_buf(),
             cas,
             crls,
+            namespaces,
         })
     }
 
@@ -206,9 +310,179 @@ impl TrustStore {
             .collect()
     }
 
+    /// The namespace policies of the directory.
+    pub fn namespaces(&self) -> &crate::namespaces::Namespaces {
+        &self.namespaces
+    }
+
+    /// Each CRL's issuer and age (now − lastUpdate) and time left (nextUpdate − now), for
+    /// monitoring.
+    pub fn crl_ages(&self, now: DateTime<Utc>) -> Vec<(String, Option<i64>, Option<i64>)> {
+        self.crls
+            .iter()
+            .map(|(_, c)| {
+                let age = asn1_to_utc(c.last_update()).map(|t| (now - t).num_seconds());
+                let left = c
+                    .next_update()
+                    .and_then(asn1_to_utc)
+                    .map(|t| (t - now).num_seconds());
+                (oneline(c.issuer_name()), age, left)
+            })
+            .collect()
+    }
+
+    /// Build and check the chain of `leaf` (plus `untrusted` intermediates) to a CA of the
+    /// directory at `at` — signatures and validity only — and return it, leaf first.
+    pub fn verify_chain(
+        &self,
+        leaf: &X509Ref,
+        untrusted: &[X509],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<X509>, PathError> {
+        let subject = oneline(leaf.subject_name());
+        let fail = |detail: String| PathError::Untrusted {
+            subject: subject.clone(),
+            detail,
+        };
+        let store = self
+            .x509_store(at, false)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut stack = openssl::stack::Stack::new().map_err(|e| fail(e.to_string()))?;
+        for c in untrusted {
+            stack.push(c.clone()).map_err(|e| fail(e.to_string()))?;
+        }
+        let mut ctx = openssl::x509::X509StoreContext::new().map_err(|e| fail(e.to_string()))?;
+        let (ok, err, chain) = ctx
+            .init(&store, leaf, &stack, |c| {
+                let ok = c.verify_cert()?;
+                let chain: Vec<X509> = c
+                    .chain()
+                    .map(|s| s.iter().map(|x| x.to_owned()).collect())
+                    .unwrap_or_default();
+                Ok((ok, c.error(), chain))
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        if !ok {
+            return Err(fail(err.error_string().to_string()));
+        }
+        Ok(chain)
+    }
+
+    /// Judge a verified chain (leaf first, the trust anchor last): every certificate below the
+    /// anchor must lie in its issuer's namespace and must not be on its issuer's current CRL.
+    /// Returns the warnings `crl_missing = warn` let pass.
+    pub fn check_path(
+        &self,
+        chain: &[X509],
+        policy: &PathPolicy,
+    ) -> Result<Vec<String>, PathError> {
+        let require_ns = policy
+            .require_namespaces
+            .unwrap_or(!self.namespaces.is_empty());
+        let mut warnings = Vec::new();
+        for pair in chain.windows(2) {
+            let (cert, issuer) = (&pair[0], &pair[1]);
+            let subject = oneline(cert.subject_name());
+            let issuer_dn = oneline(issuer.subject_name());
+            match self.namespaces.check(&issuer_dn, &subject) {
+                crate::namespaces::Verdict::Permitted => {}
+                crate::namespaces::Verdict::Outside { rules } => {
+                    return Err(PathError::OutsideNamespace {
+                        subject,
+                        issuer: issuer_dn,
+                        rules,
+                    })
+                }
+                crate::namespaces::Verdict::NoPolicy if require_ns => {
+                    return Err(PathError::NoNamespace {
+                        subject,
+                        issuer: issuer_dn,
+                    })
+                }
+                crate::namespaces::Verdict::NoPolicy => {}
+            }
+            match self.current_crl(issuer, policy.at) {
+                Ok(crl) => {
+                    if let openssl::x509::CrlStatus::Revoked(_) = crl.get_by_cert(cert) {
+                        return Err(PathError::Revoked {
+                            subject,
+                            serial: CertInfo::of(cert).serial,
+                            issuer: issuer_dn,
+                        });
+                    }
+                }
+                Err(why) => {
+                    let e = PathError::CrlNotCurrent {
+                        subject,
+                        issuer: issuer_dn,
+                        why,
+                    };
+                    match policy.crl_missing {
+                        CrlMissing::Refuse => return Err(e),
+                        CrlMissing::Warn => warnings.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// [`verify_chain`](Self::verify_chain) then [`check_path`](Self::check_path).
+    pub fn verify_client(
+        &self,
+        leaf: &X509Ref,
+        untrusted: &[X509],
+        policy: &PathPolicy,
+    ) -> Result<(Vec<X509>, Vec<String>), PathError> {
+        let chain = self.verify_chain(leaf, untrusted, policy.at)?;
+        let warnings = self.check_path(&chain, policy)?;
+        Ok((chain, warnings))
+    }
+
+    /// The newest CRL signed by `issuer` that is current at `at`, else why there is none.
+    fn current_crl(&self, issuer: &X509Ref, at: DateTime<Utc>) -> Result<&X509Crl, String> {
+        let name = oneline(issuer.subject_name());
+        let key = issuer.public_key().map_err(|e| e.to_string())?;
+        let mut signed: Vec<&X509Crl> = self
+            .crls
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| oneline(c.issuer_name()) == name && c.verify(&key).unwrap_or(false))
+            .collect();
+        signed.sort_by_key(|c| asn1_to_utc(c.last_update()));
+        let Some(newest) = signed.last() else {
+            return Err("the CA directory holds no CRL signed by it".into());
+        };
+        let last = asn1_to_utc(newest.last_update());
+        if last.is_none_or(|t| t > at) {
+            return Err(format!(
+                "its CRL is not valid before {}",
+                last.map(|t| t.to_rfc3339()).unwrap_or_default()
+            ));
+        }
+        match newest.next_update().and_then(asn1_to_utc) {
+            Some(next) if next >= at => Ok(newest),
+            Some(next) => Err(format!(
+                "its CRL expired at {} (nextUpdate); run fetch-crl",
+                next.to_rfc3339()
+            )),
+            None => Err("its CRL has no nextUpdate".into()),
+        }
+    }
+
     /// An OpenSSL store of these CAs that checks validity at `at`. With `crl_check`, the leaf's
     /// issuer must have a current CRL and the leaf must not be on it.
     pub fn x509_store(&self, at: DateTime<Utc>, crl_check: bool) -> Result<X509Store, TrustError> {
+        self.x509_store_for(at, crl_check, None)
+    }
+
+    /// [`x509_store`](Self::x509_store) that also checks the leaf is fit for `purpose`.
+    pub fn x509_store_for(
+        &self,
+        at: DateTime<Utc>,
+        crl_check: bool,
+        purpose: Option<openssl::x509::X509PurposeId>,
+    ) -> Result<X509Store, TrustError> {
         let build = || -> Result<X509Store, openssl::error::ErrorStack> {
             let mut b = X509StoreBuilder::new()?;
             for ca in &self.cas {
@@ -224,6 +498,9 @@ impl TrustStore {
             param.set_time(at.timestamp() as _);
             if crl_check {
                 param.set_flags(X509VerifyFlags::CRL_CHECK)?;
+            }
+            if let Some(p) = purpose {
+                param.set_purpose(p)?;
             }
             b.set_param(&param)?;
             Ok(b.build())

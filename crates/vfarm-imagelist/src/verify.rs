@@ -47,6 +47,13 @@ pub enum Refusal {
     },
     #[error("the CRL of {issuer} is missing, out of date or not signed by that CA at {at} (refresh the CA dir's CRLs)")]
     CrlNotCurrent { issuer: String, at: String },
+    #[error("signer {subject} is not fit for signing: {detail} (an image-list signer needs the S/MIME signing purpose, e-mail protection, as `vfarm ca issue-user` certificates carry)")]
+    SignerPurpose {
+        subject: String,
+        detail: &'static str,
+    },
+    #[error("signer refused: {0}")]
+    Path(#[source] crate::trust::PathError),
     #[error("certificate chain of {subject} is invalid: {detail}")]
     ChainInvalid {
         subject: String,
@@ -97,6 +104,8 @@ impl Refusal {
             Refusal::CertificateRevoked { .. } => "certificate_revoked",
             Refusal::CrlNotCurrent { .. } => "crl_not_current",
             Refusal::ChainInvalid { .. } => "chain_invalid",
+            Refusal::SignerPurpose { .. } => "signer_purpose",
+            Refusal::Path(p) => p.code(),
             Refusal::Malformed(_) => "malformed_list",
             Refusal::EndorserMismatch { .. } => "endorser_mismatch",
             Refusal::EndorserNotAuthorised { .. } => "endorser_not_authorised",
@@ -251,6 +260,7 @@ const SELF_SIGNED_CERT_IN_CHAIN: i32 = 19;
 const UNABLE_TO_GET_ISSUER_CERT_LOCALLY: i32 = 20;
 const UNABLE_TO_VERIFY_LEAF_SIGNATURE: i32 = 21;
 const CERT_REVOKED: i32 = 23;
+const INVALID_PURPOSE: i32 = 26;
 
 fn check_chain(
     msg: &SignedMessage,
@@ -260,8 +270,14 @@ fn check_chain(
     policy: &Policy,
 ) -> Result<(), Refusal> {
     let crl_check = policy.require_crl || trust.has_crl_for(&info.issuer);
+    // Only certificates fit for S/MIME signing sign lists: a TLS host or client certificate
+    // from the same CA must not (issue 15, finding 13).
     let store = trust
-        .x509_store(policy.now, crl_check)
+        .x509_store_for(
+            policy.now,
+            crl_check,
+            Some(openssl::x509::X509PurposeId::SMIME_SIGN),
+        )
         .map_err(Refusal::Trust)?;
     let mut untrusted = Stack::new().map_err(|e| Refusal::Trust(TrustError::Store(e)))?;
     for c in msg.certificates() {
@@ -270,14 +286,34 @@ fn check_chain(
             .map_err(|e| Refusal::Trust(TrustError::Store(e)))?;
     }
     let mut ctx = X509StoreContext::new().map_err(|e| Refusal::Trust(TrustError::Store(e)))?;
-    let (ok, err, failing) = ctx
+    let (ok, err, failing, chain) = ctx
         .init(&store, signer, &untrusted, |c| {
             let ok = c.verify_cert()?;
             let failing = c.current_cert().map(CertInfo::of);
-            Ok((ok, c.error(), failing))
+            let chain: Vec<openssl::x509::X509> = c
+                .chain()
+                .map(|s| s.iter().map(|x| x.to_owned()).collect())
+                .unwrap_or_default();
+            Ok((ok, c.error(), failing, chain))
         })
         .map_err(|e| Refusal::Trust(TrustError::Store(e)))?;
     if ok {
+        // Namespaces and the CRLs of the whole chain, as for TLS clients. A CA without a
+        // CRL is let through unless the subscription requires CRLs (the check above already
+        // refuses a present but stale one).
+        let path = crate::trust::PathPolicy {
+            at: policy.now,
+            crl_missing: if policy.require_crl {
+                crate::trust::CrlMissing::Refuse
+            } else {
+                crate::trust::CrlMissing::Warn
+            },
+            require_namespaces: None,
+        };
+        let warnings = trust.check_path(&chain, &path).map_err(Refusal::Path)?;
+        for w in warnings {
+            tracing::warn!(signer = %info.subject, "image-list signer accepted: {w}");
+        }
         return Ok(());
     }
     Err(classify(
@@ -342,6 +378,10 @@ fn classify(
                 at: format_date(&policy.now),
             }
         }
+        INVALID_PURPOSE => Refusal::SignerPurpose {
+            subject: failing.subject,
+            detail: err.error_string(),
+        },
         code => Refusal::ChainInvalid {
             subject: failing.subject,
             code,

@@ -13,6 +13,7 @@ fn opts(attempts: u32) -> FetchOptions {
         attempts,
         retry_delay: Duration::ZERO,
         timeout: Duration::from_secs(30),
+        allow_file: true,
     }
 }
 
@@ -179,4 +180,62 @@ fn expire_moves_the_file_aside() {
     assert!(!cache.contains("i"));
     assert_eq!(cache.expire("i", at).unwrap(), None);
     assert!(!cache.remove("i").unwrap());
+}
+
+/// Issue 24, acceptance 4: a signed list's image URI cannot make the cache read a host file
+/// (`file://` is off unless the subscription allows it) nor follow a redirect to another
+/// host; each is refused with its reason and the cache is unchanged.
+#[test]
+fn file_uris_and_off_host_redirects_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let secret = d.path().join("shadow");
+    std::fs::write(&secret, b"root:$6$secret").unwrap();
+    let cache = Cache::open(&d.path().join("c")).unwrap();
+    let strict = FetchOptions {
+        allow_file: false,
+        ..opts(3)
+    };
+    let before = snapshot(&cache.cache_dir());
+    let uri = format!("file://{}", secret.display());
+    let e = cache
+        .fetch("img", &expect(&uri, b"root:$6$secret"), &strict)
+        .unwrap_err();
+    assert_eq!(e.code(), "file_uri_not_allowed", "{e}");
+    assert!(e.to_string().contains("only http and https"), "{e}");
+
+    // Another host: 127.0.0.2 is loopback too, but not the host the list named.
+    let body = b"image bytes".to_vec();
+    let origin = Server::start();
+    let elsewhere = Server::start();
+    let there = elsewhere
+        .put("/img", reply(body.clone()))
+        .replace("127.0.0.1", "127.0.0.2");
+    let mut r = reply(Vec::new());
+    r.redirect = Some(there.clone());
+    let url = origin.put("/img", r);
+    let e = cache
+        .fetch("img", &expect(&url, &body), &strict)
+        .unwrap_err();
+    assert_eq!(e.code(), "redirect_refused", "{e}");
+    assert!(e.to_string().contains("127.0.0.2"), "{e}");
+    assert_eq!(
+        elsewhere.hits.load(Ordering::SeqCst),
+        0,
+        "followed the redirect"
+    );
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        1,
+        "refusals are not retried"
+    );
+    assert_eq!(snapshot(&cache.cache_dir()), before);
+    assert_eq!(std::fs::read_dir(cache.partial_dir()).unwrap().count(), 0);
+
+    // The same host: followed.
+    let same = origin.put("/real", reply(body.clone()));
+    let mut r = reply(Vec::new());
+    r.redirect = Some(same);
+    let url = origin.put("/moved", r);
+    cache.fetch("img", &expect(&url, &body), &strict).unwrap();
+    assert_eq!(std::fs::read(cache.path_of("img")).unwrap(), body);
 }

@@ -140,6 +140,7 @@ fn fetch(
     let opts = FetchOptions {
         attempts: 2,
         retry_delay: std::time::Duration::ZERO,
+        allow_file: true,
         ..FetchOptions::default()
     };
     cache.fetch(

@@ -202,6 +202,23 @@ impl Store {
         })
     }
 
+    /// Set the URL of host `name` (at join; the heartbeat never changes it).
+    pub fn set_host_url(&self, name: &str, url: &str) -> Result<()> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE hosts SET url = ?2 WHERE name = ?1",
+                params![name, url],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "host",
+                    id: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+
     /// Record a heartbeat of the joined host `name` whose certificate subject is `dn`. `None`
     /// when no joined host has that name and subject (the caller refuses the node).
     pub fn host_heartbeat(

@@ -218,7 +218,8 @@ impl MigrationBackend for NodeMigrations {
             };
             let mut drivers = crate::cmd::instance::Drivers::new(&self.ctx);
             let driver = drivers.get("oci").map_err(internal)?;
-            crate::cmd::instance::destroy_instance(&store, driver, &row).map_err(internal)?;
+            crate::cmd::instance::destroy_instance(&self.ctx.data_dir, &store, driver, &row)
+                .map_err(internal)?;
             return Ok(vec![]);
         }
         let warnings = self.qemu().complete_outgoing(id).map_err(driver_err)?;

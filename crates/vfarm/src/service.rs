@@ -419,7 +419,8 @@ impl InstanceBackend for Service {
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.ctx);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
-        inst::destroy_instance(&*self.store()?, driver, &row).map_err(api_error)?;
+        inst::destroy_instance(&self.ctx.data_dir, &*self.store()?, driver, &row)
+            .map_err(api_error)?;
         Ok(row.id)
     }
 

@@ -540,3 +540,338 @@ fn bad_service_config_is_refused_by_key() {
     );
     assert!(!data.join("state.db").exists());
 }
+
+/// Issue 24, acceptance 1 (the service; nodes run the same `serve` with their trust dir):
+/// two CAs in one IGTF directory, each with its namespace files. A certificate from CA B
+/// with the admin's DN (inside CA A's namespace) is refused at the handshake; the same DN
+/// from CA A is the admin; CA B's own users are accepted.
+#[test]
+fn a_second_ca_cannot_mint_the_admins_dn() {
+    require("curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    let beta = t.join("beta");
+    let run = |d: &Path, args: &[&str]| vfarm(d, t, args);
+    ok(
+        &run(&data, &["ca", "init", "--subject", CA_DN]),
+        "ca init A",
+    );
+    ok(
+        &run(
+            &beta,
+            &["ca", "init", "--subject", "/C=XX/O=Beta/CN=Beta CA"],
+        ),
+        "ca init B",
+    );
+    ok(
+        &run(&data, &["ca", "issue-host", "localhost", "--out", "srv"]),
+        "issue-host",
+    );
+    ok(
+        &run(&data, &["ca", "issue-user", ADMIN, "--out", "admin-a"]),
+        "issue-user A",
+    );
+    // CA B signs the admin's DN (it can: nothing in a CA stops it) and its own user.
+    ok(
+        &run(&beta, &["ca", "issue-user", ADMIN, "--out", "admin-b"]),
+        "issue-user B",
+    );
+    ok(
+        &run(
+            &beta,
+            &["ca", "issue-user", "/C=XX/O=Beta/CN=Bea", "--out", "bea"],
+        ),
+        "issue-user B",
+    );
+    let dir = data.join("ca/certificates");
+    let mut copied = 0;
+    for f in std::fs::read_dir(beta.join("ca/certificates")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        copied += 1;
+    }
+    assert_eq!(copied, 4, "B's .0, .r0, .namespaces, .signing_policy");
+    let srv = TlsServer::start(&data, &t.join("srv"), &["--admin", ADMIN]);
+    let whoami = |who: &str| {
+        let c = cert_args(&t.join(who));
+        let args: Vec<&str> = c.iter().map(String::as_str).collect();
+        srv.curl(&data, "/api/v1/whoami", &args)
+    };
+    let (out, body, code) = whoami("admin-a");
+    assert_eq!(code, 200, "{out:?}");
+    assert_eq!(json(&body)["admin"], true);
+    assert_eq!(json(&body)["user"], ADMIN);
+    let (out, body, code) = whoami("bea");
+    assert_eq!(code, 200, "{out:?}");
+    assert_eq!(json(&body)["admin"], false);
+    let (out, body, code) = whoami("admin-b");
+    assert_ne!(code, 200, "CA B's admin DN must be refused: {body} {out:?}");
+    assert!(!out.status.success(), "the handshake must fail: {out:?}");
+    // The refusal is in the audit log with its reason.
+    let c = cert_args(&t.join("admin-a"));
+    let args: Vec<&str> = c.iter().map(String::as_str).collect();
+    let mut found = None;
+    for _ in 0..50 {
+        let (_, body, _) = srv.curl(&data, "/api/v1/audit", &args);
+        found = json(&body)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "TLS handshake")
+            .cloned();
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let entry = found.expect("no audit entry for the refused handshake");
+    assert_eq!(entry["actor"], ADMIN);
+    assert_eq!(entry["outcome"], "denied:outside_namespace");
+    assert!(
+        entry["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Beta CA"),
+        "{entry}"
+    );
+    // Each CA's CRL age is a metric.
+    let (out, body, code) = srv.curl(&data, "/metrics", &args);
+    assert_eq!(code, 200, "{out:?}");
+    for ca in [CA_DN, "/C=XX/O=Beta/CN=Beta CA"] {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(&format!("vfarm_crl_age_seconds{{issuer=\"{ca}\"}}")))
+            .unwrap_or_else(|| panic!("no CRL age of {ca} in {body}"));
+        let secs: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((0..3600).contains(&secs), "{line}");
+    }
+}
+
+/// Issue 24, acceptance 2 at the service: a CA whose CRL is missing refuses its users by
+/// default; `crl_missing = "warn"` lets them in.
+#[test]
+fn a_missing_crl_refuses_by_default_and_warn_lets_in() {
+    require("curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    let run = |args: &[&str]| vfarm(&data, t, args);
+    ok(&run(&["ca", "init", "--subject", CA_DN]), "ca init");
+    ok(
+        &run(&["ca", "issue-host", "localhost", "--out", "srv"]),
+        "host",
+    );
+    ok(&run(&["ca", "issue-user", ALICE, "--out", "alice"]), "user");
+    let mut removed = 0;
+    for f in std::fs::read_dir(data.join("ca/certificates")).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "r0") {
+            std::fs::remove_file(p).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 1);
+    let c = cert_args(&t.join("alice"));
+    let args: Vec<&str> = c.iter().map(String::as_str).collect();
+    {
+        let srv = TlsServer::start(&data, &t.join("srv"), &[]);
+        let (out, _, code) = srv.curl(&data, "/api/v1/whoami", &args);
+        assert_ne!(code, 200, "{out:?}");
+        assert!(!out.status.success(), "{out:?}");
+    }
+    std::fs::write(data.join("serve.toml"), "[trust]\ncrl_missing = \"warn\"\n").unwrap();
+    let srv = TlsServer::start(&data, &t.join("srv"), &[]);
+    let (out, body, code) = srv.curl(&data, "/api/v1/whoami", &args);
+    assert_eq!(code, 200, "{out:?}");
+    assert_eq!(json(&body)["user"], ALICE);
+    // A bad value is refused by name.
+    std::fs::write(
+        data.join("serve.toml"),
+        "[trust]\ncrl_missing = \"maybe\"\n",
+    )
+    .unwrap();
+    let o = run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("crl_missing"),
+        "{o:?}"
+    );
+}
+
+/// Issue 24, acceptance 5: no token on the command line (refused with the reason), none
+/// sent over plain HTTP to another host (refused before any connection), and the token
+/// read from a file or the environment is in no process's argv.
+#[test]
+fn tokens_stay_out_of_argv_and_off_plain_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = common::Server::start(&data);
+    let token = srv.token();
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_vfarm"))
+            .args(args)
+            .env_remove("VFARM_TOKEN")
+            .env_remove("VFARM_TOKEN_FILE")
+            .envs(env.iter().copied())
+            .env("VFARM_DATA_DIR", &data)
+            .output()
+            .unwrap()
+    };
+    let o = cli(
+        &["--server", &srv.base, "--token", &token, "instance", "ls"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`ps`"), "{o:?}");
+    let started = std::time::Instant::now();
+    let o = cli(
+        &["--server", "http://192.0.2.1:8750", "instance", "ls"],
+        &[("VFARM_TOKEN", &token)],
+    );
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("plain HTTP"),
+        "{o:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "it tried to connect"
+    );
+    // From the environment and from a file: it works, and no argv holds the token.
+    let o = cli(
+        &["--server", &srv.base, "--output", "json", "instance", "ls"],
+        &[("VFARM_TOKEN", &token)],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let file = tmp.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .args(["--server", &srv.base, "--token-file", "-", "instance", "ls"])
+        .env_remove("VFARM_TOKEN")
+        .env("VFARM_DATA_DIR", &data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While it waits for the token on stdin, its argv is what `ps` shows.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let argv = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    assert!(!argv.is_empty());
+    assert!(
+        !String::from_utf8_lossy(&argv).contains(&token),
+        "token in argv"
+    );
+    use std::io::Write as _;
+    writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let o = cli(
+        &[
+            "--server",
+            &srv.base,
+            "--token-file",
+            file.to_str().unwrap(),
+            "instance",
+            "ls",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{o:?}");
+}
+
+/// Issue 15, finding 2 (acceptance 3): the host certificate found inside an instance is in
+/// `OU=instances`, a server certificate for the lease only, refused by the service as a
+/// client, and revoked when the instance goes; an instance cannot take an address,
+/// `localhost` or the service's own name as its host name.
+#[test]
+fn an_instance_certificate_is_no_client() {
+    require("runc");
+    require("curl");
+    let vf = common::Vf::with_minbase(common::fresh_dir("inst-cert"));
+    let t = vf.data.clone();
+    vf.ok(&["ca", "init", "--subject", CA_DN]);
+    let srv_dir = t.join("srv");
+    vf.ok(&[
+        "ca",
+        "issue-host",
+        "localhost",
+        "--out",
+        srv_dir.to_str().unwrap(),
+    ]);
+    for bad in ["127.0.0.1", "localhost", "10.1.2.3"] {
+        let o = vf.run(&[
+            "instance",
+            "create",
+            "--image",
+            "minbase",
+            "--hostname",
+            bad,
+            "--no-start",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("hostname"),
+            "{o:?}"
+        );
+    }
+    let inst: Value = serde_json::from_str(&vf.ok(&[
+        "--output",
+        "json",
+        "instance",
+        "create",
+        "--image",
+        "minbase",
+        "--hostname",
+        "vm1",
+        "--expiry",
+        "2h",
+        "--",
+        "sleep",
+        "600",
+    ]))
+    .unwrap();
+    let id = inst["id"].as_str().unwrap().to_string();
+    let cat = |path: &str| vf.ok(&["instance", "exec", &id, "--", "cat", path]);
+    let (cert, key) = (
+        cat("/etc/grid-security/hostcert.pem"),
+        cat("/etc/grid-security/hostkey.pem"),
+    );
+    let stolen = t.join("stolen");
+    std::fs::create_dir_all(&stolen).unwrap();
+    std::fs::write(stolen.join("usercert.pem"), &cert).unwrap();
+    std::fs::write(stolen.join("userkey.pem"), &key).unwrap();
+    let x = vfarm_imagelist::trust::certificate_from_pem(cert.as_bytes()).unwrap();
+    let subject = vfarm_imagelist::trust::oneline(x.subject_name());
+    assert_eq!(subject, "/C=XX/O=vfarm test/OU=instances/CN=vm1");
+    let left = vfarm_imagelist::trust::asn1_to_utc(x.not_after()).unwrap() - chrono::Utc::now();
+    assert!(left <= chrono::Duration::hours(2), "valid for {left}");
+
+    let srv = TlsServer::start(&t, &srv_dir, &["--admin", &subject]);
+    let c = cert_args(&stolen);
+    let args: Vec<&str> = c.iter().map(String::as_str).collect();
+    let (out, body, code) = srv.curl(&t, "/api/v1/whoami", &args);
+    assert_ne!(
+        code, 200,
+        "an instance certificate was taken as a client: {body}"
+    );
+    assert!(!out.status.success(), "{out:?}");
+    drop(srv);
+
+    // Destroyed: its serial is on the CRL.
+    vf.ok(&["instance", "destroy", &id]);
+    let v = Command::new("openssl")
+        .args(["verify", "-crl_check", "-purpose", "sslserver", "-CApath"])
+        .arg(t.join("ca/certificates"))
+        .arg(stolen.join("usercert.pem"))
+        .output()
+        .unwrap();
+    assert!(!v.status.success());
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("revoked")
+            || String::from_utf8_lossy(&v.stderr).contains("revoked"),
+        "{v:?}"
+    );
+    let _ = std::fs::remove_dir_all(&t);
+}

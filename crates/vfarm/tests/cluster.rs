@@ -264,9 +264,11 @@ impl Cluster {
         .env_remove("VFARM_DATABASE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-        if let Some(t) = token {
-            cmd.args(["--token", t]);
-        }
+        // In the environment, never in argv (where `ps` shows it).
+        match token {
+            Some(t) => cmd.env("VFARM_JOIN_TOKEN", t),
+            None => cmd.env_remove("VFARM_JOIN_TOKEN"),
+        };
         let mut child = cmd.spawn().expect("start vfarm node");
         wait_line(&mut child, "serving on https://");
         Proc(child)
@@ -614,9 +616,37 @@ fn control_and_three_nodes_place_lose_and_readopt() {
         h.get("node4").is_some_and(up)
     });
     let n4 = c.nodes[3].0.data.join("node");
+    // Issue 24, acceptance 3: its own certificate still cannot move its URL or report a
+    // state outside the closed set; nothing changes.
+    let url4 = c.hosts()["node4"]["url"].clone();
+    assert_eq!(url4, format!("https://{}:8751", c.net.node_addr(4)));
+    for (bad, field) in [
+        (json!({"url": "https://attacker"}), "url"),
+        (
+            json!({"url": "", "instances": [{"id": "x", "state": "owned"}]}),
+            "instances",
+        ),
+    ] {
+        let mut b = beat.clone();
+        for (k, v) in bad.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let r = with_cert(&n4)
+            .post(format!("{}/api/v1/hosts/heartbeat", c.url))
+            .json(&b)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["error"]["field"], field, "{v}");
+        assert_eq!(c.hosts()["node4"]["url"], url4);
+        assert_ne!(c.hosts()["node4"]["cpus"], 64);
+    }
+    let mut b = beat.clone();
+    b["url"] = json!("");
     let r = with_cert(&n4)
         .post(format!("{}/api/v1/hosts/heartbeat", c.url))
-        .json(&beat)
+        .json(&b)
         .send()
         .unwrap();
     assert_eq!(
@@ -624,6 +654,7 @@ fn control_and_three_nodes_place_lose_and_readopt() {
         200,
         "a joined node's heartbeat is taken"
     );
+    assert_eq!(c.hosts()["node4"]["url"], url4);
     // A host with instances is not removed.
     let o = c.control.run(&["host", "rm", "node1"]);
     assert!(!o.status.success());
@@ -663,7 +694,7 @@ fn control_and_three_nodes_place_lose_and_readopt() {
             "--ca",
         ])
         .arg(&c.ca)
-        .args(["--token", "vfj_0000"])
+        .env("VFARM_JOIN_TOKEN", "vfj_0000")
         .env("VFARM_DATA_DIR", dir.join("node5"))
         .output()
         .unwrap();

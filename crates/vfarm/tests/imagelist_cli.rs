@@ -1059,6 +1059,64 @@ fn rootfs_tar(dir: &Path, name: &str, version: &str) -> PathBuf {
     tar
 }
 
+/// `python3 -m http.server` on loopback over `dir`, killed on drop.
+struct FileServer {
+    child: std::process::Child,
+    dir: PathBuf,
+    base: String,
+}
+
+impl FileServer {
+    fn start(dir: &Path) -> FileServer {
+        require("python3");
+        let mut child = Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        FileServer {
+            child,
+            dir: dir.to_path_buf(),
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn url(&self, file: &Path) -> String {
+        let rel = file
+            .strip_prefix(&self.dir)
+            .expect("a file under the served dir");
+        format!("{}/{}", self.base, rel.display())
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn http_get(url: &str) -> Vec<u8> {
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let resp = reqwest::blocking::get(url).unwrap();
@@ -1087,8 +1145,10 @@ fn published_list_is_served_subscribed_and_updated_with_hooks() {
     let a2 = rootfs_tar(t, "alpha", "2");
     let b1 = rootfs_tar(t, "beta", "1");
     let c1 = rootfs_tar(t, "gamma", "1");
+    // A list fetched over HTTP may name only http(s) images: the tarballs are served too.
+    let files = FileServer::start(t);
     let tar_img = |id: &str, title: &str, f: &Path, v: &str| {
-        let mut i = Img::local(id, title, f, v);
+        let mut i = Img::of_file(id, title, f, &files.url(f), v);
         i.format = Some("tar");
         i
     };
@@ -1521,6 +1581,9 @@ fn list_made_from_repository_images_keeps_its_identity_across_versions() {
                 "web",
                 "--uri",
                 &list_url,
+                // Served by the publisher: a list fetched over HTTP names no file:// images.
+                "--image-base-url",
+                &format!("{}/repository", srv.base),
                 "--title",
                 "Repo list",
                 "--list-version",

@@ -293,7 +293,7 @@ class Host:
 
 @dataclass(frozen=True)
 class HostToken:
-    """A one-time join token for `vfarm node --token` (shown once)."""
+    """A one-time join token for `vfarm node` ($VFARM_JOIN_TOKEN or --token-file; shown once)."""
 
     name: str
     token: str

@@ -70,6 +70,25 @@ fn t(at: DateTime<Utc>) -> Asn1Time {
 
 static SERIAL: AtomicUsize = AtomicUsize::new(100);
 
+/// Basic constraints CA, key usage certSign + cRLSign, and the subject key id.
+fn ca_extensions(b: &mut X509Builder, issuer: Option<&X509>) {
+    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+        .unwrap();
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let skid = SubjectKeyIdentifier::new()
+        .build(&b.x509v3_context(issuer.map(|c| c.as_ref()), None))
+        .unwrap();
+    b.append_extension(skid).unwrap();
+}
+
 /// A self-signed CA valid from `from` to `until`.
 pub fn ca(parts: &[(&str, &str)], from: DateTime<Utc>, until: DateTime<Utc>) -> Cred {
     let key = key();
@@ -84,21 +103,7 @@ pub fn ca(parts: &[(&str, &str)], from: DateTime<Utc>, until: DateTime<Utc>) -> 
     b.set_pubkey(&key).unwrap();
     b.set_not_before(&t(from)).unwrap();
     b.set_not_after(&t(until)).unwrap();
-    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-        .unwrap();
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .key_cert_sign()
-            .crl_sign()
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let skid = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(None, None))
-        .unwrap();
-    b.append_extension(skid).unwrap();
+    ca_extensions(&mut b, None);
     b.sign(&key, MessageDigest::sha256()).unwrap();
     Cred {
         cert: b.build(),
@@ -106,13 +111,13 @@ pub fn ca(parts: &[(&str, &str)], from: DateTime<Utc>, until: DateTime<Utc>) -> 
     }
 }
 
-/// An end-entity certificate issued by `issuer`.
-pub fn issue(
+/// A new key and a certificate builder for `parts` under `issuer`, serial and dates set.
+fn started(
     issuer: &Cred,
     parts: &[(&str, &str)],
     from: DateTime<Utc>,
     until: DateTime<Utc>,
-) -> Cred {
+) -> (PKey<Private>, X509Builder) {
     let key = key();
     let mut b = X509Builder::new().unwrap();
     b.set_version(2).unwrap();
@@ -124,6 +129,17 @@ pub fn issue(
     b.set_pubkey(&key).unwrap();
     b.set_not_before(&t(from)).unwrap();
     b.set_not_after(&t(until)).unwrap();
+    (key, b)
+}
+
+/// An end-entity certificate issued by `issuer`.
+pub fn issue(
+    issuer: &Cred,
+    parts: &[(&str, &str)],
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Cred {
+    let (key, mut b) = started(issuer, parts, from, until);
     b.append_extension(
         KeyUsage::new()
             .critical()
@@ -138,6 +154,48 @@ pub fn issue(
         .build(&b.x509v3_context(Some(&issuer.cert), None))
         .unwrap();
     b.append_extension(akid).unwrap();
+    b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
+    Cred {
+        cert: b.build(),
+        key,
+    }
+}
+
+/// A CA certificate for `parts` signed by `issuer` (an intermediate).
+pub fn intermediate(
+    issuer: &Cred,
+    parts: &[(&str, &str)],
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Cred {
+    let (key, mut b) = started(issuer, parts, from, until);
+    ca_extensions(&mut b, Some(&issuer.cert));
+    b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
+    Cred {
+        cert: b.build(),
+        key,
+    }
+}
+
+/// An end-entity certificate like [`issue`] with an extended key usage (`serverAuth,clientAuth`).
+pub fn issue_eku(
+    issuer: &Cred,
+    parts: &[(&str, &str)],
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    eku: &str,
+) -> Cred {
+    let (key, mut b) = started(issuer, parts, from, until);
+    let mut e = openssl::x509::extension::ExtendedKeyUsage::new();
+    for p in eku.split(',') {
+        match p {
+            "serverAuth" => e.server_auth(),
+            "clientAuth" => e.client_auth(),
+            "emailProtection" => e.email_protection(),
+            other => panic!("unknown purpose {other}"),
+        };
+    }
+    b.append_extension(e.build().unwrap()).unwrap();
     b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
     Cred {
         cert: b.build(),
@@ -182,7 +240,15 @@ pub fn ca_dir(dir: &Path, cas: &[&Cred], crls: &[(&Cred, &X509Crl)]) {
     for c in cas {
         let h = c.cert.subject_name_hash();
         std::fs::write(dir.join(format!("{h:08x}.0")), c.cert.to_pem().unwrap()).unwrap();
-        std::fs::write(dir.join(format!("{h:08x}.signing_policy")), "ignored").unwrap();
+        // A policy that lets each CA sign any subject (tests of namespaces write their own).
+        std::fs::write(
+            dir.join(format!("{h:08x}.signing_policy")),
+            format!(
+                "access_id_CA X509 '{}'\npos_rights globus CA:sign\ncond_subjects globus '\"*\"'\n",
+                c.dn()
+            ),
+        )
+        .unwrap();
     }
     for (c, crl) in crls {
         let h = c.cert.subject_name_hash();
@@ -266,6 +332,8 @@ pub struct Reply {
     pub declared_len: Option<usize>,
     /// How many of the first requests get a cut-short body before answering in full.
     pub cut_first: usize,
+    /// Answer `302 Found` with this `Location` instead.
+    pub redirect: Option<String>,
 }
 
 pub struct Server {
@@ -303,6 +371,12 @@ impl Server {
                     None => {
                         let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                     }
+                    Some(Reply {
+                        redirect: Some(to), ..
+                    }) => {
+                        let head = format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        let _ = s.write_all(head.as_bytes());
+                    }
                     Some(mut rep) => {
                         let declared = rep.declared_len.unwrap_or(rep.body.len());
                         if rep.cut_first > 0 {
@@ -331,6 +405,7 @@ pub fn reply(body: Vec<u8>) -> Reply {
         body,
         declared_len: None,
         cut_first: 0,
+        redirect: None,
     }
 }
 

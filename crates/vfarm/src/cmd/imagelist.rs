@@ -915,6 +915,8 @@ impl Site<'_> {
         let opts = FetchOptions {
             attempts: 3,
             retry_delay: Duration::from_millis(500),
+            // Local image files only in a list the admin subscribed to as a local file.
+            allow_file: self.sub.url.starts_with("file://"),
             ..FetchOptions::default()
         };
         match self.cache.fetch(&img.identifier, &expected, &opts) {

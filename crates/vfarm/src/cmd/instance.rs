@@ -1340,6 +1340,8 @@ pub(crate) struct Admission {
     pub pool: HostnamePool,
     pub quotas: QuotaConfig,
     pub default_expiry_secs: Option<u64>,
+    /// The service's own names (its certificate's), which no instance may take.
+    pub reserved: Vec<String>,
 }
 
 impl Admission {
@@ -1348,6 +1350,7 @@ impl Admission {
             pool: HostnamePool::new(&c.hostnames),
             quotas: c.quotas.clone(),
             default_expiry_secs: c.default_expiry_secs,
+            reserved: Vec::new(),
         }
     }
 
@@ -1374,14 +1377,40 @@ fn create_instance(ctx: &Ctx, driver: &dyn Driver, n: NewInstance) -> Result<Ins
 pub const HOST_CERT: &str = "/etc/grid-security/hostcert.pem";
 pub const HOST_KEY: &str = "/etc/grid-security/hostkey.pem";
 
-/// A host certificate for `hostname` from the site CA, if one was set up (`vfarm ca init`).
-fn host_certificate(data_dir: &Path, hostname: &str) -> Result<Option<vfarm_auth::ca::Issued>> {
+/// The longest an instance certificate lives when the instance has no expiry.
+const INSTANCE_CERT_MAX_DAYS: u32 = 365;
+
+/// A host certificate for the instance from the site CA, if one was set up (`vfarm ca
+/// init`): `OU=instances`, server purpose only, valid for the instance's lease, revoked at
+/// destroy ([`revoke_host_certificate`]).
+fn host_certificate(data_dir: &Path, row: &InstanceRow) -> Result<Option<vfarm_auth::ca::Issued>> {
     let dir = vfarm_auth::ca::ca_dir(data_dir);
     if !dir.is_dir() {
         return Ok(None);
     }
     let ca = vfarm_auth::ca::SiteCa::open(&dir)?;
-    Ok(Some(ca.issue_host(hostname, 365, chrono::Utc::now())?))
+    let until = row
+        .expires
+        .as_deref()
+        .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    Ok(Some(ca.issue_instance_for(
+        &row.id,
+        &row.hostname,
+        until,
+        INSTANCE_CERT_MAX_DAYS,
+        chrono::Utc::now(),
+    )?))
+}
+
+/// Revoke the instance's host certificate, if it has one (the CRL is republished).
+fn revoke_host_certificate(data_dir: &Path, id: &str) -> Result<()> {
+    let dir = vfarm_auth::ca::ca_dir(data_dir);
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    vfarm_auth::ca::SiteCa::open(&dir)?.revoke_instance(id, chrono::Utc::now())?;
+    Ok(())
 }
 
 /// Put the host certificate and key into a prepared OCI instance (key mode 0600).
@@ -1413,6 +1442,44 @@ fn default_memory(driver_kind: &str) -> u64 {
     } else {
         1 << 30
     }
+}
+
+/// An instance's host name must never be a service's: not an address, not `localhost`, not
+/// a node's name nor one of the control's own names (its certificate would then name a
+/// service a client trusts).
+fn check_instance_hostname(store: &Store, admission: &Admission, h: &str) -> Result<()> {
+    let h = h.trim_end_matches('.').to_ascii_lowercase();
+    let refuse = |reason: String| -> Result<()> {
+        Err(DriverError::InvalidSpec {
+            field: "hostname",
+            reason: format!("`{h}` {reason}"),
+        }
+        .into())
+    };
+    let numeric = h
+        .split('.')
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
+    if numeric || h.parse::<std::net::IpAddr>().is_ok() {
+        return refuse("is an address; instance host names are names".into());
+    }
+    if h == "localhost" || h.ends_with(".localhost") || h.starts_with("localhost.") {
+        return refuse("is reserved for the local host".into());
+    }
+    if admission
+        .reserved
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(&h))
+    {
+        return refuse("is a name of this service".into());
+    }
+    if store
+        .hosts()?
+        .iter()
+        .any(|n| n.name.eq_ignore_ascii_case(&h))
+    {
+        return refuse("is the name of a node of this service".into());
+    }
+    Ok(())
 }
 
 /// Validate, take the quota share and the pool hostname, and record the instance
@@ -1464,6 +1531,9 @@ pub(crate) fn record_instance(
         memory_mib: settings.memory.map(|m| m.div_ceil(1 << 20)).unwrap_or(0),
         disk_mib: disk.map(|d| d.div_ceil(1 << 20)).unwrap_or(0),
     };
+    if let Some(h) = settings.hostname.as_ref().or(settings.name.as_ref()) {
+        check_instance_hostname(store, admission, h)?;
+    }
     if held {
         vfarm_auth::quota::reserve(store, &admission.quotas, &id, &n.owner, resources)?;
     }
@@ -1561,13 +1631,14 @@ pub(crate) fn prepare_recorded(
         .with_context(|| format!("instance {id} has an unreadable spec"))?;
     let fail = |e: anyhow::Error| {
         let _ = driver.cleanup(id);
+        let _ = revoke_host_certificate(data_dir, id);
         let _ = store.delete_instance(&actor(), id);
         e.context(format!("cannot prepare instance {id}"))
     };
     let wants_cert =
         !spec.volatile && (driver.kind() == "oci" || spec.vm.profile == BootProfile::Full);
     let cert = if wants_cert {
-        host_certificate(data_dir, &row.hostname).map_err(fail)?
+        host_certificate(data_dir, row).map_err(fail)?
     } else {
         None
     };
@@ -1782,6 +1853,7 @@ pub(crate) fn remove_snapshot(
 
 /// Remove an instance from the host and the store.
 pub(crate) fn destroy_instance(
+    data_dir: &Path,
     store: &Store,
     driver: &dyn Driver,
     row: &InstanceRow,
@@ -1791,6 +1863,9 @@ pub(crate) fn destroy_instance(
     driver
         .cleanup(&row.id)
         .with_context(|| format!("cannot destroy instance {}", row.id))?;
+    // The certificate goes with the instance: whoever copied its key out holds nothing.
+    revoke_host_certificate(data_dir, &row.id)
+        .with_context(|| format!("cannot revoke the host certificate of {}", row.id))?;
     store.delete_instance(&actor(), &row.id)?;
     Ok(())
 }
@@ -1893,7 +1968,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Destroy { instance } => {
             let row = find(&store, &mut drivers, &instance)?;
-            destroy_instance(&store, drivers.for_row(&store, &row)?, &row)?;
+            destroy_instance(&ctx.data_dir, &store, drivers.for_row(&store, &row)?, &row)?;
             if ctx.json() {
                 ctx.print_json(&serde_json::json!({"id": row.id, "state": "destroyed"}))?;
             } else {
@@ -2187,7 +2262,7 @@ pub fn reap_expired(ctx: &Ctx) -> Result<Vec<String>> {
         }
         let row = refresh(&store, &mut drivers, row.clone()).unwrap_or(row);
         let driver = drivers.for_row(&store, &row)?;
-        match destroy_instance(&store, driver, &row) {
+        match destroy_instance(&ctx.data_dir, &store, driver, &row) {
             Ok(()) => {
                 // The audit log says who took it away, and why.
                 let detail = serde_json::json!({

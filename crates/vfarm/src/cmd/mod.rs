@@ -16,6 +16,51 @@ pub mod token;
 
 use crate::ctx::Ctx;
 
+/// A secret (token) from `file` (`-`: one line from standard input, the prompt) or else the
+/// environment variable `var`; a value given on the command line (`argv`) is refused, since
+/// every local user sees it in `ps`.
+pub fn secret(
+    flag: &str,
+    argv: Option<&str>,
+    file: Option<&std::path::Path>,
+    var: &str,
+) -> anyhow::Result<Option<String>> {
+    use anyhow::{bail, Context};
+    if argv.is_some() {
+        return Err(vfarm_auth::AuthError::Invalid {
+            field: "token",
+            value: "(not shown)".into(),
+            reason: format!(
+                "--{flag}: a secret on the command line is visible to every user in `ps`; put \
+                 it in ${var}, or in a file for --{flag}-file FILE (`-` reads it from standard \
+                 input)"
+            ),
+        }
+        .into());
+    }
+    let value = match file {
+        Some(p) if p.as_os_str() == "-" => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("{flag}: ");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .with_context(|| format!("--{flag}-file -: cannot read standard input"))?;
+            Some(line)
+        }
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--{flag}-file {}: cannot read", p.display()))?,
+        ),
+        None => std::env::var(var).ok(),
+    };
+    match value.map(|v| v.trim().to_string()) {
+        Some(v) if v.is_empty() => bail!("--{flag}-file / ${var}: the {flag} is empty"),
+        v => Ok(v),
+    }
+}
+
 /// Exit codes: 1 generic failure, 2 bad input (clap uses 2 as well), 3 not found,
 /// 4 host not ready (a component is missing), 5 a build or tool failed.
 pub fn exit_code(err: &anyhow::Error) -> u8 {

@@ -29,9 +29,13 @@ pub struct NodeArgs {
     /// Where this node's API listens: an address and port the control can reach.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
-    /// The one-time join token `vfarm host add` printed (first start only).
-    #[arg(long, env = "VFARM_JOIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// A file holding the one-time join token `vfarm host add` printed (first start only;
+    /// `-` reads it from standard input). Without it, $VFARM_JOIN_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Refused with the reason: a token on the command line shows in `ps`.
+    #[arg(long = "token", hide = true)]
+    pub token_argv: Option<String>,
     /// The site CA certificate, to check the control's at join (first start only; it is kept
     /// in <data>/node/ca.pem).
     #[arg(long, value_name = "FILE")]
@@ -49,6 +53,10 @@ struct Joined {
     control_subject: String,
     subject: String,
     serial: String,
+    /// SHA-256 of the control's certificate: the only admin (empty for nodes joined before
+    /// pinning; they trust the control's subject alone).
+    #[serde(default)]
+    control_fingerprint: String,
 }
 
 struct Files {
@@ -128,6 +136,8 @@ pub fn run(ctx: &Ctx, a: NodeArgs) -> Result<i32> {
             config: None,
             socket: None,
             socket_group: None,
+            admin_pins: (!joined.control_fingerprint.is_empty())
+                .then(|| vec![joined.control_fingerprint.clone()]),
         },
         Some(NodeHooks { puller }),
     )
@@ -135,9 +145,16 @@ pub fn run(ctx: &Ctx, a: NodeArgs) -> Result<i32> {
 
 /// First start: trade the token for a certificate, and keep what the node needs.
 fn join(a: &NodeArgs, control: &str, files: &Files) -> Result<Joined> {
-    let (Some(token), Some(ca)) = (&a.token, &a.ca) else {
+    let token = crate::cmd::secret(
+        "token",
+        a.token_argv.as_deref(),
+        a.token_file.as_deref(),
+        "VFARM_JOIN_TOKEN",
+    )?;
+    let (Some(token), Some(ca)) = (&token, &a.ca) else {
         bail!(
-            "this data dir has not joined a control yet: give --token (from `vfarm host add {}` \
+            "this data dir has not joined a control yet: give the token in $VFARM_JOIN_TOKEN or \
+             --token-file (from `vfarm host add {}` \
              on the control) and --ca (the site CA certificate)",
             a.name
         );
@@ -154,6 +171,7 @@ fn join(a: &NodeArgs, control: &str, files: &Files) -> Result<Joined> {
             name: a.name.clone(),
             token: token.clone(),
             address: a.listen.ip().to_string(),
+            port: Some(a.listen.port()),
         })
         .send()
         .with_context(|| format!("cannot reach the control at {control}"))?;
@@ -173,16 +191,42 @@ fn join(a: &NodeArgs, control: &str, files: &Files) -> Result<Joined> {
     std::fs::write(files.ca(), &j.ca_pem)?;
     let hashed = vfarm_auth::dn::hashed_name_of_pem(j.ca_pem.as_bytes())?;
     std::fs::write(files.trust().join(hashed), &j.ca_pem)?;
+    write_trust_files(&files.trust(), &j.trust_files)?;
     let joined = Joined {
         name: j.name,
         control: control.to_string(),
         control_subject: j.control_subject,
         subject: j.subject,
         serial: j.serial,
+        control_fingerprint: j.control_fingerprint,
     };
     // Written last: a join cut short leaves no state that claims it worked.
     std::fs::write(files.state(), serde_json::to_vec_pretty(&joined)?)?;
     Ok(joined)
+}
+
+/// Take over the control's CRL and namespace files (IGTF names only), each replaced
+/// atomically and only when changed, so the TLS layer reloads when there is news.
+fn write_trust_files(dir: &Path, files: &[vfarm_api::hosts::TrustFile]) -> Result<bool> {
+    let mut changed = false;
+    for f in files {
+        let (stem, ext) = f.name.split_once('.').unwrap_or((&f.name, ""));
+        let igtf = stem.len() == 8
+            && stem.bytes().all(|b| b.is_ascii_hexdigit())
+            && ["r0", "namespaces", "signing_policy"].contains(&ext);
+        if !igtf {
+            bail!("the control sent a trust file named `{}`", f.name);
+        }
+        let path = dir.join(&f.name);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(f.content.as_str()) {
+            continue;
+        }
+        let tmp = dir.join(format!(".{}.tmp", f.name));
+        std::fs::write(&tmp, &f.content)?;
+        std::fs::rename(&tmp, &path)?;
+        changed = true;
+    }
+    Ok(changed)
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {
@@ -237,6 +281,7 @@ fn heartbeats(
             std::thread::sleep(CHECKS_EVERY);
         });
     }
+    let trust = ctx.data_dir.join("node").join("certificates");
     loop {
         let sent = capacity(ctx).and_then(|mut hb| {
             hb.url = url.to_string();
@@ -253,6 +298,11 @@ fn heartbeats(
                     "{status}: {}",
                     v["error"]["message"].as_str().unwrap_or("refused")
                 );
+            }
+            // The control's current CRL: a certificate it revoked stops working here too.
+            let answer: vfarm_api::hosts::HeartbeatResponse = resp.json()?;
+            if write_trust_files(&trust, &answer.trust_files)? {
+                eprintln!("vfarm: heartbeat: took over the control's CRL / namespace files");
             }
             Ok(())
         });

@@ -19,15 +19,14 @@ pub struct RemoteArgs {
     /// Act on a remote `vfarm serve` (its base URL) instead of this host's data dir.
     #[arg(long, global = true, env = "VFARM_SERVER", value_name = "URL")]
     pub server: Option<String>,
-    /// Bearer token for --server (from `vfarm token create` on the service).
-    #[arg(
-        long,
-        global = true,
-        env = "VFARM_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
+    /// A file holding the bearer token for --server (from `vfarm token create` on the
+    /// service); `-` reads it from standard input. Without it, $VFARM_TOKEN. Never on the
+    /// command line, where `ps` shows it to everyone.
+    #[arg(long, global = true, env = "VFARM_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Refused with the reason (kept so the old spelling gets a clear error).
+    #[arg(long = "token", global = true, hide = true, value_name = "TOKEN")]
+    pub token_argv: Option<String>,
     /// Client certificate (PEM) for --server over HTTPS; the grid identity.
     #[arg(
         long,
@@ -68,6 +67,32 @@ impl RemoteError {
     }
 }
 
+/// A bearer token goes over `http://` only to this host: anyone on the path would read it.
+fn refuse_plain_token(base: &str) -> Result<()> {
+    let Some(rest) = base.strip_prefix("http://") else {
+        return Ok(());
+    };
+    let host = reqwest::Url::parse(base)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+        .unwrap_or_default();
+    let loopback = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    if !loopback {
+        return Err(vfarm_auth::AuthError::Invalid {
+            field: "server",
+            value: format!("http://{rest}"),
+            reason: "refusing to send the token over plain HTTP to a host other than this \
+                     one; use https://"
+                .into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 struct Client {
     http: reqwest::blocking::Client,
     base: String,
@@ -100,10 +125,19 @@ impl Client {
                 std::fs::read(ca).with_context(|| format!("cannot read --ca {}", ca.display()))?;
             b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).context("--ca")?);
         }
+        let token = crate::cmd::secret(
+            "token",
+            a.token_argv.as_deref(),
+            a.token_file.as_deref(),
+            "VFARM_TOKEN",
+        )?;
+        if token.is_some() {
+            refuse_plain_token(&base)?;
+        }
         Ok(Client {
             http: b.build()?,
             base,
-            token: a.token.clone(),
+            token,
         })
     }
 

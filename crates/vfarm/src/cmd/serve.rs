@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// service's own user may (0600).
     #[arg(long, value_name = "GROUP", requires = "socket")]
     pub(crate) socket_group: Option<String>,
+    /// Nodes: the certificate fingerprints an admin must present (the control's, from join).
+    #[arg(skip)]
+    pub(crate) admin_pins: Option<Vec<String>>,
 }
 
 /// The group id of `--socket-group` (a name through NSS, as `getent` finds it, or a number).
@@ -112,6 +115,9 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca_dir: args.client_ca_dir.clone(),
+                crl_missing: config.crl_missing,
+                require_namespaces: config.require_namespaces,
+                on_refusal: Some(audit_refusals(ctx)),
             },
         )?)),
         _ => None,
@@ -145,7 +151,15 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     let mut state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
     let admins = config.admins.iter().chain(&args.admins).cloned();
     state.auth = vfarm_api::AuthPolicy::new(admins);
-    let admission = crate::cmd::instance::Admission::from_config(&config);
+    state.client_ca_dir = args.client_ca_dir.clone();
+    state.auth.admin_pins = args
+        .admin_pins
+        .clone()
+        .map(|p| std::sync::Arc::new(p.into_iter().collect()));
+    let mut admission = crate::cmd::instance::Admission::from_config(&config);
+    if let Some(cert) = &args.tls_cert {
+        admission.reserved = names_of_pem_file(cert)?;
+    }
     let busy = crate::service::Busy::default();
     let mut service = crate::service::Service::new(ctx, admission, busy.clone());
     let is_node = node.is_some();
@@ -176,6 +190,9 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
             ));
             crate::cluster::spawn_monitor(ctx, cluster.clone());
             state.server_subject = Some(subject_of_pem_file(cert)?);
+            state.server_fingerprint = Some(vfarm_auth::dn::fingerprint_of_pem(
+                &std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+            )?);
             state.instances = Some(cluster);
         }
         _ => state.instances = Some(service),
@@ -286,4 +303,45 @@ fn limit_malloc_arenas() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+}
+
+/// The DNS names and CN of the service's certificate: names no instance may take.
+fn names_of_pem_file(path: &std::path::Path) -> Result<Vec<String>> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    vfarm_auth::dn::names_of_pem(&pem).with_context(|| format!("{}", path.display()))
+}
+
+/// Refused client certificates go to the audit log (actor = the certificate's subject), on
+/// a thread of their own: the handshake does not wait for the database.
+fn audit_refusals(ctx: &Ctx) -> vfarm_api::RefusalSink {
+    let data = ctx.data_dir.clone();
+    let (output, verbose) = (ctx.output, ctx.verbose);
+    let (tx, rx) = std::sync::mpsc::channel::<(String, String, String)>();
+    std::thread::spawn(move || {
+        let ctx = Ctx::new(data, output, verbose);
+        for (subject, code, reason) in rx {
+            let done = ctx.store().and_then(|s| {
+                s.audit(
+                    &subject,
+                    "client-cert",
+                    "TLS handshake",
+                    &subject,
+                    &format!("denied:{code}"),
+                    &serde_json::json!({ "reason": reason }),
+                )
+                .map_err(Into::into)
+            });
+            if let Err(e) = done {
+                tracing::error!("cannot audit a refused client certificate: {e:#}");
+            }
+        }
+    });
+    let tx = std::sync::Mutex::new(tx);
+    vfarm_api::RefusalSink(std::sync::Arc::new(move |s: &str, c: &str, r: &str| {
+        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((
+            s.to_string(),
+            c.to_string(),
+            r.to_string(),
+        ));
+    }))
 }
