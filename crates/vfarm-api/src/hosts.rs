@@ -620,8 +620,8 @@ mod tests {
         let crl = || std::fs::read_to_string(ca_dir.join("revoked.json")).unwrap_or_default();
         let crl_before = crl();
 
-        let wrong = r#"{"name":"node1","token":"wrong","address":"127.0.0.1"}"#;
-        let unknown = r#"{"name":"node9","token":"wrong","address":"127.0.0.1"}"#;
+        let wrong = r#"{"name":"node1","token":"wrong","address":"127.0.0.1","port":8751}"#;
+        let unknown = r#"{"name":"node9","token":"wrong","address":"127.0.0.1","port":8751}"#;
         let (s1, v1) = join_from(&st, "192.0.2.1", wrong).await;
         let (s2, v2) = join_from(&st, "192.0.2.1", unknown).await;
         assert_eq!(s1, StatusCode::UNAUTHORIZED, "{v1}");
@@ -656,7 +656,7 @@ mod tests {
         let (s, v) = join_from(
             &st,
             "192.0.2.2",
-            r#"{"name":"node1","token":"right","address":"127.0.0.1"}"#,
+            r#"{"name":"node1","token":"right","address":"127.0.0.1","port":8751}"#,
         )
         .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
