@@ -13,6 +13,10 @@ use openssl::x509::{X509Ref, X509};
 pub enum SmimeError {
     #[error("not an S/MIME message")]
     NotSmime(#[source] openssl::error::ErrorStack),
+    #[error(
+        "not an S/MIME message: line {line}, a MIME header line, holds a byte that is not ASCII"
+    )]
+    HeaderNotAscii { line: usize },
     #[error("the S/MIME message has no detached content part (not multipart/signed)")]
     NotDetached,
     #[error("the PKCS#7 structure is not signed data")]
@@ -36,6 +40,7 @@ pub struct SignedMessage {
 
 impl SignedMessage {
     pub fn parse(raw: &[u8]) -> Result<SignedMessage, SmimeError> {
+        check_header_bytes(raw)?;
         let (pkcs7, content) = Pkcs7::from_smime(raw).map_err(SmimeError::NotSmime)?;
         let content = content.ok_or(SmimeError::NotDetached)?;
         if pkcs7.signed().is_none() {
@@ -84,6 +89,42 @@ impl SignedMessage {
             )
             .map_err(SmimeError::BadSignature)
     }
+}
+
+/// OpenSSL's MIME reader copies header values (a wrong Content-Type) into its error queue,
+/// and the openssl crate panics on error text that is not UTF-8 (`ErrorStack::get` unwraps
+/// it), so a list with such a header would panic instead of being refused. MIME headers are
+/// ASCII (RFC 2045), so anything else in a line OpenSSL may read as a header is refused here,
+/// before OpenSSL sees it. The lines are cut as OpenSSL's `BIO_gets` cuts them (at most 1023
+/// bytes), so a long line cannot hide a boundary or split a character.
+fn check_header_bytes(raw: &[u8]) -> Result<(), SmimeError> {
+    // Same as OpenSSL's MAX_SMLEN - 1.
+    const MAX_LINE: usize = 1023;
+    // The message starts with its headers; every part boundary (`--…`) starts new ones.
+    let mut in_header = true;
+    let mut line = 1;
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let len = rest
+            .iter()
+            .take(MAX_LINE)
+            .position(|&b| b == b'\n')
+            .map_or(rest.len().min(MAX_LINE), |i| i + 1);
+        let (piece, tail) = rest.split_at(len);
+        if piece.starts_with(b"--") {
+            in_header = true;
+        } else if matches!(piece.first(), Some(b'\r' | b'\n')) {
+            in_header = false;
+        }
+        if in_header && !piece.is_ascii() {
+            return Err(SmimeError::HeaderNotAscii { line });
+        }
+        if piece.ends_with(b"\n") {
+            line += 1;
+        }
+        rest = tail;
+    }
+    Ok(())
 }
 
 /// The `micalg` parameter of the message header (`sha1`, `sha-256`, …), if any.
@@ -198,5 +239,40 @@ impl Credentials {
     /// Sign `content` with these credentials.
     pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>, SmimeError> {
         sign(content, &self.cert, &self.key, &self.chain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Found by the `imagelist` fuzz target: a Content-Type that is not UTF-8 ends up in
+    // OpenSSL's error text, which the openssl crate unwraps as UTF-8 and panics.
+    #[test]
+    fn a_header_that_is_not_ascii_is_refused_not_a_panic() {
+        let raw =
+            b"MIME-Version: 1.0\nContent-Type: multipart/si\xff\xffgned; boundary=\"b\"\n\nx\n";
+        let e = SignedMessage::parse(raw).err().expect("refused");
+        assert!(matches!(e, SmimeError::HeaderNotAscii { line: 2 }), "{e:?}");
+        // The signature part's own headers are read by OpenSSL too.
+        let raw = b"Content-Type: multipart/signed; protocol=\"application/x-pkcs7-signature\"; boundary=\"b\"\n\n--b\n\n{}\n--b\nContent-Type: application/\xe9\n\nAAAA\n--b--\n";
+        let e = SignedMessage::parse(raw).err().expect("refused");
+        assert!(matches!(e, SmimeError::HeaderNotAscii { line: 7 }), "{e:?}");
+    }
+
+    #[test]
+    fn a_content_part_that_is_not_ascii_is_left_to_openssl() {
+        // UTF-8 in the signed content is legitimate (list titles); only headers are ASCII.
+        let raw = "Content-Type: multipart/signed; boundary=\"b\"\n\n--b\n\n{\"t\": \"caf\u{e9}\"}\n--b\n";
+        assert!(check_header_bytes(raw.as_bytes()).is_ok());
+        // A line longer than OpenSSL reads at once is cut where OpenSSL cuts it: the piece
+        // after the cut starting with `--` is a boundary to OpenSSL, so headers follow.
+        let mut long = b"Content-Type: text/plain\n\n".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 1023));
+        long.extend(b"--b\nContent-Type: \xc3\xa9\n");
+        assert!(matches!(
+            check_header_bytes(&long),
+            Err(SmimeError::HeaderNotAscii { line: 4 })
+        ));
     }
 }

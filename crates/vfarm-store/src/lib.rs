@@ -677,9 +677,9 @@ mod tests {
             {
                 let s = db.open();
                 let back = match s.backend {
-                    Backend::Sqlite => "ALTER TABLE images DROP COLUMN owner; PRAGMA user_version = 7",
+                    Backend::Sqlite => "ALTER TABLE images DROP COLUMN owner; PRAGMA user_version = 8",
                     Backend::Postgres => {
-                        "ALTER TABLE images DROP COLUMN owner; UPDATE vfarm_schema_version SET version = 7"
+                        "ALTER TABLE images DROP COLUMN owner; UPDATE vfarm_schema_version SET version = 8"
                     }
                 };
                 s.conn().execute_batch(back).unwrap();
