@@ -94,8 +94,17 @@ pub struct ImageList {
 }
 
 pub fn parse_date(s: &str) -> Option<DateTime<Utc>> {
-    // chrono's %Y also takes signs and short years; the format is fixed-width.
-    if s.len() != 20 {
+    // chrono's %Y also takes signs and short years (`-027`, which is then written as `-0027`);
+    // the format is fixed-width digits.
+    let shape = s.len() == 20
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    if !shape {
         return None;
     }
     NaiveDateTime::parse_from_str(s, DATE_FORMAT)
@@ -444,6 +453,21 @@ fn sorted(v: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Found by the `imagelist` fuzz target: a signed short year was accepted and written back
+    // as `-0027-…`, which the same parser then refused.
+    #[test]
+    fn dates_are_exactly_yyyy_mm_ddthh_mm_ssz() {
+        assert!(parse_date("2027-01-01T00:00:00Z").is_some());
+        for bad in [
+            "-027-01-01T00:00:00Z",
+            "+027-01-01T00:00:00Z",
+            "2027- 1-01T00:00:00Z",
+            "2027-01-01 00:00:00Z",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+    }
 
     fn minimal() -> Value {
         serde_json::json!({"hv:imagelist": {

@@ -22,6 +22,9 @@ pub enum JsdlError {
         line: usize,
         prefix: String,
     },
+    /// An element or attribute name that is not an XML name (quick-xml does not check).
+    #[error("line {line}: `{name}` is not an XML element or attribute name")]
+    BadName { name: String, line: usize },
     /// The document has no root element at all.
     #[error("line {line}: no root element")]
     NoRoot { line: usize },

@@ -68,6 +68,27 @@ fn resolved(r: &ResolveResult<'_>) -> Result<Option<String>, String> {
     }
 }
 
+/// An XML `Name` (with the colon of a prefix), approximated: ASCII letters, digits and
+/// `_ - . :`, not starting with a digit, `-` or `.`; non-ASCII letters are let through.
+/// quick-xml takes whatever stands between `<` and a space, so `<m<` would be an element
+/// that the writer could not write back.
+fn check_name(name: &str, line: usize) -> Result<(), JsdlError> {
+    let ok_char = |c: char| !c.is_ascii() || c.is_ascii_alphanumeric() || "_-.:".contains(c);
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| !c.is_ascii_digit() && c != '-' && c != '.')
+        && name.chars().all(ok_char);
+    if ok {
+        Ok(())
+    } else {
+        Err(JsdlError::BadName {
+            name: name.to_string(),
+            line,
+        })
+    }
+}
+
 fn start_node(
     reader: &NsReader<&[u8]>,
     ns: Result<Option<String>, String>,
@@ -76,6 +97,7 @@ fn start_node(
 ) -> Result<Node, JsdlError> {
     let raw_name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
     let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+    check_name(&raw_name, line)?;
     let namespace = ns.map_err(|prefix| JsdlError::UnboundPrefix {
         element: raw_name.clone(),
         line,
@@ -90,6 +112,7 @@ fn start_node(
         if attr.key.as_namespace_binding().is_some() {
             continue;
         }
+        check_name(&String::from_utf8_lossy(attr.key.as_ref()), line)?;
         let (ans, alocal) = reader.resolve_attribute(attr.key);
         let ans = resolved(&ans).map_err(|prefix| JsdlError::UnboundPrefix {
             element: raw_name.clone(),
@@ -207,4 +230,28 @@ pub(crate) fn parse_tree(xml: &str) -> Result<Node, JsdlError> {
     root.ok_or(JsdlError::NoRoot {
         line: lines.line(xml.len() as u64),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Found by the `jsdl` fuzz target: `<m<\r/>` and `<\r/>` were elements, and the writer
+    // wrote them back as `<m</>` and `</>`, which do not parse.
+    #[test]
+    fn element_names_that_are_not_xml_names_are_refused() {
+        for (xml, bad) in [("<a>x<m<\r/></a>", "m<"), ("<a>\n<\r/></a>", "")] {
+            match parse_tree(xml) {
+                Err(JsdlError::BadName { name, .. }) => assert_eq!(name, bad),
+                other => panic!("{xml:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse_tree("<a><b 1x=\"v\"/></a>"),
+            Err(JsdlError::BadName { line: 1, .. })
+        ));
+        let ok =
+            parse_tree("<p:a xmlns:p=\"urn:x\" p:x-1=\"1\"><\u{e9}t\u{e9}/><_b.c/></p:a>").unwrap();
+        assert_eq!(ok.children.len(), 2);
+    }
 }
