@@ -83,7 +83,9 @@ fn a_qemu_instance_goes_to_the_kvm_node_and_says_why() {
         let added = control.json(&["host", "add", name]);
         let resp = client(&ca, None, None)
             .post(format!("{url}/api/v1/hosts/join"))
-            .json(&json!({"name": name, "token": added["token"], "address": "127.0.0.1", "port": 9}))
+            .json(
+                &json!({"name": name, "token": added["token"], "address": "127.0.0.1", "port": 9}),
+            )
             .send()
             .unwrap();
         assert_eq!(resp.status().as_u16(), 201, "join {name}");
