@@ -14,9 +14,11 @@ pub fn write(job: &JobDefinition) -> String {
         prefixes: assign_prefixes(&uris),
         depth: 0,
     };
+    // The `xml` prefix is bound by XML itself and must never be declared.
     let mut attrs: Vec<(String, String)> = w
         .prefixes
         .iter()
+        .filter(|(uri, _)| uri != XML_NS)
         .map(|(uri, p)| (format!("xmlns:{p}"), uri.clone()))
         .collect();
     if let Some(id) = &job.id {
@@ -29,8 +31,11 @@ pub fn write(job: &JobDefinition) -> String {
     w.out
 }
 
+/// The namespace of `xml:lang`, `xml:space`…, always written with the reserved prefix `xml`.
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+
 fn assign_prefixes(uris: &[String]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
+    let mut out: Vec<(String, String)> = vec![(XML_NS.to_owned(), "xml".to_owned())];
     let mut n = 0;
     for uri in uris {
         if out.iter().any(|(u, _)| u == uri) {
@@ -641,4 +646,30 @@ fn instance_definition(w: &mut Writer, idef: &InstanceDefinition) {
     w.close(X, "InstanceDescription");
     w.anys(&idef.extensions);
     w.close(X, "InstanceDefinition");
+}
+
+#[cfg(test)]
+mod xml_prefix_tests {
+    /// Found by the `jsdl` fuzz target: an attribute in the XML namespace (`xml:…`) was
+    /// written with a declared prefix `ns1`, which XML forbids, so the output did not parse.
+    #[test]
+    fn attributes_in_the_xml_namespace_keep_the_xml_prefix() {
+        let doc = r#"<?xml version="1.0"?>
+<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl" xml:lang="en">
+  <jsdl:JobDescription/>
+</jsdl:JobDefinition>"#;
+        let job = crate::parse(doc).expect("parses");
+        let out = super::write(&job.value);
+        assert!(
+            !out.contains("xmlns:xml") && !out.contains("XML/1998/namespace"),
+            "{out}"
+        );
+        crate::parse(&out)
+            .unwrap_or_else(|e| panic!("written document does not parse: {e}\n{out}"));
+        let crash = include_str!("../../../fuzz/findings/jsdl-xml-namespace-prefix.crash");
+        if let Ok(job) = crate::parse(crash) {
+            let out = super::write(&job.value);
+            crate::parse(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        }
+    }
 }
