@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import subprocess
 import threading
 from pathlib import Path
@@ -80,6 +81,16 @@ def minbase_tar() -> Path:
     os.replace(t, out)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def work_dir(name: str) -> Path:
+    """A fresh directory under target/tmp: the instances' unprivileged root (a user
+    namespace's host id) must be able to traverse every parent of the data dir, which pytest's
+    own 0700 temporary directories do not allow."""
+    target_tmp().mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=f"py-{name}-", dir=target_tmp()))
+    d.chmod(0o755)  # mkdtemp makes it 0700
+    return d
 
 
 def vfarm(data: Path, *args: str, check: bool = True, timeout: float = 300) -> str:
@@ -196,7 +207,7 @@ class Plain:
 
 @pytest.fixture(scope="session")
 def plain(tmp_path_factory: pytest.TempPathFactory):
-    data = tmp_path_factory.mktemp("plain") / "data"
+    data = work_dir("plain") / "data"
     _prepare(data)
     # dora has a quota of one instance and one CPU (the 409 path); the others are unlimited.
     (data / "serve.toml").write_text('[quotas.owners."dora"]\ninstances = 1\ncpus = 1.0\n')
@@ -232,7 +243,7 @@ class Tls:
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory: pytest.TempPathFactory):
     require("runc")
-    root = tmp_path_factory.mktemp("tls")
+    root = work_dir("tls")
     data = root / "data"
     _prepare(data)
     vfarm(data, "ca", "init", "--subject", CA_DN)

@@ -631,3 +631,28 @@ fn user_namespace_with_a_range_is_unprivileged_on_the_host() {
     assert_eq!(via_mount, "65534", "the overlay mount must be nosuid");
     d.stop(&i.id, StopMode::Kill).unwrap();
 }
+
+/// A data dir the instance's unprivileged root cannot reach (below a 0700 directory) is
+/// refused up front, naming the directory and the fix, instead of failing inside the runtime.
+#[test]
+fn a_data_dir_below_a_private_directory_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let private = cache_dir().join(format!("private-{}", std::process::id()));
+    let data = private.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let d = vfarm_driver::oci::OciDriver::new(&data, vfarm_driver::oci::RuntimeChoice::Auto)
+        .expect("an OCI runtime must work on this host");
+    let mut s = spec(&unique_id("private"), &["true"]);
+    s.user_namespace = true;
+    s.id_base = vfarm_driver::idmap::base_for(&data, "tenant-p").unwrap();
+    let err = d.prepare(&s).unwrap_err().to_string();
+    let _ = std::fs::remove_dir_all(&private);
+    assert!(
+        err.contains(&private.display().to_string())
+            && err.contains("700")
+            && err.contains("privileged"),
+        "{err}"
+    );
+    assert!(!data.join("instances").join(&s.id).exists());
+}

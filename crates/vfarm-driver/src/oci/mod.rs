@@ -176,6 +176,35 @@ impl OciDriver {
         Ok(())
     }
 
+    /// The runtime reaches the instance's root from inside its user namespace, as host id
+    /// `base`: every directory above `instances/` must let others through (x). A data dir
+    /// below a 0700 directory (`/root`, pytest's temporary dirs) would fail in the runtime
+    /// with EACCES; say so before anything is made.
+    fn check_traversable(&self, id: &str, base: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::path::absolute(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        for a in dir.ancestors() {
+            let Ok(m) = std::fs::metadata(a) else {
+                continue;
+            };
+            if m.permissions().mode() & 0o001 == 0 {
+                return Err(DriverError::HostNotReady {
+                    driver: "oci",
+                    reason: format!(
+                        "instance {id}: its root runs as the unprivileged host id {base}, which \
+                         cannot pass through {} (mode {:o}) to reach the data dir {}; put the \
+                         data dir below world-traversable directories (e.g. /var/lib/vfarm), or \
+                         run the instance privileged (admins only)",
+                        a.display(),
+                        m.permissions().mode() & 0o777,
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Give the instance's own directory and its writable layer to the instance's root
     /// (host id `base`): the runtime reaches the rootfs from inside the user namespace, and
     /// nobody else on the host gets into the directory (0700).
@@ -694,6 +723,9 @@ impl Driver for OciDriver {
                     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
                 })
                 .map_err(|e| io_err("prepare", id, p.display(), e))?;
+        }
+        if spec.user_namespace && spec.id_base != 0 {
+            self.check_traversable(id, spec.id_base)?;
         }
         let plain = self.rootfs_dir(&spec.image.id);
         hostfs::unpack_rootfs(&tar.path, &plain, &spec.image.id)?;
