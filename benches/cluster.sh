@@ -31,6 +31,7 @@ if [ ! -f "$TAR" ]; then
   mmdebstrap --variant=minbase bookworm "$TAR" >/dev/null 2>&1
 fi
 WORK=$(mktemp -d /var/tmp/vfarm-cluster-bench.XXXXXX)
+chmod 755 "$WORK" # instances run as an unprivileged host id that must pass through it
 TAG=$(printf '%x' $(($$ & 0xfffff)))
 BR=vfb$TAG
 NET=10.199.$(($$ % 250))

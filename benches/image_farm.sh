@@ -13,6 +13,7 @@ REPEAT=${1:-2}
 BIN=${VFARM_BIN:-target/release/vfarm}
 [ -x "$BIN" ] || cargo build --release --locked -p vfarm >/dev/null 2>&1
 WORK=$(mktemp -d /var/tmp/vfarm-bench.XXXXXX)
+chmod 755 "$WORK" # instances run as an unprivileged host id that must pass through it
 trap 'rm -rf "$WORK"' EXIT
 export CI=true
 

@@ -18,6 +18,7 @@ SAMPLES=${2:-50}
 BIN=${VFARM_BIN:-target/release/vfarm}
 [ -x "$BIN" ] || cargo build --release --locked -p vfarm >/dev/null 2>&1
 WORK=$(mktemp -d /var/tmp/vfarm-jobs-bench.XXXXXX)
+chmod 755 "$WORK" # instances run as an unprivileged host id that must pass through it
 SERVE_PID=
 cleanup() {
   [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true

@@ -37,6 +37,7 @@ if [ -z "${VFARM_BENCH_EXAMPLES:-}" ]; then
 fi
 EX=${VFARM_BENCH_EXAMPLES:-$REL/examples}
 WORK=$(mktemp -d /var/tmp/vfarm-qemu-bench.XXXXXX)
+chmod 755 "$WORK" # instances run as an unprivileged host id that must pass through it
 N1=$WORK/node1
 N2=$WORK/node2
 mkdir -p "$N1" "$N2"

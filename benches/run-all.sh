@@ -41,6 +41,7 @@ export VFARM_BIN=$BIN VFARM_BENCH_NO_BUILD=1
 unset VFARM_OUTPUT
 
 WORK=$(mktemp -d /var/tmp/vfarm-run-all.XXXXXX)
+chmod 755 "$WORK" # instances run as an unprivileged host id that must pass through it
 trap 'rm -rf "$WORK"' EXIT
 
 machine() {

@@ -29,6 +29,7 @@ if [ ! -f "$TAR" ]; then
   mmdebstrap --variant=minbase bookworm "$TAR" >/dev/null 2>&1
 fi
 WORK=$(mktemp -d /var/tmp/vfarm-service-bench.XXXXXX)
+chmod 755 "$WORK" # instances run as an unprivileged host id that must pass through it
 SERVE_PID=
 cleanup() {
   [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true

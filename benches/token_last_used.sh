@@ -20,6 +20,7 @@ flag=(); [ "$PROFILE" = release ] && flag=(--release)
 cargo build "${flag[@]}" --locked -q -p vfarm-api --example whoami_server
 BIN=target/$PROFILE/examples/whoami_server
 WORK=$(mktemp -d /var/tmp/vfarm-token-bench.XXXXXX)
+chmod 755 "$WORK" # instances run as an unprivileged host id that must pass through it
 PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT

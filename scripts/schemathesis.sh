@@ -48,6 +48,8 @@ if [ ! -f "$tar" ]; then
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vfarm-schemathesis.XXXXXX")
+# Instances run as an unprivileged host id that must pass through the data dir's parents.
+chmod 755 "$work"
 export VFARM_DATA_DIR=$work/data CI=true
 server=
 cleanup() {

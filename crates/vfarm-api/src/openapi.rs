@@ -82,6 +82,28 @@ impl Modify for Security {
                 crate::live::SESSION_COOKIE,
             ))),
         );
+        // Every state-changing request goes through the per-user (joins: per-address) rate
+        // limit, so each may answer 429.
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("429".to_string())
+                    .or_insert_with(|| {
+                        utoipa::openapi::RefOr::T(utoipa::openapi::Response::new(
+                            "rate_limited: too many requests; the message says when to retry",
+                        ))
+                    });
+            }
+        }
     }
 }
 
