@@ -33,6 +33,8 @@ pub fn write(job: &JobDefinition) -> String {
 
 /// The namespace of `xml:lang`, `xml:space`…, always written with the reserved prefix `xml`.
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace of `xmlns:…` declarations themselves: never an attribute to copy.
+const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
 
 fn assign_prefixes(uris: &[String]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = vec![(XML_NS.to_owned(), "xml".to_owned())];
@@ -67,7 +69,7 @@ fn collect_any(e: &AnyElement, uris: &mut Vec<String>) {
         push_uri(uris, u);
     }
     for a in &e.attributes {
-        if let Some(u) = &a.name.namespace {
+        if let Some(u) = a.name.namespace.as_deref().filter(|u| *u != XMLNS_NS) {
             push_uri(uris, u);
         }
     }
@@ -255,9 +257,11 @@ impl Writer {
 
     fn any(&mut self, e: &AnyElement) {
         let name = self.name(e.name.namespace.as_deref(), &e.name.local);
+        // Namespace declarations are the writer's own (all on the root), never copied.
         let attrs: Vec<(String, String)> = e
             .attributes
             .iter()
+            .filter(|a| a.name.namespace.as_deref() != Some(XMLNS_NS))
             .map(|a| {
                 (
                     self.name(a.name.namespace.as_deref(), &a.name.local),
@@ -666,10 +670,14 @@ mod xml_prefix_tests {
         );
         crate::parse(&out)
             .unwrap_or_else(|e| panic!("written document does not parse: {e}\n{out}"));
-        let crash = include_str!("../../../fuzz/findings/jsdl-xml-namespace-prefix.crash");
-        if let Ok(job) = crate::parse(crash) {
-            let out = super::write(&job.value);
-            crate::parse(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        for crash in [
+            include_str!("../../../fuzz/findings/jsdl-xml-namespace-prefix.crash"),
+            include_str!("../../../fuzz/findings/jsdl-xmlns-attribute.crash"),
+        ] {
+            if let Ok(job) = crate::parse(crash) {
+                let out = super::write(&job.value);
+                crate::parse(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+            }
         }
     }
 }

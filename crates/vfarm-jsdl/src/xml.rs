@@ -103,22 +103,33 @@ fn start_node(
         line,
         prefix,
     })?;
+    // Namespaces in XML: no element is in the namespace of declarations (`<xmlns:a>`).
+    if namespace.as_deref() == Some("http://www.w3.org/2000/xmlns/") {
+        return Err(JsdlError::BadName {
+            name: raw_name,
+            line,
+        });
+    }
     let mut attrs = Vec::new();
     for attr in e.attributes() {
         let attr = attr.map_err(|err| JsdlError::Xml {
             line,
             source: err.into(),
         })?;
+        // Declarations too: `xmlns:a`b` would bind a prefix no writer can declare again.
+        check_name(&String::from_utf8_lossy(attr.key.as_ref()), line)?;
         if attr.key.as_namespace_binding().is_some() {
             continue;
         }
-        check_name(&String::from_utf8_lossy(attr.key.as_ref()), line)?;
         let (ans, alocal) = reader.resolve_attribute(attr.key);
         let ans = resolved(&ans).map_err(|prefix| JsdlError::UnboundPrefix {
             element: raw_name.clone(),
             line,
             prefix,
         })?;
+        if ans.as_deref() == Some("http://www.w3.org/2000/xmlns/") {
+            continue; // a declaration in another spelling, not an attribute
+        }
         let value = attr
             .unescape_value()
             .map_err(|source| JsdlError::Xml { line, source })?;
