@@ -104,11 +104,8 @@ pub fn ca(parts: &[(&str, &str)], from: DateTime<Utc>, until: DateTime<Utc>) -> 
     b.set_not_before(&t(from)).unwrap();
     b.set_not_after(&t(until)).unwrap();
     ca_extensions(&mut b, None);
-    b.sign(&key, MessageDigest::sha256()).unwrap();
-    Cred {
-        cert: b.build(),
-        key,
-    }
+    let by = key.clone();
+    signed(b, &by, key)
 }
 
 /// A new key and a certificate builder for `parts` under `issuer`, serial and dates set.
@@ -130,6 +127,15 @@ fn started(
     b.set_not_before(&t(from)).unwrap();
     b.set_not_after(&t(until)).unwrap();
     (key, b)
+}
+
+/// The certificate `b` describes, signed with `by` (SHA-256), with its own `key`.
+fn signed(mut b: X509Builder, by: &PKey<Private>, key: PKey<Private>) -> Cred {
+    b.sign(by, MessageDigest::sha256()).unwrap();
+    Cred {
+        cert: b.build(),
+        key,
+    }
 }
 
 /// An end-entity certificate issued by `issuer`.
@@ -154,11 +160,7 @@ pub fn issue(
         .build(&b.x509v3_context(Some(&issuer.cert), None))
         .unwrap();
     b.append_extension(akid).unwrap();
-    b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
-    Cred {
-        cert: b.build(),
-        key,
-    }
+    signed(b, &issuer.key, key)
 }
 
 /// A CA certificate for `parts` signed by `issuer` (an intermediate).
@@ -170,11 +172,7 @@ pub fn intermediate(
 ) -> Cred {
     let (key, mut b) = started(issuer, parts, from, until);
     ca_extensions(&mut b, Some(&issuer.cert));
-    b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
-    Cred {
-        cert: b.build(),
-        key,
-    }
+    signed(b, &issuer.key, key)
 }
 
 /// An end-entity certificate like [`issue`] with an extended key usage (`serverAuth,clientAuth`).
@@ -196,11 +194,7 @@ pub fn issue_eku(
         };
     }
     b.append_extension(e.build().unwrap()).unwrap();
-    b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
-    Cred {
-        cert: b.build(),
-        key,
-    }
+    signed(b, &issuer.key, key)
 }
 
 /// A CRL of `ca` revoking `revoked`, current from `from` to `until`.
