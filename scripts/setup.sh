@@ -65,7 +65,7 @@ done
 
 # The Python client and its test tools in .venv (gitignored), versions pinned. Reinstalled
 # only when the pins or the client's sources change (stamp in .venv), so re-runs are quiet.
-PY_PINS=(pytest==9.2.0 schemathesis==4.32.5 setuptools==75.8.0)
+PY_PINS=(pytest==9.2.0 schemathesis==4.32.5 setuptools==75.8.0 openapi-spec-validator==0.9.0)
 py_stamp=$( { printf '%s\n' "${PY_PINS[@]}"
   find clients/python -path clients/python/tests -prune -o -type f \
     \( -name '*.py' -o -name '*.toml' -o -name '*.md' -o -name py.typed \) -print | sort | xargs sha256sum

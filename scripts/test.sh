@@ -21,6 +21,8 @@ step() {
 }
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+# The checked-in OpenAPI document (a unit test keeps it equal to what the service serves).
+step "openapi-spec-validator" .venv/bin/openapi-spec-validator docs/openapi.json
 # The state store's tests run on SQLite and on the PostgreSQL that setup.sh started.
 export VFARM_TEST_POSTGRES="${VFARM_TEST_POSTGRES:-postgres://vfarm:vfarm@127.0.0.1/vfarm_test}"
 step "cargo test" cargo test --workspace --locked --no-fail-fast -- --test-threads="${VFARM_TEST_THREADS:-4}"

@@ -7,12 +7,13 @@
 //! `/api/v1/*` request needs an identity; other paths (`/healthz`, published image lists and
 //! repository files for subscribers, the OS-Farm order) take one when given.
 
+use crate::ErrorCode;
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderValue, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -53,12 +54,11 @@ impl AuthPolicy {
     }
 }
 
-fn unauthorized(code: &'static str, message: String) -> Response {
+fn unauthorized(code: ErrorCode, message: String) -> Response {
     let mut resp = ApiError {
-        status: StatusCode::UNAUTHORIZED,
         code,
         message,
-        field: Some("authorization"),
+        field: Some("authorization".into()),
     }
     .into_response();
     resp.headers_mut().insert(
@@ -71,26 +71,16 @@ fn unauthorized(code: &'static str, message: String) -> Response {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
         let code = e.code();
-        let status = match code {
-            "invalid_token" | "token_revoked" | "token_expired" => StatusCode::UNAUTHORIZED,
-            "token_not_found" | "not_found" => StatusCode::NOT_FOUND,
-            "pool_exhausted" | "hostname_taken" | "quota_exceeded" | "conflict" => {
-                StatusCode::CONFLICT
-            }
-            _ if e.is_client_error() => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let message = if status.is_server_error() {
+        let message = if !code.is_client_error() {
             tracing::error!(error = %e, "request failed");
             "internal error; see the service log".to_string()
         } else {
             e.to_string()
         };
         ApiError {
-            status,
             code,
             message,
-            field: e.field(),
+            field: e.field().map(Into::into),
         }
     }
 }
@@ -122,7 +112,7 @@ pub async fn resolve_identity(
                 }
                 _ => {
                     return unauthorized(
-                        "invalid_token",
+                        ErrorCode::InvalidToken,
                         "the Authorization header must be `Bearer <token>`".into(),
                     )
                 }
@@ -145,7 +135,7 @@ pub async fn resolve_identity(
             // A stale session cookie is no identity (the login page must still load), not
             // an error; a bad Authorization header is what the caller asked for: 401.
             Ok(Err(_)) if cookie => peer_identity(&s, &req),
-            Ok(Err(e)) if e.code().starts_with("token_") || e.code() == "invalid_token" => {
+            Ok(Err(e)) if e.code().http_status() == 401 => {
                 return unauthorized(e.code(), e.to_string())
             }
             Ok(Err(e)) => return ApiError::from(e).into_response(),
@@ -163,7 +153,7 @@ pub async fn resolve_identity(
             && !OPEN_PATHS.contains(&req.uri().path()) =>
         {
             return unauthorized(
-                "unauthenticated",
+                ErrorCode::Unauthenticated,
                 "this endpoint needs a client certificate or `Authorization: Bearer <token>` \
                  (create one with `vfarm token create`)"
                     .into(),
@@ -179,7 +169,7 @@ pub async fn resolve_identity(
                 .is_some_and(|a| !a.ip().is_loopback()) =>
         {
             return unauthorized(
-                "unauthenticated",
+                ErrorCode::Unauthenticated,
                 "OS-Farm orders from other hosts need a client certificate or a token".into(),
             );
         }
@@ -203,10 +193,9 @@ pub async fn resolve_identity(
     if writes && (by_cookie || by_cert) {
         if let Err(why) = same_origin(req.headers(), by_cookie) {
             return ApiError {
-                status: StatusCode::FORBIDDEN,
-                code: "cross_origin",
+                code: ErrorCode::CrossOrigin,
                 message: why,
-                field: Some("origin"),
+                field: Some("origin".into()),
             }
             .into_response();
         }
@@ -348,7 +337,10 @@ fn peer_identity(s: &AppState, req: &Request<Body>) -> Option<Identity> {
 pub async fn whoami(id: Option<Extension<Identity>>) -> Response {
     match id {
         Some(Extension(id)) => Json(id).into_response(),
-        None => unauthorized("unauthenticated", "no identity was presented".into()),
+        None => unauthorized(
+            ErrorCode::Unauthenticated,
+            "no identity was presented".into(),
+        ),
     }
 }
 
@@ -356,6 +348,7 @@ pub async fn whoami(id: Option<Extension<Identity>>) -> Response {
 mod tests {
     use super::*;
     use axum::body::to_bytes;
+    use axum::http::StatusCode;
     use tower::ServiceExt;
 
     fn state(admins: &[&str]) -> (tempfile::TempDir, AppState) {

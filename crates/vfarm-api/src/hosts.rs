@@ -6,6 +6,7 @@
 //! CA directory or are on its CRL, and the heartbeat is taken only from the subject recorded
 //! at join. Join itself is the one open call: the token is the credential.
 
+use crate::ErrorCode;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -142,16 +143,14 @@ fn hex(b: &[u8]) -> String {
 fn store_err(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound { kind, id } => ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "host_not_found",
+            code: ErrorCode::HostNotFound,
             message: format!("{kind} `{id}` not found"),
-            field: Some("name"),
+            field: Some("name".into()),
         },
         StoreError::Conflict { kind, id } => ApiError {
-            status: StatusCode::CONFLICT,
-            code: "conflict",
+            code: ErrorCode::Conflict,
             message: format!("{kind} `{id}` already exists or is in use"),
-            field: Some("name"),
+            field: Some("name".into()),
         },
         e => ApiError::internal(e.to_string()),
     }
@@ -161,8 +160,7 @@ fn admin(who: &Option<Extension<Identity>>) -> Result<Identity, ApiError> {
     let who = crate::instances::identity(who.clone())?;
     if !who.admin {
         return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: "forbidden",
+            code: ErrorCode::Forbidden,
             message: "the host inventory is for admins".into(),
             field: None,
         });
@@ -197,8 +195,7 @@ pub(crate) async fn join(
     let store = s.store.clone();
     let control_fingerprint = s.server_fingerprint.clone().unwrap_or_default();
     let control_subject = s.server_subject.clone().ok_or_else(|| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "no_site_ca",
+        code: ErrorCode::NoSiteCa,
         message: "this service takes no nodes (it needs --tls-cert and a site CA: vfarm ca init)"
             .into(),
         field: None,
@@ -206,8 +203,7 @@ pub(crate) async fn join(
     let out = blocking(move || {
         let now = chrono::Utc::now();
         let ca = SiteCa::open(&vfarm_auth::ca::ca_dir(&data)).map_err(|e| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "no_site_ca",
+            code: ErrorCode::NoSiteCa,
             message: format!("this control has no site CA to issue node certificates: {e}"),
             field: None,
         })?;
@@ -264,12 +260,11 @@ pub(crate) async fn join(
 
 fn bad_token() -> ApiError {
     ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        code: "invalid_join_token",
+        code: ErrorCode::InvalidJoinToken,
         message: "no pending host with that name and token (used, expired or never issued: \
                   `vfarm host add NAME` prints a new one)"
             .into(),
-        field: Some("token"),
+        field: Some("token".into()),
     }
 }
 
@@ -285,8 +280,7 @@ pub(crate) async fn heartbeat(
     let who = crate::instances::identity(who)?;
     if who.method != AuthMethod::ClientCert {
         return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: "node_certificate_required",
+            code: ErrorCode::NodeCertificateRequired,
             message: "heartbeats come from nodes, with the certificate issued at join".into(),
             field: None,
         });
@@ -311,8 +305,7 @@ pub(crate) async fn heartbeat(
         }
     }
     let name = common_name(&who.user).ok_or_else(|| ApiError {
-        status: StatusCode::FORBIDDEN,
-        code: "unknown_node",
+        code: ErrorCode::UnknownNode,
         message: format!("`{}` has no CN", who.user),
         field: None,
     })?;
@@ -320,8 +313,7 @@ pub(crate) async fn heartbeat(
     let data = s.data_dir.clone();
     let out = blocking(move || {
         let unknown = || ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: "unknown_node",
+            code: ErrorCode::UnknownNode,
             message: format!("no joined host `{name}` with the subject `{}`", who.user),
             field: None,
         };
@@ -329,8 +321,7 @@ pub(crate) async fn heartbeat(
         // Pinned to the certificate issued at join, not just its subject.
         if host.cert_serial.is_none() || host.cert_serial != serial {
             return Err(ApiError {
-                status: StatusCode::FORBIDDEN,
-                code: "unknown_node",
+                code: ErrorCode::UnknownNode,
                 message: format!(
                     "`{name}` joined with certificate serial {}, this one is {}",
                     host.cert_serial.as_deref().unwrap_or("none"),
@@ -467,7 +458,7 @@ pub(crate) async fn add(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
+#[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts", operation_id = "list_hosts",
     responses((status = 200, description = "The host inventory", body = [Object]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn list(
     State(s): State<AppState>,
@@ -478,7 +469,7 @@ pub(crate) async fn list(
     Ok(Json(hosts).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path, description = "Host name")),
+#[utoipa::path(get, path = "/api/v1/hosts/{name}", tag = "hosts", operation_id = "show_host", params(("name" = String, Path, description = "Host name")),
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn show(
     State(s): State<AppState>,

@@ -4,6 +4,7 @@
 //! Ownership is the backend's to enforce (it is where an instance is found); the handlers
 //! only make sure every call carries an identity.
 
+use crate::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -343,8 +344,7 @@ impl ExecSlots {
         let mut r = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mine = r.1.get(user).copied().unwrap_or(0);
         let busy = |what: String| ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "rate_limited",
+            code: ErrorCode::RateLimited,
             message: format!("{what}; retry when one has ended"),
             field: None,
         };
@@ -490,17 +490,15 @@ pub(crate) type Who = Option<Extension<Identity>>;
 /// The caller's identity; the middleware already refused requests without one over TCP.
 pub(crate) fn identity(who: Who) -> Result<Identity, ApiError> {
     who.map(|Extension(i)| i).ok_or_else(|| ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        code: "unauthenticated",
+        code: ErrorCode::Unauthenticated,
         message: "no identity was presented".into(),
-        field: Some("authorization"),
+        field: Some("authorization".into()),
     })
 }
 
 fn backend(s: &AppState) -> Result<Arc<dyn InstanceBackend>, ApiError> {
     s.instances.clone().ok_or_else(|| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "host_not_ready",
+        code: ErrorCode::HostNotReady,
         message: "this service does not manage instances".into(),
         field: None,
     })
@@ -537,7 +535,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Resu
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("body", e.to_string()))
 }
 
-#[utoipa::path(get, path = "/api/v1/instances", tag = "instances",
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances", operation_id = "list_instances",
     responses((status = 200, description = "The caller's instances (all, for admins)", body = [InstanceView]),
               (status = 401, body = ErrorBody)))]
 pub(crate) async fn list(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
@@ -635,7 +633,7 @@ pub(crate) async fn create(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/instances/{ref}", tag = "instances",
+#[utoipa::path(get, path = "/api/v1/instances/{ref}", tag = "instances", operation_id = "show_instance",
     params(("ref" = String, Path, description = "Instance id, unique id prefix or name")),
     responses((status = 200, body = InstanceView), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody)))]

@@ -292,43 +292,47 @@ pub async fn serve_tls(
     .await
 }
 
-/// An API error: HTTP status + stable code + message (+ the field, for bad input).
+/// An API error: a stable code (which fixes the HTTP status) + message (+ the field, for
+/// bad input).
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
-    pub field: Option<&'static str>,
+    pub field: Option<std::borrow::Cow<'static, str>>,
 }
 
-/// The error document every failing request answers with.
-#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
+pub use vfarm_proto::{ErrorBody, ErrorCode, ErrorDetail};
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
-#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable, machine-readable: quota_exceeded, pool_exhausted, instance_not_found …
-    pub code: String,
-    pub message: String,
-    /// The input field at fault, when there is one.
-    pub field: Option<String>,
-}
+impl std::error::Error for ApiError {}
 
 impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+    /// The HTTP status, derived from the code alone.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
     pub fn bad_request(field: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_request",
+            code: ErrorCode::InvalidRequest,
             message: message.into(),
-            field: Some(field),
+            field: Some(field.into()),
         }
     }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
+            code: ErrorCode::Internal,
             message: message.into(),
             field: None,
         }
@@ -339,39 +343,30 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // A 500's detail (a panic's text, paths, SQL) goes to the log under an id; the
         // client gets the id to quote.
-        let message = if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+        let status = self.status();
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             let id = uuid::Uuid::new_v4().simple().to_string();
-            tracing::error!(error_id = %id, code = self.code, "internal error: {}", self.message);
+            tracing::error!(error_id = %id, code = %self.code, "internal error: {}", self.message);
             format!("internal error {id}; the detail is in the service log under that id")
         } else {
             self.message
         };
-        let body = serde_json::json!({ "error": { "code": self.code, "message": message, "field": self.field } });
-        (self.status, Json(body)).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message,
+                field: self.field.map(std::borrow::Cow::into_owned),
+            },
+        };
+        (status, Json(body)).into_response()
     }
 }
 
 impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> ApiError {
         let code = e.code();
-        let status = match code {
-            "image_not_found" | "artifact_not_found" => StatusCode::NOT_FOUND,
-            "conflict" | "image_in_use" => StatusCode::CONFLICT,
-            "forbidden" => StatusCode::FORBIDDEN,
-            "host_not_ready" => StatusCode::SERVICE_UNAVAILABLE,
-            _ if e.is_client_error() => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let field = match &e {
-            ImageError::Spec(s) => Some(s.field()),
-            ImageError::UnknownPackages { .. } => Some("package"),
-            ImageError::SizeTooSmall { .. } => Some("size"),
-            ImageError::ForeignArch { .. } => Some("arch"),
-            ImageError::SuiteUnavailable { .. } => Some("suite"),
-            _ => None,
-        };
         // Server-side failures are logged in full; the client gets the message without paths.
-        let message = if status.is_server_error() {
+        let message = if !code.is_client_error() {
             tracing::error!(error = %e, "request failed");
             match &e {
                 ImageError::ToolFailed { tool, .. } => format!("{tool} failed; see the build log"),
@@ -384,10 +379,9 @@ impl From<ImageError> for ApiError {
             e.to_string()
         };
         ApiError {
-            status,
             code,
             message,
-            field,
+            field: e.field().map(Into::into),
         }
     }
 }
@@ -396,14 +390,12 @@ impl From<vfarm_store::StoreError> for ApiError {
     fn from(e: vfarm_store::StoreError) -> ApiError {
         match e {
             vfarm_store::StoreError::NotFound { kind, id } => ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: "not_found",
+                code: ErrorCode::NotFound,
                 message: format!("{kind} `{id}` not found"),
                 field: None,
             },
             vfarm_store::StoreError::Conflict { kind, id } => ApiError {
-                status: StatusCode::CONFLICT,
-                code: "conflict",
+                code: ErrorCode::Conflict,
                 message: format!("{kind} `{id}` already exists"),
                 field: None,
             },
@@ -454,6 +446,7 @@ pub(crate) async fn delete_image(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let owner = image_owner_for(&who);
+    let actor = actor_of(&who);
     let img = blocking(move || {
         if let Some(user) = &owner {
             let img = s.repo.resolve(&id)?;
@@ -462,7 +455,7 @@ pub(crate) async fn delete_image(
                 return Err(ImageError::NotOwner { id: img.id }.into());
             }
         }
-        Ok(s.repo.remove(&id, owner.as_deref().unwrap_or("api"))?)
+        Ok(s.repo.remove(&id, &actor)?)
     })
     .await?;
     Ok(Json(serde_json::json!({ "removed": img.id })).into_response())
@@ -477,8 +470,7 @@ pub(crate) async fn build_log(
     let text = blocking(move || {
         let b = s.repo.build_log(&id)?;
         std::fs::read_to_string(&b.log).map_err(|_| ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "log_not_found",
+            code: ErrorCode::LogNotFound,
             message: format!("the log of build {} is gone", b.id),
             field: None,
         })
@@ -523,14 +515,13 @@ async fn serve_artifact(
     let _permit = if img.artifact(format).is_none() {
         if !identified {
             return Err(ApiError {
-                status: StatusCode::UNAUTHORIZED,
-                code: "unauthenticated",
+                code: ErrorCode::Unauthenticated,
                 message: format!(
                     "image {} has no {} yet; converting it needs a client certificate or a token",
                     img.id,
                     format.file_name()
                 ),
-                field: Some("authorization"),
+                field: Some("authorization".into()),
             });
         }
         Some(
@@ -538,8 +529,7 @@ async fn serve_artifact(
                 .clone()
                 .try_acquire_owned()
                 .map_err(|_| ApiError {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    code: "rate_limited",
+                    code: ErrorCode::RateLimited,
                     message: "the service is converting as many images as it may; retry later"
                         .into(),
                     field: None,
@@ -597,10 +587,9 @@ async fn repository_file(
                 img.initrd
             };
             p.ok_or_else(|| ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: "artifact_not_found",
+                code: ErrorCode::ArtifactNotFound,
                 message: format!("image {} has no {file} (it is not bootable)", img.id),
-                field: Some("file"),
+                field: Some("file".into()),
             })
         })
         .await?;
@@ -615,8 +604,7 @@ async fn repository_file(
         .copied()
         .find(|f| f.file_name() == file)
         .ok_or_else(|| ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "artifact_not_found",
+            code: ErrorCode::ArtifactNotFound,
             message: format!(
                 "no artifact file `{file}` (known: {})",
                 Format::ALL
@@ -625,7 +613,7 @@ async fn repository_file(
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            field: Some("file"),
+            field: Some("file".into()),
         })?;
     // Image-list subscribers fetch what the list names without an identity.
     serve_artifact(s, id, format, req, false).await
@@ -634,6 +622,14 @@ async fn repository_file(
 /// Whose an image a caller builds is, and whether the caller may remove only its own:
 /// `None` for admins and the local socket's caller (public images, removable by them),
 /// else the user.
+/// Who the event log names for a change made through the API: the caller.
+fn actor_of(who: &instances::Who) -> String {
+    match who {
+        Some(axum::Extension(id)) => id.user.clone(),
+        None => "anonymous".into(),
+    }
+}
+
 fn image_owner_for(who: &instances::Who) -> Option<String> {
     match who {
         Some(axum::Extension(id)) if !id.admin && id.method != vfarm_auth::AuthMethod::UnixPeer => {
@@ -667,10 +663,9 @@ pub(crate) async fn create_image(
     let st = s.clone();
     let op = op_id.clone();
     let owner = image_owner_for(&who);
+    let actor = actor_of(&who);
     tokio::task::spawn_blocking(move || {
-        let result = st
-            .repo
-            .build(&req, owner.as_deref().unwrap_or("api"), &mut |_| {});
+        let result = st.repo.build(&req, &actor, &mut |_| {});
         // A new image is its builder's; one that existed (a cache hit) keeps its owner.
         if let (Ok(outcome), Some(user)) = (&result, &owner) {
             if !outcome.cached {
@@ -723,8 +718,7 @@ pub(crate) async fn get_operation(
         })
         .await?
         .ok_or_else(|| ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "operation_not_found",
+            code: ErrorCode::OperationNotFound,
             message: format!("operation `{id}` not found"),
             field: None,
         })?;
@@ -1028,10 +1022,10 @@ mod tests {
         assert!(dl);
         assert!(spec.name.is_none());
         let e = osfarm_spec("class=bookworm&colour=red").unwrap_err();
-        assert_eq!(e.field, Some("query"));
+        assert_eq!(e.field.as_deref(), Some("query"));
         assert!(e.message.contains("colour"));
         let e = osfarm_spec("filetype=.iso").unwrap_err();
-        assert_eq!(e.field, Some("filetype"));
+        assert_eq!(e.field.as_deref(), Some("filetype"));
     }
 
     async fn call(st: &AppState, req: Request<Body>) -> (StatusCode, serde_json::Value) {

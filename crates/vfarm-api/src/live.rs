@@ -1,6 +1,7 @@
 //! What is not a resource: live events (SSE), the web UI's session cookie, the audit log,
 //! Prometheus metrics and the web UI's files.
 
+use crate::ErrorCode;
 use std::convert::Infallible;
 use std::path::PathBuf;
 
@@ -87,10 +88,11 @@ pub(crate) async fn login(
     let row = blocking(move || {
         vfarm_auth::token::verify(&store, &t, chrono::Utc::now()).map_err(|e| {
             let mut e = ApiError::from(e);
-            if e.status == StatusCode::NOT_FOUND || e.status == StatusCode::BAD_REQUEST {
-                e.status = StatusCode::UNAUTHORIZED;
+            // An unknown or malformed token at login is a refused login, not a lookup.
+            if matches!(e.status().as_u16(), 400 | 404) {
+                e.code = ErrorCode::InvalidToken;
             }
-            e.field = Some("token");
+            e.field = Some("token".into());
             e
         })
     })
@@ -315,8 +317,7 @@ fn content_type(name: &str) -> &'static str {
 fn ui_file(name: &str) -> Response {
     let not_found = || {
         ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
+            code: ErrorCode::NotFound,
             message: format!("no UI file `{name}`"),
             field: None,
         }

@@ -8,6 +8,7 @@
 //! The bodies are the driver's serde types, passed through as JSON: this crate stays
 //! independent of the drivers (the binary implements [`MigrationBackend`]).
 
+use crate::ErrorCode;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -69,15 +70,13 @@ fn backend(
     let who = crate::instances::identity(who)?;
     if !who.admin {
         return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: "forbidden",
+            code: ErrorCode::Forbidden,
             message: "node migrations are for the control service".into(),
             field: None,
         });
     }
     s.migration.clone().ok_or_else(|| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "host_not_ready",
+        code: ErrorCode::HostNotReady,
         message: "this service is not a node (vfarm node)".into(),
         field: None,
     })

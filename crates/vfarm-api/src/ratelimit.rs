@@ -1,11 +1,12 @@
 //! Per-key token buckets: the unauthenticated join endpoint is limited per client address,
 //! write requests per user, so one caller cannot take the service (or the CA) for itself.
 
+use crate::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::{ApiError, StatusCode};
+use crate::ApiError;
 
 /// A bucket per key holding up to `burst` requests, refilled at `per_sec`.
 pub struct RateLimiter {
@@ -55,8 +56,7 @@ impl RateLimiter {
     /// [`take`](Self::take) as an API answer: 429 `rate_limited`, saying when to retry.
     pub fn check(&self, key: &str, what: &str) -> Result<(), ApiError> {
         self.take(key).map_err(|wait| ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "rate_limited",
+            code: ErrorCode::RateLimited,
             message: format!(
                 "too many {what} requests; retry in {} s",
                 wait.as_secs().max(1)

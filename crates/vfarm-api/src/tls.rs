@@ -223,9 +223,9 @@ impl rustls::server::danger::ClientCertVerifier for GridVerifier {
                 Ok(verified)
             }
             Err(e) => {
-                tracing::warn!(%subject, code = e.code(), "client certificate refused: {e}");
+                tracing::warn!(%subject, code = e.code().as_str(), "client certificate refused: {e}");
                 if let Some(sink) = &self.on_refusal {
-                    (sink.0)(&subject, e.code(), &e.to_string());
+                    (sink.0)(&subject, e.code().as_str(), &e.to_string());
                 }
                 // The TLS alert says the kind (curl prints "certificate revoked"); the
                 // reason is in the log.

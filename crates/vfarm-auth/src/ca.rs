@@ -636,7 +636,10 @@ mod tests {
             0o600
         );
         assert_eq!(
-            SiteCa::init(&dir, CA_DN, 3650, now()).unwrap_err().code(),
+            SiteCa::init(&dir, CA_DN, 3650, now())
+                .unwrap_err()
+                .code()
+                .as_str(),
             "ca_exists"
         );
         let info = SiteCa::open(&dir).unwrap().info().unwrap();

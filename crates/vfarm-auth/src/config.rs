@@ -360,7 +360,7 @@ instances = 5
             ("[quotas.default]\ngpus = 1", "gpus"),
         ] {
             let e = parse(t).unwrap_err();
-            assert_eq!(e.code(), "invalid_config");
+            assert_eq!(e.code().as_str(), "invalid_config");
             assert!(e.to_string().contains(want), "{t}: {e}");
         }
     }

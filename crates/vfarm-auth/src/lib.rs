@@ -79,26 +79,30 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            AuthError::InvalidToken => "invalid_token",
-            AuthError::TokenRevoked { .. } => "token_revoked",
-            AuthError::TokenExpired { .. } => "token_expired",
-            AuthError::TokenNotFound { .. } => "token_not_found",
-            AuthError::Invalid { .. } => "invalid_argument",
-            AuthError::PoolExhausted { .. } => "pool_exhausted",
-            AuthError::HostnameTaken { .. } => "hostname_taken",
-            AuthError::HostnameNotInPool { .. } => "hostname_not_in_pool",
-            AuthError::QuotaExceeded { .. } => "quota_exceeded",
-            AuthError::CaExists { .. } => "ca_exists",
-            AuthError::CaMissing { .. } => "ca_not_initialised",
-            AuthError::Rcgen(_) | AuthError::Openssl(_) => "certificate_error",
-            AuthError::Io { .. } => "io_error",
-            AuthError::Config { .. } => "invalid_config",
-            AuthError::Trust(_) => "invalid_ca_dir",
-            AuthError::Store(vfarm_store::StoreError::NotFound { .. }) => "not_found",
-            AuthError::Store(vfarm_store::StoreError::Conflict { .. }) => "conflict",
-            AuthError::Store(_) => "store_error",
+            AuthError::InvalidToken => vfarm_proto::ErrorCode::InvalidToken,
+            AuthError::TokenRevoked { .. } => vfarm_proto::ErrorCode::TokenRevoked,
+            AuthError::TokenExpired { .. } => vfarm_proto::ErrorCode::TokenExpired,
+            AuthError::TokenNotFound { .. } => vfarm_proto::ErrorCode::TokenNotFound,
+            AuthError::Invalid { .. } => vfarm_proto::ErrorCode::InvalidArgument,
+            AuthError::PoolExhausted { .. } => vfarm_proto::ErrorCode::PoolExhausted,
+            AuthError::HostnameTaken { .. } => vfarm_proto::ErrorCode::HostnameTaken,
+            AuthError::HostnameNotInPool { .. } => vfarm_proto::ErrorCode::HostnameNotInPool,
+            AuthError::QuotaExceeded { .. } => vfarm_proto::ErrorCode::QuotaExceeded,
+            AuthError::CaExists { .. } => vfarm_proto::ErrorCode::CaExists,
+            AuthError::CaMissing { .. } => vfarm_proto::ErrorCode::CaNotInitialised,
+            AuthError::Rcgen(_) | AuthError::Openssl(_) => vfarm_proto::ErrorCode::CertificateError,
+            AuthError::Io { .. } => vfarm_proto::ErrorCode::IoError,
+            AuthError::Config { .. } => vfarm_proto::ErrorCode::InvalidConfig,
+            AuthError::Trust(_) => vfarm_proto::ErrorCode::InvalidCaDir,
+            AuthError::Store(vfarm_store::StoreError::NotFound { .. }) => {
+                vfarm_proto::ErrorCode::NotFound
+            }
+            AuthError::Store(vfarm_store::StoreError::Conflict { .. }) => {
+                vfarm_proto::ErrorCode::Conflict
+            }
+            AuthError::Store(_) => vfarm_proto::ErrorCode::StoreError,
         }
     }
 
@@ -119,14 +123,7 @@ impl AuthError {
 
     /// Whether the caller (not the server) is at fault.
     pub fn is_client_error(&self) -> bool {
-        !matches!(
-            self,
-            AuthError::Rcgen(_)
-                | AuthError::Openssl(_)
-                | AuthError::Io { .. }
-                | AuthError::Store(_)
-                | AuthError::Trust(_)
-        )
+        self.code().is_client_error()
     }
 
     pub(crate) fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> Self {

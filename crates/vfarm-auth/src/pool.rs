@@ -98,11 +98,14 @@ mod tests {
             let e = p
                 .allocate(&s, "i2", "bob", Some("node001.example.org"))
                 .unwrap_err();
-            assert_eq!((e.code(), e.field()), ("hostname_taken", Some("hostname")));
+            assert_eq!(
+                (e.code().as_str(), e.field()),
+                ("hostname_taken", Some("hostname"))
+            );
             let e = p
                 .allocate(&s, "i2", "bob", Some("elsewhere.org"))
                 .unwrap_err();
-            assert_eq!(e.code(), "hostname_not_in_pool");
+            assert_eq!(e.code().as_str(), "hostname_not_in_pool");
             assert_eq!(
                 p.allocate(&s, "i2", "bob", None).unwrap().name,
                 "node000.example.org"
@@ -112,7 +115,10 @@ mod tests {
                 "node002.example.org"
             );
             assert_eq!(
-                p.allocate(&s, "i4", "bob", None).unwrap_err().code(),
+                p.allocate(&s, "i4", "bob", None)
+                    .unwrap_err()
+                    .code()
+                    .as_str(),
                 "pool_exhausted"
             );
             assert_eq!(
@@ -127,7 +133,8 @@ mod tests {
                 HostnamePool::new(&[])
                     .allocate(&s, "i9", "x", None)
                     .unwrap_err()
-                    .code(),
+                    .code()
+                    .as_str(),
                 "pool_exhausted"
             );
         }
@@ -168,7 +175,7 @@ mod tests {
             let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
             assert_eq!(errors.len(), 50);
             for e in errors {
-                assert_eq!(e.code(), "pool_exhausted", "{e}");
+                assert_eq!(e.code().as_str(), "pool_exhausted", "{e}");
                 assert!(e.to_string().contains("150"), "{e}");
             }
             let s = db.open();

@@ -97,7 +97,10 @@ mod tests {
         };
         assert!(check("a", &q, &used, &r(1000, 512)).is_ok());
         let e = check("a", &q, &used, &r(1500, 0)).unwrap_err();
-        assert_eq!((e.code(), e.field()), ("quota_exceeded", Some("cpus")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("quota_exceeded", Some("cpus"))
+        );
         assert!(e.to_string().contains("2.500 CPUs"), "{e}");
         assert_eq!(
             check("a", &q, &used, &r(0, 513)).unwrap_err().field(),
@@ -144,7 +147,7 @@ mod tests {
             let ok = results.iter().filter(|r| r.is_ok()).count();
             assert_eq!(ok, 10, "{}", db.backend());
             for e in results.iter().filter_map(|r| r.as_ref().err()) {
-                assert_eq!(e.code(), "quota_exceeded", "{e}");
+                assert_eq!(e.code().as_str(), "quota_exceeded", "{e}");
             }
             let s = db.open();
             assert_eq!(s.quota_usage("alice").unwrap().cpus_milli, 10_000);

@@ -197,11 +197,14 @@ mod tests {
         let mut r = report();
         r.results.retain(|x| x.driver == "native");
         assert_eq!(
-            write_svg(&r, &dir.path().join("x.svg")).unwrap_err().code(),
+            write_svg(&r, &dir.path().join("x.svg"))
+                .unwrap_err()
+                .code()
+                .as_str(),
             "nothing_to_chart"
         );
         let e = write_svg(&report(), Path::new("/nonexistent/dir/c.svg")).unwrap_err();
-        assert_eq!(e.code(), "chart_failed");
+        assert_eq!(e.code().as_str(), "chart_failed");
         assert!(e.to_string().contains("/nonexistent/dir/c.svg"), "{e}");
     }
 }

@@ -21,10 +21,10 @@ pub enum BenchError {
 }
 
 impl BenchError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            BenchError::Chart { .. } => "chart_failed",
-            BenchError::NothingToChart => "nothing_to_chart",
+            BenchError::Chart { .. } => vfarm_proto::ErrorCode::ChartFailed,
+            BenchError::NothingToChart => vfarm_proto::ErrorCode::NothingToChart,
         }
     }
 }

@@ -60,13 +60,13 @@ pub enum DriverError {
 
 impl DriverError {
     /// A stable machine-readable code for API bodies and CLI exit paths.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            DriverError::Unsupported { .. } => "unsupported",
-            DriverError::InvalidSpec { .. } => "invalid_spec",
-            DriverError::HostNotReady { .. } => "host_not_ready",
-            DriverError::NotFound { .. } => "not_found",
-            DriverError::Backend { .. } => "backend_failure",
+            DriverError::Unsupported { .. } => vfarm_proto::ErrorCode::Unsupported,
+            DriverError::InvalidSpec { .. } => vfarm_proto::ErrorCode::InvalidSpec,
+            DriverError::HostNotReady { .. } => vfarm_proto::ErrorCode::HostNotReady,
+            DriverError::NotFound { .. } => vfarm_proto::ErrorCode::NotFound,
+            DriverError::Backend { .. } => vfarm_proto::ErrorCode::BackendFailure,
         }
     }
 

@@ -203,7 +203,10 @@ fn lifecycle_exec_pause_snapshots_checkpoint_stop_cleanup() {
     d.prepare(&s).expect("prepare again");
     let mut other = s.clone();
     other.memory = Some(1 << 30);
-    assert_eq!(d.prepare(&other).unwrap_err().code(), "invalid_spec");
+    assert_eq!(
+        d.prepare(&other).unwrap_err().code().as_str(),
+        "invalid_spec"
+    );
     assert_eq!(d.list().unwrap().iter().filter(|x| **x == id).count(), 1);
     // The overlay is grown to the requested size.
     let img = Command::new("qemu-img")
@@ -294,7 +297,10 @@ fn lifecycle_exec_pause_snapshots_checkpoint_stop_cleanup() {
         info.size >> 20
     );
     assert!(info.size > 0, "a running VM's snapshot holds its memory");
-    assert_eq!(snaps.create(&id, "s1").unwrap_err().code(), "invalid_spec");
+    assert_eq!(
+        snaps.create(&id, "s1").unwrap_err().code().as_str(),
+        "invalid_spec"
+    );
     let (code, _, err) = exec(&d, &id, &["sh", "-c", "echo x > /root/after; sync"], &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(exec(&d, &id, &["test", "-e", "/root/after"], &[]).0, 0);
@@ -313,7 +319,10 @@ fn lifecycle_exec_pause_snapshots_checkpoint_stop_cleanup() {
     );
     // The guest's file systems were thawed after the revert: writes work.
     assert_eq!(exec(&d, &id, &["sh", "-c", "echo y > /root/y"], &[]).0, 0);
-    assert_eq!(snaps.revert(&id, "nope").unwrap_err().code(), "not_found");
+    assert_eq!(
+        snaps.revert(&id, "nope").unwrap_err().code().as_str(),
+        "not_found"
+    );
 
     // Measured stats.
     let st = d.stats(&id).unwrap();
@@ -380,7 +389,10 @@ fn lifecycle_exec_pause_snapshots_checkpoint_stop_cleanup() {
     );
     d.forget_checkpoint(&id, &ckfile).unwrap();
     assert!(d.checkpoints(&id).unwrap().is_empty());
-    assert_eq!(d.restore(&id, &ckfile).unwrap_err().code(), "not_found");
+    assert_eq!(
+        d.restore(&id, &ckfile).unwrap_err().code().as_str(),
+        "not_found"
+    );
     let img = Command::new("qemu-img")
         .args(["snapshot", "-l", "-U"])
         .arg(d.info(&id).unwrap().disk)
@@ -455,7 +467,7 @@ fn lifecycle_exec_pause_snapshots_checkpoint_stop_cleanup() {
     );
     assert_eq!(d.observe(&id).unwrap(), Observed::Exited { code: 137 });
     drop(inst);
-    assert_eq!(d.observe(&id).unwrap_err().code(), "not_found");
+    assert_eq!(d.observe(&id).unwrap_err().code().as_str(), "not_found");
 }
 
 /// Prints (does not assert) how long a revert takes with a small and a large disk, each with
@@ -666,8 +678,14 @@ fn forced_kvm_fails_clearly_where_kvm_does_not_work() {
 fn cleanup_of_unknown_and_half_prepared_instances_and_spec_checks() {
     let d = QemuDriver::new(&data_dir(), AccelChoice::Tcg);
     d.cleanup("never-was").expect("cleanup of an unknown id");
-    assert_eq!(d.observe("never-was").unwrap_err().code(), "not_found");
-    assert_eq!(d.cleanup("bad/id").unwrap_err().code(), "invalid_spec");
+    assert_eq!(
+        d.observe("never-was").unwrap_err().code().as_str(),
+        "not_found"
+    );
+    assert_eq!(
+        d.cleanup("bad/id").unwrap_err().code().as_str(),
+        "invalid_spec"
+    );
 
     // Half-prepared: a directory with an overlay and a stray socket, no record.
     let id = unique_id("half");
@@ -682,17 +700,17 @@ fn cleanup_of_unknown_and_half_prepared_instances_and_spec_checks() {
     // Specs the driver refuses before making anything.
     let mut s = spec(&unique_id("bad"));
     s.command = vec!["sleep".into(), "1".into()];
-    assert_eq!(d.prepare(&s).unwrap_err().code(), "invalid_spec");
+    assert_eq!(d.prepare(&s).unwrap_err().code().as_str(), "invalid_spec");
     let mut s = spec(&unique_id("bad"));
     s.image.kernel = None;
     assert!(d.prepare(&s).unwrap_err().to_string().contains("--boot vm"));
     let mut s = spec(&unique_id("bad"));
     s.memory = Some(16 << 20);
-    assert_eq!(d.prepare(&s).unwrap_err().code(), "invalid_spec");
+    assert_eq!(d.prepare(&s).unwrap_err().code().as_str(), "invalid_spec");
     let mut s = spec(&unique_id("bad"));
     s.disk = Some(1 << 20);
     let e = d.prepare(&s).unwrap_err();
-    assert_eq!(e.code(), "invalid_spec", "{e}");
+    assert_eq!(e.code().as_str(), "invalid_spec", "{e}");
     assert!(!d.instance_dir(&s.id).join("runtime.json").exists());
     d.cleanup(&s.id).unwrap();
     assert!(!d.instance_dir(&s.id).exists());

@@ -65,45 +65,47 @@ pub enum ImageError {
 
 impl ImageError {
     /// Stable machine-readable code, used by the API and `--output json`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            ImageError::Spec(_) => "invalid_spec",
+            ImageError::Spec(_) => vfarm_proto::ErrorCode::InvalidSpec,
             ImageError::Store(StoreError::NotFound { .. }) | ImageError::NotFound(_) => {
-                "image_not_found"
+                vfarm_proto::ErrorCode::ImageNotFound
             }
-            ImageError::Store(StoreError::Ambiguous { .. }) => "ambiguous_reference",
-            ImageError::Store(StoreError::Conflict { .. }) => "conflict",
-            ImageError::Store(_) => "store_error",
-            ImageError::UnknownPackages { .. } => "unknown_package",
-            ImageError::SuiteUnavailable { .. } => "suite_unavailable",
-            ImageError::SizeTooSmall { .. } => "invalid_spec",
-            ImageError::ForeignArch { .. } => "invalid_spec",
-            ImageError::ToolFailed { .. } => "build_failed",
-            ImageError::ToolMissing { .. } => "host_not_ready",
-            ImageError::CheckFailed { .. } => "check_failed",
-            ImageError::Import { .. } => "invalid_import",
-            ImageError::NoArtifact(..) => "artifact_not_found",
-            ImageError::InUse { .. } => "image_in_use",
-            ImageError::NotOwner { .. } => "forbidden",
-            ImageError::Io { .. } => "io_error",
+            ImageError::Store(StoreError::Ambiguous { .. }) => {
+                vfarm_proto::ErrorCode::AmbiguousReference
+            }
+            ImageError::Store(StoreError::Conflict { .. }) => vfarm_proto::ErrorCode::Conflict,
+            ImageError::Store(_) => vfarm_proto::ErrorCode::StoreError,
+            ImageError::UnknownPackages { .. } => vfarm_proto::ErrorCode::UnknownPackage,
+            ImageError::SuiteUnavailable { .. } => vfarm_proto::ErrorCode::SuiteUnavailable,
+            ImageError::SizeTooSmall { .. } => vfarm_proto::ErrorCode::InvalidSpec,
+            ImageError::ForeignArch { .. } => vfarm_proto::ErrorCode::InvalidSpec,
+            ImageError::ToolFailed { .. } => vfarm_proto::ErrorCode::BuildFailed,
+            ImageError::ToolMissing { .. } => vfarm_proto::ErrorCode::HostNotReady,
+            ImageError::CheckFailed { .. } => vfarm_proto::ErrorCode::CheckFailed,
+            ImageError::Import { .. } => vfarm_proto::ErrorCode::InvalidImport,
+            ImageError::NoArtifact(..) => vfarm_proto::ErrorCode::ArtifactNotFound,
+            ImageError::InUse { .. } => vfarm_proto::ErrorCode::ImageInUse,
+            ImageError::NotOwner { .. } => vfarm_proto::ErrorCode::Forbidden,
+            ImageError::Io { .. } => vfarm_proto::ErrorCode::IoError,
+        }
+    }
+
+    /// The input field at fault, for errors of the request.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ImageError::Spec(s) => Some(s.field()),
+            ImageError::UnknownPackages { .. } => Some("package"),
+            ImageError::SizeTooSmall { .. } => Some("size"),
+            ImageError::ForeignArch { .. } => Some("arch"),
+            ImageError::SuiteUnavailable { .. } => Some("suite"),
+            _ => None,
         }
     }
 
     /// True for errors caused by the request (4xx), false for the host's or service's (5xx).
     pub fn is_client_error(&self) -> bool {
-        matches!(
-            self.code(),
-            "invalid_spec"
-                | "image_not_found"
-                | "ambiguous_reference"
-                | "conflict"
-                | "unknown_package"
-                | "suite_unavailable"
-                | "invalid_import"
-                | "artifact_not_found"
-                | "image_in_use"
-                | "forbidden"
-        )
+        self.code().is_client_error()
     }
 
     pub(crate) fn io(

@@ -59,19 +59,19 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            FetchError::BadName { .. } => "bad_name",
-            FetchError::UnsupportedScheme { .. } => "unsupported_scheme",
-            FetchError::FileNotAllowed { .. } => "file_uri_not_allowed",
-            FetchError::Redirect { .. } => "redirect_refused",
-            FetchError::Open { .. } => "source_unreadable",
-            FetchError::Http { .. } => "transport",
-            FetchError::Status { .. } => "http_status",
-            FetchError::Truncated { .. } => "truncated",
-            FetchError::TooLarge { .. } => "size_mismatch",
-            FetchError::Sha512Mismatch { .. } => "sha512_mismatch",
-            FetchError::Io { .. } => "cache_io",
+            FetchError::BadName { .. } => vfarm_proto::ErrorCode::BadName,
+            FetchError::UnsupportedScheme { .. } => vfarm_proto::ErrorCode::UnsupportedScheme,
+            FetchError::FileNotAllowed { .. } => vfarm_proto::ErrorCode::FileUriNotAllowed,
+            FetchError::Redirect { .. } => vfarm_proto::ErrorCode::RedirectRefused,
+            FetchError::Open { .. } => vfarm_proto::ErrorCode::SourceUnreadable,
+            FetchError::Http { .. } => vfarm_proto::ErrorCode::Transport,
+            FetchError::Status { .. } => vfarm_proto::ErrorCode::HttpStatus,
+            FetchError::Truncated { .. } => vfarm_proto::ErrorCode::Truncated,
+            FetchError::TooLarge { .. } => vfarm_proto::ErrorCode::SizeMismatch,
+            FetchError::Sha512Mismatch { .. } => vfarm_proto::ErrorCode::Sha512Mismatch,
+            FetchError::Io { .. } => vfarm_proto::ErrorCode::CacheIo,
         }
     }
 

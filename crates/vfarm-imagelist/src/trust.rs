@@ -111,13 +111,13 @@ pub enum PathError {
 }
 
 impl PathError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            PathError::Untrusted { .. } => "untrusted",
-            PathError::OutsideNamespace { .. } => "outside_namespace",
-            PathError::NoNamespace { .. } => "no_namespace",
-            PathError::Revoked { .. } => "certificate_revoked",
-            PathError::CrlNotCurrent { .. } => "crl_not_current",
+            PathError::Untrusted { .. } => vfarm_proto::ErrorCode::Untrusted,
+            PathError::OutsideNamespace { .. } => vfarm_proto::ErrorCode::OutsideNamespace,
+            PathError::NoNamespace { .. } => vfarm_proto::ErrorCode::NoNamespace,
+            PathError::Revoked { .. } => vfarm_proto::ErrorCode::CertificateRevoked,
+            PathError::CrlNotCurrent { .. } => vfarm_proto::ErrorCode::CrlNotCurrent,
         }
     }
 }

@@ -92,29 +92,31 @@ pub enum Refusal {
 
 impl Refusal {
     /// A stable snake_case code for programs and tests.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            Refusal::NotSigned(_) => "not_signed",
-            Refusal::SignerCount { .. } => "signer_count",
-            Refusal::BadSignature(_) => "bad_signature",
-            Refusal::UntrustedSigner { .. } => "untrusted_signer",
-            Refusal::RogueIssuer { .. } => "rogue_issuer",
-            Refusal::CertificateExpired { .. } => "certificate_expired",
-            Refusal::CertificateNotYetValid { .. } => "certificate_not_yet_valid",
-            Refusal::CertificateRevoked { .. } => "certificate_revoked",
-            Refusal::CrlNotCurrent { .. } => "crl_not_current",
-            Refusal::ChainInvalid { .. } => "chain_invalid",
-            Refusal::SignerPurpose { .. } => "signer_purpose",
+            Refusal::NotSigned(_) => vfarm_proto::ErrorCode::NotSigned,
+            Refusal::SignerCount { .. } => vfarm_proto::ErrorCode::SignerCount,
+            Refusal::BadSignature(_) => vfarm_proto::ErrorCode::BadSignature,
+            Refusal::UntrustedSigner { .. } => vfarm_proto::ErrorCode::UntrustedSigner,
+            Refusal::RogueIssuer { .. } => vfarm_proto::ErrorCode::RogueIssuer,
+            Refusal::CertificateExpired { .. } => vfarm_proto::ErrorCode::CertificateExpired,
+            Refusal::CertificateNotYetValid { .. } => {
+                vfarm_proto::ErrorCode::CertificateNotYetValid
+            }
+            Refusal::CertificateRevoked { .. } => vfarm_proto::ErrorCode::CertificateRevoked,
+            Refusal::CrlNotCurrent { .. } => vfarm_proto::ErrorCode::CrlNotCurrent,
+            Refusal::ChainInvalid { .. } => vfarm_proto::ErrorCode::ChainInvalid,
+            Refusal::SignerPurpose { .. } => vfarm_proto::ErrorCode::SignerPurpose,
             Refusal::Path(p) => p.code(),
-            Refusal::Malformed(_) => "malformed_list",
-            Refusal::EndorserMismatch { .. } => "endorser_mismatch",
-            Refusal::EndorserNotAuthorised { .. } => "endorser_not_authorised",
-            Refusal::EndorserRevoked { .. } => "endorser_revoked",
-            Refusal::ListExpired { .. } => "list_expired",
-            Refusal::ListFromFuture { .. } => "list_from_future",
-            Refusal::IdentifierChanged { .. } => "identifier_changed",
-            Refusal::Rollback { .. } => "rollback",
-            Refusal::Trust(_) => "trust_anchors",
+            Refusal::Malformed(_) => vfarm_proto::ErrorCode::MalformedList,
+            Refusal::EndorserMismatch { .. } => vfarm_proto::ErrorCode::EndorserMismatch,
+            Refusal::EndorserNotAuthorised { .. } => vfarm_proto::ErrorCode::EndorserNotAuthorised,
+            Refusal::EndorserRevoked { .. } => vfarm_proto::ErrorCode::EndorserRevoked,
+            Refusal::ListExpired { .. } => vfarm_proto::ErrorCode::ListExpired,
+            Refusal::ListFromFuture { .. } => vfarm_proto::ErrorCode::ListFromFuture,
+            Refusal::IdentifierChanged { .. } => vfarm_proto::ErrorCode::IdentifierChanged,
+            Refusal::Rollback { .. } => vfarm_proto::ErrorCode::Rollback,
+            Refusal::Trust(_) => vfarm_proto::ErrorCode::TrustAnchors,
         }
     }
 

@@ -152,7 +152,7 @@ fn lists_signed_by_openssl_smime_verify_here() {
             .replacen("\"1\"", "\"2\"", 1);
         std::fs::write(s.dir.path().join("t.signed"), &tampered).unwrap();
         let err = verify(tampered.as_bytes(), &trust, &Policy::at(now())).unwrap_err();
-        assert_eq!(err.code(), "bad_signature");
+        assert_eq!(err.code().as_str(), "bad_signature");
         let out = openssl(
             &[
                 "smime",

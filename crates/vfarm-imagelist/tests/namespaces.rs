@@ -64,7 +64,7 @@ fn a_dn_in_another_cas_namespace_is_refused_as_signer() {
     let forged = issue(&ca_b, ADMIN, n - days(1), n + days(30));
     assert!(verify(&signed_by(&from_a), &trust, &Policy::at(n)).is_ok());
     let e = verify(&signed_by(&forged), &trust, &Policy::at(n)).unwrap_err();
-    assert_eq!(e.code(), "outside_namespace", "{}", e.reason());
+    assert_eq!(e.code().as_str(), "outside_namespace", "{}", e.reason());
     assert!(e.reason().contains("Beta CA"), "{}", e.reason());
 
     // A CA directory entry without either file: refused by default once any CA has one.
@@ -89,7 +89,7 @@ fn a_dn_in_another_cas_namespace_is_refused_as_signer() {
         n + days(3),
     );
     let e = verify(&signed_by(&beta_user), &trust, &Policy::at(n)).unwrap_err();
-    assert_eq!(e.code(), "no_namespace", "{}", e.reason());
+    assert_eq!(e.code().as_str(), "no_namespace", "{}", e.reason());
     // ... and accepted when the admin says so.
     let chain = trust.verify_chain(&beta_user.cert, &[], n).unwrap();
     let lax = PathPolicy {
@@ -152,7 +152,7 @@ fn an_intermediate_revoked_by_its_root_takes_its_users_with_it() {
         "{e}"
     );
     let e = verify(&signed_by(&user), &t, &Policy::at(n)).unwrap_err();
-    assert_eq!(e.code(), "certificate_revoked", "{}", e.reason());
+    assert_eq!(e.code().as_str(), "certificate_revoked", "{}", e.reason());
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn a_missing_or_stale_crl_refuses_by_default_and_warns_with_warn() {
         let e = t
             .verify_client(&user.cert, &[], &PathPolicy::strict(n))
             .unwrap_err();
-        assert_eq!(e.code(), "crl_not_current", "{e}");
+        assert_eq!(e.code().as_str(), "crl_not_current", "{e}");
         assert!(e.to_string().contains(why), "{e}");
         let warn = PathPolicy {
             crl_missing: CrlMissing::Warn,

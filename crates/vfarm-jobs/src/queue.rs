@@ -92,14 +92,14 @@ pub enum Refusal {
 
 impl Refusal {
     /// Stable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            Refusal::UnknownQueue { .. } => "unknown_queue",
-            Refusal::NoRoute { .. } | Refusal::RouteLoop { .. } => "no_route",
-            Refusal::TooBig { .. } => "unsatisfiable",
-            Refusal::NoImage { .. } => "no_matching_image",
-            Refusal::Invalid { .. } => "invalid_request",
-            Refusal::Config { .. } => "invalid_config",
+            Refusal::UnknownQueue { .. } => vfarm_proto::ErrorCode::UnknownQueue,
+            Refusal::NoRoute { .. } | Refusal::RouteLoop { .. } => vfarm_proto::ErrorCode::NoRoute,
+            Refusal::TooBig { .. } => vfarm_proto::ErrorCode::Unsatisfiable,
+            Refusal::NoImage { .. } => vfarm_proto::ErrorCode::NoMatchingImage,
+            Refusal::Invalid { .. } => vfarm_proto::ErrorCode::InvalidRequest,
+            Refusal::Config { .. } => vfarm_proto::ErrorCode::InvalidConfig,
         }
     }
 
@@ -603,7 +603,7 @@ routes = [
         assert_eq!(r(Some("3"), None).unwrap(), "slc3");
         assert_eq!(r(Some("4.1"), Some("amd64")).unwrap(), "slc4");
         let e = r(Some("5"), None).unwrap_err();
-        assert_eq!(e.code(), "no_route");
+        assert_eq!(e.code().as_str(), "no_route");
         assert!(e.to_string().contains("os-version=5"), "{e}");
         // The job states no version: the first Linux route takes it.
         assert_eq!(r(None, None).unwrap(), "slc3");
@@ -647,7 +647,7 @@ routes = [
         let e = q
             .check(&q.fill(Some(3000), None, None), "oci", &host())
             .unwrap_err();
-        assert_eq!((e.code(), e.field()), ("unsatisfiable", "cpus"));
+        assert_eq!((e.code().as_str(), e.field()), ("unsatisfiable", "cpus"));
         assert!(e.to_string().contains("this host"), "{e}");
         let e = q
             .check(&q.fill(None, Some(8192), None), "oci", &host())

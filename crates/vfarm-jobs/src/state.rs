@@ -137,8 +137,8 @@ pub struct TransitionError {
 }
 
 impl TransitionError {
-    pub fn code(&self) -> &'static str {
-        "illegal_state"
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
+        vfarm_proto::ErrorCode::IllegalState
     }
 }
 
@@ -233,7 +233,7 @@ mod tests {
             ] {
                 let err = next(s, e).unwrap_err();
                 assert_eq!(err.state, s);
-                assert_eq!(err.code(), "illegal_state");
+                assert_eq!(err.code().as_str(), "illegal_state");
             }
         }
     }

@@ -70,20 +70,20 @@ pub enum Error {
 
 impl Error {
     /// Stable machine-readable code, independent of the message wording.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            Error::InvalidInput { .. } => "invalid_job",
-            Error::ToolMissing { .. } => "slurm_tool_missing",
-            Error::Unreachable { .. } => "slurm_unreachable",
-            Error::SubmitRefused { .. } => "slurm_submit_refused",
-            Error::Unsatisfiable { .. } => "slurm_unsatisfiable",
-            Error::JobNotFound { .. } => "slurm_job_not_found",
-            Error::NodeNotFound { .. } => "slurm_node_not_found",
-            Error::CommandFailed { .. } => "slurm_command_failed",
-            Error::Timeout { .. } => "slurm_timeout",
-            Error::Parse { .. } => "slurm_parse",
-            Error::Io { .. } => "slurm_io",
-            Error::ClusterStart { .. } => "slurm_cluster_start",
+            Error::InvalidInput { .. } => vfarm_proto::ErrorCode::InvalidJob,
+            Error::ToolMissing { .. } => vfarm_proto::ErrorCode::SlurmToolMissing,
+            Error::Unreachable { .. } => vfarm_proto::ErrorCode::SlurmUnreachable,
+            Error::SubmitRefused { .. } => vfarm_proto::ErrorCode::SlurmSubmitRefused,
+            Error::Unsatisfiable { .. } => vfarm_proto::ErrorCode::SlurmUnsatisfiable,
+            Error::JobNotFound { .. } => vfarm_proto::ErrorCode::SlurmJobNotFound,
+            Error::NodeNotFound { .. } => vfarm_proto::ErrorCode::SlurmNodeNotFound,
+            Error::CommandFailed { .. } => vfarm_proto::ErrorCode::SlurmCommandFailed,
+            Error::Timeout { .. } => vfarm_proto::ErrorCode::SlurmTimeout,
+            Error::Parse { .. } => vfarm_proto::ErrorCode::SlurmParse,
+            Error::Io { .. } => vfarm_proto::ErrorCode::SlurmIo,
+            Error::ClusterStart { .. } => vfarm_proto::ErrorCode::SlurmClusterStart,
         }
     }
 

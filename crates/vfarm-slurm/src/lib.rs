@@ -202,7 +202,7 @@ mod tests {
             Duration::from_secs(5),
         )
         .unwrap_err();
-        assert_eq!(e.code(), "slurm_tool_missing");
+        assert_eq!(e.code().as_str(), "slurm_tool_missing");
         assert!(e.to_string().contains("vfarm-no-such-slurm-tool"), "{e}");
     }
 
@@ -216,7 +216,7 @@ mod tests {
             Duration::from_millis(200),
         )
         .unwrap_err();
-        assert_eq!(e.code(), "slurm_timeout");
+        assert_eq!(e.code().as_str(), "slurm_timeout");
     }
 
     #[test]
@@ -224,6 +224,6 @@ mod tests {
         // Validation comes before any tool runs: the config named here does not exist.
         let s = Slurm::new(Some("/nonexistent/slurm.conf".into()));
         let j = BatchJob::new("x", "relative", vec!["true".into()]);
-        assert_eq!(s.submit(&j).unwrap_err().code(), "invalid_job");
+        assert_eq!(s.submit(&j).unwrap_err().code().as_str(), "invalid_job");
     }
 }

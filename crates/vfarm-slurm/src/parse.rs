@@ -471,9 +471,9 @@ mod tests {
             Err(Error::JobNotFound { id: 3 })
         ));
         let e = parse_job("JobId=5 JobName=x ExitCode=0:0", 5).unwrap_err();
-        assert_eq!(e.code(), "slurm_parse");
+        assert_eq!(e.code().as_str(), "slurm_parse");
         let e = parse_job("JobId=5 JobState=RUNNING ExitCode=zero", 5).unwrap_err();
-        assert_eq!(e.code(), "slurm_parse");
+        assert_eq!(e.code().as_str(), "slurm_parse");
     }
 
     #[test]
@@ -540,7 +540,10 @@ mod tests {
         let mut k = j.clone();
         k.partition = Some("gpu".into());
         assert_eq!(field(&k), "partition");
-        assert_eq!(c.check_fits(&k).unwrap_err().code(), "slurm_unsatisfiable");
+        assert_eq!(
+            c.check_fits(&k).unwrap_err().code().as_str(),
+            "slurm_unsatisfiable"
+        );
     }
 
     #[test]

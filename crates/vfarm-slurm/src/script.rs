@@ -349,7 +349,7 @@ exec 'printf' '%s\n' 'it'\''s' 'a b'
             let mut j = job();
             mutate(&mut j);
             let e = render_script(&j).unwrap_err();
-            assert_eq!(e.code(), "invalid_job");
+            assert_eq!(e.code().as_str(), "invalid_job");
             assert_eq!(field_of(e), want);
             assert!(sbatch_args(&j).is_err());
         }

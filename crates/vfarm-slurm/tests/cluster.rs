@@ -130,9 +130,9 @@ fn cancel_pending_and_running() {
     // Cancelling again is a no-op; an unknown id is named.
     slurm.cancel(running).unwrap();
     let e = slurm.cancel(999_999).unwrap_err();
-    assert_eq!(e.code(), "slurm_job_not_found", "{e}");
+    assert_eq!(e.code().as_str(), "slurm_job_not_found", "{e}");
     let e = slurm.state(999_999).unwrap_err();
-    assert_eq!(e.code(), "slurm_job_not_found", "{e}");
+    assert_eq!(e.code().as_str(), "slurm_job_not_found", "{e}");
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn unknown_feature_is_refused_at_submit() {
     let mut j = job(&c, "nowhere", &["true"]);
     j.features = vec!["vfarm-os-nosuch-1-x86_64".into()];
     let e = slurm.submit(&j).unwrap_err();
-    assert_eq!(e.code(), "slurm_submit_refused", "{e}");
+    assert_eq!(e.code().as_str(), "slurm_submit_refused", "{e}");
     assert!(
         e.to_string().contains("Invalid feature specification"),
         "{e}"
@@ -150,13 +150,13 @@ fn unknown_feature_is_refused_at_submit() {
     // Bad input never reaches Slurm.
     j.features = vec!["a|b".into()];
     let e = slurm.submit(&j).unwrap_err();
-    assert_eq!(e.code(), "invalid_job", "{e}");
+    assert_eq!(e.code().as_str(), "invalid_job", "{e}");
     assert!(e.to_string().contains("features"), "{e}");
     // More CPUs than the node has: refused too, not left pending forever.
     let mut j = job(&c, "huge", &["true"]);
     j.cpus = 4096;
     let e = slurm.submit(&j).unwrap_err();
-    assert_eq!(e.code(), "slurm_submit_refused", "{e}");
+    assert_eq!(e.code().as_str(), "slurm_submit_refused", "{e}");
 }
 
 #[test]
@@ -199,11 +199,11 @@ fn node_features_route_jobs() {
     assert_eq!(done.node.as_deref(), Some(node.name.as_str()));
 
     let e = slurm.set_node_features("no-such-node", &want).unwrap_err();
-    assert_eq!(e.code(), "slurm_node_not_found", "{e}");
+    assert_eq!(e.code().as_str(), "slurm_node_not_found", "{e}");
     let e = slurm
         .set_node_features(&node.name, &["bad feature".to_string()])
         .unwrap_err();
-    assert_eq!(e.code(), "invalid_job", "{e}");
+    assert_eq!(e.code().as_str(), "invalid_job", "{e}");
 
     // Clearing works too.
     slurm.set_node_features(&node.name, &[]).unwrap();
@@ -222,7 +222,7 @@ fn unreachable_controller_is_classified() {
     let slurm = c.slurm().with_timeout(Duration::from_secs(60));
     c.stop().unwrap();
     let e = slurm.ping().unwrap_err();
-    assert_eq!(e.code(), "slurm_unreachable", "{e}");
+    assert_eq!(e.code().as_str(), "slurm_unreachable", "{e}");
     assert!(e.is_retryable());
 }
 

@@ -166,19 +166,23 @@ fn pg_message(e: &postgres::Error) -> String {
 
 impl StoreError {
     /// A stable code for API answers and exit statuses.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            StoreError::Sqlite(_) | StoreError::Postgres(_) => "store_error",
+            StoreError::Sqlite(_) | StoreError::Postgres(_) => vfarm_proto::ErrorCode::StoreError,
             StoreError::Open { .. } | StoreError::File { .. } | StoreError::OpenPostgres { .. } => {
-                "store_unavailable"
+                vfarm_proto::ErrorCode::StoreUnavailable
             }
-            StoreError::InvalidConfig { .. } => "invalid_config",
-            StoreError::TooNew { .. } => "store_too_new",
-            StoreError::NotFound { .. } => "not_found",
-            StoreError::Ambiguous { .. } => "ambiguous_reference",
-            StoreError::Conflict { .. } => "conflict",
-            StoreError::Corrupt { .. } | StoreError::Column { .. } => "store_corrupt",
-            StoreError::Param { .. } | StoreError::NoRow | StoreError::Aborted => "store_error",
+            StoreError::InvalidConfig { .. } => vfarm_proto::ErrorCode::InvalidConfig,
+            StoreError::TooNew { .. } => vfarm_proto::ErrorCode::StoreTooNew,
+            StoreError::NotFound { .. } => vfarm_proto::ErrorCode::NotFound,
+            StoreError::Ambiguous { .. } => vfarm_proto::ErrorCode::AmbiguousReference,
+            StoreError::Conflict { .. } => vfarm_proto::ErrorCode::Conflict,
+            StoreError::Corrupt { .. } | StoreError::Column { .. } => {
+                vfarm_proto::ErrorCode::StoreCorrupt
+            }
+            StoreError::Param { .. } | StoreError::NoRow | StoreError::Aborted => {
+                vfarm_proto::ErrorCode::StoreError
+            }
         }
     }
 }

@@ -176,7 +176,7 @@ mod tests {
             dir: "/nonexistent/vfarm-workload".into(),
         };
         let e = run(&p).unwrap_err();
-        assert_eq!(e.code(), "io_error");
+        assert_eq!(e.code().as_str(), "io_error");
         assert!(e.to_string().contains("/nonexistent/vfarm-workload"), "{e}");
     }
 }

@@ -35,11 +35,11 @@ pub enum WorkloadError {
 }
 
 impl WorkloadError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> vfarm_proto::ErrorCode {
         match self {
-            WorkloadError::Usage { .. } => "invalid_argument",
-            WorkloadError::Io { .. } => "io_error",
-            WorkloadError::Check { .. } => "check_failed",
+            WorkloadError::Usage { .. } => vfarm_proto::ErrorCode::InvalidArgument,
+            WorkloadError::Io { .. } => vfarm_proto::ErrorCode::IoError,
+            WorkloadError::Check { .. } => vfarm_proto::ErrorCode::CheckFailed,
         }
     }
 
@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn bad_arguments_name_the_field() {
         let e = run(&args("cpu --events lots")).unwrap_err();
-        assert_eq!(e.code(), "invalid_argument");
+        assert_eq!(e.code().as_str(), "invalid_argument");
         assert!(e.to_string().starts_with("--events:"), "{e}");
         let e = run(&args("cpu --bogus 1")).unwrap_err();
         assert!(e.to_string().contains("--bogus"), "{e}");

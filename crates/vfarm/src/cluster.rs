@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vfarm_proto::ErrorCode;
 
 use anyhow::Context;
 use serde_json::Value;
@@ -17,7 +18,7 @@ use vfarm_api::instances::{
     Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, MigrateRequest,
     MigrateResult, QuotaView, SnapshotView,
 };
-use vfarm_api::{ApiError, StatusCode};
+use vfarm_api::ApiError;
 use vfarm_auth::Identity;
 use vfarm_core::placement::{self, Candidate, Policy, Ratios, Request};
 use vfarm_store::hosts::HostRow;
@@ -79,11 +80,8 @@ impl NodeClient {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let v: Value = resp.json().unwrap_or(Value::Null);
         Err(ApiError {
-            status,
             code: node_code(v["error"]["code"].as_str().unwrap_or("")),
             message: format!(
                 "node {}: {}",
@@ -104,8 +102,7 @@ impl NodeClient {
         self.call(host, method, path, body)?
             .json()
             .map_err(|e| ApiError {
-                status: StatusCode::BAD_GATEWAY,
-                code: "node_error",
+                code: ErrorCode::NodeError,
                 message: format!("node {}: unreadable answer: {e}", host.name),
                 field: None,
             })
@@ -114,8 +111,7 @@ impl NodeClient {
 
 fn unreachable(host: &HostRow, why: &str) -> ApiError {
     ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "host_unreachable",
+        code: ErrorCode::HostUnreachable,
         message: format!(
             "node {} ({}) cannot be reached: {why}",
             host.name, host.state
@@ -124,23 +120,17 @@ fn unreachable(host: &HostRow, why: &str) -> ApiError {
     }
 }
 
-/// The node's error codes that the control passes on as they are; others are `node_error`.
-fn node_code(code: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "illegal_state",
-        "conflict",
-        "invalid_request",
-        "instance_not_found",
-        "snapshot_not_found",
-        "unsupported",
-        "image_pull_failed",
-        "host_not_ready",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| **k == code)
-        .copied()
-        .unwrap_or("node_error")
+/// The node's error codes that the control passes on as they are; others (an identity
+/// refused between control and node, say) are `node_error`.
+fn node_code(code: &str) -> ErrorCode {
+    use ErrorCode::*;
+    match ErrorCode::parse(code) {
+        Some(
+            c @ (IllegalState | Conflict | InvalidRequest | InstanceNotFound | SnapshotNotFound
+            | Unsupported | ImagePullFailed | HostNotReady),
+        ) => c,
+        _ => NodeError,
+    }
 }
 
 pub struct Cluster {
@@ -238,7 +228,7 @@ impl Cluster {
             .call(host, reqwest::Method::DELETE, &Self::path(row, &[])?, None)
         {
             Ok(_) => {}
-            Err(e) if e.code == "instance_not_found" => {}
+            Err(e) if e.code == ErrorCode::InstanceNotFound => {}
             Err(e) => return Err(e),
         }
         self.store()?
@@ -383,19 +373,14 @@ impl InstanceBackend for Cluster {
                 })
                 .map_err(|r| {
                 let (code, field) = if r.unknown_host.is_some() {
-                    ("host_not_found", Some("host"))
+                    (ErrorCode::HostNotFound, Some("host"))
                 } else {
-                    ("no_capacity", None)
+                    (ErrorCode::NoCapacity, None)
                 };
                 ApiError {
-                    status: if r.unknown_host.is_some() {
-                        StatusCode::BAD_REQUEST
-                    } else {
-                        StatusCode::CONFLICT
-                    },
                     code,
                     message: r.to_string(),
-                    field,
+                    field: field.map(Into::into),
                 }
             })
         });
@@ -655,16 +640,14 @@ impl Cluster {
         }
         if oci && !matches!(row.state.as_str(), "running" | "created" | "stopped") {
             return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                code: "illegal_state",
+                code: ErrorCode::IllegalState,
                 message: format!("instance {} is {}: it cannot move now", row.id, row.state),
                 field: None,
             });
         }
         if !oci && !matches!(row.state.as_str(), "running" | "paused") {
             return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                code: "illegal_state",
+                code: ErrorCode::IllegalState,
                 message: format!(
                     "instance {} is {}: only a running or paused VM migrates",
                     row.id, row.state
@@ -676,10 +659,9 @@ impl Cluster {
             .host(&req.to)
             .map_err(store_err)?
             .ok_or_else(|| ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: "host_not_found",
+                code: ErrorCode::HostNotFound,
                 message: format!("no host `{}` (vfarm host ls)", req.to),
-                field: Some("to"),
+                field: Some("to".into()),
             })?;
         if dest.name == src.name {
             return Err(ApiError::bad_request(
@@ -705,10 +687,9 @@ impl Cluster {
             self.ratios,
         )
         .map_err(|r| ApiError {
-            status: StatusCode::CONFLICT,
-            code: "no_capacity",
+            code: ErrorCode::NoCapacity,
             message: r.to_string(),
-            field: Some("to"),
+            field: Some("to".into()),
         })?;
         if oci {
             return self.move_cold(who, row, src, &dest, began);
@@ -875,8 +856,7 @@ impl Cluster {
             if !resp.status().is_success() {
                 let v: Value = resp.json().unwrap_or(Value::Null);
                 return Err(ApiError {
-                    status: StatusCode::BAD_GATEWAY,
-                    code: "node_error",
+                    code: ErrorCode::NodeError,
                     message: format!(
                         "node {}: {}",
                         dest.name,
@@ -1010,7 +990,7 @@ mod tests {
         }
         for bad in ["..", ".", ""] {
             let e = node_path(&["snapshots", bad]).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(e.status().as_u16(), 400, "{bad}");
         }
     }
 }

@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use vfarm_proto::ErrorCode;
 
 use serde_json::Value;
 use vfarm_api::migration::MigrationBackend;
-use vfarm_api::{ApiError, StatusCode};
+use vfarm_api::ApiError;
 use vfarm_driver::qemu::{
     AccelChoice, Incoming, IncomingOptions, MigrationSource, QemuDriver, SendOptions, Storage,
     SWITCHOVER_TIMEOUT,
@@ -38,34 +39,19 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 fn not_here(id: &str) -> ApiError {
     ApiError {
-        status: StatusCode::NOT_FOUND,
-        code: "instance_not_found",
+        code: ErrorCode::InstanceNotFound,
         message: format!("instance `{id}` not found on this node"),
         field: None,
     }
 }
 
 fn driver_err(e: vfarm_driver::DriverError) -> ApiError {
-    let client = matches!(e, vfarm_driver::DriverError::InvalidSpec { .. });
-    let not_found = matches!(e, vfarm_driver::DriverError::NotFound { .. });
-    ApiError {
-        status: if client {
-            StatusCode::BAD_REQUEST
-        } else if not_found {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::CONFLICT
-        },
-        code: if client {
-            "invalid_request"
-        } else if not_found {
-            "instance_not_found"
-        } else {
-            "migration_failed"
-        },
-        message: e.to_string(),
-        field: None,
-    }
+    let code = match e {
+        vfarm_driver::DriverError::InvalidSpec { .. } => ErrorCode::InvalidRequest,
+        vfarm_driver::DriverError::NotFound { .. } => ErrorCode::InstanceNotFound,
+        _ => e.code(),
+    };
+    ApiError::new(code, e.to_string())
 }
 
 impl NodeMigrations {
@@ -121,8 +107,7 @@ impl MigrationBackend for NodeMigrations {
         let store = self.ctx.store().map_err(internal)?;
         if store.instance(&src.id).map_err(internal)?.is_some() {
             return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                code: "conflict",
+                code: ErrorCode::Conflict,
                 message: format!("this node already has an instance `{}`", src.id),
                 field: None,
             });
@@ -130,8 +115,7 @@ impl MigrationBackend for NodeMigrations {
         // The destination boots its own copy of the image, fetched from the control.
         let image_id = src.spec().image.id.clone();
         (self.puller)(&image_id).map_err(|e| ApiError {
-            status: StatusCode::BAD_GATEWAY,
-            code: "image_pull_failed",
+            code: ErrorCode::ImagePullFailed,
             message: format!("{e:#}"),
             field: None,
         })?;
@@ -254,8 +238,7 @@ impl MigrationBackend for NodeMigrations {
         }
         if matches!(row.state.as_str(), "running" | "paused" | "creating") {
             return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                code: "illegal_state",
+                code: ErrorCode::IllegalState,
                 message: format!(
                     "instance {id} is {}: stop it before its layer moves",
                     row.state
@@ -322,15 +305,13 @@ impl MigrationBackend for NodeMigrations {
         let store = self.ctx.store().map_err(internal)?;
         if store.instance(&row.id).map_err(internal)?.is_some() {
             return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                code: "conflict",
+                code: ErrorCode::Conflict,
                 message: format!("this node already has an instance `{}`", row.id),
                 field: None,
             });
         }
         (self.puller)(&row.image_id).map_err(|e| ApiError {
-            status: StatusCode::BAD_GATEWAY,
-            code: "image_pull_failed",
+            code: ErrorCode::ImagePullFailed,
             message: format!("{e:#}"),
             field: None,
         })?;
@@ -360,8 +341,7 @@ impl MigrationBackend for NodeMigrations {
             Some(r) if r.state == "created" && r.driver == "oci" => {}
             Some(r) => {
                 return Err(ApiError {
-                    status: StatusCode::CONFLICT,
-                    code: "illegal_state",
+                    code: ErrorCode::IllegalState,
                     message: format!("instance {id} is {} here: import it first", r.state),
                     field: None,
                 })

@@ -7,13 +7,14 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vfarm_proto::ErrorCode;
 
 use anyhow::Context;
 use vfarm_api::instances::{
     Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, QuotaNumbers,
     QuotaView, SnapshotView,
 };
-use vfarm_api::{ApiError, InstanceEvent, StatusCode};
+use vfarm_api::{ApiError, InstanceEvent};
 use vfarm_auth::Identity;
 use vfarm_core::instance::{Event, State};
 use vfarm_driver::{BootProfile, DriverError, ExecIo, ExecStop};
@@ -127,21 +128,17 @@ pub(crate) fn owner_scope(who: &Identity) -> Option<&str> {
 }
 
 fn not_found(kind: &str, id: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        code: if kind == "snapshot" {
-            "snapshot_not_found"
-        } else {
-            "instance_not_found"
-        },
-        message: format!("{kind} `{id}` not found"),
-        field: None,
-    }
+    let code = if kind == "snapshot" {
+        ErrorCode::SnapshotNotFound
+    } else {
+        ErrorCode::InstanceNotFound
+    };
+    ApiError::new(code, format!("{kind} `{id}` not found"))
 }
 
-/// Errors of the instance operations as API errors: stable code, status, field.
+/// Errors of the instance operations as API errors: the CLI's one classification
+/// (`cmd::classify`), with the instance's own not-found codes and no paths in a 5xx.
 fn api_error(e: anyhow::Error) -> ApiError {
-    // The API's own mappings where they exist (status, code, field; no paths in a 5xx).
     let e = match e.downcast::<vfarm_auth::AuthError>() {
         Ok(a) => return ApiError::from(a),
         Err(e) => e,
@@ -150,40 +147,23 @@ fn api_error(e: anyhow::Error) -> ApiError {
         Ok(i) => return ApiError::from(i),
         Err(e) => e,
     };
-    if let Some(f) = e.downcast_ref::<vfarm_core::instance::InvalidField>() {
-        return ApiError::bad_request(f.field, f.to_string());
-    }
-    if let Some(d) = e.downcast_ref::<DriverError>() {
-        if let DriverError::InvalidSpec { field, .. } = d {
-            return ApiError::bad_request(field, d.to_string());
-        }
-    }
     if let Some(StoreError::NotFound { kind, id }) = e.downcast_ref::<StoreError>() {
         return not_found(kind, id);
     }
-    let (code, status) = match inst::classify(&e) {
-        Some(("illegal_state", _)) => ("illegal_state", StatusCode::CONFLICT),
-        Some(("conflict", _)) => ("conflict", StatusCode::CONFLICT),
-        Some(("instance_elsewhere", _)) => ("instance_elsewhere", StatusCode::CONFLICT),
-        Some(("image_revoked", _)) => ("image_revoked", StatusCode::CONFLICT),
-        Some(("ambiguous_reference", _)) => ("ambiguous_reference", StatusCode::BAD_REQUEST),
-        Some(("unsupported", _)) => ("unsupported", StatusCode::BAD_REQUEST),
-        Some(("invalid_request", _)) => ("invalid_request", StatusCode::BAD_REQUEST),
-        Some(("host_not_ready", _)) => ("host_not_ready", StatusCode::SERVICE_UNAVAILABLE),
-        Some((c, _)) => (c, StatusCode::INTERNAL_SERVER_ERROR),
-        None => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+    let (code, field) = match crate::cmd::classify(&e) {
+        (ErrorCode::Failed, f) => (ErrorCode::Internal, f),
+        c => c,
     };
-    let message = if status.is_server_error() {
+    let message = if !code.is_client_error() {
         tracing::error!("request failed: {e:#}");
         format!("{e}; see the service log")
     } else {
         format!("{e:#}")
     };
     ApiError {
-        status,
         code,
         message,
-        field: None,
+        field: field.map(Into::into),
     }
 }
 
@@ -328,10 +308,9 @@ impl InstanceBackend for Service {
         };
         if let Some(pull) = &self.puller {
             pull(&req.image).map_err(|e| ApiError {
-                status: StatusCode::BAD_GATEWAY,
-                code: "image_pull_failed",
+                code: ErrorCode::ImagePullFailed,
                 message: format!("{e:#}"),
-                field: Some("image"),
+                field: Some("image".into()),
             })?;
         }
         let image = inst::usable_image(&self.ctx, &req.image).map_err(api_error)?;
@@ -791,7 +770,10 @@ mod tests {
             }
             .into(),
         );
-        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "image_revoked"));
+        assert_eq!(
+            (e.status().as_u16(), e.code),
+            (409, ErrorCode::ImageRevoked)
+        );
         let e = api_error(
             StoreError::NotFound {
                 kind: "snapshot",
@@ -800,14 +782,17 @@ mod tests {
             .into(),
         );
         assert_eq!(
-            (e.status, e.code),
-            (StatusCode::NOT_FOUND, "snapshot_not_found")
+            (e.status().as_u16(), e.code),
+            (404, ErrorCode::SnapshotNotFound)
         );
         let e = api_error(vfarm_auth::AuthError::PoolExhausted { size: 150 }.into());
-        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "pool_exhausted"));
+        assert_eq!(
+            (e.status().as_u16(), e.code),
+            (409, ErrorCode::PoolExhausted)
+        );
         // Server-side failures name no internals beyond the top message.
         let e = api_error(anyhow::anyhow!("disk on fire").context("cannot prepare instance x"));
-        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.status().as_u16(), 500);
         assert!(!e.message.contains("disk on fire"), "{}", e.message);
     }
 
@@ -817,8 +802,8 @@ mod tests {
             .map_err(|e| api_error(e.into()))
             .unwrap_err();
         assert_eq!(
-            (e.status, e.field),
-            (StatusCode::BAD_REQUEST, Some("command"))
+            (e.status().as_u16(), e.field.as_deref()),
+            (400, Some("command"))
         );
         assert!(vfarm_core::instance::parse_env("A=1").is_ok());
     }

@@ -297,6 +297,29 @@ fn serve_downloads_ranges_and_osfarm_orders() {
     let done: Value = http.get(&op_url).send().unwrap().json().unwrap();
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"]["id"], id);
+
+    // A change through the API is the caller's in the event log, not the server's user.
+    let _w = repo_writes();
+    let copy = f.data.join("api-actor.tar");
+    std::fs::copy(tar["path"].as_str().unwrap(), &copy).unwrap();
+    let imp = import(&f.data, &copy, "api-actor");
+    let _ = std::fs::remove_file(&copy);
+    let removed = imp["id"].as_str().unwrap().to_string();
+    // An imported image is public: an admin removes it.
+    drop(srv);
+    let srv = Server::start_with(&f.data, &["--admin", "vfarm-tests"]);
+    let resp = srv
+        .client()
+        .delete(format!("{}/api/v1/images/api-actor", srv.base))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = common::store_of(&f.data).events(50).unwrap();
+    let e = events
+        .iter()
+        .rfind(|e| e.kind == "image.removed" && e.object == removed)
+        .expect("an image.removed event");
+    assert_eq!(e.actor, "vfarm-tests", "{e:?}");
 }
 
 #[test]
@@ -548,20 +571,7 @@ fn export_converts_and_import_adopts() {
         .to_string();
     let copy = dir.join("rootfs.tar");
     std::fs::copy(&tar, &copy).unwrap();
-    let imp = vfarm(
-        &f.data,
-        &[
-            "image",
-            "import",
-            copy.to_str().unwrap(),
-            "--name",
-            "imported",
-            "--output",
-            "json",
-        ],
-    );
-    assert_success(&imp, "import");
-    let imp = json(&imp);
+    let imp = import(&f.data, &copy, "imported");
     assert_eq!(imp["origin"], "import");
     assert_eq!(imp["os"], "Linux");
     assert_eq!(imp["os_version"], "12");
@@ -586,4 +596,22 @@ fn export_converts_and_import_adopts() {
     assert_success(&rm, "image rm");
     assert!(!ls_ids(&f.data).contains(&imp["id"].as_str().unwrap().to_string()));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `vfarm image import FILE --name NAME`, its JSON.
+fn import(data: &Path, file: &Path, name: &str) -> Value {
+    let out = vfarm(
+        data,
+        &[
+            "image",
+            "import",
+            file.to_str().unwrap(),
+            "--name",
+            name,
+            "--output",
+            "json",
+        ],
+    );
+    assert_success(&out, "import");
+    json(&out)
 }

@@ -1413,7 +1413,7 @@ fn published_list_is_served_subscribed_and_updated_with_hooks() {
     drop(srv);
     let (code, r) = update(&site, &sub);
     assert_eq!(code, 1, "{r}");
-    assert_eq!(r["refused"]["code"], "download_failed", "{r}");
+    assert_eq!(r["refused"]["code"], "transport", "{r}");
     assert!(
         r["refused"]["reason"]
             .as_str()

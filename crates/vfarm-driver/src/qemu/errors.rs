@@ -99,7 +99,7 @@ mod tests {
                 package: "qemu-utils",
             },
         );
-        assert_eq!(e.code(), "host_not_ready");
+        assert_eq!(e.code().as_str(), "host_not_ready");
         assert!(e.to_string().contains("qemu-utils"), "{e}");
         let e = classify(
             "exec",
@@ -118,7 +118,7 @@ mod tests {
                 base: 2,
             },
         );
-        assert_eq!(e.code(), "invalid_spec");
+        assert_eq!(e.code().as_str(), "invalid_spec");
         let e = classify(
             "start",
             "a",
@@ -128,7 +128,7 @@ mod tests {
                 desc: "no".into(),
             },
         );
-        assert_eq!(e.code(), "backend_failure");
+        assert_eq!(e.code().as_str(), "backend_failure");
         assert!(!e.is_retryable());
     }
 }

@@ -1394,7 +1394,7 @@ mod tests {
         let e = a
             .migrate("vm1", &b, &MigrateOptions::default())
             .unwrap_err();
-        assert_eq!(e.code(), "invalid_spec", "{e}");
+        assert_eq!(e.code().as_str(), "invalid_spec", "{e}");
         assert!(e.to_string().contains("own data dir"), "{e}");
     }
 
@@ -1406,7 +1406,7 @@ mod tests {
         let e = a
             .migrate("vm1", &b, &MigrateOptions::default())
             .unwrap_err();
-        assert_eq!(e.code(), "not_found", "{e}");
+        assert_eq!(e.code().as_str(), "not_found", "{e}");
         // The destination was not touched.
         assert!(!dir.path().join("b").exists());
     }
@@ -1582,7 +1582,7 @@ mod tests {
         assert_eq!(b.load("vm1").unwrap(), there);
         // Nor aborted as if it were an incoming migration.
         let e = b.abort_incoming("vm1").unwrap_err();
-        assert_eq!(e.code(), "invalid_spec", "{e}");
+        assert_eq!(e.code().as_str(), "invalid_spec", "{e}");
         assert!(b.instance_dir("vm1").join("runtime.json").is_file());
     }
 
@@ -1606,7 +1606,7 @@ mod tests {
         });
         d.save(&rec).unwrap();
         let e = d.complete_outgoing("vm1").unwrap_err();
-        assert_eq!(e.code(), "invalid_spec", "{e}");
+        assert_eq!(e.code().as_str(), "invalid_spec", "{e}");
         assert!(e.to_string().contains("only copy"), "{e}");
         assert!(d.instance_dir("vm1").is_dir());
         // An abort with no QEMU there just clears the mark.

@@ -33,11 +33,16 @@ pub enum HostCmd {
 
 pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<i32> {
     let store = ctx.store()?;
-    let api = |e: vfarm_api::ApiError| anyhow::anyhow!("{}", e.message);
+    let not_found = |name: &str| {
+        vfarm_api::ApiError::new(
+            vfarm_proto::ErrorCode::HostNotFound,
+            format!("host `{name}` not found"),
+        )
+    };
     match cmd {
         HostCmd::Add { name, expires } => {
             let secs = vfarm_core::instance::parse_duration("expires", &expires)?;
-            let added = vfarm_api::hosts::add_host(&store, &actor(), &name, secs).map_err(api)?;
+            let added = vfarm_api::hosts::add_host(&store, &actor(), &name, secs)?;
             if ctx.json() {
                 ctx.print_json(&added)?;
             } else {
@@ -61,12 +66,7 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<i32> {
             }
         }
         HostCmd::Show { name } => {
-            let h = store
-                .host(&name)?
-                .ok_or_else(|| vfarm_store::StoreError::NotFound {
-                    kind: "host",
-                    id: name.clone(),
-                })?;
+            let h = store.host(&name)?.ok_or_else(|| not_found(&name))?;
             if ctx.json() {
                 ctx.print_json(&h)?;
             } else {
@@ -76,8 +76,7 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<i32> {
         HostCmd::Drain { name } => drained(ctx, &store, &name, true)?,
         HostCmd::Undrain { name } => drained(ctx, &store, &name, false)?,
         HostCmd::Rm { name } => {
-            let h = vfarm_api::hosts::remove_host(&store, &ctx.data_dir, &actor(), &name)
-                .map_err(api)?;
+            let h = vfarm_api::hosts::remove_host(&store, &ctx.data_dir, &actor(), &name)?;
             if ctx.json() {
                 ctx.print_json(&h)?;
             } else {
@@ -93,10 +92,10 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<i32> {
 
 fn drained(ctx: &Ctx, store: &vfarm_store::Store, name: &str, on: bool) -> Result<()> {
     if !store.set_host_drained(&actor(), name, on)? {
-        return Err(vfarm_store::StoreError::NotFound {
-            kind: "host",
-            id: name.to_string(),
-        }
+        return Err(vfarm_api::ApiError::new(
+            vfarm_proto::ErrorCode::HostNotFound,
+            format!("host `{name}` not found"),
+        )
         .into());
     }
     let h = store.host(name)?;

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vfarm_proto::ErrorCode;
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
@@ -516,7 +517,7 @@ fn print_list(l: &ImageList) {
 struct RefusalDoc<'a> {
     accepted: bool,
     source: &'a str,
-    code: &'static str,
+    code: ErrorCode,
     reason: String,
 }
 
@@ -815,14 +816,14 @@ pub struct UpdateReport {
 
 #[derive(Debug, Serialize)]
 pub struct RefusedDoc {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub reason: String,
 }
 
 #[derive(Debug, Serialize)]
 pub struct FailedDoc {
     pub image: String,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub reason: String,
 }
 
@@ -1111,7 +1112,7 @@ fn update_one(
         }
     }
 
-    let refuse = |report: &mut UpdateReport, code: &'static str, reason: String| -> Result<()> {
+    let refuse = |report: &mut UpdateReport, code: ErrorCode, reason: String| -> Result<()> {
         store.set_subscription_error(&sub.id, Some(&format!("{code}: {reason}")))?;
         report.refused = Some(RefusedDoc { code, reason });
         report.result = "refused";
@@ -1120,7 +1121,7 @@ fn update_one(
     if sub.revoked.is_some() {
         refuse(
             &mut report,
-            "subscription_revoked",
+            ErrorCode::SubscriptionRevoked,
             "the subscription is revoked".into(),
         )?;
         return Ok(report);
@@ -1128,7 +1129,7 @@ fn update_one(
     let raw = match vfarm_imagelist::cache::fetch_bytes(&sub.url, Duration::from_secs(120)) {
         Ok(r) => r,
         Err(e) => {
-            refuse(&mut report, "download_failed", error_chain(&e))?;
+            refuse(&mut report, e.code(), error_chain(&e))?;
             return Ok(report);
         }
     };
@@ -1439,8 +1440,8 @@ pub fn run_cache(ctx: &Ctx, cmd: CacheCmd) -> Result<i32> {
                 };
                 let outcome = cache.verify(&e.identifier, &expected);
                 let (ok, code, reason) = match &outcome {
-                    Ok(_) => (true, "ok", String::new()),
-                    Err(err) => (false, err.code(), error_chain(err)),
+                    Ok(_) => (true, None, String::new()),
+                    Err(err) => (false, Some(err.code()), error_chain(err)),
                 };
                 if !ok {
                     bad += 1;
@@ -1448,11 +1449,12 @@ pub fn run_cache(ctx: &Ctx, cmd: CacheCmd) -> Result<i32> {
                     cache.remove(&e.identifier)?;
                     store.remove_cache_entry(&e.identifier)?;
                 }
-                results.push(serde_json::json!({"identifier": e.identifier, "ok": ok, "code": code, "reason": reason}));
+                results.push(serde_json::json!({"identifier": e.identifier, "ok": ok, "code": code.map_or("ok", ErrorCode::as_str), "reason": reason}));
                 if !ctx.json() {
                     if ok {
                         println!("{}: ok", e.identifier);
                     } else {
+                        let code = code.map(ErrorCode::as_str).unwrap_or_default();
                         println!("{}: removed ({code}): {reason}", e.identifier);
                     }
                 }

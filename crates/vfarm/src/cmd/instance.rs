@@ -26,6 +26,7 @@ use vfarm_driver::{
     BootProfile, Driver, DriverError, ExecIo, GuestFile, ImageFile, ImageInput, InstanceSpec,
     Network, Observed, StopMode, VmSetup,
 };
+use vfarm_proto::ErrorCode;
 use vfarm_store::instances::{InstanceRow, SnapshotRow, StateChange};
 use vfarm_store::{Store, StoreError};
 
@@ -366,44 +367,34 @@ pub struct RunOutcome {
 
 /// Stable error code and exit status for errors of these commands, if `err` is one.
 /// Exit statuses follow cmd/mod.rs: 2 bad input or illegal now, 3 not found, 4 host not ready.
-pub fn classify(err: &anyhow::Error) -> Option<(&'static str, u8)> {
+pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<&'static str>)> {
     if let Some(e) = err.downcast_ref::<DriverError>() {
-        return Some(match e {
-            DriverError::Unsupported { .. } => ("unsupported", 2),
-            DriverError::InvalidSpec { .. } => ("invalid_spec", 2),
-            DriverError::HostNotReady { .. } => ("host_not_ready", 4),
-            DriverError::NotFound { .. } => ("not_found", 3),
-            DriverError::Backend { .. } => ("driver_failed", 1),
-        });
+        let field = match e {
+            DriverError::InvalidSpec { field, .. } => Some(*field),
+            _ => None,
+        };
+        return Some((e.code(), field));
     }
     if err.downcast_ref::<ChangedMeanwhile>().is_some() {
-        return Some(("conflict", 2));
+        return Some((ErrorCode::Conflict, None));
     }
     if err.downcast_ref::<Elsewhere>().is_some() || err.downcast_ref::<OnNode>().is_some() {
-        return Some(("instance_elsewhere", 2));
+        return Some((ErrorCode::InstanceElsewhere, None));
     }
     if err.downcast_ref::<ImageRevoked>().is_some() {
-        return Some(("image_revoked", 2));
+        return Some((ErrorCode::ImageRevoked, None));
     }
     if err
         .downcast_ref::<vfarm_core::instance::TransitionError>()
         .is_some()
     {
-        return Some(("illegal_state", 2));
+        return Some((ErrorCode::IllegalState, None));
     }
-    if err
-        .downcast_ref::<vfarm_core::instance::InvalidField>()
-        .is_some()
-    {
-        return Some(("invalid_request", 2));
+    if let Some(f) = err.downcast_ref::<vfarm_core::instance::InvalidField>() {
+        return Some((ErrorCode::InvalidRequest, Some(f.field)));
     }
     if let Some(e) = err.downcast_ref::<StoreError>() {
-        return Some(match e {
-            StoreError::NotFound { .. } => ("not_found", 3),
-            StoreError::Ambiguous { .. } => ("ambiguous_reference", 2),
-            StoreError::Conflict { .. } => ("conflict", 2),
-            _ => ("store_failed", 1),
-        });
+        return Some((e.code(), None));
     }
     None
 }

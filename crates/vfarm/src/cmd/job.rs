@@ -30,6 +30,7 @@ use vfarm_jobs::{
     cpus_to_milli, milli_to_cpus, Active, Backend, Candidate, Capacity, JobEvent, JobSpec,
     JobState, QueueConfig, Refusal, Stage, UsageRecord,
 };
+use vfarm_proto::ErrorCode;
 use vfarm_store::jobs::{CancelOutcome, JobEnd, JobRow, NewJob, Registration};
 use vfarm_store::Store;
 
@@ -174,12 +175,12 @@ pub struct SubmitArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct SubmitError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub field: String,
     pub message: String,
 }
 
-fn refuse(code: &'static str, field: &str, message: impl Into<String>) -> anyhow::Error {
+fn refuse(code: ErrorCode, field: &str, message: impl Into<String>) -> anyhow::Error {
     SubmitError {
         code,
         field: field.to_string(),
@@ -198,13 +199,13 @@ impl From<Refusal> for SubmitError {
     }
 }
 
-/// (code, field, exit status) for errors of these commands.
-pub fn classify(err: &anyhow::Error) -> Option<(&'static str, Option<&str>, u8)> {
+/// (code, field) for errors of these commands.
+pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<&str>)> {
     if let Some(e) = err.downcast_ref::<SubmitError>() {
-        return Some((e.code, Some(e.field.as_str()), 2));
+        return Some((e.code, Some(e.field.as_str())));
     }
     if let Some(e) = err.downcast_ref::<Refusal>() {
-        return Some((e.code(), Some(e.field()), 2));
+        return Some((e.code(), Some(e.field())));
     }
     None
 }
@@ -261,7 +262,7 @@ fn job_dir(ctx: &Ctx, id: i64) -> PathBuf {
 fn parse_id(s: &str) -> Result<i64> {
     s.trim_start_matches("job-").parse::<i64>().map_err(|_| {
         refuse(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "id",
             format!("`{s}` is not a job id (a number)"),
         )
@@ -310,7 +311,7 @@ fn from_jsdl(path: &Path) -> Result<Request> {
         .with_context(|| format!("cannot read JSDL file {}", path.display()))?;
     let parsed = vfarm_jsdl::parse(&text).map_err(|e| {
         refuse(
-            "invalid_jsdl",
+            ErrorCode::InvalidJsdl,
             "jsdl",
             format!("{}: refused: {e}", path.display()),
         )
@@ -320,14 +321,14 @@ fn from_jsdl(path: &Path) -> Result<Request> {
     }
     let req = parsed.value.to_job_request().map_err(|e| {
         refuse(
-            "invalid_jsdl",
+            ErrorCode::InvalidJsdl,
             "jsdl",
             format!("{}: cannot run: {e}", path.display()),
         )
     })?;
     let Some(exe) = req.executable.clone() else {
         return Err(refuse(
-            "invalid_jsdl",
+            ErrorCode::InvalidJsdl,
             "jsdl",
             format!(
                 "{}: <jsdl:Application> names no <Executable>: nothing to run",
@@ -421,7 +422,7 @@ fn parse_stage_in(s: &str) -> Result<Stage> {
         .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.starts_with("//"))
         .ok_or_else(|| {
             refuse(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "stage-in",
                 format!(
                     "`{s}`: expected SRC:DST (a host path or URL, then a path in the instance)"
@@ -441,7 +442,7 @@ fn parse_stage_out(s: &str) -> Result<Stage> {
         .filter(|(a, b)| !a.is_empty() && !b.is_empty())
         .ok_or_else(|| {
             refuse(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "stage-out",
                 format!("`{s}`: expected SRC:DST (a path in the instance, then a host path, URL or name)"),
             )
@@ -462,7 +463,7 @@ fn check_stage(field: &str, s: &mut Stage, inbound: bool) -> Result<()> {
     };
     if guest.split('/').any(|c| c == "..") || guest.contains(':') {
         return Err(refuse(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             field,
             format!("{field} `{guest}`: a path in the instance must not contain `..` or `:`"),
         ));
@@ -470,7 +471,7 @@ fn check_stage(field: &str, s: &mut Stage, inbound: bool) -> Result<()> {
     let l = host.to_ascii_lowercase();
     if (l.contains("://") || l.starts_with("file:")) && !is_url(host) {
         return Err(refuse(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             field,
             format!("{field} `{host}`: vfarm stages file:, http:// and https:// only"),
         ));
@@ -482,7 +483,7 @@ fn check_stage(field: &str, s: &mut Stage, inbound: bool) -> Result<()> {
                 .with_context(|| format!("{field}: cannot resolve {host}"))?;
             if inbound && !abs.is_file() {
                 return Err(refuse(
-                    "invalid_request",
+                    ErrorCode::InvalidRequest,
                     field,
                     format!("{field} `{host}` → `{guest}`: no such file on this host"),
                 ));
@@ -492,7 +493,7 @@ fn check_stage(field: &str, s: &mut Stage, inbound: bool) -> Result<()> {
     } else if let Some(p) = file_uri_path(host).filter(|_| inbound) {
         if !Path::new(p).is_file() {
             return Err(refuse(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 field,
                 format!("{field} `{host}` → `{guest}`: no such file on this host"),
             ));
@@ -507,7 +508,7 @@ fn parse_os(s: &str) -> Result<vfarm_jsdl::OperatingSystemName> {
         .or_else(|| O::suggest(s).and_then(O::from_xml))
         .ok_or_else(|| {
             refuse(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "os",
                 format!("`{s}` is not a JSDL OperatingSystemName (e.g. LINUX)"),
             )
@@ -527,7 +528,7 @@ fn parse_arch(s: &str) -> Result<vfarm_jsdl::CpuArchitectureName> {
         })
         .ok_or_else(|| {
             refuse(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "arch",
                 format!("`{s}` is not a CPU architecture (x86_64, amd64, arm64 …)"),
             )
@@ -655,7 +656,7 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
     if let Some(c) = a.cpus {
         req.cpus_milli = Some(cpus_to_milli(c).ok_or_else(|| {
             refuse(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "cpus",
                 format!("`{c}` is not a CPU count (e.g. 1, 0.5)"),
             )
@@ -663,18 +664,18 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
     }
     if let Some(m) = &a.memory {
         let b = vfarm_core::parse_size(m)
-            .map_err(|e| refuse("invalid_request", "memory", format!("`{m}`: {e}")))?;
+            .map_err(|e| refuse(ErrorCode::InvalidRequest, "memory", format!("`{m}`: {e}")))?;
         req.memory_mib = Some(b.div_ceil(1 << 20));
     }
     if let Some(w) = &a.walltime {
         req.walltime_secs = Some(
             vfarm_core::instance::parse_duration("walltime", w)
-                .map_err(|e| refuse("invalid_request", "walltime", e.to_string()))?,
+                .map_err(|e| refuse(ErrorCode::InvalidRequest, "walltime", e.to_string()))?,
         );
     }
     for e in &a.env {
         let (k, v) = vfarm_core::instance::parse_env(e)
-            .map_err(|e| refuse("invalid_request", "env", e.to_string()))?;
+            .map_err(|e| refuse(ErrorCode::InvalidRequest, "env", e.to_string()))?;
         req.env.push((k, v));
     }
     for s in &a.stage_in {
@@ -686,7 +687,7 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
     if let Some(w) = &req.workdir {
         if !w.starts_with('/') || w.split('/').any(|c| c == "..") {
             return Err(refuse(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "workdir",
                 format!("`{w}`: must be an absolute path in the instance, without `..`"),
             ));
@@ -709,12 +710,16 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
         check_stage(field, s, false)?;
     }
     if req.argv.is_empty() || req.argv[0].is_empty() {
-        return Err(refuse("invalid_request", "command", "no command to run"));
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            "command",
+            "no command to run",
+        ));
     }
     let owner = a.owner.clone().unwrap_or_else(actor);
     if owner.is_empty() || owner.contains(char::is_whitespace) {
         return Err(refuse(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "owner",
             format!("`{owner}`: must be a non-empty name without spaces"),
         ));
@@ -723,7 +728,7 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
     let arch = req.arch.as_deref().map(parse_arch).transpose()?;
     if req.os_version.is_some() && os.is_none() {
         return Err(refuse(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "os-version",
             "--os-version needs --os",
         ));
@@ -745,9 +750,13 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
             .then(|| queue.image.clone())
             .flatten()
     }) {
-        images
-            .resolve(&r)
-            .map_err(|e| refuse("image_not_found", "image", format!("image `{r}`: {e}")))?
+        images.resolve(&r).map_err(|e| {
+            refuse(
+                ErrorCode::ImageNotFound,
+                "image",
+                format!("image `{r}`: {e}"),
+            )
+        })?
     } else if os.is_some() || arch.is_some() {
         let want = vfarm_jsdl::JobRequest {
             os,
@@ -800,7 +809,7 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
         }
     } else {
         return Err(refuse(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "image",
             format!(
                 "give --image or --os (queue `{}` has no default image)",
@@ -811,7 +820,7 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
     if let Some(ia) = image.arch.as_deref() {
         if !vfarm_jobs::queue::arch_same(ia, std::env::consts::ARCH) {
             return Err(refuse(
-                "unsatisfiable",
+                ErrorCode::Unsatisfiable,
                 "arch",
                 format!(
                     "image `{}` is for {ia}; this host runs {}",
@@ -830,7 +839,7 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
         "qemu" if bootable => "qemu",
         d @ ("any" | "oci" | "qemu") => {
             return Err(refuse(
-                "unsatisfiable",
+                ErrorCode::Unsatisfiable,
                 "driver",
                 format!(
                     "image `{}` cannot run with driver {d} (oci needs its root filesystem tarball, qemu a bootable qcow2 image built with --boot vm)",
@@ -840,7 +849,7 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
         }
         d => {
             return Err(refuse(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "driver",
                 format!("`{d}`: use oci, qemu or any"),
             ))
@@ -850,7 +859,7 @@ fn submit(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
         None => queue.backend,
         Some(b) => Backend::parse(b).ok_or_else(|| {
             refuse(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "backend",
                 format!("`{b}`: use local or slurm"),
             )
@@ -987,7 +996,7 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
             for s in &state {
                 if vfarm_jobs::JobState::parse(s).is_none() {
                     return Err(refuse(
-                        "invalid_request",
+                        ErrorCode::InvalidRequest,
                         "state",
                         format!("`{s}` is not a job state"),
                     ));
@@ -1165,7 +1174,7 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
                 Some(f) => {
                     if f.contains('/') || f == ".." {
                         return Err(refuse(
-                            "invalid_request",
+                            ErrorCode::InvalidRequest,
                             "file",
                             format!("`{f}`: a file name from `vfarm job output {}`", j.id),
                         ));

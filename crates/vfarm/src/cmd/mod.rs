@@ -15,6 +15,7 @@ pub mod staging;
 pub mod token;
 
 use crate::ctx::Ctx;
+use vfarm_proto::ErrorCode;
 
 /// A secret (token) from `file` (`-`: one line from standard input, the prompt) or else the
 /// environment variable `var`; a value given on the command line (`argv`) is refused, since
@@ -61,47 +62,43 @@ pub fn secret(
     }
 }
 
-/// Exit codes: 1 generic failure, 2 bad input (clap uses 2 as well), 3 not found,
-/// 4 host not ready (a component is missing), 5 a build or tool failed.
-pub fn exit_code(err: &anyhow::Error) -> u8 {
+/// The code and the field at fault of a failed command: the one classification of the
+/// CLI's errors (the exit status and `--output json` follow from it; the API's instance
+/// handlers use it too).
+pub fn classify(err: &anyhow::Error) -> (ErrorCode, Option<String>) {
     if let Some(e) = err.downcast_ref::<remote::RemoteError>() {
-        return e.exit_code();
+        return (
+            ErrorCode::parse(&e.code).unwrap_or(ErrorCode::Failed),
+            e.field.clone(),
+        );
     }
-    if let Some((_, _, code)) = job::classify(err) {
-        return code;
+    if let Some(e) = err.downcast_ref::<vfarm_api::ApiError>() {
+        return (e.code, e.field.as_deref().map(str::to_string));
     }
-    if let Some((_, code)) = instance::classify(err) {
-        return code;
+    if let Some((code, field)) = job::classify(err) {
+        return (code, field.map(str::to_string));
+    }
+    if let Some((code, field)) = instance::classify(err) {
+        return (code, field.map(str::to_string));
     }
     if let Some(e) = err.downcast_ref::<vfarm_image::ImageError>() {
-        return match e.code() {
-            "invalid_spec"
-            | "unknown_package"
-            | "suite_unavailable"
-            | "invalid_import"
-            | "conflict"
-            | "image_in_use"
-            | "ambiguous_reference" => 2,
-            "image_not_found" | "artifact_not_found" => 3,
-            "host_not_ready" => 4,
-            "build_failed" | "check_failed" => 5,
-            _ => 1,
-        };
+        return (e.code(), e.field().map(str::to_string));
     }
-    if err.downcast_ref::<vfarm_core::SpecError>().is_some() {
-        return 2;
+    if let Some(e) = err.downcast_ref::<vfarm_core::SpecError>() {
+        return (ErrorCode::InvalidSpec, Some(e.field().to_string()));
     }
-    if err.downcast_ref::<bench::Invalid>().is_some() {
-        return 2;
+    if let Some(e) = err.downcast_ref::<bench::Invalid>() {
+        return (ErrorCode::InvalidArgument, Some(e.field.to_string()));
     }
     if let Some(e) = err.downcast_ref::<vfarm_auth::AuthError>() {
-        return match e.code() {
-            "token_not_found" | "not_found" => 3,
-            _ if e.is_client_error() => 2,
-            _ => 1,
-        };
+        return (e.code(), e.field().map(str::to_string));
     }
-    1
+    (ErrorCode::Failed, None)
+}
+
+/// The exit status of a failed command (see [`ErrorCode::exit_code`]).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    classify(err).0.exit_code()
 }
 
 /// The one thing to do about `err`, for refusals whose own message does not say it (a
@@ -185,52 +182,7 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
     }
     eprintln!("{msg}");
     if ctx.json() {
-        let code = err
-            .downcast_ref::<vfarm_image::ImageError>()
-            .map(|e| e.code())
-            .or_else(|| {
-                err.downcast_ref::<vfarm_core::SpecError>()
-                    .map(|_| "invalid_spec")
-            })
-            .or_else(|| {
-                err.downcast_ref::<remote::RemoteError>()
-                    .map(|e| e.code.as_str())
-            })
-            .or_else(|| instance::classify(err).map(|(c, _)| c))
-            .or_else(|| job::classify(err).map(|(c, _, _)| c))
-            .or_else(|| {
-                err.downcast_ref::<bench::Invalid>()
-                    .map(|_| "invalid_argument")
-            })
-            .or_else(|| {
-                err.downcast_ref::<vfarm_auth::AuthError>()
-                    .map(|e| e.code())
-            })
-            .unwrap_or("error");
-        let field = err
-            .downcast_ref::<vfarm_image::ImageError>()
-            .and_then(|e| match e {
-                vfarm_image::ImageError::Spec(s) => Some(s.field()),
-                vfarm_image::ImageError::UnknownPackages { .. } => Some("package"),
-                vfarm_image::ImageError::SizeTooSmall { .. } => Some("size"),
-                vfarm_image::ImageError::ForeignArch { .. } => Some("arch"),
-                vfarm_image::ImageError::SuiteUnavailable { .. } => Some("suite"),
-                _ => None,
-            })
-            .or_else(|| {
-                err.downcast_ref::<vfarm_core::SpecError>()
-                    .map(|s| s.field())
-            })
-            .or_else(|| err.downcast_ref::<bench::Invalid>().map(|i| i.field))
-            .or_else(|| {
-                err.downcast_ref::<vfarm_auth::AuthError>()
-                    .and_then(|e| e.field())
-            })
-            .or_else(|| job::classify(err).and_then(|(_, f, _)| f))
-            .or_else(|| {
-                err.downcast_ref::<remote::RemoteError>()
-                    .and_then(|e| e.field.as_deref())
-            });
+        let (code, field) = classify(err);
         let mut doc = serde_json::json!({ "error": { "code": code, "field": field, "message": format!("{err:#}") } });
         if let Some(f) = fix {
             doc["error"]["fix"] = f.into();

@@ -54,19 +54,6 @@ pub struct RemoteError {
     pub field: Option<String>,
 }
 
-impl RemoteError {
-    /// The local exit code for this error: 2 bad input or illegal now, 3 not found,
-    /// 4 service not ready, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self.status {
-            400 | 401 | 403 | 409 => 2,
-            404 => 3,
-            503 => 4,
-            _ => 1,
-        }
-    }
-}
-
 /// A bearer token goes over `http://` only to this host: anyone on the path would read it.
 fn refuse_plain_token(base: &str) -> Result<()> {
     let Some(rest) = base.strip_prefix("http://") else {
