@@ -4,5 +4,6 @@
 //! [`ErrorCode`] without depending on HTTP or the CLI.
 
 mod error;
+pub mod instances;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

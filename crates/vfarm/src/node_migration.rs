@@ -33,6 +33,9 @@ pub struct NodeMigrations {
     sending: Mutex<HashMap<String, BusyGuard>>,
 }
 
+/// The node's migration steps act for the control, in the event log.
+const MIGRATION_AGENT: &str = "vfarm-migration";
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("{e:#}"))
 }
@@ -193,6 +196,7 @@ impl MigrationBackend for NodeMigrations {
     }
 
     fn complete(&self, id: &str) -> Result<Vec<String>, ApiError> {
+        let caller = &vfarm_service::Caller::agent(MIGRATION_AGENT);
         if std::fs::remove_file(self.outgoing_tar(id)).is_ok() {
             // An oci instance whose layer moved: destroyed here like any other.
             self.release(id);
@@ -202,8 +206,14 @@ impl MigrationBackend for NodeMigrations {
             };
             let mut drivers = crate::cmd::instance::Drivers::new(&self.ctx);
             let driver = drivers.get("oci").map_err(internal)?;
-            crate::cmd::instance::destroy_instance(&self.ctx.data_dir, &store, driver, &row)
-                .map_err(internal)?;
+            crate::cmd::instance::destroy_instance(
+                caller,
+                &self.ctx.data_dir,
+                &store,
+                driver,
+                &row,
+            )
+            .map_err(internal)?;
             return Ok(vec![]);
         }
         let warnings = self.qemu().complete_outgoing(id).map_err(driver_err)?;
@@ -294,6 +304,7 @@ impl MigrationBackend for NodeMigrations {
     }
 
     fn import(&self, row: Value) -> Result<(), ApiError> {
+        let caller = &vfarm_service::Caller::agent(MIGRATION_AGENT);
         let mut row: InstanceRow = serde_json::from_value(row)
             .map_err(|e| ApiError::bad_request("row", format!("not an instance record: {e}")))?;
         if row.driver != "oci" {
@@ -330,7 +341,7 @@ impl MigrationBackend for NodeMigrations {
         store.insert_instance(&row).map_err(internal)?;
         let mut drivers = crate::cmd::instance::Drivers::new(&self.ctx);
         let driver = drivers.get("oci").map_err(internal)?;
-        crate::cmd::instance::prepare_recorded(&store, driver, &row, &self.ctx.data_dir)
+        crate::cmd::instance::prepare_recorded(caller, &store, driver, &row, &self.ctx.data_dir)
             .map_err(internal)?;
         Ok(())
     }

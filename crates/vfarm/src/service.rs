@@ -8,6 +8,7 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vfarm_proto::ErrorCode;
+use vfarm_service::Caller;
 
 use anyhow::Context;
 use vfarm_api::instances::{
@@ -21,7 +22,7 @@ use vfarm_driver::{BootProfile, DriverError, ExecIo, ExecStop};
 use vfarm_store::instances::InstanceRow;
 use vfarm_store::{Store, StoreError};
 
-use crate::cmd::instance::{self as inst, Admission, Drivers, NetArg, NewInstance, ShapeArgs};
+use crate::cmd::instance::{self as inst, Admission, Drivers, Net, NewInstance, Shape};
 use crate::ctx::Ctx;
 
 /// Exec output kept per stream; more is cut (the API is not a bulk transfer channel).
@@ -97,6 +98,7 @@ impl Service {
     /// The caller's instance by reference, reconciled with its driver. Another owner's
     /// instance is reported exactly like a missing one.
     fn find(&self, who: &Identity, reference: &str) -> Result<InstanceRow, ApiError> {
+        let caller = &caller_of(who);
         let store = self.store()?;
         // Only the caller's own instances (all, for admins) take part in the lookup, so
         // another owner's ids never make a prefix ambiguous or appear in an error.
@@ -107,7 +109,7 @@ impl Service {
             return Err(not_found("instance", reference));
         }
         let mut drivers = Drivers::new(&self.ctx);
-        inst::refresh(&store, &mut drivers, row).map_err(api_error)
+        inst::refresh(caller, &store, &mut drivers, row).map_err(api_error)
     }
 
     /// `find`, and mark the instance busy until the guard is dropped.
@@ -125,6 +127,14 @@ impl Service {
 /// The owner whose instances a caller's references resolve among (`None`: all, for admins).
 pub(crate) fn owner_scope(who: &Identity) -> Option<&str> {
     (!who.admin).then_some(who.user.as_str())
+}
+
+/// The service's watcher, in the event log: it records what it observed.
+pub const WATCHER: &str = "vfarm-watcher";
+
+/// The caller an API request acts for.
+fn caller_of(who: &Identity) -> Caller {
+    Caller::new(who.user.clone(), who.admin)
 }
 
 fn not_found(kind: &str, id: &str) -> ApiError {
@@ -352,13 +362,13 @@ impl InstanceBackend for Service {
                 image,
                 name: req.name,
                 expiry: req.expiry,
-                shape: ShapeArgs {
+                shape: Shape {
                     cpus: req.cpus,
                     memory: req.memory,
                     pids: None,
                     hostname: req.hostname,
                     env: req.env,
-                    net: NetArg::None,
+                    net: Net::None,
                     privileged: req.privileged,
                 },
                 command: req.command,
@@ -380,12 +390,14 @@ impl InstanceBackend for Service {
             .map_err(|e| api_error(e.into()))?
             .ok_or_else(|| not_found("instance", id))?;
         let _busy = self.busy.hold(id);
+        // Completing a create acts for the instance's owner, who asked for it.
+        let caller = &Caller::new(row.owner.clone(), false);
         let mut drivers = Drivers::new(&self.ctx);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
-        let row =
-            inst::prepare_recorded(&store, driver, &row, &self.ctx.data_dir).map_err(api_error)?;
+        let row = inst::prepare_recorded(caller, &store, driver, &row, &self.ctx.data_dir)
+            .map_err(api_error)?;
         if start {
-            inst::start_instance(&store, driver, &row).map_err(api_error)?;
+            inst::start_instance(caller, &store, driver, &row).map_err(api_error)?;
         }
         let row = store
             .instance(id)
@@ -395,10 +407,11 @@ impl InstanceBackend for Service {
     }
 
     fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ApiError> {
+        let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.ctx);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
-        inst::destroy_instance(&self.ctx.data_dir, &*self.store()?, driver, &row)
+        inst::destroy_instance(caller, &self.ctx.data_dir, &*self.store()?, driver, &row)
             .map_err(api_error)?;
         Ok(row.id)
     }
@@ -409,18 +422,19 @@ impl InstanceBackend for Service {
         reference: &str,
         action: Action,
     ) -> Result<InstanceView, ApiError> {
+        let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
         let store = self.store()?;
         let mut drivers = Drivers::new(&self.ctx);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         match action {
-            Action::Start => inst::start_instance(&store, driver, &row),
-            Action::Stop { force } => inst::stop_instance(&store, driver, &row, force),
+            Action::Start => inst::start_instance(caller, &store, driver, &row),
+            Action::Stop { force } => inst::stop_instance(caller, &store, driver, &row, force),
             Action::Pause => {
-                inst::pause_resume_instance(&store, driver, &row, Event::Pause).map(|_| ())
+                inst::pause_resume_instance(caller, &store, driver, &row, Event::Pause).map(|_| ())
             }
             Action::Resume => {
-                inst::pause_resume_instance(&store, driver, &row, Event::Resume).map(|_| ())
+                inst::pause_resume_instance(caller, &store, driver, &row, Event::Resume).map(|_| ())
             }
         }
         .map_err(api_error)?;
@@ -432,8 +446,9 @@ impl InstanceBackend for Service {
     }
 
     fn extend(&self, who: &Identity, reference: &str, by: &str) -> Result<InstanceView, ApiError> {
+        let caller = &caller_of(who);
         let row = self.find(who, reference)?;
-        let row = inst::extend_instance(&*self.store()?, &row, by).map_err(api_error)?;
+        let row = inst::extend_instance(caller, &*self.store()?, &row, by).map_err(api_error)?;
         self.view(&row)
     }
 
@@ -476,7 +491,9 @@ impl InstanceBackend for Service {
             stderr: err_w.into(),
         };
         let stop = ExecStop {
-            deadline: Some(std::time::Instant::now() + req.time_limit()?),
+            deadline: Some(
+                std::time::Instant::now() + vfarm_api::instances::exec_time_limit(&req)?,
+            ),
             cancelled: req.cancelled.clone(),
         };
         let code = exec
@@ -534,10 +551,11 @@ impl InstanceBackend for Service {
         reference: &str,
         name: &str,
     ) -> Result<SnapshotView, ApiError> {
+        let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.ctx);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
-        inst::snapshot_instance(&*self.store()?, driver, &row, name)
+        inst::snapshot_instance(caller, &*self.store()?, driver, &row, name)
             .map(inst::snapshot_view)
             .map_err(api_error)
     }
@@ -548,11 +566,12 @@ impl InstanceBackend for Service {
         reference: &str,
         name: &str,
     ) -> Result<InstanceView, ApiError> {
+        let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
         let store = self.store()?;
         let mut drivers = Drivers::new(&self.ctx);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
-        inst::revert_instance(&store, driver, &row, name).map_err(api_error)?;
+        inst::revert_instance(caller, &store, driver, &row, name).map_err(api_error)?;
         let row = store
             .instance(&row.id)
             .map_err(|e| api_error(e.into()))?
@@ -561,10 +580,11 @@ impl InstanceBackend for Service {
     }
 
     fn snapshot_remove(&self, who: &Identity, reference: &str, name: &str) -> Result<(), ApiError> {
+        let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.ctx);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
-        inst::remove_snapshot(&*self.store()?, driver, &row, name).map_err(api_error)
+        inst::remove_snapshot(caller, &*self.store()?, driver, &row, name).map_err(api_error)
     }
 
     fn quota(&self, who: &Identity) -> Result<QuotaView, ApiError> {
@@ -609,11 +629,12 @@ pub struct Reconciled {
 /// that never reached the driver are removed, directories without a record are cleaned
 /// up, and holds of vanished instances are released. Running instances are left running.
 pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
+    let caller = &Caller::agent(WATCHER);
     let store = ctx.store()?;
     let mut drivers = Drivers::new(ctx);
     let mut out = Reconciled::default();
     for row in store.instances()? {
-        let row = match inst::refresh(&store, &mut drivers, row.clone()) {
+        let row = match inst::refresh(caller, &store, &mut drivers, row.clone()) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("cannot check instance {}: {e:#}", row.id);
@@ -718,6 +739,7 @@ fn watch_once(
     w: &mut Watch,
     first: bool,
 ) -> anyhow::Result<()> {
+    let caller = &Caller::agent(WATCHER);
     let store = ctx.store()?;
     // Running and paused instances can end by themselves: ask their drivers (cheap: a
     // process check), and record what they observe.
@@ -726,7 +748,7 @@ fn watch_once(
         .instances_in(&[State::Running.as_str(), State::Paused.as_str()])
         .context("list active instances")?;
     for row in active.into_iter().filter(|r| !busy.contains(&r.id)) {
-        let _ = inst::refresh(&store, &mut drivers, row);
+        let _ = inst::refresh(caller, &store, &mut drivers, row);
     }
     // Only a changed table is read in full (a service with 10,000 idle records mostly isn't).
     let fp = store.instances_fingerprint()?;

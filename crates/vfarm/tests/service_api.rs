@@ -475,6 +475,24 @@ fn owners_admins_and_live_events() {
             .all(|e| e["actor"] == "alice"),
         "{own}"
     );
+    // The event log names the caller of each state change, not the service's own user:
+    // alice's instance was made, started and destroyed by alice, bob's destroyed by the admin.
+    let events = common::store_of(&vf.data).events(10_000).unwrap();
+    let acts = |actor: &str, kind: &str| {
+        events
+            .iter()
+            .filter(|e| e.actor == actor && e.kind == kind)
+            .count()
+    };
+    assert!(acts("alice", "instance.create") >= 1, "{events:?}");
+    assert!(acts("alice", "instance.running") >= 1, "{events:?}");
+    assert!(acts("alice", "instance.destroyed") >= 1, "{events:?}");
+    assert!(acts("site-admin", "instance.destroyed") >= 1, "{events:?}");
+    let service_user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    assert!(
+        events.iter().all(|e| e.actor != service_user || !e.kind.starts_with("instance.")),
+        "a change recorded as the service's user {service_user}: {events:?}"
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&vf.data);
 }

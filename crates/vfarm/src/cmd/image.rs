@@ -233,15 +233,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<i32> {
 
 /// Who acts, for the event log: the local user for the CLI.
 pub fn actor() -> String {
-    std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| {
-            if crate::ctx::is_root() {
-                "root".into()
-            } else {
-                "local".into()
-            }
-        })
+    vfarm_service::Caller::local().user
 }
 
 pub fn build(ctx: &Ctx, args: &BuildArgs) -> Result<BuildOutcome> {

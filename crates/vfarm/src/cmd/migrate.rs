@@ -45,10 +45,11 @@ struct Moved<'a> {
 }
 
 pub fn run(ctx: &Ctx, a: MigrateArgs) -> Result<i32> {
+    let caller = &vfarm_service::Caller::local();
     let to = destination_dir(ctx, &a.to)?;
     let store = ctx.store()?;
     let mut drivers = Drivers::new(ctx);
-    let row = find(&store, &mut drivers, &a.instance)?;
+    let row = find(caller, &store, &mut drivers, &a.instance)?;
     if let Some(host) = store.instance_host(&row.id)? {
         return Err(crate::cmd::instance::OnNode { id: row.id, host }.into());
     }

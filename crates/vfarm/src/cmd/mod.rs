@@ -11,7 +11,7 @@ pub mod migrate;
 pub mod node;
 pub mod remote;
 pub mod serve;
-pub mod staging;
+pub use vfarm_service::staging;
 pub mod token;
 
 use crate::ctx::Ctx;

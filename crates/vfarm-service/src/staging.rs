@@ -121,15 +121,15 @@ pub fn copy_out_all(driver: &dyn Driver, id: &str, stages: &[Stage]) -> usize {
     let files = match files_of(driver) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("vfarm: run: {e:#}");
+            tracing::warn!("run: {e:#}");
             return stages.len();
         }
     };
     let mut failed = 0;
     for s in stages {
         if let Err(e) = files.copy_out(id, &s.guest, &s.host) {
-            eprintln!(
-                "vfarm: run: cannot copy {} out to {}: {e}",
+            tracing::warn!(
+                "run: cannot copy {} out to {}: {e}",
                 s.guest,
                 s.host.display()
             );
