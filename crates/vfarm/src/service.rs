@@ -84,7 +84,7 @@ pub struct Service {
 impl Service {
     pub fn new(ctx: &Ctx, admission: Admission, busy: Busy) -> Service {
         Service {
-            ctx: Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose),
+            ctx: ctx.fresh(),
             admission,
             busy,
             puller: None,
@@ -708,7 +708,7 @@ pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
 /// Keep records current (instances that exit or die while nobody asks) and tell
 /// `/api/v1/events` listeners what changed, whichever process changed it.
 pub fn spawn_watcher(ctx: &Ctx, events: tokio::sync::broadcast::Sender<InstanceEvent>, busy: Busy) {
-    let ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
+    let ctx = ctx.fresh();
     std::thread::spawn(move || {
         let mut w = Watch::default();
         let mut first = true;

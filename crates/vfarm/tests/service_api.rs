@@ -490,7 +490,9 @@ fn owners_admins_and_live_events() {
     assert!(acts("site-admin", "instance.destroyed") >= 1, "{events:?}");
     let service_user = std::env::var("USER").unwrap_or_else(|_| "root".into());
     assert!(
-        events.iter().all(|e| e.actor != service_user || !e.kind.starts_with("instance.")),
+        events
+            .iter()
+            .all(|e| e.actor != service_user || !e.kind.starts_with("instance.")),
         "a change recorded as the service's user {service_user}: {events:?}"
     );
     drop(server);
