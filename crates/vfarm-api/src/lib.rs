@@ -25,6 +25,7 @@ use vfarm_store::Store;
 pub mod auth;
 pub mod hosts;
 pub mod instances;
+pub mod jobs;
 pub mod live;
 pub mod migration;
 pub mod openapi;
@@ -121,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(live::events))
         .route("/api/v1/audit", get(live::audit))
         .route("/api/v1/quota", get(instances::quota))
+        .route("/api/v1/jobs", get(jobs::list).post(jobs::submit))
+        .route("/api/v1/jobs/{id}", get(jobs::show))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/jobs/{id}/outputs/{name}", get(jobs::output))
         .route(
             "/api/v1/instances",
             get(instances::list).post(instances::create),

@@ -41,6 +41,13 @@ impl Env {
         }
     }
 
+    /// An environment over an already opened store (the HTTP service's).
+    pub fn with_store(data_dir: PathBuf, store: Arc<Store>) -> Env {
+        let env = Env::new(data_dir);
+        let _ = env.store.set(store);
+        env
+    }
+
     /// The same data dir (and fake drivers) with a store of its own, for a long-lived part of a
     /// service (the API backend, the watcher): each has its own database connection.
     pub fn fresh(&self) -> Env {

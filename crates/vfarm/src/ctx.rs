@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
-pub use vfarm_service::env::{database, default_data_dir, hostname, Env};
+pub use vfarm_service::env::{database, default_data_dir, Env};
 
 /// `--output`: a table for people, one JSON document for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
