@@ -97,12 +97,12 @@ impl Identity {
 
     /// What owned this certificate user's objects before owners recorded the issuer (migration
     /// 0010): its subject with the issuer `unknown`. Those objects stay the subject's under
-    /// any CA the site trusts for that subject (its namespace), as they were.
+    /// any CA the site trusts for that subject (its namespace), as they were. A token made
+    /// for a certificate user's owner key gets the same; a token user of any other name, none.
     pub fn legacy_owner(&self) -> Option<String> {
-        match (&self.method, &self.subject) {
-            (AuthMethod::ClientCert, Some(s)) => Some(owner_key(s, UNKNOWN_ISSUER)),
-            _ => None,
-        }
+        split_owner_key(&self.user)
+            .filter(|(_, issuer)| *issuer != UNKNOWN_ISSUER)
+            .map(|(subject, _)| owner_key(subject, UNKNOWN_ISSUER))
     }
 }
 
@@ -195,6 +195,12 @@ mod tests {
             ..a.clone()
         };
         assert!(!tok.may_access(legacy));
+        // A token acting as the certificate user (its owner key) reaches them too.
+        let tok = Identity {
+            user: a.user.clone(),
+            ..tok
+        };
+        assert!(tok.may_access(legacy) && tok.may_access(&a.user));
         let v = serde_json::to_value(&a).unwrap();
         assert_eq!(v["user"], "/C=XX/O=A/CN=Admin issuer=/C=XX/O=A/CN=CA A");
         assert_eq!(v["issuer"], "/C=XX/O=A/CN=CA A");
