@@ -24,9 +24,10 @@ pub struct ServeArgs {
     /// <hash>.r0 CRLs, e.g. /etc/grid-security/certificates); a revoked one is refused.
     #[arg(long, value_name = "DIR", requires = "tls_cert")]
     pub(crate) client_ca_dir: Option<PathBuf>,
-    /// A user with admin rights (a DN or a token's user); repeatable, added to `admins` in
-    /// the config.
-    #[arg(long = "admin", value_name = "DN")]
+    /// A user with admin rights, repeatable, added to `admins` in the config: a token's user,
+    /// a login name, a certificate subject (from any CA the client CA directory trusts for
+    /// it), or `<subject> issuer=<issuer>` (that CA only, as whoami shows it).
+    #[arg(long = "admin", value_name = "USER")]
     pub(crate) admins: Vec<String>,
     /// Service configuration: admins, hostname pool, quotas (default: <data>/serve.toml).
     #[arg(long, value_name = "FILE", env = "VFARM_SERVE_CONFIG")]
