@@ -968,6 +968,11 @@ fn a_node_refuses_a_second_ca_minting_a_dn_of_the_site_namespace() {
     require("curl");
     let dir = fresh_dir("cluster-namespaces");
     let c = Cluster::start(&dir, 1, "");
+    // Heartbeats still find the node by its certificate's subject (the user is now subject
+    // and issuer together).
+    c.wait_hosts(Duration::from_secs(30), "node1 up", |h| {
+        h.get("node1").is_some_and(up)
+    });
     let node_dir = c.nodes[0].0.data.join("node/certificates");
     assert!(
         std::fs::read_dir(&node_dir)
