@@ -969,9 +969,11 @@ fn a_node_refuses_a_second_ca_minting_a_dn_of_the_site_namespace() {
     let dir = fresh_dir("cluster-namespaces");
     let c = Cluster::start(&dir, 1, "");
     // Heartbeats still find the node by its certificate's subject (the user is now subject
-    // and issuer together).
-    c.wait_hosts(Duration::from_secs(30), "node1 up", |h| {
-        h.get("node1").is_some_and(up)
+    // and issuer together). Waiting for the node's doctor report too means its KVM probe is
+    // over before the test ends (a node killed mid-probe leaves the probe's QEMU behind).
+    c.wait_hosts(Duration::from_secs(60), "node1 up with its checks", |h| {
+        h.get("node1")
+            .is_some_and(|n| up(n) && n["checks"].is_object())
     });
     let node_dir = c.nodes[0].0.data.join("node/certificates");
     assert!(
