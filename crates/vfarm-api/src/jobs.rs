@@ -58,7 +58,7 @@ fn visible(s: &AppState, who: &Identity, id: &str) -> Result<JobRow, ApiError> {
         StoreError::NotFound { .. } => not_found(),
         e => ApiError::internal(e.to_string()),
     })?;
-    if !who.admin && j.owner != who.user {
+    if !who.may_access(&j.owner) {
         return Err(not_found());
     }
     Ok(j)
@@ -154,7 +154,7 @@ pub(crate) async fn list(
             .jobs(&states)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         rows.iter()
-            .filter(|j| who.admin || j.owner == who.user)
+            .filter(|j| who.may_access(&j.owner))
             .filter(|j| f.owner.as_ref().is_none_or(|o| &j.owner == o))
             .map(|j| job_json(&env, j, false))
             .collect::<Result<Vec<_>, _>>()

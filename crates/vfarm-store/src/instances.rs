@@ -154,9 +154,20 @@ impl Store {
     /// for admins and the local CLI). Another owner's instance is not found, never makes a
     /// prefix ambiguous, and is never named in an error. An exact id wins over a name.
     pub fn find_instance_of(&self, reference: &str, owner: Option<&str>) -> Result<InstanceRow> {
+        self.find_instance_among(reference, owner.map(|o| [o, o]))
+    }
+
+    /// [`find_instance_of`](Self::find_instance_of) among the instances of either of two
+    /// owners: a certificate user's owner key and what owned its instances before owners
+    /// recorded the issuer (`<subject> issuer=unknown`, migration 0010).
+    pub fn find_instance_among(
+        &self,
+        reference: &str,
+        owners: Option<[&str; 2]>,
+    ) -> Result<InstanceRow> {
         let conn = self.conn();
-        let scope = if owner.is_some() {
-            " AND owner = ?2"
+        let scope = if owners.is_some() {
+            " AND owner IN (?2, ?3)"
         } else {
             ""
         };
@@ -165,8 +176,8 @@ impl Store {
                 "SELECT {COLS} FROM instances WHERE {cond}{scope} ORDER BY id LIMIT {limit}"
             );
             let mut st = conn.prepare(&sql)?;
-            let rows = match owner {
-                Some(o) => st.query_map(params![arg, o], row)?,
+            let rows = match owners {
+                Some([o, legacy]) => st.query_map(params![arg, o, legacy], row)?,
                 None => st.query_map(params![arg], row)?,
             };
             rows.collect::<Result<_, _>>()

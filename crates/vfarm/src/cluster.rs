@@ -174,7 +174,8 @@ impl Cluster {
         reference: &str,
     ) -> Result<Option<(InstanceRow, HostRow)>, ApiError> {
         let store = self.store()?;
-        let row = match store.find_instance_of(reference, crate::service::owner_scope(who)) {
+        let scope = crate::service::owner_scope(who);
+        let row = match store.find_instance_among(reference, crate::service::scope_refs(&scope)) {
             Ok(r) => r,
             // The local backend words it (not found, ambiguous).
             Err(_) => return Ok(None),

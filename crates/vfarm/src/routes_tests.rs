@@ -20,6 +20,13 @@ use crate::ctx::{Ctx, OutputFormat};
 const ALICE: &str = "/CN=alice";
 const BOB: &str = "/CN=bob";
 const ADMIN: &str = "/CN=admin";
+/// The issuer of every test certificate.
+const CA: &str = "/CN=test CA";
+
+/// The identity (owner, actor) of a certificate user: subject bound to its issuer.
+fn key(dn: &str) -> String {
+    format!("{dn} issuer={CA}")
+}
 
 struct Api {
     state: AppState,
@@ -92,6 +99,7 @@ impl Api {
         req.extensions_mut().insert(ConnectInfo(Peer {
             addr: Some("127.0.0.1:1".parse().unwrap()),
             client_dn: Some(dn.to_string()),
+            client_issuer: Some(CA.to_string()),
             ..Peer::default()
         }));
         let resp = vfarm_api::router(self.state.clone())
@@ -156,7 +164,7 @@ async fn every_instance_route_on_the_fake_driver() {
         1
     );
     let s = api.ok(ALICE, "GET", "/api/v1/instances/a1", None).await;
-    assert_eq!(s["owner"], ALICE, "{s}");
+    assert_eq!(s["owner"], key(ALICE), "{s}");
     let (st, v) = api.call(BOB, "GET", "/api/v1/instances/a1", None).await;
     assert_eq!(
         (st, v["error"]["code"].as_str()),
@@ -361,7 +369,7 @@ async fn every_instance_route_on_the_fake_driver() {
         json!([])
     );
     let events = api.ctx.store().unwrap().events(1000).unwrap();
-    let by = |actor: &str, kind: &str| events.iter().any(|e| e.actor == actor && e.kind == kind);
+    let by = |dn: &str, kind: &str| events.iter().any(|e| e.actor == key(dn) && e.kind == kind);
     assert!(by(ALICE, "instance.create"), "{events:?}");
     assert!(by(ALICE, "instance.paused"), "{events:?}");
     assert!(by(ALICE, "snapshot.create"), "{events:?}");

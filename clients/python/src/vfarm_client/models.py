@@ -49,6 +49,9 @@ class Whoami:
     method: str
     admin: bool = False
     token_id: Optional[str] = None
+    # A certificate user: `user` is "<subject> issuer=<issuer>", these its two parts.
+    subject: Optional[str] = None
+    issuer: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
