@@ -454,6 +454,8 @@ async function main() {
     run(BIN, ['ca', 'init', '--subject', '/C=XX/O=vfarm web test/CN=test CA'], env, 'making the test CA');
     run(BIN, ['ca', 'issue-host', 'localhost', '--out', path.join(pki, 'host')], env, 'issuing the host certificate');
     const dn = { carol: '/C=XX/O=vfarm web test/CN=Carol', dave: '/C=XX/O=vfarm web test/CN=Dave' };
+    // A certificate user is its subject bound to its issuer (docs/security.md).
+    const user = (u) => `${dn[u]} issuer=/C=XX/O=vfarm web test/CN=test CA`;
     for (const [u, d] of Object.entries(dn)) {
       run(BIN, ['ca', 'issue-user', d, '--out', path.join(pki, u)], env, `issuing ${u}'s certificate`);
     }
@@ -474,7 +476,7 @@ async function main() {
       await page.getByTestId('deploy-form').or(page.getByTestId('login-form')).first().waitFor({ timeout: 15_000 });
       check(await page.getByTestId('login-form').count() === 0, `${u} presented a certificate and still got the login form`);
       const shown = await page.getByTestId('whoami-user').textContent();
-      check(shown === dn[u], `${u}'s certificate shows as ${JSON.stringify(shown)}, not ${dn[u]}`);
+      check(shown === user(u), `${u}'s certificate shows as ${JSON.stringify(shown)}, not ${user(u)}`);
       check(!(await page.getByTestId('logout').isVisible()), 'a certificate user is offered "Sign out"');
       await liveOpen(page, u);
       return page;

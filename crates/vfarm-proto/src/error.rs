@@ -10,10 +10,13 @@ use serde::{Deserialize, Serialize};
 
 macro_rules! codes {
     ($( $(#[doc = $doc:literal])* $variant:ident = $code:literal, )*) => {
-        /// A stable, machine-readable error code (`snake_case` on the wire).
+        /// A stable, machine-readable error code (`snake_case` on the wire). The wire name is
+        /// the variant's name in snake case, for serde and the OpenAPI schema alike (a test
+        /// checks it equals `as_str`).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum ErrorCode {
-            $( $(#[doc = $doc])* #[serde(rename = $code)] $variant, )*
+            $( $(#[doc = $doc])* $variant, )*
         }
 
         impl ErrorCode {
@@ -216,7 +219,7 @@ codes! {
     /// A failure the client cannot act on; the message quotes an id for the log.
     Internal = "internal",
     /// A command failed; the message says why.
-    Failed = "error",
+    Error = "error",
     /// The state database failed.
     StoreError = "store_error",
     /// The state database holds a record it cannot read.
@@ -323,7 +326,7 @@ impl ErrorCode {
             | Truncated
             | CheckFailed => 422,
             RateLimited => 429,
-            Internal | Failed | StoreError | StoreCorrupt | IoError | CertificateError
+            Internal | Error | StoreError | StoreCorrupt | IoError | CertificateError
             | BackendFailure | BuildFailed | TrustAnchors | CacheIo | SlurmCommandFailed
             | SlurmParse | SlurmIo | SlurmClusterStart | SlurmTimeout | ChartFailed => 500,
             NodeError | ImagePullFailed | Transport | HttpStatus | SourceUnreadable => 502,
@@ -395,6 +398,21 @@ mod tests {
             );
         }
         assert_eq!(ErrorCode::parse("no_such_code"), None);
+    }
+
+    /// The OpenAPI schema of the enum names the wire strings, not the Rust variants.
+    #[test]
+    fn the_schema_enumerates_the_wire_strings() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(ErrorCode::schema()).unwrap();
+        let listed: Vec<&str> = schema["enum"]
+            .as_array()
+            .expect("an enum schema")
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let wire: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, wire);
     }
 
     #[test]

@@ -174,7 +174,7 @@ fn api_error(e: anyhow::Error) -> ApiError {
         return not_found(kind, id);
     }
     let (code, field) = match crate::cmd::classify(&e) {
-        (ErrorCode::Failed, f) => (ErrorCode::Internal, f),
+        (ErrorCode::Error, f) => (ErrorCode::Internal, f),
         c => c,
     };
     let message = if !code.is_client_error() {

@@ -68,7 +68,7 @@ pub fn secret(
 pub fn classify(err: &anyhow::Error) -> (ErrorCode, Option<String>) {
     if let Some(e) = err.downcast_ref::<remote::RemoteError>() {
         return (
-            ErrorCode::parse(&e.code).unwrap_or(ErrorCode::Failed),
+            ErrorCode::parse(&e.code).unwrap_or(ErrorCode::Error),
             e.field.clone(),
         );
     }
@@ -93,7 +93,7 @@ pub fn classify(err: &anyhow::Error) -> (ErrorCode, Option<String>) {
     if let Some(e) = err.downcast_ref::<vfarm_auth::AuthError>() {
         return (e.code(), e.field().map(str::to_string));
     }
-    (ErrorCode::Failed, None)
+    (ErrorCode::Error, None)
 }
 
 /// The exit status of a failed command (see [`ErrorCode::exit_code`]).
