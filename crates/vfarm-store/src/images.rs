@@ -432,7 +432,7 @@ impl Store {
 pub(crate) mod tests {
     use super::*;
 
-    fn img(id: &str, name: Option<&str>) -> ImageRow {
+    pub(crate) fn img(id: &str, name: Option<&str>) -> ImageRow {
         ImageRow {
             id: id.into(),
             name: name.map(Into::into),
