@@ -1038,6 +1038,93 @@ mod tests {
         )
     }
 
+    /// Issue 16: the audit log pages back from the newest by `Link`, filters by actor and
+    /// action prefix in the store, and a non-admin's actor filter never reaches another's.
+    #[tokio::test]
+    async fn audit_pages_by_link_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let mut st = AppState::new(dir.path().to_path_buf(), store.clone()).unwrap();
+        st.auth = AuthPolicy::new(["root-admin".to_string()]);
+        for n in 0..7 {
+            let actor = if n % 2 == 0 { "alice" } else { "bob" };
+            let action = format!("DELETE /api/v1/instances/i{n}");
+            store
+                .audit(actor, "token", &action, "x", "ok", &serde_json::json!({}))
+                .unwrap();
+        }
+        let token = |user: &str| {
+            vfarm_auth::token::create(&store, user, None, None, chrono::Utc::now())
+                .unwrap()
+                .token
+        };
+        let (admin, alice) = (token("root-admin"), token("alice"));
+        let get = |tok: String, path: String| {
+            let st = st.clone();
+            async move {
+                let mut req = Request::get(path)
+                    .header("authorization", format!("Bearer {tok}"))
+                    .body(Body::empty())
+                    .unwrap();
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(Peer::default()));
+                let resp = router(st).oneshot(req).await.unwrap();
+                let status = resp.status();
+                let link = resp
+                    .headers()
+                    .get(header::LINK)
+                    .map(|v| v.to_str().unwrap().to_string());
+                let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                (status, link, v)
+            }
+        };
+        let actions = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    e["action"]
+                        .as_str()
+                        .unwrap()
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        // Pages of 3 back in time, each oldest first, by Link, to the end.
+        let mut path = "/api/v1/audit?limit=3&action=DELETE".to_string();
+        let mut pages = Vec::new();
+        loop {
+            let (s, link, v) = get(admin.clone(), path.clone()).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            pages.push(actions(&v));
+            let Some(l) = link else { break };
+            assert!(l.ends_with(">; rel=\"next\""), "{l}");
+            path = l[1..l.find('>').unwrap()].to_string();
+            assert!(
+                path.contains("action=DELETE") && path.contains("limit=3"),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            pages,
+            [vec!["i4", "i5", "i6"], vec!["i1", "i2", "i3"], vec!["i0"]]
+        );
+        let (_, _, v) = get(admin.clone(), "/api/v1/audit?actor=bob".into()).await;
+        assert_eq!(actions(&v), ["i1", "i3", "i5"]);
+        // Alice: her own only, whatever she asks.
+        let (_, _, v) = get(alice.clone(), "/api/v1/audit?action=DELETE".into()).await;
+        assert_eq!(actions(&v), ["i0", "i2", "i4", "i6"]);
+        let (s, link, v) = get(alice.clone(), "/api/v1/audit?actor=bob".into()).await;
+        assert_eq!((s, link, v), (StatusCode::OK, None, serde_json::json!([])));
+        let (s, _, v) = get(admin, "/api/v1/audit?cursor=nonsense".into()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["field"], "cursor", "{v}");
+    }
+
     #[tokio::test]
     async fn bad_specs_are_400_with_field_and_change_nothing() {
         let (_d, st) = state();
