@@ -421,11 +421,59 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
-#[utoipa::path(get, path = "/api/v1/images", tag = "images",
-    responses((status = 200, description = "Images in the repository", body = [Object]), (status = 401, body = ErrorBody)))]
-pub(crate) async fn list_images(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let images = blocking(move || Ok(s.repo.list()?)).await?;
-    Ok(Json(images).into_response())
+/// The query of `GET /api/v1/images`. Every parameter is optional.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ImagesQuery {
+    /// At most this many images (1 to 1000), oldest first; when more remain the answer
+    /// carries `Link: <…>; rel="next"`. Without it, every image in one answer.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// Where the page starts: the opaque `cursor` of the previous answer's `Link` (next).
+    cursor: Option<String>,
+    /// Only the images this user built or imported through the API (public images have
+    /// no owner).
+    owner: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/images", tag = "images", params(ImagesQuery),
+    responses((status = 200, description = "Images in the repository, oldest first; with `limit`, one page and, when more remain, \
+        a `Link: </api/v1/images?…&cursor=…>; rel=\"next\"` header", body = [Object],
+        headers(("Link" = String, description = "RFC 8288 link to the next page, when one exists"))),
+              (status = 400, description = "Bad `limit` or `cursor`: `field` names it", body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_images(
+    State(s): State<AppState>,
+    q: Result<Query<ImagesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = instances::query(q)?;
+    let checked = instances::ListQuery {
+        limit: q.limit.clone(),
+        cursor: q.cursor.clone(),
+        ..Default::default()
+    }
+    .check()?;
+    let owner = q.owner.clone().filter(|o| !o.is_empty());
+    let page = blocking(move || {
+        Ok(s.repo
+            .list_page(owner.as_deref(), checked.after.as_ref(), checked.limit)?)
+    })
+    .await?;
+    let mut r = Json(page.items).into_response();
+    if let Some(next) = &page.next {
+        let mut qs = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [("limit", &q.limit), ("owner", &q.owner)] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                qs.append_pair(k, v);
+            }
+        }
+        qs.append_pair("cursor", &next.encode());
+        let link = format!("</api/v1/images?{}>; rel=\"next\"", qs.finish());
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            r.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(r)
 }
 
 #[utoipa::path(get, path = "/api/v1/images/{ref}", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),
@@ -1038,6 +1086,86 @@ mod tests {
         )
     }
 
+    /// GET `path` (with a bearer token when given): status, `Link` header, JSON body.
+    async fn get_link(
+        st: &AppState,
+        token: Option<String>,
+        path: String,
+    ) -> (StatusCode, Option<String>, serde_json::Value) {
+        let mut req = Request::get(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(Peer::default()));
+        let resp = router(st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let link = resp
+            .headers()
+            .get(header::LINK)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, link, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Issue 16: images page by `Link` (oldest first) and filter by owner in the store.
+    #[tokio::test]
+    async fn images_page_by_link_and_filter_by_owner() {
+        let (_d, st) = state();
+        for n in 0..5 {
+            let row = vfarm_store::images::ImageRow {
+                id: format!("dddd000{n}"),
+                name: None,
+                spec: "{}".into(),
+                summary: "s".into(),
+                origin: "import".into(),
+                created: format!("2026-01-01T00:00:0{n}.000Z"),
+                os: None,
+                os_version: None,
+                arch: None,
+                kernel: None,
+                initrd: None,
+            };
+            st.store
+                .tx(|tx| vfarm_store::images::upsert_image(tx, &row, &[]))
+                .unwrap();
+            if n >= 3 {
+                assert!(st.store.claim_image(&row.id, "alice").unwrap());
+            }
+        }
+        let ids = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (s, link, v) = get_link(&st, None, "/api/v1/images".into()).await;
+        assert_eq!((s, link, ids(&v).len()), (StatusCode::OK, None, 5));
+        let mut path = "/api/v1/images?limit=2".to_string();
+        let mut seen = Vec::new();
+        loop {
+            let (s, link, v) = get_link(&st, None, path.clone()).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            assert!(ids(&v).len() <= 2);
+            seen.extend(ids(&v));
+            let Some(l) = link else { break };
+            path = l[1..l.find('>').unwrap()].to_string();
+        }
+        assert_eq!(
+            seen,
+            (0..5).map(|n| format!("dddd000{n}")).collect::<Vec<_>>()
+        );
+        let (_, _, v) = get_link(&st, None, "/api/v1/images?owner=alice".into()).await;
+        assert_eq!(ids(&v), ["dddd0003", "dddd0004"]);
+        for (q, field) in [("limit=0", "limit"), ("cursor=zz", "cursor")] {
+            let (s, _, v) = get_link(&st, None, format!("/api/v1/images?{q}")).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{q}");
+            assert_eq!(v["error"]["field"], field, "{v}");
+        }
+    }
+
     /// Issue 16: the audit log pages back from the newest by `Link`, filters by actor and
     /// action prefix in the store, and a non-admin's actor filter never reaches another's.
     #[tokio::test]
@@ -1059,26 +1187,7 @@ mod tests {
                 .token
         };
         let (admin, alice) = (token("root-admin"), token("alice"));
-        let get = |tok: String, path: String| {
-            let st = st.clone();
-            async move {
-                let mut req = Request::get(path)
-                    .header("authorization", format!("Bearer {tok}"))
-                    .body(Body::empty())
-                    .unwrap();
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(Peer::default()));
-                let resp = router(st).oneshot(req).await.unwrap();
-                let status = resp.status();
-                let link = resp
-                    .headers()
-                    .get(header::LINK)
-                    .map(|v| v.to_str().unwrap().to_string());
-                let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                (status, link, v)
-            }
-        };
+        let get = |tok: String, path: String| get_link(&st, Some(tok), path);
         let actions = |v: &serde_json::Value| -> Vec<String> {
             v.as_array()
                 .unwrap()

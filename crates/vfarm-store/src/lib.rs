@@ -599,7 +599,7 @@ impl Cursor {
 
     /// `None` for anything [`encode`](Self::encode) did not write.
     pub fn decode(s: &str) -> Option<Cursor> {
-        if s.len() % 2 != 0 || s.len() > 1024 {
+        if !s.len().is_multiple_of(2) || s.len() > 1024 {
             return None;
         }
         let bytes = (0..s.len())
