@@ -340,11 +340,17 @@ impl ListQuery {
     }
 }
 
-/// `Link: <path?query>; rel="next"` (RFC 8288) for the page after `next`, if there is one.
-pub(crate) fn paged<T: Serialize>(path: &str, q: &ListQuery, page: Page<T>) -> Response {
+/// A page as JSON and, when one follows, `Link: <path?query>; rel="next"` (RFC 8288), the
+/// query being `next_query` of the next page's cursor (the request's filters and limit
+/// with that cursor). Every list route answers its pages so.
+pub(crate) fn paged<T: Serialize>(
+    path: &str,
+    page: Page<T>,
+    next_query: impl FnOnce(&Cursor) -> String,
+) -> Response {
     let mut r = Json(page.items).into_response();
     if let Some(next) = &page.next {
-        let link = format!("<{path}?{}>; rel=\"next\"", q.next_query(next));
+        let link = format!("<{path}?{}>; rel=\"next\"", next_query(next));
         if let Ok(v) = header::HeaderValue::from_str(&link) {
             r.headers_mut().insert(header::LINK, v);
         }
@@ -368,7 +374,7 @@ pub(crate) async fn list(
     let Query(q) = query(q)?;
     let req = q.check()?;
     let page = with(&s, who, move |b, w| b.list(w, &req)).await?;
-    Ok(paged("/api/v1/instances", &q, page))
+    Ok(paged("/api/v1/instances", page, |c| q.next_query(c)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -459,8 +459,7 @@ pub(crate) async fn list_images(
             .list_page(owner.as_deref(), checked.after.as_ref(), checked.limit)?)
     })
     .await?;
-    let mut r = Json(page.items).into_response();
-    if let Some(next) = &page.next {
+    Ok(instances::paged("/api/v1/images", page, |next| {
         let mut qs = form_urlencoded::Serializer::new(String::new());
         for (k, v) in [("limit", &q.limit), ("owner", &q.owner)] {
             if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
@@ -468,12 +467,8 @@ pub(crate) async fn list_images(
             }
         }
         qs.append_pair("cursor", &next.encode());
-        let link = format!("</api/v1/images?{}>; rel=\"next\"", qs.finish());
-        if let Ok(v) = HeaderValue::from_str(&link) {
-            r.headers_mut().insert(header::LINK, v);
-        }
-    }
-    Ok(r)
+        qs.finish()
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/images/{ref}", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),

@@ -249,14 +249,9 @@ pub(crate) async fn audit(
             .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))
     })
     .await?;
-    let mut r = Json(page.items).into_response();
-    if let Some(next) = &page.next {
-        let link = format!("</api/v1/audit?{}>; rel=\"next\"", q.next_query(next));
-        if let Ok(v) = HeaderValue::from_str(&link) {
-            r.headers_mut().insert(header::LINK, v);
-        }
-    }
-    Ok(r)
+    Ok(crate::instances::paged("/api/v1/audit", page, |c| {
+        q.next_query(c)
+    }))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
