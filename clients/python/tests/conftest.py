@@ -32,6 +32,11 @@ BOB_DN = "/C=XX/O=vfarm test/CN=Bob"
 ADMIN_DN = "/C=XX/O=vfarm test/CN=Site Admin"
 
 
+def issued(dn: str) -> str:
+    """A certificate user as the service names it: its subject with its issuer (the test CA)."""
+    return f"{dn} issuer={CA_DN}"
+
+
 def require(tool: str) -> str:
     path = shutil.which(tool)
     if not path:

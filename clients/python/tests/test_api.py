@@ -487,3 +487,80 @@ def test_migrate_without_nodes_names_the_field(plain):
         assert c.instance(inst.id).state == "running"
     finally:
         c.destroy(inst.id)
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+JSDL = """<?xml version="1.0" encoding="UTF-8"?>
+<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl"
+    xmlns:jsdl-posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix">
+  <jsdl:JobDescription>
+    <jsdl:Application>
+      <jsdl-posix:POSIXApplication>
+        <jsdl-posix:Executable>/bin/echo</jsdl-posix:Executable>
+        <jsdl-posix:Argument>hello from jsdl</jsdl-posix:Argument>
+        <jsdl-posix:CPUTimeLimit>60</jsdl-posix:CPUTimeLimit>
+      </jsdl-posix:POSIXApplication>
+    </jsdl:Application>
+    <jsdl:Resources>
+      <jsdl:OperatingSystem>
+        <jsdl:OperatingSystemType>
+          <jsdl:OperatingSystemName>LINUX</jsdl:OperatingSystemName>
+        </jsdl:OperatingSystemType>
+      </jsdl:OperatingSystem>
+    </jsdl:Resources>
+  </jsdl:JobDescription>
+</jsdl:JobDefinition>
+"""
+
+
+def test_jobs_json_and_jsdl_run_as_their_submitter(plain):
+    alice, bob, boss = plain.client("alice"), plain.client("bob"), plain.client("boss")
+    made = alice.submit_job(
+        ["sh", "-c", "echo kept > r.txt"], image="minbase", stage_out=["r.txt:r.txt"]
+    )
+    assert made.owner == "alice" and made.warnings == []
+    doc = alice.submit_job(jsdl=JSDL)
+    # The document's CPU time limit is parsed but not applied: said, not dropped.
+    assert any("CPUTimeLimit" in w for w in doc.warnings), doc.warnings
+    done = alice.wait_job(made.id, timeout=120)
+    assert done.state == "succeeded", done
+    assert [o["name"] for o in done.outputs] == ["r.txt"]
+    assert alice.job_output(made.id, "r.txt") == b"kept\n"
+    assert alice.wait_job(doc.id, timeout=120).state == "succeeded"
+    # bob sees none of it, the admin all of it.
+    assert bob.jobs() == []
+    for attempt in (lambda: bob.job(made.id), lambda: bob.job_output(made.id, "r.txt")):
+        with pytest.raises(VfarmError) as e:
+            attempt()
+        assert (e.value.status, e.value.code) == (404, "job_not_found")
+    assert {made.id, doc.id} <= {j.id for j in boss.jobs()}
+    assert {j.id for j in alice.jobs(state="succeeded")} >= {made.id, doc.id}
+
+
+def test_job_refusals_name_the_field_and_store_nothing(plain):
+    alice = plain.client("alice")
+    before = len(alice.jobs())
+    for fields, field in (
+        ({"stage_in": ["/etc/passwd:p"]}, "stage_in"),
+        ({"memory": "lots"}, "memory"),
+        ({"queue": "nosuch"}, "queue"),
+    ):
+        with pytest.raises(VfarmError) as e:
+            alice.submit_job(["true"], image="minbase", **fields)
+        assert (e.value.status, e.value.field) == (400, field), (fields, e.value)
+    with pytest.raises(VfarmError) as e:
+        alice.submit_job(jsdl="<nope/>")
+    assert e.value.code == "invalid_jsdl"
+    assert len(alice.jobs()) == before
+
+
+def test_cancel_a_running_job(plain):
+    alice = plain.client("alice")
+    j = alice.submit_job(["sleep", "600"], image="minbase")
+    deadline = time.monotonic() + 60
+    while alice.job(j.id).state != "running":
+        assert time.monotonic() < deadline, alice.job(j.id)
+        time.sleep(0.2)
+    alice.cancel_job(j.id)
+    assert alice.wait_job(j.id, timeout=120).state == "cancelled"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import ADMIN_DN, ALICE_DN, BOB_DN
+from conftest import ADMIN_DN, ALICE_DN, BOB_DN, CA_DN, issued
 
 from vfarm_client import Client, VfarmError
 
@@ -21,10 +21,11 @@ def make(c: Client, who: str):
 
 def test_client_certificates_are_the_identity(tls):
     who = tls.client("alice").whoami()
-    assert (who.user, who.method, who.admin) == (ALICE_DN, "client-cert", False)
-    assert tls.client("bob").whoami().user == BOB_DN
+    assert (who.user, who.method, who.admin) == (issued(ALICE_DN), "client-cert", False)
+    assert (who.subject, who.issuer) == (ALICE_DN, CA_DN)
+    assert tls.client("bob").whoami().user == issued(BOB_DN)
     admin = tls.client("admin").whoami()
-    assert (admin.user, admin.admin) == (ADMIN_DN, True)
+    assert (admin.user, admin.admin) == (issued(ADMIN_DN), True)
     carol = Client(tls.url, token=tls.carol, ca=tls.ca).whoami()
     assert (carol.user, carol.method) == ("carol", "token")
 
@@ -52,7 +53,7 @@ def test_each_certificate_user_sees_only_their_own(tls):
     carol = Client(tls.url, token=tls.carol, ca=tls.ca)
     a, b, c = make(alice, "alice"), make(bob, "bob"), make(carol, "carol")
     try:
-        assert (a.owner, b.owner, c.owner) == (ALICE_DN, BOB_DN, "carol")
+        assert (a.owner, b.owner, c.owner) == (issued(ALICE_DN), issued(BOB_DN), "carol")
         assert a.state == b.state == c.state == "running"
         seen = {
             "alice": {i.id for i in alice.instances()},
@@ -69,8 +70,8 @@ def test_each_certificate_user_sees_only_their_own(tls):
         # Work through the certificate identity, too.
         assert alice.exec(a.id, "id -u").stdout == "0\n"
         everyone = {i.id: i.owner for i in admin.instances()}
-        assert everyone.get(a.id) == ALICE_DN
-        assert everyone.get(b.id) == BOB_DN
+        assert everyone.get(a.id) == issued(ALICE_DN)
+        assert everyone.get(b.id) == issued(BOB_DN)
         assert everyone.get(c.id) == "carol"
     finally:
         alice.destroy(a.id)

@@ -45,6 +45,14 @@ impl Default for AuthPolicy {
 }
 
 impl AuthPolicy {
+    /// Whether `user` (an identity's user) is an admin: listed itself, or, for a certificate
+    /// user's owner key, listed by its bare subject (any issuer the CA directory trusts).
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.contains(user)
+            || vfarm_auth::identity::split_owner_key(user)
+                .is_some_and(|(subject, _)| self.admins.contains(subject))
+    }
+
     pub fn new(admins: impl IntoIterator<Item = String>) -> AuthPolicy {
         AuthPolicy {
             admins: Arc::new(admins.into_iter().collect()),
@@ -294,10 +302,12 @@ fn same_origin(headers: &axum::http::HeaderMap, cookie: bool) -> Result<(), Stri
 /// Who a verified token makes the caller.
 pub(crate) fn token_identity(policy: &AuthPolicy, row: vfarm_store::auth::TokenRow) -> Identity {
     Identity {
-        admin: policy.admins.contains(&row.user),
+        admin: policy.is_admin(&row.user),
         user: row.user,
         method: AuthMethod::Token,
         token_id: Some(row.id),
+        subject: None,
+        issuer: None,
     }
 }
 
@@ -312,11 +322,17 @@ fn peer_identity(s: &AppState, req: &Request<Body>) -> Option<Identity> {
                 .and_then(|p| p.client_fingerprint.as_ref())
                 .is_some_and(|f| pins.contains(f)),
         };
+        // The identity is subject and issuer together: the same subject from another CA
+        // is another user. The TLS listener always sets both.
+        let issuer = peer.and_then(|p| p.client_issuer.clone())?;
+        let user = vfarm_auth::identity::owner_key(&dn, &issuer);
         Some(Identity {
-            admin: pinned && s.auth.admins.contains(&dn),
-            user: dn,
+            admin: pinned && s.auth.is_admin(&user),
+            user,
             method: AuthMethod::ClientCert,
             token_id: None,
+            subject: Some(dn),
+            issuer: Some(issuer),
         })
     } else {
         peer.and_then(|p| p.unix_uid).map(|uid| {
@@ -326,6 +342,8 @@ fn peer_identity(s: &AppState, req: &Request<Body>) -> Option<Identity> {
                 user,
                 method: AuthMethod::UnixPeer,
                 token_id: None,
+                subject: None,
+                issuer: None,
             }
         })
     }
@@ -333,7 +351,7 @@ fn peer_identity(s: &AppState, req: &Request<Body>) -> Option<Identity> {
 
 /// `GET /api/v1/whoami`: the caller's identity.
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "identity",
-    responses((status = 200, description = "user, method (client-cert, token, unix-peer), admin", body = Object), (status = 401, body = crate::ErrorBody)))]
+    responses((status = 200, description = "user, method (client-cert, token, unix-peer), admin; for certificates also subject and issuer (user is `<subject> issuer=<issuer>`)", body = Object), (status = 401, body = crate::ErrorBody)))]
 pub async fn whoami(id: Option<Extension<Identity>>) -> Response {
     match id {
         Some(Extension(id)) => Json(id).into_response(),
@@ -359,11 +377,23 @@ mod tests {
         (dir, st)
     }
 
+    const TEST_CA: &str = "/C=XX/O=T/CN=Test CA";
+
     async fn get(
         st: &AppState,
         path: &str,
         auth: Option<&str>,
         dn: Option<&str>,
+    ) -> (StatusCode, serde_json::Value, Option<String>) {
+        get_issued(st, path, auth, dn, TEST_CA).await
+    }
+
+    async fn get_issued(
+        st: &AppState,
+        path: &str,
+        auth: Option<&str>,
+        dn: Option<&str>,
+        issuer: &str,
     ) -> (StatusCode, serde_json::Value, Option<String>) {
         let mut req = Request::get(path);
         if let Some(a) = auth {
@@ -373,6 +403,7 @@ mod tests {
         req.extensions_mut().insert(ConnectInfo(Peer {
             addr: Some("127.0.0.1:1".parse().unwrap()),
             client_dn: dn.map(str::to_string),
+            client_issuer: dn.map(|_| issuer.to_string()),
             ..Peer::default()
         }));
         let resp = crate::router(st.clone()).oneshot(req).await.unwrap();
@@ -427,7 +458,11 @@ mod tests {
         let (_d, st) = state(&[admin]);
         let (s, v, _) = get(&st, "/api/v1/whoami", None, Some("/C=XX/O=T/CN=Alice")).await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(v["user"], "/C=XX/O=T/CN=Alice");
+        assert_eq!(v["user"], "/C=XX/O=T/CN=Alice issuer=/C=XX/O=T/CN=Test CA");
+        assert_eq!(
+            (v["subject"].as_str(), v["issuer"].as_str()),
+            (Some("/C=XX/O=T/CN=Alice"), Some(TEST_CA))
+        );
         assert_eq!(v["method"], "client-cert");
         assert_eq!(v["admin"], false);
         let (_, v, _) = get(&st, "/api/v1/whoami", None, Some(admin)).await;
@@ -474,6 +509,23 @@ mod tests {
             assert_eq!(s, StatusCode::UNAUTHORIZED, "{bad}");
             assert_eq!(v["error"]["code"], "invalid_token", "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_admin_bound_to_an_issuer_is_no_admin_from_another() {
+        let admin = "/C=XX/O=A/CN=Admin";
+        let (ca_a, ca_b) = ("/C=XX/O=A/CN=CA A", "/C=XX/O=B/CN=CA B");
+        let (_d, st) = state(&[&vfarm_auth::identity::owner_key(admin, ca_a)]);
+        let (s, v, _) = get_issued(&st, "/api/v1/whoami", None, Some(admin), ca_a).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["admin"], true, "{v}");
+        let (_, v, _) = get_issued(&st, "/api/v1/whoami", None, Some(admin), ca_b).await;
+        assert_eq!(v["admin"], false, "{v}");
+        assert_eq!(v["user"], format!("{admin} issuer={ca_b}"));
+        // A bare subject in the list stands for any issuer the CA directory trusts.
+        let (_d, st) = state(&[admin]);
+        let (_, v, _) = get_issued(&st, "/api/v1/whoami", None, Some(admin), ca_b).await;
+        assert_eq!(v["admin"], true, "{v}");
     }
 
     /// Write requests are limited per user (a token bucket): one user's flood is refused
@@ -626,6 +678,7 @@ mod tests {
             let mut r = r.body(Body::from(r#"{"suite":"nosuch"}"#)).unwrap();
             r.extensions_mut().insert(ConnectInfo(Peer {
                 client_dn: Some("/O=t/CN=Dave".into()),
+                client_issuer: Some(TEST_CA.into()),
                 ..Peer::default()
             }));
             r

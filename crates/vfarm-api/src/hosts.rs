@@ -304,9 +304,11 @@ pub(crate) async fn heartbeat(
             ));
         }
     }
-    let name = common_name(&who.user).ok_or_else(|| ApiError {
+    // The node's name is its certificate subject's CN (the issuer is in `who.user` too).
+    let subject = who.subject.clone().unwrap_or_default();
+    let name = common_name(&subject).ok_or_else(|| ApiError {
         code: ErrorCode::UnknownNode,
-        message: format!("`{}` has no CN", who.user),
+        message: format!("`{subject}` has no CN"),
         field: None,
     })?;
     let store = s.store.clone();
@@ -314,7 +316,7 @@ pub(crate) async fn heartbeat(
     let out = blocking(move || {
         let unknown = || ApiError {
             code: ErrorCode::UnknownNode,
-            message: format!("no joined host `{name}` with the subject `{}`", who.user),
+            message: format!("no joined host `{name}` with the subject `{subject}`"),
             field: None,
         };
         let host = store.host(&name).map_err(store_err)?.ok_or_else(unknown)?;
@@ -359,7 +361,7 @@ pub(crate) async fn heartbeat(
         let outcome = store
             .host_heartbeat(
                 &name,
-                &who.user,
+                &subject,
                 &Heartbeat {
                     url: &url,
                     cpus: hb.cpus,
@@ -723,6 +725,7 @@ mod tests {
         let node = |serial: &str| crate::tls::Peer {
             addr: Some("127.0.0.1:5".parse().unwrap()),
             client_dn: Some(j["subject"].as_str().unwrap().to_string()),
+            client_issuer: Some("/C=XX/O=Site/CN=Site CA".into()),
             client_serial: Some(serial.to_string()),
             ..Default::default()
         };

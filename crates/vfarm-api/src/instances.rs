@@ -306,6 +306,7 @@ impl ListQuery {
                 state,
                 image: given(&self.image),
                 host: given(&self.host),
+                scope: Vec::new(),
             },
             after,
             limit,

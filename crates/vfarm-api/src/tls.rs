@@ -33,8 +33,11 @@ use tokio_rustls::TlsAcceptor;
 pub struct Peer {
     /// The TCP peer (None on the unix socket).
     pub addr: Option<SocketAddr>,
-    /// The verified client certificate's subject (`/C=…/O=…/CN=…`), when one was presented.
+    /// The verified client certificate's subject (`/C=…/O=…/CN=…`,
+    /// [`escaped`](vfarm_auth::dn::escaped)), when one was presented.
     pub client_dn: Option<String>,
+    /// Its issuer, the same way: subject and issuer together are the identity.
+    pub client_issuer: Option<String>,
     /// The peer's uid from the kernel (`SO_PEERCRED`), on the unix socket.
     pub unix_uid: Option<u32>,
     /// The verified client certificate's serial (hex) and SHA-256 fingerprint (hex), for
@@ -371,6 +374,7 @@ impl TlsListener {
                     let peer = Peer {
                         addr: Some(addr),
                         client_dn: leaf.and_then(|der| vfarm_auth::dn::subject_of_der(der).ok()),
+                        client_issuer: leaf.and_then(|der| vfarm_auth::dn::issuer_of_der(der).ok()),
                         unix_uid: None,
                         client_serial: leaf.and_then(|der| vfarm_auth::dn::serial_of_der(der).ok()),
                         client_fingerprint: leaf.map(|der| vfarm_auth::dn::fingerprint_of_der(der)),

@@ -60,6 +60,8 @@ mod tests {
                 method: AuthMethod::ClientCert,
                 admin: false,
                 token_id: None,
+                subject: None,
+                issuer: None,
             };
             record(
                 &s,

@@ -2,7 +2,13 @@
 //! by name; a missing file means no admins, an empty pool and no quotas.
 //!
 //! ```toml
-//! admins = ["/C=XX/O=Example/CN=Site Admin"]
+//! admins = [
+//!   # a certificate subject from the CA that issued it, only (an owner key, as whoami shows)
+//!   { subject = "/C=XX/O=Example/CN=Site Admin", issuer = "/C=XX/O=Example/CN=Example CA" },
+//!   # a bare name: a token's user, a login name, or a certificate subject from any CA the
+//!   # client CA directory trusts for it (its namespace)
+//!   "operator",
+//! ]
 //! [[hostnames]]
 //! name = "node01.example.org"
 //! address = "192.0.2.11"          # optional
@@ -14,7 +20,11 @@
 //! disk = "200G"
 //! [quotas.owners."/C=XX/O=Example/CN=Alice"]
 //! instances = 20                   # fields not given fall back to quotas.default
+//! # keyed by a user as whoami shows it; a bare subject applies under any trusted issuer,
+//! # "<subject> issuer=<issuer>" under that issuer only (and wins over the bare subject)
 //! [trust]                          # the client CA directory (IGTF layout)
+//! client_ca_dir = "/etc/grid-security/certificates"  # --client-ca-dir wins; vfarm doctor
+//!                                  # reports each CA's CRL age from here
 //! crl_missing = "refuse"           # or "warn": a CA in a chain without a current CRL
 //! require_namespaces = true        # default: on when any CA there has namespace files
 //! ```
@@ -31,7 +41,7 @@ use crate::{AuthError, Result};
 #[serde(deny_unknown_fields)]
 struct Raw {
     #[serde(default)]
-    admins: Vec<String>,
+    admins: Vec<RawAdmin>,
     #[serde(default)]
     hostnames: Vec<RawHost>,
     #[serde(default)]
@@ -43,9 +53,25 @@ struct Raw {
     trust: RawTrust,
 }
 
+/// `"name"` or `{ subject = "...", issuer = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAdmin {
+    Name(String),
+    Cert(RawCertAdmin),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertAdmin {
+    subject: String,
+    issuer: String,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTrust {
+    client_ca_dir: Option<PathBuf>,
     crl_missing: Option<vfarm_imagelist::trust::CrlMissing>,
     require_namespaces: Option<bool>,
 }
@@ -116,10 +142,15 @@ pub struct QuotaConfig {
 }
 
 impl QuotaConfig {
-    /// The limits for `owner`: its own entry, field by field over the default.
+    /// The limits for `owner`: its own entry, field by field over the default. A certificate
+    /// user's owner key (`<subject> issuer=<issuer>`) without an entry of its own takes the
+    /// entry of its bare subject, if any.
     pub fn for_owner(&self, owner: &str) -> Quota {
         self.owners
             .get(owner)
+            .or_else(|| {
+                crate::identity::split_owner_key(owner).and_then(|(s, _)| self.owners.get(s))
+            })
             .map(|q| q.or(self.default))
             .unwrap_or(self.default)
     }
@@ -143,6 +174,9 @@ pub struct ServeConfig {
     /// memory may be promised (`cpu_ratio = 4.0` over-commits CPUs fourfold).
     pub placement: vfarm_core::placement::Policy,
     pub ratios: vfarm_core::placement::Ratios,
+    /// `[trust] client_ca_dir` (relative: to the config file's directory); `--client-ca-dir`
+    /// of `vfarm serve` wins.
+    pub client_ca_dir: Option<PathBuf>,
     /// `[trust] crl_missing`: refuse (default) or warn when a chain's CA has no current CRL.
     pub crl_missing: vfarm_imagelist::trust::CrlMissing,
     /// `[trust] require_namespaces`; `None` = on when the directory carries namespace files.
@@ -187,9 +221,23 @@ impl ServeConfig {
             };
             hostnames.push(PoolEntry { name, address });
         }
-        for (i, a) in raw.admins.iter().enumerate() {
-            if a.trim().is_empty() {
-                return Err(err(format!("admins[{i}] is empty")));
+        let mut admins = Vec::new();
+        for (i, a) in raw.admins.into_iter().enumerate() {
+            match a {
+                RawAdmin::Name(a) if a.trim().is_empty() => {
+                    return Err(err(format!("admins[{i}] is empty")));
+                }
+                RawAdmin::Name(a) => admins.push(a),
+                RawAdmin::Cert(c) => {
+                    for (field, dn) in [("subject", &c.subject), ("issuer", &c.issuer)] {
+                        if !dn.starts_with('/') {
+                            return Err(err(format!(
+                                "admins[{i}].{field} `{dn}` is not a one-line DN (/C=../CN=..)"
+                            )));
+                        }
+                    }
+                    admins.push(crate::identity::owner_key(&c.subject, &c.issuer));
+                }
             }
         }
         let quota = |key: &str, q: RawQuota| -> Result<Quota> {
@@ -261,13 +309,20 @@ impl ServeConfig {
             cpu: ratio("cpu_ratio", raw.placement.cpu_ratio)?,
             memory: ratio("memory_ratio", raw.placement.memory_ratio)?,
         };
+        let client_ca_dir = raw.trust.client_ca_dir.map(|d| {
+            path.parent()
+                .filter(|_| d.is_relative())
+                .map(|p| p.join(&d))
+                .unwrap_or(d)
+        });
         Ok(ServeConfig {
+            client_ca_dir,
             crl_missing: raw.trust.crl_missing.unwrap_or_default(),
             require_namespaces: raw.trust.require_namespaces,
             placement,
             ratios,
             default_expiry_secs,
-            admins: raw.admins,
+            admins,
             hostnames,
             quotas: QuotaConfig {
                 default,
@@ -278,8 +333,12 @@ impl ServeConfig {
         })
     }
 
+    /// Whether `user` (an identity's user) is listed; an owner key also by its bare subject.
     pub fn is_admin(&self, user: &str) -> bool {
-        self.admins.iter().any(|a| a == user)
+        let subject = crate::identity::split_owner_key(user).map(|(s, _)| s);
+        self.admins
+            .iter()
+            .any(|a| a == user || Some(a.as_str()) == subject)
     }
 }
 
@@ -340,6 +399,47 @@ instances = 5
         );
         assert_eq!(c.quotas.for_owner("bob").instances, Some(2));
         assert_eq!(parse("").unwrap(), ServeConfig::default());
+    }
+
+    #[test]
+    fn admins_and_quotas_bound_to_an_issuer() {
+        let c = parse(
+            r#"
+admins = [
+  "/C=XX/O=A/CN=Any Issuer",
+  { subject = "/C=XX/O=A/CN=Admin", issuer = "/C=XX/O=A/CN=CA A" },
+]
+[quotas.owners."/C=XX/O=A/CN=Alice"]
+instances = 3
+[quotas.owners."/C=XX/O=A/CN=Alice issuer=/C=XX/O=A/CN=CA A"]
+instances = 7
+"#,
+        )
+        .unwrap();
+        let a = "/C=XX/O=A/CN=CA A";
+        let b = "/C=XX/O=B/CN=CA B";
+        let key = crate::identity::owner_key;
+        assert!(c.is_admin(&key("/C=XX/O=A/CN=Admin", a)));
+        assert!(!c.is_admin(&key("/C=XX/O=A/CN=Admin", b)));
+        assert!(!c.is_admin("/C=XX/O=A/CN=Admin"));
+        // A bare subject: any issuer (the trust store decides which may issue it).
+        assert!(c.is_admin(&key("/C=XX/O=A/CN=Any Issuer", a)));
+        assert!(c.is_admin(&key("/C=XX/O=A/CN=Any Issuer", b)));
+        let q = |o: &str| c.quotas.for_owner(o).instances;
+        assert_eq!(q(&key("/C=XX/O=A/CN=Alice", a)), Some(7));
+        assert_eq!(q(&key("/C=XX/O=A/CN=Alice", b)), Some(3));
+        assert_eq!(q("/C=XX/O=A/CN=Alice"), Some(3));
+        for (t, want) in [
+            (r#"admins = [{ subject = "/CN=x" }]"#, "admins"),
+            (
+                r#"admins = [{ subject = "/CN=x", issuer = "CA" }]"#,
+                "admins[0].issuer",
+            ),
+            (r#"admins = [""]"#, "admins[0] is empty"),
+        ] {
+            let e = parse(t).unwrap_err().to_string();
+            assert!(e.contains(want), "{t}: {e}");
+        }
     }
 
     #[test]

@@ -34,7 +34,35 @@ pub struct Report {
     /// The database opens and at least one driver (oci or qemu) runs an instance.
     pub core_ok: bool,
     pub elapsed_ms: u64,
+    /// Each CA of the service's client CA directory (`[trust] client_ca_dir` of serve.toml)
+    /// and its CRL; empty when none is configured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<CrlStatus>,
 }
+
+/// One CA of the client CA directory and its CRL, as `vfarm doctor` sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlStatus {
+    /// The CA's subject, one-line form.
+    pub ca: String,
+    /// `current`, `missing` (no CRL issued by this CA in the directory) or `expired` (past
+    /// its nextUpdate): the last two refuse the CA's users unless `crl_missing = "warn"`.
+    pub status: String,
+    /// RFC 3339 times from the CRL (the newest, when there are several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_update: Option<String>,
+    /// now − lastUpdate and nextUpdate − now (negative: expired), in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_seconds: Option<i64>,
+}
+
+pub const CRL_CURRENT: &str = "current";
+pub const CRL_MISSING: &str = "missing";
+pub const CRL_EXPIRED: &str = "expired";
 
 impl Report {
     pub fn check(&self, capability: &str) -> Option<&Check> {

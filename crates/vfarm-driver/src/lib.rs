@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod idmap;
 pub mod oci;
 pub mod process;

@@ -119,6 +119,8 @@ codes! {
     TokenNotFound = "token_not_found",
     /// No such host.
     HostNotFound = "host_not_found",
+    /// No such job (or not the caller's).
+    JobNotFound = "job_not_found",
     /// Slurm does not know the job.
     SlurmJobNotFound = "slurm_job_not_found",
     /// Slurm does not know the node.
@@ -286,8 +288,8 @@ impl ErrorCode {
             Unauthenticated | InvalidToken | TokenRevoked | TokenExpired | InvalidJoinToken => 401,
             Forbidden | CrossOrigin | NodeCertificateRequired | UnknownNode => 403,
             NotFound | InstanceNotFound | ImageNotFound | SnapshotNotFound | OperationNotFound
-            | ArtifactNotFound | LogNotFound | TokenNotFound | HostNotFound | SlurmJobNotFound
-            | SlurmNodeNotFound => 404,
+            | ArtifactNotFound | LogNotFound | TokenNotFound | HostNotFound | JobNotFound
+            | SlurmJobNotFound | SlurmNodeNotFound => 404,
             Conflict | IllegalState | InstanceElsewhere | ImageRevoked | ImageInUse
             | PoolExhausted | HostnameTaken | QuotaExceeded | NoCapacity | CaExists
             | SlurmSubmitRefused | SubscriptionRevoked => 409,

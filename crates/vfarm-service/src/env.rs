@@ -26,6 +26,9 @@ pub fn hostname() -> String {
 pub struct Env {
     pub data_dir: PathBuf,
     store: OnceLock<Arc<Store>>,
+    /// In-process tests: every driver kind is this fake.
+    #[cfg(feature = "fake")]
+    pub fake: Option<vfarm_driver::fake::FakeDriver>,
 }
 
 impl Env {
@@ -33,7 +36,34 @@ impl Env {
         Env {
             data_dir,
             store: OnceLock::new(),
+            #[cfg(feature = "fake")]
+            fake: None,
         }
+    }
+
+    /// An environment over an already opened store (the HTTP service's).
+    pub fn with_store(data_dir: PathBuf, store: Arc<Store>) -> Env {
+        let env = Env::new(data_dir);
+        let _ = env.store.set(store);
+        env
+    }
+
+    /// The same data dir (and fake drivers) with a store of its own, for a long-lived part of a
+    /// service (the API backend, the watcher): each has its own database connection.
+    pub fn fresh(&self) -> Env {
+        Env {
+            data_dir: self.data_dir.clone(),
+            store: OnceLock::new(),
+            #[cfg(feature = "fake")]
+            fake: self.fake.clone(),
+        }
+    }
+
+    /// This environment with every driver replaced by `fake` (in-process tests).
+    #[cfg(feature = "fake")]
+    pub fn with_fake_drivers(mut self, fake: vfarm_driver::fake::FakeDriver) -> Env {
+        self.fake = Some(fake);
+        self
     }
 
     /// The state store in the data dir, created and migrated on first use.

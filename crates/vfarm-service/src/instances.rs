@@ -107,6 +107,15 @@ pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<&'static str>)
 }
 
 pub fn make_driver(env: &Env, kind: &str, runtime: &str, accel: &str) -> Result<Box<dyn Driver>> {
+    #[cfg(feature = "fake")]
+    if let Some(fake) = &env.fake {
+        let kind = match kind {
+            "oci" => "oci",
+            "qemu" => "qemu",
+            _ => "fake",
+        };
+        return Ok(Box::new(fake.as_kind(kind)));
+    }
     match kind {
         "oci" => Ok(Box::new(OciDriver::new(
             &env.data_dir,

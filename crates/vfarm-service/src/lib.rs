@@ -9,6 +9,7 @@
 pub mod caller;
 pub mod env;
 pub mod instances;
+pub mod jobs;
 pub mod staging;
 
 pub use caller::Caller;

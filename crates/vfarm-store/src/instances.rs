@@ -62,6 +62,9 @@ fn row(r: &Row<'_>) -> Result<InstanceRow> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceFilter {
     pub owner: Option<String>,
+    /// Only rows owned by one of these (a non-admin's own keys: its owner key and what
+    /// owned its instances before migration 0010); empty: no restriction.
+    pub scope: Vec<String>,
     pub state: Option<String>,
     /// An image id, or the name of an image record.
     pub image: Option<String>,
@@ -167,9 +170,20 @@ impl Store {
     /// for admins and the local CLI). Another owner's instance is not found, never makes a
     /// prefix ambiguous, and is never named in an error. An exact id wins over a name.
     pub fn find_instance_of(&self, reference: &str, owner: Option<&str>) -> Result<InstanceRow> {
+        self.find_instance_among(reference, owner.map(|o| [o, o]))
+    }
+
+    /// [`find_instance_of`](Self::find_instance_of) among the instances of either of two
+    /// owners: a certificate user's owner key and what owned its instances before owners
+    /// recorded the issuer (`<subject> issuer=unknown`, migration 0010).
+    pub fn find_instance_among(
+        &self,
+        reference: &str,
+        owners: Option<[&str; 2]>,
+    ) -> Result<InstanceRow> {
         let conn = self.conn();
-        let scope = if owner.is_some() {
-            " AND owner = ?2"
+        let scope = if owners.is_some() {
+            " AND owner IN (?2, ?3)"
         } else {
             ""
         };
@@ -178,8 +192,8 @@ impl Store {
                 "SELECT {COLS} FROM instances WHERE {cond}{scope} ORDER BY id LIMIT {limit}"
             );
             let mut st = conn.prepare(&sql)?;
-            let rows = match owner {
-                Some(o) => st.query_map(params![arg, o], row)?,
+            let rows = match owners {
+                Some([o, legacy]) => st.query_map(params![arg, o, legacy], row)?,
                 None => st.query_map(params![arg], row)?,
             };
             rows.collect::<Result<_, _>>()
@@ -254,6 +268,10 @@ impl Store {
         }
         if let Some(o) = &filter.owner {
             conds.push(format!("owner = {}", arg(o, &mut args)));
+        }
+        if !filter.scope.is_empty() {
+            let keys: Vec<String> = filter.scope.iter().map(|o| arg(o, &mut args)).collect();
+            conds.push(format!("owner IN ({})", keys.join(", ")));
         }
         if let Some(st) = &filter.state {
             conds.push(format!("state = {}", arg(st, &mut args)));

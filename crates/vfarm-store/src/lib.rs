@@ -28,7 +28,8 @@ use db::{Conn, PgConn};
 /// Migrations in order; index + 1 is the schema version after applying it.
 /// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs, 5 auth,
 /// 6 hosts, 7 origins (several services on one database), 8 host checks (doctor verdicts),
-/// 9 image owners, 11 list indexes (10 is reserved). Each has a PostgreSQL twin in [`PG_MIGRATIONS`] under the same name.
+/// 9 image owners, 10 owner issuers, 11 list indexes. Each has a PostgreSQL twin in
+/// [`PG_MIGRATIONS`] under the same name.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_images", include_str!("../migrations/0001_images.sql")),
     (
@@ -53,6 +54,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0009_image_owners",
         include_str!("../migrations/0009_image_owners.sql"),
+    ),
+    (
+        "0010_owner_issuers",
+        include_str!("../migrations/0010_owner_issuers.sql"),
     ),
     (
         "0011_list_indexes",
@@ -98,6 +103,10 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0009_image_owners",
         include_str!("../migrations/postgres/0009_image_owners.sql"),
+    ),
+    (
+        "0010_owner_issuers",
+        include_str!("../migrations/postgres/0010_owner_issuers.sql"),
     ),
     (
         "0011_list_indexes",
@@ -758,6 +767,63 @@ mod tests {
             assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
             assert_eq!(s.find_image("old").unwrap().id, "0ld1", "{}", db.backend());
             assert_eq!(s.image_owner("0ld1").unwrap(), Some(None));
+        }
+    }
+
+    /// Migration 10 (owner issuers): certificate owners recorded as a bare DN keep their
+    /// records, with the issuer `unknown`; token users and login names are unchanged.
+    #[test]
+    fn owner_issuer_migration_marks_bare_dns_unknown() {
+        for db in TestDb::all() {
+            let (alice, bob) = ("/C=XX/O=A/CN=Alice", "bob");
+            let job;
+            {
+                let s = db.open();
+                for (id, owner) in [("0ld000000001", alice), ("0ld000000002", bob)] {
+                    let mut i = crate::instances::tests::inst(id, None);
+                    i.owner = owner.into();
+                    s.insert_instance(&i).unwrap();
+                }
+                job = crate::jobs::tests::new(&s, alice);
+                for (id, user) in [("t1", alice), ("t2", bob)] {
+                    s.insert_token(&auth::TokenRow {
+                        id: id.into(),
+                        user: user.into(),
+                        name: None,
+                        secret_hash: "00".into(),
+                        created: now(),
+                        expires: None,
+                        revoked: None,
+                        last_used: None,
+                    })
+                    .unwrap();
+                }
+                let back = match s.backend {
+                    Backend::Sqlite => "PRAGMA user_version = 9",
+                    Backend::Postgres => "UPDATE vfarm_schema_version SET version = 9",
+                };
+                s.conn().execute_batch(back).unwrap();
+            }
+            let s = db.open();
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            let legacy = "/C=XX/O=A/CN=Alice issuer=unknown";
+            let owner = |id: &str| s.instance(id).unwrap().unwrap().owner;
+            assert_eq!(owner("0ld000000001"), legacy, "{}", db.backend());
+            assert_eq!(owner("0ld000000002"), bob);
+            assert_eq!(s.job(job).unwrap().owner, legacy);
+            assert_eq!(s.token("t1").unwrap().unwrap().user, legacy);
+            assert_eq!(s.token("t2").unwrap().unwrap().user, bob);
+            // The legacy owner is found among the owner scope of the same subject.
+            let key = "/C=XX/O=A/CN=Alice issuer=/C=XX/O=A/CN=CA A";
+            assert_eq!(
+                s.find_instance_among("0ld000000001", Some([key, legacy]))
+                    .unwrap()
+                    .owner,
+                legacy
+            );
+            assert!(s
+                .find_instance_among("0ld000000001", Some([key, key]))
+                .is_err());
         }
     }
 

@@ -153,7 +153,7 @@ impl Cluster {
     ) -> Cluster {
         Cluster {
             local,
-            ctx: Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose),
+            ctx: ctx.fresh(),
             nodes,
             policy,
             ratios,
@@ -174,7 +174,8 @@ impl Cluster {
         reference: &str,
     ) -> Result<Option<(InstanceRow, HostRow)>, ApiError> {
         let store = self.store()?;
-        let row = match store.find_instance_of(reference, crate::service::owner_scope(who)) {
+        let scope = crate::service::owner_scope(who);
+        let row = match store.find_instance_among(reference, crate::service::scope_refs(&scope)) {
             Ok(r) => r,
             // The local backend words it (not found, ambiguous).
             Err(_) => return Ok(None),
@@ -908,7 +909,7 @@ impl Cluster {
 /// expired placed instances are destroyed through their node. Every round is one
 /// compare-and-set transaction, so several control processes on one database agree.
 pub fn spawn_monitor(ctx: &Ctx, cluster: Arc<Cluster>) {
-    let ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
+    let ctx = ctx.fresh();
     std::thread::spawn(move || loop {
         if let Err(e) = monitor_once(&ctx, &cluster) {
             tracing::warn!("host monitor: {e:#}");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
-pub use vfarm_service::env::{database, default_data_dir, hostname, Env};
+pub use vfarm_service::env::{database, default_data_dir, Env};
 
 /// `--output`: a table for people, one JSON document for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +34,15 @@ impl Ctx {
             env: Env::new(data_dir),
             output,
             verbose,
+        }
+    }
+
+    /// The same context with a store of its own (see [`Env::fresh`]).
+    pub fn fresh(&self) -> Ctx {
+        Ctx {
+            env: self.env.fresh(),
+            output: self.output,
+            verbose: self.verbose,
         }
     }
 

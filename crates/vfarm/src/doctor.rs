@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vfarm_core::doctor::{Check, Report, ACCEL_KVM, ACCEL_TCG};
+use vfarm_core::doctor::{
+    Check, CrlStatus, Report, ACCEL_KVM, ACCEL_TCG, CRL_CURRENT, CRL_EXPIRED, CRL_MISSING,
+};
 use vfarm_driver::oci::{select_runtime, RuntimeChoice};
 use vfarm_qemu::probe::{probe_kvm, KvmFailure, ProbeConfig};
 use vfarm_qemu::tools::{find_in_path, Tool, BUSYBOX_STATIC, QEMU_IMG, QEMU_SYSTEM_X86_64};
@@ -54,12 +56,161 @@ pub fn report(ctx: &Ctx) -> Report {
         ];
         (checks, accel)
     });
+    let mut crls = Vec::new();
+    if let Some((c, list)) = trust(&crate::cmd::serve::config_path(ctx), chrono::Utc::now()) {
+        checks.0.push(c);
+        crls = list;
+    }
     let core_ok = Report::core_works(&checks.0);
     Report {
         checks: std::mem::take(&mut checks.0),
         accelerator: checks.1,
         core_ok,
         elapsed_ms: began.elapsed().as_millis() as u64,
+        crls,
+    }
+}
+
+/// The client CA directory the service config names (`[trust] client_ca_dir`): each CA's
+/// CRL, its age and nextUpdate. A CA without a current CRL refuses its users unless
+/// `crl_missing = "warn"`; the check fails then, with the fix. `None`: no directory named.
+pub fn trust(config: &Path, now: chrono::DateTime<chrono::Utc>) -> Option<(Check, Vec<CrlStatus>)> {
+    let fail = |verdict: String, fix: String| {
+        Some((
+            Check {
+                fix: Some(fix),
+                ..check("trust", false, verdict, vec![])
+            },
+            vec![],
+        ))
+    };
+    let config = match vfarm_auth::ServeConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{e}"), format!("correct {}", config.display())),
+    };
+    let dir = config.client_ca_dir.as_ref()?;
+    let store = match vfarm_imagelist::TrustStore::load(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                format!("client CA directory {}: {e}", dir.display()),
+                format!(
+                    "install the CA certificates in {} (IGTF layout), or correct [trust] \
+                     client_ca_dir",
+                    dir.display()
+                ),
+            )
+        }
+    };
+    let rfc =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut list = Vec::new();
+    let mut notes = Vec::new();
+    for ca in store.cas() {
+        let name = vfarm_imagelist::trust::oneline(ca.subject_name());
+        let newest = store
+            .crls_for(&name)
+            .into_iter()
+            .filter_map(|c| {
+                let last = vfarm_imagelist::trust::asn1_to_utc(c.last_update())?;
+                let next = c
+                    .next_update()
+                    .and_then(vfarm_imagelist::trust::asn1_to_utc);
+                Some((last, next))
+            })
+            .max_by_key(|(last, _)| *last);
+        let st = match newest {
+            None => CrlStatus {
+                ca: name,
+                status: CRL_MISSING.into(),
+                last_update: None,
+                next_update: None,
+                age_seconds: None,
+                remaining_seconds: None,
+            },
+            Some((last, next)) => CrlStatus {
+                ca: name,
+                // A CRL without nextUpdate is never current (RFC 5280 requires the field).
+                status: if next.is_some_and(|n| n > now) {
+                    CRL_CURRENT
+                } else {
+                    CRL_EXPIRED
+                }
+                .into(),
+                last_update: Some(rfc(last)),
+                next_update: next.map(rfc),
+                age_seconds: Some((now - last).num_seconds()),
+                remaining_seconds: next.map(|n| (n - now).num_seconds()),
+            },
+        };
+        notes.push(match st.status.as_str() {
+            CRL_MISSING => format!("{}: no CRL", st.ca),
+            _ => format!(
+                "{}: CRL {} ({} old, nextUpdate {}{})",
+                st.ca,
+                st.status,
+                age(st.age_seconds.unwrap_or(0)),
+                st.next_update.as_deref().unwrap_or("none"),
+                match st.remaining_seconds {
+                    Some(r) if r > 0 => format!(", in {}", age(r)),
+                    Some(r) => format!(", {} ago", age(-r)),
+                    None => String::new(),
+                }
+            ),
+        });
+        list.push(st);
+    }
+    let bad = list.iter().filter(|c| c.status != CRL_CURRENT).count();
+    let warn = config.crl_missing == vfarm_imagelist::trust::CrlMissing::Warn;
+    let dir_s = dir.display();
+    let c = if bad == 0 {
+        check(
+            "trust",
+            true,
+            format!("{} CA(s) in {dir_s}, every CRL current", list.len()),
+            notes,
+        )
+    } else if warn {
+        check(
+            "trust",
+            true,
+            format!(
+                "{bad} of {} CA(s) in {dir_s} without a current CRL: their users are let in                  (crl_missing = \"warn\")",
+                list.len()
+            ),
+            notes,
+        )
+    } else {
+        Check {
+            fix: Some(format!(
+                "run fetch-crl (apt-get install fetch-crl) to update the CRLs in {dir_s}, or \
+                 set crl_missing = \"warn\" under [trust] in serve.toml"
+            )),
+            ..check(
+                "trust",
+                false,
+                format!(
+                    "{bad} of {} CA(s) in {dir_s} without a current CRL: their users are refused",
+                    list.len()
+                ),
+                notes,
+            )
+        }
+    };
+    Some((c, list))
+}
+
+/// `3d 4h`, `5h 2m`, `40s`: a duration for people.
+fn age(secs: i64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m")
+    } else {
+        format!("{secs}s")
     }
 }
 
@@ -395,6 +546,83 @@ fn without_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Current, expired (past nextUpdate) and missing CRLs, and what `crl_missing` changes.
+    #[test]
+    fn crl_ages_of_the_client_ca_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let now = chrono::Utc::now();
+        let ca =
+            vfarm_auth::ca::SiteCa::init(&d.path().join("ca"), "/C=XX/O=t/CN=CA", 90, now).unwrap();
+        let config = d.path().join("serve.toml");
+        // No directory named: no check at all.
+        assert!(trust(&config, now).is_none());
+        let dir = ca.certificates_dir();
+        std::fs::write(
+            &config,
+            format!("[trust]\nclient_ca_dir = \"{}\"\n", dir.display()),
+        )
+        .unwrap();
+        let (c, crls) = trust(&config, now).unwrap();
+        assert!(c.ok, "{c:?}");
+        assert_eq!(crls.len(), 1);
+        assert_eq!(crls[0].ca, "/C=XX/O=t/CN=CA");
+        assert_eq!(crls[0].status, CRL_CURRENT);
+        assert!(crls[0].age_seconds.unwrap() >= 0);
+        assert!(crls[0].remaining_seconds.unwrap() > 20 * 86_400);
+        assert!(crls[0].next_update.is_some());
+        // Forty days on, the CRL (30 days) is past its nextUpdate.
+        let later = now + chrono::Duration::days(40);
+        let (c, crls) = trust(&config, later).unwrap();
+        assert!(!c.ok, "{c:?}");
+        assert_eq!(crls[0].status, CRL_EXPIRED);
+        assert!(crls[0].remaining_seconds.unwrap() < 0);
+        let fix = c.fix.unwrap();
+        assert_eq!(
+            fix,
+            format!(
+                "run fetch-crl (apt-get install fetch-crl) to update the CRLs in {}, or set \
+                 crl_missing = \"warn\" under [trust] in serve.toml",
+                dir.display()
+            )
+        );
+        assert!(c.notes[0].contains("expired"), "{:?}", c.notes);
+        // Missing: no CRL of that CA in the directory.
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "r0") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        let (c, crls) = trust(&config, now).unwrap();
+        assert!(!c.ok, "{c:?}");
+        assert_eq!(crls[0].status, CRL_MISSING);
+        assert_eq!(
+            (crls[0].age_seconds, crls[0].next_update.as_deref()),
+            (None, None)
+        );
+        // crl_missing = "warn" lets the CA's users in: the check passes and says so.
+        std::fs::write(
+            &config,
+            format!(
+                "[trust]\nclient_ca_dir = \"{}\"\ncrl_missing = \"warn\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let (c, _) = trust(&config, now).unwrap();
+        assert!(c.ok && c.verdict.contains("warn"), "{c:?}");
+        // A directory that is not there: the check fails, naming it.
+        std::fs::write(&config, "[trust]\nclient_ca_dir = \"nowhere\"\n").unwrap();
+        let (c, _) = trust(&config, now).unwrap();
+        assert!(!c.ok && c.verdict.contains("nowhere"), "{c:?}");
+        assert!(
+            c.fix
+                .as_deref()
+                .unwrap()
+                .ends_with("or correct [trust] client_ca_dir"),
+            "{c:?}"
+        );
+    }
 
     #[test]
     fn passwords_never_print() {

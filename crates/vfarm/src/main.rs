@@ -14,6 +14,8 @@ mod cmd;
 mod ctx;
 mod doctor;
 mod node_migration;
+#[cfg(test)]
+mod routes_tests;
 mod service;
 
 use ctx::{default_data_dir, Ctx, OutputFormat};

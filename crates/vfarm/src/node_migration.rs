@@ -60,7 +60,7 @@ fn driver_err(e: vfarm_driver::DriverError) -> ApiError {
 impl NodeMigrations {
     pub fn new(ctx: &Ctx, listen: IpAddr, puller: ImagePuller, busy: Busy) -> NodeMigrations {
         NodeMigrations {
-            ctx: Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose),
+            ctx: ctx.fresh(),
             listen,
             puller,
             busy,

@@ -84,7 +84,7 @@ pub struct Service {
 impl Service {
     pub fn new(ctx: &Ctx, admission: Admission, busy: Busy) -> Service {
         Service {
-            ctx: Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose),
+            ctx: ctx.fresh(),
             admission,
             busy,
             puller: None,
@@ -102,8 +102,9 @@ impl Service {
         let store = self.store()?;
         // Only the caller's own instances (all, for admins) take part in the lookup, so
         // another owner's ids never make a prefix ambiguous or appear in an error.
+        let scope = owner_scope(who);
         let row = store
-            .find_instance_of(reference, owner_scope(who))
+            .find_instance_among(reference, scope_refs(&scope))
             .map_err(|e| api_error(e.into()))?;
         if !who.may_access(&row.owner) {
             return Err(not_found("instance", reference));
@@ -124,9 +125,21 @@ impl Service {
     }
 }
 
-/// The owner whose instances a caller's references resolve among (`None`: all, for admins).
-pub(crate) fn owner_scope(who: &Identity) -> Option<&str> {
-    (!who.admin).then_some(who.user.as_str())
+/// The owners whose instances a caller's references resolve among (`None`: all, for admins):
+/// the caller, and for a certificate user also its records from before owners carried the
+/// issuer ([`Identity::legacy_owner`]).
+pub(crate) fn owner_scope(who: &Identity) -> Option<[String; 2]> {
+    (!who.admin).then(|| {
+        [
+            who.user.clone(),
+            who.legacy_owner().unwrap_or_else(|| who.user.clone()),
+        ]
+    })
+}
+
+/// [`owner_scope`] as the store takes it.
+pub(crate) fn scope_refs(scope: &Option<[String; 2]>) -> Option<[&str; 2]> {
+    scope.as_ref().map(|[a, b]| [a.as_str(), b.as_str()])
 }
 
 /// The service's watcher, in the event log: it records what it observed.
@@ -237,13 +250,13 @@ impl InstanceBackend for Service {
         let mut filter = q.filter.clone();
         if let Some(mine) = owner_scope(who) {
             // A non-admin's owner filter narrows to themselves or to nothing.
-            if filter.owner.as_deref().is_some_and(|o| o != mine) {
+            if filter.owner.as_ref().is_some_and(|o| !mine.contains(o)) {
                 return Ok(Page {
                     items: Vec::new(),
                     next: None,
                 });
             }
-            filter.owner = Some(mine.to_string());
+            filter.scope = mine.to_vec();
         }
         let store = self.store()?;
         let page = store
@@ -724,7 +737,7 @@ pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
 /// Keep records current (instances that exit or die while nobody asks) and tell
 /// `/api/v1/events` listeners what changed, whichever process changed it.
 pub fn spawn_watcher(ctx: &Ctx, events: tokio::sync::broadcast::Sender<InstanceEvent>, busy: Busy) {
-    let ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
+    let ctx = ctx.fresh();
     std::thread::spawn(move || {
         let mut w = Watch::default();
         let mut first = true;

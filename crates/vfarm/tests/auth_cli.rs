@@ -17,6 +17,11 @@ const ALICE: &str = "/C=XX/O=vfarm test/OU=users/CN=Alice";
 const MALLORY: &str = "/C=XX/O=vfarm test/OU=users/CN=Mallory";
 const ADMIN: &str = "/C=XX/O=vfarm test/OU=admins/CN=Site Admin";
 
+/// A certificate user as the service names it: subject and issuer.
+fn issued(subject: &str, issuer: &str) -> String {
+    format!("{subject} issuer={issuer}")
+}
+
 fn vfarm(data: &Path, cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vfarm"))
         .args(args)
@@ -217,7 +222,11 @@ fn tls_client_certs_tokens_crls_and_401s() {
     let (out, body, code) = srv.curl(&data, "/api/v1/whoami", &a);
     assert_eq!(code, 200, "{out:?}");
     let who = json(&body);
-    assert_eq!(who["user"], ALICE);
+    assert_eq!(who["user"], issued(ALICE, CA_DN));
+    assert_eq!(
+        (who["subject"].as_str(), who["issuer"].as_str()),
+        (Some(ALICE), Some(CA_DN))
+    );
     assert_eq!(who["method"], "client-cert");
     assert_eq!(who["admin"], false);
     // The identity opens the rest of the API too.
@@ -611,7 +620,7 @@ fn a_second_ca_cannot_mint_the_admins_dn() {
     let (out, body, code) = whoami("admin-a");
     assert_eq!(code, 200, "{out:?}");
     assert_eq!(json(&body)["admin"], true);
-    assert_eq!(json(&body)["user"], ADMIN);
+    assert_eq!(json(&body)["user"], issued(ADMIN, CA_DN));
     let (out, body, code) = whoami("bea");
     assert_eq!(code, 200, "{out:?}");
     assert_eq!(json(&body)["admin"], false);
@@ -694,7 +703,7 @@ fn a_missing_crl_refuses_by_default_and_warn_lets_in() {
     let srv = TlsServer::start(&data, &t.join("srv"), &[]);
     let (out, body, code) = srv.curl(&data, "/api/v1/whoami", &args);
     assert_eq!(code, 200, "{out:?}");
-    assert_eq!(json(&body)["user"], ALICE);
+    assert_eq!(json(&body)["user"], issued(ALICE, CA_DN));
 }
 
 /// Issue 24, acceptance 5: no token on the command line (refused with the reason), none

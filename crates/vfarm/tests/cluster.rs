@@ -957,3 +957,121 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 24, acceptance 1 "by a node": a node's TLS (`vfarm node` serves through the same
+/// `vfarm serve` code, its client CA directory being the trust files it received at join)
+/// refuses a certificate from a second CA in its directory carrying a DN in the site CA's
+/// namespace (the control's own DN here), while that CA's own users get through, and the
+/// control's real certificate (the same DN from the site CA) is still its admin.
+#[test]
+fn a_node_refuses_a_second_ca_minting_a_dn_of_the_site_namespace() {
+    require("curl");
+    let dir = fresh_dir("cluster-namespaces");
+    let c = Cluster::start(&dir, 1, "");
+    // Heartbeats still find the node by its certificate's subject (the user is now subject
+    // and issuer together). Waiting for the node's doctor report too means its KVM probe is
+    // over before the test ends (a node killed mid-probe leaves the probe's QEMU behind).
+    c.wait_hosts(Duration::from_secs(60), "node1 up with its checks", |h| {
+        h.get("node1")
+            .is_some_and(|n| up(n) && n["checks"].is_object())
+    });
+    let node_dir = c.nodes[0].0.data.join("node/certificates");
+    assert!(
+        std::fs::read_dir(&node_dir)
+            .unwrap()
+            .flatten()
+            .any(|f| f.file_name().to_string_lossy().ends_with(".namespaces")),
+        "the node received no namespace file at join"
+    );
+    let srv = c.control.data.join("srv");
+    let control_dn =
+        vfarm_auth::dn::subject_of_pem(&std::fs::read(srv.join("hostcert.pem")).unwrap()).unwrap();
+    assert!(
+        control_dn.starts_with("/C=XX/O=vfarm tests/"),
+        "{control_dn}"
+    );
+    // A second CA with namespace files of its own, its user, and the control's DN.
+    let beta = Vf {
+        data: dir.join("beta"),
+    };
+    beta.ok(&["ca", "init", "--subject", "/C=XX/O=Beta/CN=Beta CA"]);
+    let (forged, bea) = (dir.join("forged"), dir.join("bea"));
+    beta.ok(&[
+        "ca",
+        "issue-user",
+        &control_dn,
+        "--out",
+        forged.to_str().unwrap(),
+    ]);
+    beta.ok(&[
+        "ca",
+        "issue-user",
+        "/C=XX/O=Beta/CN=Bea",
+        "--out",
+        bea.to_str().unwrap(),
+    ]);
+    for f in std::fs::read_dir(beta.data.join("ca/certificates")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), node_dir.join(f.file_name())).unwrap();
+    }
+    // The node's own URL, from this namespace over the bridge. `-k`: what is under test is
+    // the node's judgement of the client, not ours of the node.
+    let url = format!("https://{}:8751/api/v1/whoami", c.net.node_addr(1));
+    let curl = |cert: &Path, key: &Path| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-k",
+                "--max-time",
+                "20",
+                "-w",
+                "\n%{http_code}",
+                "--cert",
+            ])
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg(&url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            out.clone(),
+            body.to_string(),
+            code.trim().parse::<u16>().unwrap_or(0),
+        )
+    };
+    let user = |d: &Path| (d.join("usercert.pem"), d.join("userkey.pem"));
+    // The node re-reads its directory within seconds: Beta's own user gets in then.
+    let (bc, bk) = user(&bea);
+    let t0 = Instant::now();
+    let body = loop {
+        let (out, body, code) = curl(&bc, &bk);
+        if code == 200 {
+            break body;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "Beta's own user never accepted by the node: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let who: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        who["user"],
+        "/C=XX/O=Beta/CN=Bea issuer=/C=XX/O=Beta/CN=Beta CA"
+    );
+    assert_eq!(who["admin"], false);
+    // The control's DN from Beta: refused at the handshake.
+    let (fc, fk) = user(&forged);
+    let (out, body, code) = curl(&fc, &fk);
+    assert_ne!(code, 200, "the node took Beta's control DN: {body}");
+    assert!(!out.status.success(), "the handshake must fail: {out:?}");
+    // The same DN from the site CA (the control's own certificate) is the node's admin.
+    let (out, body, code) = curl(&srv.join("hostcert.pem"), &srv.join("hostkey.pem"));
+    assert_eq!(code, 200, "{out:?}");
+    let who: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(who["admin"], true, "{who}");
+    assert_eq!(who["subject"], control_dn.as_str());
+}

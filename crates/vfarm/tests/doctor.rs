@@ -196,3 +196,56 @@ fn an_unreachable_database_is_named_without_its_password_with_the_fix() {
         "start PostgreSQL or correct --database / VFARM_DATABASE"
     );
 }
+
+/// With a client CA directory in serve.toml, the report carries each CA's CRL (age,
+/// nextUpdate) in `--output json`, and a missing CRL fails the `trust` check with the fix.
+#[test]
+fn crl_ages_of_the_configured_client_ca_directory() {
+    let path = fresh_dir("doctor-crl-path");
+    let data = fresh_dir("doctor-crl-data");
+    let ca = vfarm_auth::ca::SiteCa::init(
+        &data.join("test-ca"),
+        "/C=XX/O=vfarm test/CN=Doctor CA",
+        30,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let dir = ca.certificates_dir();
+    std::fs::write(
+        data.join("serve.toml"),
+        format!("[trust]\nclient_ca_dir = \"{}\"\n", dir.display()),
+    )
+    .unwrap();
+    let (out, _) = doctor(&data, &path, true);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = check(&r, "trust");
+    assert_eq!(t["ok"], true, "{t}");
+    let crls = r["crls"].as_array().unwrap();
+    assert_eq!(crls.len(), 1, "{r}");
+    assert_eq!(crls[0]["ca"], "/C=XX/O=vfarm test/CN=Doctor CA");
+    assert_eq!(crls[0]["status"], "current");
+    assert!(crls[0]["age_seconds"].as_i64().unwrap() >= 0, "{r}");
+    assert!(crls[0]["remaining_seconds"].as_i64().unwrap() > 0, "{r}");
+    assert!(crls[0]["next_update"].is_string(), "{r}");
+
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "r0") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let (out, _) = doctor(&data, &path, true);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = check(&r, "trust");
+    assert_eq!(t["ok"], false, "{t}");
+    assert_eq!(r["crls"][0]["status"], "missing", "{r}");
+    let fix = t["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("fetch-crl") && fix.contains("crl_missing"),
+        "{fix}"
+    );
+    // The table says it to a person too.
+    let (out, _) = doctor(&data, &path, false);
+    let t = text(&out);
+    assert!(t.contains("Doctor CA: no CRL"), "{t}");
+    assert!(t.contains("fix: run fetch-crl"), "{t}");
+}

@@ -513,6 +513,169 @@ fn jsdl_documents_run_or_are_refused_naming_the_element() {
     assert!(out.contains("hello two words"), "{out}");
 }
 
+/// Jobs over the API, with owners as for instances: a JSDL document and a JSON job run as
+/// their submitter, whose outputs download; others get 404, the admin sees all; a caller
+/// over the API cannot stage from or to the server's files; cancel through the API.
+#[test]
+fn jobs_over_the_api_belong_to_their_submitter() {
+    let vf = Vf::new("jobs-api");
+    let srv = Server::start_with(&vf.data, &["--admin", "site-admin"]);
+    let (alice, bob, admin) = (
+        srv.client_for("alice"),
+        srv.client_for("bob"),
+        srv.client_for("site-admin"),
+    );
+    let url = |p: &str| format!("{}/api/v1/jobs{p}", srv.base);
+    let get = |c: &reqwest::blocking::Client, p: &str| {
+        let r = c.get(url(p)).send().unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let wait_final = |id: i64| -> Value {
+        let t = Instant::now();
+        loop {
+            let (st, v) = get(&alice, &format!("/{id}"));
+            assert_eq!(st, 200, "{v}");
+            if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap_or("")) {
+                return v;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "job {id} not done: {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // A JSDL document as the request body.
+    let jsdl = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/data/jsdl/gridsam/helloworld.jsdl"),
+    )
+    .unwrap();
+    let r = alice
+        .post(url(""))
+        .header("content-type", "application/xml")
+        .body(jsdl)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["job"]["owner"], "alice", "{v}");
+    assert!(
+        v["job"].get("dir").is_none(),
+        "a server path in the answer: {v}"
+    );
+    let hello = v["job"]["id"].as_i64().unwrap();
+
+    // A JSON job whose output is kept with the job and downloaded.
+    let r = alice
+        .post(url(""))
+        .json(&serde_json::json!({
+            "command": ["sh", "-c", "echo from-the-api > result.txt"],
+            "stage_out": ["result.txt:result.txt"],
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let made = r.json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
+    assert_eq!(wait_final(hello)["state"], "succeeded");
+    let done = wait_final(made);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["outputs"][0]["name"], "result.txt", "{done}");
+    let out = alice
+        .get(url(&format!("/{made}/outputs/result.txt")))
+        .send()
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 200);
+    assert_eq!(out.text().unwrap(), "from-the-api\n");
+
+    // Bob sees none of it; the admin sees both.
+    for p in [format!("/{made}"), format!("/{made}/outputs/result.txt")] {
+        let (st, v) = get(&bob, &p);
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (404, Some("job_not_found")),
+            "{p}: {v}"
+        );
+    }
+    let r = bob.post(url(&format!("/{made}/cancel"))).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(get(&bob, "").1, serde_json::json!([]));
+    let all = get(&admin, "").1;
+    let ids: BTreeSet<i64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.contains(&hello) && ids.contains(&made), "{all}");
+
+    // Refusals over the API store nothing: the server's files, another owner, bad input.
+    let before = get(&admin, "").1.as_array().unwrap().len();
+    for (body, field, status) in [
+        (
+            serde_json::json!({"command": ["true"], "stage_in": ["/etc/shadow:x"]}),
+            "stage_in",
+            400,
+        ),
+        (
+            serde_json::json!({"command": ["true"], "stage_in": ["file:///etc/shadow:x"]}),
+            "stage_in",
+            400,
+        ),
+        (
+            serde_json::json!({"command": ["true"], "stage_out": ["x:/tmp/x"]}),
+            "stage_out",
+            400,
+        ),
+        (
+            serde_json::json!({"command": ["true"], "owner": "bob"}),
+            "owner",
+            403,
+        ),
+        (
+            serde_json::json!({"command": ["true"], "memory": "lots"}),
+            "memory",
+            400,
+        ),
+        (serde_json::json!({"command": []}), "command", 400),
+    ] {
+        let r = alice.post(url("")).json(&body).send().unwrap();
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let r = alice
+        .post(url(""))
+        .header("content-type", "application/xml")
+        .body("<not-jsdl/>")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "invalid_jsdl");
+    assert_eq!(get(&admin, "").1.as_array().unwrap().len(), before);
+
+    // Cancel through the API ends a running job.
+    let r = alice
+        .post(url(""))
+        .json(&serde_json::json!({"command": ["sleep", "600"]}))
+        .send()
+        .unwrap();
+    let long = r.json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
+    let t = Instant::now();
+    while get(&alice, &format!("/{long}")).1["state"] != "running" {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "job {long} never ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = alice.post(url(&format!("/{long}/cancel"))).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(wait_final(long)["state"], "cancelled");
+}
+
 /// Acceptance 3 (and cancel): the wall-time limit kills and records why; keep-on-failure
 /// leaves a stopped instance with a `failure` snapshot; cancel works queued and running.
 #[test]

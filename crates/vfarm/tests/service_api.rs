@@ -945,7 +945,9 @@ fn completions_and_man_pages() {
 
 /// Acceptance 1 with grid identities: two users with client certificates from a test CA
 /// (the site CA) drive the service through the CLI (`--server https://… --cert --key --ca`);
-/// each sees only their own instances, and the certificate's DN is the owner.
+/// each sees only their own instances, and the certificate's subject with its issuer is the
+/// owner. Issue 24: a second trusted CA (without namespace files, `require_namespaces =
+/// false`) issuing Carol's very DN is another user, who sees and touches none of hers.
 #[test]
 fn certificate_users_through_the_cli() {
     let vf = Vf::with_minbase(fresh_dir("svc-certs"));
@@ -958,13 +960,38 @@ fn certificate_users_through_the_cli() {
         "--out",
         srv.to_str().unwrap(),
     ]);
+    let carol = "/C=XX/O=vfarm tests/CN=Carol";
     let users = [
-        ("/C=XX/O=vfarm tests/CN=Carol", vf.data.join("carol")),
+        (carol, vf.data.join("carol")),
         ("/C=XX/O=vfarm tests/CN=Dave", vf.data.join("dave")),
+        (carol, vf.data.join("carol-other")),
     ];
-    for (dn, dir) in &users {
+    for (dn, dir) in &users[..2] {
         vf.ok(&["ca", "issue-user", dn, "--out", dir.to_str().unwrap()]);
     }
+    let other = Vf {
+        data: fresh_dir("svc-certs-other-ca"),
+    };
+    other.ok(&["ca", "init", "--subject", "/C=XX/O=Other/CN=Other CA"]);
+    other.ok(&[
+        "ca",
+        "issue-user",
+        carol,
+        "--out",
+        users[2].1.to_str().unwrap(),
+    ]);
+    for f in std::fs::read_dir(other.data.join("ca/certificates")).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".0") || name.ends_with(".r0") {
+            std::fs::copy(f.path(), vf.data.join("ca/certificates").join(&name)).unwrap();
+        }
+    }
+    std::fs::write(
+        vf.data.join("serve.toml"),
+        "[trust]\nrequire_namespaces = false\n",
+    )
+    .unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vfarm"))
         .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
         .arg(srv.join("hostcert.pem"))
@@ -1011,7 +1038,10 @@ fn certificate_users_through_the_cli() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let c1: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(c1["owner"], users[0].0);
+    assert_eq!(
+        c1["owner"],
+        format!("{carol} issuer=/C=XX/O=vfarm tests/CN=Test CA")
+    );
     assert_eq!(c1["state"], "running");
     let o = cli(
         1,
@@ -1019,8 +1049,9 @@ fn certificate_users_through_the_cli() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("d1"));
-    for (who, mine) in [(0, "c1"), (1, "d1")] {
+    for (who, mine) in [(0, &["c1"][..]), (1, &["d1"][..]), (2, &[][..])] {
         let o = cli(who, &["instance", "ls", "--output", "json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         let names: Vec<&str> = v
             .as_array()
@@ -1028,8 +1059,16 @@ fn certificate_users_through_the_cli() {
             .iter()
             .map(|i| i["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, [mine], "user {who}");
+        assert_eq!(names, mine, "user {who}");
     }
+    // Carol's DN from the other CA: not Carol's instance (not found, exit 3).
+    let o = cli(2, &["instance", "destroy", "c1"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = cli(0, &["instance", "destroy", "d1"]);
     assert_eq!(
         o.status.code(),
@@ -1063,6 +1102,7 @@ fn certificate_users_through_the_cli() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&vf.data);
+    let _ = std::fs::remove_dir_all(&other.data);
 }
 
 /// `vfarm ARGS` on a data dir with extra environment (a shared database).

@@ -22,6 +22,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Tuple,
     Union,
     overload,
 )
@@ -35,6 +36,7 @@ from .models import (
     HostToken,
     Image,
     Instance,
+    Job,
     Migration,
     Operation,
     Quota,
@@ -274,13 +276,17 @@ class Client:
         query: Optional[Mapping[str, Any]] = None,
         timeout: Optional[float] = None,
         accept: str = "application/json",
+        raw: Optional[Tuple[bytes, str]] = None,
     ) -> Any:
-        """Send one request; return the open response, or raise VfarmError."""
+        """Send one request; return the open response, or raise VfarmError. `raw` is a body
+        that is not JSON, with its content type."""
         data = None
         headers = {"Accept": accept, "User-Agent": "vfarm-client-python/0.1"}
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        elif raw is not None:
+            data, headers["Content-Type"] = raw
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(
@@ -332,9 +338,10 @@ class Client:
         body: Any = None,
         query: Optional[Mapping[str, Any]] = None,
         timeout: Optional[float] = None,
+        raw: Optional[Tuple[bytes, str]] = None,
     ) -> Any:
         """One JSON request and its decoded JSON answer (None for an empty body)."""
-        with self._open(method, path, body, query, timeout) as resp:
+        with self._open(method, path, body, query, timeout, raw=raw) as resp:
             try:
                 raw = resp.read()
             except (socket.timeout, TimeoutError) as e:
@@ -679,6 +686,62 @@ class Client:
                 timeout=LONG_TIMEOUT,
             )
         )
+
+    # Jobs
+
+    def submit_job(
+        self,
+        command: Optional[Sequence[str]] = None,
+        *,
+        jsdl: Optional[Union[str, bytes]] = None,
+        **fields: Any,
+    ) -> Job:
+        """Queue a batch job: a `command` with request fields (`image`, `cpus`, `memory`,
+        `walltime`, `queue`, `stage_out` …, as `vfarm job submit`), or a JSDL 1.0 document.
+        The job's `warnings` name what the request asks for that vfarm does not apply."""
+        if jsdl is not None:
+            if command is not None or fields:
+                raise VfarmError(
+                    0, "invalid_argument", "give a JSDL document or a command, not both", "jsdl"
+                )
+            text = jsdl.encode() if isinstance(jsdl, str) else jsdl
+            doc = self._call("POST", f"{API}/jobs", raw=(text, "application/xml"))
+        else:
+            body = dict(fields)
+            body["command"] = list(command or [])
+            doc = self._call("POST", f"{API}/jobs", body)
+        return Job.from_json({**doc["job"], "warnings": doc.get("warnings", [])})
+
+    def jobs(self, state: Optional[str] = None, owner: Optional[str] = None) -> List[Job]:
+        """The caller's jobs (all, for admins), optionally of one state or owner."""
+        q = {k: v for k, v in (("state", state), ("owner", owner)) if v is not None}
+        return [Job.from_json(j) for j in self._call("GET", f"{API}/jobs", query=q)]
+
+    def job(self, id: Union[int, str]) -> Job:
+        """One job with its spec, events and outputs."""
+        return Job.from_json(self._call("GET", f"{API}/jobs/{self._ref(str(id))}"))
+
+    def cancel_job(self, id: Union[int, str]) -> str:
+        """Ask for the job's end; the answer is its state after the request."""
+        return str(self._call("POST", f"{API}/jobs/{self._ref(str(id))}/cancel")["state"])
+
+    def wait_job(self, id: Union[int, str], timeout: float = 600, poll: float = 0.5) -> Job:
+        """Poll until the job ends (succeeded, failed or cancelled)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            j = self.job(id)
+            if j.state in ("succeeded", "failed", "cancelled"):
+                return j
+            if time.monotonic() >= deadline:
+                raise VfarmError(0, "timeout", f"job {id} still {j.state} after {timeout} s")
+            time.sleep(poll)
+
+    def job_output(self, id: Union[int, str], name: str) -> bytes:
+        """An output file the job kept (its `outputs`)."""
+        path = f"{API}/jobs/{self._ref(str(id))}/outputs/{self._ref(name)}"
+        with self._open("GET", path, accept="application/octet-stream") as resp:
+            data: bytes = resp.read()
+        return data
 
     # Hosts (several hosts; admins only)
 

@@ -19,6 +19,7 @@ __all__ = [
     "ExecResult",
     "Image",
     "Instance",
+    "Job",
     "Operation",
     "Quota",
     "Snapshot",
@@ -48,6 +49,9 @@ class Whoami:
     method: str
     admin: bool = False
     token_id: Optional[str] = None
+    # A certificate user: `user` is "<subject> issuer=<issuer>", these its two parts.
+    subject: Optional[str] = None
+    issuer: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -328,3 +332,39 @@ class Migration:
     def source(self) -> Optional[str]:
         """The node it left."""
         return self.extra.get("from")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A batch job. `spec`, `events` are only filled by `Client.job(id)`; `warnings` only by
+    `Client.submit_job` (what the request asks for that vfarm does not apply)."""
+
+    id: int
+    state: str
+    name: Optional[str] = None
+    owner: Optional[str] = None
+    queue: Optional[str] = None
+    priority: Optional[int] = None
+    reason: Optional[str] = None
+    exit_code: Optional[int] = None
+    error: Optional[str] = None
+    backend: Optional[str] = None
+    driver: Optional[str] = None
+    image: Optional[str] = None
+    cpus: Optional[str] = None
+    memory_mib: Optional[int] = None
+    walltime_secs: Optional[int] = None
+    submitted: Optional[str] = None
+    started: Optional[str] = None
+    ended: Optional[str] = None
+    wait_secs: Optional[float] = None
+    run_secs: Optional[float] = None
+    outputs: List[Dict[str, Any]] = field(default_factory=list)
+    spec: Optional[Dict[str, Any]] = None
+    events: Optional[List[Dict[str, Any]]] = None
+    warnings: List[str] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Job":
+        return _build(cls, data)

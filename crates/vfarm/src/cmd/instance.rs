@@ -65,6 +65,7 @@ impl LsArgs {
             state: self.state.clone(),
             image: self.image.clone(),
             host: self.host.clone(),
+            scope: Vec::new(),
         }
     }
 }

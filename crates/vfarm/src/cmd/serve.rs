@@ -24,9 +24,10 @@ pub struct ServeArgs {
     /// <hash>.r0 CRLs, e.g. /etc/grid-security/certificates); a revoked one is refused.
     #[arg(long, value_name = "DIR", requires = "tls_cert")]
     pub(crate) client_ca_dir: Option<PathBuf>,
-    /// A user with admin rights (a DN or a token's user); repeatable, added to `admins` in
-    /// the config.
-    #[arg(long = "admin", value_name = "DN")]
+    /// A user with admin rights, repeatable, added to `admins` in the config: a token's user,
+    /// a login name, a certificate subject (from any CA the client CA directory trusts for
+    /// it), or `<subject> issuer=<issuer>` (that CA only, as whoami shows it).
+    #[arg(long = "admin", value_name = "USER")]
     pub(crate) admins: Vec<String>,
     /// Service configuration: admins, hostname pool, quotas (default: <data>/serve.toml).
     #[arg(long, value_name = "FILE", env = "VFARM_SERVE_CONFIG")]
@@ -68,6 +69,15 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// How often the reaper looks for expired instances (one indexed query when none is due).
 const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The service configuration file `vfarm serve` reads without `--config`: `$VFARM_SERVE_CONFIG`,
+/// else `<data>/serve.toml`.
+pub fn config_path(ctx: &Ctx) -> PathBuf {
+    std::env::var_os("VFARM_SERVE_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| vfarm_auth::ServeConfig::default_path(&ctx.data_dir))
+}
+
 pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
     run_with(ctx, args, None)
 }
@@ -104,6 +114,18 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
         .into());
     }
     let config = vfarm_auth::ServeConfig::load(&config_path)?;
+    let client_ca_dir = args
+        .client_ca_dir
+        .clone()
+        .or_else(|| config.client_ca_dir.clone());
+    if client_ca_dir.is_some() && args.tls_cert.is_none() {
+        return Err(vfarm_auth::AuthError::Invalid {
+            field: "trust.client_ca_dir",
+            value: config_path.display().to_string(),
+            reason: "client certificates need TLS: add --tls-cert FILE --tls-key FILE".into(),
+        }
+        .into());
+    }
     let socket_gid = args
         .socket_group
         .as_deref()
@@ -114,7 +136,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
             vfarm_api::TlsSettings {
                 cert: cert.clone(),
                 key: key.clone(),
-                client_ca_dir: args.client_ca_dir.clone(),
+                client_ca_dir: client_ca_dir.clone(),
                 crl_missing: config.crl_missing,
                 require_namespaces: config.require_namespaces,
                 on_refusal: Some(audit_refusals(ctx)),
@@ -151,7 +173,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     let mut state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
     let admins = config.admins.iter().chain(&args.admins).cloned();
     state.auth = vfarm_api::AuthPolicy::new(admins);
-    state.client_ca_dir = args.client_ca_dir.clone();
+    state.client_ca_dir = client_ca_dir;
     state.auth.admin_pins = args
         .admin_pins
         .clone()

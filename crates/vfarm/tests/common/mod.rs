@@ -75,10 +75,15 @@ impl Server {
 
     /// An HTTP client that sends a fresh token with every request.
     pub fn client(&self) -> reqwest::blocking::Client {
+        self.client_for("vfarm-tests")
+    }
+
+    /// An HTTP client that sends a fresh token of `user` with every request.
+    pub fn client_for(&self, user: &str) -> reqwest::blocking::Client {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
-            format!("Bearer {}", self.token()).parse().unwrap(),
+            format!("Bearer {}", self.token_for(user)).parse().unwrap(),
         );
         reqwest::blocking::Client::builder()
             .default_headers(headers)

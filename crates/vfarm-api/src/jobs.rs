@@ -1,0 +1,234 @@
+//! Batch jobs over HTTP: submit (JSON, or a JSDL 1.0 document as `application/xml`), list,
+//! show, cancel and download outputs. The handlers call `vfarm_service::jobs` with the
+//! request's identity; another owner's job is 404 like a missing one; admins see all.
+
+use std::path::PathBuf;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use vfarm_auth::Identity;
+use vfarm_service::jobs::{self, JobRequest, Origin};
+use vfarm_service::{Caller, Env};
+use vfarm_store::jobs::JobRow;
+use vfarm_store::StoreError;
+
+use crate::instances::{identity, Who};
+use crate::{blocking, ApiError, AppState, ErrorBody, ErrorCode};
+
+/// Errors of the job operations as API errors.
+fn job_error(e: anyhow::Error) -> ApiError {
+    if let Some((code, field)) = jobs::classify(&e) {
+        return ApiError {
+            code,
+            message: e.to_string(),
+            field: field.map(|f| f.to_string().into()),
+        };
+    }
+    if let Some(StoreError::NotFound { .. }) = e.downcast_ref::<StoreError>() {
+        return ApiError::new(ErrorCode::JobNotFound, format!("{e}"));
+    }
+    let e = match e.downcast::<vfarm_image::ImageError>() {
+        Ok(i) => return i.into(),
+        Err(e) => e,
+    };
+    ApiError::internal(format!("{e:#}"))
+}
+
+fn env_of(s: &AppState) -> Env {
+    Env::with_store(s.data_dir.clone(), s.store.clone())
+}
+
+fn caller_of(who: &Identity) -> Caller {
+    Caller::new(who.user.clone(), who.admin)
+}
+
+/// The job `id` if the caller may see it: another owner's is not found, as a missing one.
+fn visible(s: &AppState, who: &Identity, id: &str) -> Result<JobRow, ApiError> {
+    let not_found = || ApiError::new(ErrorCode::JobNotFound, format!("job `{id}` not found"));
+    let n: i64 = id
+        .trim_start_matches("job-")
+        .parse()
+        .map_err(|_| not_found())?;
+    let j = s.store.job(n).map_err(|e| match e {
+        StoreError::NotFound { .. } => not_found(),
+        e => ApiError::internal(e.to_string()),
+    })?;
+    if !who.may_access(&j.owner) {
+        return Err(not_found());
+    }
+    Ok(j)
+}
+
+/// A job as the API shows it: the CLI's view without the server's paths, plus its outputs.
+fn job_json(env: &Env, j: &JobRow, detail: bool) -> Result<serde_json::Value, ApiError> {
+    let store = env.store().map_err(job_error)?;
+    let v = jobs::view(env, &store, j, detail).map_err(job_error)?;
+    let outputs: Vec<serde_json::Value> = jobs::output_files(&v.dir)
+        .into_iter()
+        .map(|(name, size)| serde_json::json!({ "name": name, "size": size }))
+        .collect();
+    let mut doc = serde_json::to_value(&v).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(o) = doc.as_object_mut() {
+        o.remove("dir");
+        o.insert("outputs".into(), outputs.into());
+    }
+    Ok(doc)
+}
+
+/// `POST /api/v1/jobs`: a JSON request, or a JSDL document with `Content-Type:
+/// application/xml`. 201 with the job and `warnings` (what of the request vfarm cannot
+/// honour); a refusal stores nothing.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body(content = JobRequest, description = "A job; or a JSDL 1.0 JobDefinition as application/xml"),
+    responses((status = 201, description = "Queued: the job and warnings", body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub(crate) async fn submit(
+    State(s): State<AppState>,
+    who: Who,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = identity(who)?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let req = if ctype.starts_with("application/xml") || ctype.starts_with("text/xml") {
+        let text = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("body", "a JSDL document must be UTF-8"))?;
+        JobRequest {
+            jsdl: Some(("request body".into(), text)),
+            ..Default::default()
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("body", e.to_string()))?
+    };
+    let env = env_of(&s);
+    let doc = blocking(move || {
+        let done =
+            jobs::submit(&env, None, &caller_of(&who), Origin::Remote, req).map_err(job_error)?;
+        let mut doc = serde_json::Map::new();
+        doc.insert("job".into(), job_json(&env, &done.job, false)?);
+        doc.insert("warnings".into(), done.warnings.into());
+        Ok(serde_json::Value::Object(doc))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(doc)).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct JobFilter {
+    /// Only jobs in this state (queued, starting, running, succeeded, failed, cancelled).
+    state: Option<String>,
+    /// Only this owner's jobs (admins; others see only their own anyway).
+    owner: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", operation_id = "list_jobs", params(JobFilter),
+    responses((status = 200, description = "The caller's jobs (all, for admins)", body = [Object]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    who: Who,
+    q: Result<Query<JobFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let who = identity(who)?;
+    let Query(f) = crate::instances::query(q)?;
+    if let Some(st) = &f.state {
+        if vfarm_jobs::JobState::parse(st).is_none() {
+            return Err(ApiError::bad_request(
+                "state",
+                format!("`{st}` is not a job state"),
+            ));
+        }
+    }
+    let env = env_of(&s);
+    let docs = blocking(move || {
+        let states: Vec<&str> = f.state.iter().map(String::as_str).collect();
+        let rows = s
+            .store
+            .jobs(&states)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        rows.iter()
+            .filter(|j| who.may_access(&j.owner))
+            .filter(|j| f.owner.as_ref().is_none_or(|o| &j.owner == o))
+            .map(|j| job_json(&env, j, false))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(Json(docs).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", operation_id = "show_job", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "The job with its spec, events and outputs", body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn show(
+    State(s): State<AppState>,
+    who: Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = identity(who)?;
+    let env = env_of(&s);
+    let doc = blocking(move || {
+        let j = visible(&s, &who, &id)?;
+        job_json(&env, &j, true)
+    })
+    .await?;
+    Ok(Json(doc).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "The job's state after the request: cancelled, or still running while its instance is removed", body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub(crate) async fn cancel(
+    State(s): State<AppState>,
+    who: Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = identity(who)?;
+    let env = env_of(&s);
+    let doc = blocking(move || {
+        let j = visible(&s, &who, &id)?;
+        let state = jobs::request_cancel(&env, None, &caller_of(&who), j.id).map_err(job_error)?;
+        Ok(serde_json::json!({ "id": j.id, "state": state }))
+    })
+    .await?;
+    Ok(Json(doc).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/outputs/{name}", tag = "jobs", params(("id" = String, Path, description = "Job id"), ("name" = String, Path, description = "An output's name (the job's `outputs`)")),
+    responses((status = 200, description = "The file", content_type = "application/octet-stream"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn output(
+    State(s): State<AppState>,
+    who: Who,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let who = identity(who)?;
+    let env = env_of(&s);
+    let path: PathBuf = blocking(move || {
+        let j = visible(&s, &who, &id)?;
+        let missing = || {
+            ApiError::new(
+                ErrorCode::ArtifactNotFound,
+                format!("job {} has no output `{name}`", j.id),
+            )
+        };
+        // A bare name: nothing outside the job's output directory.
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(missing());
+        }
+        let p = jobs::job_dir(&env, j.id).join("output").join(&name);
+        let meta = std::fs::symlink_metadata(&p).map_err(|_| missing())?;
+        if !meta.is_file() {
+            return Err(missing());
+        }
+        Ok(p)
+    })
+    .await?;
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
