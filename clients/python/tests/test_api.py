@@ -98,6 +98,12 @@ def test_images(plain):
     c = plain.client("alice")
     names = [i.name for i in c.images()]
     assert "minbase" in names
+    # Paged and filtered on the server: the first page, and nobody's images but the public.
+    assert [i.id for i in c.images(limit=1)] == [i.id for i in c.images()][:1]
+    assert c.images(owner="nobody-at-all") == []
+    with pytest.raises(VfarmError) as e:
+        c.images(limit=0)
+    assert (e.value.status, e.value.field) == (400, "limit"), repr(e.value)
     img = c.image("minbase")
     assert img.name == "minbase"
     tar = [a for a in img.artifacts if a.format == "tar"]
@@ -262,6 +268,38 @@ def test_owners_see_only_their_own_instances(plain):
     assert b.id not in {i.id for i in bob.instances()}
 
 
+def test_instances_filter_and_page_on_the_server(plain):
+    bob, alice, boss = plain.client("bob"), plain.client("alice"), plain.client("boss")
+    made = [
+        bob.create_instance("minbase", name=unique("page"), reserve=True, command=["true"])
+        for _ in range(5)
+    ]
+    ids = [i.id for i in made]
+    try:
+        mine = [i.id for i in bob.instances(owner="bob")]
+        assert [i for i in mine if i in ids] == ids  # oldest first
+        # One page of two, and every page by the Link header: the same list, no repeats.
+        assert [i.id for i in bob.instances(limit=2)] == mine[:2]
+        assert [i.id for i in bob.iter_instances(page_size=2)] == mine
+        assert [i.id for i in boss.iter_instances(owner="bob", state="created", page_size=3)][
+            -5:
+        ] == ids
+        assert {i.id for i in bob.instances(state="created")} >= set(ids)
+        assert [i.id for i in bob.instances(state="running") if i.id in ids] == []
+        assert {i.id for i in bob.instances(image="minbase")} >= set(ids)
+        # Another owner's instances stay invisible, whatever the filter.
+        assert alice.instances(owner="bob") == []
+        assert list(alice.iter_instances(owner="bob", page_size=1)) == []
+        for kwargs, field in (({"limit": 0}, "limit"), ({"limit": 1001}, "limit"),
+                              ({"state": "sleeping"}, "state")):
+            with pytest.raises(VfarmError) as e:
+                bob.instances(**kwargs)
+            assert (e.value.status, e.value.field) == (400, field), repr(e.value)
+    finally:
+        for i in ids:
+            bob.destroy(i)
+
+
 @pytest.mark.parametrize(
     "kwargs,field",
     [
@@ -357,6 +395,12 @@ def test_quota_and_audit(plain):
     # The admin reads everyone's entries.
     actors = {e.actor for e in plain.client("boss").audit(limit=1000)}
     assert "bob" in actors
+    # Filters on the server: an actor, an action prefix; another's actor selects nothing.
+    prefix = "DELETE /api/v1/instances/"
+    destroys = plain.client("boss").audit(limit=1000, actor="bob", action=prefix)
+    assert any(inst.id in str(e.action) for e in destroys), destroys[-5:]
+    assert all(e.actor == "bob" and str(e.action).startswith(prefix) for e in destroys)
+    assert c.audit(actor="alice") == []
 
 
 def test_events_stream_the_state_changes_of_a_create(plain):

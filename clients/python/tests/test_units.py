@@ -90,3 +90,14 @@ def test_exec_result_says_when_it_was_cut_short():
     )
     assert (r.exit_code, r.timed_out, r.truncated, r.extra) == (137, True, False, {})
     assert ExecResult.from_json({"exit_code": 0}).timed_out is False
+
+
+def test_next_link_is_read_from_the_link_header():
+    from vfarm_client.client import _next_link
+
+    assert _next_link(['</api/v1/instances?limit=2&cursor=ab>; rel="next"']) == (
+        "/api/v1/instances?limit=2&cursor=ab"
+    )
+    assert _next_link(['</a>; rel="prev", </b>; rel=next']) == "/b"
+    assert _next_link(['</a>; rel="prev"']) is None
+    assert _next_link([]) is None

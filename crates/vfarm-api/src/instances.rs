@@ -19,6 +19,8 @@ use utoipa::{IntoParams, ToSchema};
 use vfarm_auth::Identity;
 
 use crate::{blocking, ApiError, AppState, ErrorBody};
+pub use vfarm_store::instances::InstanceFilter;
+pub use vfarm_store::{Cursor, Page};
 
 pub use vfarm_proto::instances::*;
 
@@ -119,7 +121,10 @@ impl InstanceEvent {
 /// Blocking: handlers call it on tokio's blocking pool. Another owner's instance must be
 /// reported as not found.
 pub trait InstanceBackend: Send + Sync + 'static {
-    fn list(&self, who: &Identity) -> Result<Vec<InstanceView>, ApiError>;
+    /// The instances `q` selects among those the caller may see (a non-admin's `owner`
+    /// filter only narrows: another owner's name selects nothing), one page when it has a
+    /// limit. Filtering and paging are the store's ([`vfarm_store::Store::instances_page`]).
+    fn list(&self, who: &Identity, q: &ListInstances) -> Result<Page<InstanceView>, ApiError>;
     fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ApiError>;
     /// Validate, take the hostname and the quota, and record the instance (`creating`).
     /// Fast; all refusals happen here.
@@ -226,12 +231,151 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Resu
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("body", e.to_string()))
 }
 
+/// The most items one page of a list holds.
+pub const LIST_LIMIT_MAX: usize = 1000;
+
+/// `GET /api/v1/instances` as the backend gets it: checked filters and page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListInstances {
+    pub filter: InstanceFilter,
+    /// Start just after this row (from the previous page's `Link`).
+    pub after: Option<Cursor>,
+    /// At most this many; `None`: the whole list.
+    pub limit: Option<usize>,
+}
+
+/// The query of `GET /api/v1/instances`. Every parameter is optional; filters combine.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// At most this many instances (1 to 1000), oldest first; when more remain the answer
+    /// carries `Link: <…>; rel="next"`. Without it, the whole list in one answer.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// Where the page starts: the opaque `cursor` of the previous answer's `Link` (next).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Only this owner's instances (a non-admin sees only their own, whatever they ask).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Only instances in this state (creating, created, running, paused, stopped, failed…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only instances of this image: an image id or name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Only instances placed on this node (several hosts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl ListQuery {
+    /// Checked: a bad value is a 400 naming its field. An empty filter is no filter.
+    pub fn check(&self) -> Result<ListInstances, ApiError> {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        let limit = match self.limit.as_deref() {
+            None => None,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=LIST_LIMIT_MAX).contains(&n) => Some(n),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "limit",
+                        format!("`{l}`: a number from 1 to {LIST_LIMIT_MAX}"),
+                    ))
+                }
+            },
+        };
+        let after = match given(&self.cursor) {
+            None => None,
+            Some(c) => Some(Cursor::decode(&c).ok_or_else(|| {
+                ApiError::bad_request(
+                    "cursor",
+                    "not a cursor this service gave out (take it from the `Link` header)",
+                )
+            })?),
+        };
+        let state = given(&self.state);
+        if let Some(st) = &state {
+            st.parse::<vfarm_core::instance::State>()
+                .map_err(|e| ApiError::bad_request("state", e))?;
+        }
+        Ok(ListInstances {
+            filter: InstanceFilter {
+                owner: given(&self.owner),
+                state,
+                image: given(&self.image),
+                host: given(&self.host),
+                scope: Vec::new(),
+            },
+            after,
+            limit,
+        })
+    }
+
+    /// As a URL query string: the parameters given, in a fixed order.
+    pub fn to_query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("limit", &self.limit),
+            ("owner", &self.owner),
+            ("state", &self.state),
+            ("image", &self.image),
+            ("host", &self.host),
+            ("cursor", &self.cursor),
+        ] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                q.append_pair(k, v);
+            }
+        }
+        q.finish()
+    }
+
+    /// This query for the page after `next`.
+    pub fn next_query(&self, next: &Cursor) -> String {
+        ListQuery {
+            cursor: Some(next.encode()),
+            ..self.clone()
+        }
+        .to_query()
+    }
+}
+
+/// A page as JSON and, when one follows, `Link: <path?query>; rel="next"` (RFC 8288), the
+/// query being `next_query` of the next page's cursor (the request's filters and limit
+/// with that cursor). Every list route answers its pages so.
+pub(crate) fn paged<T: Serialize>(
+    path: &str,
+    page: Page<T>,
+    next_query: impl FnOnce(&Cursor) -> String,
+) -> Response {
+    let mut r = Json(page.items).into_response();
+    if let Some(next) = &page.next {
+        let link = format!("<{path}?{}>; rel=\"next\"", next_query(next));
+        if let Ok(v) = header::HeaderValue::from_str(&link) {
+            r.headers_mut().insert(header::LINK, v);
+        }
+    }
+    r
+}
+
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", operation_id = "list_instances",
-    responses((status = 200, description = "The caller's instances (all, for admins)", body = [InstanceView]),
+    params(ListQuery),
+    responses((status = 200, description = "The caller's instances (all, for admins) that the filters select, oldest first. \
+        With `limit`, one page: when more remain, a `Link: </api/v1/instances?…&cursor=…>; rel=\"next\"` header \
+        gives the next page's URL (the cursor is stable under concurrent inserts)", body = [InstanceView],
+        headers(("Link" = String, description = "RFC 8288 link to the next page (`rel=\"next\"`), when one exists"))),
+              (status = 400, description = "Bad `limit`, `cursor` or `state`: `field` names it", body = ErrorBody),
               (status = 401, body = ErrorBody)))]
-pub(crate) async fn list(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
-    let v = with(&s, who, |b, w| b.list(w)).await?;
-    Ok(Json(v).into_response())
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    who: Who,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query(q)?;
+    let req = q.check()?;
+    let page = with(&s, who, move |b, w| b.list(w, &req)).await?;
+    Ok(paged("/api/v1/instances", page, |c| q.next_query(c)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -581,3 +725,64 @@ pub(crate) async fn quota(State(s): State<AppState>, who: Who) -> Result<Respons
 
 /// How often an SSE stream without changes sends a keep-alive comment.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> ListQuery {
+        let text = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        serde_json::from_value(serde_json::Value::Object(
+            form_urlencoded::parse(text.as_bytes())
+                .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+                .collect(),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn list_queries_are_checked_by_field() {
+        for (pairs, field) in [
+            (&[("limit", "0")][..], "limit"),
+            (&[("limit", "1001")], "limit"),
+            (&[("limit", "-1")], "limit"),
+            (&[("limit", "many")], "limit"),
+            (&[("state", "asleep")], "state"),
+            (&[("cursor", "xyz")], "cursor"),
+        ] {
+            let e = q(pairs).check().unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{pairs:?}");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        }
+        let ok = q(&[("limit", "1000"), ("state", "running"), ("owner", "")])
+            .check()
+            .unwrap();
+        assert_eq!(ok.limit, Some(1000));
+        assert_eq!(ok.filter.state.as_deref(), Some("running"));
+        assert_eq!(ok.filter.owner, None, "an empty filter is no filter");
+        assert_eq!(q(&[]).check().unwrap(), ListInstances::default());
+    }
+
+    #[test]
+    fn the_next_page_keeps_the_filters() {
+        let query = q(&[("limit", "5"), ("owner", "a b&c"), ("cursor", "00")]);
+        let next = Cursor {
+            key: "k".into(),
+            id: "i".into(),
+        };
+        let text = query.next_query(&next);
+        assert_eq!(
+            text,
+            format!("limit=5&owner=a+b%26c&cursor={}", next.encode())
+        );
+        let back = q(&form_urlencoded::parse(text.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>());
+        assert_eq!(back.check().unwrap().after, Some(next));
+    }
+}

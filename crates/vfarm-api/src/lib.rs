@@ -426,11 +426,54 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
-#[utoipa::path(get, path = "/api/v1/images", tag = "images",
-    responses((status = 200, description = "Images in the repository", body = [Object]), (status = 401, body = ErrorBody)))]
-pub(crate) async fn list_images(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let images = blocking(move || Ok(s.repo.list()?)).await?;
-    Ok(Json(images).into_response())
+/// The query of `GET /api/v1/images`. Every parameter is optional.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ImagesQuery {
+    /// At most this many images (1 to 1000), oldest first; when more remain the answer
+    /// carries `Link: <…>; rel="next"`. Without it, every image in one answer.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// Where the page starts: the opaque `cursor` of the previous answer's `Link` (next).
+    cursor: Option<String>,
+    /// Only the images this user built or imported through the API (public images have
+    /// no owner).
+    owner: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/images", tag = "images", params(ImagesQuery),
+    responses((status = 200, description = "Images in the repository, oldest first; with `limit`, one page and, when more remain, \
+        a `Link: </api/v1/images?…&cursor=…>; rel=\"next\"` header", body = [Object],
+        headers(("Link" = String, description = "RFC 8288 link to the next page, when one exists"))),
+              (status = 400, description = "Bad `limit` or `cursor`: `field` names it", body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_images(
+    State(s): State<AppState>,
+    q: Result<Query<ImagesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = instances::query(q)?;
+    let checked = instances::ListQuery {
+        limit: q.limit.clone(),
+        cursor: q.cursor.clone(),
+        ..Default::default()
+    }
+    .check()?;
+    let owner = q.owner.clone().filter(|o| !o.is_empty());
+    let page = blocking(move || {
+        Ok(s.repo
+            .list_page(owner.as_deref(), checked.after.as_ref(), checked.limit)?)
+    })
+    .await?;
+    Ok(instances::paged("/api/v1/images", page, |next| {
+        let mut qs = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [("limit", &q.limit), ("owner", &q.owner)] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                qs.append_pair(k, v);
+            }
+        }
+        qs.append_pair("cursor", &next.encode());
+        qs.finish()
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/images/{ref}", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),
@@ -1047,6 +1090,154 @@ mod tests {
             status,
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    /// GET `path` (with a bearer token when given): status, `Link` header, JSON body.
+    async fn get_link(
+        st: &AppState,
+        token: Option<String>,
+        path: String,
+    ) -> (StatusCode, Option<String>, serde_json::Value) {
+        let mut req = Request::get(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(Peer::default()));
+        let resp = router(st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let link = resp
+            .headers()
+            .get(header::LINK)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, link, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Issue 16: images page by `Link` (oldest first) and filter by owner in the store.
+    #[tokio::test]
+    async fn images_page_by_link_and_filter_by_owner() {
+        let (_d, st) = state();
+        for n in 0..5 {
+            let row = vfarm_store::images::ImageRow {
+                id: format!("dddd000{n}"),
+                name: None,
+                spec: "{}".into(),
+                summary: "s".into(),
+                origin: "import".into(),
+                created: format!("2026-01-01T00:00:0{n}.000Z"),
+                os: None,
+                os_version: None,
+                arch: None,
+                kernel: None,
+                initrd: None,
+            };
+            st.store
+                .tx(|tx| vfarm_store::images::upsert_image(tx, &row, &[]))
+                .unwrap();
+            if n >= 3 {
+                assert!(st.store.claim_image(&row.id, "alice").unwrap());
+            }
+        }
+        let ids = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (s, link, v) = get_link(&st, None, "/api/v1/images".into()).await;
+        assert_eq!((s, link, ids(&v).len()), (StatusCode::OK, None, 5));
+        let mut path = "/api/v1/images?limit=2".to_string();
+        let mut seen = Vec::new();
+        loop {
+            let (s, link, v) = get_link(&st, None, path.clone()).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            assert!(ids(&v).len() <= 2);
+            seen.extend(ids(&v));
+            let Some(l) = link else { break };
+            path = l[1..l.find('>').unwrap()].to_string();
+        }
+        assert_eq!(
+            seen,
+            (0..5).map(|n| format!("dddd000{n}")).collect::<Vec<_>>()
+        );
+        let (_, _, v) = get_link(&st, None, "/api/v1/images?owner=alice".into()).await;
+        assert_eq!(ids(&v), ["dddd0003", "dddd0004"]);
+        for (q, field) in [("limit=0", "limit"), ("cursor=zz", "cursor")] {
+            let (s, _, v) = get_link(&st, None, format!("/api/v1/images?{q}")).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{q}");
+            assert_eq!(v["error"]["field"], field, "{v}");
+        }
+    }
+
+    /// Issue 16: the audit log pages back from the newest by `Link`, filters by actor and
+    /// action prefix in the store, and a non-admin's actor filter never reaches another's.
+    #[tokio::test]
+    async fn audit_pages_by_link_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let mut st = AppState::new(dir.path().to_path_buf(), store.clone()).unwrap();
+        st.auth = AuthPolicy::new(["root-admin".to_string()]);
+        for n in 0..7 {
+            let actor = if n % 2 == 0 { "alice" } else { "bob" };
+            let action = format!("DELETE /api/v1/instances/i{n}");
+            store
+                .audit(actor, "token", &action, "x", "ok", &serde_json::json!({}))
+                .unwrap();
+        }
+        let token = |user: &str| {
+            vfarm_auth::token::create(&store, user, None, None, chrono::Utc::now())
+                .unwrap()
+                .token
+        };
+        let (admin, alice) = (token("root-admin"), token("alice"));
+        let get = |tok: String, path: String| get_link(&st, Some(tok), path);
+        let actions = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    e["action"]
+                        .as_str()
+                        .unwrap()
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        // Pages of 3 back in time, each oldest first, by Link, to the end.
+        let mut path = "/api/v1/audit?limit=3&action=DELETE".to_string();
+        let mut pages = Vec::new();
+        loop {
+            let (s, link, v) = get(admin.clone(), path.clone()).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            pages.push(actions(&v));
+            let Some(l) = link else { break };
+            assert!(l.ends_with(">; rel=\"next\""), "{l}");
+            path = l[1..l.find('>').unwrap()].to_string();
+            assert!(
+                path.contains("action=DELETE") && path.contains("limit=3"),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            pages,
+            [vec!["i4", "i5", "i6"], vec!["i1", "i2", "i3"], vec!["i0"]]
+        );
+        let (_, _, v) = get(admin.clone(), "/api/v1/audit?actor=bob".into()).await;
+        assert_eq!(actions(&v), ["i1", "i3", "i5"]);
+        // Alice: her own only, whatever she asks.
+        let (_, _, v) = get(alice.clone(), "/api/v1/audit?action=DELETE".into()).await;
+        assert_eq!(actions(&v), ["i0", "i2", "i4", "i6"]);
+        let (s, link, v) = get(alice.clone(), "/api/v1/audit?actor=bob".into()).await;
+        assert_eq!((s, link, v), (StatusCode::OK, None, serde_json::json!([])));
+        let (s, _, v) = get(admin, "/api/v1/audit?cursor=nonsense".into()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["field"], "cursor", "{v}");
     }
 
     #[tokio::test]

@@ -148,11 +148,39 @@ pub(crate) fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
-    /// At most this many entries, newest first (default 100, at most 10000).
+    /// At most this many entries: the most recent ones, oldest first (default 100, at most
+    /// 10000). When older ones remain, the answer carries `Link: <…>; rel="next"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<usize>,
+    /// Where the page ends: the opaque `cursor` of the previous answer's `Link` (next); the
+    /// next page holds older entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    /// Only this actor's entries (a non-admin sees only their own, whatever they ask).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
+    /// Only actions starting with this (`DELETE /api/v1/instances/` for every destroy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<String>,
+}
+
+impl AuditQuery {
+    fn next_query(&self, next: &vfarm_store::Cursor) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(l) = self.limit {
+            q.append_pair("limit", &l.to_string());
+        }
+        for (k, v) in [("actor", &self.actor), ("action", &self.action)] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                q.append_pair(k, v);
+            }
+        }
+        q.append_pair("cursor", &next.encode());
+        q.finish()
+    }
 }
 
 /// One audit record: who did what to which object, when, and how it ended. The schema of
@@ -172,8 +200,11 @@ pub struct AuditView {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "accounting", params(AuditQuery),
-    responses((status = 200, description = "The caller's audit entries (everyone's, for admins), newest first", body = [AuditView]),
-              (status = 400, description = "A bad query", body = ErrorBody),
+    responses((status = 200, description = "The caller's audit entries (everyone's, for admins) that the filters select: \
+        the most recent `limit`, oldest first. When older ones remain, a `Link: </api/v1/audit?…&cursor=…>; rel=\"next\"` \
+        header gives the page before them", body = [AuditView],
+        headers(("Link" = String, description = "RFC 8288 link to the next (older) page, when one exists"))),
+              (status = 400, description = "A bad query (`cursor`: not one this service gave out)", body = ErrorBody),
               (status = 401, body = ErrorBody)))]
 pub(crate) async fn audit(
     State(s): State<AppState>,
@@ -183,15 +214,44 @@ pub(crate) async fn audit(
     let Query(q) = crate::instances::query(q)?;
     let who = identity(who)?;
     let limit = q.limit.unwrap_or(100).min(10_000);
+    let before = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            vfarm_store::Cursor::decode(c)
+                .and_then(|c| c.id.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "cursor",
+                        "not a cursor this service gave out (take it from the `Link` header)",
+                    )
+                })?,
+        ),
+    };
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let mut filter = vfarm_store::auth::AuditFilter {
+        actor: given(&q.actor),
+        action: given(&q.action),
+    };
     let store = s.store.clone();
-    let entries = blocking(move || {
-        let actor = (!who.admin).then_some(who.user.as_str());
+    let page = blocking(move || {
+        if !who.admin {
+            // A non-admin's actor filter narrows to themselves or to nothing.
+            if filter.actor.as_deref().is_some_and(|a| a != who.user) {
+                return Ok(vfarm_store::Page {
+                    items: Vec::new(),
+                    next: None,
+                });
+            }
+            filter.actor = Some(who.user.clone());
+        }
         store
-            .audit_log(actor, limit)
+            .audit_page(&filter, before, limit)
             .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))
     })
     .await?;
-    Ok(Json(entries).into_response())
+    Ok(crate::instances::paged("/api/v1/audit", page, |c| {
+        q.next_query(c)
+    }))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

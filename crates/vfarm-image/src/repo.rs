@@ -291,6 +291,25 @@ impl Repository {
             .collect()
     }
 
+    /// One page of [`list`](Self::list): `owner`'s images (`None`: all) after `after`, at
+    /// most `limit`, selected in the store ([`Store::images_page`]).
+    pub fn list_page(
+        &self,
+        owner: Option<&str>,
+        after: Option<&vfarm_store::Cursor>,
+        limit: Option<usize>,
+    ) -> Result<vfarm_store::Page<Image>> {
+        let page = self.store.images_page(owner, after, limit)?;
+        Ok(vfarm_store::Page {
+            items: page
+                .items
+                .into_iter()
+                .map(|r| self.to_image(r))
+                .collect::<Result<_>>()?,
+            next: page.next,
+        })
+    }
+
     /// The build log of an image (by reference), or of the latest build of an id prefix —
     /// failed builds have no image, so their logs are found by the id the failure printed.
     pub fn build_log(&self, reference: &str) -> Result<BuildRow> {

@@ -421,6 +421,30 @@ pub struct ViewCache {
     hosts: Option<HashMap<String, String>>,
 }
 
+/// Up to this many rows, a listing looks up only their leases and placements; beyond, the
+/// whole tables are read once (an `IN` list that long costs more than it saves).
+const PAGE_LOOKUP_MAX: usize = 1000;
+
+impl ViewCache {
+    /// A cache for viewing `rows`: for a page of a list, the addresses and placements of
+    /// these rows only, so a page costs the same whatever the table holds.
+    pub fn for_rows(store: &Store, rows: &[InstanceRow]) -> Result<ViewCache> {
+        let mut cache = ViewCache::default();
+        if rows.len() <= PAGE_LOOKUP_MAX {
+            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            cache.addresses = Some(
+                store
+                    .hostname_leases_of(&ids)?
+                    .into_iter()
+                    .map(|l| (l.holder, l.address))
+                    .collect(),
+            );
+            cache.hosts = Some(store.instance_hosts_of(&ids)?);
+        }
+        Ok(cache)
+    }
+}
+
 pub fn view(store: &Store, row: &InstanceRow, detail: bool) -> Result<InstanceView> {
     view_cached(store, row, detail, &mut ViewCache::default())
 }

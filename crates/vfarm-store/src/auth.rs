@@ -6,7 +6,10 @@
 
 use serde::Serialize;
 
-use crate::{is_unique_violation, now, optional, params, Db, Result, Row, Store, StoreError};
+use crate::{
+    is_unique_violation, now, optional, params, Cursor, Db, Page, Result, Row, Store, StoreError,
+    Value,
+};
 
 /// A token as stored: never the secret, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -237,6 +240,21 @@ impl Store {
         })
     }
 
+    /// The leases these holders hold (one page of a list, not the whole table).
+    pub fn hostname_leases_of(&self, holders: &[&str]) -> Result<Vec<Lease>> {
+        if holders.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.conn().query_map(
+            &format!(
+                "SELECT name, address, holder, owner, allocated FROM hostname_leases WHERE holder IN ({})",
+                crate::marks(holders.len())
+            ),
+            holders,
+            lease_row,
+        )
+    }
+
     pub fn hostname_leases(&self) -> Result<Vec<Lease>> {
         let conn = self.conn();
         let mut st = conn.prepare(
@@ -313,13 +331,56 @@ impl Store {
 
     /// The most recent audit records (of one actor when given), oldest first.
     pub fn audit_log(&self, actor: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT seq, at, actor, method, action, object, outcome, detail FROM
-               (SELECT * FROM audit WHERE CAST(?1 AS TEXT) IS NULL OR actor = ?1 ORDER BY seq DESC LIMIT ?2) AS recent
-             ORDER BY seq",
-        )?;
-        let rows = st.query_map(params![actor, limit as i64], |r| {
+        let filter = AuditFilter {
+            actor: actor.map(str::to_string),
+            action: None,
+        };
+        Ok(self.audit_page(&filter, None, limit)?.items)
+    }
+
+    /// The `limit` most recent audit records `filter` selects that are older than the
+    /// record `before` (a `seq`; `None`: from the newest), oldest first, as
+    /// [`audit_log`](Self::audit_log) returns them. When older ones remain, `next` is this
+    /// page's oldest `seq` (as the cursor's `id`): the next page goes further back, so
+    /// records appended meanwhile never shift it.
+    pub fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry>> {
+        let mut args: Vec<Value> = Vec::new();
+        let mut conds: Vec<String> = Vec::new();
+        if let Some(a) = &filter.actor {
+            args.push(a.as_str().into());
+            conds.push(format!("actor = ?{}", args.len()));
+        }
+        if let Some(p) = &filter.action {
+            // A prefix compared as text (LIKE would fold case in SQLite and not in PostgreSQL).
+            args.push(p.as_str().into());
+            let n = args.len();
+            conds.push(format!(
+                "substr(action, 1, length(CAST(?{n} AS TEXT))) = CAST(?{n} AS TEXT)"
+            ));
+        }
+        if let Some(b) = before {
+            args.push(Value::Integer(b));
+            conds.push(format!("seq < ?{}", args.len()));
+        }
+        let cond = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        args.push(Value::Integer(
+            limit.saturating_add(1).min(i64::MAX as usize) as i64,
+        ));
+        let sql = format!(
+            "SELECT seq, at, actor, method, action, object, outcome, detail FROM audit {cond}
+             ORDER BY seq DESC LIMIT ?{}",
+            args.len()
+        );
+        let mut items = self.conn().query_map(&sql, args, |r| {
             Ok(AuditEntry {
                 seq: r.get(0)?,
                 at: r.get(1)?,
@@ -332,8 +393,23 @@ impl Store {
                     .unwrap_or(serde_json::Value::Null),
             })
         })?;
-        rows.collect::<Result<_, _>>()
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = more.then(|| items.last()).flatten().map(|e| Cursor {
+            key: String::new(),
+            id: e.seq.to_string(),
+        });
+        items.reverse();
+        Ok(Page { items, next })
     }
+}
+
+/// Which audit records a list holds; every field set narrows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    /// Actions starting with this (`DELETE /api/v1/instances/` for every destroy).
+    pub action: Option<String>,
 }
 
 fn held_names(tx: &Db<'_>) -> Result<std::collections::HashSet<String>> {
@@ -510,6 +586,73 @@ mod tests {
             assert_eq!(all.len(), 2);
             assert!(all[0].seq < all[1].seq);
             assert_eq!(s.audit_log(Some("bob"), 10).unwrap()[0].outcome, "denied");
+        }
+    }
+
+    /// Pages go back in time from the newest; records appended between pages neither
+    /// repeat nor shift them. Filters: actor, and an action prefix (case-sensitive on both
+    /// backends).
+    #[test]
+    fn audit_pages_and_filters() {
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            let add = |actor: &str, action: &str, object: &str| {
+                s.audit(actor, "token", action, object, "ok", &serde_json::json!({}))
+                    .unwrap();
+            };
+            for n in 0..10 {
+                let action = if n % 2 == 0 {
+                    "instance.create"
+                } else {
+                    "token.create"
+                };
+                add(
+                    if n < 6 { "alice" } else { "bob" },
+                    action,
+                    &format!("o{n}"),
+                );
+            }
+            add("alice", "Instance.create", "upper");
+            let all = AuditFilter::default();
+            let objects = |p: &Page<AuditEntry>| -> Vec<String> {
+                p.items.iter().map(|e| e.object.clone()).collect()
+            };
+            let p1 = s.audit_page(&all, None, 4).unwrap();
+            assert_eq!(objects(&p1), ["o7", "o8", "o9", "upper"]);
+            add("carol", "instance.create", "new");
+            let before = |p: &Page<AuditEntry>| {
+                let c = crate::Cursor::decode(&p.next.as_ref().unwrap().encode()).unwrap();
+                c.id.parse::<i64>().unwrap()
+            };
+            let p2 = s.audit_page(&all, Some(before(&p1)), 4).unwrap();
+            let p3 = s.audit_page(&all, Some(before(&p2)), 4).unwrap();
+            assert_eq!(p3.next, None);
+            let mut seen: Vec<String> = [objects(&p3), objects(&p2), objects(&p1)].concat();
+            let want: Vec<String> = (0..10)
+                .map(|n| format!("o{n}"))
+                .chain(["upper".to_string()])
+                .collect();
+            assert_eq!(seen, want);
+            seen.dedup();
+            assert_eq!(seen.len(), 11);
+            let f = AuditFilter {
+                actor: Some("alice".into()),
+                action: Some("instance.".into()),
+            };
+            assert_eq!(
+                objects(&s.audit_page(&f, None, 100).unwrap()),
+                ["o0", "o2", "o4"]
+            );
+            let f = AuditFilter {
+                action: Some("token".into()),
+                ..Default::default()
+            };
+            let p = s.audit_page(&f, None, 2).unwrap();
+            assert_eq!(objects(&p), ["o7", "o9"]);
+            assert_eq!(
+                objects(&s.audit_page(&f, Some(before(&p)), 10).unwrap()),
+                ["o1", "o3", "o5"]
+            );
         }
     }
 }

@@ -513,6 +513,22 @@ impl Store {
         Ok(rows)
     }
 
+    /// [`instance_hosts`](Self::instance_hosts) of these instances only.
+    pub fn instance_hosts_of(&self, ids: &[&str]) -> Result<HashMap<String, String>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = self.conn().query_map(
+            &format!(
+                "SELECT instance_id, host FROM instance_hosts WHERE instance_id IN ({})",
+                crate::marks(ids.len())
+            ),
+            ids,
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// After a migration: the instance runs on `to` now.
     pub fn move_instance_host(&self, actor: &str, id: &str, from: &str, to: &str) -> Result<bool> {
         self.tx(|tx| {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{now, optional, params, Db, Result, Row, Store, StoreError, Value};
+use crate::{now, optional, params, Cursor, Db, Page, Result, Row, Store, StoreError, Value};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRow {
@@ -250,6 +250,52 @@ impl Store {
         Ok(rows)
     }
 
+    /// The images of `owner` (`None`: all), in `(created, id)` order from just after
+    /// `after`, at most `limit` (`None`: all); the next page's cursor is the last row's
+    /// `(created, id)`, as for [`instances_page`](Self::instances_page).
+    pub fn images_page(
+        &self,
+        owner: Option<&str>,
+        after: Option<&Cursor>,
+        limit: Option<usize>,
+    ) -> Result<Page<ImageRow>> {
+        let mut args: Vec<Value> = Vec::new();
+        let mut conds: Vec<String> = Vec::new();
+        if let Some(o) = owner {
+            args.push(o.into());
+            conds.push(format!("owner = ?{}", args.len()));
+        }
+        if let Some(c) = after {
+            args.push(c.key.as_str().into());
+            args.push(c.id.as_str().into());
+            let n = args.len();
+            conds.push(format!("(created, id) > (?{}, ?{n})", n - 1));
+        }
+        let mut sql = format!("SELECT {IMAGE_COLS} FROM images");
+        if !conds.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+        }
+        sql.push_str(" ORDER BY created, id");
+        if let Some(n) = limit {
+            args.push(Value::Integer(
+                n.saturating_add(1).min(i64::MAX as usize) as i64
+            ));
+            sql.push_str(&format!(" LIMIT ?{}", args.len()));
+        }
+        let mut items = self.conn().query_map(&sql, args, image_row)?;
+        let next = match limit {
+            Some(n) if items.len() > n => {
+                items.truncate(n);
+                items.last().map(|r| Cursor {
+                    key: r.created.clone(),
+                    id: r.id.clone(),
+                })
+            }
+            _ => None,
+        };
+        Ok(Page { items, next })
+    }
+
     pub fn artifacts(&self, image_id: &str) -> Result<Vec<ArtifactRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(
@@ -432,7 +478,7 @@ impl Store {
 pub(crate) mod tests {
     use super::*;
 
-    fn img(id: &str, name: Option<&str>) -> ImageRow {
+    pub(crate) fn img(id: &str, name: Option<&str>) -> ImageRow {
         ImageRow {
             id: id.into(),
             name: name.map(Into::into),
@@ -542,6 +588,39 @@ pub(crate) mod tests {
             assert!(matches!(e, StoreError::Conflict { .. }));
             assert!(s.delete_image("aaaa0001").unwrap());
             assert!(s.artifacts("aaaa0001").unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn image_pages_by_owner() {
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            for n in 0..5 {
+                let id = format!("cccc000{n}");
+                let row = ImageRow {
+                    created: format!("2026-01-01T00:00:0{}.000Z", n / 2),
+                    ..img(&id, None)
+                };
+                s.tx(|tx| upsert_image(tx, &row, &[])).unwrap();
+                if n % 2 == 1 {
+                    assert!(s.claim_image(&id, "alice").unwrap());
+                }
+            }
+            let ids = |p: &Page<ImageRow>| p.items.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+            let p1 = s.images_page(None, None, Some(2)).unwrap();
+            assert_eq!(ids(&p1), ["cccc0000", "cccc0001"]);
+            s.tx(|tx| upsert_image(tx, &img("bbbb0009", None), &[]))
+                .unwrap();
+            let p2 = s.images_page(None, p1.next.as_ref(), Some(2)).unwrap();
+            assert_eq!(ids(&p2), ["cccc0002", "cccc0003"]);
+            let p3 = s.images_page(None, p2.next.as_ref(), Some(2)).unwrap();
+            assert_eq!(ids(&p3), ["cccc0004", "bbbb0009"]);
+            assert_eq!(p3.next, None);
+            let mine = s.images_page(Some("alice"), None, None).unwrap();
+            assert_eq!(
+                (ids(&mine), mine.next),
+                (vec!["cccc0001".to_string(), "cccc0003".to_string()], None)
+            );
         }
     }
 

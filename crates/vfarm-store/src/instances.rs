@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{append_event, now, optional, params, Db, Result, Row, Store, StoreError};
+use crate::{
+    append_event, now, optional, params, Cursor, Db, Page, Result, Row, Store, StoreError, Value,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRow {
@@ -54,6 +56,20 @@ fn row(r: &Row<'_>) -> Result<InstanceRow> {
         updated: r.get(12)?,
         error: r.get(13)?,
     })
+}
+
+/// Which instances a list holds; every field set narrows it (all `None`: every instance).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceFilter {
+    pub owner: Option<String>,
+    /// Only rows owned by one of these (a non-admin's own keys: its owner key and what
+    /// owned its instances before migration 0010); empty: no restriction.
+    pub scope: Vec<String>,
+    pub state: Option<String>,
+    /// An image id, or the name of an image record.
+    pub image: Option<String>,
+    /// The node the instance was placed on.
+    pub host: Option<String>,
 }
 
 /// What a state change records besides the state.
@@ -232,6 +248,83 @@ impl Store {
         Ok(rows)
     }
 
+    /// The instances `filter` selects, in `(created, id)` order, from just after `after`, at
+    /// most `limit` of them (`None`: all). Filtering and paging happen in SQL; the next
+    /// page's cursor is the last row's `(created, id)`, so rows inserted between pages (they
+    /// are newer) neither repeat nor hide others. `brief` leaves the driver spec empty, as
+    /// [`instances_brief`](Self::instances_brief) does.
+    pub fn instances_page(
+        &self,
+        filter: &InstanceFilter,
+        after: Option<&Cursor>,
+        limit: Option<usize>,
+        brief: bool,
+    ) -> Result<Page<InstanceRow>> {
+        let mut args: Vec<Value> = Vec::new();
+        let mut conds: Vec<String> = Vec::new();
+        fn arg(v: &str, args: &mut Vec<Value>) -> String {
+            args.push(v.into());
+            format!("?{}", args.len())
+        }
+        if let Some(o) = &filter.owner {
+            conds.push(format!("owner = {}", arg(o, &mut args)));
+        }
+        if !filter.scope.is_empty() {
+            let keys: Vec<String> = filter.scope.iter().map(|o| arg(o, &mut args)).collect();
+            conds.push(format!("owner IN ({})", keys.join(", ")));
+        }
+        if let Some(st) = &filter.state {
+            conds.push(format!("state = {}", arg(st, &mut args)));
+        }
+        if let Some(i) = &filter.image {
+            let n = arg(i, &mut args);
+            conds.push(format!(
+                "(image_id = {n} OR image_id IN (SELECT id FROM images WHERE name = {n}))"
+            ));
+        }
+        if let Some(h) = &filter.host {
+            conds.push(format!(
+                "id IN (SELECT instance_id FROM instance_hosts WHERE host = {})",
+                arg(h, &mut args)
+            ));
+        }
+        if let Some(c) = after {
+            let k = arg(&c.key, &mut args);
+            let i = arg(&c.id, &mut args);
+            conds.push(format!("(created, id) > ({k}, {i})"));
+        }
+        let cols = if brief {
+            COLS.replace("spec", "'' AS spec")
+        } else {
+            COLS.to_string()
+        };
+        let mut sql = format!("SELECT {cols} FROM instances");
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        sql.push_str(" ORDER BY created, id");
+        if let Some(n) = limit {
+            // One more than asked: whether it comes back says whether a next page exists.
+            args.push(Value::Integer(
+                n.saturating_add(1).min(i64::MAX as usize) as i64
+            ));
+            sql.push_str(&format!(" LIMIT ?{}", args.len()));
+        }
+        let mut items = self.conn().query_map(&sql, args, row)?;
+        let next = match limit {
+            Some(n) if items.len() > n => {
+                items.truncate(n);
+                items.last().map(|r| Cursor {
+                    key: r.created.clone(),
+                    id: r.id.clone(),
+                })
+            }
+            _ => None,
+        };
+        Ok(Page { items, next })
+    }
+
     /// A cheap fingerprint of the instance table: (count, newest `updated`). Any insert,
     /// state change, expiry change or delete changes it.
     pub fn instances_fingerprint(&self) -> Result<(i64, Option<String>)> {
@@ -246,10 +339,7 @@ impl Store {
     /// The instances in `states` (full rows).
     pub fn instances_in(&self, states: &[&str]) -> Result<Vec<InstanceRow>> {
         let conn = self.conn();
-        let marks = (1..=states.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let marks = crate::marks(states.len());
         let mut st = conn.prepare(&format!(
             "SELECT {COLS} FROM instances WHERE state IN ({marks}) ORDER BY created, id"
         ))?;
@@ -541,6 +631,166 @@ pub(crate) mod tests {
                 s.find_instance_of("beef", Some("bob")).unwrap().id,
                 theirs.id
             );
+        }
+    }
+
+    fn ids(p: &Page<InstanceRow>) -> Vec<&str> {
+        p.items.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    /// An instance created at second `n` of a fixed minute, so the order is known.
+    fn at(id: &str, n: u32, owner: &str, state: &str, image: &str) -> InstanceRow {
+        InstanceRow {
+            owner: owner.into(),
+            state: state.into(),
+            image_id: image.into(),
+            created: format!("2026-01-01T00:00:{n:02}.000Z"),
+            ..inst(id, None)
+        }
+    }
+
+    #[test]
+    fn filters_select_in_sql() {
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            s.tx(|tx| {
+                crate::images::upsert_image(
+                    tx,
+                    &crate::images::tests::img("img2", Some("deb")),
+                    &[],
+                )
+            })
+            .unwrap();
+            s.insert_instance(&at("i1", 1, "alice", "running", "img1"))
+                .unwrap();
+            s.insert_instance(&at("i2", 2, "bob", "running", "img2"))
+                .unwrap();
+            s.insert_instance(&at("i3", 3, "alice", "stopped", "img2"))
+                .unwrap();
+            s.add_host("admin", "n1", "h", "2999-01-01T00:00:00.000Z")
+                .unwrap();
+            s.place_instance("admin", "i3", 1000, 0, |_| {
+                Ok::<_, StoreError>(("n1".to_string(), "test".to_string()))
+            })
+            .unwrap();
+            let q = |f: InstanceFilter| s.instances_page(&f, None, None, true).unwrap();
+            assert_eq!(ids(&q(InstanceFilter::default())), ["i1", "i2", "i3"]);
+            let owner = |o: &str| Some(o.to_string());
+            assert_eq!(
+                ids(&q(InstanceFilter {
+                    owner: owner("alice"),
+                    ..Default::default()
+                })),
+                ["i1", "i3"]
+            );
+            assert_eq!(
+                ids(&q(InstanceFilter {
+                    state: owner("running"),
+                    ..Default::default()
+                })),
+                ["i1", "i2"]
+            );
+            // An image by id or by its record's name.
+            for image in ["img2", "deb"] {
+                assert_eq!(
+                    ids(&q(InstanceFilter {
+                        image: owner(image),
+                        ..Default::default()
+                    })),
+                    ["i2", "i3"]
+                );
+            }
+            assert_eq!(
+                ids(&q(InstanceFilter {
+                    host: owner("n1"),
+                    ..Default::default()
+                })),
+                ["i3"]
+            );
+            // Filters combine: alice's running instances.
+            let p = q(InstanceFilter {
+                owner: owner("alice"),
+                state: owner("running"),
+                ..Default::default()
+            });
+            assert_eq!(ids(&p), ["i1"]);
+            assert_eq!(p.next, None);
+            assert!(q(InstanceFilter {
+                owner: owner("carol"),
+                ..Default::default()
+            })
+            .items
+            .is_empty());
+            // Brief rows leave the spec out; full ones carry it.
+            assert_eq!(p.items[0].spec, "");
+            let full = s
+                .instances_page(&InstanceFilter::default(), None, Some(1), false)
+                .unwrap();
+            assert_eq!(full.items[0].spec, "{}");
+        }
+    }
+
+    /// Paging by cursor while rows are inserted between pages: every row that existed
+    /// throughout comes exactly once, in order, and the new ones come after them.
+    #[test]
+    fn pages_neither_repeat_nor_skip_under_inserts() {
+        for db in crate::testing::TestDb::all() {
+            let s = db.open();
+            // Rows sharing a `created` instant are ordered by id (the cursor's tie-break).
+            for n in 0..23u32 {
+                let id = format!("a{n:03}");
+                s.insert_instance(&at(&id, n / 2, "alice", "running", "img"))
+                    .unwrap();
+            }
+            let all = InstanceFilter::default();
+            let mut seen: Vec<String> = Vec::new();
+            let mut after: Option<Cursor> = None;
+            let mut pages = 0;
+            loop {
+                let p = s
+                    .instances_page(&all, after.as_ref(), Some(5), true)
+                    .unwrap();
+                assert!(p.items.len() <= 5);
+                seen.extend(p.items.iter().map(|r| r.id.clone()));
+                pages += 1;
+                // Newer instances arrive while the client reads.
+                if pages <= 2 {
+                    let id = format!("z{pages:03}");
+                    s.insert_instance(&InstanceRow {
+                        created: format!("2026-01-01T00:01:{pages:02}.000Z"),
+                        ..inst(&id, None)
+                    })
+                    .unwrap();
+                }
+                // Through the opaque form, as a client hands it back.
+                match p.next {
+                    Some(c) => after = Some(Cursor::decode(&c.encode()).unwrap()),
+                    None => break,
+                }
+            }
+            let mut want: Vec<String> = (0..23).map(|n| format!("a{n:03}")).collect();
+            want.extend(["z001".to_string(), "z002".to_string()]);
+            assert_eq!(seen, want);
+            assert_eq!(pages, 5);
+            // An exact fit ends without a next page.
+            let p = s.instances_page(&all, None, Some(25), true).unwrap();
+            assert_eq!((p.items.len(), p.next), (25, None));
+            let p = s.instances_page(&all, None, Some(24), true).unwrap();
+            assert!(p.next.is_some());
+        }
+    }
+
+    #[test]
+    fn cursors_are_opaque_and_checked() {
+        let c = Cursor {
+            key: "2026-01-01T00:00:00.000Z".into(),
+            id: "abcd00000001".into(),
+        };
+        let e = c.encode();
+        assert!(e.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(Cursor::decode(&e), Some(c));
+        for bad in ["", "x", "zz", "616263", "0a", &"00".repeat(600)] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
         }
     }
 

@@ -28,7 +28,8 @@ use db::{Conn, PgConn};
 /// Migrations in order; index + 1 is the schema version after applying it.
 /// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs, 5 auth,
 /// 6 hosts, 7 origins (several services on one database), 8 host checks (doctor verdicts),
-/// 9 image owners, 10 owner issuers. Each has a PostgreSQL twin in [`PG_MIGRATIONS`] under the same name.
+/// 9 image owners, 10 owner issuers, 11 list indexes. Each has a PostgreSQL twin in
+/// [`PG_MIGRATIONS`] under the same name.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_images", include_str!("../migrations/0001_images.sql")),
     (
@@ -57,6 +58,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0010_owner_issuers",
         include_str!("../migrations/0010_owner_issuers.sql"),
+    ),
+    (
+        "0011_list_indexes",
+        include_str!("../migrations/0011_list_indexes.sql"),
     ),
 ];
 
@@ -102,6 +107,10 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0010_owner_issuers",
         include_str!("../migrations/postgres/0010_owner_issuers.sql"),
+    ),
+    (
+        "0011_list_indexes",
+        include_str!("../migrations/postgres/0011_list_indexes.sql"),
     ),
 ];
 
@@ -577,6 +586,57 @@ pub(crate) fn optional<T>(r: Result<T>) -> Result<Option<T>> {
         Err(StoreError::NoRow) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Where the next page of a list starts: just after the row with this sort key and id
+/// (keyset paging, so rows inserted meanwhile neither repeat nor shift a page). Clients see
+/// it only as an opaque token ([`Cursor::encode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub key: String,
+    pub id: String,
+}
+
+impl Cursor {
+    /// Lower-case hex of `key`, a newline and `id`: safe in a URL as it is.
+    pub fn encode(&self) -> String {
+        format!("{}\n{}", self.key, self.id)
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// `None` for anything [`encode`](Self::encode) did not write.
+    pub fn decode(s: &str) -> Option<Cursor> {
+        if !s.len().is_multiple_of(2) || s.len() > 1024 {
+            return None;
+        }
+        let bytes = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (key, id) = text.split_once('\n')?;
+        (!id.is_empty()).then(|| Cursor {
+            key: key.to_string(),
+            id: id.to_string(),
+        })
+    }
+}
+
+/// One page of a list and, when more rows follow, where the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+}
+
+/// `?1,?2,…,?n`: the placeholders of an `IN (…)` list.
+pub(crate) fn marks(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Timestamps are RFC 3339 UTC with milliseconds, so they sort as text.

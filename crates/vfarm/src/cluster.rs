@@ -15,8 +15,8 @@ use vfarm_proto::ErrorCode;
 use anyhow::Context;
 use serde_json::Value;
 use vfarm_api::instances::{
-    Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, MigrateRequest,
-    MigrateResult, QuotaView, SnapshotView,
+    Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, ListInstances,
+    MigrateRequest, MigrateResult, Page, QuotaView, SnapshotView,
 };
 use vfarm_api::ApiError;
 use vfarm_auth::Identity;
@@ -306,8 +306,8 @@ pub fn candidates(hosts: &[HostRow]) -> Vec<Candidate> {
 }
 
 impl InstanceBackend for Cluster {
-    fn list(&self, who: &Identity) -> Result<Vec<InstanceView>, ApiError> {
-        self.local.list(who)
+    fn list(&self, who: &Identity, q: &ListInstances) -> Result<Page<InstanceView>, ApiError> {
+        self.local.list(who, q)
     }
 
     fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ApiError> {

@@ -12,8 +12,8 @@ use vfarm_service::Caller;
 
 use anyhow::Context;
 use vfarm_api::instances::{
-    Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, QuotaNumbers,
-    QuotaView, SnapshotView,
+    Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, ListInstances,
+    Page, QuotaNumbers, QuotaView, SnapshotView,
 };
 use vfarm_api::{ApiError, InstanceEvent};
 use vfarm_auth::Identity;
@@ -246,16 +246,32 @@ impl CappedReader {
 }
 
 impl InstanceBackend for Service {
-    fn list(&self, who: &Identity) -> Result<Vec<InstanceView>, ApiError> {
+    fn list(&self, who: &Identity, q: &ListInstances) -> Result<Page<InstanceView>, ApiError> {
+        let mut filter = q.filter.clone();
+        if let Some(mine) = owner_scope(who) {
+            // A non-admin's owner filter narrows to themselves or to nothing.
+            if filter.owner.as_ref().is_some_and(|o| !mine.contains(o)) {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                });
+            }
+            filter.scope = mine.to_vec();
+        }
         let store = self.store()?;
-        let mut cache = inst::ViewCache::default();
-        store
-            .instances_brief()
-            .map_err(|e| api_error(e.into()))?
+        let page = store
+            .instances_page(&filter, q.after.as_ref(), q.limit, true)
+            .map_err(|e| api_error(e.into()))?;
+        let mut cache = inst::ViewCache::for_rows(&store, &page.items).map_err(api_error)?;
+        let items = page
+            .items
             .iter()
-            .filter(|r| who.may_access(&r.owner))
             .map(|r| inst::view_cached(&store, r, false, &mut cache).map_err(api_error))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(Page {
+            items,
+            next: page.next,
+        })
     }
 
     fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ApiError> {

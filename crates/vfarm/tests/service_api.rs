@@ -1312,3 +1312,208 @@ fn two_services_share_one_postgresql() {
     assert!(dirs(&da).is_empty() && dirs(&db).is_empty());
     drop((a, b));
 }
+
+/// Issue 16: `GET /api/v1/instances` filters and pages in the store. Records are written
+/// straight into the store (stopped instances need no runtime): pages follow the `Link`
+/// header without repeats or gaps while instances are added between pages, filters select,
+/// bad values are 400s naming their field, and no filter shows a non-admin another's
+/// instance. The CLI lists through the same query, locally and through `--server`.
+#[test]
+fn lists_page_and_filter_in_the_store() {
+    let data = fresh_dir("svc-paging");
+    let store = common::store_of(&data);
+    let record = |id: &str, n: usize, owner: &str, state: &str, image: &str| {
+        store
+            .insert_instance(&vfarm_store::instances::InstanceRow {
+                id: id.into(),
+                name: None,
+                image_id: image.into(),
+                driver: "oci".into(),
+                owner: owner.into(),
+                state: state.into(),
+                exit_code: None,
+                hostname: format!("{id}.example.org"),
+                spec: "{}".into(),
+                created: format!("2026-01-01T00:{:02}:{:02}.000Z", n / 60, n % 60),
+                started: None,
+                expires: None,
+                updated: "2026-01-01T00:00:00.000Z".into(),
+                error: None,
+            })
+            .unwrap();
+    };
+    // 20 of alice's (images a/b alternating; every third failed), 5 of bob's.
+    for n in 0..20 {
+        let state = if n % 3 == 0 { "failed" } else { "stopped" };
+        let image = if n % 2 == 0 { "img-a" } else { "img-b" };
+        record(&format!("a{n:011}"), n, "alice", state, image);
+    }
+    for n in 0..5 {
+        record(&format!("b{n:011}"), 20 + n, "bob", "stopped", "img-a");
+    }
+    let server = Server::start_with(&data, &["--admin", "site-admin"]);
+    let (alice, admin) = (
+        User::new(&server, "alice"),
+        User::new(&server, "site-admin"),
+    );
+    let get = |u: &User, path: &str| -> (u16, Option<String>, Vec<String>) {
+        let resp = u.http.get(format!("{}{path}", u.base)).send().unwrap();
+        let status = resp.status().as_u16();
+        let link = resp
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_string());
+        let v: Value = resp.json().unwrap();
+        let ids = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| i["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (status, link, ids)
+    };
+    let next_of = |link: &str| -> String {
+        assert!(link.ends_with(">; rel=\"next\""), "{link}");
+        link.trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+
+    // Without a limit: the whole list, oldest first, as before; no Link.
+    let (s, link, all) = get(&admin, "/api/v1/instances");
+    assert_eq!((s, link, all.len()), (200, None, 25));
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+
+    // Pages of 7 by Link, an instance added between pages: each old one once, in order,
+    // and the newcomer at the end.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/instances?limit=7".to_string();
+    let mut pages = 0;
+    loop {
+        let (s, link, ids) = get(&admin, &path);
+        assert_eq!(s, 200);
+        assert!(ids.len() <= 7);
+        seen.extend(ids);
+        pages += 1;
+        if pages == 2 {
+            record("c00000000001", 59, "bob", "stopped", "img-a");
+        }
+        match link {
+            Some(l) => {
+                path = next_of(&l);
+                assert!(
+                    path.starts_with("/api/v1/instances?limit=7&cursor="),
+                    "{path}"
+                );
+            }
+            None => break,
+        }
+    }
+    let mut want = all.clone();
+    want.push("c00000000001".into());
+    assert_eq!(seen, want);
+    assert_eq!(pages, 4);
+
+    // Filters combine and stay in the next page's link.
+    let (_, link, ids) = get(&admin, "/api/v1/instances?owner=alice&state=failed&limit=3");
+    assert_eq!(ids, ["a00000000000", "a00000000003", "a00000000006"]);
+    let next = next_of(&link.unwrap());
+    assert!(
+        next.contains("owner=alice") && next.contains("state=failed"),
+        "{next}"
+    );
+    let (_, link, ids) = get(&admin, &next);
+    assert_eq!(ids, ["a00000000009", "a00000000012", "a00000000015"]);
+    let (_, link, ids) = get(&admin, &next_of(&link.unwrap()));
+    assert_eq!((link, ids), (None, vec!["a00000000018".to_string()]));
+    let (_, _, ids) = get(&admin, "/api/v1/instances?image=img-b&owner=alice");
+    assert_eq!(ids.len(), 10);
+    let (_, _, ids) = get(&admin, "/api/v1/instances?owner=bob");
+    assert_eq!(ids.len(), 6);
+
+    // A non-admin: their own only, whatever the filter says.
+    let (_, _, ids) = get(&alice, "/api/v1/instances");
+    assert_eq!(ids.len(), 20);
+    for q in [
+        "owner=bob",
+        "owner=bob&limit=5",
+        "image=img-a&owner=site-admin",
+    ] {
+        let (s, link, ids) = get(&alice, &format!("/api/v1/instances?{q}"));
+        assert_eq!((s, link, ids.len()), (200, None, 0), "{q}");
+    }
+    let (_, _, ids) = get(&alice, "/api/v1/instances?image=img-a&limit=1000");
+    assert!(
+        ids.len() == 10 && ids.iter().all(|i| i.starts_with('a')),
+        "{ids:?}"
+    );
+    // Even a cursor taken from the admin's listing pages alice's own rows only.
+    let (_, link, _) = get(&admin, "/api/v1/instances?limit=22");
+    let (_, _, ids) = get(&alice, &next_of(&link.unwrap()));
+    assert!(ids.is_empty(), "{ids:?}");
+
+    // Bad values: 400 naming the field.
+    for (q, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("state=sleeping", "state"),
+        ("cursor=not-a-cursor", "cursor"),
+        ("cursor=616263", "cursor"),
+    ] {
+        let (s, v) = admin.call("GET", &format!("/api/v1/instances?{q}"), None);
+        assert_eq!(s, 400, "{q}: {v}");
+        assert_eq!(v["error"]["field"], field, "{q}: {v}");
+    }
+
+    // The CLI: through the service (following pages) and locally, the same selection.
+    let token = data.join("alice.token");
+    std::fs::write(&token, server.token_for("alice")).unwrap();
+    let cli = |args: &[&str]| -> Vec<String> {
+        let out = common::vfarm(&data, args);
+        common::assert_success(&out, &format!("{args:?}"));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let remote = |extra: &[&str]| {
+        let mut a = vec![
+            "--server",
+            server.base.as_str(),
+            "--token-file",
+            token.to_str().unwrap(),
+            "--output",
+            "json",
+            "instance",
+            "ls",
+        ];
+        a.extend(extra);
+        cli(&a)
+    };
+    assert_eq!(remote(&[]).len(), 20);
+    assert_eq!(remote(&["--state", "failed"]).len(), 7);
+    assert_eq!(remote(&["--owner", "bob"]).len(), 0);
+    assert_eq!(
+        remote(&["--image", "img-b", "--limit", "2"]),
+        ["a00000000001", "a00000000003"]
+    );
+    let mut local = vec!["--output", "json", "instance", "ls"];
+    local.extend(["--owner", "bob", "--limit", "5"]);
+    assert_eq!(cli(&local).len(), 5);
+    assert_eq!(
+        cli(&["--output", "json", "instance", "ls", "--state", "failed"]).len(),
+        7
+    );
+    let out = common::vfarm(&data, &["instance", "ls", "--state", "sleeping"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+    drop(server);
+}

@@ -63,6 +63,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _next_link(values: Sequence[str]) -> Optional[str]:
+    """The target of an RFC 8288 `rel="next"` link among `Link` header values."""
+    for value in values:
+        for link in value.split(","):
+            target, _, params = link.strip().partition(";")
+            target = target.strip()
+            if not (target.startswith("<") and target.endswith(">")):
+                continue
+            rels = [p.strip().replace(" ", "") for p in params.split(";")]
+            if 'rel="next"' in rels or "rel=next" in rels:
+                return target[1:-1]
+    return None
+
+
 class Pending:
     """What `create_instance(..., wait=False)` returns: the instance as just recorded
     (state `creating`) and the operation that starts it."""
@@ -375,17 +389,29 @@ class Client:
         """The caller's quota: `limits` and `usage`."""
         return Quota.from_json(self._call("GET", f"{API}/quota"))
 
-    def audit(self, limit: Optional[int] = None) -> List[AuditEntry]:
-        """The audit log: the caller's entries (everyone's for admins)."""
-        doc = self._call("GET", f"{API}/audit", query={"limit": limit})
+    def audit(
+        self,
+        limit: Optional[int] = None,
+        actor: Optional[str] = None,
+        action: Optional[str] = None,
+    ) -> List[AuditEntry]:
+        """The audit log: the caller's entries (everyone's for admins), the most recent
+        `limit` (server default 100), oldest first. The server filters: `actor`, and
+        `action` as a prefix (`"instance."`)."""
+        query = {"limit": limit, "actor": actor, "action": action}
+        doc = self._call("GET", f"{API}/audit", query=query)
         if isinstance(doc, dict):  # tolerate an envelope {"entries": [...]}
             doc = doc.get("entries", doc.get("audit", []))
         return [AuditEntry.from_json(e) for e in doc or []]
 
     # --- images and operations ------------------------------------------------------------
 
-    def images(self) -> List[Image]:
-        return [Image.from_json(i) for i in self._call("GET", f"{API}/images") or []]
+    def images(self, owner: Optional[str] = None, limit: Optional[int] = None) -> List[Image]:
+        """The repository's images, oldest first. The server filters: `owner`, the images
+        that user built or imported through the API. With `limit` (1 to 1000), the first
+        page of that many."""
+        query = {"owner": owner, "limit": limit}
+        return [Image.from_json(i) for i in self._call("GET", f"{API}/images", query=query) or []]
 
     def image(self, ref: str) -> Image:
         """An image by id, unique id prefix or name."""
@@ -469,9 +495,49 @@ class Client:
 
     # --- instances ------------------------------------------------------------------------
 
-    def instances(self) -> List[Instance]:
-        """The caller's instances (everyone's for admins)."""
-        return [Instance.from_json(i) for i in self._call("GET", f"{API}/instances") or []]
+    def instances(
+        self,
+        owner: Optional[str] = None,
+        state: Optional[str] = None,
+        image: Optional[str] = None,
+        host: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> List[Instance]:
+        """The caller's instances (everyone's for admins), oldest first.
+
+        The server filters: `owner`, `state`, `image` (id or name) and `host` (node)
+        combine; a non-admin only ever sees their own. With `limit` (1 to 1000), at most
+        that many: the first page (`iter_instances` goes through every page).
+        """
+        query = {"owner": owner, "state": state, "image": image, "host": host, "limit": limit}
+        return [Instance.from_json(i) for i in self._call("GET", f"{API}/instances", query=query) or []]
+
+    def iter_instances(
+        self,
+        owner: Optional[str] = None,
+        state: Optional[str] = None,
+        image: Optional[str] = None,
+        host: Optional[str] = None,
+        page_size: int = 100,
+    ) -> Iterator[Instance]:
+        """Every instance `instances` would list, fetched `page_size` at a time by following
+        the server's `Link: <…>; rel="next"` header (stable while instances come and go)."""
+        query = {"owner": owner, "state": state, "image": image, "host": host, "limit": page_size}
+        url: Optional[str] = self._url(f"{API}/instances", query)
+        while url is not None:
+            page, url = self._page(url)
+            for i in page:
+                yield Instance.from_json(i)
+
+    def _page(self, url: str) -> "tuple[List[Any], Optional[str]]":
+        """GET one page of a list: its items and the absolute URL of the next, if any."""
+        path = url[len(self.base_url) :] if url.startswith(self.base_url) else url
+        with self._open("GET", path) as resp:
+            raw = resp.read()
+            links = resp.headers.get_all("Link") or []
+        nxt = _next_link(links)
+        doc = json.loads(raw) if raw else []
+        return doc, (self.base_url + nxt if nxt else None)
 
     def instance(self, ref: str) -> Instance:
         """One instance by id, unique id prefix or name, with snapshots and VM details."""

@@ -37,6 +37,44 @@ pub const INTERRUPTED_EXIT: i32 = 130;
 /// was killed is still reaped eventually.
 const RUN_DEFAULT_EXPIRY: &str = "1d";
 
+/// The filters and the page size of `vfarm instance ls`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LsArgs {
+    /// Only this owner's instances (through --server, a non-admin sees only their own).
+    #[arg(long, value_name = "NAME")]
+    pub owner: Option<String>,
+    /// Only instances in this state (creating, created, running, paused, stopped, failed…).
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    pub state: Option<String>,
+    /// Only instances of this image (id or name).
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// Only instances placed on this node (several hosts).
+    #[arg(long, value_name = "NODE")]
+    pub host: Option<String>,
+    /// At most N instances (1 to 1000), oldest first. Default: all (through --server, page
+    /// after page).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+}
+
+impl LsArgs {
+    pub fn filter(&self) -> vfarm_store::instances::InstanceFilter {
+        vfarm_store::instances::InstanceFilter {
+            owner: self.owner.clone(),
+            state: self.state.clone(),
+            image: self.image.clone(),
+            host: self.host.clone(),
+            scope: Vec::new(),
+        }
+    }
+}
+
+fn parse_state(s: &str) -> Result<String, String> {
+    s.parse::<vfarm_core::instance::State>()
+        .map(|st| st.as_str().to_string())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetArg {
     /// Own network namespace with only loopback.
@@ -263,9 +301,16 @@ pub enum InstanceCmd {
   vfarm instance migrate web --to /var/lib/vfarm-node2 --shared-storage --output json
   vfarm --server https://control:8750 instance migrate web --to node2")]
     Migrate(crate::cmd::migrate::MigrateArgs),
-    /// List instances: state, image, driver, owner, created, uptime, expiry.
-    #[command(alias = "list")]
-    Ls,
+    /// List instances: state, image, driver, owner, created, uptime, expiry. Filters combine;
+    /// the store (or, with --server, the service) selects, not the client.
+    #[command(
+        alias = "list",
+        after_help = "Examples:
+  vfarm instance ls --owner alice --state running
+  vfarm instance ls --image debian-12 --limit 50
+  vfarm --server https://vfarm:8750 instance ls --host node2"
+    )]
+    Ls(LsArgs),
     /// Show one instance.
     Show { instance: String },
     /// Log in to a full-profile VM with the system's ssh client, as the injected user, or
@@ -878,9 +923,12 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
             )?;
             Ok(0)
         }
-        InstanceCmd::Ls => {
+        InstanceCmd::Ls(args) => {
             let mut views = Vec::new();
-            for row in store.instances()? {
+            let rows = store
+                .instances_page(&args.filter(), None, args.limit.map(|n| n as usize), false)?
+                .items;
+            for row in rows {
                 let row = match refresh(caller, &store, &mut drivers, row.clone()) {
                     Ok(r) => r,
                     Err(e) => {

@@ -171,6 +171,29 @@ impl Client {
     }
 }
 
+/// Page size of `instance ls --server` without --limit.
+const LS_PAGE: u32 = 500;
+
+/// The target of an RFC 8288 `Link: <…>; rel="next"` header, if the answer has one.
+pub(crate) fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().split_once(';')?;
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            params
+                .split(';')
+                .any(|p| {
+                    let p = p.trim().replace(' ', "");
+                    p == "rel=\"next\"" || p == "rel=next"
+                })
+                .then(|| target.to_string())
+        })
+}
+
 fn seg(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -196,8 +219,26 @@ pub fn run_instance(ctx: &Ctx, a: &RemoteArgs, cmd: InstanceCmd) -> Result<i32> 
     let c = Client::new(a)?;
     let path = |r: &str, rest: &str| format!("/api/v1/instances/{}{rest}", seg(r));
     match cmd {
-        InstanceCmd::Ls => {
-            let views: Vec<InstanceView> = c.json(M::GET, "/api/v1/instances", None)?;
+        InstanceCmd::Ls(args) => {
+            // Without --limit, every page (the service answers at most 1000 at a time).
+            let q = vfarm_api::instances::ListQuery {
+                limit: Some(args.limit.unwrap_or(LS_PAGE).to_string()),
+                owner: args.owner,
+                state: args.state,
+                image: args.image,
+                host: args.host,
+                cursor: None,
+            };
+            let mut views: Vec<InstanceView> = Vec::new();
+            let mut next = Some(format!("/api/v1/instances?{}", q.to_query()));
+            while let Some(path) = next.take() {
+                let resp = c.call(M::GET, &path, None)?;
+                let link = next_link(resp.headers());
+                views.extend(resp.json::<Vec<InstanceView>>()?);
+                if args.limit.is_none() {
+                    next = link;
+                }
+            }
             if ctx.json() {
                 ctx.print_json(&views)?;
             } else {
