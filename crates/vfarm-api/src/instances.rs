@@ -676,8 +676,8 @@ pub(crate) async fn snapshot_create(
 #[utoipa::path(post, path = "/api/v1/instances/{ref}/snapshots/{name}/revert", tag = "snapshots",
     params(("ref" = String, Path, description = "Instance id, unique id prefix or name"),
            ("name" = String, Path, description = "Snapshot name")),
-    responses((status = 200, body = InstanceView), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = InstanceView), (status = 400, description = "Not a snapshot name", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn snapshot_revert(
     State(s): State<AppState>,
     who: Who,
@@ -696,8 +696,8 @@ pub struct Removed {
 #[utoipa::path(delete, path = "/api/v1/instances/{ref}/snapshots/{name}", tag = "snapshots",
     params(("ref" = String, Path, description = "Instance id, unique id prefix or name"),
            ("name" = String, Path, description = "Snapshot name")),
-    responses((status = 200, body = Removed), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Removed), (status = 400, description = "Not a snapshot name", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn snapshot_remove(
     State(s): State<AppState>,
     who: Who,
