@@ -191,7 +191,9 @@ pub(crate) async fn cancel(
     let env = env_of(&s);
     let doc = blocking(move || {
         let j = visible(&s, &who, &id)?;
-        let state = jobs::request_cancel(&env, None, &caller_of(&who), j.id).map_err(job_error)?;
+        let cfg = jobs::load_config(&env, None).map_err(job_error)?;
+        let state =
+            jobs::request_cancel(&s.store, &cfg, &caller_of(&who), j.id).map_err(job_error)?;
         Ok(serde_json::json!({ "id": j.id, "state": state }))
     })
     .await?;

@@ -1097,17 +1097,17 @@ pub fn signal(pid: i64, start: Option<i64>, sig: rustix::process::Signal) {
     }
 }
 
-/// Ask for a job's end without waiting for it (the API's cancel): a queued job ends now; a
-/// running one's runner gets SIGTERM (Slurm's payload through `scancel`) and records the end
-/// once its instance is gone. The answer is the job's state after the request.
+/// Ask for a job's end without waiting for it (the API answers at once; the CLI then waits
+/// for the end): a queued job ends now; a running one's runner gets SIGTERM (Slurm's payload
+/// through `scancel`) and records the end once its instance is gone. The answer is the
+/// job's state after the request.
 pub fn request_cancel(
-    env: &Env,
-    cfg_path: Option<&Path>,
+    store: &Store,
+    cfg: &QueueConfig,
     caller: &Caller,
     id: i64,
 ) -> Result<String> {
     use vfarm_store::jobs::CancelOutcome;
-    let store = env.store()?;
     match store.request_cancel(&caller.user, id)? {
         CancelOutcome::Cancelled => Ok("cancelled".into()),
         CancelOutcome::AlreadyFinal { state } => Ok(state),
@@ -1115,7 +1115,7 @@ pub fn request_cancel(
             let j = store.job(id)?;
             if j.backend == "slurm" {
                 if let Some(sid) = j.slurm_id {
-                    slurm_of(&load_config(env, cfg_path)?).cancel(sid as u64)?;
+                    slurm_of(cfg).cancel(sid as u64)?;
                 }
             } else if let Some((pid, start)) = runner {
                 signal(pid, start, rustix::process::Signal::TERM);

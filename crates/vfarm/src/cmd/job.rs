@@ -29,7 +29,7 @@ use vfarm_jobs::{
     milli_to_cpus, Active, Candidate, Capacity, JobEvent, JobSpec, QueueConfig, UsageRecord,
 };
 use vfarm_proto::ErrorCode;
-use vfarm_store::jobs::{CancelOutcome, JobEnd, JobRow, Registration};
+use vfarm_store::jobs::{JobEnd, JobRow, Registration};
 use vfarm_store::Store;
 
 use crate::cmd::print_file;
@@ -517,53 +517,46 @@ fn self_identity() -> (i64, i64) {
 }
 
 /// Cancel one job; returns its state afterwards.
+/// Cancel job `id` and wait for its end (at most 60 s locally, 90 s under Slurm).
 fn cancel(store: &Store, cfg: &QueueConfig, id: i64) -> Result<String> {
-    match store.request_cancel(&Caller::local().user, id)? {
-        CancelOutcome::Cancelled => Ok("cancelled".into()),
-        CancelOutcome::AlreadyFinal { state } => Ok(state),
-        CancelOutcome::Requested { runner } => {
+    let state = request_cancel(store, cfg, &Caller::local(), id)?;
+    let j = store.job(id)?;
+    if is_final(&j) {
+        return Ok(state);
+    }
+    if j.backend == "slurm" {
+        // Slurm sends SIGTERM to the payload runner, which cancels like a local one.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            sync_slurm(store, cfg, &store.job(id)?)?;
             let j = store.job(id)?;
-            if j.backend == "slurm" {
-                // Slurm sends SIGTERM to the payload runner, which cancels like a local one.
-                if let Some(sid) = j.slurm_id {
-                    slurm_of(cfg).cancel(sid as u64)?;
-                }
-                let deadline = Instant::now() + Duration::from_secs(90);
-                loop {
-                    sync_slurm(store, cfg, &store.job(id)?)?;
-                    let j = store.job(id)?;
-                    if is_final(&j) || Instant::now() >= deadline {
-                        return Ok(j.state);
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
+            if is_final(&j) || Instant::now() >= deadline {
+                return Ok(j.state);
             }
-            if let Some((pid, start)) = runner {
-                signal(pid, start, rustix::process::Signal::TERM);
-            }
-            // The runner records the end once `vfarm run` removed the instance.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let j = store.job(id)?;
-                if vfarm_jobs::JobState::parse(&j.state).is_some_and(|s| s.is_final()) {
-                    return Ok(j.state);
-                }
-                let runner_gone = j.runner_pid.is_some_and(|p| !alive(p, j.runner_start));
-                let never_came = j.runner_pid.is_none()
-                    && j.claimed
-                        .as_deref()
-                        .and_then(ms)
-                        .is_some_and(|c| now_ms() - c > REGISTER_GRACE_MS);
-                if runner_gone || never_came || Instant::now() >= deadline {
-                    if runner_gone || never_came {
-                        end_lost(store, &j, "cancelled")?;
-                        return Ok(store.job(id)?.state);
-                    }
-                    return Ok(j.state);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            std::thread::sleep(Duration::from_millis(250));
         }
+    }
+    // The runner records the end once `vfarm run` removed the instance.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = store.job(id)?;
+        if is_final(&j) {
+            return Ok(j.state);
+        }
+        let runner_gone = j.runner_pid.is_some_and(|p| !alive(p, j.runner_start));
+        let never_came = j.runner_pid.is_none()
+            && j.claimed
+                .as_deref()
+                .and_then(ms)
+                .is_some_and(|c| now_ms() - c > REGISTER_GRACE_MS);
+        if runner_gone || never_came {
+            end_lost(store, &j, "cancelled")?;
+            return Ok(store.job(id)?.state);
+        }
+        if Instant::now() >= deadline {
+            return Ok(j.state);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
