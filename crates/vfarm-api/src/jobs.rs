@@ -20,23 +20,25 @@ use vfarm_store::StoreError;
 use crate::instances::{identity, Who};
 use crate::{blocking, ApiError, AppState, ErrorBody, ErrorCode};
 
-/// Errors of the job operations as API errors.
+/// Errors of the job operations as API errors: the service's classification; a job the
+/// store cannot find is `job_not_found`; anything unclassified is `internal`.
 fn job_error(e: anyhow::Error) -> ApiError {
-    if let Some((code, field)) = jobs::classify(&e) {
-        return ApiError {
-            code,
-            message: e.to_string(),
-            field: field.map(|f| f.to_string().into()),
-        };
-    }
     if let Some(StoreError::NotFound { .. }) = e.downcast_ref::<StoreError>() {
         return ApiError::new(ErrorCode::JobNotFound, format!("{e}"));
     }
     let e = match e.downcast::<vfarm_image::ImageError>() {
+        // Its own conversion keeps tool paths out of a 5xx message.
         Ok(i) => return i.into(),
         Err(e) => e,
     };
-    ApiError::internal(format!("{e:#}"))
+    match vfarm_service::classify(&e) {
+        Some((code, field)) => ApiError {
+            code,
+            message: e.to_string(),
+            field: field.map(Into::into),
+        },
+        _ => ApiError::internal(format!("{e:#}")),
+    }
 }
 
 fn env_of(s: &AppState) -> Env {

@@ -14,3 +14,28 @@ pub mod staging;
 
 pub use caller::Caller;
 pub use env::Env;
+
+use vfarm_proto::ErrorCode;
+
+/// The code and the field at fault of an operation's error, for the errors the operations
+/// and the libraries below them raise; `None` for anything else (a front end's own errors,
+/// or a failure with no code of its own). The CLI and the HTTP handlers both start here.
+pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<String>)> {
+    let owned = |(c, f): (ErrorCode, Option<&str>)| (c, f.map(str::to_string));
+    if let Some(c) = jobs::classify(err) {
+        return Some(owned(c));
+    }
+    if let Some(c) = instances::classify(err) {
+        return Some(owned(c));
+    }
+    if let Some(e) = err.downcast_ref::<vfarm_image::ImageError>() {
+        return Some(owned((e.code(), e.field())));
+    }
+    if let Some(e) = err.downcast_ref::<vfarm_core::SpecError>() {
+        return Some((ErrorCode::InvalidSpec, Some(e.field().to_string())));
+    }
+    if let Some(e) = err.downcast_ref::<vfarm_auth::AuthError>() {
+        return Some(owned((e.code(), e.field())));
+    }
+    None
+}

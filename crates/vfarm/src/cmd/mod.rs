@@ -75,23 +75,11 @@ pub fn classify(err: &anyhow::Error) -> (ErrorCode, Option<String>) {
     if let Some(e) = err.downcast_ref::<vfarm_api::ApiError>() {
         return (e.code, e.field.as_deref().map(str::to_string));
     }
-    if let Some((code, field)) = job::classify(err) {
-        return (code, field.map(str::to_string));
-    }
-    if let Some((code, field)) = instance::classify(err) {
-        return (code, field.map(str::to_string));
-    }
-    if let Some(e) = err.downcast_ref::<vfarm_image::ImageError>() {
-        return (e.code(), e.field().map(str::to_string));
-    }
-    if let Some(e) = err.downcast_ref::<vfarm_core::SpecError>() {
-        return (ErrorCode::InvalidSpec, Some(e.field().to_string()));
-    }
     if let Some(e) = err.downcast_ref::<bench::Invalid>() {
         return (ErrorCode::InvalidArgument, Some(e.field.to_string()));
     }
-    if let Some(e) = err.downcast_ref::<vfarm_auth::AuthError>() {
-        return (e.code(), e.field().map(str::to_string));
+    if let Some(c) = vfarm_service::classify(err) {
+        return c;
     }
     (ErrorCode::Error, None)
 }
