@@ -265,35 +265,15 @@ impl Store {
             args.push(o.into());
             conds.push(format!("owner = ?{}", args.len()));
         }
-        if let Some(c) = after {
-            args.push(c.key.as_str().into());
-            args.push(c.id.as_str().into());
-            let n = args.len();
-            conds.push(format!("(created, id) > (?{}, ?{n})", n - 1));
-        }
-        let mut sql = format!("SELECT {IMAGE_COLS} FROM images");
-        if !conds.is_empty() {
-            sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
-        }
-        sql.push_str(" ORDER BY created, id");
-        if let Some(n) = limit {
-            args.push(Value::Integer(
-                n.saturating_add(1).min(i64::MAX as usize) as i64
-            ));
-            sql.push_str(&format!(" LIMIT ?{}", args.len()));
-        }
-        let mut items = self.conn().query_map(&sql, args, image_row)?;
-        let next = match limit {
-            Some(n) if items.len() > n => {
-                items.truncate(n);
-                items.last().map(|r| Cursor {
-                    key: r.created.clone(),
-                    id: r.id.clone(),
-                })
-            }
-            _ => None,
-        };
-        Ok(Page { items, next })
+        crate::keyset_page(
+            &self.conn(),
+            &format!("SELECT {IMAGE_COLS} FROM images"),
+            conds,
+            args,
+            after,
+            limit,
+            image_row,
+        )
     }
 
     pub fn artifacts(&self, image_id: &str) -> Result<Vec<ArtifactRow>> {
@@ -471,6 +451,15 @@ impl Store {
             },
         )
         .transpose()
+    }
+}
+
+impl crate::Keyed for ImageRow {
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            key: self.created.clone(),
+            id: self.id.clone(),
+        }
     }
 }
 

@@ -288,41 +288,20 @@ impl Store {
                 arg(h, &mut args)
             ));
         }
-        if let Some(c) = after {
-            let k = arg(&c.key, &mut args);
-            let i = arg(&c.id, &mut args);
-            conds.push(format!("(created, id) > ({k}, {i})"));
-        }
         let cols = if brief {
             COLS.replace("spec", "'' AS spec")
         } else {
             COLS.to_string()
         };
-        let mut sql = format!("SELECT {cols} FROM instances");
-        if !conds.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conds.join(" AND "));
-        }
-        sql.push_str(" ORDER BY created, id");
-        if let Some(n) = limit {
-            // One more than asked: whether it comes back says whether a next page exists.
-            args.push(Value::Integer(
-                n.saturating_add(1).min(i64::MAX as usize) as i64
-            ));
-            sql.push_str(&format!(" LIMIT ?{}", args.len()));
-        }
-        let mut items = self.conn().query_map(&sql, args, row)?;
-        let next = match limit {
-            Some(n) if items.len() > n => {
-                items.truncate(n);
-                items.last().map(|r| Cursor {
-                    key: r.created.clone(),
-                    id: r.id.clone(),
-                })
-            }
-            _ => None,
-        };
-        Ok(Page { items, next })
+        crate::keyset_page(
+            &self.conn(),
+            &format!("SELECT {cols} FROM instances"),
+            conds,
+            args,
+            after,
+            limit,
+            row,
+        )
     }
 
     /// A cheap fingerprint of the instance table: (count, newest `updated`). Any insert,
@@ -517,6 +496,15 @@ impl Store {
             }
             Ok(n == 1)
         })
+    }
+}
+
+impl crate::Keyed for InstanceRow {
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            key: self.created.clone(),
+            id: self.id.clone(),
+        }
     }
 }
 

@@ -631,6 +631,53 @@ pub struct Page<T> {
     pub next: Option<Cursor>,
 }
 
+/// A row listed in keyset pages: its `(created, id)`.
+pub(crate) trait Keyed {
+    fn cursor(&self) -> Cursor;
+}
+
+/// One keyset page of `select` (a `SELECT … FROM table`) under `conds` (placeholders
+/// numbered after `args`): rows in `(created, id)` order from just after `after`, at most
+/// `limit` (`None`: all); the last row's `(created, id)` is the next page's cursor.
+pub(crate) fn keyset_page<T: Keyed>(
+    db: &Db<'_>,
+    select: &str,
+    mut conds: Vec<String>,
+    mut args: Vec<Value>,
+    after: Option<&Cursor>,
+    limit: Option<usize>,
+    row: impl FnMut(&Row<'_>) -> Result<T>,
+) -> Result<Page<T>> {
+    if let Some(c) = after {
+        args.push(c.key.as_str().into());
+        args.push(c.id.as_str().into());
+        let n = args.len();
+        conds.push(format!("(created, id) > (?{}, ?{n})", n - 1));
+    }
+    let mut sql = select.to_string();
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    sql.push_str(" ORDER BY created, id");
+    if let Some(n) = limit {
+        // One more than asked: whether it comes back says whether a next page exists.
+        args.push(Value::Integer(
+            n.saturating_add(1).min(i64::MAX as usize) as i64
+        ));
+        sql.push_str(&format!(" LIMIT ?{}", args.len()));
+    }
+    let mut items = db.query_map(&sql, args, row)?;
+    let next = match limit {
+        Some(n) if items.len() > n => {
+            items.truncate(n);
+            items.last().map(Keyed::cursor)
+        }
+        _ => None,
+    };
+    Ok(Page { items, next })
+}
+
 /// `?1,?2,…,?n`: the placeholders of an `IN (…)` list.
 pub(crate) fn marks(n: usize) -> String {
     (1..=n)
