@@ -78,18 +78,7 @@ fn unauthorized(code: ErrorCode, message: String) -> Response {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
-        let code = e.code();
-        let message = if !code.is_client_error() {
-            tracing::error!(error = %e, "request failed");
-            "internal error; see the service log".to_string()
-        } else {
-            e.to_string()
-        };
-        ApiError {
-            code,
-            message,
-            field: e.field().map(Into::into),
-        }
+        vfarm_service::ServiceError::from(e).into()
     }
 }
 

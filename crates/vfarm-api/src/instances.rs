@@ -1,5 +1,5 @@
-//! Instances over HTTP: what the API shows and accepts, the backend the binary implements
-//! (instance orchestration sits with the drivers, above this crate), and the handlers.
+//! Instances over HTTP: the handlers over the service's instance backend
+//! ([`vfarm_service::backend::InstanceBackend`]).
 //!
 //! Ownership is the backend's to enforce (it is where an instance is found); the handlers
 //! only make sure every call carries an identity.
@@ -23,25 +23,8 @@ pub use vfarm_store::instances::InstanceFilter;
 pub use vfarm_store::{Cursor, Page};
 
 pub use vfarm_proto::instances::*;
-
-/// The request's time limit, refused as a field error when it is not a duration or longer
-/// than [`EXEC_MAX_TIMEOUT`].
-pub fn exec_time_limit(req: &ExecRequest) -> Result<Duration, ApiError> {
-    {
-        let Some(t) = &req.timeout else {
-            return Ok(EXEC_DEFAULT_TIMEOUT);
-        };
-        let secs = vfarm_core::instance::parse_duration("timeout", t)
-            .map_err(|e| ApiError::bad_request("timeout", e.to_string()))?;
-        if secs > EXEC_MAX_TIMEOUT.as_secs() {
-            return Err(ApiError::bad_request(
-                "timeout",
-                format!("invalid timeout `{t}`: at most 1h"),
-            ));
-        }
-        Ok(Duration::from_secs(secs))
-    }
-}
+pub use vfarm_service::backend::{InstanceBackend, ListInstances};
+use vfarm_service::ServiceError;
 
 /// Running execs, per user and in all: a caller over either limit is refused with 429.
 #[derive(Default)]
@@ -101,86 +84,6 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// A change the service saw, for `/api/v1/events`.
-#[derive(Debug, Clone)]
-pub enum InstanceEvent {
-    Changed(Box<InstanceView>),
-    Removed { id: String, owner: String },
-}
-
-impl InstanceEvent {
-    pub fn owner(&self) -> &str {
-        match self {
-            InstanceEvent::Changed(v) => &v.owner,
-            InstanceEvent::Removed { owner, .. } => owner,
-        }
-    }
-}
-
-/// Instance orchestration, implemented by the binary over the drivers and the store.
-/// Blocking: handlers call it on tokio's blocking pool. Another owner's instance must be
-/// reported as not found.
-pub trait InstanceBackend: Send + Sync + 'static {
-    /// The instances `q` selects among those the caller may see (a non-admin's `owner`
-    /// filter only narrows: another owner's name selects nothing), one page when it has a
-    /// limit. Filtering and paging are the store's ([`vfarm_store::Store::instances_page`]).
-    fn list(&self, who: &Identity, q: &ListInstances) -> Result<Page<InstanceView>, ApiError>;
-    fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ApiError>;
-    /// Validate, take the hostname and the quota, and record the instance (`creating`).
-    /// Fast; all refusals happen here.
-    fn create(&self, who: &Identity, req: CreateInstance) -> Result<InstanceView, ApiError>;
-    /// Prepare a recorded instance and, unless it is a reservation, start it (the slow
-    /// part). On failure the instance is removed and its hostname and quota released.
-    fn complete(&self, id: &str, start: bool) -> Result<InstanceView, ApiError>;
-    /// Returns the id of the destroyed instance.
-    fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ApiError>;
-    fn act(
-        &self,
-        who: &Identity,
-        reference: &str,
-        action: Action,
-    ) -> Result<InstanceView, ApiError>;
-    fn extend(&self, who: &Identity, reference: &str, by: &str) -> Result<InstanceView, ApiError>;
-    fn exec(
-        &self,
-        who: &Identity,
-        reference: &str,
-        req: ExecRequest,
-    ) -> Result<ExecResult, ApiError>;
-    fn console(&self, who: &Identity, reference: &str) -> Result<Vec<u8>, ApiError>;
-    fn snapshots(&self, who: &Identity, reference: &str) -> Result<Vec<SnapshotView>, ApiError>;
-    fn snapshot_create(
-        &self,
-        who: &Identity,
-        reference: &str,
-        name: &str,
-    ) -> Result<SnapshotView, ApiError>;
-    fn snapshot_revert(
-        &self,
-        who: &Identity,
-        reference: &str,
-        name: &str,
-    ) -> Result<InstanceView, ApiError>;
-    fn snapshot_remove(&self, who: &Identity, reference: &str, name: &str) -> Result<(), ApiError>;
-    fn quota(&self, who: &Identity) -> Result<QuotaView, ApiError>;
-    /// Live-migrate a VM to another node (several hosts only).
-    fn migrate(
-        &self,
-        _who: &Identity,
-        _reference: &str,
-        req: MigrateRequest,
-    ) -> Result<MigrateResult, ApiError> {
-        Err(ApiError::bad_request(
-            "to",
-            format!(
-                "`{}`: this service has no nodes to migrate between (`vfarm instance migrate \
-                 --to DIR` moves a VM to another data dir on the service's host)",
-                req.to
-            ),
-        ))
-    }
-}
-
 pub(crate) type Who = Option<Extension<Identity>>;
 
 /// The caller's identity; the middleware already refused requests without one over TCP.
@@ -204,11 +107,11 @@ fn backend(s: &AppState) -> Result<Arc<dyn InstanceBackend>, ApiError> {
 async fn with<T: Send + 'static>(
     s: &AppState,
     who: Who,
-    f: impl FnOnce(&dyn InstanceBackend, &Identity) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&dyn InstanceBackend, &Identity) -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let b = backend(s)?;
     let who = identity(who)?;
-    blocking(move || f(b.as_ref(), &who)).await
+    blocking(move || Ok(f(b.as_ref(), &who)?)).await
 }
 
 /// A query string that does not parse is a 400 naming it, like every other bad input.
@@ -233,16 +136,6 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Resu
 
 /// The most items one page of a list holds.
 pub const LIST_LIMIT_MAX: usize = 1000;
-
-/// `GET /api/v1/instances` as the backend gets it: checked filters and page.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListInstances {
-    pub filter: InstanceFilter,
-    /// Start just after this row (from the previous page's `Link`).
-    pub after: Option<Cursor>,
-    /// At most this many; `None`: the whole list.
-    pub limit: Option<usize>,
-}
 
 /// The query of `GET /api/v1/instances`. Every parameter is optional; filters combine.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
@@ -434,7 +327,7 @@ pub(crate) async fn create(
         op_id.clone(),
     );
     let work = move || {
-        let r = b.complete(&id, start);
+        let r = b.complete(&id, start).map_err(ApiError::from);
         let _ = match &r {
             Ok(v) => store.finish_operation(
                 &op,
@@ -602,7 +495,7 @@ pub(crate) async fn exec(
     body: Result<Json<ExecRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let mut req = json_body(body)?;
-    exec_time_limit(&req)?;
+    vfarm_service::backend::exec_time_limit(&req)?;
     let b = backend(&s)?;
     let who = identity(who)?;
     let slot = s.exec_slots.acquire(&who.user)?;

@@ -34,10 +34,12 @@ pub mod tls;
 
 pub use auth::AuthPolicy;
 pub use axum::http::StatusCode;
-pub use instances::{InstanceBackend, InstanceEvent, InstanceView};
+pub use instances::InstanceView;
 pub use tls::{
     Peer, PlainListener, RefusalSink, TlsConfigSource, TlsListener, TlsSettings, UnixPeerListener,
 };
+pub use vfarm_service::backend::{InstanceBackend, InstanceEvent, MigrationBackend};
+use vfarm_service::ServiceError;
 
 /// Shared by all handlers.
 #[derive(Clone)]
@@ -59,7 +61,7 @@ pub struct AppState {
     /// The client CA directory (`--client-ca-dir`): its CRLs' ages are in `/metrics`.
     pub client_ca_dir: Option<PathBuf>,
     /// Set on nodes: the steps of a live migration between nodes.
-    pub migration: Option<Arc<dyn migration::MigrationBackend>>,
+    pub migration: Option<Arc<dyn MigrationBackend>>,
     /// Join attempts per client address (the endpoint takes no credential but the token).
     pub join_limit: Arc<ratelimit::RateLimiter>,
     /// State-changing requests per user.
@@ -367,54 +369,32 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The service's errors are the API's: the same code, message and field.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        ApiError {
+            code: e.code,
+            message: e.message,
+            field: e.field,
+        }
+    }
+}
+
 impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> ApiError {
-        let code = e.code();
-        // Server-side failures are logged in full; the client gets the message without paths.
-        let message = if !code.is_client_error() {
-            tracing::error!(error = %e, "request failed");
-            match &e {
-                ImageError::ToolFailed { tool, .. } => format!("{tool} failed; see the build log"),
-                ImageError::ToolMissing { tool } => {
-                    format!("{tool} is not installed on the server")
-                }
-                _ => "internal error; see the service log".to_string(),
-            }
-        } else {
-            e.to_string()
-        };
-        ApiError {
-            code,
-            message,
-            field: e.field().map(Into::into),
-        }
+        ServiceError::from(e).into()
     }
 }
 
 impl From<vfarm_store::StoreError> for ApiError {
     fn from(e: vfarm_store::StoreError) -> ApiError {
-        match e {
-            vfarm_store::StoreError::NotFound { kind, id } => ApiError {
-                code: ErrorCode::NotFound,
-                message: format!("{kind} `{id}` not found"),
-                field: None,
-            },
-            vfarm_store::StoreError::Conflict { kind, id } => ApiError {
-                code: ErrorCode::Conflict,
-                message: format!("{kind} `{id}` already exists"),
-                field: None,
-            },
-            e => {
-                tracing::error!(error = %e, "state store");
-                ApiError::internal("state store error; see the service log")
-            }
-        }
+        ServiceError::from(e).into()
     }
 }
 
 impl From<SpecError> for ApiError {
     fn from(e: SpecError) -> ApiError {
-        ImageError::Spec(e).into()
+        ServiceError::from(e).into()
     }
 }
 

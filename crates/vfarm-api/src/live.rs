@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::instances::{identity, InstanceEvent, Who, KEEP_ALIVE};
+use crate::instances::{identity, Who, KEEP_ALIVE};
+use crate::InstanceEvent;
 use crate::{blocking, ApiError, AppState, ErrorBody};
 
 /// The web UI's session cookie: a session signed for a token, not the token (HttpOnly,

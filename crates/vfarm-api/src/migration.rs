@@ -6,7 +6,7 @@
 //! on the control.
 //!
 //! The bodies are the driver's serde types, passed through as JSON: this crate stays
-//! independent of the drivers (the binary implements [`MigrationBackend`]).
+//! independent of the drivers (the service implements [`MigrationBackend`]).
 
 use crate::ErrorCode;
 use std::sync::Arc;
@@ -18,36 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vfarm_auth::Identity;
 
-use crate::{blocking, ApiError, AppState, StatusCode};
-
-pub trait MigrationBackend: Send + Sync + 'static {
-    /// Source: what the destination needs (`MigrationSource`).
-    fn source(&self, id: &str, shared_storage: bool) -> Result<Value, ApiError>;
-    /// Destination: start the incoming VM (`Incoming`: where to send).
-    fn prepare(&self, source: Value) -> Result<Value, ApiError>;
-    /// Source: send to `incoming`; the source is paused afterwards (`SendReport`).
-    fn send(&self, id: &str, incoming: Value) -> Result<Value, ApiError>;
-    /// Destination: wait for the run state and record the instance (`row`: the control's).
-    fn finish(&self, id: &str, was_running: bool, row: Value) -> Result<(), ApiError>;
-    /// Destination: remove what `prepare` made.
-    fn abort_incoming(&self, id: &str) -> Result<(), ApiError>;
-    /// Source: end the sent VM and forget it (warnings of what could not be tidied).
-    fn complete(&self, id: &str) -> Result<Vec<String>, ApiError>;
-    /// Source: run on as before.
-    fn abort_outgoing(&self, id: &str) -> Result<(), ApiError>;
-
-    /// Cold migration of an oci instance, source: its writable layer as a tar file (the
-    /// instance is stopped and has no snapshot layers).
-    fn export_upper(&self, id: &str) -> Result<std::path::PathBuf, ApiError>;
-    /// Destination: record and prepare the instance (`row`: the control's) without
-    /// starting it.
-    fn import(&self, row: Value) -> Result<(), ApiError>;
-    /// Destination: the exported layer (a tar file here) becomes the instance's writable
-    /// layer.
-    fn put_upper(&self, id: &str, tar: &std::path::Path) -> Result<(), ApiError>;
-    /// Where a streamed upload may be written (this node's scratch directory).
-    fn scratch(&self) -> std::path::PathBuf;
-}
+use crate::{blocking, ApiError, AppState, MigrationBackend, StatusCode};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SourceRequest {
@@ -90,7 +61,7 @@ pub(crate) async fn source(
 ) -> Result<Response, ApiError> {
     let b = backend(&s, who)?;
     let req = crate::instances::json_body(body)?;
-    let v = blocking(move || b.source(&id, req.shared_storage)).await?;
+    let v = blocking(move || Ok(b.source(&id, req.shared_storage)?)).await?;
     Ok(Json(v).into_response())
 }
 
@@ -101,7 +72,7 @@ pub(crate) async fn prepare(
 ) -> Result<Response, ApiError> {
     let b = backend(&s, who)?;
     let src = crate::instances::json_body(body)?;
-    let v = blocking(move || b.prepare(src)).await?;
+    let v = blocking(move || Ok(b.prepare(src)?)).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -113,7 +84,7 @@ pub(crate) async fn send(
 ) -> Result<Response, ApiError> {
     let b = backend(&s, who)?;
     let incoming = crate::instances::json_body(body)?;
-    let v = blocking(move || b.send(&id, incoming)).await?;
+    let v = blocking(move || Ok(b.send(&id, incoming)?)).await?;
     Ok(Json(v).into_response())
 }
 
@@ -125,7 +96,7 @@ pub(crate) async fn finish(
 ) -> Result<Response, ApiError> {
     let b = backend(&s, who)?;
     let req = crate::instances::json_body(body)?;
-    blocking(move || b.finish(&id, req.was_running, req.row)).await?;
+    blocking(move || Ok(b.finish(&id, req.was_running, req.row)?)).await?;
     Ok(Json(serde_json::json!({ "finished": true })).into_response())
 }
 
@@ -135,7 +106,7 @@ pub(crate) async fn abort_incoming(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let b = backend(&s, who)?;
-    blocking(move || b.abort_incoming(&id)).await?;
+    blocking(move || Ok(b.abort_incoming(&id)?)).await?;
     Ok(Json(serde_json::json!({ "aborted": true })).into_response())
 }
 
@@ -145,7 +116,7 @@ pub(crate) async fn complete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let b = backend(&s, who)?;
-    let warnings = blocking(move || b.complete(&id)).await?;
+    let warnings = blocking(move || Ok(b.complete(&id)?)).await?;
     Ok(Json(serde_json::json!({ "warnings": warnings })).into_response())
 }
 
@@ -157,7 +128,7 @@ pub(crate) async fn export_upper(
 ) -> Result<Response, ApiError> {
     use tower::ServiceExt;
     let b = backend(&s, who)?;
-    let path = blocking(move || b.export_upper(&id)).await?;
+    let path = blocking(move || Ok(b.export_upper(&id)?)).await?;
     tower_http::services::ServeFile::new(&path)
         .oneshot(req)
         .await
@@ -177,7 +148,7 @@ pub(crate) async fn import(
 ) -> Result<Response, ApiError> {
     let b = backend(&s, who)?;
     let req = crate::instances::json_body(body)?;
-    blocking(move || b.import(req.row)).await?;
+    blocking(move || Ok(b.import(req.row)?)).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "imported": true })),
@@ -215,7 +186,7 @@ pub(crate) async fn put_upper(
         .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
     drop(f);
     let tar = path.clone();
-    let out = blocking(move || b.put_upper(&id, &tar)).await;
+    let out = blocking(move || Ok(b.put_upper(&id, &tar)?)).await;
     let _ = tokio::fs::remove_file(&path).await;
     out?;
     Ok(Json(serde_json::json!({ "layer": "in place" })).into_response())
@@ -227,6 +198,6 @@ pub(crate) async fn abort_outgoing(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let b = backend(&s, who)?;
-    blocking(move || b.abort_outgoing(&id)).await?;
+    blocking(move || Ok(b.abort_outgoing(&id)?)).await?;
     Ok(Json(serde_json::json!({ "aborted": true })).into_response())
 }

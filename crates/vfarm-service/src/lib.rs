@@ -2,18 +2,25 @@
 //! caller, `vfarm serve` with each request's identity. No clap, no HTTP, no printing
 //! (warnings go to `tracing`).
 //!
-//! Today: the environment, the caller, and the instance operations (records, drivers,
-//! transitions, views, the reaper) with file staging. Jobs, image lists and the cluster
-//! still live in the binary (ARCHITECTURE.md, "Where the service layer stands").
+//! Today: the environment, the caller, the instance operations (records, drivers,
+//! transitions, views, the reaper) with file staging, what the API asks of them on one host
+//! (`local`) and on a control with nodes (`cluster`, `node_migration`), and job submission.
+//! The job dispatcher, image lists and host handlers still live above (ARCHITECTURE.md).
 
+pub mod backend;
 pub mod caller;
+pub mod cluster;
 pub mod env;
+pub mod error;
 pub mod instances;
 pub mod jobs;
+pub mod local;
+pub mod node_migration;
 pub mod staging;
 
 pub use caller::Caller;
 pub use env::Env;
+pub use error::ServiceError;
 
 use vfarm_proto::ErrorCode;
 

@@ -37,15 +37,6 @@ impl Ctx {
         }
     }
 
-    /// The same context with a store of its own (see [`Env::fresh`]).
-    pub fn fresh(&self) -> Ctx {
-        Ctx {
-            env: self.env.fresh(),
-            output: self.output,
-            verbose: self.verbose,
-        }
-    }
-
     pub fn json(&self) -> bool {
         self.output == OutputFormat::Json
     }

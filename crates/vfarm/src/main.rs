@@ -9,14 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cluster;
 mod cmd;
 mod ctx;
 mod doctor;
-mod node_migration;
 #[cfg(test)]
 mod routes_tests;
-mod service;
 
 use ctx::{default_data_dir, Ctx, OutputFormat};
 

@@ -72,10 +72,10 @@ fn api() -> Api {
         .unwrap();
     let mut state = AppState::new(ctx.data_dir.clone(), store).unwrap();
     state.auth = vfarm_api::AuthPolicy::new([ADMIN.to_string()]);
-    let service = crate::service::Service::new(
+    let service = vfarm_service::local::Service::new(
         &ctx,
         crate::cmd::instance::Admission::default(),
-        crate::service::Busy::default(),
+        vfarm_service::local::Busy::default(),
     );
     state.instances = Some(Arc::new(service));
     Api {

@@ -119,7 +119,7 @@ pub fn run(ctx: &Ctx, a: NodeArgs) -> Result<i32> {
     let every = Duration::from_secs(a.heartbeat);
     std::thread::spawn(move || heartbeats(&beat_ctx, &beat_client, &beat_control, &url, every));
     let pull_ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
-    let puller: crate::service::ImagePuller =
+    let puller: vfarm_service::local::ImagePuller =
         std::sync::Arc::new(move |image: &str| pull(&pull_ctx, &client, &control, image));
     eprintln!(
         "vfarm: node {} joined to {} (certificate {}), control {}",

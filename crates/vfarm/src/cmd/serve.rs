@@ -84,7 +84,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<i32> {
 
 /// What a node (`vfarm node`) adds to the service: images fetched from its control.
 pub struct NodeHooks {
-    pub puller: crate::service::ImagePuller,
+    pub puller: vfarm_service::local::ImagePuller,
 }
 
 pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i32> {
@@ -146,7 +146,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     };
     // A previous service may have died mid-create or mid-destroy: make records and host
     // agree before taking requests. Running instances keep running.
-    let fixed = crate::service::reconcile(ctx)?;
+    let fixed = vfarm_service::local::reconcile(ctx)?;
     if fixed.unfinished_creates + fixed.orphan_dirs + fixed.orphan_holds + fixed.settled_operations
         > 0
     {
@@ -182,13 +182,13 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     if let Some(cert) = &args.tls_cert {
         admission.reserved = names_of_pem_file(cert)?;
     }
-    let busy = crate::service::Busy::default();
-    let mut service = crate::service::Service::new(ctx, admission, busy.clone());
+    let busy = vfarm_service::local::Busy::default();
+    let mut service = vfarm_service::local::Service::new(ctx, admission, busy.clone());
     let is_node = node.is_some();
     if let Some(n) = node {
         service.puller = Some(n.puller.clone());
         state.migration = Some(std::sync::Arc::new(
-            crate::node_migration::NodeMigrations::new(
+            vfarm_service::node_migration::NodeMigrations::new(
                 ctx,
                 args.listen.ip(),
                 n.puller,
@@ -202,15 +202,15 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     let site_ca = vfarm_auth::ca::ca_dir(&ctx.data_dir).join("ca.pem");
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) if !is_node && site_ca.is_file() => {
-            let nodes = crate::cluster::NodeClient::new(cert, key, &site_ca)?;
-            let cluster = std::sync::Arc::new(crate::cluster::Cluster::new(
+            let nodes = vfarm_service::cluster::NodeClient::new(cert, key, &site_ca)?;
+            let cluster = std::sync::Arc::new(vfarm_service::cluster::Cluster::new(
                 ctx,
                 service.clone(),
                 nodes,
                 config.placement,
                 config.ratios,
             ));
-            crate::cluster::spawn_monitor(ctx, cluster.clone());
+            vfarm_service::cluster::spawn_monitor(ctx, cluster.clone());
             state.server_subject = Some(subject_of_pem_file(cert)?);
             state.server_fingerprint = Some(vfarm_auth::dn::fingerprint_of_pem(
                 &std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
@@ -219,7 +219,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
         }
         _ => state.instances = Some(service),
     }
-    crate::service::spawn_watcher(ctx, state.events.clone(), busy);
+    vfarm_service::local::spawn_watcher(ctx, state.events.clone(), busy);
     // The reaper destroys expired instances; it runs beside the HTTP service and survives
     // its own failures (they are logged and retried on the next round).
     let reaper_ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);

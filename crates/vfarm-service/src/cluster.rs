@@ -12,21 +12,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vfarm_proto::ErrorCode;
 
+use crate::backend::{InstanceBackend, ListInstances};
 use anyhow::Context;
 use serde_json::Value;
-use vfarm_api::instances::{
-    Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, ListInstances,
-    MigrateRequest, MigrateResult, Page, QuotaView, SnapshotView,
-};
-use vfarm_api::ApiError;
 use vfarm_auth::Identity;
 use vfarm_core::placement::{self, Candidate, Policy, Ratios, Request};
+use vfarm_proto::instances::{
+    Action, CreateInstance, ExecRequest, ExecResult, InstanceView, MigrateRequest, MigrateResult,
+    QuotaView, SnapshotView,
+};
 use vfarm_store::hosts::HostRow;
 use vfarm_store::instances::{InstanceRow, StateChange};
+use vfarm_store::Page;
 use vfarm_store::{Store, StoreError};
 
-use crate::ctx::Ctx;
-use crate::service::Service;
+use crate::local::Service;
+use crate::{Env, ServiceError};
 
 /// A node whose last heartbeat is older than this is down (heartbeats come every 2 s; the
 /// issue's bound is 30 s).
@@ -67,7 +68,7 @@ impl NodeClient {
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<reqwest::blocking::Response, ApiError> {
+    ) -> Result<reqwest::blocking::Response, ServiceError> {
         let url = host
             .url
             .as_deref()
@@ -81,7 +82,7 @@ impl NodeClient {
             return Ok(resp);
         }
         let v: Value = resp.json().unwrap_or(Value::Null);
-        Err(ApiError {
+        Err(ServiceError {
             code: node_code(v["error"]["code"].as_str().unwrap_or("")),
             message: format!(
                 "node {}: {}",
@@ -98,10 +99,10 @@ impl NodeClient {
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, ServiceError> {
         self.call(host, method, path, body)?
             .json()
-            .map_err(|e| ApiError {
+            .map_err(|e| ServiceError {
                 code: ErrorCode::NodeError,
                 message: format!("node {}: unreadable answer: {e}", host.name),
                 field: None,
@@ -109,8 +110,8 @@ impl NodeClient {
     }
 }
 
-fn unreachable(host: &HostRow, why: &str) -> ApiError {
-    ApiError {
+fn unreachable(host: &HostRow, why: &str) -> ServiceError {
+    ServiceError {
         code: ErrorCode::HostUnreachable,
         message: format!(
             "node {} ({}) cannot be reached: {why}",
@@ -135,7 +136,7 @@ fn node_code(code: &str) -> ErrorCode {
 
 pub struct Cluster {
     local: Arc<Service>,
-    ctx: Ctx,
+    env: Env,
     nodes: NodeClient,
     policy: Policy,
     ratios: Ratios,
@@ -145,7 +146,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(
-        ctx: &Ctx,
+        env: &Env,
         local: Arc<Service>,
         nodes: NodeClient,
         policy: Policy,
@@ -153,7 +154,7 @@ impl Cluster {
     ) -> Cluster {
         Cluster {
             local,
-            ctx: ctx.fresh(),
+            env: env.fresh(),
             nodes,
             policy,
             ratios,
@@ -161,10 +162,10 @@ impl Cluster {
         }
     }
 
-    fn store(&self) -> Result<Arc<Store>, ApiError> {
-        self.ctx
+    fn store(&self) -> Result<Arc<Store>, ServiceError> {
+        self.env
             .store()
-            .map_err(|e| ApiError::internal(format!("{e:#}")))
+            .map_err(|e| ServiceError::internal(format!("{e:#}")))
     }
 
     /// The caller's instance and the node it is on (`None`: the local backend's).
@@ -172,10 +173,10 @@ impl Cluster {
         &self,
         who: &Identity,
         reference: &str,
-    ) -> Result<Option<(InstanceRow, HostRow)>, ApiError> {
+    ) -> Result<Option<(InstanceRow, HostRow)>, ServiceError> {
         let store = self.store()?;
-        let scope = crate::service::owner_scope(who);
-        let row = match store.find_instance_among(reference, crate::service::scope_refs(&scope)) {
+        let scope = crate::local::owner_scope(who);
+        let row = match store.find_instance_among(reference, crate::local::scope_refs(&scope)) {
             Ok(r) => r,
             // The local backend words it (not found, ambiguous).
             Err(_) => return Ok(None),
@@ -189,12 +190,12 @@ impl Cluster {
         let host = store
             .host(&name)
             .map_err(store_err)?
-            .ok_or_else(|| ApiError::internal(format!("host {name} of {} is gone", row.id)))?;
+            .ok_or_else(|| ServiceError::internal(format!("host {name} of {} is gone", row.id)))?;
         Ok(Some((row, host)))
     }
 
     /// Take over the state the node reports (compare-and-set from what the record says).
-    fn follow(&self, row: &InstanceRow, v: &InstanceView) -> Result<InstanceView, ApiError> {
+    fn follow(&self, row: &InstanceRow, v: &InstanceView) -> Result<InstanceView, ServiceError> {
         let store = self.store()?;
         if v.state != row.state {
             let _ = store.set_instance_state(
@@ -213,8 +214,8 @@ impl Cluster {
             .instance(&row.id)
             .map_err(store_err)?
             .unwrap_or_else(|| row.clone());
-        crate::cmd::instance::view(&store, &row, false)
-            .map_err(|e| ApiError::internal(format!("{e:#}")))
+        crate::instances::view(&store, &row, false)
+            .map_err(|e| ServiceError::internal(format!("{e:#}")))
     }
 
     /// Destroy a placed instance on its node, then the record (and its holds).
@@ -223,7 +224,7 @@ impl Cluster {
         actor: &str,
         row: &InstanceRow,
         host: &HostRow,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ServiceError> {
         match self
             .nodes
             .call(host, reqwest::Method::DELETE, &Self::path(row, &[])?, None)
@@ -239,7 +240,7 @@ impl Cluster {
     }
 
     /// `/api/v1/instances/{id}` followed by `rest`, each segment encoded by [`node_path`].
-    fn path(row: &InstanceRow, rest: &[&str]) -> Result<String, ApiError> {
+    fn path(row: &InstanceRow, rest: &[&str]) -> Result<String, ServiceError> {
         let mut segs = vec!["api", "v1", "instances", row.id.as_str()];
         segs.extend_from_slice(rest);
         node_path(&segs)
@@ -258,11 +259,11 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 /// admin, so a parameter must never change which endpoint or instance is addressed: each
 /// segment is percent-encoded, and empty, `.` and `..` segments (which URL parsers resolve,
 /// even when encoded as `%2e`) are refused.
-pub(crate) fn node_path(segments: &[&str]) -> Result<String, ApiError> {
+pub(crate) fn node_path(segments: &[&str]) -> Result<String, ServiceError> {
     let mut out = String::new();
     for s in segments {
         if s.is_empty() || *s == "." || *s == ".." {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "path",
                 format!("`{s}` is not allowed as a path segment"),
             ));
@@ -273,8 +274,8 @@ pub(crate) fn node_path(segments: &[&str]) -> Result<String, ApiError> {
     Ok(out)
 }
 
-fn store_err(e: StoreError) -> ApiError {
-    ApiError::internal(e.to_string())
+fn store_err(e: StoreError) -> ServiceError {
+    ServiceError::internal(e.to_string())
 }
 
 /// Hosts as placement sees them.
@@ -306,18 +307,18 @@ pub fn candidates(hosts: &[HostRow]) -> Vec<Candidate> {
 }
 
 impl InstanceBackend for Cluster {
-    fn list(&self, who: &Identity, q: &ListInstances) -> Result<Page<InstanceView>, ApiError> {
+    fn list(&self, who: &Identity, q: &ListInstances) -> Result<Page<InstanceView>, ServiceError> {
         self.local.list(who, q)
     }
 
-    fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ApiError> {
+    fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ServiceError> {
         let Some((row, host)) = self.placed(who, reference)? else {
             return self.local.show(who, reference);
         };
         if host.state != "up" {
             // What the control knows (lost) beats an error.
-            return crate::cmd::instance::view(&*self.store()?, &row, true)
-                .map_err(|e| ApiError::internal(format!("{e:#}")));
+            return crate::instances::view(&*self.store()?, &row, true)
+                .map_err(|e| ServiceError::internal(format!("{e:#}")));
         }
         let mut v: InstanceView =
             self.nodes
@@ -328,11 +329,15 @@ impl InstanceBackend for Cluster {
         Ok(v)
     }
 
-    fn create(&self, who: &Identity, mut req: CreateInstance) -> Result<InstanceView, ApiError> {
+    fn create(
+        &self,
+        who: &Identity,
+        mut req: CreateInstance,
+    ) -> Result<InstanceView, ServiceError> {
         let store = self.store()?;
         if !store.has_hosts().map_err(store_err)? {
             if let Some(h) = &req.host {
-                return Err(ApiError::bad_request(
+                return Err(ServiceError::bad_request(
                     "host",
                     format!("`{h}`: no host has joined this service (vfarm host add NAME)"),
                 ));
@@ -345,7 +350,7 @@ impl InstanceBackend for Cluster {
         let row = store
             .instance(&v.id)
             .map_err(store_err)?
-            .ok_or_else(|| ApiError::internal("the recorded instance vanished"))?;
+            .ok_or_else(|| ServiceError::internal("the recorded instance vanished"))?;
         let cpus_milli = forward
             .cpus
             .map(|c| (c * 1000.0).round() as u64)
@@ -378,7 +383,7 @@ impl InstanceBackend for Cluster {
                 } else {
                     (ErrorCode::NoCapacity, None)
                 };
-                ApiError {
+                ServiceError {
                     code,
                     message: r.to_string(),
                     field: field.map(Into::into),
@@ -403,14 +408,14 @@ impl InstanceBackend for Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(row.id.clone(), forward);
-        let mut v = crate::cmd::instance::view(&store, &row, false)
-            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let mut v = crate::instances::view(&store, &row, false)
+            .map_err(|e| ServiceError::internal(format!("{e:#}")))?;
         v.host = Some(host);
         v.placement = why;
         Ok(v)
     }
 
-    fn complete(&self, id: &str, start: bool) -> Result<InstanceView, ApiError> {
+    fn complete(&self, id: &str, start: bool) -> Result<InstanceView, ServiceError> {
         let store = self.store()?;
         let Some(name) = store.instance_host(id).map_err(store_err)? else {
             return self.local.complete(id, start);
@@ -423,17 +428,18 @@ impl InstanceBackend for Cluster {
         let row = store
             .instance(id)
             .map_err(store_err)?
-            .ok_or_else(|| ApiError::internal(format!("instance {id} vanished")))?;
+            .ok_or_else(|| ServiceError::internal(format!("instance {id} vanished")))?;
         let host = store
             .host(&name)
             .map_err(store_err)?
-            .ok_or_else(|| ApiError::internal(format!("host {name} vanished")))?;
+            .ok_or_else(|| ServiceError::internal(format!("host {name} vanished")))?;
         let made = (|| {
             let mut req = req.ok_or_else(|| {
-                ApiError::internal("the create request was lost (the control restarted)")
+                ServiceError::internal("the create request was lost (the control restarted)")
             })?;
             req.reserve = !start;
-            let body = serde_json::to_value(&req).map_err(|e| ApiError::internal(e.to_string()))?;
+            let body =
+                serde_json::to_value(&req).map_err(|e| ServiceError::internal(e.to_string()))?;
             let began = Instant::now();
             let v: InstanceView = self.nodes.json(
                 &host,
@@ -442,7 +448,7 @@ impl InstanceBackend for Cluster {
                 Some(&body),
             )?;
             tracing::info!(id, host = %host.name, ms = began.elapsed().as_millis() as u64, "created on node");
-            Ok::<_, ApiError>(v)
+            Ok::<_, ServiceError>(v)
         })();
         match made {
             Ok(v) => {
@@ -464,7 +470,7 @@ impl InstanceBackend for Cluster {
         }
     }
 
-    fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ApiError> {
+    fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ServiceError> {
         let Some((row, host)) = self.placed(who, reference)? else {
             return self.local.destroy(who, reference);
         };
@@ -477,7 +483,7 @@ impl InstanceBackend for Cluster {
         who: &Identity,
         reference: &str,
         action: Action,
-    ) -> Result<InstanceView, ApiError> {
+    ) -> Result<InstanceView, ServiceError> {
         let Some((row, host)) = self.placed(who, reference)? else {
             return self.local.act(who, reference, action);
         };
@@ -498,7 +504,12 @@ impl InstanceBackend for Cluster {
         Ok(out)
     }
 
-    fn extend(&self, who: &Identity, reference: &str, by: &str) -> Result<InstanceView, ApiError> {
+    fn extend(
+        &self,
+        who: &Identity,
+        reference: &str,
+        by: &str,
+    ) -> Result<InstanceView, ServiceError> {
         self.local.extend(who, reference, by)
     }
 
@@ -507,11 +518,11 @@ impl InstanceBackend for Cluster {
         who: &Identity,
         reference: &str,
         req: ExecRequest,
-    ) -> Result<ExecResult, ApiError> {
+    ) -> Result<ExecResult, ServiceError> {
         let Some((row, host)) = self.placed(who, reference)? else {
             return self.local.exec(who, reference, req);
         };
-        let body = serde_json::to_value(&req).map_err(|e| ApiError::internal(e.to_string()))?;
+        let body = serde_json::to_value(&req).map_err(|e| ServiceError::internal(e.to_string()))?;
         self.nodes.json(
             &host,
             reqwest::Method::POST,
@@ -520,7 +531,7 @@ impl InstanceBackend for Cluster {
         )
     }
 
-    fn console(&self, who: &Identity, reference: &str) -> Result<Vec<u8>, ApiError> {
+    fn console(&self, who: &Identity, reference: &str) -> Result<Vec<u8>, ServiceError> {
         let Some((row, host)) = self.placed(who, reference)? else {
             return self.local.console(who, reference);
         };
@@ -535,7 +546,11 @@ impl InstanceBackend for Cluster {
             .map_err(|e| unreachable(&host, &e.to_string()))
     }
 
-    fn snapshots(&self, who: &Identity, reference: &str) -> Result<Vec<SnapshotView>, ApiError> {
+    fn snapshots(
+        &self,
+        who: &Identity,
+        reference: &str,
+    ) -> Result<Vec<SnapshotView>, ServiceError> {
         let Some((row, host)) = self.placed(who, reference)? else {
             return self.local.snapshots(who, reference);
         };
@@ -552,7 +567,7 @@ impl InstanceBackend for Cluster {
         who: &Identity,
         reference: &str,
         name: &str,
-    ) -> Result<SnapshotView, ApiError> {
+    ) -> Result<SnapshotView, ServiceError> {
         let Some((row, host)) = self.placed(who, reference)? else {
             return self.local.snapshot_create(who, reference, name);
         };
@@ -569,7 +584,7 @@ impl InstanceBackend for Cluster {
         who: &Identity,
         reference: &str,
         name: &str,
-    ) -> Result<InstanceView, ApiError> {
+    ) -> Result<InstanceView, ServiceError> {
         let Some((row, host)) = self.placed(who, reference)? else {
             return self.local.snapshot_revert(who, reference, name);
         };
@@ -584,7 +599,12 @@ impl InstanceBackend for Cluster {
         Ok(out)
     }
 
-    fn snapshot_remove(&self, who: &Identity, reference: &str, name: &str) -> Result<(), ApiError> {
+    fn snapshot_remove(
+        &self,
+        who: &Identity,
+        reference: &str,
+        name: &str,
+    ) -> Result<(), ServiceError> {
         let Some((row, host)) = self.placed(who, reference)? else {
             return self.local.snapshot_remove(who, reference, name);
         };
@@ -597,7 +617,7 @@ impl InstanceBackend for Cluster {
         Ok(())
     }
 
-    fn quota(&self, who: &Identity) -> Result<QuotaView, ApiError> {
+    fn quota(&self, who: &Identity) -> Result<QuotaView, ServiceError> {
         self.local.quota(who)
     }
 
@@ -606,11 +626,11 @@ impl InstanceBackend for Cluster {
         who: &Identity,
         reference: &str,
         req: MigrateRequest,
-    ) -> Result<MigrateResult, ApiError> {
+    ) -> Result<MigrateResult, ServiceError> {
         let Some((row, src)) = self.placed(who, reference)? else {
             // Not on a node (or not the caller's): the local backend words the refusal.
             self.local.show(who, reference)?;
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "instance",
                 format!("instance {reference} runs on the control's own machine, not on a node"),
             ));
@@ -629,25 +649,25 @@ impl Cluster {
         row: &InstanceRow,
         src: &HostRow,
         req: &MigrateRequest,
-    ) -> Result<MigrateResult, ApiError> {
+    ) -> Result<MigrateResult, ServiceError> {
         let began = Instant::now();
         let store = self.store()?;
         let oci = row.driver == "oci";
         if oci && req.shared_storage {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "shared_storage",
                 "an oci instance moves cold: its writable layer is copied",
             ));
         }
         if oci && !matches!(row.state.as_str(), "running" | "created" | "stopped") {
-            return Err(ApiError {
+            return Err(ServiceError {
                 code: ErrorCode::IllegalState,
                 message: format!("instance {} is {}: it cannot move now", row.id, row.state),
                 field: None,
             });
         }
         if !oci && !matches!(row.state.as_str(), "running" | "paused") {
-            return Err(ApiError {
+            return Err(ServiceError {
                 code: ErrorCode::IllegalState,
                 message: format!(
                     "instance {} is {}: only a running or paused VM migrates",
@@ -659,13 +679,13 @@ impl Cluster {
         let dest = store
             .host(&req.to)
             .map_err(store_err)?
-            .ok_or_else(|| ApiError {
+            .ok_or_else(|| ServiceError {
                 code: ErrorCode::HostNotFound,
                 message: format!("no host `{}` (vfarm host ls)", req.to),
                 field: Some("to".into()),
             })?;
         if dest.name == src.name {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "to",
                 format!("instance {} already runs on {}", row.id, src.name),
             ));
@@ -687,7 +707,7 @@ impl Cluster {
             self.policy,
             self.ratios,
         )
-        .map_err(|r| ApiError {
+        .map_err(|r| ServiceError {
             code: ErrorCode::NoCapacity,
             message: r.to_string(),
             field: Some("to".into()),
@@ -729,7 +749,7 @@ impl Cluster {
         let was_running = sent["was_running"].as_bool().unwrap_or(true);
         let fin = serde_json::json!({
             "was_running": was_running,
-            "row": serde_json::to_value(row).map_err(|e| ApiError::internal(e.to_string()))?,
+            "row": serde_json::to_value(row).map_err(|e| ServiceError::internal(e.to_string()))?,
         });
         if let Err(e) = self.nodes.call(&dest, M::POST, &path("finish"), Some(&fin)) {
             // The destination goes first, so the guest never runs twice.
@@ -795,7 +815,7 @@ impl Cluster {
         src: &HostRow,
         dest: &HostRow,
         began: Instant,
-    ) -> Result<MigrateResult, ApiError> {
+    ) -> Result<MigrateResult, ServiceError> {
         use reqwest::Method as M;
         let store = self.store()?;
         let was_running = row.state == "running";
@@ -817,16 +837,16 @@ impl Cluster {
             }
         };
         // Not the repository's tmp/: it reaps entries there that no build holds.
-        let tmp = self.ctx.data_dir.join("migrations");
+        let tmp = self.env.data_dir.join("migrations");
         let layer = (|| {
-            std::fs::create_dir_all(&tmp).map_err(|e| ApiError::internal(e.to_string()))?;
+            std::fs::create_dir_all(&tmp).map_err(|e| ServiceError::internal(e.to_string()))?;
             let file = tmp.join(format!("upper-{}.tar", row.id));
             let mut resp = self.nodes.call(src, M::GET, &path("upper"), None)?;
             let mut f =
-                std::fs::File::create(&file).map_err(|e| ApiError::internal(e.to_string()))?;
+                std::fs::File::create(&file).map_err(|e| ServiceError::internal(e.to_string()))?;
             resp.copy_to(&mut f)
                 .map_err(|e| unreachable(src, &e.to_string()))?;
-            Ok::<_, ApiError>(file)
+            Ok::<_, ServiceError>(file)
         })();
         let layer = match layer {
             Ok(f) => f,
@@ -841,11 +861,12 @@ impl Cluster {
         record.state = "created".into();
         let placed = (|| {
             let body = serde_json::json!({
-                "row": serde_json::to_value(&record).map_err(|e| ApiError::internal(e.to_string()))?,
+                "row": serde_json::to_value(&record).map_err(|e| ServiceError::internal(e.to_string()))?,
             });
             self.nodes
                 .call(dest, M::POST, "/api/v1/node/migrations/import", Some(&body))?;
-            let f = std::fs::File::open(&layer).map_err(|e| ApiError::internal(e.to_string()))?;
+            let f =
+                std::fs::File::open(&layer).map_err(|e| ServiceError::internal(e.to_string()))?;
             let url = dest.url.as_deref().unwrap_or_default();
             let resp = self
                 .nodes
@@ -856,7 +877,7 @@ impl Cluster {
                 .map_err(|e| unreachable(dest, &e.to_string()))?;
             if !resp.status().is_success() {
                 let v: Value = resp.json().unwrap_or(Value::Null);
-                return Err(ApiError {
+                return Err(ServiceError {
                     code: ErrorCode::NodeError,
                     message: format!(
                         "node {}: {}",
@@ -908,18 +929,18 @@ impl Cluster {
 /// The control's watch over nodes: silent ones go down (their instances `lost`), and
 /// expired placed instances are destroyed through their node. Every round is one
 /// compare-and-set transaction, so several control processes on one database agree.
-pub fn spawn_monitor(ctx: &Ctx, cluster: Arc<Cluster>) {
-    let ctx = ctx.fresh();
+pub fn spawn_monitor(env: &Env, cluster: Arc<Cluster>) {
+    let env = env.fresh();
     std::thread::spawn(move || loop {
-        if let Err(e) = monitor_once(&ctx, &cluster) {
+        if let Err(e) = monitor_once(&env, &cluster) {
             tracing::warn!("host monitor: {e:#}");
         }
         std::thread::sleep(MONITOR_INTERVAL);
     });
 }
 
-fn monitor_once(ctx: &Ctx, cluster: &Cluster) -> anyhow::Result<()> {
-    let store = ctx.store()?;
+fn monitor_once(env: &Env, cluster: &Cluster) -> anyhow::Result<()> {
+    let store = env.store()?;
     let cutoff = (chrono::Utc::now() - chrono::Duration::from_std(DOWN_AFTER)?)
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     for (host, lost) in store.mark_hosts_down("vfarm-monitor", &cutoff)? {
@@ -991,7 +1012,7 @@ mod tests {
         }
         for bad in ["..", ".", ""] {
             let e = node_path(&["snapshots", bad]).unwrap_err();
-            assert_eq!(e.status().as_u16(), 400, "{bad}");
+            assert_eq!(e.code.http_status(), 400, "{bad}");
         }
     }
 }

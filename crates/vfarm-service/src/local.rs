@@ -3,27 +3,28 @@
 //! only their own instances (admins: all). Also the service's start-up reconciliation and
 //! the watcher that keeps records current and feeds `/api/v1/events`.
 
+use crate::Caller;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vfarm_proto::ErrorCode;
-use vfarm_service::Caller;
 
+use crate::backend::{InstanceBackend, InstanceEvent, ListInstances};
 use anyhow::Context;
-use vfarm_api::instances::{
-    Action, CreateInstance, ExecRequest, ExecResult, InstanceBackend, InstanceView, ListInstances,
-    Page, QuotaNumbers, QuotaView, SnapshotView,
-};
-use vfarm_api::{ApiError, InstanceEvent};
 use vfarm_auth::Identity;
 use vfarm_core::instance::{Event, State};
 use vfarm_driver::{BootProfile, DriverError, ExecIo, ExecStop};
+use vfarm_proto::instances::{
+    Action, CreateInstance, ExecRequest, ExecResult, InstanceView, QuotaNumbers, QuotaView,
+    SnapshotView,
+};
 use vfarm_store::instances::InstanceRow;
-use vfarm_store::{Store, StoreError};
+use vfarm_store::Page;
+use vfarm_store::Store;
 
-use crate::cmd::instance::{self as inst, Admission, Drivers, Net, NewInstance, Shape};
-use crate::ctx::Ctx;
+use crate::instances::{self as inst, Admission, Drivers, Net, NewInstance, Shape};
+use crate::{Env, ServiceError};
 
 /// Exec output kept per stream; more is cut (the API is not a bulk transfer channel).
 const EXEC_OUTPUT_LIMIT: u64 = 8 << 20;
@@ -74,7 +75,7 @@ impl Drop for BusyGuard {
 pub type ImagePuller = Arc<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
 
 pub struct Service {
-    ctx: Ctx,
+    env: Env,
     admission: Admission,
     busy: Busy,
     /// Set on nodes: images come from the control on first use.
@@ -82,22 +83,22 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(ctx: &Ctx, admission: Admission, busy: Busy) -> Service {
+    pub fn new(env: &Env, admission: Admission, busy: Busy) -> Service {
         Service {
-            ctx: ctx.fresh(),
+            env: env.fresh(),
             admission,
             busy,
             puller: None,
         }
     }
 
-    fn store(&self) -> Result<Arc<Store>, ApiError> {
-        self.ctx.store().map_err(api_error)
+    fn store(&self) -> Result<Arc<Store>, ServiceError> {
+        self.env.store().map_err(api_error)
     }
 
     /// The caller's instance by reference, reconciled with its driver. Another owner's
     /// instance is reported exactly like a missing one.
-    fn find(&self, who: &Identity, reference: &str) -> Result<InstanceRow, ApiError> {
+    fn find(&self, who: &Identity, reference: &str) -> Result<InstanceRow, ServiceError> {
         let caller = &caller_of(who);
         let store = self.store()?;
         // Only the caller's own instances (all, for admins) take part in the lookup, so
@@ -109,18 +110,22 @@ impl Service {
         if !who.may_access(&row.owner) {
             return Err(not_found("instance", reference));
         }
-        let mut drivers = Drivers::new(&self.ctx);
+        let mut drivers = Drivers::new(&self.env);
         inst::refresh(caller, &store, &mut drivers, row).map_err(api_error)
     }
 
     /// `find`, and mark the instance busy until the guard is dropped.
-    fn take(&self, who: &Identity, reference: &str) -> Result<(InstanceRow, BusyGuard), ApiError> {
+    fn take(
+        &self,
+        who: &Identity,
+        reference: &str,
+    ) -> Result<(InstanceRow, BusyGuard), ServiceError> {
         let row = self.find(who, reference)?;
         let guard = self.busy.hold(&row.id);
         Ok((row, guard))
     }
 
-    fn view(&self, row: &InstanceRow) -> Result<InstanceView, ApiError> {
+    fn view(&self, row: &InstanceRow) -> Result<InstanceView, ServiceError> {
         inst::view(&*self.store()?, row, false).map_err(api_error)
     }
 }
@@ -150,44 +155,18 @@ fn caller_of(who: &Identity) -> Caller {
     Caller::new(who.user.clone(), who.admin)
 }
 
-fn not_found(kind: &str, id: &str) -> ApiError {
+fn not_found(kind: &str, id: &str) -> ServiceError {
     let code = if kind == "snapshot" {
         ErrorCode::SnapshotNotFound
     } else {
         ErrorCode::InstanceNotFound
     };
-    ApiError::new(code, format!("{kind} `{id}` not found"))
+    ServiceError::new(code, format!("{kind} `{id}` not found"))
 }
 
-/// Errors of the instance operations as API errors: the CLI's one classification
-/// (`cmd::classify`), with the instance's own not-found codes and no paths in a 5xx.
-fn api_error(e: anyhow::Error) -> ApiError {
-    let e = match e.downcast::<vfarm_auth::AuthError>() {
-        Ok(a) => return ApiError::from(a),
-        Err(e) => e,
-    };
-    let e = match e.downcast::<vfarm_image::ImageError>() {
-        Ok(i) => return ApiError::from(i),
-        Err(e) => e,
-    };
-    if let Some(StoreError::NotFound { kind, id }) = e.downcast_ref::<StoreError>() {
-        return not_found(kind, id);
-    }
-    let (code, field) = match crate::cmd::classify(&e) {
-        (ErrorCode::Error, f) => (ErrorCode::Internal, f),
-        c => c,
-    };
-    let message = if !code.is_client_error() {
-        tracing::error!("request failed: {e:#}");
-        format!("{e}; see the service log")
-    } else {
-        format!("{e:#}")
-    };
-    ApiError {
-        code,
-        message,
-        field: field.map(Into::into),
-    }
+/// Errors of the instance operations as the caller sees them.
+fn api_error(e: anyhow::Error) -> ServiceError {
+    ServiceError::from_anyhow(e)
 }
 
 /// Reads a pipe on a thread of its own, keeping the first `limit` bytes and discarding the
@@ -246,7 +225,7 @@ impl CappedReader {
 }
 
 impl InstanceBackend for Service {
-    fn list(&self, who: &Identity, q: &ListInstances) -> Result<Page<InstanceView>, ApiError> {
+    fn list(&self, who: &Identity, q: &ListInstances) -> Result<Page<InstanceView>, ServiceError> {
         let mut filter = q.filter.clone();
         if let Some(mine) = owner_scope(who) {
             // A non-admin's owner filter narrows to themselves or to nothing.
@@ -274,26 +253,30 @@ impl InstanceBackend for Service {
         })
     }
 
-    fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ApiError> {
+    fn show(&self, who: &Identity, reference: &str) -> Result<InstanceView, ServiceError> {
         let row = self.find(who, reference)?;
         let mut v = inst::view(&*self.store()?, &row, true).map_err(api_error)?;
-        v.vm = inst::vm_view(&mut Drivers::new(&self.ctx), &row);
+        v.vm = inst::vm_view(&mut Drivers::new(&self.env), &row);
         Ok(v)
     }
 
-    fn create(&self, who: &Identity, mut req: CreateInstance) -> Result<InstanceView, ApiError> {
+    fn create(
+        &self,
+        who: &Identity,
+        mut req: CreateInstance,
+    ) -> Result<InstanceView, ServiceError> {
         let kind = req.driver.as_deref().unwrap_or("oci");
         if !["oci", "qemu"].contains(&kind) {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "driver",
                 format!("`{kind}` is not a driver of this service (oci, qemu)"),
             ));
         }
         if req.image.trim().is_empty() {
-            return Err(ApiError::bad_request("image", "an image is required"));
+            return Err(ServiceError::bad_request("image", "an image is required"));
         }
         if let Some(h) = &req.host {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "host",
                 format!(
                     "`{h}`: this service runs instances itself; it takes nodes only with                      --tls-cert and a site CA (vfarm ca init)"
@@ -301,7 +284,7 @@ impl InstanceBackend for Service {
             ));
         }
         if req.ssh_keys.iter().any(|k| k.contains('\0')) {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "ssh_keys",
                 "a key contains a NUL byte",
             ));
@@ -311,12 +294,12 @@ impl InstanceBackend for Service {
             .as_deref()
             .map(|d| {
                 vfarm_core::parse_size(d)
-                    .map_err(|why| ApiError::bad_request("disk", format!("`{d}`: {why}")))
+                    .map_err(|why| ServiceError::bad_request("disk", format!("`{d}`: {why}")))
             })
             .transpose()?;
         // A control places instances on nodes under its own id and for their owner.
         let admin_only = |field: &'static str| {
-            ApiError::bad_request(
+            ServiceError::bad_request(
                 field,
                 format!("only an admin (a control service) sets `{field}`"),
             )
@@ -325,7 +308,7 @@ impl InstanceBackend for Service {
             return Err(admin_only("privileged"));
         }
         if req.privileged && kind != "oci" {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "privileged",
                 "only oci instances have a user namespace to leave out",
             ));
@@ -338,7 +321,7 @@ impl InstanceBackend for Service {
         let id = match req.id.take() {
             Some(_) if !who.admin => return Err(admin_only("id")),
             Some(i) if i.len() != 12 || !i.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                return Err(ApiError::bad_request(
+                return Err(ServiceError::bad_request(
                     "id",
                     format!("`{i}` is not 12 hex digits"),
                 ))
@@ -346,15 +329,15 @@ impl InstanceBackend for Service {
             i => i,
         };
         if let Some(pull) = &self.puller {
-            pull(&req.image).map_err(|e| ApiError {
+            pull(&req.image).map_err(|e| ServiceError {
                 code: ErrorCode::ImagePullFailed,
                 message: format!("{e:#}"),
                 field: Some("image".into()),
             })?;
         }
-        let image = inst::usable_image(&self.ctx, &req.image).map_err(api_error)?;
+        let image = inst::usable_image(&self.env, &req.image).map_err(api_error)?;
         let vm = if kind == "qemu" {
-            let mut drivers = Drivers::new(&self.ctx);
+            let mut drivers = Drivers::new(&self.env);
             let driver = drivers.get("qemu").map_err(api_error)?;
             inst::vm_setup(
                 driver,
@@ -368,13 +351,13 @@ impl InstanceBackend for Service {
             .map_err(api_error)?
         } else {
             if !req.ssh_keys.is_empty() {
-                return Err(ApiError::bad_request(
+                return Err(ServiceError::bad_request(
                     "ssh_keys",
                     "SSH keys are for VMs: use the qemu driver",
                 ));
             }
             if req.profile.is_some() {
-                return Err(ApiError::bad_request(
+                return Err(ServiceError::bad_request(
                     "profile",
                     "a boot profile is for VMs: use the qemu driver",
                 ));
@@ -385,7 +368,7 @@ impl InstanceBackend for Service {
         let row = inst::record_instance(
             &store,
             &self.admission,
-            &self.ctx.data_dir,
+            &self.env.data_dir,
             kind,
             NewInstance {
                 image,
@@ -412,7 +395,7 @@ impl InstanceBackend for Service {
         self.view(&row)
     }
 
-    fn complete(&self, id: &str, start: bool) -> Result<InstanceView, ApiError> {
+    fn complete(&self, id: &str, start: bool) -> Result<InstanceView, ServiceError> {
         let store = self.store()?;
         let row = store
             .instance(id)
@@ -421,9 +404,9 @@ impl InstanceBackend for Service {
         let _busy = self.busy.hold(id);
         // Completing a create acts for the instance's owner, who asked for it.
         let caller = &Caller::new(row.owner.clone(), false);
-        let mut drivers = Drivers::new(&self.ctx);
+        let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
-        let row = inst::prepare_recorded(caller, &store, driver, &row, &self.ctx.data_dir)
+        let row = inst::prepare_recorded(caller, &store, driver, &row, &self.env.data_dir)
             .map_err(api_error)?;
         if start {
             inst::start_instance(caller, &store, driver, &row).map_err(api_error)?;
@@ -435,12 +418,12 @@ impl InstanceBackend for Service {
         self.view(&row)
     }
 
-    fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ApiError> {
+    fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ServiceError> {
         let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
-        let mut drivers = Drivers::new(&self.ctx);
+        let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
-        inst::destroy_instance(caller, &self.ctx.data_dir, &*self.store()?, driver, &row)
+        inst::destroy_instance(caller, &self.env.data_dir, &*self.store()?, driver, &row)
             .map_err(api_error)?;
         Ok(row.id)
     }
@@ -450,11 +433,11 @@ impl InstanceBackend for Service {
         who: &Identity,
         reference: &str,
         action: Action,
-    ) -> Result<InstanceView, ApiError> {
+    ) -> Result<InstanceView, ServiceError> {
         let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
         let store = self.store()?;
-        let mut drivers = Drivers::new(&self.ctx);
+        let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         match action {
             Action::Start => inst::start_instance(caller, &store, driver, &row),
@@ -474,7 +457,12 @@ impl InstanceBackend for Service {
         self.view(&row)
     }
 
-    fn extend(&self, who: &Identity, reference: &str, by: &str) -> Result<InstanceView, ApiError> {
+    fn extend(
+        &self,
+        who: &Identity,
+        reference: &str,
+        by: &str,
+    ) -> Result<InstanceView, ServiceError> {
         let caller = &caller_of(who);
         let row = self.find(who, reference)?;
         let row = inst::extend_instance(caller, &*self.store()?, &row, by).map_err(api_error)?;
@@ -486,17 +474,17 @@ impl InstanceBackend for Service {
         who: &Identity,
         reference: &str,
         req: ExecRequest,
-    ) -> Result<ExecResult, ApiError> {
+    ) -> Result<ExecResult, ServiceError> {
         vfarm_core::instance::validate_command(&req.command).map_err(|e| api_error(e.into()))?;
         let env = req
             .env
             .iter()
             .map(|e| vfarm_core::instance::parse_env(e))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::bad_request("env", e.to_string()))?;
+            .map_err(|e| ServiceError::bad_request("env", e.to_string()))?;
         let row = self.find(who, reference)?;
         inst::check(&row, Event::Exec).map_err(api_error)?;
-        let mut drivers = Drivers::new(&self.ctx);
+        let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         let exec = driver.exec().ok_or_else(|| {
             api_error(
@@ -520,9 +508,7 @@ impl InstanceBackend for Service {
             stderr: err_w.into(),
         };
         let stop = ExecStop {
-            deadline: Some(
-                std::time::Instant::now() + vfarm_api::instances::exec_time_limit(&req)?,
-            ),
+            deadline: Some(std::time::Instant::now() + crate::backend::exec_time_limit(&req)?),
             cancelled: req.cancelled.clone(),
         };
         let code = exec
@@ -540,9 +526,9 @@ impl InstanceBackend for Service {
         })
     }
 
-    fn console(&self, who: &Identity, reference: &str) -> Result<Vec<u8>, ApiError> {
+    fn console(&self, who: &Identity, reference: &str) -> Result<Vec<u8>, ServiceError> {
         let row = self.find(who, reference)?;
-        let mut drivers = Drivers::new(&self.ctx);
+        let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         let logs = driver.logs(&row.id).map_err(|e| api_error(e.into()))?;
         let mut paths = vec![logs.stdout.clone()];
@@ -563,7 +549,11 @@ impl InstanceBackend for Service {
         Ok(all)
     }
 
-    fn snapshots(&self, who: &Identity, reference: &str) -> Result<Vec<SnapshotView>, ApiError> {
+    fn snapshots(
+        &self,
+        who: &Identity,
+        reference: &str,
+    ) -> Result<Vec<SnapshotView>, ServiceError> {
         let row = self.find(who, reference)?;
         Ok(self
             .store()?
@@ -579,10 +569,10 @@ impl InstanceBackend for Service {
         who: &Identity,
         reference: &str,
         name: &str,
-    ) -> Result<SnapshotView, ApiError> {
+    ) -> Result<SnapshotView, ServiceError> {
         let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
-        let mut drivers = Drivers::new(&self.ctx);
+        let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         inst::snapshot_instance(caller, &*self.store()?, driver, &row, name)
             .map(inst::snapshot_view)
@@ -594,11 +584,11 @@ impl InstanceBackend for Service {
         who: &Identity,
         reference: &str,
         name: &str,
-    ) -> Result<InstanceView, ApiError> {
+    ) -> Result<InstanceView, ServiceError> {
         let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
         let store = self.store()?;
-        let mut drivers = Drivers::new(&self.ctx);
+        let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         inst::revert_instance(caller, &store, driver, &row, name).map_err(api_error)?;
         let row = store
@@ -608,15 +598,20 @@ impl InstanceBackend for Service {
         self.view(&row)
     }
 
-    fn snapshot_remove(&self, who: &Identity, reference: &str, name: &str) -> Result<(), ApiError> {
+    fn snapshot_remove(
+        &self,
+        who: &Identity,
+        reference: &str,
+        name: &str,
+    ) -> Result<(), ServiceError> {
         let caller = &caller_of(who);
         let (row, _busy) = self.take(who, reference)?;
-        let mut drivers = Drivers::new(&self.ctx);
+        let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         inst::remove_snapshot(caller, &*self.store()?, driver, &row, name).map_err(api_error)
     }
 
-    fn quota(&self, who: &Identity) -> Result<QuotaView, ApiError> {
+    fn quota(&self, who: &Identity) -> Result<QuotaView, ServiceError> {
         let q = self.admission.quotas.for_owner(&who.user);
         let u = self
             .store()?
@@ -657,10 +652,10 @@ pub struct Reconciled {
 /// burst of creates and destroys): every record is checked against its driver, creates
 /// that never reached the driver are removed, directories without a record are cleaned
 /// up, and holds of vanished instances are released. Running instances are left running.
-pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
+pub fn reconcile(env: &Env) -> anyhow::Result<Reconciled> {
     let caller = &Caller::agent(WATCHER);
-    let store = ctx.store()?;
-    let mut drivers = Drivers::new(ctx);
+    let store = env.store()?;
+    let mut drivers = Drivers::new(env);
     let mut out = Reconciled::default();
     for row in store.instances()? {
         let row = match inst::refresh(caller, &store, &mut drivers, row.clone()) {
@@ -685,7 +680,7 @@ pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
     }
     let known: std::collections::HashSet<String> =
         store.instances()?.into_iter().map(|r| r.id).collect();
-    let dir = ctx.data_dir.join("instances");
+    let dir = env.data_dir.join("instances");
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
@@ -736,13 +731,13 @@ pub fn reconcile(ctx: &Ctx) -> anyhow::Result<Reconciled> {
 
 /// Keep records current (instances that exit or die while nobody asks) and tell
 /// `/api/v1/events` listeners what changed, whichever process changed it.
-pub fn spawn_watcher(ctx: &Ctx, events: tokio::sync::broadcast::Sender<InstanceEvent>, busy: Busy) {
-    let ctx = ctx.fresh();
+pub fn spawn_watcher(env: &Env, events: tokio::sync::broadcast::Sender<InstanceEvent>, busy: Busy) {
+    let env = env.fresh();
     std::thread::spawn(move || {
         let mut w = Watch::default();
         let mut first = true;
         loop {
-            if let Err(e) = watch_once(&ctx, &events, &busy, &mut w, first) {
+            if let Err(e) = watch_once(&env, &events, &busy, &mut w, first) {
                 tracing::warn!("instance watcher: {e:#}");
             }
             first = false;
@@ -762,17 +757,17 @@ struct Watch {
 }
 
 fn watch_once(
-    ctx: &Ctx,
+    env: &Env,
     events: &tokio::sync::broadcast::Sender<InstanceEvent>,
     busy: &Busy,
     w: &mut Watch,
     first: bool,
 ) -> anyhow::Result<()> {
     let caller = &Caller::agent(WATCHER);
-    let store = ctx.store()?;
+    let store = env.store()?;
     // Running and paused instances can end by themselves: ask their drivers (cheap: a
     // process check), and record what they observe.
-    let mut drivers = Drivers::new(ctx);
+    let mut drivers = Drivers::new(env);
     let active = store
         .instances_in(&[State::Running.as_str(), State::Paused.as_str()])
         .context("list active instances")?;
@@ -811,6 +806,7 @@ fn watch_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vfarm_store::StoreError;
 
     #[test]
     fn errors_map_to_stable_codes_and_statuses() {
@@ -822,7 +818,7 @@ mod tests {
             .into(),
         );
         assert_eq!(
-            (e.status().as_u16(), e.code),
+            (e.code.http_status(), e.code),
             (409, ErrorCode::ImageRevoked)
         );
         let e = api_error(
@@ -833,17 +829,17 @@ mod tests {
             .into(),
         );
         assert_eq!(
-            (e.status().as_u16(), e.code),
+            (e.code.http_status(), e.code),
             (404, ErrorCode::SnapshotNotFound)
         );
         let e = api_error(vfarm_auth::AuthError::PoolExhausted { size: 150 }.into());
         assert_eq!(
-            (e.status().as_u16(), e.code),
+            (e.code.http_status(), e.code),
             (409, ErrorCode::PoolExhausted)
         );
         // Server-side failures name no internals beyond the top message.
         let e = api_error(anyhow::anyhow!("disk on fire").context("cannot prepare instance x"));
-        assert_eq!(e.status().as_u16(), 500);
+        assert_eq!(e.code.http_status(), 500);
         assert!(!e.message.contains("disk on fire"), "{}", e.message);
     }
 
@@ -853,7 +849,7 @@ mod tests {
             .map_err(|e| api_error(e.into()))
             .unwrap_err();
         assert_eq!(
-            (e.status().as_u16(), e.field.as_deref()),
+            (e.code.http_status(), e.field.as_deref()),
             (400, Some("command"))
         );
         assert!(vfarm_core::instance::parse_env("A=1").is_ok());

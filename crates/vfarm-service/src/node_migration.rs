@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use vfarm_proto::ErrorCode;
 
+use crate::backend::MigrationBackend;
 use serde_json::Value;
-use vfarm_api::migration::MigrationBackend;
-use vfarm_api::ApiError;
 use vfarm_driver::qemu::{
     AccelChoice, Incoming, IncomingOptions, MigrationSource, QemuDriver, SendOptions, Storage,
     SWITCHOVER_TIMEOUT,
@@ -19,12 +18,12 @@ use vfarm_driver::qemu::{
 use vfarm_driver::InstanceSpec;
 use vfarm_store::instances::InstanceRow;
 
-use crate::cmd::instance::image_input;
-use crate::ctx::Ctx;
-use crate::service::{Busy, BusyGuard, ImagePuller};
+use crate::instances::image_input;
+use crate::local::{Busy, BusyGuard, ImagePuller};
+use crate::{Env, ServiceError};
 
 pub struct NodeMigrations {
-    ctx: Ctx,
+    env: Env,
     /// This node's address: the destination's QEMU listens on it.
     listen: IpAddr,
     puller: ImagePuller,
@@ -36,31 +35,31 @@ pub struct NodeMigrations {
 /// The node's migration steps act for the control, in the event log.
 const MIGRATION_AGENT: &str = "vfarm-migration";
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("{e:#}"))
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::internal(format!("{e:#}"))
 }
 
-fn not_here(id: &str) -> ApiError {
-    ApiError {
+fn not_here(id: &str) -> ServiceError {
+    ServiceError {
         code: ErrorCode::InstanceNotFound,
         message: format!("instance `{id}` not found on this node"),
         field: None,
     }
 }
 
-fn driver_err(e: vfarm_driver::DriverError) -> ApiError {
+fn driver_err(e: vfarm_driver::DriverError) -> ServiceError {
     let code = match e {
         vfarm_driver::DriverError::InvalidSpec { .. } => ErrorCode::InvalidRequest,
         vfarm_driver::DriverError::NotFound { .. } => ErrorCode::InstanceNotFound,
         _ => e.code(),
     };
-    ApiError::new(code, e.to_string())
+    ServiceError::new(code, e.to_string())
 }
 
 impl NodeMigrations {
-    pub fn new(ctx: &Ctx, listen: IpAddr, puller: ImagePuller, busy: Busy) -> NodeMigrations {
+    pub fn new(env: &Env, listen: IpAddr, puller: ImagePuller, busy: Busy) -> NodeMigrations {
         NodeMigrations {
-            ctx: ctx.fresh(),
+            env: env.fresh(),
             listen,
             puller,
             busy,
@@ -70,7 +69,7 @@ impl NodeMigrations {
 
     fn qemu(&self) -> QemuDriver {
         // The accelerator is each VM's own (in its record); the choice matters to prepare only.
-        QemuDriver::new(&self.ctx.data_dir, AccelChoice::Auto)
+        QemuDriver::new(&self.env.data_dir, AccelChoice::Auto)
     }
 
     fn release(&self, id: &str) {
@@ -82,8 +81,8 @@ impl NodeMigrations {
 }
 
 impl MigrationBackend for NodeMigrations {
-    fn source(&self, id: &str, shared_storage: bool) -> Result<Value, ApiError> {
-        let store = self.ctx.store().map_err(internal)?;
+    fn source(&self, id: &str, shared_storage: bool) -> Result<Value, ServiceError> {
+        let store = self.env.store().map_err(internal)?;
         if store.instance(id).map_err(internal)?.is_none() {
             return Err(not_here(id));
         }
@@ -104,12 +103,13 @@ impl MigrationBackend for NodeMigrations {
         serde_json::to_value(src).map_err(internal)
     }
 
-    fn prepare(&self, source: Value) -> Result<Value, ApiError> {
-        let src: MigrationSource = serde_json::from_value(source)
-            .map_err(|e| ApiError::bad_request("source", format!("not a migration source: {e}")))?;
-        let store = self.ctx.store().map_err(internal)?;
+    fn prepare(&self, source: Value) -> Result<Value, ServiceError> {
+        let src: MigrationSource = serde_json::from_value(source).map_err(|e| {
+            ServiceError::bad_request("source", format!("not a migration source: {e}"))
+        })?;
+        let store = self.env.store().map_err(internal)?;
         if store.instance(&src.id).map_err(internal)?.is_some() {
-            return Err(ApiError {
+            return Err(ServiceError {
                 code: ErrorCode::Conflict,
                 message: format!("this node already has an instance `{}`", src.id),
                 field: None,
@@ -117,13 +117,13 @@ impl MigrationBackend for NodeMigrations {
         }
         // The destination boots its own copy of the image, fetched from the control.
         let image_id = src.spec().image.id.clone();
-        (self.puller)(&image_id).map_err(|e| ApiError {
+        (self.puller)(&image_id).map_err(|e| ServiceError {
             code: ErrorCode::ImagePullFailed,
             message: format!("{e:#}"),
             field: None,
         })?;
         let img = self
-            .ctx
+            .env
             .images()
             .and_then(|r| Ok(r.resolve(&image_id)?))
             .map_err(internal)?;
@@ -141,9 +141,10 @@ impl MigrationBackend for NodeMigrations {
         serde_json::to_value(incoming).map_err(internal)
     }
 
-    fn send(&self, id: &str, incoming: Value) -> Result<Value, ApiError> {
-        let to: Incoming = serde_json::from_value(incoming)
-            .map_err(|e| ApiError::bad_request("incoming", format!("not an incoming VM: {e}")))?;
+    fn send(&self, id: &str, incoming: Value) -> Result<Value, ServiceError> {
+        let to: Incoming = serde_json::from_value(incoming).map_err(|e| {
+            ServiceError::bad_request("incoming", format!("not an incoming VM: {e}"))
+        })?;
         let report = self.qemu().send_migration(id, &to, &SendOptions::default());
         match report {
             Ok(r) => serde_json::to_value(r).map_err(internal),
@@ -155,11 +156,12 @@ impl MigrationBackend for NodeMigrations {
         }
     }
 
-    fn finish(&self, id: &str, was_running: bool, row: Value) -> Result<(), ApiError> {
-        let mut row: InstanceRow = serde_json::from_value(row)
-            .map_err(|e| ApiError::bad_request("row", format!("not an instance record: {e}")))?;
+    fn finish(&self, id: &str, was_running: bool, row: Value) -> Result<(), ServiceError> {
+        let mut row: InstanceRow = serde_json::from_value(row).map_err(|e| {
+            ServiceError::bad_request("row", format!("not an instance record: {e}"))
+        })?;
         if row.id != id {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "row",
                 "the record is another instance's",
             ));
@@ -168,9 +170,9 @@ impl MigrationBackend for NodeMigrations {
         q.finish_incoming(id, was_running, SWITCHOVER_TIMEOUT)
             .map_err(driver_err)?;
         // The record here: the control's, with this node's image files in the spec.
-        let store = self.ctx.store().map_err(internal)?;
+        let store = self.env.store().map_err(internal)?;
         let img = self
-            .ctx
+            .env
             .images()
             .and_then(|r| Ok(r.resolve(&row.image_id)?))
             .map_err(internal)?;
@@ -191,39 +193,33 @@ impl MigrationBackend for NodeMigrations {
         Ok(())
     }
 
-    fn abort_incoming(&self, id: &str) -> Result<(), ApiError> {
+    fn abort_incoming(&self, id: &str) -> Result<(), ServiceError> {
         self.qemu().abort_incoming(id).map_err(driver_err)
     }
 
-    fn complete(&self, id: &str) -> Result<Vec<String>, ApiError> {
-        let caller = &vfarm_service::Caller::agent(MIGRATION_AGENT);
+    fn complete(&self, id: &str) -> Result<Vec<String>, ServiceError> {
+        let caller = &crate::Caller::agent(MIGRATION_AGENT);
         if std::fs::remove_file(self.outgoing_tar(id)).is_ok() {
             // An oci instance whose layer moved: destroyed here like any other.
             self.release(id);
-            let store = self.ctx.store().map_err(internal)?;
+            let store = self.env.store().map_err(internal)?;
             let Some(row) = store.instance(id).map_err(internal)? else {
                 return Ok(vec![]);
             };
-            let mut drivers = crate::cmd::instance::Drivers::new(&self.ctx);
+            let mut drivers = crate::instances::Drivers::new(&self.env);
             let driver = drivers.get("oci").map_err(internal)?;
-            crate::cmd::instance::destroy_instance(
-                caller,
-                &self.ctx.data_dir,
-                &store,
-                driver,
-                &row,
-            )
-            .map_err(internal)?;
+            crate::instances::destroy_instance(caller, &self.env.data_dir, &store, driver, &row)
+                .map_err(internal)?;
             return Ok(vec![]);
         }
         let warnings = self.qemu().complete_outgoing(id).map_err(driver_err)?;
-        let store = self.ctx.store().map_err(internal)?;
+        let store = self.env.store().map_err(internal)?;
         store.delete_instance("vfarm-node", id).map_err(internal)?;
         self.release(id);
         Ok(warnings)
     }
 
-    fn abort_outgoing(&self, id: &str) -> Result<(), ApiError> {
+    fn abort_outgoing(&self, id: &str) -> Result<(), ServiceError> {
         // An oci instance's export changed nothing but the tar file; a VM's send is undone.
         let r = if std::fs::remove_file(self.outgoing_tar(id)).is_ok() {
             Ok(())
@@ -234,20 +230,20 @@ impl MigrationBackend for NodeMigrations {
         r
     }
 
-    fn export_upper(&self, id: &str) -> Result<PathBuf, ApiError> {
-        let store = self.ctx.store().map_err(internal)?;
+    fn export_upper(&self, id: &str) -> Result<PathBuf, ServiceError> {
+        let store = self.env.store().map_err(internal)?;
         let row = store
             .instance(id)
             .map_err(internal)?
             .ok_or_else(|| not_here(id))?;
         if row.driver != "oci" {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "instance",
                 format!("instance {id} is not an oci instance"),
             ));
         }
         if matches!(row.state.as_str(), "running" | "paused" | "creating") {
-            return Err(ApiError {
+            return Err(ServiceError {
                 code: ErrorCode::IllegalState,
                 message: format!(
                     "instance {id} is {}: stop it before its layer moves",
@@ -262,7 +258,7 @@ impl MigrationBackend for NodeMigrations {
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
         if !snaps.is_empty() || layered {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "instance",
                 format!(
                     "instance {id} has snapshots ({}): only its writable layer moves between \
@@ -303,31 +299,32 @@ impl MigrationBackend for NodeMigrations {
         Ok(tar)
     }
 
-    fn import(&self, row: Value) -> Result<(), ApiError> {
-        let caller = &vfarm_service::Caller::agent(MIGRATION_AGENT);
-        let mut row: InstanceRow = serde_json::from_value(row)
-            .map_err(|e| ApiError::bad_request("row", format!("not an instance record: {e}")))?;
+    fn import(&self, row: Value) -> Result<(), ServiceError> {
+        let caller = &crate::Caller::agent(MIGRATION_AGENT);
+        let mut row: InstanceRow = serde_json::from_value(row).map_err(|e| {
+            ServiceError::bad_request("row", format!("not an instance record: {e}"))
+        })?;
         if row.driver != "oci" {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "row",
                 "only oci instances are imported",
             ));
         }
-        let store = self.ctx.store().map_err(internal)?;
+        let store = self.env.store().map_err(internal)?;
         if store.instance(&row.id).map_err(internal)?.is_some() {
-            return Err(ApiError {
+            return Err(ServiceError {
                 code: ErrorCode::Conflict,
                 message: format!("this node already has an instance `{}`", row.id),
                 field: None,
             });
         }
-        (self.puller)(&row.image_id).map_err(|e| ApiError {
+        (self.puller)(&row.image_id).map_err(|e| ServiceError {
             code: ErrorCode::ImagePullFailed,
             message: format!("{e:#}"),
             field: None,
         })?;
         let img = self
-            .ctx
+            .env
             .images()
             .and_then(|r| Ok(r.resolve(&row.image_id)?))
             .map_err(internal)?;
@@ -339,19 +336,19 @@ impl MigrationBackend for NodeMigrations {
         row.error = None;
         row.updated = vfarm_store::now();
         store.insert_instance(&row).map_err(internal)?;
-        let mut drivers = crate::cmd::instance::Drivers::new(&self.ctx);
+        let mut drivers = crate::instances::Drivers::new(&self.env);
         let driver = drivers.get("oci").map_err(internal)?;
-        crate::cmd::instance::prepare_recorded(caller, &store, driver, &row, &self.ctx.data_dir)
+        crate::instances::prepare_recorded(caller, &store, driver, &row, &self.env.data_dir)
             .map_err(internal)?;
         Ok(())
     }
 
-    fn put_upper(&self, id: &str, tar: &Path) -> Result<(), ApiError> {
-        let store = self.ctx.store().map_err(internal)?;
+    fn put_upper(&self, id: &str, tar: &Path) -> Result<(), ServiceError> {
+        let store = self.env.store().map_err(internal)?;
         match store.instance(id).map_err(internal)? {
             Some(r) if r.state == "created" && r.driver == "oci" => {}
             Some(r) => {
-                return Err(ApiError {
+                return Err(ServiceError {
                     code: ErrorCode::IllegalState,
                     message: format!("instance {id} is {} here: import it first", r.state),
                     field: None,
@@ -374,7 +371,7 @@ impl MigrationBackend for NodeMigrations {
             .output()
             .map_err(internal)?;
         if !out.status.success() {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "body",
                 format!(
                     "the layer does not unpack: {}",
@@ -387,14 +384,14 @@ impl MigrationBackend for NodeMigrations {
 
     fn scratch(&self) -> PathBuf {
         // Not the repository's tmp/: it reaps entries there that no build holds.
-        self.ctx.data_dir.join("migrations")
+        self.env.data_dir.join("migrations")
     }
 }
 
 impl NodeMigrations {
     fn oci_dir(&self, id: &str) -> PathBuf {
         // The layout is the oci driver's (instances/<id>/upper); the runtime does not matter.
-        self.ctx.data_dir.join("instances").join(id)
+        self.env.data_dir.join("instances").join(id)
     }
 
     fn outgoing_tar(&self, id: &str) -> PathBuf {
