@@ -1399,3 +1399,13 @@ pub fn snapshots_of(driver: &dyn Driver) -> Result<&dyn vfarm_driver::Snapshots>
         what: "snapshots".into(),
     })?)
 }
+
+/// How a disposable run ended, as `vfarm run --outcome` writes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunOutcome {
+    /// `exit`, `timeout`, `interrupted` or `error` (vfarm's own failure, not the command's).
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

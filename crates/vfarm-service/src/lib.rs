@@ -4,12 +4,14 @@
 //!
 //! Today: the environment, the caller, the instance operations (records, drivers,
 //! transitions, views, the reaper) with file staging, what the API asks of them on one host
-//! (`local`) and on a control with nodes (`cluster`, `node_migration`), and job submission.
-//! The job dispatcher, image lists and host handlers still live above (ARCHITECTURE.md).
+//! (`local`) and on a control with nodes (`cluster`, `node_migration`), and jobs (`jobs`:
+//! submission and views; `dispatch`: the dispatcher, the runner, reconciliation). Image
+//! lists and host handlers still live above (ARCHITECTURE.md).
 
 pub mod backend;
 pub mod caller;
 pub mod cluster;
+pub mod dispatch;
 pub mod env;
 pub mod error;
 pub mod instances;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
 use vfarm_core::instance::{parse_duration, Event};
 use vfarm_core::ByteSize;
 use vfarm_driver::qemu::AfterCheckpoint;
@@ -394,16 +393,6 @@ pub struct RunArgs {
     pub outcome: Option<PathBuf>,
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
-}
-
-/// How a disposable run ended, as `vfarm run --outcome` writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunOutcome {
-    /// `exit`, `timeout`, `interrupted` or `error` (vfarm's own failure, not the command's).
-    pub reason: String,
-    pub exit_code: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 // Printing (the operations are in vfarm-service)

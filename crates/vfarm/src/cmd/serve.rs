@@ -231,7 +231,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     });
     // The job dispatcher starts queued jobs as capacity allows and reconciles claimed jobs
     // whose runner is gone (also those a previous, killed service left).
-    crate::cmd::job::spawn_dispatcher(ctx)?;
+    vfarm_service::dispatch::spawn_dispatcher(ctx)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
