@@ -434,8 +434,9 @@ impl Dispatcher {
 // ---------------------------------------------------------------------------------------
 // The runner
 
-/// Set on SIGTERM/SIGINT: the runner then cancels its job.
-fn term_flag() -> Arc<AtomicBool> {
+/// Set on SIGTERM/SIGINT (the runner then cancels its job; `vfarm run` removes its
+/// instance). The handlers are in place when this returns.
+pub fn termination_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -619,7 +620,7 @@ pub fn run_one(env: &Env, id: i64, in_slurm: bool) -> Result<i32> {
     if !in_slurm {
         let _ = rustix::process::setsid();
     }
-    let term = term_flag();
+    let term = termination_flag();
     let store = env.store()?;
     let (pid, start) = self_identity();
     match store.register_runner(id, pid, start)? {

@@ -9,7 +9,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -1243,7 +1242,10 @@ fn run_disposable(ctx: &Ctx, a: RunArgs) -> Result<(i32, Ending)> {
     )?;
     let id = row.id.clone();
     tracing::debug!(instance = %id, "run: prepared");
-    let interrupted = interrupt_flag();
+    // An interrupted `vfarm run` kills and removes its instance instead of dying and
+    // leaving it to the reaper. (The instance runs in its own session, so the terminal's
+    // Ctrl-C reaches only us.)
+    let interrupted = vfarm_service::dispatch::termination_flag();
     let outcome = (|| -> Result<(i32, Ending)> {
         let until = Until {
             begun: Instant::now(),
@@ -1327,37 +1329,6 @@ impl Until<'_> {
             None
         }
     }
-}
-
-/// Set when SIGINT or SIGTERM arrives, so an interrupted `vfarm run` kills and removes its
-/// instance instead of dying and leaving it to the reaper. (The instance runs in its own
-/// session, so the terminal's Ctrl-C reaches only us.)
-fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = flag.clone();
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return std::future::pending().await;
-            };
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-        });
-        set.store(true, Ordering::SeqCst);
-    });
-    flag
 }
 
 /// Stream the main process's output until it exits; kill it at the deadline.
