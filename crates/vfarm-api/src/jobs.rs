@@ -236,3 +236,51 @@ pub(crate) async fn output(
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs/{stream}", tag = "jobs", operation_id = "job_logs", params(("id" = String, Path, description = "Job id"), ("stream" = String, Path, description = "`stdout`, `stderr` or `console` (the instance's console, a VM's boot messages)")),
+    responses((status = 200, description = "The stream so far (also what JSDL redirected to a file)", content_type = "text/plain"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn logs(
+    State(s): State<AppState>,
+    who: Who,
+    Path((id, stream)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let who = identity(who)?;
+    let st = jobs::LogStream::parse(&stream).ok_or_else(|| {
+        ApiError::bad_request(
+            "stream",
+            format!("`{stream}`: one of stdout, stderr, console"),
+        )
+    })?;
+    let env = env_of(&s);
+    let bytes = blocking(move || {
+        let j = visible(&s, &who, &id)?;
+        let files = jobs::log_files(&env, &j, st).map_err(job_error)?;
+        if st == jobs::LogStream::Console && files.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::LogNotFound,
+                format!("job {} has no console log", j.id),
+            ));
+        }
+        let mut out = Vec::new();
+        for f in files {
+            out.extend(std::fs::read(&f).map_err(|e| ApiError::internal(e.to_string()))?);
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/queues", tag = "jobs", operation_id = "list_queues",
+    responses((status = 200, description = "The queue configuration and this host's capacity for jobs", body = Object), (status = 401, body = ErrorBody)))]
+pub(crate) async fn queues(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
+    identity(who)?;
+    let env = env_of(&s);
+    let doc = blocking(move || {
+        let cfg = jobs::load_config(&env, None).map_err(job_error)?;
+        let cap = jobs::host_capacity(&cfg);
+        Ok(serde_json::json!({ "config": cfg, "capacity": cap }))
+    })
+    .await?;
+    Ok(Json(doc).into_response())
+}

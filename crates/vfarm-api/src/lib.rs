@@ -128,6 +128,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(jobs::show))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/jobs/{id}/outputs/{name}", get(jobs::output))
+        .route("/api/v1/jobs/{id}/logs/{stream}", get(jobs::logs))
+        .route("/api/v1/queues", get(jobs::queues))
         .route(
             "/api/v1/instances",
             get(instances::list).post(instances::create),

@@ -59,6 +59,8 @@ use crate::{ErrorBody, ErrorDetail};
         crate::jobs::show,
         crate::jobs::cancel,
         crate::jobs::output,
+        crate::jobs::logs,
+        crate::jobs::queues,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, InstanceView, VmView, SshView, StatsView, BlockView, NetView,

@@ -393,8 +393,8 @@ pub fn parse_arch(s: &str) -> Result<vfarm_jsdl::CpuArchitectureName> {
         })
 }
 
-/// The job view shared by `submit`, `show` and `ls`.
-#[derive(Serialize)]
+/// The job view shared by `submit`, `show` and `ls`, locally and over the API.
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct JobView {
     pub id: i64,
     pub name: Option<String>,
@@ -422,6 +422,8 @@ pub struct JobView {
     pub slurm_id: Option<i64>,
     /// The runner process (`vfarm job run-one`) while the job is claimed or running.
     pub runner_pid: Option<i64>,
+    /// The job's files on the service's host (not sent over the API).
+    #[serde(default)]
     pub dir: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spec: Option<serde_json::Value>,
@@ -484,7 +486,7 @@ pub fn view(env: &Env, store: &Store, j: &JobRow, detail: bool) -> Result<JobVie
 
 /// A job as the CLI's flags or the API's body give it; a JSDL document's values are
 /// overridden by the fields set beside it.
-#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     /// Image id, id prefix or name (or route by `os`, `os_version`, `arch`).
@@ -912,6 +914,46 @@ pub fn submit(
         job: store.job(id)?,
         warnings,
     })
+}
+
+/// A job's log streams, as `vfarm job logs` and `GET /api/v1/jobs/{id}/logs/{stream}` show
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// The instance's console (a VM's boot messages).
+    Console,
+}
+
+impl LogStream {
+    pub fn parse(s: &str) -> Option<LogStream> {
+        match s {
+            "stdout" => Some(LogStream::Stdout),
+            "stderr" => Some(LogStream::Stderr),
+            "console" => Some(LogStream::Console),
+            _ => None,
+        }
+    }
+}
+
+/// The files that make up one of a job's log streams, in order: the run's own output, then
+/// the file JSDL redirected it to (which comes back with the job's outputs). Files not
+/// written (yet) are left out.
+pub fn log_files(env: &Env, j: &JobRow, stream: LogStream) -> Result<Vec<PathBuf>> {
+    let dir = job_dir(env, j.id);
+    let spec: JobSpec = serde_json::from_str(&j.spec).context("stored job spec")?;
+    let (own, redirected) = match stream {
+        LogStream::Console => (dir.join("console.log"), None),
+        LogStream::Stdout => (dir.join("stdout"), spec.stdout_file.as_deref()),
+        LogStream::Stderr => (dir.join("stderr"), spec.stderr_file.as_deref()),
+    };
+    let mut files = vec![own];
+    if let Some(f) = redirected {
+        files.push(dir.join("output").join(base_name(f)));
+    }
+    files.retain(|f| f.is_file());
+    Ok(files)
 }
 
 pub fn output_files(dir: &Path) -> Vec<(String, u64)> {

@@ -143,9 +143,11 @@ fn main() -> ExitCode {
         Command::Instance(c) if remote => cmd::remote::run_instance(&ctx, &cli.remote, c),
         Command::Snapshot(c) if remote => cmd::remote::run_snapshot(&ctx, &cli.remote, c),
         Command::Image(c) if remote => cmd::remote::run_image(&ctx, &cli.remote, c),
-        Command::Run(_) | Command::Job(_) if remote => Err(anyhow::anyhow!(
-            "--server works with `image`, `instance` and `snapshot` commands; run this one on \
-             the service's host (or unset VFARM_SERVER)"
+        Command::Job(a) if remote => cmd::remote_job::run_job(&ctx, &cli.remote, a),
+        Command::Run(_) if remote => Err(anyhow::anyhow!(
+            "--server works with `image`, `instance`, `snapshot` and `job` commands; for a \
+             disposable run on the service use `vfarm --server URL job submit` (or unset \
+             VFARM_SERVER)"
         )),
         Command::Image(c) => cmd::image::run(&ctx, c),
         Command::Instance(c) => cmd::instance::run_instance(&ctx, c),

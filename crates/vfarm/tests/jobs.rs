@@ -674,6 +674,103 @@ fn jobs_over_the_api_belong_to_their_submitter() {
     let r = alice.post(url(&format!("/{long}/cancel"))).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(wait_final(long)["state"], "cancelled");
+
+    // The same through the CLI with --server, with the output of the local commands.
+    let tokens: BTreeMap<&str, String> = ["alice", "bob", "site-admin"]
+        .into_iter()
+        .map(|u| (u, srv.token_for(u)))
+        .collect();
+    let remote = |user: &str, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_vfarm"))
+            .args(["--server", &srv.base])
+            .args(args)
+            .env("VFARM_TOKEN", &tokens[user])
+            .env_remove("VFARM_DATA_DIR")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (o.status.code(), text(&o.stdout), text(&o.stderr))
+    };
+    let jsdl_file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/jsdl/gridsam/helloworld.jsdl");
+    let jsdl_file = jsdl_file.to_str().unwrap();
+    let (code, out, err) = remote("alice", &["job", "submit", "--jsdl", jsdl_file]);
+    assert_eq!(code, Some(0), "{err}");
+    let id: i64 = out.trim().parse().expect("submit prints the job id");
+    assert!(err.contains(&format!("job {id} queued")), "{err}");
+    let (code, out, _) = remote("alice", &["job", "wait", &id.to_string()]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), format!("{id} succeeded (exit) exit 0").as_str())
+    );
+    let (code, out, _) = remote("alice", &["job", "logs", &id.to_string()]);
+    assert_eq!((code, out.as_str()), (Some(0), "hello world\n"));
+    // `show` answers as the local command does, without the server's directory.
+    let (code, out, err) = remote(
+        "alice",
+        &["--output", "json", "job", "show", &id.to_string()],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let mut there: Value = serde_json::from_str(&out).unwrap();
+    let mut here = vf.show(id);
+    for v in [&mut there, &mut here] {
+        let o = v.as_object_mut().unwrap();
+        o.remove("dir");
+        o.remove("outputs");
+    }
+    assert_eq!(there, here);
+    // Another user gets "not found" with the exit status of a missing object.
+    for args in [
+        vec!["job", "show"],
+        vec!["job", "logs"],
+        vec!["job", "cancel"],
+    ] {
+        let mut a = args.clone();
+        let id = id.to_string();
+        a.push(&id);
+        let (code, _, err) = remote("bob", &a);
+        assert_eq!(code, Some(3), "{a:?}: {err}");
+        assert!(err.contains("job_not_found"), "{a:?}: {err}");
+    }
+    let (_, out, _) = remote("site-admin", &["--output", "json", "job", "ls"]);
+    let all: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == id && j["owner"] == "alice"),
+        "{all}"
+    );
+    // Flags beside a JSDL file would be lost over the API: refused, nothing stored.
+    let before = get(&admin, "").1.as_array().unwrap().len();
+    let (code, _, err) = remote(
+        "alice",
+        &["job", "submit", "--jsdl", jsdl_file, "--cpus", "1"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("jsdl"), "{err}");
+    assert_eq!(get(&admin, "").1.as_array().unwrap().len(), before);
+    // A JSON job, cancelled while it runs: `cancel` waits for the end, as locally.
+    let (_, out, err) = remote("alice", &["job", "submit", "--", "sleep", "600"]);
+    let long: i64 = out.trim().parse().unwrap_or_else(|_| panic!("{err}"));
+    let t = Instant::now();
+    while get(&alice, &format!("/{long}")).1["state"] != "running" {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "job {long} never ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, out, err) = remote("alice", &["job", "cancel", &long.to_string()]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), format!("{long} cancelled").as_str()),
+        "{err}"
+    );
+    let (code, out, _) = remote("alice", &["--output", "json", "job", "queues"]);
+    assert_eq!(code, Some(0));
+    let q: Value = serde_json::from_str(&out).unwrap();
+    assert!(q["config"]["queues"]["batch"].is_object(), "{q}");
 }
 
 /// Acceptance 3 (and cancel): the wall-time limit kills and records why; keep-on-failure

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use vfarm_jobs::{milli_to_cpus, JobSpec};
+
 use vfarm_proto::ErrorCode;
 
 use crate::cmd::print_file;
@@ -144,7 +144,7 @@ pub struct SubmitArgs {
 // ---------------------------------------------------------------------------------------
 // Configuration and capacity
 
-fn print_table(views: &[JobView]) {
+pub(crate) fn print_table(views: &[JobView]) {
     println!(
         "{:<6} {:<16} {:<10} {:<8} {:>4} {:<10} {:<9} {:>4} {:>8} {:>8}",
         "ID", "NAME", "OWNER", "QUEUE", "PRIO", "STATE", "REASON", "EXIT", "WAIT", "RUN"
@@ -167,9 +167,8 @@ fn print_table(views: &[JobView]) {
     }
 }
 
-/// `vfarm job submit`: the flags (and the JSDL file) as a request to the service, then the
-/// job id on stdout and a summary (or the view with `--output json`).
-fn submit_cli(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
+/// The flags of `vfarm job submit` (and the JSDL file's text) as a request.
+pub(crate) fn request_of(a: SubmitArgs) -> Result<JobRequest> {
     let jsdl = match &a.jsdl {
         Some(p) => Some((
             p.display().to_string(),
@@ -178,7 +177,7 @@ fn submit_cli(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> 
         )),
         None => None,
     };
-    let req = JobRequest {
+    Ok(JobRequest {
         image: a.image,
         os: a.os,
         os_version: a.os_version,
@@ -199,33 +198,102 @@ fn submit_cli(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> 
         backend: a.backend,
         command: a.command,
         jsdl,
-    };
+    })
+}
+
+/// What `vfarm job submit` prints once the job is queued: the id on stdout (the view with
+/// `--output json`), the warnings and a summary on stderr.
+pub(crate) fn print_queued(
+    ctx: &Ctx,
+    source: Option<&str>,
+    warnings: &[String],
+    v: &JobView,
+    json: &serde_json::Value,
+) -> Result<()> {
+    for w in warnings {
+        eprintln!("vfarm: job: {}: warning: {w}", source.unwrap_or("request"));
+    }
+    if ctx.json() {
+        return ctx.print_json(json);
+    }
+    println!("{}", v.id);
+    eprintln!(
+        "vfarm: job {} queued in `{}` (image {}, driver {}, {} CPU, {} MiB, wall time {} s, priority {})",
+        v.id,
+        v.queue,
+        &v.image[..12.min(v.image.len())],
+        v.driver,
+        v.cpus,
+        v.memory_mib,
+        v.walltime_secs,
+        v.priority
+    );
+    Ok(())
+}
+
+/// `vfarm job submit`: the flags (and the JSDL file) as a request to the service.
+fn submit_cli(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> {
+    let req = request_of(a)?;
     let source = req.jsdl.as_ref().map(|(s, _)| s.clone());
     let done = submit(ctx, cfg_path, &Caller::local(), Origin::Local, req)?;
-    for w in &done.warnings {
-        eprintln!(
-            "vfarm: job: {}: warning: {w}",
-            source.as_deref().unwrap_or("request")
-        );
-    }
-    let j = &done.job;
-    if ctx.json() {
-        ctx.print_json(&view(ctx, &*ctx.store()?, j, false)?)?;
-    } else {
-        println!("{}", j.id);
-        eprintln!(
-            "vfarm: job {} queued in `{}` (image {}, driver {}, {} CPU, {} MiB, wall time {} s, priority {})",
-            j.id,
-            j.queue,
-            &j.image_id[..12.min(j.image_id.len())],
-            j.driver,
-            milli_to_cpus(j.cpus_milli),
-            j.memory_mib,
-            j.walltime_secs,
-            j.priority
-        );
-    }
+    let v = view(ctx, &*ctx.store()?, &done.job, false)?;
+    print_queued(
+        ctx,
+        source.as_deref(),
+        &done.warnings,
+        &v,
+        &serde_json::to_value(&v)?,
+    )?;
     Ok(0)
+}
+
+/// `vfarm job show` as text.
+pub(crate) fn print_job(v: &JobView) {
+    let opt = |o: &Option<String>| o.clone().unwrap_or("-".into());
+    println!("id:        {}", v.id);
+    println!("name:      {}", opt(&v.name));
+    println!("owner:     {}", v.owner);
+    println!("queue:     {} (priority {})", v.queue, v.priority);
+    println!(
+        "state:     {}{}",
+        v.state,
+        v.reason
+            .as_ref()
+            .map_or(String::new(), |r| format!(" ({r})"))
+    );
+    println!(
+        "exit:      {}",
+        v.exit_code.map_or("-".into(), |c| c.to_string())
+    );
+    if let Some(e) = &v.error {
+        println!("error:     {e}");
+    }
+    println!(
+        "image:     {} ({}, backend {})",
+        v.image, v.driver, v.backend
+    );
+    println!(
+        "resources: {} CPU, {} MiB, wall time {} s",
+        v.cpus, v.memory_mib, v.walltime_secs
+    );
+    println!("submitted: {}", v.submitted);
+    println!("claimed:   {}", opt(&v.claimed));
+    println!("started:   {}", opt(&v.started));
+    println!("ended:     {}", opt(&v.ended));
+    if let Some(k) = &v.instance_kept {
+        println!("kept:      instance {k} with snapshot `failure` (vfarm instance start {k}; vfarm instance exec {k} -- sh)");
+    }
+    if !v.dir.as_os_str().is_empty() {
+        println!("files:     {}", v.dir.display());
+    }
+    for e in v.events.iter().flatten() {
+        println!(
+            "  {} {} {}",
+            e["at"].as_str().unwrap_or(""),
+            e["kind"].as_str().unwrap_or(""),
+            e["detail"]
+        );
+    }
 }
 
 pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
@@ -264,49 +332,7 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
             if ctx.json() {
                 ctx.print_json(&v)?;
             } else {
-                let opt = |o: &Option<String>| o.clone().unwrap_or("-".into());
-                println!("id:        {}", v.id);
-                println!("name:      {}", opt(&v.name));
-                println!("owner:     {}", v.owner);
-                println!("queue:     {} (priority {})", v.queue, v.priority);
-                println!(
-                    "state:     {}{}",
-                    v.state,
-                    v.reason
-                        .as_ref()
-                        .map_or(String::new(), |r| format!(" ({r})"))
-                );
-                println!(
-                    "exit:      {}",
-                    v.exit_code.map_or("-".into(), |c| c.to_string())
-                );
-                if let Some(e) = &v.error {
-                    println!("error:     {e}");
-                }
-                println!(
-                    "image:     {} ({}, backend {})",
-                    v.image, v.driver, v.backend
-                );
-                println!(
-                    "resources: {} CPU, {} MiB, wall time {} s",
-                    v.cpus, v.memory_mib, v.walltime_secs
-                );
-                println!("submitted: {}", v.submitted);
-                println!("claimed:   {}", opt(&v.claimed));
-                println!("started:   {}", opt(&v.started));
-                println!("ended:     {}", opt(&v.ended));
-                if let Some(k) = &v.instance_kept {
-                    println!("kept:      instance {k} with snapshot `failure` (vfarm instance start {k}; vfarm instance exec {k} -- sh)");
-                }
-                println!("files:     {}", v.dir.display());
-                for e in v.events.iter().flatten() {
-                    println!(
-                        "  {} {} {}",
-                        e["at"].as_str().unwrap_or(""),
-                        e["kind"].as_str().unwrap_or(""),
-                        e["detail"]
-                    );
-                }
+                print_job(&v);
             }
             Ok(0)
         }
@@ -365,28 +391,29 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
         JobCmd::Logs { id, console } => {
             let store = ctx.store()?;
             let j = store.job(parse_id(&id)?)?;
-            let spec: JobSpec = serde_json::from_str(&j.spec)?;
-            let dir = job_dir(ctx, j.id);
-            let mut out = std::io::stdout().lock();
             if console {
-                if !print_file(&dir.join("console.log"), &mut out)? {
+                let files = log_files(ctx, &j, LogStream::Console)?;
+                if files.is_empty() {
                     return Err(vfarm_store::StoreError::NotFound {
                         kind: "console log of job",
                         id: j.id.to_string(),
                     }
                     .into());
                 }
+                let mut out = std::io::stdout().lock();
+                for f in files {
+                    print_file(&f, &mut out)?;
+                }
                 return Ok(0);
             }
-            print_file(&dir.join("stdout"), &mut out)?;
-            if let Some(f) = &spec.stdout_file {
-                print_file(&dir.join("output").join(base_name(f)), &mut out)?;
+            let mut out = std::io::stdout().lock();
+            for f in log_files(ctx, &j, LogStream::Stdout)? {
+                print_file(&f, &mut out)?;
             }
             out.flush()?;
             let mut err = std::io::stderr().lock();
-            print_file(&dir.join("stderr"), &mut err)?;
-            if let Some(f) = &spec.stderr_file {
-                print_file(&dir.join("output").join(base_name(f)), &mut err)?;
+            for f in log_files(ctx, &j, LogStream::Stderr)? {
+                print_file(&f, &mut err)?;
             }
             Ok(0)
         }

@@ -80,14 +80,14 @@ fn refuse_plain_token(base: &str) -> Result<()> {
     Ok(())
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::blocking::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(a: &RemoteArgs) -> Result<Client> {
+    pub(crate) fn new(a: &RemoteArgs) -> Result<Client> {
         let base = a
             .server
             .clone()
@@ -128,18 +128,41 @@ impl Client {
         })
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<reqwest::blocking::Response> {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            r = r.bearer_auth(t);
-        }
         if let Some(b) = body {
             r = r.json(&b);
+        }
+        self.send(r)
+    }
+
+    /// A request with a body of its own type (a JSDL document as `application/xml`).
+    pub(crate) fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::blocking::Response> {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        self.send(r)
+    }
+
+    fn send(
+        &self,
+        mut r: reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response> {
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
         }
         let resp = r
             .send()
@@ -161,7 +184,7 @@ impl Client {
         .into())
     }
 
-    fn json<T: serde::de::DeserializeOwned>(
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -194,7 +217,7 @@ pub(crate) fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> 
         })
 }
 
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
