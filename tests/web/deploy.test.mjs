@@ -11,7 +11,12 @@
 // alice's instances and gets "no such instance" for her id; the admin sees both owners', a
 // node added with `vfarm host add` as pending on the hosts page (alice is not offered the
 // page), and loses alice's live when she destroys it. alice then checks a download link and a refused
-// build on the images page and signs out.
+// build on the images page. On the jobs page (a queue config in jobs.toml) she has a wall time
+// over the queue's limit refused next to the field, uploads a JSDL document, is told which of
+// its limits vfarm does not honour, sees the job reach `succeeded` by Server-Sent Events and
+// downloads its stdout through the page's link; bob does not see her job and gets "no such job"
+// for its id; the admin sees it with alice as owner; alice cancels a long job from its page.
+// Then she signs out.
 // Then the same data dir is served over TLS with client certificates from a site CA made
 // for the test (`vfarm ca`): carol's browser presents her certificate and lands on the page
 // without a login form, deploys her own instance; dave (another certificate) sees none of
@@ -258,6 +263,12 @@ async function main() {
     ...[1, 2, 3, 4].map((n) => `[[hostnames]]\nname = "vnode0${n}.example.org"\n`),
     '[quotas.default]\ninstances = 3\ncpus = 2\nmemory = "2G"\n',
   ].join('\n'));
+  // Jobs run in minbase by default; capacity is fixed so the run does not depend on the machine.
+  fs.writeFileSync(path.join(data, 'jobs.toml'), [
+    'default_queue = "batch"',
+    '[capacity]\ncpus = 2\nmemory = "2G"\nslots = { oci = 4 }',
+    '[queues.batch]\nimage = "minbase"\ncpus = 0.5\nmemory = "256M"\nwalltime = "10m"\nmax_walltime = "1h"\n',
+  ].join('\n'));
   run(BIN, ['image', 'import', MINBASE, '--name', 'minbase'], env, 'importing the minbase image');
   log('imported minbase');
   // A node with a join token, not yet joined: the hosts page lists it as pending.
@@ -432,6 +443,146 @@ async function main() {
     log(`bad package refused next to the field: ${await pkgErr.textContent()}`);
     await shot(alice, '09-alice-images');
 
+    // Jobs: a JSDL document through the upload, live to `succeeded`, its stdout downloaded
+    // through the page's link.
+    const jobsStarted = Date.now();
+    await alice.getByTestId('nav-jobs').click();
+    await alice.getByTestId('job-form').waitFor({ timeout: 15_000 }).catch(() => fail('the jobs page shows no submit form'));
+    await alice.waitForFunction(() => /total/.test(document.querySelector('[data-testid="jobs-summary"]')?.textContent || ''),
+      null, { timeout: 15_000 }).catch(() => fail('the jobs page never listed the jobs'));
+    // A wall time over the queue's limit is refused next to its field, and nothing is queued.
+    await alice.getByTestId('job-command').fill('true');
+    await alice.getByTestId('job-walltime').fill('2h');
+    await alice.getByTestId('job-submit').click();
+    const wallErr = alice.getByTestId('job-error-walltime');
+    await wallErr.waitFor({ state: 'visible', timeout: 15_000 }).catch(async () => {
+      const other = await alice.locator('[data-testid="job-form"] .field-error:visible, [data-testid="job-error"]:visible').allTextContents();
+      fail(`walltime 2h was not reported next to the Wall time field (shown instead: ${JSON.stringify(other)})`);
+    });
+    log(`wall time over the queue's limit refused next to the field: ${await wallErr.textContent()}`);
+    check(await alice.getByTestId('job-row').count() === 0, 'a refused job still shows a row');
+    await alice.getByTestId('job-walltime').fill('');
+    await alice.getByTestId('job-command').fill('');
+
+    const jsdlFile = path.join(data, 'hello.jsdl');
+    fs.writeFileSync(jsdlFile, `<?xml version="1.0" encoding="UTF-8"?>
+<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl"
+    xmlns:jsdl-posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix">
+  <jsdl:JobDescription>
+    <jsdl:JobIdentification><jsdl:JobName>e2e-jsdl</jsdl:JobName></jsdl:JobIdentification>
+    <jsdl:Application>
+      <jsdl-posix:POSIXApplication>
+        <jsdl-posix:Executable>/bin/sh</jsdl-posix:Executable>
+        <jsdl-posix:Argument>-c</jsdl-posix:Argument>
+        <jsdl-posix:Argument>echo hello-from-jsdl</jsdl-posix:Argument>
+        <jsdl-posix:Output>stdout</jsdl-posix:Output>
+        <jsdl-posix:CPUTimeLimit>60</jsdl-posix:CPUTimeLimit>
+      </jsdl-posix:POSIXApplication>
+    </jsdl:Application>
+  </jsdl:JobDescription>
+</jsdl:JobDefinition>
+`);
+    await alice.getByTestId('job-mode-jsdl').check();
+    await alice.getByTestId('job-jsdl').setInputFiles(jsdlFile);
+    const submitted = Date.now();
+    await alice.getByTestId('job-submit').click();
+    const jobRow = alice.getByTestId('job-row');
+    await jobRow.first().waitFor({ timeout: 15_000 }).catch(async () => {
+      const err = await alice.locator('[data-testid="job-form"] .field-error:visible, [data-testid="job-error"]:visible').allTextContents();
+      fail(`the JSDL job did not appear in the table${err.length ? `; the form says: ${err.join(' | ')}` : ''}`);
+    });
+    const jobId = await jobRow.first().getAttribute('data-id');
+    // The document's CPU time limit is parsed but not applied: the page says so.
+    const warnings = await alice.getByTestId('job-warning').allTextContents();
+    check(warnings.some((w) => w.includes('CPUTimeLimit')), `the page shows no warning about CPUTimeLimit: ${JSON.stringify(warnings)}`);
+    log(`alice submitted job ${jobId} as a JSDL upload; first state shown: ${await jobRow.first().getAttribute('data-state')}; warnings: ${JSON.stringify(warnings)}`);
+    const done = async (page, id, what) => {
+      await page.waitForFunction((i) => ['succeeded', 'failed', 'cancelled'].includes(
+        document.querySelector(`[data-testid="job-row"][data-id="${i}"]`)?.dataset.state), id, { timeout: RUNNING_TIMEOUT })
+        .catch(async () => fail(`${what} did not end within ${RUNNING_TIMEOUT / 1000} s (the table shows ` +
+          `${await page.locator(`[data-testid="job-row"][data-id="${id}"]`).getAttribute('data-state').catch(() => 'no row')})`));
+      return page.locator(`[data-testid="job-row"][data-id="${id}"]`);
+    };
+    const ended = await done(alice, jobId, `job ${jobId}`);
+    const jobState = await ended.getAttribute('data-state');
+    check(jobState === 'succeeded', `job ${jobId} ended ${jobState}: ${await ended.textContent()}`);
+    check(await ended.getByTestId('job-exit').textContent() === '0', `job ${jobId}'s exit code is shown as ${await ended.getByTestId('job-exit').textContent()}`);
+    check(await alice.evaluate(() => window.__noReload === true), 'the page was reloaded while the job ran');
+    const jobEvents = await alice.evaluate((id) => (window.vfarmEvents || []).filter((e) => e.event === 'job' && String(e.id) === id), jobId);
+    check(jobEvents.some((e) => e.state === 'succeeded'),
+      `no Server-Sent Event said job ${jobId} succeeded (events for it: ${JSON.stringify(jobEvents)})`);
+    log(`job ${jobId} succeeded in the table after ${secs(submitted)} s; SSE: ${jobEvents.map((e) => e.state).join(' → ')}`);
+    await shot(alice, '09a-alice-jobs');
+
+    await ended.getByTestId('job-link').click();
+    await alice.getByTestId('job-page').waitFor();
+    const stdoutLink = alice.locator('[data-testid="job-output"][data-name="stdout"]');
+    await stdoutLink.waitFor({ timeout: 15_000 }).catch(async () =>
+      fail(`job ${jobId}'s page offers no stdout link (outputs: ${JSON.stringify(await alice.getByTestId('job-outputs').textContent())})`));
+    const [download] = await Promise.all([alice.waitForEvent('download', { timeout: 15_000 }), stdoutLink.click()]);
+    const stdoutText = fs.readFileSync(await download.path(), 'utf8');
+    check(stdoutText.includes('hello-from-jsdl'), `job ${jobId}'s stdout, downloaded through the page, is ${JSON.stringify(stdoutText)}`);
+    log(`downloaded ${download.suggestedFilename()} of job ${jobId} through the page: ${JSON.stringify(stdoutText.trim())}`);
+    await shot(alice, '09b-alice-job-page');
+
+    // bob never sees alice's job; the admin sees it, owned by alice.
+    await bob.goto(`${base}/#/jobs`);
+    await bob.waitForFunction(() => /total/.test(document.querySelector('[data-testid="jobs-summary"]')?.textContent || ''),
+      null, { timeout: 15_000 }).catch(() => fail("bob's jobs page never listed the jobs"));
+    const bobJobs = await bob.getByTestId('job-row').count();
+    check(bobJobs === 0, `bob sees ${bobJobs} job(s), alice's included`);
+    await bob.goto(`${base}/#/jobs/${jobId}`);
+    await bob.getByTestId('job-missing').waitFor({ timeout: 15_000 })
+      .catch(() => fail(`bob opened alice's job ${jobId} and did not get 'no such job'`));
+    log(`bob sees no jobs and gets 'no such job' for job ${jobId}`);
+    await shot(bob, '09c-bob-job-missing');
+    await admin.getByTestId('nav-jobs').click();
+    const adminJob = admin.locator(`[data-testid="job-row"][data-id="${jobId}"]`);
+    await adminJob.waitFor({ timeout: 15_000 }).catch(() => fail(`the admin does not see job ${jobId}`));
+    const jobOwner = await adminJob.getByTestId('job-owner').textContent();
+    check(jobOwner === 'alice', `the admin sees job ${jobId} owned by ${JSON.stringify(jobOwner)}, not alice`);
+    log(`the admin sees job ${jobId} with owner alice`);
+    await shot(admin, '09d-admin-jobs');
+
+    // A long job, submitted as a command line, cancelled from its page while it runs.
+    await alice.getByTestId('nav-jobs').click();
+    await alice.getByTestId('job-command').fill('sleep 300');
+    const jobImage = alice.getByTestId('job-image').locator('option', { hasText: /^minbase/ }).first();
+    await jobImage.waitFor({ state: 'attached', timeout: 15_000 }).catch(() => fail('the job form offers no image called minbase'));
+    await alice.getByTestId('job-image').selectOption(await jobImage.getAttribute('value'));
+    await alice.getByTestId('job-walltime').fill('10m');
+    await alice.getByTestId('job-submit').click();
+    const longRow = alice.locator(`[data-testid="job-row"]:not([data-id="${jobId}"])`);
+    await longRow.first().waitFor({ timeout: 15_000 }).catch(() => fail('the sleep job did not appear in the table'));
+    const longId = await longRow.first().getAttribute('data-id');
+    const queuedAt = Date.now();
+    await alice.waitForFunction((i) => ['running', 'succeeded', 'failed', 'cancelled'].includes(
+      document.querySelector(`[data-testid="job-row"][data-id="${i}"]`)?.dataset.state), longId, { timeout: RUNNING_TIMEOUT })
+      .catch(() => fail(`job ${longId} (sleep 300) never ran`));
+    const longState = await longRow.first().getAttribute('data-state');
+    check(longState === 'running', `job ${longId} (sleep 300) is ${longState}, not running`);
+    log(`job ${longId} (sleep 300) running in the table after ${secs(queuedAt)} s`);
+    await longRow.first().getByTestId('job-link').click();
+    await alice.getByTestId('job-page').waitFor();
+    await alice.waitForFunction(() => document.querySelector('[data-testid="job-detail-state"]')?.dataset.state === 'running',
+      null, { timeout: 15_000 }).catch(() => fail(`job ${longId}'s page does not show it running`));
+    await alice.getByRole('button', { name: 'Cancel job…' }).click();
+    const cancelDialog = alice.getByRole('dialog');
+    await cancelDialog.waitFor();
+    const cancelled = Date.now();
+    await cancelDialog.getByRole('button', { name: 'Cancel job', exact: true }).click();
+    await alice.waitForFunction(() => document.querySelector('[data-testid="job-detail-state"]')?.dataset.state === 'cancelled',
+      null, { timeout: 60_000 }).catch(async () => fail(`job ${longId}'s page does not show it cancelled (it shows ` +
+        `${await alice.getByTestId('job-detail-state').getAttribute('data-state').catch(() => 'nothing')})`));
+    check(await alice.getByTestId('job-cancel').isDisabled(), 'Cancel is still offered for a cancelled job');
+    // The event carries the state; the page then fetches the job with its end.
+    await alice.getByTestId('job-events').getByRole('cell', { name: 'end', exact: true }).waitFor({ timeout: 15_000 })
+      .catch(() => fail(`job ${longId}'s page does not list its end event after the cancel`));
+    check(await alice.evaluate(() => window.__noReload === true), 'the page was reloaded by the cancel');
+    log(`job ${longId} cancelled from its page in ${secs(cancelled)} s`);
+    await shot(alice, '09e-alice-job-cancelled');
+    log(`jobs part took ${secs(jobsStarted)} s`);
+
     // Sign out: back to the login form, and the session cookie no longer opens the API.
     await alice.getByRole('button', { name: 'Sign out' }).click();
     await alice.getByTestId('login-form').waitFor({ timeout: 15_000 }).catch(() => fail('Sign out did not show the login form'));
@@ -513,6 +664,11 @@ async function main() {
       const base = url && url.replace('https://127.0.0.1:', 'https://localhost:');
       if (base) {
         const cleanup = Date.now();
+        const jobs = await api(base, tok['root-admin'], 'GET', '/jobs', ca);
+        for (const j of (Array.isArray(jobs.body) ? jobs.body : []).filter((j) => !['succeeded', 'failed', 'cancelled'].includes(j.state))) {
+          const c = await api(base, tok['root-admin'], 'POST', `/jobs/${j.id}/cancel`, ca);
+          if (c.status !== 200) console.error(`cleanup: cancelling job ${j.id} answered ${c.status} ${JSON.stringify(c.body)}`);
+        }
         const all = await api(base, tok['root-admin'], 'GET', '/instances', ca);
         const list = Array.isArray(all.body) ? all.body : [];
         for (const i of list) {

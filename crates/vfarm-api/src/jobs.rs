@@ -66,18 +66,39 @@ fn visible(s: &AppState, who: &Identity, id: &str) -> Result<JobRow, ApiError> {
     Ok(j)
 }
 
-/// A job as the API shows it: the CLI's view without the server's paths, plus its outputs.
+/// The command's own output streams, captured beside the job's files (what `vfarm job logs`
+/// shows): downloadable under these names unless a staged-out file has the name.
+const STREAMS: [&str; 2] = ["stdout", "stderr"];
+
+/// The captured streams of the job in `dir` that exist and no staged-out file hides.
+fn captured_streams(dir: &std::path::Path, outputs: &[(String, u64)]) -> Vec<(String, u64)> {
+    STREAMS
+        .into_iter()
+        .filter(|s| !outputs.iter().any(|(n, _)| n == s))
+        .filter_map(|s| {
+            let m = std::fs::symlink_metadata(dir.join(s)).ok()?;
+            m.is_file().then(|| (s.to_string(), m.len()))
+        })
+        .collect()
+}
+
+/// A job as the API shows it: the CLI's view without the server's paths, plus its outputs
+/// and captured streams.
 fn job_json(env: &Env, j: &JobRow, detail: bool) -> Result<serde_json::Value, ApiError> {
     let store = env.store().map_err(job_error)?;
     let v = jobs::view(env, &store, j, detail).map_err(job_error)?;
-    let outputs: Vec<serde_json::Value> = jobs::output_files(&v.dir)
-        .into_iter()
-        .map(|(name, size)| serde_json::json!({ "name": name, "size": size }))
-        .collect();
+    let files = jobs::output_files(&v.dir);
+    let list = |l: &[(String, u64)]| -> Vec<serde_json::Value> {
+        l.iter()
+            .map(|(name, size)| serde_json::json!({ "name": name, "size": size }))
+            .collect()
+    };
+    let (outputs, streams) = (list(&files), list(&captured_streams(&v.dir, &files)));
     let mut doc = serde_json::to_value(&v).map_err(|e| ApiError::internal(e.to_string()))?;
     if let Some(o) = doc.as_object_mut() {
         o.remove("dir");
         o.insert("outputs".into(), outputs.into());
+        o.insert("streams".into(), streams.into());
     }
     Ok(doc)
 }
@@ -166,7 +187,7 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", operation_id = "show_job", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, description = "The job with its spec, events and outputs", body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The job with its spec, events, outputs (staged-out files) and streams (the command's captured stdout and stderr)", body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn show(
     State(s): State<AppState>,
     who: Who,
@@ -202,8 +223,8 @@ pub(crate) async fn cancel(
     Ok(Json(doc).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/outputs/{name}", tag = "jobs", params(("id" = String, Path, description = "Job id"), ("name" = String, Path, description = "An output's name (the job's `outputs`)")),
-    responses((status = 200, description = "The file", content_type = "application/octet-stream"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/outputs/{name}", tag = "jobs", params(("id" = String, Path, description = "Job id"), ("name" = String, Path, description = "An output's name (the job's `outputs`), or `stdout`/`stderr` (its `streams`)")),
+    responses((status = 200, description = "The file: a staged-out file of that name, else the captured stream", content_type = "application/octet-stream"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn output(
     State(s): State<AppState>,
     who: Who,
@@ -223,12 +244,17 @@ pub(crate) async fn output(
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return Err(missing());
         }
-        let p = jobs::job_dir(&env, j.id).join("output").join(&name);
-        let meta = std::fs::symlink_metadata(&p).map_err(|_| missing())?;
-        if !meta.is_file() {
-            return Err(missing());
+        let dir = jobs::job_dir(&env, j.id);
+        let is_file = |p: &PathBuf| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+        let staged = dir.join("output").join(&name);
+        if is_file(&staged) {
+            return Ok(staged);
         }
-        Ok(p)
+        let stream = dir.join(&name);
+        if STREAMS.contains(&name.as_str()) && is_file(&stream) {
+            return Ok(stream);
+        }
+        Err(missing())
     })
     .await?;
     let bytes = tokio::fs::read(&path)

@@ -53,6 +53,8 @@ pub struct AppState {
     pub instances: Option<Arc<dyn InstanceBackend>>,
     /// Instance changes for `/api/v1/events`; the binary's watcher sends them.
     pub events: tokio::sync::broadcast::Sender<InstanceEvent>,
+    /// Job state changes for `/api/v1/events`; [`live::spawn_job_watcher`] sends them.
+    pub job_events: tokio::sync::broadcast::Sender<live::JobChange>,
     pub metrics: live::Metrics,
     /// The subject of this service's own TLS certificate (nodes make it their admin).
     pub server_subject: Option<String>,
@@ -88,6 +90,7 @@ impl AppState {
             auth: AuthPolicy::default(),
             instances: None,
             events: tokio::sync::broadcast::channel(1024).0,
+            job_events: tokio::sync::broadcast::channel(1024).0,
             metrics: live::Metrics::default(),
             server_subject: None,
             server_fingerprint: None,
@@ -1062,6 +1065,61 @@ mod tests {
         assert!(e.message.contains("colour"));
         let e = osfarm_spec("filetype=.iso").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("filetype"));
+    }
+
+    /// `job` events reach the job's owner and the admins, no one else.
+    #[tokio::test]
+    async fn job_events_reach_only_those_who_may_see_the_job() {
+        use futures_util::StreamExt;
+        let (_dir, mut st) = state();
+        st.auth = AuthPolicy::new(["root-admin".to_string()]);
+        let mut streams = Vec::new();
+        for user in ["alice", "bob", "root-admin"] {
+            let t = vfarm_auth::token::create(&st.store, user, None, None, chrono::Utc::now())
+                .unwrap()
+                .token;
+            let mut req = Request::get("/api/v1/events")
+                .header("authorization", format!("Bearer {t}"))
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(Peer::default()));
+            let resp = router(st.clone()).oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{user}");
+            streams.push((user, resp.into_body().into_data_stream()));
+        }
+        for (id, owner) in [(1, "alice"), (2, "bob")] {
+            st.job_events
+                .send(live::JobChange {
+                    id,
+                    owner: owner.into(),
+                    state: "running".into(),
+                    reason: None,
+                    exit_code: None,
+                    ended: None,
+                })
+                .unwrap();
+        }
+        for (user, stream) in &mut streams {
+            // What arrives within a moment (the keep-alive comes only after 15 s).
+            let mut text = String::new();
+            while let Ok(Some(Ok(b))) =
+                tokio::time::timeout(Duration::from_millis(300), stream.next()).await
+            {
+                text.push_str(&String::from_utf8_lossy(&b));
+            }
+            let ids: Vec<bool> = ["\"id\":1", "\"id\":2"]
+                .iter()
+                .map(|i| text.contains(i))
+                .collect();
+            let want = match *user {
+                "alice" => [true, false],
+                "bob" => [false, true],
+                _ => [true, true],
+            };
+            assert_eq!(ids, want, "{user} was sent: {text}");
+            assert!(text.contains("event: job"), "{user}: {text}");
+        }
     }
 
     async fn call(st: &AppState, req: Request<Body>) -> (StatusCode, serde_json::Value) {

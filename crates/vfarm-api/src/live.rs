@@ -2,8 +2,11 @@
 //! Prometheus metrics and the web UI's files.
 
 use crate::ErrorCode;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -19,6 +22,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
+use vfarm_store::Store;
 
 use crate::instances::{identity, Who, KEEP_ALIVE};
 use crate::InstanceEvent;
@@ -29,7 +33,8 @@ use crate::{blocking, ApiError, AppState, ErrorBody};
 pub const SESSION_COOKIE: &str = "vfarm_session";
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
-    responses((status = 200, description = "Server-Sent Events: `instance` (data: an Instance) and `instance-removed` (data: {\"id\"}) for what the caller may see",
+    responses((status = 200, description = "Server-Sent Events: `instance` (data: an Instance), `instance-removed` (data: {\"id\"}) and \
+        `job` (data: {\"id\", \"owner\", \"state\", \"reason\", \"exit_code\", \"ended\"}, when a job's state changes) for what the caller may see",
                body = String, content_type = "text/event-stream"),
               (status = 401, body = ErrorBody)))]
 pub(crate) async fn events(
@@ -38,7 +43,7 @@ pub(crate) async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let who = identity(who)?;
     let rx = s.events.subscribe();
-    let stream = futures_util::stream::unfold((rx, who), |(mut rx, who)| async move {
+    let instances = futures_util::stream::unfold((rx, who.clone()), |(mut rx, who)| async move {
         loop {
             match rx.recv().await {
                 Ok(ev) if who.may_access(ev.owner()) => {
@@ -55,16 +60,121 @@ pub(crate) async fn events(
                     return Some((Ok(e), (rx, who)));
                 }
                 Ok(_) => continue,
-                // A slow reader missed some: tell it to reload rather than show a stale view.
-                Err(RecvError::Lagged(n)) => {
-                    let e = Event::default().event("lagged").data(n.to_string());
-                    return Some((Ok(e), (rx, who)));
-                }
-                Err(RecvError::Closed) => return None,
+                Err(e) => return lagged_or_end(e).map(|e| (e, (rx, who))),
             }
         }
     });
+    let rx = s.job_events.subscribe();
+    let jobs = futures_util::stream::unfold((rx, who), |(mut rx, who)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(j) if who.may_access(&j.owner) => {
+                    let e = Event::default()
+                        .event("job")
+                        .json_data(&j)
+                        .unwrap_or_default();
+                    return Some((Ok(e), (rx, who)));
+                }
+                Ok(_) => continue,
+                Err(e) => return lagged_or_end(e).map(|e| (e, (rx, who))),
+            }
+        }
+    });
+    let stream = futures_util::stream::select(instances, jobs);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// A slow reader missed some: tell it to reload rather than show a stale view.
+fn lagged_or_end(e: RecvError) -> Option<Result<Event, Infallible>> {
+    match e {
+        RecvError::Lagged(n) => Some(Ok(Event::default().event("lagged").data(n.to_string()))),
+        RecvError::Closed => None,
+    }
+}
+
+/// A job's state as a `job` event tells it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobChange {
+    pub id: i64,
+    pub owner: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub ended: Option<String>,
+}
+
+/// How often the job watcher reads the store.
+const JOB_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Send a [`JobChange`] for every job whose state changed, while anyone listens.
+///
+/// Job states are written by the dispatcher and by runner processes (`vfarm job run-one`,
+/// Slurm jobs) that share only the store with this service, so the store is polled rather
+/// than told: once a second, the jobs not yet ended (an indexed query) and those that ended
+/// since the previous round, never the whole table.
+pub fn spawn_job_watcher(store: Arc<Store>, tx: tokio::sync::broadcast::Sender<JobChange>) {
+    std::thread::spawn(move || {
+        let mut w = JobWatch::default();
+        loop {
+            if tx.receiver_count() == 0 {
+                // Nobody listens: nothing to compare against when someone comes.
+                w = JobWatch::default();
+            } else if let Err(e) = w.round(&store, &tx) {
+                tracing::warn!("job watcher: {e}");
+            }
+            std::thread::sleep(JOB_WATCH_INTERVAL);
+        }
+    });
+}
+
+/// What the job watcher saw in its last round.
+#[derive(Default)]
+pub(crate) struct JobWatch {
+    /// Per job: (state, updated) when last seen.
+    seen: HashMap<i64, (String, String)>,
+    /// Where the previous round's window of ended jobs started.
+    since: Option<String>,
+}
+
+impl JobWatch {
+    /// One round: send what changed since the last. The first round after a quiet spell
+    /// sends the jobs not ended and those ended in the last seconds: a page that just
+    /// connected may have listed them before they changed.
+    pub(crate) fn round(
+        &mut self,
+        store: &Store,
+        tx: &tokio::sync::broadcast::Sender<JobChange>,
+    ) -> Result<(), vfarm_store::StoreError> {
+        // A few seconds of overlap: a runner's commit may carry a time a little before
+        // this round's.
+        let start = (chrono::Utc::now() - chrono::Duration::seconds(3))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let active: Vec<&str> = vfarm_jobs::JobState::ALL
+            .into_iter()
+            .filter(|s| !s.is_final())
+            .map(|s| s.as_str())
+            .collect();
+        let mut rows = store.jobs_in(&active)?;
+        rows.extend(store.jobs_ended_since(self.since.as_deref().unwrap_or(&start))?);
+        let mut now = HashMap::with_capacity(rows.len());
+        for j in rows {
+            let key = (j.state.clone(), j.updated.clone());
+            if self.seen.get(&j.id) != Some(&key) {
+                let _ = tx.send(JobChange {
+                    id: j.id,
+                    owner: j.owner,
+                    state: j.state,
+                    reason: j.reason,
+                    exit_code: j.exit_code,
+                    ended: j.ended,
+                });
+            }
+            now.insert(j.id, key);
+        }
+        self.seen = now;
+        self.since = Some(start);
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -413,4 +523,55 @@ pub(crate) async fn ui_index() -> Response {
 
 pub(crate) async fn ui_asset(Path(name): Path<String>) -> Response {
     ui_file(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfarm_store::jobs::JobEnd;
+    use vfarm_store::testing::{new_job as submit, TestDb};
+
+    fn told(rx: &mut tokio::sync::broadcast::Receiver<JobChange>) -> Vec<(i64, String)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| (c.id, c.state))
+            .collect()
+    }
+
+    /// Each change is told once, the end of a job that ends between two rounds included.
+    #[test]
+    fn the_job_watcher_tells_each_change_once() {
+        for db in TestDb::all() {
+            watch(&db.open());
+        }
+    }
+
+    fn watch(store: &Store) {
+        let (tx, mut rx) = tokio::sync::broadcast::channel(16);
+        let mut w = JobWatch::default();
+        let a = submit(store, "alice");
+        w.round(store, &tx).unwrap();
+        assert_eq!(told(&mut rx), [(a, "queued".to_string())]);
+        w.round(store, &tx).unwrap();
+        assert_eq!(told(&mut rx), [], "nothing changed");
+        // Claimed and ended between two rounds (by a runner, in real life).
+        let b = submit(store, "bob");
+        assert!(store.claim_job(a, &serde_json::json!({})).unwrap());
+        let end = JobEnd {
+            state: "succeeded",
+            reason: "exit",
+            exit_code: Some(0),
+            error: None,
+            instance_id: None,
+        };
+        assert!(store.end_job(a, &["starting"], &end).unwrap());
+        w.round(store, &tx).unwrap();
+        let mut got = told(&mut rx);
+        got.sort();
+        assert_eq!(
+            got,
+            [(a, "succeeded".to_string()), (b, "queued".to_string())]
+        );
+        w.round(store, &tx).unwrap();
+        assert_eq!(told(&mut rx), [], "an ended job is told once");
+    }
 }

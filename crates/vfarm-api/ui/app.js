@@ -22,6 +22,9 @@ const state = {
   sort: null, // {key, dir} of the instances table; null = newest first
   showAll: false,
   hosts: null, // GET /hosts (admins): the physical host inventory, null until loaded
+  jobs: new Map(), // id -> Job, as GET /jobs lists them (updated by `job` events)
+  jobsLoaded: false,
+  job: null, // the job shown on #/jobs/ID, with its spec, events, outputs and streams
 };
 
 // ---------------------------------------------------------------------------------------
@@ -73,11 +76,13 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+/** Call the API. `body` goes as JSON, unless `type` names another content type: then it is
+ *  sent as it is (a JSDL document as application/xml). */
+async function api(method, path, body, contentType) {
   const opt = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
   if (body !== undefined) {
-    opt.headers['Content-Type'] = 'application/json';
-    opt.body = JSON.stringify(body);
+    opt.headers['Content-Type'] = contentType || 'application/json';
+    opt.body = contentType ? body : JSON.stringify(body);
   }
   let res;
   try {
@@ -120,10 +125,10 @@ function bytes(n) {
   while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
   return `${n.toFixed(n < 10 && i ? 1 : 0)} ${u[i]}`;
 }
-function when(ts) {
+function when(ts, timeStyle = 'short') {
   if (!ts) return '–';
   const d = new Date(ts);
-  return isNaN(d) ? ts : d.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+  return isNaN(d) ? ts : d.toLocaleString(undefined, { dateStyle: 'medium', timeStyle });
 }
 const short = (id) => (id || '').slice(0, 12);
 const instLabel = (i) => i.name || short(i.id);
@@ -170,6 +175,12 @@ function tick() {
     const inst = state.detail && state.detail.id === el.dataset.id ? state.detail : state.instances.get(el.dataset.id);
     if (inst) paintTick(el, inst);
   }
+}
+
+/** A definition list of [label, value] pairs; pairs without a value are left out. */
+function kv(pairs) {
+  return h('dl', { class: 'kv' }, pairs.filter(([, v]) => v !== undefined && v !== null && v !== '')
+    .map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -220,10 +231,10 @@ async function busy(button, fn) {
 }
 
 /** A modal confirmation (native <dialog>: focus trapped, Escape cancels). Resolves true/false. */
-function confirmDialog(title, text, okLabel) {
+function confirmDialog(title, text, okLabel, backLabel = 'Cancel') {
   return new Promise((resolve) => {
     const ok = h('button', { type: 'button', class: 'btn btn-danger-solid', testid: 'confirm-ok' }, okLabel);
-    const cancel = h('button', { type: 'button', class: 'btn', testid: 'confirm-cancel' }, 'Cancel');
+    const cancel = h('button', { type: 'button', class: 'btn', testid: 'confirm-cancel' }, backLabel);
     const dlg = h('dialog', { testid: 'confirm-dialog', 'aria-labelledby': 'confirm-title' },
       h('h2', { id: 'confirm-title' }, title), h('p', {}, text), h('div', { class: 'actions-line' }, cancel, ok));
     const done = (v) => { dlg.close(); dlg.remove(); resolve(v); };
@@ -275,6 +286,9 @@ function signedOut(message) {
   if (state.es) { state.es.close(); state.es = null; }
   state.instances.clear();
   state.detail = null;
+  state.jobs.clear();
+  state.jobsLoaded = false;
+  state.job = null;
   $('.nav').hidden = true;
   $('.session').hidden = true;
   delete document.body.dataset.user;
@@ -343,6 +357,7 @@ function connectEvents() {
     setLive('open', 'live');
     // Resynchronise: whatever changed while the stream was down is in the list.
     loadInstances();
+    if (state.jobsLoaded) loadJobs();
   });
   es.addEventListener('error', () => {
     if (es.readyState === EventSource.CLOSED) {
@@ -356,23 +371,22 @@ function connectEvents() {
       setLive('error', 'reconnecting…');
     }
   });
-  es.addEventListener('instance', (ev) => {
-    let inst;
-    try { inst = JSON.parse(ev.data); } catch (e) { return; }
+  // Every event carries JSON with the object's id: counted, logged, then handled.
+  const on = (name, handle) => es.addEventListener(name, (ev) => {
+    let data;
+    try { data = JSON.parse(ev.data); } catch (e) { return; }
     state.events++;
-    logEvent('instance', inst.id, inst.state);
+    logEvent(name, data.id, data.state ?? null);
     setLive('open', 'live');
-    upsert(inst, true);
+    handle(data);
   });
-  // The service dropped events for this slow reader: the list is the truth again.
-  es.addEventListener('lagged', () => loadInstances());
-  es.addEventListener('instance-removed', (ev) => {
-    let msg;
-    try { msg = JSON.parse(ev.data); } catch (e) { return; }
-    state.events++;
-    logEvent('instance-removed', msg.id, null);
-    setLive('open', 'live');
-    removed(msg.id);
+  on('instance', (inst) => upsert(inst, true));
+  on('instance-removed', (msg) => removed(msg.id));
+  on('job', jobChanged);
+  // The service dropped events for this slow reader: the lists are the truth again.
+  es.addEventListener('lagged', () => {
+    loadInstances();
+    if (state.jobsLoaded) loadJobs();
   });
 }
 
@@ -418,12 +432,14 @@ async function loadInstances() {
   }
 }
 
-let quotaTimer = null;
-/** Usage changes with every create and destroy; ask once per burst of events. */
-function loadQuotaSoon() {
-  clearTimeout(quotaTimer);
-  quotaTimer = setTimeout(loadQuota, 400);
+/** `fn`, called once `ms` after the last of a burst of calls. */
+function debounced(fn, ms) {
+  let timer = null;
+  return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
 }
+
+/** Usage changes with every create and destroy; ask once per burst of events. */
+const loadQuotaSoon = debounced(loadQuota, 400);
 async function loadQuota() {
   try {
     state.quota = await api('GET', '/quota');
@@ -461,6 +477,7 @@ async function loadImages() {
     state.images = await api('GET', '/images');
     state.imagesLoaded = true;
     paintImageChoices();
+    paintJobImageChoices();
     paintImages();
   } catch (e) {
     if (e.status !== 401) notice(`Cannot list images: ${e.message}`, 'error');
@@ -474,8 +491,12 @@ function route() {
   if (!state.me) return;
   const hash = location.hash || '#/instances';
   const m = hash.match(/^#\/instances\/([^/?]+)/);
+  const mj = hash.match(/^#\/jobs\/([^/?]+)/);
   let page = 'instances';
+  state.job = null;
   if (m) renderInstance(decodeURIComponent(m[1]));
+  else if (mj) { page = 'jobs'; renderJob(decodeURIComponent(mj[1])); }
+  else if (hash.startsWith('#/jobs')) { page = 'jobs'; renderJobs(); }
   else if (hash.startsWith('#/images')) { page = 'images'; renderImages(); }
   else if (hash.startsWith('#/hosts')) { page = 'hosts'; renderHosts(); } else renderInstances();
   for (const a of $$('.nav a')) {
@@ -853,8 +874,6 @@ function paintDetail() {
     b.disabled = Boolean(d._partial) || (when !== '*' && !when.split(' ').includes(d.state));
   }
 
-  const kv = (pairs) => h('dl', { class: 'kv' }, pairs.filter(([, v]) => v !== undefined && v !== null && v !== '')
-    .map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
   $('[data-testid="instance-details"]').replaceChildren(d._partial ? h('p', { class: 'muted' }, 'loading…') : kv([
     ['ID', h('span', { class: 'mono' }, d.id)],
     ['Name', d.name],
@@ -919,6 +938,324 @@ function paintDetail() {
             await act(ev.target, `Removed snapshot ${sn.name}`, 'DELETE', `/snapshots/${encodeURIComponent(sn.name)}`);
             refreshDetail();
           } }, 'Remove')))))))));
+}
+
+// ---------------------------------------------------------------------------------------
+// Jobs page: batch jobs in disposable instances
+
+const JOB_ORDER = ['queued', 'starting', 'running', 'succeeded', 'failed', 'cancelled'];
+const jobFinal = (st) => ['succeeded', 'failed', 'cancelled'].includes(st);
+/** How far a job has got: an answer sent before a `job` event must not undo it. */
+const jobRank = (st) => (jobFinal(st) ? 3 : Math.max(0, JOB_ORDER.indexOf(st)));
+/** `next` over `prev`, but never back to an earlier state (their ranks decide). */
+function jobMerge(prev, next) {
+  if (!prev || jobRank(next.state) >= jobRank(prev.state)) return { ...prev, ...next };
+  const { state: _s, reason: _r, exit_code: _x, ended: _e, ...rest } = next;
+  return { ...prev, ...rest };
+}
+const jobImage = (j) => {
+  const im = state.images.find((i) => i.id === j.image);
+  return im && im.name ? im.name : short(j.image);
+};
+/** An argument as a shell would need it typed: quoted when it has spaces or quotes. */
+const shellWord = (a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`);
+const jobOutputHref = (j, name) => `${API}/jobs/${encodeURIComponent(j.id)}/outputs/${encodeURIComponent(name)}`;
+
+async function loadJobs() {
+  try {
+    const list = await api('GET', '/jobs');
+    state.jobs = new Map(list.map((j) => [j.id, jobMerge(state.jobs.get(j.id), j)]));
+    state.jobsLoaded = true;
+    paintJobs();
+  } catch (e) {
+    if (e.status !== 401) notice(`Cannot list jobs: ${e.message}`, 'error');
+  }
+}
+
+const loadJobsSoon = debounced(loadJobs, 300);
+
+/** A `job` event: its id, owner, state, reason, exit code and end time. */
+function jobChanged(ch) {
+  const prev = state.jobs.get(ch.id);
+  if (prev) {
+    state.jobs.set(ch.id, jobMerge(prev, ch));
+    paintJobs(new Set([ch.id]));
+  } else if (state.jobsLoaded) {
+    // Submitted elsewhere (the CLI, another page): the list has its other columns.
+    loadJobsSoon();
+  }
+  if (state.job && state.job.id === ch.id) {
+    state.job = jobMerge(state.job, ch);
+    paintJob();
+    // The event carries the state only; outputs and events come with the job.
+    refreshJobSoon();
+  }
+}
+
+function renderJobs() {
+  state.detail = null;
+  document.title = 'Jobs · vfarm';
+  const cols = ['Job', 'State', 'End reason', 'Exit code', 'Image', state.me.admin ? 'Owner' : null, 'Submitted', 'Ended'];
+  mount(
+    h('div', { class: 'page-head' }, h('h1', {}, 'Jobs'),
+      h('span', { class: 'sub' }, state.me.admin ? 'all owners (admin view)' : `submitted by ${state.me.user}`)),
+    h('div', { class: 'grid' },
+      h('section', { class: 'panel', 'aria-labelledby': 'jobs-h' },
+        h('h2', { id: 'jobs-h' }, 'Batch jobs', h('span', { class: 'count', testid: 'jobs-summary' })),
+        h('div', { class: 'table-wrap' }, h('table', { testid: 'jobs-table', 'aria-label': 'Jobs' },
+          h('thead', {}, h('tr', {}, cols.filter(Boolean).map((c) => h('th', { scope: 'col' }, c)))),
+          h('tbody', {}))),
+        h('p', { class: 'empty', testid: 'jobs-empty', hidden: true },
+          'No jobs yet. Submit one with the form, or with ', h('code', {}, 'vfarm job submit'), '.')),
+      h('div', {},
+        jobForm(),
+        h('section', { class: 'panel panel-warn', testid: 'job-warnings', role: 'status', hidden: true }))));
+  paintJobs();
+  paintJobImageChoices();
+  loadJobs();
+}
+
+function paintJobs(flash = new Set()) {
+  const table = $('[data-testid="jobs-table"]');
+  if (!table) return;
+  const all = [...state.jobs.values()].sort((a, b) => b.id - a.id);
+  const admin = state.me && state.me.admin;
+  // Thousands of rows are no use to a person: the newest, and the CLI for the rest.
+  const rows = all.slice(0, PAGE_ROWS).map((j) => h('tr', { testid: 'job-row', 'data-id': j.id, 'data-state': j.state, 'data-owner': j.owner, class: flash.has(j.id) ? 'flash' : null },
+    h('td', { class: 'nowrap' }, h('a', { class: 'inst', href: `#/jobs/${encodeURIComponent(j.id)}`, testid: 'job-link' }, `job ${j.id}`),
+      j.name ? h('span', { class: 'id' }, j.name) : null),
+    h('td', {}, stateBadge(j.state, 'job-state'), j.error ? h('span', { class: 'id', title: j.error }, j.error.slice(0, 40)) : null),
+    h('td', { testid: 'job-reason' }, j.reason || '–'),
+    h('td', { class: 'num', testid: 'job-exit' }, j.exit_code ?? '–'),
+    h('td', {}, jobImage(j)),
+    admin ? h('td', { class: 'mono', testid: 'job-owner' }, j.owner) : null,
+    h('td', { class: 'num' }, when(j.submitted)),
+    h('td', { class: 'num' }, when(j.ended))));
+  table.tBodies[0].replaceChildren(...rows);
+  const active = all.filter((j) => !jobFinal(j.state)).length;
+  $('[data-testid="jobs-summary"]').textContent = state.jobsLoaded
+    ? `${all.length} total · ${active} queued or running${all.length > PAGE_ROWS ? ` · newest ${PAGE_ROWS} shown` : ''}` : '';
+  $('[data-testid="jobs-empty"]').hidden = !state.jobsLoaded || all.length > 0;
+  table.hidden = state.jobsLoaded && all.length === 0;
+}
+
+function paintJobImageChoices() {
+  const sel = $('[data-testid="job-image"]');
+  if (!sel) return;
+  const keep = sel.value;
+  sel.replaceChildren(h('option', { value: '' }, 'the queue\'s image'), ...state.images.map((im) => h('option', { value: im.id },
+    `${im.name || short(im.id)} — ${[im.os, im.os_version, im.arch].filter(Boolean).join(' ') || im.summary || ''}`)));
+  if (keep && state.images.some((im) => im.id === keep)) sel.value = keep;
+}
+
+function jobForm() {
+  const mode = (value, label) => h('label', {},
+    h('input', { type: 'radio', name: 'mode', value, checked: value === 'command', testid: `job-mode-${value}` }), label);
+  const modes = h('fieldset', { class: 'field', 'data-field': 'mode' }, h('legend', {}, 'What to run'),
+    h('div', { class: 'checks' }, mode('command', 'A command line'), mode('jsdl', 'A JSDL document')));
+  const command = h('input', { type: 'text', placeholder: 'echo hello', spellcheck: 'false', autocomplete: 'off' });
+  const image = h('select', {});
+  const cpus = h('input', { type: 'text', placeholder: 'default', inputmode: 'decimal', autocomplete: 'off' });
+  const memory = h('input', { type: 'text', placeholder: 'default', autocomplete: 'off' });
+  const walltime = h('input', { type: 'text', placeholder: 'default', autocomplete: 'off' });
+  const file = h('input', { type: 'file', accept: '.jsdl,.xml,application/xml,text/xml' });
+  const commandPart = h('div', { testid: 'job-command-part' },
+    fieldBlock('job', { name: 'command', label: 'Command', control: command, testid: 'job-command', hint: 'runs with sh -c in a fresh instance' }),
+    fieldBlock('job', { name: 'image', label: 'Image', control: image, testid: 'job-image' }),
+    h('div', { class: 'row-3' },
+      fieldBlock('job', { name: 'cpus', label: 'CPUs', control: cpus, testid: 'job-cpus' }),
+      fieldBlock('job', { name: 'memory', label: 'Memory', control: memory, testid: 'job-memory', hint: 'e.g. 512M' }),
+      fieldBlock('job', { name: 'walltime', label: 'Wall time', control: walltime, testid: 'job-walltime', hint: 'e.g. 30m' })));
+  const jsdlPart = h('div', { testid: 'job-jsdl-part', hidden: true },
+    fieldBlock('job', { name: 'jsdl', label: 'JSDL 1.0 document', control: file, testid: 'job-jsdl',
+      hint: 'a JobDefinition file; what of it vfarm cannot honour is listed after submitting' }));
+  const submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'job-submit' }, 'Submit job');
+  const form = h('form', { class: 'panel', testid: 'job-form', 'aria-labelledby': 'job-h', novalidate: true },
+    h('h2', { id: 'job-h' }, 'Submit a job'),
+    h('p', { class: 'form-error', hidden: true, tabindex: '-1', testid: 'job-error' }),
+    modes, commandPart, jsdlPart,
+    h('div', { class: 'actions-line' }, submit));
+  const jsdlMode = () => $('input[name="mode"]:checked', form).value === 'jsdl';
+  for (const r of $$('input[name="mode"]', form)) {
+    r.addEventListener('change', () => {
+      clearErrors(form);
+      commandPart.hidden = jsdlMode();
+      jsdlPart.hidden = !jsdlMode();
+    });
+  }
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    const fail = (field, msg) => showError(form, new ApiError(400, 'invalid_request', msg, field));
+    let send;
+    const jsdl = jsdlMode();
+    if (jsdl) {
+      const f = file.files[0];
+      if (!f) return fail('jsdl', 'choose a JSDL file');
+      const text = await f.text();
+      send = () => api('POST', '/jobs', text, 'application/xml');
+    } else {
+      if (!command.value.trim()) return fail('command', 'type a command');
+      const body = { command: ['sh', '-c', command.value] };
+      if (image.value) body.image = image.value;
+      if (cpus.value.trim()) {
+        const n = Number(cpus.value);
+        if (!isFinite(n) || n <= 0) return fail('cpus', 'CPUs must be a positive number');
+        body.cpus = n;
+      }
+      if (memory.value.trim()) body.memory = memory.value.trim();
+      if (walltime.value.trim()) body.walltime = walltime.value.trim();
+      send = () => api('POST', '/jobs', body);
+    }
+    await busy(submit, async () => {
+      try {
+        const res = await send();
+        const job = res.job;
+        state.jobs.set(job.id, jobMerge(state.jobs.get(job.id), job));
+        paintJobs(new Set([job.id]));
+        paintWarnings(job, res.warnings || []);
+        notice(`Submitted job ${job.id}`);
+        if (jsdl) file.value = ''; else command.value = '';
+      } catch (e) {
+        // A document is one thing to fix, whichever of its parts the API names.
+        const named = e.field && e.field !== 'body' && !e.message.includes(e.field) ? `${e.field}: ${e.message}` : e.message;
+        showError(form, jsdl && e.code !== 'network' ? new ApiError(e.status, e.code, named, 'jsdl') : e, { body: null });
+      }
+    });
+  });
+  return form;
+}
+
+/** What of the submitted job vfarm cannot honour (JSDL limits it parsed but does not apply). */
+function paintWarnings(job, warnings) {
+  const box = $('[data-testid="job-warnings"]');
+  if (!box) return;
+  box.hidden = warnings.length === 0;
+  box.replaceChildren(h('h2', {}, `Job ${job.id}: not honoured`),
+    h('ul', { class: 'warnings' }, warnings.map((w) => h('li', { testid: 'job-warning' }, w))));
+}
+
+async function renderJob(ref) {
+  state.detail = null;
+  document.title = `Job ${ref} · vfarm`;
+  const known = [...state.jobs.values()].find((j) => String(j.id) === ref);
+  state.job = known ? { ...known } : { id: ref, state: 'unknown', _partial: true };
+  mount(
+    h('div', { class: 'crumbs' }, h('a', { href: '#/jobs' }, 'Jobs'), ' / ', h('span', {}, `job ${ref}`)),
+    h('div', { class: 'page-head', testid: 'job-page' },
+      h('h1', { testid: 'job-title' }, `Job ${ref}`), h('span', { testid: 'job-head-state' })),
+    h('section', { class: 'panel', 'aria-label': 'Actions' }, h('div', { class: 'bar' },
+      h('button', { type: 'button', class: 'btn btn-danger', testid: 'job-cancel', onclick: (ev) => cancelJob(ev.currentTarget) }, 'Cancel job…'),
+      h('span', { class: 'muted', testid: 'job-cancel-note' }))),
+    h('div', { class: 'grid-2' },
+      h('section', { class: 'panel', 'aria-labelledby': 'jobdet-h' }, h('h2', { id: 'jobdet-h' }, 'Details'), h('div', { testid: 'job-details' })),
+      h('section', { class: 'panel', 'aria-labelledby': 'jobout-h' }, h('h2', { id: 'jobout-h' }, 'Outputs'), h('div', { testid: 'job-outputs' }))),
+    h('section', { class: 'panel', 'aria-labelledby': 'jobev-h' }, h('h2', { id: 'jobev-h' }, 'Events'), h('div', { testid: 'job-events' })));
+  paintJob();
+  await refreshJob();
+}
+
+const refreshJobSoon = debounced(refreshJob, 200);
+
+async function refreshJob() {
+  if (!state.job) return;
+  const ref = String(state.job.id);
+  try {
+    const j = await api('GET', `/jobs/${encodeURIComponent(ref)}`);
+    if (!state.job || String(state.job.id) !== ref) return;
+    if (jobRank(j.state) < jobRank(state.job.state)) {
+      // Answered before the event that moved it on: ask again.
+      refreshJobSoon();
+      return;
+    }
+    state.job = j;
+    if (state.jobs.has(j.id)) state.jobs.set(j.id, jobMerge(state.jobs.get(j.id), j));
+    paintJob();
+  } catch (e) {
+    if (e.status === 404) {
+      $('#main').replaceChildren(h('div', { class: 'panel', role: 'alert', testid: 'job-missing' },
+        h('h1', {}, 'No such job'),
+        h('p', {}, `There is no job “${ref}” that you may see.`),
+        h('a', { href: '#/jobs' }, 'Back to the jobs')));
+      state.job = null;
+    } else notice(e.message, 'error');
+  }
+}
+
+function paintJob() {
+  const j = state.job;
+  const details = $('[data-testid="job-details"]');
+  if (!j || !details) return;
+  const label = j.name ? `Job ${j.id} · ${j.name}` : `Job ${j.id}`;
+  document.title = `${label} · vfarm`;
+  $('[data-testid="job-title"]').textContent = label;
+  $('[data-testid="job-head-state"]').replaceChildren(j._partial ? '' : stateBadge(j.state, 'job-detail-state'));
+  const cancel = $('[data-testid="job-cancel"]');
+  cancel.disabled = Boolean(j._partial) || jobFinal(j.state);
+  $('[data-testid="job-cancel-note"]').textContent = jobFinal(j.state) ? `The job has ended (${j.state}).` : '';
+  if (j._partial) {
+    details.replaceChildren(h('p', { class: 'muted' }, 'loading…'));
+    return;
+  }
+  const spec = j.spec || {};
+  details.replaceChildren(kv([
+    ['ID', h('span', { class: 'mono' }, String(j.id))],
+    ['Name', j.name],
+    ['State', stateBadge(j.state, 'job-detail-state-kv')],
+    ['End reason', j.reason ? h('span', { testid: 'job-detail-reason' }, j.reason) : null],
+    ['Exit code', j.exit_code ?? null],
+    ['Error', j.error ? h('span', { class: 'field-error' }, j.error) : null],
+    ['Owner', h('span', { class: 'mono', testid: 'job-detail-owner' }, j.owner)],
+    ['Command', Array.isArray(spec.argv) && spec.argv.length ? h('code', {}, spec.argv.map(shellWord).join(' ')) : null],
+    ['Queue', j.queue],
+    ['Image', j.image ? [jobImage(j), ' ', h('span', { class: 'id', style: 'display:inline' }, short(j.image))] : null],
+    ['Driver', j.driver],
+    ['CPUs', j.cpus],
+    ['Memory', typeof j.memory_mib === 'number' ? bytes(j.memory_mib * 1048576) : null],
+    ['Wall time', typeof j.walltime_secs === 'number' ? duration(j.walltime_secs) : null],
+    ['Submitted', when(j.submitted)],
+    ['Started', j.started ? when(j.started) : null],
+    ['Ended', j.ended ? when(j.ended) : null],
+    ['Waited', typeof j.wait_secs === 'number' ? duration(j.wait_secs) : null],
+    ['Ran', typeof j.run_secs === 'number' ? `${j.run_secs.toFixed(1)} s` : null],
+    ['Kept instance', j.instance_kept ? h('a', { href: `#/instances/${encodeURIComponent(j.instance_kept)}` }, short(j.instance_kept)) : null],
+  ]));
+  // Staged-out files, then the command's captured streams: links the browser downloads.
+  const files = [...(j.outputs || []).map((o) => ({ ...o, kind: 'file' })), ...(j.streams || []).map((o) => ({ ...o, kind: 'stream' }))];
+  $('[data-testid="job-outputs"]').replaceChildren(files.length
+    ? h('ul', { class: 'ops' }, files.map((o) => h('li', {},
+      h('a', { href: jobOutputHref(j, o.name), download: o.name, testid: 'job-output', 'data-name': o.name,
+        'aria-label': `Download ${o.name} of job ${j.id}` }, o.name),
+      h('span', { class: 'muted' }, ` ${bytes(o.size)}${o.kind === 'stream' ? ' · captured output' : ''}`))))
+    : h('p', { class: 'muted', testid: 'job-no-outputs' }, jobFinal(j.state) ? 'This job left no outputs.' : 'Outputs appear here when the job has run.'));
+  const events = j.events || [];
+  $('[data-testid="job-events"]').replaceChildren(events.length
+    ? h('div', { class: 'table-wrap' }, h('table', { testid: 'job-events-table' },
+      h('thead', {}, h('tr', {}, ['At', 'Event', 'Detail'].map((c) => h('th', { scope: 'col' }, c)))),
+      h('tbody', {}, events.map((e) => h('tr', {},
+        h('td', { class: 'num' }, when(e.at, 'medium')), h('td', {}, e.kind),
+        h('td', { class: 'mono' }, e.detail && Object.keys(e.detail).length ? JSON.stringify(e.detail) : ''))))))
+    : h('p', { class: 'muted' }, 'No events yet.'));
+}
+
+async function cancelJob(button) {
+  const j = state.job;
+  if (!j) return;
+  const ok = await confirmDialog(`Cancel job ${j.id}?`,
+    'A queued job never starts; a running one is stopped and its instance removed.', 'Cancel job', 'Keep it');
+  if (!ok) return;
+  await busy(button, async () => {
+    try {
+      const r = await api('POST', `/jobs/${encodeURIComponent(j.id)}/cancel`);
+      if (state.job && state.job.id === r.id) state.job = jobMerge(state.job, r);
+      if (state.jobs.has(r.id)) state.jobs.set(r.id, jobMerge(state.jobs.get(r.id), r));
+      notice(r.state === 'cancelled' ? `Job ${r.id} cancelled` : `Cancelling job ${r.id}…`);
+    } catch (e) {
+      notice(`Cancel failed: ${e.message} (${e.code})`, 'error');
+    }
+  });
+  // busy() re-enabled the button; the state decides again.
+  paintJob();
 }
 
 // ---------------------------------------------------------------------------------------

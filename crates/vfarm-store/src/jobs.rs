@@ -420,23 +420,7 @@ impl Store {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn new(store: &Store, owner: &str) -> i64 {
-        store
-            .insert_job(&NewJob {
-                name: None,
-                owner,
-                queue: "batch",
-                priority: 0,
-                backend: "local",
-                driver: "oci",
-                image_id: "img",
-                cpus_milli: 1000,
-                memory_mib: 512,
-                walltime_secs: 60,
-                spec: "{}",
-            })
-            .unwrap()
-    }
+    pub(crate) use crate::testing::new_job as new;
 
     #[test]
     fn a_job_is_claimed_and_registered_once_and_ends_once() {

@@ -119,3 +119,22 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// A queued job of `owner` with small made-up figures; its id.
+pub fn new_job(store: &Store, owner: &str) -> i64 {
+    store
+        .insert_job(&crate::jobs::NewJob {
+            name: None,
+            owner,
+            queue: "batch",
+            priority: 0,
+            backend: "local",
+            driver: "oci",
+            image_id: "img",
+            cpus_milli: 1000,
+            memory_mib: 512,
+            walltime_secs: 60,
+            spec: "{}",
+        })
+        .unwrap()
+}

@@ -579,19 +579,41 @@ fn jobs_over_the_api_belong_to_their_submitter() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
     let made = r.json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
-    assert_eq!(wait_final(hello)["state"], "succeeded");
+    let h = wait_final(hello);
+    assert_eq!(h["state"], "succeeded");
+    // The document names no Output file: the command's own stdout is one of the job's
+    // streams, downloaded like an output.
+    let names = |v: &Value, k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&h, "streams"), ["stdout", "stderr"], "{h}");
+    assert_eq!(names(&h, "outputs"), Vec::<String>::new(), "{h}");
+    let download = |p: String| {
+        let r = alice.get(url(&p)).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(
+        download(format!("/{hello}/outputs/stdout")),
+        (200, "hello world\n".into())
+    );
     let done = wait_final(made);
     assert_eq!(done["state"], "succeeded", "{done:#}");
     assert_eq!(done["outputs"][0]["name"], "result.txt", "{done}");
-    let out = alice
-        .get(url(&format!("/{made}/outputs/result.txt")))
-        .send()
-        .unwrap();
-    assert_eq!(out.status().as_u16(), 200);
-    assert_eq!(out.text().unwrap(), "from-the-api\n");
+    assert_eq!(
+        download(format!("/{made}/outputs/result.txt")),
+        (200, "from-the-api\n".into())
+    );
 
     // Bob sees none of it; the admin sees both.
-    for p in [format!("/{made}"), format!("/{made}/outputs/result.txt")] {
+    for p in [
+        format!("/{made}"),
+        format!("/{made}/outputs/result.txt"),
+        format!("/{hello}/outputs/stdout"),
+    ] {
         let (st, v) = get(&bob, &p);
         assert_eq!(
             (st, v["error"]["code"].as_str()),
