@@ -18,6 +18,7 @@ pub mod instances;
 pub mod jobs;
 pub mod local;
 pub mod node_migration;
+pub mod run;
 pub mod staging;
 
 pub use caller::Caller;

@@ -5,19 +5,16 @@
 //! `vfarm_core::instance::next` whether the operation is legal, acts through the driver, and
 //! records the transition (compare-and-set, so concurrent actors cannot both win).
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use vfarm_core::instance::{parse_duration, Event};
+use vfarm_core::instance::Event;
 use vfarm_core::ByteSize;
 use vfarm_driver::qemu::AfterCheckpoint;
-use vfarm_driver::{BootProfile, Driver, DriverError, ExecIo, Observed, StopMode};
-use vfarm_store::instances::{SnapshotRow, StateChange};
+use vfarm_driver::{BootProfile, DriverError, ExecIo};
+use vfarm_store::instances::StateChange;
 use vfarm_store::Store;
 
 use vfarm_api::instances::{InstanceView, SnapshotView};
@@ -25,15 +22,13 @@ use vfarm_api::instances::{InstanceView, SnapshotView};
 use crate::cmd::staging;
 use crate::ctx::Ctx;
 pub use vfarm_service::instances::*;
+use vfarm_service::run::{Ending, RunIo, RunRequest};
 use vfarm_service::Caller;
 
 /// Exit status of `vfarm run` when the command was killed at its `--timeout` (as timeout(1)).
 pub const TIMEOUT_EXIT: i32 = 124;
 /// Exit status of `vfarm run` when it was interrupted (SIGINT/SIGTERM), as a shell reports.
 pub const INTERRUPTED_EXIT: i32 = 130;
-/// Disposable instances expire after this unless told otherwise, so a `vfarm run` whose CLI
-/// was killed is still reaped eventually.
-const RUN_DEFAULT_EXPIRY: &str = "1d";
 
 /// The filters and the page size of `vfarm instance ls`.
 #[derive(Debug, Clone, Default, Args)]
@@ -368,7 +363,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub keep_on_failure: bool,
     /// Expiry of the instance if it is kept (or if this CLI is killed mid-run).
-    #[arg(long, default_value = RUN_DEFAULT_EXPIRY)]
+    #[arg(long, default_value = vfarm_service::run::DEFAULT_EXPIRY)]
     pub expiry: String,
     /// Copy a host file into the instance before the command runs (repeatable). A relative
     /// GUEST path is relative to --workdir.
@@ -811,7 +806,13 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Console { instance, follow } => {
             let row = find(caller, &store, &mut drivers, &instance)?;
-            console(drivers.for_row(&store, &row)?, &row.id, follow)?;
+            vfarm_service::run::console(
+                drivers.for_row(&store, &row)?,
+                &row.id,
+                follow,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
             Ok(0)
         }
         InstanceCmd::Checkpoint { instance, to, stop } => {
@@ -1000,44 +1001,6 @@ fn pause_resume(
     Ok(0)
 }
 
-/// Print an instance's console log; with `follow`, keep printing what is appended until the
-/// instance is no longer running or paused (Ctrl-C ends it earlier: nothing to clean up).
-fn console(driver: &dyn Driver, id: &str, follow: bool) -> Result<()> {
-    let logs = driver.logs(id)?;
-    // A VM has one console for both streams; print it once.
-    let separate = logs.stderr != logs.stdout;
-    // Before the first start there is no log yet: that is an empty console, not an error.
-    let open = |p: &Path| match File::open(p) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open {}", p.display()))),
-    };
-    let mut f = Follower {
-        out: open(&logs.stdout)?,
-        err: if separate { open(&logs.stderr)? } else { None },
-    };
-    f.pump()?;
-    if !follow {
-        return Ok(());
-    }
-    loop {
-        let seen = driver.observe(id)?;
-        // A log that appears later (the instance started meanwhile) is followed from then on.
-        if f.out.is_none() {
-            f.out = open(&logs.stdout)?;
-        }
-        if separate && f.err.is_none() {
-            f.err = open(&logs.stderr)?;
-        }
-        f.pump()?;
-        if !matches!(seen, Observed::Running | Observed::Paused) {
-            // What was written between the last read and the end.
-            return f.pump();
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn copy_file(path: &Path, out: &mut dyn Write) -> Result<()> {
     if !crate::cmd::print_file(path, out)? {
         bail!("cannot open {}: no such file", path.display());
@@ -1111,35 +1074,6 @@ pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
 // ---------------------------------------------------------------------------------------
 // vfarm run …
 
-/// Copies what an instance writes to its log files to our stdout/stderr as it arrives
-/// (a file not there yet, or a VM's single console, is `None`).
-struct Follower {
-    out: Option<File>,
-    err: Option<File>,
-}
-
-impl Follower {
-    fn pump(&mut self) -> Result<()> {
-        let mut buf = Vec::new();
-        if let Some(out) = &mut self.out {
-            out.read_to_end(&mut buf)?;
-        }
-        if !buf.is_empty() {
-            let mut o = std::io::stdout().lock();
-            o.write_all(&buf)?;
-            o.flush()?;
-        }
-        buf.clear();
-        if let Some(err) = &mut self.err {
-            err.read_to_end(&mut buf)?;
-        }
-        if !buf.is_empty() {
-            std::io::stderr().write_all(&buf)?;
-        }
-        Ok(())
-    }
-}
-
 pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     let outcome_file = a.outcome.clone();
     let r = run_disposable(ctx, a);
@@ -1175,38 +1109,22 @@ pub fn run_run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
 /// `vfarm run`: the command's own exit code (or 1 for lost outputs) and how it ended.
 fn run_disposable(ctx: &Ctx, a: RunArgs) -> Result<(i32, Ending)> {
     let caller = &Caller::local();
-    let store = ctx.store()?;
-    tracing::debug!("run: store open");
     let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime, &a.driver.accel)?;
     let driver = driver.as_ref();
     tracing::debug!(driver = driver.kind(), "run: driver ready");
-    let by_exec = a.keep_on_failure || runs_commands_by_exec(driver);
-    let timeout = a
-        .timeout
-        .as_deref()
-        .map(|t| parse_duration("timeout", t).map(Duration::from_secs))
-        .transpose()?;
-    if let Some(dir) = &a.workdir {
-        staging::check_workdir(dir)?;
-    }
-    let wd = a.workdir.as_deref();
-    let stage_in = a
-        .copy_in
-        .iter()
-        .map(|s| staging::parse_stage("copy-in", s, false, wd))
-        .collect::<Result<Vec<_>>>()?;
-    let stage_out = a
-        .copy_out
-        .iter()
-        .map(|s| staging::parse_stage("copy-out", s, true, wd))
-        .collect::<Result<Vec<_>>>()?;
-    if !stage_in.is_empty() || !stage_out.is_empty() {
-        staging::files_of(driver)?;
-    }
-    let command = match wd {
-        Some(dir) => staging::in_workdir(dir, &a.command),
-        None => a.command.clone(),
+    let req = RunRequest {
+        shape: a.shape.clone().into(),
+        timeout: a.timeout.clone(),
+        keep_on_failure: a.keep_on_failure,
+        expiry: a.expiry.clone(),
+        copy_in: a.copy_in.clone(),
+        copy_out: a.copy_out.clone(),
+        workdir: a.workdir.clone(),
+        console_log: a.console_log.clone(),
+        command: a.command.clone(),
     };
+    // Refusals before an image is built on the fly.
+    req.plan(driver)?;
     let vm = vm_setup(
         driver,
         a.driver.profile.as_deref(),
@@ -1219,240 +1137,18 @@ fn run_disposable(ctx: &Ctx, a: RunArgs) -> Result<(i32, Ending)> {
         runs_commands_by_exec(driver),
     )?;
     tracing::debug!(image = %image.id, "run: image resolved");
-    // With --keep-on-failure the main process is the idle init and the command runs through
-    // exec, so the kept instance can be started again and entered; otherwise the command is
-    // the main process (the fast path).
-    let main_command = if by_exec { Vec::new() } else { command.clone() };
-    let row = create_instance(
-        caller,
-        ctx,
-        driver,
-        NewInstance {
-            image,
-            name: None,
-            expiry: Some(a.expiry.clone()),
-            shape: a.shape.clone().into(),
-            command: main_command,
-            disposable: true,
-            vm,
-            owner: caller.user.clone(),
-            disk: None,
-            id: None,
-        },
-    )?;
-    let id = row.id.clone();
-    tracing::debug!(instance = %id, "run: prepared");
     // An interrupted `vfarm run` kills and removes its instance instead of dying and
     // leaving it to the reaper. (The instance runs in its own session, so the terminal's
     // Ctrl-C reaches only us.)
     let interrupted = vfarm_service::dispatch::termination_flag();
-    let outcome = (|| -> Result<(i32, Ending)> {
-        let until = Until {
-            begun: Instant::now(),
-            timeout,
-            interrupted: &interrupted,
-        };
-        // A main command starts with the instance, so its inputs go in before; a command
-        // run by exec gets them once the instance runs (a VM's agent needs a running guest).
-        if !by_exec {
-            staging::copy_in_all(driver, &id, &stage_in)?;
-        }
-        start_instance(caller, &store, driver, &row)?;
-        tracing::debug!(instance = %id, "run: started");
-        if by_exec {
-            staging::copy_in_all(driver, &id, &stage_in)?;
-            exec_with_timeout(driver, &id, &command, &a.shape.env, &until)
-        } else {
-            follow_until_exit(driver, &id, &until)
-        }
-    })();
-    let (code, ending) = match outcome {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = destroy_after_run(caller, &store, driver, &id);
-            return Err(e);
-        }
+    let io = RunIo {
+        exec: ExecIo::inherit(),
+        out: &mut std::io::stdout(),
+        err: &mut std::io::stderr(),
     };
-    match ending {
-        Ending::TimedOut => eprintln!(
-            "vfarm: run: timed out after {}; the command was killed",
-            a.timeout.as_deref().unwrap_or("?")
-        ),
-        Ending::Interrupted => eprintln!("vfarm: run: interrupted; the command was killed"),
-        Ending::Exited => {}
+    let end = vfarm_service::run::run(ctx, caller, driver, vm, image, &req, io, &interrupted)?;
+    for n in &end.notes {
+        eprintln!("vfarm: run: {n}");
     }
-    tracing::debug!(instance = %id, code, ?ending, "run: ended");
-    let lost_outputs = staging::copy_out_all(driver, &id, &stage_out);
-    if let Some(file) = &a.console_log {
-        if let Err(e) = save_console(driver, &id, file) {
-            eprintln!("vfarm: run: cannot save the console log: {e:#}");
-        }
-    }
-    let code = if code == 0 && lost_outputs > 0 {
-        1
-    } else {
-        code
-    };
-    if (code == 0 && ending == Ending::Exited) || !a.keep_on_failure {
-        destroy_after_run(caller, &store, driver, &id)?;
-        tracing::debug!(instance = %id, "run: destroyed");
-    } else {
-        keep_failed(&store, driver, &id, code)?;
-    }
-    Ok((code, ending))
-}
-
-/// How a disposable run's command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    Exited,
-    TimedOut,
-    /// SIGINT or SIGTERM reached `vfarm run`.
-    Interrupted,
-}
-
-/// When to stop waiting for a run's command.
-struct Until<'a> {
-    begun: Instant,
-    timeout: Option<Duration>,
-    interrupted: &'a AtomicBool,
-}
-
-impl Until<'_> {
-    /// Why the command must be killed now, if it must.
-    fn due(&self) -> Option<Ending> {
-        if self.interrupted.load(Ordering::SeqCst) {
-            Some(Ending::Interrupted)
-        } else if self.timeout.is_some_and(|t| self.begun.elapsed() >= t) {
-            Some(Ending::TimedOut)
-        } else {
-            None
-        }
-    }
-}
-
-/// Stream the main process's output until it exits; kill it at the deadline.
-fn follow_until_exit(driver: &dyn Driver, id: &str, until: &Until<'_>) -> Result<(i32, Ending)> {
-    let logs = driver.logs(id)?;
-    let mut f = Follower {
-        out: Some(File::open(&logs.stdout)?),
-        err: Some(File::open(&logs.stderr)?),
-    };
-    let mut backoff = vfarm_driver::Backoff::default();
-    let mut ending = Ending::Exited;
-    let seen = loop {
-        let seen = driver.observe(id)?;
-        f.pump()?;
-        if !matches!(seen, Observed::Running | Observed::Paused) {
-            break seen;
-        }
-        if let Some(why) = until.due() {
-            ending = why;
-            break driver.stop(id, StopMode::Kill)?;
-        }
-        backoff.sleep();
-    };
-    f.pump()?;
-    let code = match seen {
-        Observed::Exited { code } => code,
-        other => bail!("instance {id} ended without an exit status ({other})"),
-    };
-    Ok((code, ending))
-}
-
-/// Run the command with exec (output passes straight through); at the deadline stop the
-/// instance, which ends the exec.
-fn exec_with_timeout(
-    driver: &dyn Driver,
-    id: &str,
-    command: &[String],
-    env: &[String],
-    until: &Until<'_>,
-) -> Result<(i32, Ending)> {
-    let env = env
-        .iter()
-        .map(|e| vfarm_core::instance::parse_env(e))
-        .collect::<Result<Vec<_>, _>>()?;
-    let exec = driver.exec().ok_or_else(|| DriverError::Unsupported {
-        driver: driver.kind(),
-        what: "exec".into(),
-    })?;
-    std::thread::scope(|s| {
-        let h = s.spawn(|| exec.exec(id, command, &env, ExecIo::inherit()));
-        let mut ending = Ending::Exited;
-        while !h.is_finished() {
-            if ending == Ending::Exited {
-                if let Some(why) = until.due() {
-                    ending = why;
-                    driver.stop(id, StopMode::Kill)?;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let code = match h.join().map_err(|_| anyhow!("exec thread panicked"))? {
-            Ok(c) => c,
-            // Killed at the deadline: a VM's agent connection dies with it, so there is no
-            // exit status to report; use SIGKILL's, as a killed container's would be.
-            Err(_) if ending != Ending::Exited => 137,
-            Err(e) => return Err(e.into()),
-        };
-        Ok((code, ending))
-    })
-}
-
-/// Copy the console log (stdout, then stderr when it is a separate file) to `file`.
-fn save_console(driver: &dyn Driver, id: &str, file: &Path) -> Result<()> {
-    let logs = driver.logs(id)?;
-    let mut out =
-        File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
-    copy_file(&logs.stdout, &mut out)?;
-    if logs.stderr != logs.stdout {
-        copy_file(&logs.stderr, &mut out)?;
-    }
-    Ok(())
-}
-
-fn destroy_after_run(caller: &Caller, store: &Store, driver: &dyn Driver, id: &str) -> Result<()> {
-    driver
-        .cleanup(id)
-        .with_context(|| format!("cannot remove disposable instance {id}"))?;
-    store.delete_instance(&caller.user, id)?;
-    Ok(())
-}
-
-/// Keep a failed run's instance: stopped, with a `failure` snapshot, and say how to get in.
-fn keep_failed(store: &Store, driver: &dyn Driver, id: &str, code: i32) -> Result<()> {
-    let caller = &Caller::local();
-    let row = store
-        .instance(id)?
-        .ok_or_else(|| anyhow!("instance {id} vanished"))?;
-    driver.stop(id, StopMode::Kill)?;
-    let msg = format!("command exited with status {code}");
-    transition(
-        caller,
-        store,
-        &row,
-        Event::Stop,
-        StateChange {
-            exit_code: Some(code),
-            error: Some(&msg),
-            ..Default::default()
-        },
-    )?;
-    let info = snapshots_of(driver)?.create(id, "failure")?;
-    store.insert_snapshot(
-        &caller.user,
-        &SnapshotRow {
-            instance_id: id.to_string(),
-            name: "failure".into(),
-            created: vfarm_store::now(),
-            size: info.size,
-        },
-    )?;
-    eprintln!(
-        "vfarm: run: kept instance {id} (stopped) with snapshot `failure`. To inspect it:\n  \
-         vfarm instance start {id}\n  vfarm instance exec {id} -- sh\n  \
-         vfarm instance destroy {id}   # when done"
-    );
-    Ok(())
+    Ok((end.code, end.ending))
 }
