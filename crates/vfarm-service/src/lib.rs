@@ -2,17 +2,21 @@
 //! caller, `vfarm serve` with each request's identity. No clap, no HTTP, no printing
 //! (warnings go to `tracing`).
 //!
-//! Today: the environment, the caller, and the instance operations (records, drivers,
-//! transitions, views, the reaper) with file staging. Jobs, image lists and the cluster
-//! still live in the binary (ARCHITECTURE.md, "Where the service layer stands").
+//! Today: the environment, the caller, the instance operations (records, drivers,
+//! transitions, views, the reaper) with file staging, jobs, bearer tokens, and image lists
+//! with their subscriptions and cache. The cluster still lives in the binary
+//! (ARCHITECTURE.md, "Where the service layer stands").
 
 pub mod caller;
 pub mod env;
+pub mod imagelists;
 pub mod instances;
 pub mod jobs;
 pub mod staging;
+pub mod subscriptions;
+pub mod tokens;
 
-pub use caller::Caller;
+pub use caller::{Caller, Forbidden};
 pub use env::Env;
 
 use vfarm_proto::ErrorCode;
@@ -22,7 +26,13 @@ use vfarm_proto::ErrorCode;
 /// or a failure with no code of its own). The CLI and the HTTP handlers both start here.
 pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<String>)> {
     let owned = |(c, f): (ErrorCode, Option<&str>)| (c, f.map(str::to_string));
+    if let Some(e) = err.downcast_ref::<Forbidden>() {
+        return Some(owned((ErrorCode::Forbidden, e.field)));
+    }
     if let Some(c) = jobs::classify(err) {
+        return Some(owned(c));
+    }
+    if let Some(c) = imagelists::classify(err) {
         return Some(owned(c));
     }
     if let Some(c) = instances::classify(err) {

@@ -10,6 +10,7 @@ pub mod job;
 pub mod migrate;
 pub mod node;
 pub mod remote;
+pub mod remote_lists;
 pub mod serve;
 pub use vfarm_service::staging;
 pub mod token;

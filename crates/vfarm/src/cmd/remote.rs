@@ -80,14 +80,14 @@ fn refuse_plain_token(base: &str) -> Result<()> {
     Ok(())
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::blocking::Client,
-    base: String,
+    pub(crate) base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(a: &RemoteArgs) -> Result<Client> {
+    pub(crate) fn new(a: &RemoteArgs) -> Result<Client> {
         let base = a
             .server
             .clone()
@@ -128,7 +128,7 @@ impl Client {
         })
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -161,7 +161,7 @@ impl Client {
         .into())
     }
 
-    fn json<T: serde::de::DeserializeOwned>(
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -194,7 +194,7 @@ pub(crate) fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> 
         })
 }
 
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
