@@ -39,13 +39,12 @@ fn admin(who: Who) -> Result<Caller, ApiError> {
     Ok(c)
 }
 
-/// Run `op` on the blocking pool as an admin, mapping its errors.
+/// Run `op` on the blocking pool as `caller` (an admin), mapping its errors.
 async fn run<T: Send + 'static>(
     s: AppState,
-    who: Who,
+    caller: Caller,
     op: impl FnOnce(&Env, &Caller) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let caller = admin(who)?;
     let env = env_of(&s);
     blocking(move || op(&env, &caller).map_err(service_error)).await
 }
@@ -53,7 +52,8 @@ async fn run<T: Send + 'static>(
 #[utoipa::path(get, path = "/api/v1/subscriptions", tag = "imagelists", operation_id = "list_subscriptions",
     responses((status = 200, description = "Subscriptions with the version of their accepted list", body = [Listed]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn list(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
-    let subs = run(s, who, subscriptions::list).await?;
+    let caller = admin(who)?;
+    let subs = run(s, caller, subscriptions::list).await?;
     Ok(Json(subs).into_response())
 }
 
@@ -64,8 +64,10 @@ pub(crate) async fn add(
     who: Who,
     body: Body<AddSubscription>,
 ) -> Result<Response, ApiError> {
+    // Refused before the body is read: a non-admin learns nothing from its checks.
+    let caller = admin(who)?;
     let req = json_body(body)?;
-    let added = run(s, who, move |env, c| subscriptions::add(env, c, req)).await?;
+    let added = run(s, caller, move |env, c| subscriptions::add(env, c, req)).await?;
     Ok((StatusCode::CREATED, Json(added)).into_response())
 }
 
@@ -76,7 +78,8 @@ pub(crate) async fn show(
     who: Who,
     Path(r): Path<String>,
 ) -> Result<Response, ApiError> {
-    let d = run(s, who, move |env, c| subscriptions::show(env, c, &r)).await?;
+    let caller = admin(who)?;
+    let d = run(s, caller, move |env, c| subscriptions::show(env, c, &r)).await?;
     Ok(Json(d).into_response())
 }
 
@@ -87,7 +90,8 @@ pub(crate) async fn remove(
     who: Who,
     Path(r): Path<String>,
 ) -> Result<Response, ApiError> {
-    let d = run(s, who, move |env, c| subscriptions::remove(env, c, &r)).await?;
+    let caller = admin(who)?;
+    let d = run(s, caller, move |env, c| subscriptions::remove(env, c, &r)).await?;
     Ok(Json(d).into_response())
 }
 
@@ -98,8 +102,10 @@ pub(crate) async fn update(
     who: Who,
     body: Body<UpdateRequest>,
 ) -> Result<Response, ApiError> {
+    // Refused before the body is read: a non-admin learns nothing from its checks.
+    let caller = admin(who)?;
     let req = json_body(body)?;
-    let r = run(s, who, move |env, c| subscriptions::update(env, c, &req)).await?;
+    let r = run(s, caller, move |env, c| subscriptions::update(env, c, &req)).await?;
     Ok(Json(r).into_response())
 }
 
@@ -110,15 +116,18 @@ pub(crate) async fn revoke(
     who: Who,
     body: Body<Revoke>,
 ) -> Result<Response, ApiError> {
+    // Refused before the body is read: a non-admin learns nothing from its checks.
+    let caller = admin(who)?;
     let req = json_body(body)?;
-    let r = run(s, who, move |env, c| subscriptions::revoke(env, c, req)).await?;
+    let r = run(s, caller, move |env, c| subscriptions::revoke(env, c, req)).await?;
     Ok(Json(r).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/cache", tag = "imagelists", operation_id = "list_cached_images",
     responses((status = 200, description = "Cached images of subscribed lists", body = [CacheView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn cache_list(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
-    let v = run(s, who, imagelists::cache_list).await?;
+    let caller = admin(who)?;
+    let v = run(s, caller, imagelists::cache_list).await?;
     Ok(Json(v).into_response())
 }
 
@@ -129,7 +138,11 @@ pub(crate) async fn cache_show(
     who: Who,
     Path(image): Path<String>,
 ) -> Result<Response, ApiError> {
-    let v = run(s, who, move |env, c| imagelists::cache_show(env, c, &image)).await?;
+    let caller = admin(who)?;
+    let v = run(s, caller, move |env, c| {
+        imagelists::cache_show(env, c, &image)
+    })
+    .await?;
     Ok(Json(v).into_response())
 }
 
@@ -140,7 +153,8 @@ pub(crate) async fn cache_expire(
     who: Who,
     Path(image): Path<String>,
 ) -> Result<Response, ApiError> {
-    let v = run(s, who, move |env, c| {
+    let caller = admin(who)?;
+    let v = run(s, caller, move |env, c| {
         imagelists::cache_expire(env, c, &image)
     })
     .await?;
@@ -155,14 +169,16 @@ pub struct VerifyCache {
 }
 
 #[utoipa::path(post, path = "/api/v1/cache/verify", tag = "imagelists", operation_id = "verify_cache", request_body = VerifyCache,
-    responses((status = 200, description = "One result per image; corrupted copies were deleted", body = [Checked]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "One result per image; corrupted copies were deleted", body = [Checked]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn cache_verify(
     State(s): State<AppState>,
     who: Who,
     body: Body<VerifyCache>,
 ) -> Result<Response, ApiError> {
+    // Refused before the body is read: a non-admin learns nothing from its checks.
+    let caller = admin(who)?;
     let req = json_body(body)?;
-    let v = run(s, who, move |env, c| {
+    let v = run(s, caller, move |env, c| {
         imagelists::cache_verify(env, c, req.image.as_deref())
     })
     .await?;
@@ -185,8 +201,10 @@ pub(crate) async fn create(
     who: Who,
     body: Body<CreateList>,
 ) -> Result<Response, ApiError> {
+    // Refused before the body is read: a non-admin learns nothing from its checks.
+    let caller = admin(who)?;
     let req = json_body(body)?;
-    let list = run(s, who, move |env, c| {
+    let list = run(s, caller, move |env, c| {
         let endorser = req
             .cert
             .as_deref()
@@ -231,6 +249,8 @@ pub(crate) async fn sign(
     who: Who,
     body: Body<SignList>,
 ) -> Result<Response, ApiError> {
+    // Refused before the body is read: a non-admin learns nothing from its checks.
+    let caller = admin(who)?;
     let req = json_body(body)?;
     // A relative path would be the service's working directory: never what was meant.
     for (field, p) in [("cert", &req.cert), ("key", &req.key)] {
@@ -244,7 +264,7 @@ pub(crate) async fn sign(
             ));
         }
     }
-    let signed = run(s, who, move |_, c| {
+    let signed = run(s, caller, move |_, c| {
         let done = imagelists::sign_list(c, &req.cert, &req.key, req.list.as_bytes())?;
         Ok(SignedList {
             signed: String::from_utf8(done.message)?,
@@ -273,8 +293,10 @@ pub(crate) async fn publish(
     who: Who,
     body: Body<PublishList>,
 ) -> Result<Response, ApiError> {
+    // Refused before the body is read: a non-admin learns nothing from its checks.
+    let caller = admin(who)?;
     let req = json_body(body)?;
-    let p = run(s, who, move |env, c| {
+    let p = run(s, caller, move |env, c| {
         imagelists::publish(env, c, req.list.as_bytes(), &req.name)
     })
     .await?;
