@@ -42,6 +42,12 @@ pub fn run_token(ctx: &Ctx, a: &RemoteArgs, cmd: TokenCmd) -> Result<i32> {
 }
 
 pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32> {
+    // `create --cert` and `sign --cert/--key` are the list's (the endorser's certificate, the
+    // signing key the service holds), and clap also hands them to the global TLS flags of the
+    // same names: they are no client identity. These two authenticate with a token.
+    let mut list_args = a.clone();
+    list_args.cert = None;
+    list_args.key = None;
     match cmd {
         ImagelistCmd::Create {
             file,
@@ -75,7 +81,7 @@ pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32
                 }
                 None => None,
             };
-            let c = Client::new(a)?;
+            let c = Client::new(&list_args)?;
             let body = json!({
                 "images": images, "uri": uri, "title": title, "list_version": list_version,
                 "image_base_url": image_base_url, "cert": cert,
@@ -95,7 +101,7 @@ pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32
             // The certificate and key stay on the service: the paths are its files.
             let body = std::fs::read_to_string(&input)
                 .with_context(|| format!("cannot read {}", input.display()))?;
-            let c = Client::new(a)?;
+            let c = Client::new(&list_args)?;
             let v: Value = c.json(
                 M::POST,
                 "/api/v1/imagelists/sign",
