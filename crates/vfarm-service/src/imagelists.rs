@@ -259,6 +259,7 @@ pub fn sign_list(caller: &Caller, cert: &Path, key: &Path, body: &[u8]) -> Resul
 
 /// A published list.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = PublishedList)]
 pub struct Published {
     /// The file it is served from.
     #[schema(value_type = String)]
@@ -326,6 +327,7 @@ pub fn publish(env: &Env, caller: &Caller, raw: &[u8], name: &str) -> Result<Pub
 /// A cached image: its index entry, the list's title and state, and whether the file is
 /// there.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CachedImage)]
 pub struct CacheView {
     #[serde(flatten)]
     #[schema(value_type = Object)]
@@ -337,6 +339,7 @@ pub struct CacheView {
 
 /// One cached image with its list definition.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CachedImageDetail)]
 pub struct CacheDetail {
     pub cache: CacheView,
     #[schema(value_type = Option<Object>)]
@@ -387,6 +390,7 @@ pub fn cache_show(env: &Env, caller: &Caller, image: &str) -> Result<CacheDetail
 
 /// A cached image moved to the expired area.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CacheExpired)]
 pub struct Expired {
     pub expired: String,
     #[schema(value_type = Option<String>)]
@@ -412,6 +416,7 @@ pub fn cache_expire(env: &Env, caller: &Caller, image: &str) -> Result<Expired> 
 
 /// The check of one cached image.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CacheChecked)]
 pub struct Checked {
     /// `ok`, or why the copy was removed.
     pub code: String,

@@ -53,6 +53,7 @@ pub struct AddSubscription {
 
 /// A new subscription and its first update (none with `no_update`).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SubscriptionAdded)]
 pub struct Added {
     #[schema(value_type = Object)]
     pub subscription: SubscriptionRow,
@@ -68,6 +69,7 @@ impl Added {
 
 /// A subscription as listed: its row and the version of its accepted list.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SubscriptionListed)]
 pub struct Listed {
     #[serde(flatten)]
     #[schema(value_type = Object)]
@@ -91,6 +93,7 @@ impl Listed {
 
 /// A subscription with its accepted list and that list's images.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SubscriptionDetail)]
 pub struct Detail {
     #[schema(value_type = Vec<Object>)]
     pub images: Vec<ImageDefRow>,
@@ -102,6 +105,7 @@ pub struct Detail {
 
 /// A removed subscription and the cached images it took along (expired).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SubscriptionRemoved)]
 pub struct Removed {
     pub expired: Vec<String>,
     pub removed: String,
@@ -118,6 +122,7 @@ pub enum RevokeKind {
 
 /// `subscription revoke`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = RevokeRequest)]
 pub struct Revoke {
     pub kind: RevokeKind,
     /// Image identifier or title, endorser DN, or subscription reference.
@@ -127,6 +132,7 @@ pub struct Revoke {
 
 /// A revocation and what it took away.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Revocation)]
 pub struct Revoked {
     pub kind: String,
     pub removed_from_cache: Vec<String>,
@@ -232,6 +238,7 @@ pub fn show(env: &Env, caller: &Caller, reference: &str) -> Result<Detail> {
 
 /// Which subscriptions `subscription update` fetches.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SubscriptionUpdateRequest)]
 pub struct UpdateRequest {
     /// Subscription id, id prefix, URL or list identifier.
     pub subscription: Option<String>,
@@ -328,6 +335,7 @@ pub fn revoke(env: &Env, caller: &Caller, req: Revoke) -> Result<Revoked> {
 
 /// What one subscription update did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SubscriptionUpdate)]
 pub struct UpdateReport {
     pub subscription: String,
     pub url: String,
