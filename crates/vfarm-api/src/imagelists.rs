@@ -451,6 +451,35 @@ mod tests {
             (StatusCode::BAD_REQUEST, Some("subscription")),
             "{v}"
         );
+        // Signing with files the service does not have is the request's fault.
+        let missing = dir.path().join("nosuch.pem");
+        let (s, v) = send(
+            &st,
+            "POST",
+            "/api/v1/imagelists/sign",
+            &admin,
+            Some(json!({"list": "{}", "cert": missing, "key": missing})),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("cert")),
+            "{v}"
+        );
+        let (s, v) = send(
+            &st,
+            "POST",
+            "/api/v1/imagelists/publish",
+            &admin,
+            Some(json!({"name": "x", "list": "not signed"})),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("list")),
+            "{v}"
+        );
+        assert!(!dir.path().join("published/x.list").exists());
         let (s, c) = send(&st, "GET", "/api/v1/cache", &admin, None).await;
         assert_eq!((s, c), (StatusCode::OK, json!([])));
 

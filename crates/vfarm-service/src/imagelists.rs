@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vfarm_imagelist::cache::{Cache, Expected};
@@ -217,7 +217,9 @@ pub struct Signed {
 /// issuer.
 pub fn sign_list(caller: &Caller, cert: &Path, key: &Path, body: &[u8]) -> Result<Signed> {
     caller.require_admin(ADMIN_ONLY)?;
-    let creds = Credentials::load(cert, key)?;
+    // Bad files are the request's fault (400 over the API), never the service's.
+    let creds = Credentials::load(cert, key)
+        .map_err(|e| invalid("cert", format!("cannot use the certificate and key: {e}")))?;
     let list = ImageList::from_json(body)
         .map_err(|e| invalid("list", format!("not an image list: {e}")))?;
     let me = CertInfo::of(&creds.cert);
@@ -226,13 +228,16 @@ pub fn sign_list(caller: &Caller, cert: &Path, key: &Path, body: &[u8]) -> Resul
         .iter()
         .any(|e| e.dn == me.subject && e.ca == me.issuer)
     {
-        bail!(
-            "the list's endorser ({} / {}) is not the certificate's subject and issuer ({} / {}); subscribers would refuse it",
-            list.endorsers[0].dn,
-            list.endorsers[0].ca,
-            me.subject,
-            me.issuer
-        );
+        return Err(invalid(
+            "cert",
+            format!(
+                "the list's endorser ({} / {}) is not the certificate's subject and issuer ({} / {}); subscribers would refuse it",
+                list.endorsers[0].dn,
+                list.endorsers[0].ca,
+                me.subject,
+                me.issuer
+            ),
+        ));
     }
     let mut warnings = Vec::new();
     if me.not_after.is_some_and(|t| t < list.expires) {
@@ -297,7 +302,12 @@ pub fn publish(env: &Env, caller: &Caller, raw: &[u8], name: &str) -> Result<Pub
         .map_err(|e| invalid("list", format!("not a signed list: {e}")))?;
     msg.check_signature()
         .map_err(|e| invalid("list", format!("does not verify; sign it again: {e}")))?;
-    let list = ImageList::from_json(&msg.content)?;
+    let list = ImageList::from_json(&msg.content).map_err(|e| {
+        invalid(
+            "list",
+            format!("the signed content is not an image list: {e}"),
+        )
+    })?;
     let dir = env.data_dir.join("published");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dest = dir.join(format!("{name}.list"));
