@@ -3,7 +3,8 @@
 Covers: identity and 401s, images, an OCI instance's whole life (create → exec → snapshot
 → revert → stop/start/pause/resume/extend → destroy), owners (each token user sees only
 their own instances, others are 404, the admin sees all), bad input (400 naming the field,
-nothing changed), quota, audit and the event stream.
+nothing changed), quota, audit and the event stream; tokens (each user their own) and
+image-list subscriptions (admins only).
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import hashlib
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from vfarm_client import Client, Instance, Pending, VfarmError
+
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def unique(prefix: str) -> str:
@@ -564,3 +569,65 @@ def test_cancel_a_running_job(plain):
         time.sleep(0.2)
     alice.cancel_job(j.id)
     assert alice.wait_job(j.id, timeout=120).state == "cancelled"
+
+
+# --- tokens and image-list subscriptions -------------------------------------------------
+
+
+def test_tokens_are_their_owners(plain):
+    alice, bob, boss = plain.client("alice"), plain.client("bob"), plain.client("boss")
+    made = alice.create_token(name=unique("laptop"), expiry="1d")
+    assert made.user == "alice" and made.token and made.token.startswith("vft_")
+    assert made.expires is not None
+    # The secret works, and is never listed.
+    assert Client(plain.url, token=made.token).whoami().user == "alice"
+    mine = alice.tokens()
+    assert made.id in {t.id for t in mine} and {t.user for t in mine} == {"alice"}
+    assert all(t.token is None for t in mine)
+    # Not for another user, and bob's is not alice's to revoke (not found, as a missing one).
+    with pytest.raises(VfarmError) as e:
+        alice.create_token(user="bob")
+    assert (e.value.status, e.value.code, e.value.field) == (403, "forbidden", "user")
+    bobs = bob.create_token(name=unique("ci"))
+    with pytest.raises(VfarmError) as e:
+        alice.revoke_token(bobs.id)
+    assert (e.value.status, e.value.code) == (404, "token_not_found")
+    assert bobs.id not in {t.id for t in alice.tokens(user="bob")}
+    # The admin sees both; alice revokes hers and it stops working.
+    assert {made.id, bobs.id} <= {t.id for t in boss.tokens()}
+    assert alice.revoke_token(made.id).revoked is not None
+    with pytest.raises(VfarmError) as e:
+        Client(plain.url, token=made.token).whoami()
+    assert e.value.status == 401
+    assert boss.revoke_token(bobs.id).revoked is not None
+
+
+def test_subscriptions_are_for_admins(plain):
+    fixtures = REPO / "tests" / "data" / "imagelists" / "cloudkeeper"
+    url = (fixtures / "imagelist01.signed").resolve().as_uri()
+    ca_dir = str((fixtures / "ca").resolve())
+    alice, boss = plain.client("alice"), plain.client("boss")
+    with pytest.raises(VfarmError) as e:
+        alice.add_subscription(url, ca_dir, update=False)
+    assert (e.value.status, e.value.code) == (403, "forbidden")
+    with pytest.raises(VfarmError) as e:
+        alice.subscriptions()
+    assert e.value.status == 403
+    # A CA dir that is no path on the service's machine names the field.
+    with pytest.raises(VfarmError) as e:
+        boss.add_subscription(url, "ca", update=False)
+    assert (e.value.status, e.value.field) == (400, "ca_dir")
+
+    sub, report = boss.add_subscription(url, ca_dir, update=False)
+    assert report is None and sub.url == url and sub.ca_dir == ca_dir
+    assert sub.id in {s.id for s in boss.subscriptions()}
+    assert boss.subscription(sub.id)["subscription"]["id"] == sub.id
+    # The fixture list has long expired: the update is a refusal report, not an error.
+    (r,) = boss.update_subscriptions(sub.id)
+    assert (r.subscription, r.result) == (sub.id, "refused"), r
+    assert r.refused and r.refused["code"], r
+    done = boss.revoke_subscription(sub.id, reason="test")
+    assert (done["kind"], done["target"]) == ("subscription", sub.id)
+    assert next(s for s in boss.subscriptions() if s.id == sub.id).revoked is not None
+    assert boss.remove_subscription(sub.id) == sub.id
+    assert sub.id not in {s.id for s in boss.subscriptions()}

@@ -24,13 +24,17 @@ use vfarm_store::Store;
 
 pub mod auth;
 pub mod hosts;
+pub mod imagelists;
 pub mod instances;
 pub mod jobs;
 pub mod live;
 pub mod migration;
 pub mod openapi;
 pub mod ratelimit;
+#[cfg(test)]
+mod testkit;
 pub mod tls;
+pub mod tokens;
 
 pub use auth::AuthPolicy;
 pub use axum::http::StatusCode;
@@ -127,6 +131,28 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(live::events))
         .route("/api/v1/audit", get(live::audit))
         .route("/api/v1/quota", get(instances::quota))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route(
+            "/api/v1/subscriptions",
+            get(imagelists::list).post(imagelists::add),
+        )
+        .route("/api/v1/subscriptions/update", post(imagelists::update))
+        .route(
+            "/api/v1/subscriptions/{ref}",
+            get(imagelists::show).delete(imagelists::remove),
+        )
+        .route("/api/v1/revocations", post(imagelists::revoke))
+        .route("/api/v1/cache", get(imagelists::cache_list))
+        .route("/api/v1/cache/verify", post(imagelists::cache_verify))
+        .route("/api/v1/cache/{image}", get(imagelists::cache_show))
+        .route(
+            "/api/v1/cache/{image}/expire",
+            post(imagelists::cache_expire),
+        )
+        .route("/api/v1/imagelists", post(imagelists::create))
+        .route("/api/v1/imagelists/sign", post(imagelists::sign))
+        .route("/api/v1/imagelists/publish", post(imagelists::publish))
+        .route("/api/v1/tokens/{id}", delete(tokens::revoke))
         .route("/api/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/api/v1/jobs/{id}", get(jobs::show))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))

@@ -233,11 +233,16 @@ pub fn verify_session(
     usable(row, now)
 }
 
+/// The id (the public part) of `given`: an id as is, or the id of a whole pasted token.
+pub fn id_of(given: &str) -> &str {
+    let given = given.trim();
+    parse(given).map(|(i, _)| i).unwrap_or(given)
+}
+
 /// Revoke by id (the public part); the token stops working at once.
 pub fn revoke(store: &Store, id: &str) -> Result<TokenRow> {
-    let id = id.trim();
     // Accept a whole token too, so a leaked one can be pasted as is.
-    let id = parse(id).map(|(i, _)| i).unwrap_or(id);
+    let id = id_of(id);
     store.revoke_token(id).map_err(|e| match e {
         vfarm_store::StoreError::NotFound { .. } => AuthError::TokenNotFound { id: id.into() },
         e => e.into(),

@@ -43,3 +43,24 @@ impl Caller {
         }
     }
 }
+
+/// The caller may not do this: not an admin, or not the owner.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Forbidden {
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl Caller {
+    /// Refused unless the caller is an admin; `what` names what is reserved to admins.
+    pub fn require_admin(&self, what: &str) -> Result<(), Forbidden> {
+        if self.admin {
+            return Ok(());
+        }
+        Err(Forbidden {
+            field: None,
+            message: format!("{what} is for admins"),
+        })
+    }
+}

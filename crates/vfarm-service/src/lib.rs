@@ -4,9 +4,10 @@
 //!
 //! Today: the environment, the caller, the instance operations (records, drivers,
 //! transitions, views, the reaper) with file staging, what the API asks of them on one host
-//! (`local`) and on a control with nodes (`cluster`, `node_migration`), and jobs (`jobs`:
-//! submission and views; `dispatch`: the dispatcher, the runner, reconciliation). Image
-//! lists and host handlers still live above (ARCHITECTURE.md).
+//! (`local`) and on a control with nodes (`cluster`, `node_migration`), disposable runs
+//! (`run`), jobs (`jobs`: submission and views; `dispatch`: the dispatcher, the runner,
+//! reconciliation), bearer tokens, and image lists with their subscriptions and cache. Host
+//! handlers and the node agent still live above (ARCHITECTURE.md).
 
 pub mod backend;
 pub mod caller;
@@ -14,14 +15,17 @@ pub mod cluster;
 pub mod dispatch;
 pub mod env;
 pub mod error;
+pub mod imagelists;
 pub mod instances;
 pub mod jobs;
 pub mod local;
 pub mod node_migration;
 pub mod run;
 pub mod staging;
+pub mod subscriptions;
+pub mod tokens;
 
-pub use caller::Caller;
+pub use caller::{Caller, Forbidden};
 pub use env::Env;
 pub use error::ServiceError;
 
@@ -32,7 +36,13 @@ use vfarm_proto::ErrorCode;
 /// or a failure with no code of its own). The CLI and the HTTP handlers both start here.
 pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<String>)> {
     let owned = |(c, f): (ErrorCode, Option<&str>)| (c, f.map(str::to_string));
+    if let Some(e) = err.downcast_ref::<Forbidden>() {
+        return Some(owned((ErrorCode::Forbidden, e.field)));
+    }
     if let Some(c) = jobs::classify(err) {
+        return Some(owned(c));
+    }
+    if let Some(c) = imagelists::classify(err) {
         return Some(owned(c));
     }
     if let Some(c) = instances::classify(err) {

@@ -143,6 +143,12 @@ fn main() -> ExitCode {
         Command::Instance(c) if remote => cmd::remote::run_instance(&ctx, &cli.remote, c),
         Command::Snapshot(c) if remote => cmd::remote::run_snapshot(&ctx, &cli.remote, c),
         Command::Image(c) if remote => cmd::remote::run_image(&ctx, &cli.remote, c),
+        Command::Token(c) if remote => cmd::remote_lists::run_token(&ctx, &cli.remote, c),
+        Command::Imagelist(c) if remote => cmd::remote_lists::run_imagelist(&ctx, &cli.remote, c),
+        Command::Subscription(c) if remote => {
+            cmd::remote_lists::run_subscription(&ctx, &cli.remote, c)
+        }
+        Command::Cache(c) if remote => cmd::remote_lists::run_cache(&ctx, &cli.remote, c),
         Command::Job(a) if remote => cmd::remote_job::run_job(&ctx, &cli.remote, a),
         Command::Run(_) if remote => Err(anyhow::anyhow!(
             "--server works with `image`, `instance`, `snapshot` and `job` commands; for a \

@@ -1690,3 +1690,169 @@ fn list_made_from_repository_images_keeps_its_identity_across_versions() {
     assert!(!out.status.success(), "{}", text(&out));
     drop(srv);
 }
+
+/// `--server`: an admin makes a list of the service's repository images, signs it with a key
+/// the service holds and publishes it, through the API, with the output of the local
+/// commands; anyone else is refused and changes nothing.
+#[test]
+fn lists_are_made_signed_and_published_through_the_api_as_locally() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let publisher = t.join("publisher");
+    let client = t.join("client");
+    const CA_DN: &str = "/C=XX/O=vfarm test/CN=Remote CA";
+    const E_DN: &str = "/C=XX/O=vfarm test/CN=Remote Publisher";
+    let ca = Ca::new(&t.join("ca"), CA_DN);
+    let e = ca.endorser("remote", E_DN);
+    let ca_dir = t.join("certificates");
+    ca.install(&ca_dir, true);
+    let srv = Server::start_with(&publisher, &["--admin", "root-admin"]);
+    let admin = srv.token_for("root-admin");
+    let alice = srv.token_for("alice");
+    let list_url = format!("{}/imagelists/remote.list", srv.base);
+    let remote = |token: &str, args: &[&str]| {
+        vfarm_cmd(&client)
+            .args(["--server", &srv.base])
+            .args(args)
+            .env("VFARM_TOKEN", token)
+            .output()
+            .expect("run vfarm --server")
+    };
+    let tar = rootfs_tar(t, "web", "1");
+    let out = vfarm(
+        &publisher,
+        &["image", "import", path_str(&tar), "--name", "web"],
+    );
+    assert_success(&out, "image import");
+
+    // create --image: the same list as locally (but for the dates, which are now).
+    let create = |out: &Path| -> Vec<String> {
+        [
+            "--output",
+            "json",
+            "imagelist",
+            "create",
+            "--image",
+            "web",
+            "--uri",
+            &list_url,
+            "--list-version",
+            "3",
+            "--cert",
+            path_str(&e.cert),
+            "-o",
+            path_str(out),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let undated = |out: &Output| {
+        let mut v = json_of(out);
+        v["hv:imagelist"]
+            .as_object_mut()
+            .expect("a list")
+            .retain(|k, _| !k.starts_with("dc:date"));
+        v
+    };
+    let (here, there) = (t.join("local.json"), t.join("remote.json"));
+    let args = create(&here);
+    let l = vfarm(
+        &publisher,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_success(&l, "imagelist create");
+    let args = create(&there);
+    let r = remote(&admin, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_success(&r, "imagelist create --server");
+    assert_eq!(undated(&r), undated(&l));
+    assert!(
+        undated(&l)["hv:imagelist"]["hv:images"][0].is_object(),
+        "{}",
+        text(&l)
+    );
+
+    // sign: the certificate and key are the service's files; the signed list lands here.
+    let sign = |token: &str, out: &Path| {
+        remote(
+            token,
+            &[
+                "--output",
+                "json",
+                "imagelist",
+                "sign",
+                "--cert",
+                path_str(&e.cert),
+                "--key",
+                path_str(&e.key),
+                path_str(&there),
+                path_str(out),
+            ],
+        )
+    };
+    let signed = t.join("remote.list");
+    let r = sign(&admin, &signed);
+    assert_success(&r, "imagelist sign --server");
+    let local_signed = t.join("local.list");
+    sign_vfarm(&publisher, &e, &here, &local_signed);
+    let doc = json_of(&r);
+    assert_eq!(doc["signer"]["subject"], E_DN, "{doc}");
+    assert_eq!(doc["signed"], path_str(&signed), "{doc}");
+    let (code, v) = verify_cli(&signed, &ca_dir, None);
+    assert_eq!((code, &v["accepted"]), (0, &json!(true)), "{v}");
+
+    // publish: the same document as locally, and the service serves the remote bytes.
+    let publish = |token: Option<&str>, file: &Path| {
+        let args = [
+            "--output",
+            "json",
+            "imagelist",
+            "publish",
+            path_str(file),
+            "--name",
+            "remote",
+        ];
+        match token {
+            Some(t) => remote(t, &args),
+            None => vfarm(&publisher, &args),
+        }
+    };
+    let l = publish(None, &local_signed);
+    assert_success(&l, "imagelist publish");
+    let r = publish(Some(&admin), &signed);
+    assert_success(&r, "imagelist publish --server");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&l.stdout)
+    );
+    assert_eq!(http_get(&list_url), std::fs::read(&signed).unwrap());
+
+    // Not an admin: refused (exit 2), the served list stays.
+    let r = publish(Some(&alice), &local_signed);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert_eq!(json_of(&r)["error"]["code"], "forbidden", "{}", text(&r));
+    assert_eq!(http_get(&list_url), std::fs::read(&signed).unwrap());
+    let r = sign(&alice, &t.join("alice.list"));
+    assert_eq!(json_of(&r)["error"]["code"], "forbidden", "{}", text(&r));
+    assert!(!t.join("alice.list").exists());
+    // A path the service would take from its own working directory names the field.
+    let r = remote(
+        &admin,
+        &[
+            "--output",
+            "json",
+            "imagelist",
+            "sign",
+            "--cert",
+            "usercert.pem",
+            "--key",
+            path_str(&e.key),
+            path_str(&there),
+            path_str(&t.join("x.list")),
+        ],
+    );
+    assert_eq!(json_of(&r)["error"]["field"], "cert", "{}", text(&r));
+    // A description names local files: with --server it says what to do instead.
+    let r = remote(&admin, &["imagelist", "create", "-f", path_str(&here)]);
+    assert!(text(&r).contains("without --server"), "{}", text(&r));
+}

@@ -23,6 +23,9 @@ from .models import (
     Operation,
     Quota,
     Snapshot,
+    Subscription,
+    SubscriptionUpdate,
+    Token,
     Whoami,
 )
 
@@ -45,6 +48,9 @@ __all__ = [
     "Pending",
     "Quota",
     "Snapshot",
+    "Subscription",
+    "SubscriptionUpdate",
+    "Token",
     "VfarmError",
     "Whoami",
 ]

@@ -41,6 +41,9 @@ from .models import (
     Operation,
     Quota,
     Snapshot,
+    Subscription,
+    SubscriptionUpdate,
+    Token,
     Whoami,
 )
 
@@ -769,6 +772,93 @@ class Client:
     def remove_host(self, name: str) -> Host:
         """Remove a host without instances; a joined node's certificate is revoked."""
         return Host.from_json(self._call("DELETE", f"{API}/hosts/{self._ref(name)}"))
+
+    # Tokens (everyone their own; admins anyone's)
+
+    def tokens(self, user: Optional[str] = None) -> List[Token]:
+        """The caller's tokens, never their secrets; an admin's: everyone's, or `user`'s."""
+        query = {"user": user} if user is not None else None
+        return [Token.from_json(t) for t in self._call("GET", f"{API}/tokens", query=query)]
+
+    def create_token(
+        self, name: Optional[str] = None, expiry: Optional[str] = None, user: Optional[str] = None
+    ) -> Token:
+        """A new token for the caller (admins: for `user`); its secret, `.token`, is shown
+        only now. `expiry` e.g. "12h", "30d" (default: until revoked)."""
+        body = {k: v for k, v in (("name", name), ("expiry", expiry), ("user", user)) if v}
+        return Token.from_json(self._call("POST", f"{API}/tokens", body))
+
+    def revoke_token(self, id: str) -> Token:
+        """Revoke a token by id (or the whole token); another user's is `token_not_found`."""
+        return Token.from_json(self._call("DELETE", f"{API}/tokens/{self._ref(id)}"))
+
+    # Image-list subscriptions (admins only)
+
+    def subscriptions(self) -> List[Subscription]:
+        return [Subscription.from_json(s) for s in self._call("GET", f"{API}/subscriptions")]
+
+    def subscription(self, ref: str) -> Dict[str, Any]:
+        """`{"subscription", "list", "images"}`: the subscription, its accepted list and
+        that list's images."""
+        doc: Dict[str, Any] = self._call("GET", f"{API}/subscriptions/{self._ref(ref)}")
+        return doc
+
+    def add_subscription(
+        self,
+        url: str,
+        ca_dir: str,
+        endorsers: Sequence[str] = (),
+        no_cache: bool = False,
+        hook: Optional[str] = None,
+        update: bool = True,
+    ) -> "tuple[Subscription, Optional[SubscriptionUpdate]]":
+        """Subscribe to a list URL; `ca_dir` (and a `file://` URL) are paths on the service's
+        machine. With `update`, the first update runs now and its report comes back."""
+        body: Dict[str, Any] = {
+            "url": url,
+            "ca_dir": ca_dir,
+            "endorsers": list(endorsers),
+            "no_cache": no_cache,
+            "no_update": not update,
+        }
+        if hook is not None:
+            body["hook"] = hook
+        doc = self._call("POST", f"{API}/subscriptions", body, timeout=LONG_TIMEOUT)
+        report = doc.get("update")
+        return (
+            Subscription.from_json(doc["subscription"]),
+            SubscriptionUpdate.from_json(report) if report else None,
+        )
+
+    def update_subscriptions(
+        self, ref: Optional[str] = None, at: Optional[str] = None
+    ) -> List[SubscriptionUpdate]:
+        """Fetch, verify and apply new list versions: of `ref`, or (None) of every
+        subscription. `at` judges validity at that time (YYYY-MM-DDTHH:MM:SSZ)."""
+        body: Dict[str, Any] = {"subscription": ref} if ref is not None else {"all": True}
+        if at is not None:
+            body["at"] = at
+        doc = self._call("POST", f"{API}/subscriptions/update", body, timeout=LONG_TIMEOUT)
+        return [SubscriptionUpdate.from_json(r) for r in doc]
+
+    def revoke_subscription(self, ref: str, reason: Optional[str] = None) -> Dict[str, Any]:
+        """Revoke a whole subscription: its images leave the cache, new instances from them
+        are refused, its list is no longer fetched."""
+        return self.revoke_listed("subscription", ref, reason)
+
+    def revoke_listed(self, kind: str, target: str, reason: Optional[str] = None) -> Dict[str, Any]:
+        """Revoke an `image`, an `endorser` or a `subscription`: `{"kind", "target",
+        "revoked_images", "removed_from_cache"}`."""
+        body: Dict[str, Any] = {"kind": kind, "target": target}
+        if reason is not None:
+            body["reason"] = reason
+        doc: Dict[str, Any] = self._call("POST", f"{API}/revocations", body)
+        return doc
+
+    def remove_subscription(self, ref: str) -> str:
+        """Remove a subscription (its cached images expire); its id."""
+        doc = self._call("DELETE", f"{API}/subscriptions/{self._ref(ref)}")
+        return str(doc["removed"])
 
     def exec(
         self,

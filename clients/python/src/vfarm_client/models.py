@@ -23,6 +23,9 @@ __all__ = [
     "Operation",
     "Quota",
     "Snapshot",
+    "Subscription",
+    "SubscriptionUpdate",
+    "Token",
     "Whoami",
 ]
 
@@ -367,4 +370,74 @@ class Job:
 
     @classmethod
     def from_json(cls, data: Any) -> "Job":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A bearer token (`/api/v1/tokens`). `token`, the secret, is set only in the answer of
+    `Client.create_token`: it is never shown again."""
+
+    id: str
+    user: str
+    created: str
+    name: Optional[str] = None
+    expires: Optional[str] = None
+    revoked: Optional[str] = None
+    last_used: Optional[str] = None
+    token: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Token":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A subscription to a signed image list (admins). `version` is its accepted list's, in
+    `Client.subscriptions()`; `endorsers` are `{"dn", "ca"}` objects."""
+
+    id: str
+    url: str
+    ca_dir: str
+    auto_cache: bool = True
+    list_identifier: Optional[str] = None
+    title: Optional[str] = None
+    hook: Optional[str] = None
+    created: Optional[str] = None
+    updated: Optional[str] = None
+    checked: Optional[str] = None
+    last_error: Optional[str] = None
+    revoked: Optional[str] = None
+    endorsers: List[Dict[str, Any]] = field(default_factory=list)
+    version: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Subscription":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class SubscriptionUpdate:
+    """What one update of a subscription did: `result` is `accepted`, `unchanged` or
+    `refused` (then `refused` holds `code` and `reason`); a refusal is a report, not an
+    error."""
+
+    subscription: str
+    url: str
+    result: str
+    version: Optional[str] = None
+    refused: Optional[Dict[str, Any]] = None
+    new: List[str] = field(default_factory=list)
+    replaced: List[str] = field(default_factory=list)
+    expired: List[str] = field(default_factory=list)
+    cached: List[str] = field(default_factory=list)
+    failed: List[Dict[str, Any]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "SubscriptionUpdate":
         return _build(cls, data)

@@ -11,6 +11,7 @@ pub mod migrate;
 pub mod node;
 pub mod remote;
 pub mod remote_job;
+pub mod remote_lists;
 pub mod serve;
 pub use vfarm_service::staging;
 pub mod token;

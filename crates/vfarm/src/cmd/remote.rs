@@ -82,7 +82,7 @@ fn refuse_plain_token(base: &str) -> Result<()> {
 
 pub(crate) struct Client {
     http: reqwest::blocking::Client,
-    base: String,
+    pub(crate) base: String,
     token: Option<String>,
 }
 

@@ -1,9 +1,13 @@
-//! `vfarm token create|ls|revoke`: bearer tokens for the HTTP API. Run by whoever can open
-//! the data directory (the site admin); the secret is printed once and stored only hashed.
+//! `vfarm token create|ls|revoke`: bearer tokens for the HTTP API. Locally run by whoever can
+//! open the data directory (the site admin); with --server, each user manages their own
+//! (`remote_lists`). The secret is printed once and stored only hashed; the operations are
+//! `vfarm_service::tokens`.
 
 use anyhow::Result;
 use clap::Subcommand;
-use vfarm_auth::audit::{self, Outcome};
+use vfarm_service::jobs::Origin;
+use vfarm_service::tokens::{self, CreatedToken, TokenView};
+use vfarm_service::Caller;
 
 use crate::ctx::Ctx;
 
@@ -11,8 +15,9 @@ use crate::ctx::Ctx;
 pub enum TokenCmd {
     /// Create a token and print it once (alone on stdout, so `T=$(vfarm token create)` works).
     Create {
-        /// The user the token stands for (default: your login name). Use a certificate DN to
-        /// give a grid user a token for tools that cannot present certificates.
+        /// The user the token stands for (default: your login name; with --server, your
+        /// identity there, and only admins may name another). Use a certificate DN to give
+        /// a grid user a token for tools that cannot present certificates.
         #[arg(long)]
         user: Option<String>,
         /// Lifetime, e.g. 12h, 30d, 1w (default: until revoked).
@@ -34,92 +39,68 @@ pub enum TokenCmd {
 
 pub fn run(ctx: &Ctx, cmd: TokenCmd) -> Result<i32> {
     let store = ctx.store()?;
+    let caller = &Caller::local();
     match cmd {
         TokenCmd::Create { user, expiry, name } => {
-            let expiry_secs = expiry
-                .as_deref()
-                .map(|e| vfarm_core::instance::parse_duration("expiry", e))
-                .transpose()?;
-            let user = user.unwrap_or_else(audit::local_actor);
-            let created = vfarm_auth::token::create(
-                &store,
-                &user,
-                name.as_deref(),
-                expiry_secs,
-                chrono::Utc::now(),
-            )?;
-            audit::record(
-                &store,
-                None,
-                "token.create",
-                &created.row.id,
-                &Outcome::Ok,
-                &serde_json::json!({ "user": user, "expires": created.row.expires }),
-            )?;
-            if ctx.json() {
-                ctx.print_json(&created)?;
-            } else {
-                eprintln!(
-                    "token {} for {} (expires: {}); shown once, store it now:",
-                    created.row.id,
-                    created.row.user,
-                    created.row.expires.as_deref().unwrap_or("never")
-                );
-                println!("{}", created.token);
-            }
+            let req = tokens::CreateToken { user, name, expiry };
+            print_created(ctx, &tokens::create(&store, caller, Origin::Local, req)?)?;
         }
-        TokenCmd::Ls { user } => {
-            let rows = store.tokens(user.as_deref())?;
-            if ctx.json() {
-                ctx.print_json(&rows)?;
-            } else {
-                println!(
-                    "{:<12}  {:<8}  {:<24}  {:<24}  {:<24}  {:<16}  USER",
-                    "ID", "STATE", "CREATED", "EXPIRES", "LAST USED", "NAME"
-                );
-                let now = vfarm_store::now();
-                for t in rows {
-                    let state = if t.revoked.is_some() {
-                        "revoked"
-                    } else if t.expires.as_deref().is_some_and(|e| e <= now.as_str()) {
-                        "expired"
-                    } else {
-                        "active"
-                    };
-                    println!(
-                        "{:<12}  {:<8}  {:<24}  {:<24}  {:<24}  {:<16}  {}",
-                        t.id,
-                        state,
-                        t.created,
-                        t.expires.as_deref().unwrap_or("never"),
-                        t.last_used.as_deref().unwrap_or("-"),
-                        t.name.as_deref().unwrap_or("-"),
-                        t.user
-                    );
-                }
-            }
-        }
+        TokenCmd::Ls { user } => print_list(ctx, &tokens::list(&store, caller, user.as_deref())?)?,
         TokenCmd::Revoke { id } => {
-            let row = vfarm_auth::token::revoke(&store, &id)?;
-            audit::record(
-                &store,
-                None,
-                "token.revoke",
-                &row.id,
-                &Outcome::Ok,
-                &serde_json::json!({ "user": row.user }),
-            )?;
-            if ctx.json() {
-                ctx.print_json(&row)?;
-            } else {
-                println!(
-                    "revoked token {} of {} at {}",
-                    row.id,
-                    row.user,
-                    row.revoked.as_deref().unwrap_or("?")
-                );
-            }
+            print_revoked(ctx, &tokens::revoke(&store, caller, Origin::Local, &id)?)?
         }
     }
     Ok(0)
+}
+
+/// The secret alone on stdout (`T=$(vfarm token create)`), the rest on stderr.
+pub fn print_created(ctx: &Ctx, created: &CreatedToken) -> Result<()> {
+    if ctx.json() {
+        return ctx.print_json(created);
+    }
+    eprintln!(
+        "token {} for {} (expires: {}); shown once, store it now:",
+        created.row.id,
+        created.row.user,
+        created.row.expires.as_deref().unwrap_or("never")
+    );
+    println!("{}", created.token);
+    Ok(())
+}
+
+pub fn print_list(ctx: &Ctx, rows: &[TokenView]) -> Result<()> {
+    if ctx.json() {
+        return ctx.print_json(&rows);
+    }
+    println!(
+        "{:<12}  {:<8}  {:<24}  {:<24}  {:<24}  {:<16}  USER",
+        "ID", "STATE", "CREATED", "EXPIRES", "LAST USED", "NAME"
+    );
+    let now = vfarm_store::now();
+    for t in rows {
+        println!(
+            "{:<12}  {:<8}  {:<24}  {:<24}  {:<24}  {:<16}  {}",
+            t.id,
+            t.state(&now),
+            t.created,
+            t.expires.as_deref().unwrap_or("never"),
+            t.last_used.as_deref().unwrap_or("-"),
+            t.name.as_deref().unwrap_or("-"),
+            t.user
+        );
+    }
+    Ok(())
+}
+
+pub fn print_revoked(ctx: &Ctx, row: &TokenView) -> Result<()> {
+    if ctx.json() {
+        return ctx.print_json(row);
+    }
+    println!(
+        "revoked token {} of {} at {}",
+        row.id,
+        row.user,
+        row.revoked.as_deref().unwrap_or("?")
+    );
+    Ok(())
 }
