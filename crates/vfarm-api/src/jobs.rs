@@ -46,7 +46,7 @@ fn env_of(s: &AppState) -> Env {
 }
 
 fn caller_of(who: &Identity) -> Caller {
-    Caller::new(who.user.clone(), who.admin)
+    Caller::from(who)
 }
 
 /// The job `id` if the caller may see it: another owner's is not found, as a missing one.

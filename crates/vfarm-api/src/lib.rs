@@ -504,25 +504,8 @@ pub(crate) async fn delete_image(
     who: instances::Who,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let owner = image_owner_for(&who);
-    let actor = actor_of(&who);
-    let caller = who.map(|axum::Extension(id)| id);
-    let img = blocking(move || {
-        if owner.is_some() {
-            let img = s.repo.resolve(&id)?;
-            let theirs = s.store.image_owner(&img.id).map_err(ImageError::from)?;
-            // The caller's own, or (a certificate user) its from before owners carried
-            // the issuer.
-            let mine = theirs
-                .flatten()
-                .is_some_and(|t| caller.as_ref().is_some_and(|c| c.may_access(&t)));
-            if !mine {
-                return Err(ImageError::NotOwner { id: img.id }.into());
-            }
-        }
-        Ok(s.repo.remove(&id, &actor)?)
-    })
-    .await?;
+    let caller = caller_of(&who);
+    let img = blocking(move || Ok(vfarm_service::images::remove(&s.repo, &caller, &id)?)).await?;
     Ok(Json(serde_json::json!({ "removed": img.id })).into_response())
 }
 
@@ -688,19 +671,11 @@ async fn repository_file(
 /// `None` for admins and the local socket's caller (public images, removable by them),
 /// else the user.
 /// Who the event log names for a change made through the API: the caller.
-fn actor_of(who: &instances::Who) -> String {
+/// The caller of a request (a request without an identity only reaches the open paths).
+fn caller_of(who: &instances::Who) -> vfarm_service::Caller {
     match who {
-        Some(axum::Extension(id)) => id.user.clone(),
-        None => "anonymous".into(),
-    }
-}
-
-fn image_owner_for(who: &instances::Who) -> Option<String> {
-    match who {
-        Some(axum::Extension(id)) if !id.admin && id.method != vfarm_auth::AuthMethod::UnixPeer => {
-            Some(id.user.clone())
-        }
-        _ => None,
+        Some(axum::Extension(id)) => vfarm_service::Caller::from(id),
+        None => vfarm_service::Caller::new("anonymous", false),
     }
 }
 
@@ -727,16 +702,9 @@ pub(crate) async fn create_image(
     .await?;
     let st = s.clone();
     let op = op_id.clone();
-    let owner = image_owner_for(&who);
-    let actor = actor_of(&who);
+    let caller = caller_of(&who);
     tokio::task::spawn_blocking(move || {
-        let result = st.repo.build(&req, &actor, &mut |_| {});
-        // A new image is its builder's; one that existed (a cache hit) keeps its owner.
-        if let (Ok(outcome), Some(user)) = (&result, &owner) {
-            if !outcome.cached {
-                let _ = st.store.claim_image(&outcome.image.id, user);
-            }
-        }
+        let result = vfarm_service::images::build(&st.repo, &caller, &req, &mut |_| {});
         let _ = match result {
             Ok(outcome) => st.store.finish_operation(
                 &op,
@@ -806,7 +774,17 @@ async fn osfarm_create(
     let (spec, format, download) = osfarm_spec(&q)?;
     let build_req = spec.resolve()?;
     let st = s.clone();
-    let outcome = blocking(move || Ok(st.repo.build(&build_req, "osfarm", &mut |_| {})?)).await?;
+    // The one-URL order is anonymous: its images are public, built by the service's agent.
+    let caller = vfarm_service::Caller::agent("osfarm");
+    let outcome = blocking(move || {
+        Ok(vfarm_service::images::build(
+            &st.repo,
+            &caller,
+            &build_req,
+            &mut |_| {},
+        )?)
+    })
+    .await?;
     if download {
         return serve_artifact(s, outcome.image.id.clone(), format, req, true).await;
     }

@@ -31,7 +31,7 @@ pub(crate) fn service_error(e: anyhow::Error) -> ApiError {
 
 pub(crate) fn caller(who: Who) -> Result<Caller, ApiError> {
     let who = identity(who)?;
-    Ok(Caller::new(who.user, who.admin))
+    Ok(Caller::from(&who))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

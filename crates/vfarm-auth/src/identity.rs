@@ -100,10 +100,15 @@ impl Identity {
     /// any CA the site trusts for that subject (its namespace), as they were. A token made
     /// for a certificate user's owner key gets the same; a token user of any other name, none.
     pub fn legacy_owner(&self) -> Option<String> {
-        split_owner_key(&self.user)
-            .filter(|(_, issuer)| *issuer != UNKNOWN_ISSUER)
-            .map(|(subject, _)| owner_key(subject, UNKNOWN_ISSUER))
+        legacy_owner_of(&self.user)
     }
+}
+
+/// [`Identity::legacy_owner`] of a user name as owner records store it.
+pub fn legacy_owner_of(user: &str) -> Option<String> {
+    split_owner_key(user)
+        .filter(|(_, issuer)| *issuer != UNKNOWN_ISSUER)
+        .map(|(subject, _)| owner_key(subject, UNKNOWN_ISSUER))
 }
 
 /// The login name of this process's user (`/etc/passwd`), else `uid-<n>`.

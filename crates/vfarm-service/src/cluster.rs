@@ -944,9 +944,10 @@ fn monitor_once(env: &Env, cluster: &Cluster) -> anyhow::Result<()> {
     let cutoff = (chrono::Utc::now() - chrono::Duration::from_std(DOWN_AFTER)?)
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     for (host, lost) in store.mark_hosts_down("vfarm-monitor", &cutoff)? {
-        eprintln!(
-            "vfarm: host {host} stopped answering: {} instance(s) lost until it is back",
-            lost.len()
+        tracing::warn!(
+            host = %host,
+            lost = lost.len(),
+            "host stopped answering: its instances are lost until it is back"
         );
     }
     let placed = store.instance_hosts()?;

@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod env;
 pub mod error;
 pub mod imagelists;
+pub mod images;
 pub mod instances;
 pub mod jobs;
 pub mod local;

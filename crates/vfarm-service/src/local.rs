@@ -152,7 +152,7 @@ pub const WATCHER: &str = "vfarm-watcher";
 
 /// The caller an API request acts for.
 fn caller_of(who: &Identity) -> Caller {
-    Caller::new(who.user.clone(), who.admin)
+    Caller::from(who)
 }
 
 fn not_found(kind: &str, id: &str) -> ServiceError {

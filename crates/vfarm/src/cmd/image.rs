@@ -11,6 +11,7 @@ use vfarm_core::{ByteSize, Format, SpecRequest};
 use vfarm_image::{BuildOutcome, Image, ImportOptions, Progress};
 
 use crate::ctx::Ctx;
+use vfarm_service::{images, Caller};
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
@@ -152,7 +153,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<i32> {
             }
         }
         ImageCmd::Rm { image } => {
-            let img = ctx.images()?.remove(&image, &actor())?;
+            let img = images::remove(&ctx.images()?, &Caller::local(), &image)?;
             if ctx.json() {
                 ctx.print_json(&serde_json::json!({ "removed": img.id, "name": img.name }))?;
             } else {
@@ -201,7 +202,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<i32> {
                 format,
                 ..Default::default()
             };
-            let outcome = ctx.images()?.import(&file, &opts, &actor())?;
+            let outcome = images::import(&ctx.images()?, &Caller::local(), &file, &opts)?;
             print_outcome(ctx, &outcome)?;
         }
         ImageCmd::Groups => {
@@ -233,7 +234,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<i32> {
 
 /// Who acts, for the event log: the local user for the CLI.
 pub fn actor() -> String {
-    vfarm_service::Caller::local().user
+    Caller::local().user
 }
 
 pub fn build(ctx: &Ctx, args: &BuildArgs) -> Result<BuildOutcome> {
@@ -242,7 +243,7 @@ pub fn build(ctx: &Ctx, args: &BuildArgs) -> Result<BuildOutcome> {
     let id = req.spec.id();
     let mut ui = BuildUi::new(ctx);
     ui.start(&format!("image {} ({})", &id[..12], req.spec.summary()));
-    let result = repo.build(&req, &actor(), &mut |p| ui.update(&p));
+    let result = images::build(&repo, &Caller::local(), &req, &mut |p| ui.update(&p));
     ui.finish();
     result.with_context(|| {
         format!(
