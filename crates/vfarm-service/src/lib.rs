@@ -20,6 +20,7 @@ pub mod images;
 pub mod instances;
 pub mod jobs;
 pub mod local;
+pub mod migrate;
 pub mod node_migration;
 pub mod run;
 pub mod staging;
