@@ -4,9 +4,10 @@
 //!
 //! Today: the environment, the caller, the instance operations (records, drivers,
 //! transitions, views, the reaper) with file staging, what the API asks of them on one host
-//! (`local`) and on a control with nodes (`cluster`, `node_migration`), and jobs (`jobs`:
+//! (`local`) and on a control with nodes (`cluster`, `node_migration`), the control's host
+//! inventory, joins and heartbeats (`hosts`), and jobs (`jobs`:
 //! submission and views; `dispatch`: the dispatcher, the runner, reconciliation). Image
-//! lists and host handlers still live above (ARCHITECTURE.md).
+//! lists still live above (ARCHITECTURE.md).
 
 pub mod backend;
 pub mod caller;
@@ -14,6 +15,7 @@ pub mod cluster;
 pub mod dispatch;
 pub mod env;
 pub mod error;
+pub mod hosts;
 pub mod instances;
 pub mod jobs;
 pub mod local;
@@ -31,6 +33,9 @@ use vfarm_proto::ErrorCode;
 /// or a failure with no code of its own). The CLI and the HTTP handlers both start here.
 pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<String>)> {
     let owned = |(c, f): (ErrorCode, Option<&str>)| (c, f.map(str::to_string));
+    if let Some(e) = err.downcast_ref::<ServiceError>() {
+        return Some((e.code, e.field.as_deref().map(str::to_string)));
+    }
     if let Some(c) = jobs::classify(err) {
         return Some(owned(c));
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use vfarm_api::hosts::{HeartbeatRequest, JoinRequest, JoinResponse, ReportedInstance};
+use vfarm_proto::hosts::{HeartbeatRequest, JoinRequest, JoinResponse, ReportedInstance};
 
 use crate::cmd::serve::{NodeHooks, ServeArgs};
 use crate::ctx::Ctx;
@@ -207,7 +207,7 @@ fn join(a: &NodeArgs, control: &str, files: &Files) -> Result<Joined> {
 
 /// Take over the control's CRL and namespace files (IGTF names only), each replaced
 /// atomically and only when changed, so the TLS layer reloads when there is news.
-fn write_trust_files(dir: &Path, files: &[vfarm_api::hosts::TrustFile]) -> Result<bool> {
+fn write_trust_files(dir: &Path, files: &[vfarm_proto::hosts::TrustFile]) -> Result<bool> {
     let mut changed = false;
     for f in files {
         let (stem, ext) = f.name.split_once('.').unwrap_or((&f.name, ""));
@@ -285,7 +285,11 @@ fn heartbeats(
     loop {
         let sent = capacity(ctx).and_then(|mut hb| {
             hb.url = url.to_string();
-            hb.checks = checks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            hb.checks = checks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|r| serde_json::to_value(r).ok());
             let resp = http
                 .post(format!("{control}/api/v1/hosts/heartbeat"))
                 .timeout(every.max(Duration::from_secs(5)))
@@ -300,7 +304,7 @@ fn heartbeats(
                 );
             }
             // The control's current CRL: a certificate it revoked stops working here too.
-            let answer: vfarm_api::hosts::HeartbeatResponse = resp.json()?;
+            let answer: vfarm_proto::hosts::HeartbeatResponse = resp.json()?;
             if write_trust_files(&trust, &answer.trust_files)? {
                 eprintln!("vfarm: heartbeat: took over the control's CRL / namespace files");
             }
