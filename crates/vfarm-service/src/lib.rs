@@ -5,7 +5,7 @@
 //! Today: the environment, the caller, the instance operations (records, drivers,
 //! transitions, views, the reaper) with file staging, what the API asks of them on one host
 //! (`local`) and on a control with nodes (`cluster`, `node_migration`), the control's host
-//! inventory, joins and heartbeats (`hosts`), and jobs (`jobs`:
+//! inventory, joins and heartbeats (`hosts`) and the node agent (`node`), and jobs (`jobs`:
 //! submission and views; `dispatch`: the dispatcher, the runner, reconciliation). Image
 //! lists still live above (ARCHITECTURE.md).
 
@@ -19,6 +19,7 @@ pub mod hosts;
 pub mod instances;
 pub mod jobs;
 pub mod local;
+pub mod node;
 pub mod node_migration;
 pub mod staging;
 
