@@ -67,8 +67,9 @@ pub struct HeartbeatRequest {
     pub features: Vec<String>,
     pub instances: Vec<ReportedInstance>,
     /// What the node measured it can run (`vfarm doctor --output json`); nodes older than it
-    /// send none. Its `accelerator` steers where VMs go. Kept as JSON here (the report's type
-    /// belongs to the core); the control checks its shape.
+    /// send none. Its `accelerator` steers where VMs go.
+    // JSON here: the report's type is the core's, which this crate does not depend on; the
+    // control checks its shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub checks: Option<serde_json::Value>,
