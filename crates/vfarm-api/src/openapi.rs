@@ -5,13 +5,13 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::hosts::{
-    AddHost, AddedHost, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse,
-    ReportedInstance, TrustFile,
-};
 use crate::instances::*;
 use crate::live::{AuditView, SessionRequest};
 use crate::{ErrorBody, ErrorDetail};
+use vfarm_proto::hosts::{
+    AddHost, AddedHost, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse,
+    ReportedInstance, TrustFile,
+};
 
 #[derive(OpenApi)]
 #[openapi(

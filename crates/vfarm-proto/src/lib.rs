@@ -4,6 +4,7 @@
 //! [`ErrorCode`] without depending on HTTP or the CLI.
 
 mod error;
+pub mod hosts;
 pub mod instances;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

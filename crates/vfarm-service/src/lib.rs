@@ -4,10 +4,11 @@
 //!
 //! Today: the environment, the caller, the instance operations (records, drivers,
 //! transitions, views, the reaper) with file staging, what the API asks of them on one host
-//! (`local`) and on a control with nodes (`cluster`, `node_migration`), disposable runs
-//! (`run`), jobs (`jobs`: submission and views; `dispatch`: the dispatcher, the runner,
-//! reconciliation), bearer tokens, and image lists with their subscriptions and cache. Host
-//! handlers and the node agent still live above (ARCHITECTURE.md).
+//! (`local`) and on a control with nodes (`cluster`, `node_migration`), the control's host
+//! inventory, joins and heartbeats (`hosts`) and the node agent (`node`), live migration to
+//! another data dir (`migrate`), disposable runs (`run`), images (`images`), jobs (`jobs`:
+//! submission and views; `dispatch`: the dispatcher, the runner, reconciliation), bearer
+//! tokens, and image lists with their subscriptions and cache.
 
 pub mod backend;
 pub mod caller;
@@ -15,12 +16,14 @@ pub mod cluster;
 pub mod dispatch;
 pub mod env;
 pub mod error;
+pub mod hosts;
 pub mod imagelists;
 pub mod images;
 pub mod instances;
 pub mod jobs;
 pub mod local;
 pub mod migrate;
+pub mod node;
 pub mod node_migration;
 pub mod run;
 pub mod staging;
@@ -38,6 +41,9 @@ use vfarm_proto::ErrorCode;
 /// or a failure with no code of its own). The CLI and the HTTP handlers both start here.
 pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<String>)> {
     let owned = |(c, f): (ErrorCode, Option<&str>)| (c, f.map(str::to_string));
+    if let Some(e) = err.downcast_ref::<ServiceError>() {
+        return Some((e.code, e.field.as_deref().map(str::to_string)));
+    }
     if let Some(e) = err.downcast_ref::<Forbidden>() {
         return Some(owned((ErrorCode::Forbidden, e.field)));
     }

@@ -3,9 +3,10 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use vfarm_proto::hosts::AddHost;
+use vfarm_service::{hosts, Caller};
 use vfarm_store::hosts::HostRow;
 
-use crate::cmd::image::actor;
 use crate::ctx::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -32,17 +33,14 @@ pub enum HostCmd {
 }
 
 pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<i32> {
-    let store = ctx.store()?;
-    let not_found = |name: &str| {
-        vfarm_api::ApiError::new(
-            vfarm_proto::ErrorCode::HostNotFound,
-            format!("host `{name}` not found"),
-        )
-    };
+    let who = Caller::local();
     match cmd {
         HostCmd::Add { name, expires } => {
-            let secs = vfarm_core::instance::parse_duration("expires", &expires)?;
-            let added = vfarm_api::hosts::add_host(&store, &actor(), &name, secs)?;
+            let req = AddHost {
+                name,
+                expires: Some(expires),
+            };
+            let added = hosts::add(ctx, &who, req)?;
             if ctx.json() {
                 ctx.print_json(&added)?;
             } else {
@@ -58,7 +56,7 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<i32> {
             }
         }
         HostCmd::Ls => {
-            let hosts = store.hosts()?;
+            let hosts = hosts::list(ctx, &who)?;
             if ctx.json() {
                 ctx.print_json(&hosts)?;
             } else {
@@ -66,17 +64,17 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<i32> {
             }
         }
         HostCmd::Show { name } => {
-            let h = store.host(&name)?.ok_or_else(|| not_found(&name))?;
+            let h = hosts::show(ctx, &who, &name)?;
             if ctx.json() {
                 ctx.print_json(&h)?;
             } else {
                 print_one(&h);
             }
         }
-        HostCmd::Drain { name } => drained(ctx, &store, &name, true)?,
-        HostCmd::Undrain { name } => drained(ctx, &store, &name, false)?,
+        HostCmd::Drain { name } => drained(ctx, &who, &name, true)?,
+        HostCmd::Undrain { name } => drained(ctx, &who, &name, false)?,
         HostCmd::Rm { name } => {
-            let h = vfarm_api::hosts::remove_host(&store, &ctx.data_dir, &actor(), &name)?;
+            let h = hosts::remove(ctx, &who, &name)?;
             if ctx.json() {
                 ctx.print_json(&h)?;
             } else {
@@ -90,15 +88,8 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<i32> {
     Ok(0)
 }
 
-fn drained(ctx: &Ctx, store: &vfarm_store::Store, name: &str, on: bool) -> Result<()> {
-    if !store.set_host_drained(&actor(), name, on)? {
-        return Err(vfarm_api::ApiError::new(
-            vfarm_proto::ErrorCode::HostNotFound,
-            format!("host `{name}` not found"),
-        )
-        .into());
-    }
-    let h = store.host(name)?;
+fn drained(ctx: &Ctx, who: &Caller, name: &str, on: bool) -> Result<()> {
+    let h = hosts::set_drained(ctx, who, name, on)?;
     if ctx.json() {
         ctx.print_json(&h)?;
     } else {

@@ -232,11 +232,6 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<i32> {
     Ok(0)
 }
 
-/// Who acts, for the event log: the local user for the CLI.
-pub fn actor() -> String {
-    Caller::local().user
-}
-
 pub fn build(ctx: &Ctx, args: &BuildArgs) -> Result<BuildOutcome> {
     let req = args.to_request()?.resolve()?;
     let repo = ctx.images()?;
