@@ -11,6 +11,7 @@
 //! tokens, and image lists with their subscriptions and cache.
 
 pub mod backend;
+pub mod ca;
 pub mod caller;
 pub mod cluster;
 pub mod dispatch;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use vfarm_auth::audit::{self, Outcome};
-use vfarm_auth::ca::{ca_dir, Issued, SiteCa};
+use vfarm_auth::ca::{Issued, SiteCa};
+use vfarm_service::{ca, Caller};
 
 use crate::ctx::Ctx;
 
@@ -109,45 +109,30 @@ fn print_issued(ctx: &Ctx, issued: &Issued, cert: &Path, key: &Path) -> Result<(
 }
 
 pub fn run(ctx: &Ctx, cmd: CaCmd) -> Result<i32> {
-    let dir = ca_dir(&ctx.data_dir);
-    let now = chrono::Utc::now();
+    let caller = &Caller::local();
     match cmd {
         CaCmd::Init { subject, days } => {
-            let ca = SiteCa::init(&dir, &subject, days, now)?;
-            let info = ca.info()?;
-            audit::record(
-                &*ctx.store()?,
-                None,
-                "ca.init",
-                &info.subject,
-                &Outcome::Ok,
-                &serde_json::json!({ "hash": info.hash }),
-            )?;
+            let ca = ca::init(ctx, caller, &subject, days)?;
             show(ctx, &ca)?;
         }
-        CaCmd::Show => show(ctx, &SiteCa::open(&dir)?)?,
+        CaCmd::Show => show(ctx, &ca::open(ctx)?)?,
         CaCmd::IssueHost {
             hostname,
             out,
             days,
         } => {
-            let ca = SiteCa::open(&dir)?;
             let (cert, key) = targets(out, "host")?;
-            let issued = ca.issue_host(&hostname, days, now)?;
+            let issued = ca::issue_host(ctx, caller, &hostname, days)?;
             write_pair(&cert, &key, &issued)?;
-            audit_issue(ctx, "ca.issue-host", &issued)?;
             print_issued(ctx, &issued, &cert, &key)?;
         }
         CaCmd::IssueUser { subject, out, days } => {
-            let ca = SiteCa::open(&dir)?;
             let (cert, key) = targets(out, "user")?;
-            let issued = ca.issue_user(&subject, days, now)?;
+            let issued = ca::issue_user(ctx, caller, &subject, days)?;
             write_pair(&cert, &key, &issued)?;
-            audit_issue(ctx, "ca.issue-user", &issued)?;
             print_issued(ctx, &issued, &cert, &key)?;
         }
         CaCmd::Revoke { serial_or_file } => {
-            let ca = SiteCa::open(&dir)?;
             let p = Path::new(&serial_or_file);
             let serial = if p.is_file() {
                 let pem =
@@ -156,15 +141,7 @@ pub fn run(ctx: &Ctx, cmd: CaCmd) -> Result<i32> {
             } else {
                 serial_or_file.clone()
             };
-            let (subject, crl) = ca.revoke(&serial, now)?;
-            audit::record(
-                &*ctx.store()?,
-                None,
-                "ca.revoke",
-                &subject,
-                &Outcome::Ok,
-                &serde_json::json!({ "serial": serial }),
-            )?;
+            let (subject, crl) = ca::revoke(ctx, caller, &serial)?;
             if ctx.json() {
                 ctx.print_json(
                     &serde_json::json!({ "revoked": subject, "serial": serial, "crl": crl }),
@@ -174,7 +151,7 @@ pub fn run(ctx: &Ctx, cmd: CaCmd) -> Result<i32> {
             }
         }
         CaCmd::Crl => {
-            let crl = SiteCa::open(&dir)?.publish(now)?;
+            let crl = ca::publish_crl(ctx, caller)?;
             if ctx.json() {
                 ctx.print_json(&serde_json::json!({ "crl": crl }))?;
             } else {
@@ -183,18 +160,6 @@ pub fn run(ctx: &Ctx, cmd: CaCmd) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-fn audit_issue(ctx: &Ctx, action: &str, issued: &Issued) -> Result<()> {
-    audit::record(
-        &*ctx.store()?,
-        None,
-        action,
-        &issued.subject,
-        &Outcome::Ok,
-        &serde_json::json!({ "serial": issued.serial }),
-    )?;
-    Ok(())
 }
 
 fn show(ctx: &Ctx, ca: &SiteCa) -> Result<()> {
