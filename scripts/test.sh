@@ -25,7 +25,49 @@ step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnin
 step "openapi-spec-validator" .venv/bin/openapi-spec-validator docs/openapi.json
 # The state store's tests run on SQLite and on the PostgreSQL that setup.sh started.
 export VFARM_TEST_POSTGRES="${VFARM_TEST_POSTGRES:-postgres://vfarm:vfarm@127.0.0.1/vfarm_test}"
-step "cargo test" cargo test --workspace --locked --no-fail-fast -- --test-threads="${VFARM_TEST_THREADS:-4}"
+# The test binaries are built once, then run in two lanes at the same time: the VM-heavy
+# binaries in one, everything else in the other. Each binary runs from its package's
+# directory, as `cargo test` runs it; each lane prints its binaries' times and its own log
+# when it ends.
+THREADS="${VFARM_TEST_THREADS:-4}"
+BINS=target/test-binaries.txt
+VM_LANE=" vfarm/qemu_full vfarm/qemu_cli vfarm/qemu_migrate vfarm-driver/split_migration vfarm-driver/qemu vfarm-qemu/e2e "
+build_tests() {
+  cargo test --workspace --locked --no-run --message-format=json |
+    jq -r 'select(.reason == "compiler-artifact" and .executable != null and .profile.test)
+      | (.manifest_path | rtrimstr("/Cargo.toml")) as $dir
+      | "\($dir | split("/") | last) \(.target.name) \($dir) \(.executable)"' \
+      >"$BINS"
+  echo "$(wc -l <"$BINS") test binaries"
+}
+# lane NAME vm|rest [ARGS…]: run the lane's binaries, each with ARGS; fails if any failed.
+lane() {
+  local name=$1 which=$2 rc=0 pkg target dir exe t0 in_vm
+  shift 2
+  while read -r pkg target dir exe; do
+    in_vm=no
+    [[ $VM_LANE == *" $pkg/$target "* ]] && in_vm=yes
+    { [[ $which == vm && $in_vm == yes ]] || [[ $which == rest && $in_vm == no ]]; } || continue
+    t0=$SECONDS
+    (cd "$dir" && "$exe" "$@") || { rc=1; echo "== FAILED: $pkg/$target"; }
+    echo "== $name: $pkg/$target: $((SECONDS - t0)) s"
+  done <"$BINS"
+  return $rc
+}
+# Both lanes at once; their logs in turn; fails if either failed.
+two_lanes() {
+  local rc=0
+  lane "$1 (VMs)" vm "${@:2}" >target/lane-vm.log 2>&1 &
+  local vm=$!
+  lane "$1" rest "${@:2}" >target/lane-rest.log 2>&1 || rc=1
+  wait "$vm" || rc=1
+  cat target/lane-rest.log target/lane-vm.log
+  grep -h "^== .*: [0-9]* s$" target/lane-rest.log target/lane-vm.log | sort -t: -k3 -rn | head -5
+  return $rc
+}
+step "build the tests" build_tests
+step "cargo test" two_lanes "cargo test" --test-threads="$THREADS"
+step "doc tests" cargo test --workspace --locked --doc
 # The end-to-end suite again with the binary's state in PostgreSQL (one schema per data dir;
 # the previous run's schemas are dropped first). Nodes in the several-hosts tests keep their
 # own records in SQLite: a namespace does not reach the database on loopback. The test of two
@@ -38,18 +80,24 @@ pg_e2e() {
   PGPASSWORD=vfarm psql -qAt -h 127.0.0.1 -U vfarm vfarm_test -c \
     "SELECT format('DROP SCHEMA %I CASCADE;', nspname) FROM pg_namespace WHERE nspname ~ '^(d|t)_'" |
     PGPASSWORD=vfarm psql -q -h 127.0.0.1 -U vfarm vfarm_test >/dev/null
-  local t tests=()
-  for t in crates/vfarm/tests/*.rs; do
-    t=$(basename "$t" .rs)
-    case "$t" in
+  # The end-to-end binaries of crates/vfarm (integration tests), the VM-only ones as said.
+  local pkg target dir exe
+  : >"$BINS.pg"
+  while read -r pkg target dir exe; do
+    [[ $pkg == vfarm && $dir == */crates/vfarm && $exe == */deps/* ]] || continue
+    [[ -f crates/vfarm/tests/$target.rs ]] || continue
+    case "$target" in
     qemu_cli | qemu_full | qemu_migrate) [[ ${VFARM_PG_FULL:-} == 1 ]] || continue ;;
     esac
-    tests+=(--test "$t")
-  done
-  echo "PostgreSQL pass: ${tests[*]}"
-  VFARM_DATABASE="$VFARM_TEST_POSTGRES" VFARM_DATABASE_SCHEMA=per-data-dir \
-    cargo test -p vfarm "${tests[@]}" --locked --no-fail-fast -- --test-threads="${VFARM_TEST_THREADS:-4}" \
-    --skip two_services_share_one_postgresql --skip the_readme_tour_runs
+    echo "$pkg $target $dir $exe" >>"$BINS.pg"
+  done <"$BINS"
+  echo "PostgreSQL pass: $(cut -d' ' -f2 "$BINS.pg" | tr '\n' ' ')"
+  (
+    export VFARM_DATABASE="$VFARM_TEST_POSTGRES" VFARM_DATABASE_SCHEMA=per-data-dir
+    BINS="$BINS.pg"
+    two_lanes "PostgreSQL" --test-threads="$THREADS" \
+      --skip two_services_share_one_postgresql --skip the_readme_tour_runs
+  )
 }
 step "cargo test (end-to-end on PostgreSQL)" pg_e2e
 # The steps below drive the debug binary that `cargo test` built.
