@@ -589,7 +589,7 @@ async fn serve_artifact(
     let art = blocking(move || {
         Ok((
             img.id.clone(),
-            s.repo.ensure_format(&img, format, &mut |_| {})?,
+            vfarm_service::images::ensure_format(&s.repo, &img, format, &mut |_| {})?,
         ))
     })
     .await?;

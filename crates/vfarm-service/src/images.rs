@@ -1,10 +1,11 @@
 //! The image operations that change the repository, for every front end: build (or find),
-//! import and remove, with the caller as the actor of the event log and, for a remote
+//! import, add a format, and remove, with the caller as the actor of the event log and, for a remote
 //! non-admin, as the owner of what it builds. They take the repository the front end holds
 //! (`vfarm serve` keeps one open; the CLI opens one per command).
 
 use vfarm_core::spec::BuildRequest;
-use vfarm_image::{BuildOutcome, Image, ImageError, ImportOptions, Progress, Repository};
+use vfarm_core::Format;
+use vfarm_image::{Artifact, BuildOutcome, Image, ImageError, ImportOptions, Progress, Repository};
 
 use crate::Caller;
 
@@ -53,4 +54,15 @@ pub fn remove(repo: &Repository, caller: &Caller, reference: &str) -> Result<Ima
         }
     }
     repo.remove(reference, &caller.user)
+}
+
+/// The image's file in `format`, converted now if the image lacks it (a download or an
+/// export of a format not built yet).
+pub fn ensure_format(
+    repo: &Repository,
+    img: &Image,
+    format: Format,
+    on: &mut dyn FnMut(Progress),
+) -> Result<Artifact, ImageError> {
+    repo.ensure_format(img, format, on)
 }

@@ -180,7 +180,7 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<i32> {
             let repo = ctx.images()?;
             let img = repo.resolve(&image)?;
             let mut ui = BuildUi::new(ctx);
-            let art = repo.ensure_format(&img, format, &mut |p| ui.update(&p))?;
+            let art = images::ensure_format(&repo, &img, format, &mut |p| ui.update(&p))?;
             ui.finish();
             std::fs::copy(&art.path, &out)
                 .with_context(|| format!("cannot write {}", out.display()))?;
