@@ -192,6 +192,13 @@ class Server:
             shutil.rmtree(self.data, ignore_errors=True)
 
 
+def _remove_work_dir(root: Path) -> None:
+    """The fixture's work dir, once the server removed its data dir (it keeps it while
+    anything is mounted below)."""
+    if not (root / "data").exists():
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _prepare(data: Path) -> None:
     require("runc")
     data.mkdir(parents=True)
@@ -212,7 +219,8 @@ class Plain:
 
 @pytest.fixture(scope="session")
 def plain(tmp_path_factory: pytest.TempPathFactory):
-    data = work_dir("plain") / "data"
+    root = work_dir("plain")
+    data = root / "data"
     _prepare(data)
     # dora has a quota of one instance and one CPU (the 409 path); the others are unlimited.
     (data / "serve.toml").write_text('[quotas.owners."dora"]\ninstances = 1\ncpus = 1.0\n')
@@ -222,6 +230,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory):
         yield Plain(srv, tokens)
     finally:
         srv.stop()
+        _remove_work_dir(root)
 
 
 class Tls:
@@ -274,3 +283,4 @@ def tls(tmp_path_factory: pytest.TempPathFactory):
         yield Tls(srv, root, data, carol)
     finally:
         srv.stop()
+        _remove_work_dir(root)
