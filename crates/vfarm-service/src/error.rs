@@ -37,6 +37,15 @@ impl ServiceError {
     pub fn internal(message: impl Into<String>) -> ServiceError {
         ServiceError::new(ErrorCode::Internal, message)
     }
+    /// A missing `kind` `id`; the kinds the instance calls look up have codes of their own.
+    pub fn not_found(kind: &str, id: &str) -> ServiceError {
+        let code = match kind {
+            "instance" => ErrorCode::InstanceNotFound,
+            "snapshot" => ErrorCode::SnapshotNotFound,
+            _ => ErrorCode::NotFound,
+        };
+        ServiceError::new(code, format!("{kind} `{id}` not found"))
+    }
     pub fn with_field(mut self, field: impl Into<Cow<'static, str>>) -> ServiceError {
         self.field = Some(field.into());
         self
@@ -122,15 +131,7 @@ impl From<ImageError> for ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> ServiceError {
         match e {
-            StoreError::NotFound { kind, id } => {
-                // The kinds the instance calls look up have codes of their own.
-                let code = match kind {
-                    "instance" => ErrorCode::InstanceNotFound,
-                    "snapshot" => ErrorCode::SnapshotNotFound,
-                    _ => ErrorCode::NotFound,
-                };
-                ServiceError::new(code, format!("{kind} `{id}` not found"))
-            }
+            StoreError::NotFound { kind, id } => ServiceError::not_found(kind, &id),
             StoreError::Conflict { kind, id } => {
                 ServiceError::new(ErrorCode::Conflict, format!("{kind} `{id}` already exists"))
             }

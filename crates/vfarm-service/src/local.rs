@@ -108,7 +108,7 @@ impl Service {
             .find_instance_among(reference, scope_refs(&scope))
             .map_err(|e| api_error(e.into()))?;
         if !who.may_access(&row.owner) {
-            return Err(not_found("instance", reference));
+            return Err(ServiceError::not_found("instance", reference));
         }
         let mut drivers = Drivers::new(&self.env);
         inst::refresh(caller, &store, &mut drivers, row).map_err(api_error)
@@ -123,6 +123,20 @@ impl Service {
         let row = self.find(who, reference)?;
         let guard = self.busy.hold(&row.id);
         Ok((row, guard))
+    }
+
+    /// The view of instance `id` as it is now stored (after an operation changed it).
+    fn reread(
+        &self,
+        store: &Store,
+        id: &str,
+        reference: &str,
+    ) -> Result<InstanceView, ServiceError> {
+        let row = store
+            .instance(id)
+            .map_err(|e| api_error(e.into()))?
+            .ok_or_else(|| ServiceError::not_found("instance", reference))?;
+        self.view(&row)
     }
 
     fn view(&self, row: &InstanceRow) -> Result<InstanceView, ServiceError> {
@@ -153,15 +167,6 @@ pub const WATCHER: &str = "vfarm-watcher";
 /// The caller an API request acts for.
 fn caller_of(who: &Identity) -> Caller {
     Caller::from(who)
-}
-
-fn not_found(kind: &str, id: &str) -> ServiceError {
-    let code = if kind == "snapshot" {
-        ErrorCode::SnapshotNotFound
-    } else {
-        ErrorCode::InstanceNotFound
-    };
-    ServiceError::new(code, format!("{kind} `{id}` not found"))
 }
 
 /// Errors of the instance operations as the caller sees them.
@@ -400,7 +405,7 @@ impl InstanceBackend for Service {
         let row = store
             .instance(id)
             .map_err(|e| api_error(e.into()))?
-            .ok_or_else(|| not_found("instance", id))?;
+            .ok_or_else(|| ServiceError::not_found("instance", id))?;
         let _busy = self.busy.hold(id);
         // Completing a create acts for the instance's owner, who asked for it.
         let caller = &Caller::new(row.owner.clone(), false);
@@ -414,7 +419,7 @@ impl InstanceBackend for Service {
         let row = store
             .instance(id)
             .map_err(|e| api_error(e.into()))?
-            .ok_or_else(|| not_found("instance", id))?;
+            .ok_or_else(|| ServiceError::not_found("instance", id))?;
         self.view(&row)
     }
 
@@ -450,11 +455,7 @@ impl InstanceBackend for Service {
             }
         }
         .map_err(api_error)?;
-        let row = store
-            .instance(&row.id)
-            .map_err(|e| api_error(e.into()))?
-            .ok_or_else(|| not_found("instance", reference))?;
-        self.view(&row)
+        self.reread(&store, &row.id, reference)
     }
 
     fn extend(
@@ -591,11 +592,7 @@ impl InstanceBackend for Service {
         let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
         inst::revert_instance(caller, &store, driver, &row, name).map_err(api_error)?;
-        let row = store
-            .instance(&row.id)
-            .map_err(|e| api_error(e.into()))?
-            .ok_or_else(|| not_found("instance", reference))?;
-        self.view(&row)
+        self.reread(&store, &row.id, reference)
     }
 
     fn snapshot_remove(
