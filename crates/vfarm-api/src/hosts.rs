@@ -11,15 +11,11 @@ use vfarm_proto::hosts::{
     AddHost, AddedHost, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse,
 };
 use vfarm_service::hosts::{self, ControlCert, NodeCert};
-use vfarm_service::{Caller, Env};
+use vfarm_service::Caller;
 
 use crate::{blocking, ApiError, AppState, ErrorBody, StatusCode};
 
 type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
-
-fn env_of(s: &AppState) -> Env {
-    Env::with_store(s.data_dir.clone(), s.store.clone())
-}
 
 /// The caller, who must be an admin: asked before a body is read.
 fn admin(who: Option<Extension<Identity>>) -> Result<Caller, ApiError> {
@@ -41,7 +37,7 @@ pub(crate) async fn join(
         subject: s.server_subject.clone(),
         fingerprint: s.server_fingerprint.clone(),
     };
-    let env = env_of(&s);
+    let env = s.env();
     let out = blocking(move || Ok(hosts::join(&env, &control, req)?)).await?;
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
@@ -59,7 +55,7 @@ pub(crate) async fn heartbeat(
     let serial = peer.and_then(|p| p.0 .0.client_serial.clone());
     let node = NodeCert::of(&who, serial)?;
     let hb = crate::instances::json_body(body)?;
-    let env = env_of(&s);
+    let env = s.env();
     let out = blocking(move || Ok(hosts::heartbeat(&env, &node, hb)?)).await?;
     Ok(Json(out).into_response())
 }
@@ -73,7 +69,7 @@ pub(crate) async fn add(
 ) -> Result<Response, ApiError> {
     let who = admin(who)?;
     let req = crate::instances::json_body(body)?;
-    let env = env_of(&s);
+    let env = s.env();
     let out = blocking(move || Ok(hosts::add(&env, &who, req)?)).await?;
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
@@ -85,7 +81,7 @@ pub(crate) async fn list(
     who: Option<Extension<Identity>>,
 ) -> Result<Response, ApiError> {
     let who = admin(who)?;
-    let env = env_of(&s);
+    let env = s.env();
     let hosts = blocking(move || Ok(hosts::list(&env, &who)?)).await?;
     Ok(Json(hosts).into_response())
 }
@@ -98,7 +94,7 @@ pub(crate) async fn show(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let who = admin(who)?;
-    let env = env_of(&s);
+    let env = s.env();
     let host = blocking(move || Ok(hosts::show(&env, &who, &name)?)).await?;
     Ok(Json(host).into_response())
 }
@@ -110,7 +106,7 @@ async fn set_drained(
     drained: bool,
 ) -> Result<Response, ApiError> {
     let who = admin(who)?;
-    let env = env_of(&s);
+    let env = s.env();
     let host = blocking(move || Ok(hosts::set_drained(&env, &who, &name, drained)?)).await?;
     Ok(Json(host).into_response())
 }
@@ -143,7 +139,7 @@ pub(crate) async fn remove(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let who = admin(who)?;
-    let env = env_of(&s);
+    let env = s.env();
     let host = blocking(move || Ok(hosts::remove(&env, &who, &name)?)).await?;
     Ok(Json(host).into_response())
 }

@@ -27,10 +27,6 @@ use crate::{blocking, ApiError, AppState, ErrorBody, StatusCode};
 
 type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
-fn env_of(s: &AppState) -> Env {
-    Env::with_store(s.data_dir.clone(), s.store.clone())
-}
-
 /// The caller, if an admin: everything here acts on the service's files.
 fn admin(who: Who) -> Result<Caller, ApiError> {
     let c = caller(who)?;
@@ -45,7 +41,7 @@ async fn run<T: Send + 'static>(
     caller: Caller,
     op: impl FnOnce(&Env, &Caller) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let env = env_of(&s);
+    let env = s.env();
     blocking(move || op(&env, &caller).map_err(service_error)).await
 }
 

@@ -41,14 +41,6 @@ fn job_error(e: anyhow::Error) -> ApiError {
     }
 }
 
-fn env_of(s: &AppState) -> Env {
-    Env::with_store(s.data_dir.clone(), s.store.clone())
-}
-
-fn caller_of(who: &Identity) -> Caller {
-    Caller::from(who)
-}
-
 /// The job `id` if the caller may see it: another owner's is not found, as a missing one.
 fn visible(s: &AppState, who: &Identity, id: &str) -> Result<JobRow, ApiError> {
     let not_found = || ApiError::new(ErrorCode::JobNotFound, format!("job `{id}` not found"));
@@ -130,10 +122,10 @@ pub(crate) async fn submit(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("body", e.to_string()))?
     };
-    let env = env_of(&s);
+    let env = s.env();
     let doc = blocking(move || {
-        let done =
-            jobs::submit(&env, None, &caller_of(&who), Origin::Remote, req).map_err(job_error)?;
+        let done = jobs::submit(&env, None, &Caller::from(&who), Origin::Remote, req)
+            .map_err(job_error)?;
         let mut doc = serde_json::Map::new();
         doc.insert("job".into(), job_json(&env, &done.job, false)?);
         doc.insert("warnings".into(), done.warnings.into());
@@ -169,7 +161,7 @@ pub(crate) async fn list(
             ));
         }
     }
-    let env = env_of(&s);
+    let env = s.env();
     let docs = blocking(move || {
         let states: Vec<&str> = f.state.iter().map(String::as_str).collect();
         let rows = s
@@ -194,7 +186,7 @@ pub(crate) async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let who = identity(who)?;
-    let env = env_of(&s);
+    let env = s.env();
     let doc = blocking(move || {
         let j = visible(&s, &who, &id)?;
         job_json(&env, &j, true)
@@ -211,12 +203,12 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let who = identity(who)?;
-    let env = env_of(&s);
+    let env = s.env();
     let doc = blocking(move || {
         let j = visible(&s, &who, &id)?;
         let cfg = jobs::load_config(&env, None).map_err(job_error)?;
         let state =
-            jobs::request_cancel(&s.store, &cfg, &caller_of(&who), j.id).map_err(job_error)?;
+            jobs::request_cancel(&s.store, &cfg, &Caller::from(&who), j.id).map_err(job_error)?;
         Ok(serde_json::json!({ "id": j.id, "state": state }))
     })
     .await?;
@@ -231,7 +223,7 @@ pub(crate) async fn output(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let who = identity(who)?;
-    let env = env_of(&s);
+    let env = s.env();
     let path: PathBuf = blocking(move || {
         let j = visible(&s, &who, &id)?;
         let missing = || {
@@ -277,7 +269,7 @@ pub(crate) async fn logs(
             format!("`{stream}`: one of stdout, stderr, console"),
         )
     })?;
-    let env = env_of(&s);
+    let env = s.env();
     let bytes = blocking(move || {
         let j = visible(&s, &who, &id)?;
         let files = jobs::log_files(&env, &j, st).map_err(job_error)?;
@@ -301,7 +293,7 @@ pub(crate) async fn logs(
     responses((status = 200, description = "The queue configuration and this host's capacity for jobs", body = Object), (status = 401, body = ErrorBody)))]
 pub(crate) async fn queues(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
     identity(who)?;
-    let env = env_of(&s);
+    let env = s.env();
     let doc = blocking(move || {
         let cfg = jobs::load_config(&env, None).map_err(job_error)?;
         let cap = jobs::host_capacity(&cfg);

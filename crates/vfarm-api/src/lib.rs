@@ -80,6 +80,13 @@ pub struct AppState {
     pub session_key: Arc<Vec<u8>>,
 }
 
+impl AppState {
+    /// The service's environment over this state's store, for one call.
+    pub(crate) fn env(&self) -> vfarm_service::Env {
+        vfarm_service::Env::with_store(self.data_dir.clone(), self.store.clone())
+    }
+}
+
 /// On-demand format conversions at a time: each is CPU- and disk-heavy.
 pub const CONVERSIONS: usize = 2;
 

@@ -99,7 +99,7 @@ impl Service {
     /// The caller's instance by reference, reconciled with its driver. Another owner's
     /// instance is reported exactly like a missing one.
     fn find(&self, who: &Identity, reference: &str) -> Result<InstanceRow, ServiceError> {
-        let caller = &caller_of(who);
+        let caller = &Caller::from(who);
         let store = self.store()?;
         // Only the caller's own instances (all, for admins) take part in the lookup, so
         // another owner's ids never make a prefix ambiguous or appear in an error.
@@ -163,11 +163,6 @@ pub(crate) fn scope_refs(scope: &Option<[String; 2]>) -> Option<[&str; 2]> {
 
 /// The service's watcher, in the event log: it records what it observed.
 pub const WATCHER: &str = "vfarm-watcher";
-
-/// The caller an API request acts for.
-fn caller_of(who: &Identity) -> Caller {
-    Caller::from(who)
-}
 
 /// Errors of the instance operations as the caller sees them.
 fn api_error(e: anyhow::Error) -> ServiceError {
@@ -424,7 +419,7 @@ impl InstanceBackend for Service {
     }
 
     fn destroy(&self, who: &Identity, reference: &str) -> Result<String, ServiceError> {
-        let caller = &caller_of(who);
+        let caller = &Caller::from(who);
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
@@ -439,7 +434,7 @@ impl InstanceBackend for Service {
         reference: &str,
         action: Action,
     ) -> Result<InstanceView, ServiceError> {
-        let caller = &caller_of(who);
+        let caller = &Caller::from(who);
         let (row, _busy) = self.take(who, reference)?;
         let store = self.store()?;
         let mut drivers = Drivers::new(&self.env);
@@ -464,7 +459,7 @@ impl InstanceBackend for Service {
         reference: &str,
         by: &str,
     ) -> Result<InstanceView, ServiceError> {
-        let caller = &caller_of(who);
+        let caller = &Caller::from(who);
         let row = self.find(who, reference)?;
         let row = inst::extend_instance(caller, &*self.store()?, &row, by).map_err(api_error)?;
         self.view(&row)
@@ -571,7 +566,7 @@ impl InstanceBackend for Service {
         reference: &str,
         name: &str,
     ) -> Result<SnapshotView, ServiceError> {
-        let caller = &caller_of(who);
+        let caller = &Caller::from(who);
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
@@ -586,7 +581,7 @@ impl InstanceBackend for Service {
         reference: &str,
         name: &str,
     ) -> Result<InstanceView, ServiceError> {
-        let caller = &caller_of(who);
+        let caller = &Caller::from(who);
         let (row, _busy) = self.take(who, reference)?;
         let store = self.store()?;
         let mut drivers = Drivers::new(&self.env);
@@ -601,7 +596,7 @@ impl InstanceBackend for Service {
         reference: &str,
         name: &str,
     ) -> Result<(), ServiceError> {
-        let caller = &caller_of(who);
+        let caller = &Caller::from(who);
         let (row, _busy) = self.take(who, reference)?;
         let mut drivers = Drivers::new(&self.env);
         let driver = drivers.for_row(&*self.store()?, &row).map_err(api_error)?;
