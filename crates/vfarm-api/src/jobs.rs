@@ -20,25 +20,9 @@ use vfarm_store::StoreError;
 use crate::instances::{identity, Who};
 use crate::{blocking, ApiError, AppState, ErrorBody, ErrorCode};
 
-/// Errors of the job operations as API errors: the service's classification; a job the
-/// store cannot find is `job_not_found`; anything unclassified is `internal`.
+/// Errors of the job operations as API errors: the service's one conversion.
 fn job_error(e: anyhow::Error) -> ApiError {
-    if let Some(StoreError::NotFound { .. }) = e.downcast_ref::<StoreError>() {
-        return ApiError::new(ErrorCode::JobNotFound, format!("{e}"));
-    }
-    let e = match e.downcast::<vfarm_image::ImageError>() {
-        // Its own conversion keeps tool paths out of a 5xx message.
-        Ok(i) => return i.into(),
-        Err(e) => e,
-    };
-    match vfarm_service::classify(&e) {
-        Some((code, field)) => ApiError {
-            code,
-            message: e.to_string(),
-            field: field.map(Into::into),
-        },
-        _ => ApiError::internal(format!("{e:#}")),
-    }
+    vfarm_service::ServiceError::from_anyhow(e).into()
 }
 
 /// The job `id` if the caller may see it: another owner's is not found, as a missing one.

@@ -37,11 +37,12 @@ impl ServiceError {
     pub fn internal(message: impl Into<String>) -> ServiceError {
         ServiceError::new(ErrorCode::Internal, message)
     }
-    /// A missing `kind` `id`; the kinds the instance calls look up have codes of their own.
+    /// A missing `kind` `id`; instances, snapshots and jobs have codes of their own.
     pub fn not_found(kind: &str, id: &str) -> ServiceError {
         let code = match kind {
             "instance" => ErrorCode::InstanceNotFound,
             "snapshot" => ErrorCode::SnapshotNotFound,
+            "job" => ErrorCode::JobNotFound,
             _ => ErrorCode::NotFound,
         };
         ServiceError::new(code, format!("{kind} `{id}` not found"))
