@@ -29,6 +29,7 @@ pub mod instances;
 pub mod jobs;
 pub mod live;
 pub mod migration;
+pub mod networks;
 pub mod openapi;
 pub mod ratelimit;
 #[cfg(test)]
@@ -221,6 +222,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/instances/{ref}/snapshots/{name}",
             delete(instances::snapshot_remove),
         )
+        .route("/api/v1/networks", get(networks::list))
+        .route("/api/v1/networks/{name}", get(networks::show))
         .route("/api/v1/hosts", get(hosts::list).post(hosts::add))
         .route("/api/v1/hosts/join", post(hosts::join))
         .route("/api/v1/hosts/heartbeat", post(hosts::heartbeat))

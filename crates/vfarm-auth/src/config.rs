@@ -51,6 +51,10 @@ struct Raw {
     placement: RawPlacement,
     #[serde(default)]
     trust: RawTrust,
+    #[serde(default)]
+    networks: Vec<vfarm_net::NetworkConfig>,
+    default_network: Option<String>,
+    hostname_quarantine: Option<String>,
 }
 
 /// `"name"` or `{ subject = "...", issuer = "..." }`.
@@ -163,7 +167,7 @@ pub struct PoolEntry {
     pub address: Option<IpAddr>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
     pub admins: Vec<String>,
     pub hostnames: Vec<PoolEntry>,
@@ -181,6 +185,36 @@ pub struct ServeConfig {
     pub crl_missing: vfarm_imagelist::trust::CrlMissing,
     /// `[trust] require_namespaces`; `None` = on when the directory carries namespace files.
     pub require_namespaces: Option<bool>,
+    /// `[[networks]]`: the site's instance networks (checked: names unique, fields valid).
+    pub networks: Vec<vfarm_net::NetworkConfig>,
+    /// The network instances created through the API join unless they ask for another or
+    /// `none`: `default_network`, else the first of `networks`.
+    pub default_network: Option<String>,
+    /// How long a released pool hostname stays out of the pool (`hostname_quarantine =
+    /// "10m"`, the default): the site's DNS caches still name the old instance.
+    pub hostname_quarantine_secs: u64,
+}
+
+/// The default of `hostname_quarantine`.
+pub const HOSTNAME_QUARANTINE_SECS: u64 = 600;
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            admins: Vec::new(),
+            hostnames: Vec::new(),
+            quotas: QuotaConfig::default(),
+            default_expiry_secs: None,
+            placement: Default::default(),
+            ratios: Default::default(),
+            client_ca_dir: None,
+            crl_missing: Default::default(),
+            require_namespaces: None,
+            networks: Vec::new(),
+            default_network: None,
+            hostname_quarantine_secs: HOSTNAME_QUARANTINE_SECS,
+        }
+    }
 }
 
 impl ServeConfig {
@@ -315,7 +349,52 @@ impl ServeConfig {
                 .map(|p| p.join(&d))
                 .unwrap_or(d)
         });
+        let mut names = HashSet::new();
+        for (i, n) in raw.networks.iter().enumerate() {
+            // Where the state lives does not matter for checking.
+            if let Err(e) = vfarm_net::Network::new(n, Path::new("/")) {
+                let msg = match e {
+                    vfarm_net::NetError::Invalid { field, reason } => {
+                        format!(
+                            "{}: {reason}",
+                            field.replacen("networks", &format!("networks[{i}]"), 1)
+                        )
+                    }
+                    e => format!("networks[{i}]: {e}"),
+                };
+                return Err(err(msg));
+            }
+            if !names.insert(n.name.clone()) {
+                return Err(err(format!(
+                    "networks[{i}].name `{}` is defined twice",
+                    n.name
+                )));
+            }
+        }
+        let default_network = match raw.default_network {
+            Some(d) if d == "none" || names.contains(&d) => Some(d),
+            Some(d) => {
+                return Err(err(format!(
+                    "default_network `{d}` is not one of networks ({}) nor `none`",
+                    raw.networks
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+            None => raw.networks.first().map(|n| n.name.clone()),
+        };
+        let hostname_quarantine_secs = match raw.hostname_quarantine {
+            Some(s) if s == "0" => 0,
+            Some(s) => vfarm_core::instance::parse_duration("hostname_quarantine", &s)
+                .map_err(|e| err(format!("hostname_quarantine `{s}`: {e}")))?,
+            None => HOSTNAME_QUARANTINE_SECS,
+        };
         Ok(ServeConfig {
+            networks: raw.networks,
+            default_network,
+            hostname_quarantine_secs,
             client_ca_dir,
             crl_missing: raw.trust.crl_missing.unwrap_or_default(),
             require_namespaces: raw.trust.require_namespaces,
@@ -462,6 +541,54 @@ instances = 7
             let e = parse(t).unwrap_err();
             assert_eq!(e.code().as_str(), "invalid_config");
             assert!(e.to_string().contains(want), "{t}: {e}");
+        }
+    }
+
+    #[test]
+    fn networks_are_checked_by_field() {
+        let c = parse(
+            r#"
+default_network = "lab"
+hostname_quarantine = "90s"
+[[networks]]
+name = "lan"
+kind = "bridged"
+subnet = "192.0.2.0/24"
+bridge = "br0"
+gateway = "192.0.2.1"
+dns = ["192.0.2.53"]
+[[networks]]
+name = "lab"
+subnet = "10.77.0.0/24"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.networks.len(), 2);
+        assert_eq!(c.default_network.as_deref(), Some("lab"));
+        assert_eq!(c.hostname_quarantine_secs, 90);
+        let c = parse("[[networks]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\n").unwrap();
+        assert_eq!(c.default_network.as_deref(), Some("a"));
+        assert_eq!(c.hostname_quarantine_secs, HOSTNAME_QUARANTINE_SECS);
+        assert_eq!(parse("").unwrap().default_network, None);
+        for (text, want) in [
+            ("[[networks]]\nname = \"a\"\nsubnet = \"10.1.0.1/24\"", "networks[0].subnet"),
+            (
+                "[[networks]]\nname = \"a\"\nkind = \"bridged\"\nsubnet = \"10.1.0.0/24\"",
+                "networks[0].bridge",
+            ),
+            (
+                "[[networks]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\n[[networks]]\nname = \"a\"\nsubnet = \"10.2.0.0/24\"",
+                "networks[1].name `a` is defined twice",
+            ),
+            (
+                "default_network = \"b\"\n[[networks]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"",
+                "default_network `b` is not one of networks (a)",
+            ),
+            ("hostname_quarantine = \"soon\"", "hostname_quarantine"),
+            ("[[networks]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nmtu = 9000", "unknown field `mtu`"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
         }
     }
 }

@@ -46,6 +46,11 @@ pub enum AuthError {
     PoolExhausted { size: usize },
     #[error("hostname `{name}` is held by another instance")]
     HostnameTaken { name: String },
+    #[error(
+        "hostname `{name}` was given back recently and stays out of the pool until {until} \
+         (hostname_quarantine in serve.toml: DNS caches may still name the old instance)"
+    )]
+    HostnameQuarantined { name: String, until: String },
     #[error("hostname `{name}` is not in the pool")]
     HostnameNotInPool { name: String },
     #[error("quota exceeded for {owner}: {resource} would be {would} (limit {limit})")]
@@ -87,7 +92,9 @@ impl AuthError {
             AuthError::TokenNotFound { .. } => vfarm_proto::ErrorCode::TokenNotFound,
             AuthError::Invalid { .. } => vfarm_proto::ErrorCode::InvalidArgument,
             AuthError::PoolExhausted { .. } => vfarm_proto::ErrorCode::PoolExhausted,
-            AuthError::HostnameTaken { .. } => vfarm_proto::ErrorCode::HostnameTaken,
+            AuthError::HostnameTaken { .. } | AuthError::HostnameQuarantined { .. } => {
+                vfarm_proto::ErrorCode::HostnameTaken
+            }
             AuthError::HostnameNotInPool { .. } => vfarm_proto::ErrorCode::HostnameNotInPool,
             AuthError::QuotaExceeded { .. } => vfarm_proto::ErrorCode::QuotaExceeded,
             AuthError::CaExists { .. } => vfarm_proto::ErrorCode::CaExists,
@@ -110,9 +117,9 @@ impl AuthError {
     pub fn field(&self) -> Option<&'static str> {
         match self {
             AuthError::Invalid { field, .. } => Some(field),
-            AuthError::HostnameTaken { .. } | AuthError::HostnameNotInPool { .. } => {
-                Some("hostname")
-            }
+            AuthError::HostnameTaken { .. }
+            | AuthError::HostnameQuarantined { .. }
+            | AuthError::HostnameNotInPool { .. } => Some("hostname"),
             AuthError::QuotaExceeded { resource, .. } => Some(resource),
             AuthError::InvalidToken
             | AuthError::TokenRevoked { .. }

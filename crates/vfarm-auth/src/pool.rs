@@ -12,6 +12,8 @@ use crate::{AuthError, Result};
 #[derive(Debug, Clone, Default)]
 pub struct HostnamePool {
     entries: Vec<(String, Option<String>)>,
+    /// Seconds a given-back name stays out of the pool.
+    quarantine_secs: u64,
 }
 
 impl HostnamePool {
@@ -21,7 +23,14 @@ impl HostnamePool {
                 .iter()
                 .map(|e| (e.name.clone(), e.address.map(|a| a.to_string())))
                 .collect(),
+            quarantine_secs: 0,
         }
+    }
+
+    /// Keep given-back names out of the pool for `secs` (`hostname_quarantine`).
+    pub fn with_quarantine(mut self, secs: u64) -> HostnamePool {
+        self.quarantine_secs = secs;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -51,15 +60,22 @@ impl HostnamePool {
                     .ok_or_else(|| AuthError::HostnameNotInPool {
                         name: r.to_string(),
                     })?;
-                store
-                    .lease_hostname(std::slice::from_ref(entry), holder, owner)?
-                    .ok_or(AuthError::HostnameTaken { name: want })
+                let q = self.quarantine_secs;
+                match store.lease_hostname(std::slice::from_ref(entry), holder, owner, q)? {
+                    Some(l) => Ok(l),
+                    None => match store.quarantined_hostnames(q)?.remove(&want) {
+                        Some(until) if store.hostname_lease(&want)?.is_none() => {
+                            Err(AuthError::HostnameQuarantined { name: want, until })
+                        }
+                        _ => Err(AuthError::HostnameTaken { name: want }),
+                    },
+                }
             }
-            None => store.lease_hostname(&self.entries, holder, owner)?.ok_or(
-                AuthError::PoolExhausted {
+            None => store
+                .lease_hostname(&self.entries, holder, owner, self.quarantine_secs)?
+                .ok_or(AuthError::PoolExhausted {
                     size: self.entries.len(),
-                },
-            ),
+                }),
         }
     }
 
@@ -136,6 +152,43 @@ mod tests {
                     .code()
                     .as_str(),
                 "pool_exhausted"
+            );
+        }
+    }
+
+    /// Issue 18: a given-back name stays out of the pool for the quarantine, asked for by
+    /// name or not; without a quarantine it comes straight back.
+    #[test]
+    fn released_names_wait_out_the_quarantine() {
+        for db in vfarm_store::testing::TestDb::all() {
+            let s = db.open();
+            let q = pool(2).with_quarantine(600);
+            assert_eq!(
+                q.allocate(&s, "i1", "a", None).unwrap().name,
+                "node000.example.org"
+            );
+            HostnamePool::release(&s, "i1").unwrap();
+            let e = q
+                .allocate(&s, "i2", "a", Some("node000.example.org"))
+                .unwrap_err();
+            assert_eq!(e.code().as_str(), "hostname_taken", "{e}");
+            assert!(e.to_string().contains("hostname_quarantine"), "{e}");
+            // Unasked, the pool passes over it to the next free name, then runs dry.
+            assert_eq!(
+                q.allocate(&s, "i2", "a", None).unwrap().name,
+                "node001.example.org"
+            );
+            assert_eq!(
+                q.allocate(&s, "i3", "a", None).unwrap_err().code().as_str(),
+                "pool_exhausted"
+            );
+            // Destroying the instance record gives its name back the same way.
+            let none = pool(2);
+            assert_eq!(
+                none.allocate(&s, "i3", "a", Some("node000.example.org"))
+                    .unwrap()
+                    .name,
+                "node000.example.org"
             );
         }
     }

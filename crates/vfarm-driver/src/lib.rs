@@ -86,7 +86,7 @@ impl DriverError {
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 
 /// Network attachment of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// Own network namespace with only a loopback interface.
@@ -94,6 +94,34 @@ pub enum Network {
     None,
     /// Share the host's network stack.
     Host,
+    /// On one of the site's networks: the service leased the address and made the link
+    /// (vfarm-net) before the driver prepares the instance.
+    Attached(Attachment),
+}
+
+/// An instance's place on a network, as the service made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: String,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<std::net::Ipv4Addr>,
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+    pub mac: String,
+    /// The host's end of the instance's link: oci, the veth (`vfh-…`) whose peer becomes
+    /// `eth0` inside; qemu, the tap (`vft-…`).
+    pub link: String,
+    /// The bridge the link goes on.
+    pub bridge: String,
+}
+
+impl Network {
+    pub fn attachment(&self) -> Option<&Attachment> {
+        match self {
+            Network::Attached(a) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// One file of the image, as the driver receives it: the image repository decides where files

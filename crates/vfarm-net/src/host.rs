@@ -97,6 +97,20 @@ pub(crate) fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
+/// The interfaces enslaved to `bridge` (none when it does not exist).
+pub(crate) fn links_on(bridge: &str) -> Result<Vec<String>> {
+    if !link_exists(bridge) {
+        return Ok(Vec::new());
+    }
+    let out = ip_out(&["-o", "link", "show", "master", bridge])?;
+    // "7: vfh-0123456789a@if6: <…" → "vfh-0123456789a"
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect())
+}
+
 pub(crate) fn nft_apply(ruleset: &str) -> Result<()> {
     run("nft", &["-f", "-"], Some(ruleset)).map(|_| ())
 }

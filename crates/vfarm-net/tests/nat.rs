@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vfarm_net::{Lease, Network, NetworkConfig};
+use vfarm_net::{Kind, Lease, Link, Network, NetworkConfig};
 
 fn require(tool: &str, package: &str) {
     let found = std::env::var_os("PATH")
@@ -117,9 +117,13 @@ fn nat_networks_serve_names_isolate_and_leave_nothing() {
         Network::new(
             &NetworkConfig {
                 name: format!("{name}{tag}"),
+                kind: Kind::Nat,
                 subnet,
                 isolated,
                 nat: isolated,
+                bridge: None,
+                gateway: None,
+                dns: Vec::new(),
             },
             &state,
         )
@@ -140,16 +144,24 @@ fn nat_networks_serve_names_isolate_and_leave_nothing() {
         Ns::new(format!("vft{tag}d1")),
     );
     let t = Instant::now();
-    let la1: Lease = a.attach("inst-a1", &a1.path(), "a1.grid.test").unwrap();
-    let la2 = a.attach("inst-a2", &a2.path(), "a2.grid.test").unwrap();
-    let lc1 = c.attach("inst-c1", &c1.path(), "c1.grid.test").unwrap();
-    let ld1 = d.attach("inst-d1", &d1.path(), "d1.grid.test").unwrap();
+    let la1: Lease = a
+        .attach("inst-a1", Link::Netns(&a1.path()), "a1.grid.test", None)
+        .unwrap();
+    let la2 = a
+        .attach("inst-a2", Link::Netns(&a2.path()), "a2.grid.test", None)
+        .unwrap();
+    let lc1 = c
+        .attach("inst-c1", Link::Netns(&c1.path()), "c1.grid.test", None)
+        .unwrap();
+    let ld1 = d
+        .attach("inst-d1", Link::Netns(&d1.path()), "d1.grid.test", None)
+        .unwrap();
     eprintln!("4 attaches took {:?}", t.elapsed());
     assert_ne!(la1.address, la2.address);
-    assert_eq!(la1.gateway.to_string(), format!("198.18.{oct}.1"));
+    assert_eq!(la1.gateway.unwrap().to_string(), format!("198.18.{oct}.1"));
     // The same key gets the same address again.
     assert_eq!(
-        a.attach("inst-a1", &a1.path(), "a1.grid.test")
+        a.attach("inst-a1", Link::Netns(&a1.path()), "a1.grid.test", None)
             .unwrap()
             .address,
         la1.address
@@ -172,7 +184,7 @@ fn nat_networks_serve_names_isolate_and_leave_nothing() {
     assert_eq!(got, "hello from a1");
     // The network's DNS answers for the instances' names (full and short).
     for name in ["a1.grid.test", "a1"] {
-        let (ok, out) = a2.busybox(&["nslookup", name, &la2.nameserver.to_string()]);
+        let (ok, out) = a2.busybox(&["nslookup", name, &la2.nameservers[0].to_string()]);
         assert!(
             ok && out.contains(&la1.address.to_string()),
             "{name}: {out}"
@@ -205,7 +217,7 @@ fn nat_networks_serve_names_isolate_and_leave_nothing() {
     a.detach("inst-a2").unwrap();
     assert!(!a.leases().unwrap().contains_key("inst-a2"));
     assert!(!links().contains(&la2.host_ifname));
-    let (_, out) = a1.busybox(&["nslookup", "a2.grid.test", &la1.nameserver.to_string()]);
+    let (_, out) = a1.busybox(&["nslookup", "a2.grid.test", &la1.nameservers[0].to_string()]);
     assert!(!out.contains(&la2.address.to_string()), "{out}");
     for n in [&a, &c, &d] {
         n.down().unwrap();

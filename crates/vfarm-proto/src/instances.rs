@@ -30,9 +30,17 @@ pub struct InstanceView {
     /// spread: …").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<String>,
-    /// The address that goes with a hostname from the pool, if the pool gives one.
+    /// The instance's address on its network, else the address that goes with a hostname
+    /// from the pool, if the pool gives one.
     #[serde(default)]
     pub address: Option<String>,
+    /// The site network it is on (absent: loopback only, or the host's network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// How to log in from a machine that reaches its network (VMs with sshd):
+    /// `ssh vfarm@node07.example.org`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_command: Option<String>,
     pub created: String,
     pub started: Option<String>,
     pub uptime_secs: Option<i64>,
@@ -179,6 +187,10 @@ pub struct CreateInstance {
     /// the host. Every other oci instance maps its ids to its owner's unprivileged range.
     #[serde(default)]
     pub privileged: bool,
+    /// The site network to join (`GET /api/v1/networks`), or `none` for loopback only;
+    /// absent: the site's default network.
+    #[serde(default)]
+    pub network: Option<String>,
     /// The main command (default: an idle init that keeps the instance up for exec).
     #[serde(default)]
     pub command: Vec<String>,

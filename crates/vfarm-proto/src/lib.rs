@@ -6,5 +6,6 @@
 mod error;
 pub mod hosts;
 pub mod instances;
+pub mod networks;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -89,6 +89,10 @@ pub struct Seed {
     /// A name server for `/etc/resolv.conf` (user-mode networking's is 10.0.2.3); `None`
     /// leaves the image's.
     pub dns: Option<String>,
+    /// A NIC on a site network (MAC, address): configured statically and given the default
+    /// route; the user-mode NIC then keeps only its forwarded ports.
+    #[serde(default)]
+    pub site_nic: Option<(String, crate::StaticIp)>,
 }
 
 impl Seed {
@@ -182,7 +186,7 @@ impl Seed {
         // Debian's cloud.cfg asks for en_US.UTF-8, which a minimal image has not generated:
         // the module would fail the boot's result. The image's locale stays.
         doc.insert("locale".into(), json!(false));
-        if self.nic_mac.is_some() {
+        if self.nic_mac.is_some() || self.site_nic.is_some() {
             // cloud-init renders the network for systemd-networkd when the image has no
             // ifupdown, but does not enable networkd, which Debian ships disabled.
             doc.insert(
@@ -227,16 +231,34 @@ impl Seed {
     /// `network-config` (version 2): DHCP on the NIC with the VM's MAC, whatever the guest
     /// names it. `None` without a NIC.
     pub fn network_config(&self) -> Option<String> {
-        let mac = self.nic_mac.as_ref()?;
-        let v = json!({
-            "version": 2,
-            "ethernets": {
-                "nic0": {
-                    "match": { "macaddress": mac },
-                    "dhcp4": true,
-                }
+        let mut ethernets = serde_json::Map::new();
+        if let Some(mac) = &self.nic_mac {
+            let nic0 = if self.site_nic.is_some() {
+                // QEMU's user-mode network always puts the guest at 10.0.2.15; no route, so
+                // the site network's gateway is the only default.
+                json!({ "match": { "macaddress": mac }, "addresses": ["10.0.2.15/24"] })
+            } else {
+                json!({ "match": { "macaddress": mac }, "dhcp4": true })
+            };
+            ethernets.insert("nic0".into(), nic0);
+        }
+        if let Some((mac, ip)) = &self.site_nic {
+            let mut nic = json!({
+                "match": { "macaddress": mac },
+                "addresses": [format!("{}/{}", ip.address, ip.prefix)],
+            });
+            if let Some(gw) = ip.gateway {
+                nic["routes"] = json!([{ "to": "0.0.0.0/0", "via": gw.to_string() }]);
             }
-        });
+            if !ip.nameservers.is_empty() {
+                nic["nameservers"] = json!({ "addresses": ip.nameservers });
+            }
+            ethernets.insert("site0".into(), nic);
+        }
+        if ethernets.is_empty() {
+            return None;
+        }
+        let v = json!({ "version": 2, "ethernets": ethernets });
         Some(format!(
             "{}\n",
             serde_json::to_string_pretty(&v).expect("JSON of plain values")
@@ -410,6 +432,7 @@ mod tests {
             }],
             nic_mac: Some("52:54:00:12:34:56".into()),
             dns: Some("10.0.2.3".into()),
+            site_nic: None,
         }
     }
 
@@ -436,6 +459,26 @@ mod tests {
         no_nic.nic_mac = None;
         assert_eq!(no_nic.network_config(), None);
         assert_eq!(no_nic.documents().len(), 2);
+        // On a site network: the static address and the only default route are the site
+        // NIC's; the user-mode NIC keeps its fixed address for the forwarded ports.
+        let mut site = s.clone();
+        site.site_nic = Some((
+            "52:54:00:aa:bb:cc".into(),
+            crate::StaticIp {
+                address: "192.0.2.10".parse().unwrap(),
+                prefix: 24,
+                gateway: Some("192.0.2.1".parse().unwrap()),
+                nameservers: vec!["192.0.2.53".parse().unwrap()],
+            },
+        ));
+        let net: Value = serde_json::from_str(&site.network_config().unwrap()).unwrap();
+        let e = &net["ethernets"];
+        assert_eq!(e["nic0"]["addresses"][0], "10.0.2.15/24");
+        assert!(e["nic0"].get("dhcp4").is_none() && e["nic0"].get("routes").is_none());
+        assert_eq!(e["site0"]["match"]["macaddress"], "52:54:00:aa:bb:cc");
+        assert_eq!(e["site0"]["addresses"][0], "192.0.2.10/24");
+        assert_eq!(e["site0"]["routes"][0]["via"], "192.0.2.1");
+        assert_eq!(e["site0"]["nameservers"]["addresses"][0], "192.0.2.53");
     }
 
     #[test]

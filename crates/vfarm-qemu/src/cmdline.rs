@@ -133,6 +133,44 @@ pub struct UserNet {
     pub restrict: bool,
 }
 
+/// A tap device on a bridge (made by the service, vfarm-net): the guest's NIC on a site
+/// network, with a stable MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapNet {
+    pub ifname: String,
+    pub mac: String,
+}
+
+/// A guest's static address on a site network, as its boot configures it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticIp {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub nameservers: Vec<Ipv4Addr>,
+}
+
+impl StaticIp {
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX << (32 - u32::from(self.prefix)))
+    }
+
+    /// The kernel's `ip=` argument (nfsroot.rst syntax), which the fast profile's init
+    /// applies: `ip=<client>::<gw>:<netmask>:<hostname>:eth0:off[:<dns0>[:<dns1>]]`.
+    pub fn kernel_arg(&self, hostname: &str) -> String {
+        let gw = self.gateway.map(|g| g.to_string()).unwrap_or_default();
+        let mut s = format!(
+            "ip={}::{gw}:{}:{hostname}:eth0:off",
+            self.address,
+            self.netmask()
+        );
+        for ns in self.nameservers.iter().take(2) {
+            s.push_str(&format!(":{ns}"));
+        }
+        s
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
     /// Shown in `ps` and in QMP's `query-name`.
@@ -160,6 +198,9 @@ pub struct VmConfig {
     /// The first serial port's output is appended to this file (the boot log).
     pub serial_log: Option<PathBuf>,
     pub net: Option<UserNet>,
+    /// A NIC on a site network (after the user-mode one, if any).
+    #[serde(default)]
+    pub tap: Option<TapNet>,
     pub pidfile: Option<PathBuf>,
     /// Fork into the background once the VM is set up, so QEMU outlives whoever started it.
     pub daemonize: bool,
@@ -192,6 +233,7 @@ impl VmConfig {
             qga_socket: None,
             serial_log: None,
             net: None,
+            tap: None,
             pidfile: None,
             daemonize: false,
             no_reboot: false,
@@ -283,6 +325,34 @@ pub fn build_args(cfg: &VmConfig) -> Result<Vec<String>> {
         }
         a.push2("-netdev", netdev);
         a.push2("-device", format!("{},netdev=net0", m.virtio("net")));
+    }
+    if let Some(tap) = &cfg.tap {
+        let ok_name = !tap.ifname.is_empty()
+            && tap.ifname.len() <= 15
+            && tap
+                .ifname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let ok_mac = tap.mac.len() == 17
+            && tap.mac.split(':').count() == 6
+            && tap
+                .mac
+                .split(':')
+                .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok_name || !ok_mac {
+            return Err(Error::InvalidConfig {
+                reason: format!("tap `{}` with MAC `{}` is not valid", tap.ifname, tap.mac),
+            });
+        }
+        // script=no: the service made the tap and put it on the bridge already.
+        a.push2(
+            "-netdev",
+            format!("tap,id=net1,ifname={},script=no,downscript=no", tap.ifname),
+        );
+        a.push2(
+            "-device",
+            format!("{},netdev=net1,mac={}", m.virtio("net"), tap.mac),
+        );
     }
 
     // wait=off: QEMU must not block at start-up until a client connects.
@@ -444,6 +514,7 @@ mod tests {
                 hostfwd: vec![HostFwd::ssh(2222)],
                 restrict: false,
             }),
+            tap: None,
             pidfile: Some(dir.join("qemu.pid")),
             daemonize: true,
             no_reboot: true,
@@ -500,6 +571,7 @@ mod tests {
                 ],
                 restrict: false,
             }),
+            tap: None,
             pidfile: None,
             daemonize: false,
             no_reboot: false,
@@ -569,5 +641,36 @@ mod tests {
         let text = serde_json::to_string(&cfg).unwrap();
         let back: VmConfig = serde_json::from_str(&text).unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn tap_nic_and_kernel_ip_argument() {
+        let mut cfg = fast_profile();
+        cfg.tap = Some(TapNet {
+            ifname: "vft-0123456789a".into(),
+            mac: "52:54:00:aa:bb:cc".into(),
+        });
+        let args = build_args(&cfg).unwrap();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("-netdev tap,id=net1,ifname=vft-0123456789a,script=no,downscript=no"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("netdev=net1,mac=52:54:00:aa:bb:cc"),
+            "{joined}"
+        );
+        cfg.tap.as_mut().unwrap().ifname = "vft-x,script=/tmp/evil".into();
+        assert!(build_args(&cfg).is_err());
+        let ip = StaticIp {
+            address: "10.9.0.5".parse().unwrap(),
+            prefix: 20,
+            gateway: Some("10.9.0.1".parse().unwrap()),
+            nameservers: vec!["10.9.0.1".parse().unwrap()],
+        };
+        assert_eq!(
+            ip.kernel_arg("n1"),
+            "ip=10.9.0.5::10.9.0.1:255.255.240.0:n1:eth0:off:10.9.0.1"
+        );
     }
 }

@@ -23,7 +23,7 @@ use flate2::Compression;
 use crate::error::{Error, Result};
 
 /// Bumped whenever the archive's layout or scripts change, so cached archives are rebuilt.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// Modules every fast-profile VM loads (their dependencies come from `modules.dep`): disk,
 /// both virtio transports (mmio for microvm, pci for q35/pc), the console ports the guest agent
@@ -89,10 +89,12 @@ $B mkdir -p /dev/pts /dev/shm
 $B mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 $B mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
 net=
+ipcfg=
 for arg in $($B cat /proc/cmdline); do
     case "$arg" in
         vfarm.hostname=*) $B hostname "${arg#vfarm.hostname=}" ;;
         vfarm.net=*) net="${arg#vfarm.net=}" ;;
+        ip=*) ipcfg="${arg#ip=}" ;;
     esac
 done
 $B ip link set lo up
@@ -102,6 +104,19 @@ if [ "$net" = user ] && [ -e /sys/class/net/eth0 ]; then
     $B ip addr add 10.0.2.15/24 dev eth0
     $B ip link set eth0 up
     $B ip route add default via 10.0.2.2
+fi
+if [ -n "$ipcfg" ] && [ -e /sys/class/net/eth0 ]; then
+    # A static address on a site network, in the kernel's ip= syntax:
+    # <client>::<gateway>:<netmask>:<hostname>:eth0:off[:<dns0>[:<dns1>]]
+    IFS=: read -r addr _ gw mask _ _ _ dns0 dns1 <<IP
+$ipcfg
+IP
+    $B ifconfig eth0 "$addr" netmask "$mask" up
+    [ -n "$gw" ] && $B ip route add default via "$gw"
+    if [ -n "$dns0" ]; then
+        echo "nameserver $dns0" > /etc/resolv.conf
+        [ -n "$dns1" ] && echo "nameserver $dns1" >> /etc/resolv.conf
+    fi
 fi
 # udev would create these links; the guest agent opens its port by name.
 $B mkdir -p /dev/virtio-ports

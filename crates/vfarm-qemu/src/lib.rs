@@ -33,7 +33,8 @@ mod wire;
 
 pub use cloudinit::{Seed, SeedFile};
 pub use cmdline::{
-    build_args, Accel, Disk, DiskFormat, HostFwd, KernelBoot, Machine, UserNet, VmConfig,
+    build_args, Accel, Disk, DiskFormat, HostFwd, KernelBoot, Machine, StaticIp, TapNet, UserNet,
+    VmConfig,
 };
 pub use error::{Error, Result};
 pub use initramfs::{fast_initramfs, FastInitramfs, InitramfsRequest};

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cmdline::{Accel, Disk, DiskFormat, KernelBoot, Machine, UserNet, VmConfig};
+use crate::cmdline::{Accel, Disk, DiskFormat, KernelBoot, Machine, StaticIp, UserNet, VmConfig};
 use crate::error::{Error, Result};
 
 /// Files of one VM in its run directory, named the same way for every VM so a restarted
@@ -75,6 +75,7 @@ pub fn fast_append(
     tsc_khz: Option<u64>,
     hostname: Option<&str>,
     user_net: bool,
+    ip: Option<&StaticIp>,
 ) -> String {
     let mut parts = vec![
         "console=ttyS0".to_string(),
@@ -94,6 +95,9 @@ pub fn fast_append(
     }
     if user_net {
         parts.push("vfarm.net=user".to_string());
+    }
+    if let Some(ip) = ip {
+        parts.push(ip.kernel_arg(hostname.unwrap_or("")));
     }
     parts.join(" ")
 }
@@ -135,7 +139,7 @@ pub fn fast_vm_config(
     files: &RunFiles,
     net: Option<UserNet>,
 ) -> VmConfig {
-    let append = fast_append(accel, host_tsc_khz(), Some(name), net.is_some());
+    let append = fast_append(accel, host_tsc_khz(), Some(name), net.is_some(), None);
     VmConfig {
         name: name.to_string(),
         machine: Machine::Microvm,
@@ -158,6 +162,7 @@ pub fn fast_vm_config(
         qga_socket: Some(files.qga_socket.clone()),
         serial_log: Some(files.serial_log.clone()),
         net,
+        tap: None,
         pidfile: Some(files.pidfile.clone()),
         daemonize: true,
         no_reboot: true,
@@ -228,6 +233,7 @@ pub fn full_vm_config(
         qga_socket: Some(files.qga_socket.clone()),
         serial_log: Some(files.serial_log.clone()),
         net: Some(net),
+        tap: None,
         pidfile: Some(files.pidfile.clone()),
         daemonize: true,
         no_reboot: false,
@@ -242,11 +248,11 @@ mod tests {
     #[test]
     fn tcg_append_carries_tsc_hints_and_kvm_does_not() {
         assert_eq!(
-            fast_append(Accel::Tcg, Some(2_596_122), Some("vm-1"), true),
+            fast_append(Accel::Tcg, Some(2_596_122), Some("vm-1"), true, None),
             "console=ttyS0 panic=-1 quiet root=/dev/vda rootfstype=ext4 tsc_early_khz=2596122 tsc=unstable vfarm.hostname=vm-1 vfarm.net=user"
         );
         assert_eq!(
-            fast_append(Accel::Kvm, Some(2_596_122), None, false),
+            fast_append(Accel::Kvm, Some(2_596_122), None, false, None),
             "console=ttyS0 panic=-1 quiet root=/dev/vda rootfstype=ext4"
         );
     }

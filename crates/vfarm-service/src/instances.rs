@@ -42,13 +42,17 @@ use crate::Caller;
 const STOP_GRACE: &str = "10s";
 
 /// The network an instance gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Net {
     /// Loopback only.
     #[default]
     None,
     /// The host's network.
     Host,
+    /// The site's default network (`default_network` in serve.toml), loopback only without.
+    Default,
+    /// One of the site's networks by name (`none`: loopback only).
+    Named(String),
 }
 
 /// CPU, memory, process limit, hostname, environment, network and privilege of a new
@@ -490,10 +494,25 @@ pub fn view_cached(
                 .collect(),
         );
     }
-    let address = cache
+    let pool_address = cache
         .addresses
         .as_ref()
         .and_then(|a| a.get(&row.id).cloned().flatten());
+    let on_net = crate::net::view_of(&row.spec);
+    let address = on_net
+        .as_ref()
+        .map(|n| n.address.to_string())
+        .or(pool_address.clone());
+    // The pool's name is what the site's DNS maps to that address; otherwise the address.
+    let ssh_command = on_net.as_ref().and_then(|n| {
+        let user = n.ssh_user.as_ref()?;
+        let target = if pool_address.as_deref() == Some(n.address.to_string().as_str()) {
+            row.hostname.clone()
+        } else {
+            n.address.to_string()
+        };
+        Some(format!("ssh {user}@{target}"))
+    });
     if cache.hosts.is_none() {
         cache.hosts = Some(store.instance_hosts()?);
     }
@@ -516,6 +535,8 @@ pub fn view_cached(
         },
         host,
         address,
+        network: on_net.map(|n| n.network),
+        ssh_command,
         created: row.created.clone(),
         started: row.started.clone(),
         uptime_secs,
@@ -782,6 +803,8 @@ pub struct NewInstance {
 /// The site's rules for new instances (serve.toml): hostname pool, quotas, default expiry.
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
+    /// The site's configuration (its networks).
+    pub config: ServeConfig,
     pub pool: HostnamePool,
     pub quotas: QuotaConfig,
     pub default_expiry_secs: Option<u64>,
@@ -792,7 +815,8 @@ pub struct Admission {
 impl Admission {
     pub fn from_config(c: &ServeConfig) -> Admission {
         Admission {
-            pool: HostnamePool::new(&c.hostnames),
+            config: c.clone(),
+            pool: HostnamePool::new(&c.hostnames).with_quarantine(c.hostname_quarantine_secs),
             quotas: c.quotas.clone(),
             default_expiry_secs: c.default_expiry_secs,
             reserved: Vec::new(),
@@ -813,8 +837,20 @@ pub fn create_instance(
     driver: &dyn Driver,
     n: NewInstance,
 ) -> Result<InstanceRow> {
+    let mut n = n;
     let admission = if n.disposable {
-        Admission::default()
+        // A disposable run joins a network only when it names one (attaching costs time).
+        if n.shape.net == Net::Default {
+            n.shape.net = Net::None;
+        }
+        let config = match n.shape.net {
+            Net::Named(_) => ServeConfig::load(&ServeConfig::default_path(&env.data_dir))?,
+            _ => ServeConfig::default(),
+        };
+        Admission {
+            config,
+            ..Default::default()
+        }
     } else {
         Admission::load(env)?
     };
@@ -996,18 +1032,42 @@ pub fn record_instance(
             .pool
             .allocate(store, &id, &n.owner, settings.hostname.as_deref())
         {
-            Ok(lease) => lease.name,
+            Ok(lease) => (lease.name, lease.address),
             Err(e) => {
                 let _ = vfarm_auth::quota::release(store, &id);
                 return Err(e.into());
             }
         }
     } else {
-        settings
+        let h = settings
             .hostname
             .clone()
             .or_else(|| settings.name.clone())
-            .unwrap_or_else(|| format!("vf-{id}"))
+            .unwrap_or_else(|| format!("vf-{id}"));
+        (h, None)
+    };
+    let (hostname, pool_address) = hostname;
+    let release_holds = || {
+        let _ = store.release_hostname(&id);
+        let _ = store.release_quota(&id);
+    };
+    let network = match crate::net::choose(&admission.config, &n.shape.net) {
+        Ok(Some(net)) => {
+            let want = pool_address.and_then(|a| a.parse().ok());
+            match crate::net::lease(&net, &id, driver_kind, &hostname, want) {
+                Ok(a) => Network::Attached(a),
+                Err(e) => {
+                    release_holds();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(None) if n.shape.net == Net::Host => Network::Host,
+        Ok(None) => Network::None,
+        Err(e) => {
+            release_holds();
+            return Err(anyhow::Error::new(e));
+        }
     };
     // Every oci instance but an admin's explicitly privileged one runs in a user namespace
     // with its owner's host id range (issue 15: root inside must not be root outside).
@@ -1027,10 +1087,7 @@ pub fn record_instance(
         disk,
         env: settings.env.clone(),
         command: settings.command.clone(),
-        network: match n.shape.net {
-            Net::None => Network::None,
-            Net::Host => Network::Host,
-        },
+        network,
         user_namespace,
         id_base,
         volatile: n.disposable,
@@ -1060,8 +1117,12 @@ pub fn record_instance(
     };
     if let Err(e) = store.insert_instance(&row) {
         // Nothing else refers to the holds yet.
-        let _ = store.release_hostname(&id);
-        let _ = store.release_quota(&id);
+        release_holds();
+        if let Some(a) = spec.network.attachment() {
+            if let Ok(net) = crate::net::find(&admission.config, &a.network) {
+                let _ = net.release(&id);
+            }
+        }
         return Err(e.into());
     }
     Ok(row)
@@ -1084,8 +1145,10 @@ pub fn prepare_recorded(
     let id = &row.id;
     let mut spec: InstanceSpec = serde_json::from_str(&row.spec)
         .with_context(|| format!("instance {id} has an unreadable spec"))?;
+    let recorded = spec.clone();
     let fail = |e: anyhow::Error| {
         let _ = driver.cleanup(id);
+        let _ = crate::net::unplug(data_dir, &recorded);
         let _ = revoke_host_certificate(data_dir, id);
         let _ = store.delete_instance(&caller.user, id);
         e.context(format!("cannot prepare instance {id}"))
@@ -1109,9 +1172,11 @@ pub fn prepare_recorded(
             });
         }
     }
+    crate::net::plug(data_dir, &spec).map_err(fail)?;
     if let Err(e) = driver.prepare(&spec) {
         return Err(fail(e.into()));
     }
+    crate::net::place_files(driver, &spec).map_err(fail)?;
     if let (Some(c), "oci") = (&cert, driver.kind()) {
         place_host_certificate(driver, id, c).map_err(fail)?;
     }
@@ -1337,6 +1402,10 @@ pub fn destroy_instance(
     driver
         .cleanup(&row.id)
         .with_context(|| format!("cannot destroy instance {}", row.id))?;
+    if let Some(spec) = crate::net::spec_of(&row.spec) {
+        crate::net::unplug(data_dir, &spec)
+            .with_context(|| format!("cannot take instance {} off its network", row.id))?;
+    }
     // The certificate goes with the instance: whoever copied its key out holds nothing.
     revoke_host_certificate(data_dir, &row.id)
         .with_context(|| format!("cannot revoke the host certificate of {}", row.id))?;

@@ -24,6 +24,7 @@ pub mod instances;
 pub mod jobs;
 pub mod local;
 pub mod migrate;
+pub mod net;
 pub mod node;
 pub mod node_migration;
 pub mod run;

@@ -380,7 +380,10 @@ impl InstanceBackend for Service {
                     pids: None,
                     hostname: req.hostname,
                     env: req.env,
-                    net: Net::None,
+                    net: match req.network {
+                        Some(n) => Net::Named(n),
+                        None => Net::Default,
+                    },
                     privileged: req.privileged,
                 },
                 command: req.command,

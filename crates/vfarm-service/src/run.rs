@@ -188,7 +188,7 @@ pub fn run(
     let (code, ending) = match outcome {
         Ok(r) => r,
         Err(e) => {
-            let _ = destroy_after_run(caller, &store, driver, &id);
+            let _ = destroy_after_run(caller, &store, driver, &env.data_dir, &id);
             return Err(e);
         }
     };
@@ -214,7 +214,7 @@ pub fn run(
         code
     };
     if (code == 0 && ending == Ending::Exited) || !req.keep_on_failure {
-        destroy_after_run(caller, &store, driver, &id)?;
+        destroy_after_run(caller, &store, driver, &env.data_dir, &id)?;
         tracing::debug!(instance = %id, "run: destroyed");
     } else {
         keep_failed(caller, &store, driver, &id, code)?;
@@ -414,10 +414,22 @@ fn save_console(driver: &dyn Driver, id: &str, file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn destroy_after_run(caller: &Caller, store: &Store, driver: &dyn Driver, id: &str) -> Result<()> {
+fn destroy_after_run(
+    caller: &Caller,
+    store: &Store,
+    driver: &dyn Driver,
+    data_dir: &Path,
+    id: &str,
+) -> Result<()> {
     driver
         .cleanup(id)
         .with_context(|| format!("cannot remove disposable instance {id}"))?;
+    if let Some(spec) = store
+        .instance(id)?
+        .and_then(|r| crate::net::spec_of(&r.spec))
+    {
+        crate::net::unplug(data_dir, &spec)?;
+    }
     store.delete_instance(&caller.user, id)?;
     Ok(())
 }

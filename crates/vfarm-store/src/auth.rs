@@ -173,14 +173,20 @@ impl Store {
 
     /// Lease the first of `candidates` (name, address) that no one holds, for `holder`, in one
     /// IMMEDIATE transaction. `None`: all of them are held.
+    ///
+    /// A name given back within the last `quarantine_secs` is not a candidate.
     pub fn lease_hostname(
         &self,
         candidates: &[(String, Option<String>)],
         holder: &str,
         owner: &str,
+        quarantine_secs: u64,
     ) -> Result<Option<Lease>> {
         self.tx(|tx| {
-            let held = held_names(tx)?;
+            let mut held = held_names(tx)?;
+            if quarantine_secs > 0 {
+                held.extend(quarantined(tx, quarantine_secs)?.into_keys());
+            }
             let Some((name, address)) = candidates.iter().find(|(n, _)| !held.contains(n)) else {
                 return Ok(None);
             };
@@ -235,9 +241,17 @@ impl Store {
                 [holder],
                 |r| r.get(0),
             ))?;
-            tx.execute("DELETE FROM hostname_leases WHERE holder = ?1", [holder])?;
+            give_back_name(tx, holder)?;
             Ok(name)
         })
+    }
+
+    /// Names given back within the last `quarantine_secs`, with when each may be leased again.
+    pub fn quarantined_hostnames(
+        &self,
+        quarantine_secs: u64,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        self.tx(|tx| quarantined(tx, quarantine_secs))
     }
 
     /// The leases these holders hold (one page of a list, not the whole table).
@@ -412,6 +426,39 @@ pub struct AuditFilter {
     pub action: Option<String>,
 }
 
+/// Delete `holder`'s lease and note when its name came back (the quarantine's start).
+pub(crate) fn give_back_name(tx: &Db<'_>, holder: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO hostname_released(name, released)
+         SELECT name, ?2 FROM hostname_leases WHERE holder = ?1
+         ON CONFLICT(name) DO UPDATE SET released = excluded.released",
+        params![holder, now()],
+    )?;
+    tx.execute("DELETE FROM hostname_leases WHERE holder = ?1", [holder])?;
+    Ok(())
+}
+
+/// Name → the time its quarantine ends, for names released less than `secs` ago.
+fn quarantined(tx: &Db<'_>, secs: u64) -> Result<std::collections::BTreeMap<String, String>> {
+    let fmt =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let span = chrono::Duration::seconds(secs.min(i64::MAX as u64 / 1000) as i64);
+    let since = fmt(chrono::Utc::now() - span);
+    let mut st = tx.prepare("SELECT name, released FROM hostname_released WHERE released > ?1")?;
+    let rows = st.query_map([since], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = std::collections::BTreeMap::new();
+    for row in rows {
+        let (name, released) = row?;
+        let until = chrono::DateTime::parse_from_rfc3339(&released)
+            .map(|t| fmt(t.with_timezone(&chrono::Utc) + span))
+            .unwrap_or(released);
+        out.insert(name, until);
+    }
+    Ok(out)
+}
+
 fn held_names(tx: &Db<'_>) -> Result<std::collections::HashSet<String>> {
     let mut st = tx.prepare("SELECT name FROM hostname_leases")?;
     let rows = st.query_map(params![], |r| r.get::<_, String>(0))?;
@@ -509,18 +556,21 @@ mod tests {
             let s = db.open();
             let pool: Vec<(String, Option<String>)> =
                 vec![("n1".into(), None), ("n2".into(), None)];
-            let a = s.lease_hostname(&pool, "i1", "alice").unwrap().unwrap();
-            let b = s.lease_hostname(&pool, "i2", "alice").unwrap().unwrap();
+            let a = s.lease_hostname(&pool, "i1", "alice", 0).unwrap().unwrap();
+            let b = s.lease_hostname(&pool, "i2", "alice", 0).unwrap().unwrap();
             assert_ne!(a.name, b.name);
-            assert!(s.lease_hostname(&pool, "i3", "bob").unwrap().is_none());
+            assert!(s.lease_hostname(&pool, "i3", "bob", 0).unwrap().is_none());
             // One name per holder.
             assert!(s.release_hostname("i1").unwrap().is_some());
             assert!(matches!(
-                s.lease_hostname(&pool, "i2", "alice"),
+                s.lease_hostname(&pool, "i2", "alice", 0),
                 Err(StoreError::Conflict { .. })
             ));
             assert_eq!(
-                s.lease_hostname(&pool, "i3", "bob").unwrap().unwrap().name,
+                s.lease_hostname(&pool, "i3", "bob", 0)
+                    .unwrap()
+                    .unwrap()
+                    .name,
                 a.name
             );
             assert_eq!(s.release_hostname("nobody").unwrap(), None);

@@ -417,7 +417,7 @@ impl Store {
     /// an instance that is gone. Returns whether it existed.
     pub fn delete_instance(&self, actor: &str, id: &str) -> Result<bool> {
         self.tx(|tx| {
-            tx.execute("DELETE FROM hostname_leases WHERE holder = ?1", [id])?;
+            crate::auth::give_back_name(tx, id)?;
             tx.execute("DELETE FROM quota_reservations WHERE holder = ?1", [id])?;
             let n = tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
             if n == 1 {

@@ -63,6 +63,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0011_list_indexes",
         include_str!("../migrations/0011_list_indexes.sql"),
     ),
+    (
+        "0012_hostname_quarantine",
+        include_str!("../migrations/0012_hostname_quarantine.sql"),
+    ),
 ];
 
 /// The same migrations in PostgreSQL's dialect (BIGINT, BYTEA, identity columns, byte-order
@@ -111,6 +115,10 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0011_list_indexes",
         include_str!("../migrations/postgres/0011_list_indexes.sql"),
+    ),
+    (
+        "0012_hostname_quarantine",
+        include_str!("../migrations/postgres/0012_hostname_quarantine.sql"),
     ),
 ];
 

@@ -106,6 +106,9 @@ enum Command {
     /// undrain, rm).
     #[command(subcommand)]
     Host(cmd::host::HostCmd),
+    /// The site's instance networks (serve.toml `[[networks]]`): ls, show, up, down.
+    #[command(subcommand)]
+    Network(cmd::network::NetworkCmd),
     /// Run this machine as a node of a control service (joins once with a token, then
     /// serves instances over mutual TLS and reports by heartbeat).
     Node(cmd::node::NodeArgs),
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Ca(c) => cmd::ca::run(&ctx, c),
         Command::Host(c) => cmd::host::run(&ctx, c),
+        Command::Network(c) => cmd::network::run(&ctx, c),
         Command::Node(a) => cmd::node::run(&ctx, a),
         Command::Doctor => doctor::run(&ctx),
         Command::Completions { shell } => {

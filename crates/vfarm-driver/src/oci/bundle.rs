@@ -2,10 +2,11 @@
 //! Pure: no files are touched here, so the rendering is tested without a runtime.
 
 use oci_spec::runtime::{
-    Arch, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
-    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, MountBuilder, Spec,
+    Arch, Hook, HookBuilder, HooksBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction,
+    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder,
+    MountBuilder, Spec,
 };
 
 use crate::{DriverError, InstanceSpec, Network, Result};
@@ -163,6 +164,67 @@ fn built<T>(r: std::result::Result<T, oci_spec::OciSpecError>) -> Result<T> {
     r.map_err(|e| bad("config", e.to_string()))
 }
 
+/// Puts a new container on its network: runs as root in the host's namespaces once runc has
+/// made the container's namespaces (createRuntime), with the container state on stdin. The
+/// network namespace is the container's own (owned by its user namespace, so sysfs mounts
+/// and `runc exec` work); the veth's host end goes on the bridge, the peer in as `eth0`
+/// with the leased address, before the command starts. A stopped container's namespace,
+/// and the veth with it, vanish; every start plugs anew.
+const ATTACH_HOOK: &str = r#"set -eu
+pid=$(tr -d ' \n' | sed -n 's/.*"pid":\([0-9][0-9]*\).*/\1/p')
+[ -n "$pid" ] || { echo "vfarm attach hook: no pid in the container state" >&2; exit 1; }
+h=$1 br=$2 cidr=$3 gw=$4 mac=$5
+p="vfp-${h#vfh-}"
+ip link del "$h" 2>/dev/null || true
+ip link add "$h" type veth peer name "$p"
+ip link set "$p" netns "$pid"
+ip link set "$h" master "$br" up
+n() { nsenter -t "$pid" -n "$@"; }
+n ip link set "$p" name eth0
+n ip link set eth0 address "$mac"
+n ip addr add "$cidr" dev eth0
+n ip link set eth0 up
+n ip link set lo up
+[ -z "$gw" ] || n ip route add default via "$gw"
+"#;
+
+fn attach_hook(a: &crate::Attachment) -> Result<Hook> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 15
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !a.link.starts_with("vfh-") || !name_ok(&a.link) || !name_ok(&a.bridge) {
+        return Err(bad(
+            "network",
+            format!(
+                "`{}` on bridge `{}` is not a link of vfarm's",
+                a.link, a.bridge
+            ),
+        ));
+    }
+    let args = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        ATTACH_HOOK.to_string(),
+        "vfarm-attach".to_string(),
+        a.link.clone(),
+        a.bridge.clone(),
+        format!("{}/{}", a.address, a.prefix),
+        a.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        a.mac.clone(),
+    ];
+    built(
+        HookBuilder::default()
+            .path("/bin/sh")
+            .args(args)
+            .env(vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string()])
+            .timeout(30i64)
+            .build(),
+    )
+}
+
 /// Render the runtime config for `spec`. The rootfs is `rootfs` next to `config.json`; the
 /// cgroup is `/vfarm/<id>` under each controller.
 pub fn render(spec: &InstanceSpec) -> Result<Spec> {
@@ -222,6 +284,13 @@ pub fn render(spec: &InstanceSpec) -> Result<Spec> {
     }
     cfg.set_mounts(Some(mounts));
 
+    if let Some(a) = spec.network.attachment() {
+        cfg.set_hooks(Some(built(
+            HooksBuilder::default()
+                .create_runtime(vec![attach_hook(a)?])
+                .build(),
+        )?));
+    }
     let linux = cfg.linux_mut().as_mut().expect("default spec has linux");
     let mut ns: Vec<LinuxNamespace> = Vec::new();
     let mut types = vec![
@@ -231,7 +300,7 @@ pub fn render(spec: &InstanceSpec) -> Result<Spec> {
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Cgroup,
     ];
-    if spec.network == Network::None {
+    if spec.network != Network::Host {
         types.push(LinuxNamespaceType::Network);
     }
     if spec.user_namespace {
@@ -326,6 +395,62 @@ mod tests {
             volatile: false,
             vm: Default::default(),
         }
+    }
+
+    /// On a site network: a network namespace of the container's own and the hook that puts
+    /// the veth in it before the command starts; a link that is not vfarm's is refused.
+    #[test]
+    fn attached_instances_get_the_attach_hook() {
+        let mut s = spec();
+        s.user_namespace = true;
+        let mut a = crate::Attachment {
+            network: "lab".into(),
+            address: "10.9.0.5".parse().unwrap(),
+            prefix: 24,
+            gateway: Some("10.9.0.1".parse().unwrap()),
+            nameservers: vec!["10.9.0.1".parse().unwrap()],
+            mac: "52:54:00:aa:bb:cc".into(),
+            link: "vfh-0123456789a".into(),
+            bridge: "vfbr-lab".into(),
+        };
+        s.network = Network::Attached(a.clone());
+        let v = serde_json::to_value(render(&s).unwrap()).unwrap();
+        let ns = &v["linux"]["namespaces"];
+        let net = ns
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .expect("a network namespace");
+        assert!(net.get("path").is_none(), "{net}");
+        let hook = &v["hooks"]["createRuntime"][0];
+        assert_eq!(hook["path"], "/bin/sh");
+        let args: Vec<&str> = hook["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            args[4..],
+            [
+                "vfh-0123456789a",
+                "vfbr-lab",
+                "10.9.0.5/24",
+                "10.9.0.1",
+                "52:54:00:aa:bb:cc"
+            ]
+        );
+        a.link = "eth0; reboot".into();
+        s.network = Network::Attached(a);
+        assert!(matches!(
+            render(&s),
+            Err(DriverError::InvalidSpec {
+                field: "network",
+                ..
+            })
+        ));
+        assert!(serde_json::to_value(render(&spec()).unwrap()).unwrap()["hooks"].is_null());
     }
 
     #[test]

@@ -221,8 +221,9 @@ pub(super) fn make(
         .user
         .clone()
         .unwrap_or_else(|| DEFAULT_USER.to_string());
-    // The guest reaches nothing but the forwarded port unless the host network was asked for.
-    let restrict = spec.network == Network::None;
+    // Through QEMU's user-mode network the guest reaches nothing but the forwarded port unless
+    // the host network was asked for (on a site network, it goes out through that).
+    let restrict = spec.network != Network::Host;
     let seed = Seed {
         instance_id: format!("vfarm-{id}"),
         hostname: spec.hostname.clone(),
@@ -239,7 +240,14 @@ pub(super) fn make(
             })
             .collect(),
         nic_mac: Some(NIC_MAC.to_string()),
-        dns: (!restrict).then(|| SLIRP_DNS.to_string()),
+        dns: match spec.network.attachment() {
+            Some(a) => a.nameservers.first().map(|n| n.to_string()),
+            None => (!restrict).then(|| SLIRP_DNS.to_string()),
+        },
+        site_nic: spec
+            .network
+            .attachment()
+            .map(|a| (a.mac.clone(), super::static_ip(a))),
     };
     let seed_file = seed_path(dir);
     cloudinit::write_seed(&seed_file, &seed).map_err(|e| match e {

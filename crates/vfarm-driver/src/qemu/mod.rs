@@ -67,7 +67,8 @@ use vfarm_qemu::qga::{ExecRequest, ExecStatus, ExitKind};
 use vfarm_qemu::tools::{Tool, BUSYBOX_STATIC, QEMU_IMG, QEMU_SYSTEM_X86_64};
 use vfarm_qemu::{
     build_args, create_overlay, fast_initramfs, fast_vm_config, spawn_daemonized, DiskFormat,
-    GuestAgent, InitramfsRequest, KillOnDrop, QemuProcess, Qmp, RunFiles, UserNet, VmConfig,
+    GuestAgent, InitramfsRequest, KillOnDrop, QemuProcess, Qmp, RunFiles, StaticIp, TapNet,
+    UserNet, VmConfig,
 };
 
 pub use full::{NetStats, SshInfo};
@@ -77,6 +78,7 @@ pub use migrate::{
 };
 pub use stats::{BlockStats, VmStats};
 /// The accelerator wanted (`Auto`, `Kvm`, `Tcg`) and the one used.
+pub use vfarm_qemu::cloudinit::DEFAULT_USER;
 pub use vfarm_qemu::{Accel, AccelChoice};
 
 use crate::{
@@ -709,12 +711,13 @@ impl QemuDriver {
         let _l = self.lock(id)?;
         let (files, sock_dir) = self.run_files(id);
         let net = match spec.network {
-            Network::None => None,
+            Network::None | Network::Attached(_) => None,
             // A VM cannot share the host's network stack; user-mode networking (NAT through
             // QEMU, no host configuration) is the nearest: the guest reaches what the host
             // reaches.
             Network::Host => Some(UserNet::default()),
         };
+        let site = spec.network.attachment().map(static_ip);
         let (mut vm, full) = match spec.vm.profile {
             BootProfile::Fast => {
                 let mut vm = fast_vm_config(id, accel, &shape.kernel, initrd, &files, net);
@@ -724,6 +727,7 @@ impl QemuDriver {
                         host_tsc_khz(),
                         Some(&spec.hostname),
                         spec.network == Network::Host,
+                        site.as_ref(),
                     );
                 }
                 (vm, None)
@@ -736,6 +740,10 @@ impl QemuDriver {
         };
         vm.cpus = shape.vcpus;
         vm.memory_mib = shape.memory_mib;
+        vm.tap = spec.network.attachment().map(|a| TapNet {
+            ifname: a.link.clone(),
+            mac: a.mac.clone(),
+        });
         // Everything QEMU will be given is checked now, not at start.
         build_args(&vm).map_err(|e| classify("prepare", id, e))?;
         create_overlay(
@@ -1693,6 +1701,16 @@ impl Snapshots for QemuDriver {
                     .unwrap_or(0),
             })
             .collect())
+    }
+}
+
+/// A site network attachment as the guest's boot configures it.
+pub(crate) fn static_ip(a: &crate::Attachment) -> StaticIp {
+    StaticIp {
+        address: a.address,
+        prefix: a.prefix,
+        gateway: a.gateway,
+        nameservers: a.nameservers.clone(),
     }
 }
 

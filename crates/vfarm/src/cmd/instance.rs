@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use vfarm_core::instance::Event;
 use vfarm_core::ByteSize;
 use vfarm_driver::qemu::AfterCheckpoint;
@@ -68,14 +68,6 @@ fn parse_state(s: &str) -> Result<String, String> {
         .map(|st| st.as_str().to_string())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NetArg {
-    /// Own network namespace with only loopback.
-    None,
-    /// The host's network.
-    Host,
-}
-
 /// Which driver runs the instance and with what.
 #[derive(Args, Debug, Clone)]
 pub struct DriverArgs {
@@ -97,15 +89,6 @@ pub struct DriverArgs {
     pub profile: Option<String>,
 }
 
-impl From<NetArg> for Net {
-    fn from(n: NetArg) -> Net {
-        match n {
-            NetArg::None => Net::None,
-            NetArg::Host => Net::Host,
-        }
-    }
-}
-
 impl From<ShapeArgs> for Shape {
     fn from(a: ShapeArgs) -> Shape {
         Shape {
@@ -114,7 +97,12 @@ impl From<ShapeArgs> for Shape {
             pids: a.pids,
             hostname: a.hostname,
             env: a.env,
-            net: a.net.into(),
+            net: match a.net.as_deref() {
+                None => Net::Default,
+                Some("none") => Net::None,
+                Some("host") => Net::Host,
+                Some(n) => Net::Named(n.to_string()),
+            },
             privileged: a.privileged,
         }
     }
@@ -138,9 +126,11 @@ pub struct ShapeArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Network: none (loopback only) or host.
-    #[arg(long, value_enum, default_value = "none")]
-    pub net: NetArg,
+    /// Network: one of the site's networks by name (`vfarm network ls`), none (loopback
+    /// only) or host (the host's own stack; oci). Default: the site's default network for
+    /// kept instances (none when serve.toml defines no networks), none for `run`.
+    #[arg(long, visible_alias = "network", value_name = "NAME|none|host")]
+    pub net: Option<String>,
     /// Run without a user namespace (oci): root in the instance is then root on the host.
     /// By default an instance's ids 0-65535 map to an unprivileged host id range of its
     /// owner's own.
@@ -523,8 +513,14 @@ pub(crate) fn print_view(v: &InstanceView) {
         Some(e) => kv("expires", &format!("{e} ({})", time_left(v))),
         None => kv("expires", "-"),
     }
+    if let Some(n) = &v.network {
+        kv("network", n);
+    }
     if let Some(a) = &v.address {
         kv("address", a);
+    }
+    if let Some(c) = &v.ssh_command {
+        kv("ssh", c);
     }
     if let Some(vm) = &v.vm {
         kv(

@@ -8,6 +8,7 @@ pub mod imagelist;
 pub mod instance;
 pub mod job;
 pub mod migrate;
+pub mod network;
 pub mod node;
 pub mod remote;
 pub mod remote_job;

@@ -306,6 +306,7 @@ pub fn run_instance(ctx: &Ctx, a: &RemoteArgs, cmd: InstanceCmd) -> Result<i32> 
                 "env": args.shape.env,
                 "host": args.host,
                 "profile": args.driver.profile,
+                "network": args.shape.net,
             });
             let v: InstanceView = c.json(M::POST, "/api/v1/instances?wait=true", Some(body))?;
             report(ctx, &v, if args.no_start { "created" } else { "running" })?;

@@ -160,6 +160,10 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
             fixed.settled_operations
         );
     }
+    // The site's networks: up (idempotent), instances' links back, leftovers removed.
+    for line in vfarm_service::net::reconcile(ctx, &config)? {
+        eprintln!("vfarm: {line}");
+    }
     // Choose the OCI runtime now (a probe container on a fresh data dir), not in the first
     // burst of creates. Without one the service still serves images; creates say why.
     let runtime = std::env::var("VFARM_OCI_RUNTIME").unwrap_or_else(|_| "auto".into());
