@@ -113,6 +113,7 @@ pub struct Network {
     bridge: String,
     gateway: Option<Ipv4Addr>,
     dns: Vec<Ipv4Addr>,
+    config: NetworkConfig,
     dir: PathBuf,
     state_dir: PathBuf,
 }
@@ -240,6 +241,7 @@ impl Network {
             bridge,
             gateway,
             dns,
+            config: c.clone(),
             dir: state_dir.join(&c.name),
             state_dir: state_dir.to_path_buf(),
         })
@@ -322,29 +324,56 @@ impl Network {
     }
 
     /// The state dir is the host's (bridges are): a network of this name that another data
-    /// dir brought up with another definition must not be joined silently.
+    /// dir brought up with another subnet or bridge must not be joined silently. The
+    /// definition is kept, so the network can be acted on without the config (`load`).
     fn claim(&self) -> Result<()> {
-        let p = self.dir.join("definition");
-        let mine = format!("{} {} {}", self.kind.as_str(), self.subnet, self.bridge);
-        match std::fs::read_to_string(&p) {
-            Ok(d) if d.trim() == mine => Ok(()),
-            Ok(d) => Err(NetError::Invalid {
-                field: "networks.name",
-                reason: format!(
-                    "network `{}` is already up on this host as `{}` (another serve.toml?); \
-                     give this one another name, or take the other down (vfarm network down {})",
-                    self.name,
-                    d.trim(),
-                    self.name
-                ),
-            }),
-            Err(_) => std::fs::write(&p, mine).map_err(self.io("definition")),
+        let p = self.dir.join("definition.json");
+        if let Some(old) = Network::load(&self.state_dir, &self.name)? {
+            if (old.kind, old.subnet, &old.bridge) != (self.kind, self.subnet, &self.bridge) {
+                return Err(NetError::Invalid {
+                    field: "networks.name",
+                    reason: format!(
+                        "network `{}` is already up on this host as {} {} on {} (another \
+                         serve.toml?); give this one another name, or take the other down \
+                         (vfarm network down {})",
+                        self.name,
+                        old.kind.as_str(),
+                        old.subnet,
+                        old.bridge,
+                        self.name
+                    ),
+                });
+            }
         }
+        let text = serde_json::to_vec_pretty(&self.config).expect("config serialises");
+        std::fs::write(&p, text).map_err(self.io("definition.json"))
+    }
+
+    /// The network `name` as `up` last defined it on this host, if it is up.
+    pub fn load(state_dir: &Path, name: &str) -> Result<Option<Network>> {
+        let p = state_dir.join(name).join("definition.json");
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(NetError::Io {
+                    network: name.to_string(),
+                    what: "definition.json".into(),
+                    source,
+                })
+            }
+        };
+        let c: NetworkConfig = serde_json::from_slice(&bytes).map_err(|e| NetError::Io {
+            network: name.to_string(),
+            what: "definition.json".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        Network::new(&c, state_dir).map(Some)
     }
 
     /// Whether `up` has made this network real on this host.
     pub fn is_up(&self) -> bool {
-        self.dir.join("definition").exists() && host::link_exists(&self.bridge())
+        self.dir.join("definition.json").exists() && host::link_exists(&self.bridge())
     }
 
     /// The nftables table of this network, replaced whole on every `up`.

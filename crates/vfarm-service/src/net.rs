@@ -102,7 +102,12 @@ pub fn lease(
     })
 }
 
+/// The network an instance is on, as it is up on this host (its definition is kept there,
+/// whichever config file brought it up); brought up from the data dir's serve.toml if not.
 fn configured(data_dir: &Path, a: &Attachment) -> Result<Network> {
+    if let Some(n) = Network::load(Path::new(STATE_DIR), &a.network)? {
+        return Ok(n);
+    }
     let cfg = ServeConfig::load(&ServeConfig::default_path(data_dir))?;
     find(&cfg, &a.network)
         .map_err(|e| anyhow::anyhow!("{}", e.message))
@@ -319,7 +324,13 @@ pub fn down(env: &Env, caller: &crate::Caller, name: &str) -> Result<(), Service
         .require_admin("take a network down")
         .map_err(|e| ServiceError::from_anyhow(e.into()))?;
     let cfg = ServeConfig::load(&ServeConfig::default_path(&env.data_dir))?;
-    let net = find(&cfg, name)?;
+    // One brought up from another config file (`serve --config`) is known by its state.
+    let net = match find(&cfg, name) {
+        Ok(n) => n,
+        Err(e) => Network::load(Path::new(STATE_DIR), name)
+            .map_err(|e| ServiceError::from_anyhow(e.into()))?
+            .ok_or(e)?,
+    };
     let leases = net
         .leases()
         .map_err(|e| ServiceError::from_anyhow(e.into()))?;

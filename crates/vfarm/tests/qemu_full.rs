@@ -368,3 +368,177 @@ fn full_profile_boots_systemd_with_cloud_init_and_logs_in_over_ssh() {
     let ls = json(&vfarm(f, &["instance", "ls", "--output", "json"]));
     assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
 }
+
+/// A network namespace of this test (the "desk"), removed on drop with its veth.
+struct Desk {
+    ns: String,
+    bridge: String,
+}
+
+impl Drop for Desk {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert_success(&out, &format!("ip {}", args.join(" ")));
+}
+
+/// Issue 18, acceptance 1: a full-profile VM made through the API on a `bridged` network is
+/// reachable from a "desk" on the same LAN at its pool address: `ssh vfarm@ADDRESS id -un`
+/// works from there, and the VM's host certificate names its pool hostname and verifies
+/// against the site CA. The LAN is a bridge this test makes, with the desk in a network
+/// namespace of its own; both go at the end.
+#[test]
+fn full_vm_on_a_bridged_lan_is_reached_from_a_desk_at_its_pool_address() {
+    let f = fixture();
+    let _vm = one_vm();
+    let tag = format!("{:03x}", std::process::id() & 0xfff);
+    let oct = 200 + std::process::id() % 20;
+    let desk = Desk {
+        ns: format!("vfdesk{tag}"),
+        bridge: format!("vflan{tag}"),
+    };
+    let _ = Command::new("ip").args(["netns", "del", &desk.ns]).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", &desk.bridge])
+        .status();
+    let (hv, dv) = (format!("vfdh{tag}"), format!("vfdd{tag}"));
+    ip(&["link", "add", &desk.bridge, "type", "bridge"]);
+    ip(&["link", "set", &desk.bridge, "up"]);
+    ip(&["netns", "add", &desk.ns]);
+    ip(&["link", "add", &hv, "type", "veth", "peer", "name", &dv]);
+    ip(&["link", "set", &hv, "master", &desk.bridge, "up"]);
+    ip(&["link", "set", &dv, "netns", &desk.ns]);
+    let desk_addr = format!("198.18.{oct}.2/24");
+    ip(&["-n", &desk.ns, "addr", "add", &desk_addr, "dev", &dv]);
+    ip(&["-n", &desk.ns, "link", "set", &dv, "up"]);
+
+    let vm_name = format!("desk-vm{tag}.grid.test");
+    let vm_addr = format!("198.18.{oct}.10");
+    let net = format!("lan{tag}");
+    let cfg = f.data.join(format!("serve-lan{tag}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[networks]]\nname = \"{net}\"\nkind = \"bridged\"\nbridge = \"{}\"\n\
+             subnet = \"198.18.{oct}.0/24\"\n\
+             [[hostnames]]\nname = \"{vm_name}\"\naddress = \"{vm_addr}\"\n",
+            desk.bridge
+        ),
+    )
+    .unwrap();
+    let keys = f.data.join("desk-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = keygen(&keys);
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+
+    let srv = common::Server::start_with(&f.data, &["--config", cfg.to_str().unwrap()]);
+    let http = srv.client();
+    let begun = Instant::now();
+    let r = http
+        .post(format!("{}/api/v1/instances?wait=true", srv.base))
+        .json(&serde_json::json!({
+            "image": "full", "driver": "qemu", "ssh_keys": [pubkey],
+        }))
+        .send()
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().unwrap();
+    assert_eq!(status.as_u16(), 201, "{v}");
+    eprintln!(
+        "full VM on a bridged LAN, created through the API: {:.1} s",
+        begun.elapsed().as_secs_f64()
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["hostname"], vm_name.as_str(), "{v}");
+    assert_eq!(v["network"], net.as_str(), "{v}");
+    assert_eq!(v["address"], vm_addr.as_str(), "{v}");
+    assert_eq!(
+        v["ssh_command"],
+        format!("ssh vfarm@{vm_name}").as_str(),
+        "{v}"
+    );
+
+    // From the desk, at the pool address (the site's DNS would map the name to it).
+    let ssh = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &desk.ns, "ssh", "-i"])
+            .arg(&key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=5",
+                &format!("vfarm@{vm_addr}"),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = ssh(&["id", "-un"]);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_success(&out, "ssh from the desk");
+    assert_eq!(stdout(&out), "vfarm");
+    let out = ssh(&["cat", "/etc/grid-security/hostcert.pem"]);
+    assert_success(&out, "reading the host certificate from the desk");
+    let pem = keys.join("desk-vm-hostcert.pem");
+    std::fs::write(&pem, &out.stdout).unwrap();
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(f.data.join("ca/ca.pem"))
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", text(&verify));
+    let subject = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName",
+            "-in",
+        ])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&subject.stdout).contains(&vm_name),
+        "{}",
+        text(&subject)
+    );
+
+    let r = http
+        .delete(format!("{}/api/v1/instances/{id}", srv.base))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    // The tap went with the VM; the site's bridge stays, with only the desk on it.
+    let links = Command::new("ip")
+        .args(["-o", "link", "show", "master", &desk.bridge])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert!(!links.contains("vft-"), "{links}");
+    assert!(links.contains(&hv), "{links}");
+    drop(srv);
+    assert_success(&vfarm(f, &["network", "down", &net]), "network down");
+    assert!(!Path::new("/run/vfarm/net").join(&net).exists());
+    let _ = std::fs::remove_file(&cfg);
+}
