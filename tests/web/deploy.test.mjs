@@ -259,9 +259,14 @@ async function main() {
 
   // A hostname pool and a quota, as a site would configure them: the table shows pool names,
   // the deploy form the owner's quota.
+  // And a nat network of the site's (its bridge, rules and DNS are vfarm's, removed at the
+  // end): deploys join it by default. 198.18.0.0/15 is set aside for benchmarks.
+  const netName = `w${(process.pid & 0xfff).toString(16)}`;
+  const netOct = 100 + (process.pid % 50);
   fs.writeFileSync(path.join(data, 'serve.toml'), [
     ...[1, 2, 3, 4].map((n) => `[[hostnames]]\nname = "vnode0${n}.example.org"\n`),
     '[quotas.default]\ninstances = 3\ncpus = 2\nmemory = "2G"\n',
+    `[[networks]]\nname = "${netName}"\nsubnet = "198.18.${netOct}.0/24"\n`,
   ].join('\n'));
   // Jobs run in minbase by default; capacity is fixed so the run does not depend on the machine.
   fs.writeFileSync(path.join(data, 'jobs.toml'), [
@@ -390,6 +395,12 @@ async function main() {
     check(detailState === 'running', `the instance page shows ${detailState}, not running`);
     const details = await alice.getByTestId('instance-details').textContent();
     check(details.includes(aliceId) && details.includes('alice'), `the details lack the id or owner: ${details}`);
+    // On the site's default network, with an address of its subnet.
+    const shownNet = await alice.getByTestId('instance-network').textContent().catch(() => null);
+    const shownAddr = await alice.getByTestId('instance-address').textContent().catch(() => null);
+    check(shownNet === netName && new RegExp(`^198\\.18\\.${netOct}\\.\\d+$`).test(shownAddr || ''),
+      `the instance page shows network ${JSON.stringify(shownNet)} address ${JSON.stringify(shownAddr)}, not ${netName} in 198.18.${netOct}.0/24`);
+    log(`instance page: network ${shownNet}, address ${shownAddr}`);
     await alice.waitForFunction(() => !/loading/.test(document.querySelector('[data-testid="console-log"]')?.textContent || 'loading'));
     log(`instance page: console panel says ${JSON.stringify((await alice.getByTestId('console-log').textContent()).slice(0, 80))}`);
     // A command inside the instance: its hostname is the one from the pool.
@@ -683,6 +694,11 @@ async function main() {
     const stopping = Date.now();
     await stopServe(serve);
     log(`vfarm serve stopped in ${secs(stopping)} s`);
+    try {
+      run(BIN, ['network', 'down', netName], env, `taking network ${netName} down`);
+    } catch (e) {
+      console.error(`cleanup: ${e.message}`);
+    }
     if (!ok) {
       console.error(`vfarm serve stderr (last 4 KiB):\n${serve.stderr().slice(-4096)}`);
       console.error(`data dir kept for inspection: ${data}`);

@@ -315,6 +315,7 @@ def test_instances_filter_and_page_on_the_server(plain):
         ({"name": "Not A Name!"}, "name"),
         ({"driver": "xen"}, "driver"),
         ({"env": ["NOEQUALS"]}, "env"),
+        ({"network": "lab"}, "network"),
         ({"bogus_field": 1}, None),
     ],
 )
@@ -330,6 +331,14 @@ def test_bad_create_is_400_naming_the_field(plain, kwargs, field):
     else:
         assert e.value.field and "bogus_field" in e.value.message, repr(e.value)
     assert {i.id for i in c.instances()} == before, "a refused create changed something"
+
+
+def test_a_site_without_networks_lists_none(plain):
+    c = plain.client("alice")
+    assert c.networks() == []
+    with pytest.raises(VfarmError) as e:
+        c.network("lab")
+    assert (e.value.status, e.value.code) == (404, "not_found"), repr(e.value)
 
 
 def test_create_of_unknown_image(plain):

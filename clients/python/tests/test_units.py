@@ -82,6 +82,21 @@ def test_host_and_migration_results():
     assert (m.source, m.to, m.downtime_ms, m.storage) == ("node1", "node2", 14, "copied")
 
 
+def test_network_and_an_instance_on_one():
+    from vfarm_client import Instance, Network
+
+    n = Network.from_json(
+        {"name": "lab", "kind": "nat", "subnet": "10.77.0.0/24", "bridge": "vfbr-lab",
+         "gateway": "10.77.0.1", "nameservers": ["10.77.0.1"], "isolated": True, "nat": True,
+         "default": True, "up": True, "leases": [], "mtu": 1500}
+    )
+    assert (n.name, n.kind, n.gateway, n.default, n.extra) == (
+        "lab", "nat", "10.77.0.1", True, {"mtu": 1500})
+    i = Instance.from_json({"id": "ab12", "state": "running", "network": "lab",
+                            "address": "10.77.0.5", "ssh_command": "ssh vfarm@10.77.0.5"})
+    assert (i.network, i.address, i.ssh_command) == ("lab", "10.77.0.5", "ssh vfarm@10.77.0.5")
+
+
 def test_exec_result_says_when_it_was_cut_short():
     from vfarm_client.models import ExecResult
 

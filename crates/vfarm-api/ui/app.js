@@ -626,6 +626,14 @@ function deployForm() {
   const name = h('input', { type: 'text', pattern: '[a-z0-9-]*', placeholder: 'web-01', autocomplete: 'off' });
   const hostname = h('input', { type: 'text', placeholder: 'from the pool', autocomplete: 'off' });
   const driver = h('select', {}, h('option', { value: 'oci' }, 'oci (container)'), h('option', { value: 'qemu' }, 'qemu (full VM)'));
+  // The site's networks (serve.toml): the default one unless another or none is chosen.
+  const network = h('select', {}, h('option', { value: '' }, 'the site default'));
+  api('GET', '/networks').then((nets) => {
+    network.replaceChildren(
+      h('option', { value: '' }, nets.some((n) => n.default) ? `default: ${nets.find((n) => n.default).name}` : 'none (the site defines no network)'),
+      ...nets.filter((n) => !n.default).map((n) => h('option', { value: n.name }, `${n.name} (${n.kind}, ${n.subnet})`)),
+      h('option', { value: 'none' }, 'none (loopback only)'));
+  }).catch(() => {});
   const cpus = h('input', { type: 'number', min: '0.1', step: '0.1', placeholder: '1', inputmode: 'decimal' });
   const memory = h('input', { type: 'text', placeholder: '512M' });
   const disk = h('input', { type: 'text', placeholder: '10G' });
@@ -640,7 +648,9 @@ function deployForm() {
     h('div', { class: 'row' },
       fieldBlock('deploy', { name: 'name', label: 'Name', control: name, testid: 'deploy-name', hint: 'a-z, 0-9 and -' }),
       fieldBlock('deploy', { name: 'driver', label: 'Driver', control: driver, testid: 'deploy-driver' })),
-    fieldBlock('deploy', { name: 'hostname', label: 'Hostname', control: hostname, testid: 'deploy-hostname' }),
+    h('div', { class: 'row' },
+      fieldBlock('deploy', { name: 'hostname', label: 'Hostname', control: hostname, testid: 'deploy-hostname' }),
+      fieldBlock('deploy', { name: 'network', label: 'Network', control: network, testid: 'deploy-network' })),
     h('div', { class: 'row' },
       fieldBlock('deploy', { name: 'cpus', label: 'CPUs', control: cpus, testid: 'deploy-cpus' }),
       fieldBlock('deploy', { name: 'memory', label: 'Memory', control: memory, testid: 'deploy-memory' })),
@@ -659,6 +669,7 @@ function deployForm() {
     if (!body.image) return showError(form, new ApiError(400, 'invalid_request', 'choose an image (build or import one first)', 'image'));
     if (name.value.trim()) body.name = name.value.trim();
     if (hostname.value.trim()) body.hostname = hostname.value.trim();
+    if (network.value) body.network = network.value;
     if (cpus.value.trim()) {
       const n = Number(cpus.value);
       if (!isFinite(n) || n <= 0) return showError(form, new ApiError(400, 'invalid_request', 'CPUs must be a positive number', 'cpus'));
@@ -880,7 +891,9 @@ function paintDetail() {
     ['State', stateBadge(d.state, 'detail-state-kv')],
     ['Owner', h('span', { class: 'mono' }, d.owner)],
     ['Hostname', d.hostname ? h('span', { class: 'mono' }, d.hostname) : null],
-    ['Address', d.address],
+    ['Network', d.network ? h('span', { testid: 'instance-network' }, d.network) : null],
+    ['Address', d.address ? h('span', { class: 'mono', testid: 'instance-address' }, d.address) : null],
+    ['Log in', d.ssh_command ? h('code', { testid: 'ssh-login' }, d.ssh_command) : null],
     ['Image', [imageLabel(d), ' ', h('span', { class: 'id', style: 'display:inline' }, short(d.image))]],
     ['Driver', d.driver],
     ['Created', when(d.created)],

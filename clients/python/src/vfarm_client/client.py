@@ -33,6 +33,7 @@ from .models import (
     Event,
     ExecResult,
     Host,
+    Network,
     HostToken,
     Image,
     Instance,
@@ -553,6 +554,7 @@ class Client:
         *,
         name: Optional[str] = ...,
         hostname: Optional[str] = ...,
+        network: Optional[str] = ...,
         cpus: Optional[float] = ...,
         memory: Optional[str] = ...,
         disk: Optional[str] = ...,
@@ -574,6 +576,7 @@ class Client:
         *,
         name: Optional[str] = ...,
         hostname: Optional[str] = ...,
+        network: Optional[str] = ...,
         cpus: Optional[float] = ...,
         memory: Optional[str] = ...,
         disk: Optional[str] = ...,
@@ -594,6 +597,7 @@ class Client:
         *,
         name: Optional[str] = None,
         hostname: Optional[str] = None,
+        network: Optional[str] = None,
         cpus: Optional[float] = None,
         memory: Optional[str] = None,
         disk: Optional[str] = None,
@@ -615,6 +619,7 @@ class Client:
         for k, v in (
             ("name", name),
             ("hostname", hostname),
+            ("network", network),
             ("cpus", cpus),
             ("memory", memory),
             ("disk", disk),
@@ -745,6 +750,16 @@ class Client:
         with self._open("GET", path, accept="application/octet-stream") as resp:
             data: bytes = resp.read()
         return data
+
+    # Networks
+
+    def networks(self) -> List[Network]:
+        """The site's instance networks; `create_instance(network=...)` joins one (`"none"`:
+        loopback only; unset: the site's default)."""
+        return [Network.from_json(n) for n in self._call("GET", f"{API}/networks")]
+
+    def network(self, name: str) -> Network:
+        return Network.from_json(self._call("GET", f"{API}/networks/{self._ref(name)}"))
 
     # Hosts (several hosts; admins only)
 

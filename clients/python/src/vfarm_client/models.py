@@ -156,7 +156,12 @@ class Instance:
     driver: Optional[str] = None
     owner: Optional[str] = None
     hostname: Optional[str] = None
+    #: The address on its network, else its pool hostname's.
     address: Optional[str] = None
+    #: The site network it is on (None: loopback only).
+    network: Optional[str] = None
+    #: `ssh vfarm@node07.example.org` for VMs with sshd on a network.
+    ssh_command: Optional[str] = None
     created: Optional[str] = None
     started: Optional[str] = None
     uptime_secs: Optional[int] = None
@@ -262,6 +267,29 @@ class Event:
         except ValueError:
             data = text
         return Event(event=event or "message", data=data, id=id)
+
+
+@dataclass(frozen=True)
+class Network:
+    """One of the site's instance networks (serve.toml `[[networks]]`). `leases` (the
+    addresses of instances on it) are listed for admins only."""
+
+    name: str
+    kind: str
+    subnet: str
+    bridge: str = ""
+    gateway: Optional[str] = None
+    nameservers: List[str] = field(default_factory=list)
+    isolated: bool = False
+    nat: bool = False
+    default: bool = False
+    up: bool = False
+    leases: List[Dict[str, Any]] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Network":
+        return _build(cls, data)
 
 
 @dataclass(frozen=True)
