@@ -28,6 +28,7 @@ PKGS=(
   curl ca-certificates tar zstd uidmap iproute2 util-linux
   nftables dnsmasq-base # instance networks: NAT and isolation rules, DNS for instance names (vfarm-net)
   wrk                 # HTTP load for benches/token_last_used.sh (requests/s of whoami)
+  iperf3 iputils-ping # TCP throughput and round trips of instance networks (benches/network.sh)
   python3-venv        # the Python client's virtualenv (.venv: client, pytest, schemathesis)
   chromium            # headless browser for the web UI end-to-end test (tests/web, playwright-core)
 )

@@ -204,6 +204,10 @@ pub struct CreateInstance {
     /// Admins only: whose instance it is (default: the caller).
     #[serde(default)]
     pub owner: Option<String>,
+    /// Admins only (a control placing the instance on a node): the address on `network` the
+    /// control leased, so addresses stay unique across the nodes of one LAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// Several hosts: run it on this node (default: the placement policy chooses).
     #[serde(default)]
     pub host: Option<String>,

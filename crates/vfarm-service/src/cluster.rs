@@ -233,6 +233,7 @@ impl Cluster {
             Err(e) if e.code == ErrorCode::InstanceNotFound => {}
             Err(e) => return Err(e),
         }
+        crate::net::forget(&row.spec);
         self.store()?
             .delete_instance(actor, &row.id)
             .map_err(store_err)?;
@@ -361,7 +362,16 @@ impl InstanceBackend for Cluster {
             .and_then(|m| vfarm_core::parse_size(m).ok())
             .map(|b| b.div_ceil(1 << 20))
             .unwrap_or(0);
-        let features = vec![row.driver.clone()];
+        let mut features = vec![row.driver.clone()];
+        // The control leases the address (unique across the nodes of one LAN); the node
+        // chosen must have the network and takes that address.
+        if let Some(a) =
+            crate::net::spec_of(&row.spec).and_then(|s| s.network.attachment().cloned())
+        {
+            features.push(crate::net::feature(&a.network));
+            forward.network = Some(a.network.clone());
+            forward.address = Some(a.address.to_string());
+        }
         let wanted = Request {
             cpus_milli,
             memory_mib,
@@ -394,6 +404,7 @@ impl InstanceBackend for Cluster {
             Ok(h) => h,
             Err(e) => {
                 // Nothing was made anywhere: the record and its holds go.
+                crate::net::forget(&row.spec);
                 let _ = store.delete_instance("vfarm-control", &row.id);
                 return Err(e);
             }
@@ -464,6 +475,7 @@ impl InstanceBackend for Cluster {
                     &Self::path(&row, &[])?,
                     None,
                 );
+                crate::net::forget(&row.spec);
                 let _ = store.delete_instance("vfarm-control", id);
                 Err(e)
             }
@@ -695,10 +707,17 @@ impl Cluster {
             .instance_placement(&row.id)
             .map_err(store_err)?
             .unwrap_or((src.name.clone(), 1000, 0));
+        // A VM keeps its address: the destination must be on the same network.
+        let mut features = vec![row.driver.clone()];
+        if let Some(a) =
+            crate::net::spec_of(&row.spec).and_then(|s| s.network.attachment().cloned())
+        {
+            features.push(crate::net::feature(&a.network));
+        }
         let wanted = Request {
             cpus_milli: cpus_milli.max(0) as u64,
             memory_mib: memory_mib.max(0) as u64,
-            features: vec![row.driver.clone()],
+            features,
             pinned: Some(dest.name.clone()),
         };
         placement::choose(

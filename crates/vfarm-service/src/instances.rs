@@ -798,6 +798,8 @@ pub struct NewInstance {
     pub disk: Option<u64>,
     /// The id to record it under (a node takes the control's); new otherwise.
     pub id: Option<String>,
+    /// The address on its network the control leased (a node takes the control's).
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// The site's rules for new instances (serve.toml): hostname pool, quotas, default expiry.
@@ -1053,7 +1055,7 @@ pub fn record_instance(
     };
     let network = match crate::net::choose(&admission.config, &n.shape.net) {
         Ok(Some(net)) => {
-            let want = pool_address.and_then(|a| a.parse().ok());
+            let want = n.address.or(pool_address.and_then(|a| a.parse().ok()));
             match crate::net::lease(&net, &id, driver_kind, &hostname, want) {
                 Ok(a) => Network::Attached(a),
                 Err(e) => {

@@ -318,6 +318,13 @@ impl InstanceBackend for Service {
             Some(o) => o,
             None => who.user.clone(),
         };
+        let address = match req.address.take() {
+            Some(_) if !who.admin => return Err(admin_only("address")),
+            Some(a) => Some(a.parse::<std::net::IpAddr>().map_err(|_| {
+                ServiceError::bad_request("address", format!("`{a}` is not an IP address"))
+            })?),
+            None => None,
+        };
         let id = match req.id.take() {
             Some(_) if !who.admin => return Err(admin_only("id")),
             Some(i) if i.len() != 12 || !i.bytes().all(|b| b.is_ascii_hexdigit()) => {
@@ -392,6 +399,7 @@ impl InstanceBackend for Service {
                 owner,
                 disk,
                 id,
+                address,
             },
         )
         .map_err(api_error)?;

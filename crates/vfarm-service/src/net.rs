@@ -175,6 +175,24 @@ pub fn unplug(data_dir: &Path, spec: &InstanceSpec) -> Result<()> {
     Ok(())
 }
 
+/// Give back a record's address without touching links: a control's record of an instance
+/// that runs on a node (the node undoes its own attachment).
+pub fn forget(spec_json: &str) {
+    let Some(spec) = spec_of(spec_json) else {
+        return;
+    };
+    if let Some(a) = spec.network.attachment() {
+        if let Ok(Some(net)) = Network::load(Path::new(STATE_DIR), &a.network) {
+            let _ = net.release(&spec.id);
+        }
+    }
+}
+
+/// The placement feature of a host on network `name` (nodes advertise one per network).
+pub fn feature(name: &str) -> String {
+    format!("net:{name}")
+}
+
 /// The spec of a recorded instance, for its attachment.
 pub fn spec_of(spec_json: &str) -> Option<InstanceSpec> {
     serde_json::from_str(spec_json).ok()

@@ -306,6 +306,9 @@ pub fn capacity(env: &Env) -> Result<HeartbeatRequest> {
         features.push("qemu:snapshots".to_string());
         features.push("qemu:migration".to_string());
     }
+    // The site's networks this node can put instances on.
+    let cfg = vfarm_auth::ServeConfig::load(&vfarm_auth::ServeConfig::default_path(&env.data_dir))?;
+    features.extend(cfg.networks.iter().map(|n| crate::net::feature(&n.name)));
     let instances = env
         .store()?
         .instances_brief()?

@@ -160,6 +160,7 @@ pub fn run(
             owner: caller.user.clone(),
             disk: None,
             id: None,
+            address: None,
         },
     )?;
     let id = row.id.clone();

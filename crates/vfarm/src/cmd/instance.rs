@@ -706,6 +706,7 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                     owner: caller.user.clone(),
                     disk: None,
                     id: None,
+                    address: None,
                 },
             )?;
             if !a.no_start {
