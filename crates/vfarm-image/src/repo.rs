@@ -592,7 +592,7 @@ impl Repository {
         mirror: Option<&Mirror>,
         mirrors: &Mirrors,
         work: &Path,
-        lines: &[String],
+        lines: &[(String, String)],
     ) -> (String, String) {
         let mut candidates: Vec<(String, Vec<String>, String)> = spec
             .repositories
@@ -633,10 +633,8 @@ impl Repository {
             }
         }
         for (name, needles, key) in &candidates {
-            if lines
-                .iter()
-                .any(|l| needles.iter().any(|n| l.contains(n.as_str())))
-            {
+            let hit = |l: &str| needles.iter().any(|n| l.contains(n.as_str()));
+            if lines.iter().any(|(l, next)| hit(l) || hit(next)) {
                 return (name.clone(), key.clone());
             }
         }
@@ -745,7 +743,7 @@ impl Repository {
                     return Err(ImageError::RepositoryUnverified {
                         repository,
                         key,
-                        reason: d.unverified[0].clone(),
+                        reason: d.unverified[0].0.clone(),
                         log: log_path.to_path_buf(),
                         tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
                     });

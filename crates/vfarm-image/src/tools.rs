@@ -279,8 +279,9 @@ pub fn dnf_base_tar_command(root: &Path, out: &Path) -> Command {
 pub struct LogDiagnosis {
     pub unknown_packages: Vec<String>,
     pub suite_missing: bool,
-    /// Lines (with the line after each) where apt or dnf refused a signature.
-    pub unverified: Vec<String>,
+    /// Lines where apt or dnf refused a signature, each with the line after it (dnf names
+    /// the key there).
+    pub unverified: Vec<(String, String)>,
 }
 
 /// apt's and dnf's words for a signature that did not verify or is missing.
@@ -304,7 +305,7 @@ pub fn diagnose(lines: &[String]) -> LogDiagnosis {
         let l = l.trim();
         if SIGNATURE_FAILURES.iter().any(|w| l.contains(w)) {
             let next = lines.get(i + 1).map(|n| n.trim()).unwrap_or_default();
-            d.unverified.push(format!("{l} {next}"));
+            d.unverified.push((l.to_string(), next.to_string()));
         }
         for prefix in [
             "E: Unable to locate package ",
@@ -720,7 +721,7 @@ mod tests {
         .collect();
         let d = diagnose(&lines);
         assert_eq!(d.unverified.len(), 2);
-        assert!(d.unverified[1].contains("/keys/site.asc"));
+        assert!(d.unverified[1].1.contains("/keys/site.asc"));
         assert_eq!(d.unknown_packages, ["ghost"]);
     }
 
