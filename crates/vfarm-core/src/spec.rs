@@ -632,6 +632,34 @@ pub fn validate_package_name(p: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// An OS-Farm `class` (`bookworm`, `noble`, `almalinux9`, `rocky-8`, `centos-stream9`,
+/// `fedora42`) as (distro, release). A class no distribution claims comes back as a Debian
+/// suite, for `resolve` to refuse naming the suite.
+pub fn osfarm_class(class: &str) -> (Distro, String) {
+    let class = class.trim().to_ascii_lowercase();
+    for d in Distro::ALL {
+        if d.family() == Family::Apt && d.releases().contains(&class.as_str()) {
+            return (*d, class);
+        }
+    }
+    // Longest names first: `centos-stream9` is not a `centos…` of some other distribution.
+    let mut dnf: Vec<Distro> = Distro::ALL
+        .iter()
+        .copied()
+        .filter(|d| d.family() == Family::Dnf)
+        .collect();
+    dnf.sort_by_key(|d| std::cmp::Reverse(d.as_str().len()));
+    for d in dnf {
+        if let Some(rest) = class.strip_prefix(d.as_str()) {
+            let release = rest.trim_start_matches('-');
+            if !release.is_empty() {
+                return (d, release.to_string());
+            }
+        }
+    }
+    (Distro::Debian, class)
+}
+
 /// RPM package names (with an optional version, `name-1.0-1.el9`): letters (either case),
 /// digits and `. _ + -`, starting alphanumeric. Groups come through `groups` only, so `@`
 /// is refused here, as is everything a shell or dnf would read as an option.
@@ -1275,6 +1303,21 @@ mod tests {
             let e = r.resolve().unwrap_err();
             assert_eq!(e.field(), field, "{e}");
             assert!(e.to_string().contains(needle), "{e} should name {needle}");
+        }
+    }
+
+    #[test]
+    fn osfarm_classes_map_to_distro_and_release() {
+        for (class, d, r) in [
+            ("Bookworm", Distro::Debian, "bookworm"),
+            ("noble", Distro::Ubuntu, "noble"),
+            ("almalinux9", Distro::Almalinux, "9"),
+            ("rocky-8", Distro::Rocky, "8"),
+            ("centos-stream9", Distro::CentosStream, "9"),
+            ("fedora42", Distro::Fedora, "42"),
+            ("SLC4", Distro::Debian, "slc4"),
+        ] {
+            assert_eq!(osfarm_class(class), (d, r.to_string()), "{class}");
         }
     }
 

@@ -582,3 +582,57 @@ fn bad_distribution_input_is_refused_by_name_and_changes_nothing() {
         "{g}"
     );
 }
+
+#[test]
+fn osfarm_orders_an_almalinux_class_synchronously_or_not() {
+    require("dnf");
+    let repo = rpm_repo();
+    let vf = new_vf("el-osfarm");
+    mirrors_toml(&vf, repo, &repo.key);
+    let server = common::Server::start(&vf.data);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let order = "class=almalinux9&arch=x86_64&filetype=.tar&package=site-tools";
+    let r = http
+        .get(format!("{}/osfarm/create?{order}", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let img: Value = r.json().unwrap();
+    assert_eq!(img["os_version"], "9", "{img}");
+    assert!(
+        img["summary"].as_str().unwrap().starts_with("almalinux 9"),
+        "{img}"
+    );
+
+    // `synchronous=off` answers at once with the build's operation, which finishes.
+    let t0 = Instant::now();
+    let r = http
+        .get(format!(
+            "{}/osfarm/create?{order}&group=core&synchronous=off",
+            server.base
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().unwrap();
+    eprintln!(
+        "osfarm synchronous=off answered in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let op = started["links"]["self"].as_str().unwrap();
+    let done: Value = server
+        .client()
+        .get(format!("{}{op}?wait=120", server.base))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_ne!(
+        started["operation"]["target"], img["id"],
+        "the core group makes another image"
+    );
+}
