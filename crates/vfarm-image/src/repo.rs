@@ -604,6 +604,7 @@ impl Repository {
                     vec![
                         r.url.clone(),
                         format!("'{}'", r.name),
+                        format!("\"{}\"", r.name),
                         key.display().to_string(),
                     ],
                     format!("sha256:{}", r.key_sha256()),
@@ -616,7 +617,11 @@ impl Repository {
                 let path = mirrors.key_path(key).display().to_string();
                 candidates.push((
                     r.name.clone(),
-                    vec![format!("'{}'", r.name), path.clone()],
+                    vec![
+                        format!("'{}'", r.name),
+                        format!("\"{}\"", r.name),
+                        path.clone(),
+                    ],
                     path,
                 ));
             }

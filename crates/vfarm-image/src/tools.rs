@@ -296,6 +296,7 @@ const SIGNATURE_FAILURES: &[&str] = &[
     "GPG signature verification error",
     "Public key for",
     "didn't help, wrong key",
+    "not correct for this package",
 ];
 
 /// Read apt's and mmdebstrap's error lines.

@@ -141,11 +141,101 @@ const COMPS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 </comps>
 "#;
 
-/// The signed RPM repository, built once per test binary: (served URL, right key, wrong key).
+const SITE_CA_SPEC: &str = "Name: site-ca
+Version: 1.0
+Release: 1
+Summary: a site CA bundle stand-in, only in the site's own repository
+License: MIT
+BuildArch: noarch
+%description
+A file under /etc.
+%install
+mkdir -p %{buildroot}/etc/grid-security
+echo 'site CA' > %{buildroot}/etc/grid-security/site-ca.pem
+%files
+/etc/grid-security/site-ca.pem
+";
+
+/// The signed RPM repositories, built once per test binary: the distribution's (a `core`
+/// group and site-tools, the mirror of mirrors.toml) and a site's own (site-ca, another key).
 struct RpmRepo {
     url: String,
     key: PathBuf,
     wrong_key: PathBuf,
+    site_url: String,
+    site_key: PathBuf,
+}
+
+/// rpmbuild `specs` into `repo`, sign the packages with `uid`'s key from `home`, write the
+/// metadata (with `comps`, if any) and sign `repomd.xml`.
+fn signed_rpm_repo(
+    dir: &Path,
+    repo: &Path,
+    specs: &[(&str, &str)],
+    comps: Option<&str>,
+    home: &Path,
+    uid: &str,
+) {
+    let top = dir.join("rpmbuild");
+    let _ = std::fs::remove_dir_all(top.join("RPMS"));
+    std::fs::create_dir_all(repo).unwrap();
+    for (name, spec) in specs {
+        let f = dir.join(format!("{name}.spec"));
+        std::fs::write(&f, spec).unwrap();
+        run(
+            "rpmbuild",
+            Command::new("rpmbuild")
+                .arg("--define")
+                .arg(format!("_topdir {}", top.display()))
+                // No debuginfo or brp scripts: the "build" only copies files.
+                .args(["--define", "__os_install_post %{nil}"])
+                .args(["--define", "debug_package %{nil}"])
+                .arg("-bb")
+                .arg(&f),
+        );
+    }
+    let mut rpms = Vec::new();
+    for arch in ["noarch", "x86_64"] {
+        for e in std::fs::read_dir(top.join("RPMS").join(arch))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let to = repo.join(e.file_name());
+            std::fs::copy(e.path(), &to).unwrap();
+            rpms.push(to);
+        }
+    }
+    assert_eq!(rpms.len(), specs.len(), "rpmbuild made {rpms:?}");
+    run(
+        "rpm --addsign",
+        Command::new("rpm")
+            .env("GNUPGHOME", home)
+            // Debian's rpm calls gpg2, which Debian names gpg.
+            .args(["--define", "__gpg /usr/bin/gpg"])
+            .arg("--define")
+            .arg(format!("_gpg_name {uid}"))
+            .args([
+                "--define",
+                "_gpg_sign_cmd_extra_args --batch --pinentry-mode loopback --passphrase ''",
+            ])
+            .arg("--addsign")
+            .args(&rpms),
+    );
+    let mut createrepo = Command::new("createrepo_c");
+    if let Some(c) = comps {
+        let f = dir.join("comps.xml");
+        std::fs::write(&f, c).unwrap();
+        createrepo.arg("-g").arg(f);
+    }
+    run("createrepo_c", createrepo.arg(repo));
+    run(
+        "gpg --detach-sign repomd.xml",
+        Command::new("gpg")
+            .env("GNUPGHOME", home)
+            .args(["--batch", "--yes", "--armor", "--detach-sign"])
+            .arg(repo.join("repodata/repomd.xml")),
+    );
 }
 
 fn rpm_repo() -> &'static RpmRepo {
@@ -158,75 +248,35 @@ fn rpm_repo() -> &'static RpmRepo {
         let dir = common::fresh_dir("rpmrepo");
         let (home, key) = gpg_key(&dir, "vfarm-test-rpm");
         let (_, wrong_key) = gpg_key(&dir, "someone-else");
-        let top = dir.join("rpmbuild");
-        let repo = dir.join("www/el");
-        std::fs::create_dir_all(&repo).unwrap();
-        for (name, spec) in [("base", BASE_SPEC), ("site", SITE_SPEC)] {
-            let f = dir.join(format!("{name}.spec"));
-            std::fs::write(&f, spec).unwrap();
-            run(
-                "rpmbuild",
-                Command::new("rpmbuild")
-                    .arg("--define")
-                    .arg(format!("_topdir {}", top.display()))
-                    // No debuginfo or brp scripts: the "build" only copies files.
-                    .args(["--define", "__os_install_post %{nil}"])
-                    .args(["--define", "debug_package %{nil}"])
-                    .arg("-bb")
-                    .arg(&f),
-            );
-        }
-        let mut rpms = Vec::new();
-        for arch in ["noarch", "x86_64"] {
-            for e in std::fs::read_dir(top.join("RPMS").join(arch))
-                .unwrap()
-                .flatten()
-            {
-                let to = repo.join(e.file_name());
-                std::fs::copy(e.path(), &to).unwrap();
-                rpms.push(to);
-            }
-        }
-        assert_eq!(rpms.len(), 2, "rpmbuild made {rpms:?}");
-        run(
-            "rpm --addsign",
-            Command::new("rpm")
-                .env("GNUPGHOME", &home)
-                // Debian's rpm calls gpg2, which Debian names gpg.
-                .args(["--define", "__gpg /usr/bin/gpg"])
-                .args(["--define", "_gpg_name vfarm-test-rpm"])
-                .args([
-                    "--define",
-                    "_gpg_sign_cmd_extra_args --batch --pinentry-mode loopback --passphrase ''",
-                ])
-                .arg("--addsign")
-                .args(&rpms),
+        let (site_home, site_key) = gpg_key(&dir, "vfarm-test-site");
+        let www = dir.join("www");
+        signed_rpm_repo(
+            &dir,
+            &www.join("el"),
+            &[("base", BASE_SPEC), ("site", SITE_SPEC)],
+            Some(COMPS),
+            &home,
+            "vfarm-test-rpm",
         );
-        let comps = dir.join("comps.xml");
-        std::fs::write(&comps, COMPS).unwrap();
-        run(
-            "createrepo_c",
-            Command::new("createrepo_c")
-                .arg("-g")
-                .arg(&comps)
-                .arg(&repo),
+        signed_rpm_repo(
+            &dir,
+            &www.join("site"),
+            &[("site-ca", SITE_CA_SPEC)],
+            None,
+            &site_home,
+            "vfarm-test-site",
         );
-        run(
-            "gpg --detach-sign repomd.xml",
-            Command::new("gpg")
-                .env("GNUPGHOME", &home)
-                .args(["--batch", "--yes", "--armor", "--detach-sign"])
-                .arg(repo.join("repodata/repomd.xml")),
-        );
-        let base = serve(dir.join("www"));
+        let base = serve(www);
         eprintln!(
-            "signed RPM repository made in {:.1} s",
+            "signed RPM repositories made in {:.1} s",
             t0.elapsed().as_secs_f64()
         );
         RpmRepo {
             url: format!("{base}/el/"),
             key,
             wrong_key,
+            site_url: format!("{base}/site/"),
+            site_key,
         }
     })
 }
@@ -266,6 +316,25 @@ fn ls_ids(vf: &Vf) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// Run `image build ARGS`, expect a refusal whose text holds every needle and an unchanged
+/// image listing; the line naming the repository.
+fn refused_build(vf: &Vf, args: &[&str], needles: &[&str]) -> String {
+    let before = ls_ids(vf);
+    let mut a = vec!["image", "build"];
+    a.extend_from_slice(args);
+    let out = vf.run(&a);
+    let t = text(&out);
+    assert!(!out.status.success(), "{args:?} was accepted:\n{t}");
+    for n in needles {
+        assert!(t.contains(n), "the refusal should name {n}:\n{t}");
+    }
+    assert_eq!(ls_ids(vf), before, "a refused build changed the listing");
+    t.lines()
+        .find(|l| l.contains("repository `"))
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn new_vf(name: &str) -> Vf {
@@ -380,25 +449,9 @@ fn a_wrong_rpm_key_fails_the_build_naming_repository_and_key_and_changes_nothing
     let repo = rpm_repo();
     let vf = new_vf("el-wrong");
     mirrors_toml(&vf, repo, &repo.wrong_key);
-    let before = ls_ids(&vf);
-    let out = vf.run(&EL_SITE_TOOLS);
-    let t = text(&out);
-    assert!(
-        !out.status.success(),
-        "a build against a wrong key succeeded:\n{t}"
-    );
-    assert!(t.contains("repository `baseos`"), "{t}");
-    eprintln!(
-        "wrong rpm key refused as: {}",
-        t.lines()
-            .find(|l| l.contains("repository `"))
-            .unwrap_or_default()
-    );
-    assert!(
-        t.contains(&repo.wrong_key.display().to_string()),
-        "the key is named:\n{t}"
-    );
-    assert_eq!(ls_ids(&vf), before);
+    let key = repo.wrong_key.display().to_string();
+    let line = refused_build(&vf, &EL_SITE_TOOLS[2..], &["repository `baseos`", &key]);
+    eprintln!("wrong rpm key refused as: {line}");
     assert!(
         !std::fs::read_dir(vf.data.join("layers"))
             .unwrap()
@@ -473,20 +526,21 @@ fn vf_with_debian_base(name: &str) -> Vf {
     vf
 }
 
-fn apt_spec(vf: &Vf, url: &str, key: &Path) -> PathBuf {
-    let f = vf.data.join(format!(
-        "spec-{}.toml",
-        key.file_stem().unwrap().to_string_lossy()
-    ));
-    std::fs::write(
-        &f,
-        format!(
-            "suite = \"bookworm\"\npackages = [\"site-hello\"]\n[[repositories]]\nname = \"site\"\nurl = \"{url}\"\nkey = \"{}\"\n",
-            key.display()
-        ),
-    )
-    .unwrap();
+/// A spec file of `head` plus the repository `site` at `url` (under `url_field`) with `key`.
+fn spec_with_site_repo(vf: &Vf, head: &str, url_field: &str, url: &str, key: &Path) -> PathBuf {
+    let stem = key.file_stem().unwrap().to_string_lossy();
+    let f = vf.data.join(format!("spec-{stem}.toml"));
+    let repo = format!(
+        "[[repositories]]\nname = \"site\"\n{url_field} = \"{url}\"\nkey = \"{}\"\n",
+        key.display()
+    );
+    std::fs::write(&f, format!("{head}{repo}")).unwrap();
     f
+}
+
+fn apt_spec(vf: &Vf, url: &str, key: &Path) -> PathBuf {
+    let head = "suite = \"bookworm\"\npackages = [\"site-hello\"]\n";
+    spec_with_site_repo(vf, head, "url", url, key)
 }
 
 #[test]
@@ -506,25 +560,13 @@ fn debian_with_a_signed_site_repository_builds_and_a_wrong_key_is_refused() {
     let out = vf.ok(&["run", "--image", &id, "--", "site-hello"]);
     assert!(out.contains("hello from the site repository"), "{out}");
 
-    let before = ls_ids(&vf);
     let spec = apt_spec(&vf, url, wrong);
-    let out = vf.run(&["image", "build", "-f", spec.to_str().unwrap()]);
-    let t = text(&out);
-    assert!(
-        !out.status.success(),
-        "a wrongly signed repository was accepted:\n{t}"
+    let line = refused_build(
+        &vf,
+        &["-f", spec.to_str().unwrap()],
+        &["repository `site`", "signature"],
     );
-    assert!(
-        t.contains("repository `site`") && t.contains("signature"),
-        "{t}"
-    );
-    eprintln!(
-        "wrong apt key refused as: {}",
-        t.lines()
-            .find(|l| l.contains("repository `"))
-            .unwrap_or_default()
-    );
-    assert_eq!(ls_ids(&vf), before);
+    eprintln!("wrong apt key refused as: {line}");
 }
 
 #[test]
@@ -634,5 +676,35 @@ fn osfarm_orders_an_almalinux_class_synchronously_or_not() {
     assert_ne!(
         started["operation"]["target"], img["id"],
         "the core group makes another image"
+    );
+}
+
+#[test]
+fn an_el_spec_installs_from_the_sites_own_signed_repository_and_refuses_a_wrong_key() {
+    require("dnf");
+    let repo = rpm_repo();
+    let vf = new_vf("el-site");
+    mirrors_toml(&vf, repo, &repo.key);
+    let head = "distro = \"almalinux\"\nsuite = \"9\"\npackages = [\"site-ca\"]\n";
+    let spec = |key: &Path| spec_with_site_repo(&vf, head, "baseurl", &repo.site_url, key);
+    let built = build_json(&vf, &["-f", spec(&repo.site_key).to_str().unwrap()]);
+    let id = built["id"].as_str().unwrap().to_string();
+    let out = vf.ok(&[
+        "run",
+        "--image",
+        &id,
+        "--",
+        "cat",
+        "/etc/grid-security/site-ca.pem",
+    ]);
+    assert_eq!(out.trim(), "site CA");
+
+    // The distribution's key (trusted by the image already) does not vouch for the site's
+    // packages: the build names the site repository and the key it was given.
+    let spec = spec(&repo.key);
+    refused_build(
+        &vf,
+        &["-f", spec.to_str().unwrap()],
+        &["repository `site`", "sha256:"],
     );
 }
