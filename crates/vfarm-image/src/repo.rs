@@ -583,6 +583,27 @@ impl Repository {
             write_repos(&repos)?;
             run(packages, log)?;
         }
+        // As on apt images: the site's repositories stay configured in the image, each
+        // checked with its own key, so the image can update from them.
+        for r in &spec.repositories {
+            let key = format!("etc/pki/rpm-gpg/vfarm-{}.asc", r.name);
+            let conf = tools::dnf_repo_file(&[tools::DnfRepoConf {
+                name: r.name.clone(),
+                baseurl: r.url.clone(),
+                key: Path::new("/").join(&key),
+                repo_gpgcheck: false,
+            }]);
+            for (rel, text) in [
+                (key, format!("{}\n", r.key)),
+                (format!("etc/yum.repos.d/vfarm-{}.repo", r.name), conf),
+            ] {
+                let path = rootfs.join(rel);
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).map_err(ImageError::io("create", dir))?;
+                }
+                fs::write(&path, text).map_err(ImageError::io("write", &path))?;
+            }
+        }
         Ok(())
     }
 

@@ -698,6 +698,19 @@ fn an_el_spec_installs_from_the_sites_own_signed_repository_and_refuses_a_wrong_
         "/etc/grid-security/site-ca.pem",
     ]);
     assert_eq!(out.trim(), "site CA");
+    let repo_file = vf.ok(&[
+        "run",
+        "--image",
+        &id,
+        "--",
+        "cat",
+        "/etc/yum.repos.d/vfarm-site.repo",
+    ]);
+    assert!(
+        repo_file.contains("gpgcheck=1")
+            && repo_file.contains("gpgkey=file:///etc/pki/rpm-gpg/vfarm-site.asc"),
+        "{repo_file}"
+    );
 
     // The distribution's key (trusted by the image already) does not vouch for the site's
     // packages: the build names the site repository and the key it was given.
