@@ -1343,6 +1343,28 @@ mod tests {
             (r#"{"groups":["kde"]}"#, "group", "kde"),
             (r#"{"size":"4X","formats":["raw"]}"#, "size", "4X"),
             (r#"{"colour":"red"}"#, "body", "colour"),
+            (r#"{"distro":"slackware"}"#, "distro", "slackware"),
+            (
+                r#"{"distro":"almalinux","suite":"7"}"#,
+                "suite",
+                "almalinux releases",
+            ),
+            (
+                r#"{"distro":"rocky","groups":["build-essential"]}"#,
+                "group",
+                "rocky groups",
+            ),
+            (
+                r#"{"repositories":[{"name":"site","url":"http://127.0.0.1:1/debian"}]}"#,
+                "repository.key",
+                "site",
+            ),
+            // The service never reads a path of the caller's: a key is its armored text.
+            (
+                r#"{"repositories":[{"name":"site","url":"http://127.0.0.1:1/d","key":"/etc/shadow"}]}"#,
+                "repository.key",
+                "armored",
+            ),
         ] {
             let req = Request::post("/api/v1/images")
                 .header("content-type", "application/json")
