@@ -32,7 +32,8 @@ use crate::error::{ImageError, Result};
 pub struct Mirror {
     /// apt: the archive root.
     pub url: Option<String>,
-    /// apt: a keyring file (`.gpg` or `.asc`); dnf: the armored key every repo without its
+    /// apt: a keyring file (`.gpg` or `.asc`), copied into the image's `trusted.gpg.d`;
+    /// dnf: the armored key every repo without its
     /// own `key` is checked with. Relative paths are relative to the data dir; dnf expands
     /// `$releasever` and `$basearch` in it.
     pub key: Option<String>,

@@ -141,9 +141,6 @@ pub fn mmdebstrap_command(
         format!("--architectures={arch}"),
     ]);
     if let Some(m) = &sources.mirror {
-        if let Some(k) = &m.keyring {
-            args.push(format!("--keyring={}", k.display()));
-        }
         if !m.components.is_empty() {
             args.push(format!("--components={}", m.components.join(",")));
         }
@@ -160,6 +157,19 @@ pub fn mmdebstrap_command(
                 sh_quote(&base.to_string_lossy())
             ));
         }
+    }
+    // The mirror's keyring goes into the chroot's trusted.gpg.d before the first `apt
+    // update` (not `--keyring`, which only the bootstrap's own apt would see): apt inside
+    // the image, the install hook's included, trusts the site's mirror too.
+    if let Some(k) = sources.mirror.as_ref().and_then(|m| m.keyring.as_ref()) {
+        let ext = match k.extension().and_then(|e| e.to_str()) {
+            Some("asc") => "asc",
+            _ => "gpg",
+        };
+        args.push(format!(
+            r#"--setup-hook=mkdir -p "$1/etc/apt/trusted.gpg.d" && cp {} "$1/etc/apt/trusted.gpg.d/vfarm-mirror.{ext}""#,
+            sh_quote(&k.to_string_lossy())
+        ));
     }
     if !sources.repos.is_empty() {
         args.push(format!(
@@ -639,7 +649,8 @@ mod tests {
             Path::new("/t"),
         );
         let a = args(&c);
-        assert!(a.contains(&"--keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg".to_string()));
+        let trust = r#"--setup-hook=mkdir -p "$1/etc/apt/trusted.gpg.d" && cp '/usr/share/keyrings/ubuntu-archive-keyring.gpg' "$1/etc/apt/trusted.gpg.d/vfarm-mirror.gpg""#;
+        assert!(a.iter().any(|x| x == trust), "{a:?}");
         assert!(a.contains(&"--components=main,universe".to_string()));
         assert_eq!(
             &a[a.len() - 3..],
