@@ -441,6 +441,21 @@ fn almalinux_from_a_signed_rpm_repository_builds_runs_and_is_cached() {
         "almalinux 9 layered build {:.1} s",
         t2.elapsed().as_secs_f64()
     );
+
+    // A package the repositories do not have is named, as apt's are.
+    let e = refused_build(
+        &vf,
+        &[
+            "--distro",
+            "almalinux",
+            "--suite",
+            "9",
+            "--package",
+            "no-such-rpm",
+        ],
+        &["unknown package(s) no-such-rpm"],
+    );
+    assert!(e.is_empty(), "not a repository's fault: {e}");
 }
 
 #[test]
