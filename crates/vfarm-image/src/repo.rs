@@ -2,7 +2,8 @@
 //!
 //! Layout (all under the data dir):
 //! - `images/<id>/`   one directory per complete image: artifacts, kernel/initrd, `spec.json`
-//! - `layers/<distro>-<suite>-<arch>-<variant>.tar`   cached bootstraps (layer reuse)
+//! - `layers/<distro>-<suite>-<arch>-<variant>.tar`   cached bootstraps (layer reuse);
+//!   `layers/dnf-metadata/<base>-<hash>/`: dnf's metadata of an EL base's repositories
 //! - `logs/<id>-<time>.log`   every build's full log, kept whether it succeeded or not
 //! - `tmp/`   work areas of running builds; `locks/`   one lock file per image id and base
 //!
@@ -520,8 +521,6 @@ impl Repository {
             format!("%_dbpath {}\n", tools::rpm_dbpath(spec.distro, &spec.suite)),
         )
         .map_err(ImageError::io("write", &home))?;
-        fs::write(work.join("dnf.conf"), tools::dnf_conf(work))
-            .map_err(ImageError::io("write", work))?;
         let repos_d = work.join("repos.d");
         fs::create_dir_all(&repos_d).map_err(ImageError::io("create", &repos_d))?;
         let mut repos: Vec<tools::DnfRepoConf> = mirror
@@ -540,13 +539,34 @@ impl Repository {
                 repo_gpgcheck: mirror.repo_gpgcheck,
             })
             .collect();
+        // Metadata is kept per base between builds (they hold the base lock, so one at a
+        // time): a later build fetches repomd.xml and reuses what did not change. The
+        // directory is named by the mirror's repositories and key contents too, so a key the
+        // site replaced is never trusted from an older cache.
+        let mut h = Sha256::new();
+        h.update(tools::dnf_repo_file(&repos));
+        for r in &repos {
+            let key = r
+                .key
+                .to_string_lossy()
+                .replace("$releasever", &spec.suite)
+                .replace("$basearch", spec.arch.rpm_name().unwrap_or_default());
+            h.update(fs::read(key).unwrap_or_default());
+        }
+        let cache = self.layers.join("dnf-metadata").join(format!(
+            "{}-{}",
+            spec.base().slug(),
+            &hex::encode(h.finalize())[..12]
+        ));
+        fs::write(work.join("dnf.conf"), tools::dnf_conf(work))
+            .map_err(ImageError::io("write", work))?;
         let write_repos = |repos: &[tools::DnfRepoConf]| {
             let f = repos_d.join("vfarm.repo");
             fs::write(&f, tools::dnf_repo_file(repos)).map_err(ImageError::io("write", &f))
         };
         let mut parser = ProgressParser::default();
         let mut run = |packages: &[String], log: &mut File| {
-            let cmd = tools::dnf_command(work, &spec.suite, rootfs, packages);
+            let cmd = tools::dnf_command(work, &cache, &spec.suite, rootfs, packages);
             tools::run_logged("dnf", cmd, log, Some(log_path), &mut |line| {
                 for p in parser.feed(line) {
                     on(p);

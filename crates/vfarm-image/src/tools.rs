@@ -208,14 +208,15 @@ pub struct DnfRepoConf {
     pub repo_gpgcheck: bool,
 }
 
-/// `dnf.conf` of a build: everything under the work dir, weak dependencies and docs left
-/// out (minimal images, content predictable from the spec), GPG checking on.
+/// `dnf.conf` of a build: weak dependencies and docs left out (minimal images, content
+/// predictable from the spec), GPG checking on. `metadata_expire=0`: every build asks for
+/// `repomd.xml` and reuses cached metadata only while it is unchanged. dnf takes `cachedir`
+/// inside the installroot whatever is configured, so the cache is the image's own
+/// `/var/cache/dnf`, with the persistent one mounted there (`dnf_command`).
 pub fn dnf_conf(work: &Path) -> String {
     format!(
-        "[main]\ngpgcheck=1\ninstall_weak_deps=False\ntsflags=nodocs\nkeepcache=False\nreposdir={}\ncachedir={}\nlogdir={}\n",
+        "[main]\ngpgcheck=1\ninstall_weak_deps=False\ntsflags=nodocs\nkeepcache=False\nmetadata_expire=0\ncachedir=/var/cache/dnf\nreposdir={}\n",
         work.join("repos.d").display(),
-        work.join("dnf-cache").display(),
-        work.join("dnf-log").display()
     )
 }
 
@@ -246,10 +247,23 @@ pub fn rpm_dbpath(distro: vfarm_core::Distro, release: &str) -> &'static str {
 }
 
 /// `dnf --installroot` of `packages` into `root`, configured by the files under `work`
-/// (`dnf.conf`, `repos.d/`, `home/.rpmmacros` naming the rpm database path).
-pub fn dnf_command(work: &Path, release: &str, root: &Path, packages: &[String]) -> Command {
-    let mut args = contained("dnf");
+/// (`dnf.conf`, `repos.d/`, `home/.rpmmacros` naming the rpm database path), with `cache`
+/// bind-mounted on the root's `/var/cache/dnf` in the build's private mount namespace, so the
+/// metadata outlives the build but never enters the image.
+pub fn dnf_command(
+    work: &Path,
+    cache: &Path,
+    release: &str,
+    root: &Path,
+    packages: &[String],
+) -> Command {
+    let mut args = contained("sh");
     args.extend([
+        "-c".to_string(),
+        r#"mkdir -p "$1/var/cache/dnf" "$2" && mount --bind "$2" "$1/var/cache/dnf" && shift 2 && exec dnf "$@""#.into(),
+        "sh".into(),
+        root.display().to_string(),
+        cache.display().to_string(),
         "-y".to_string(),
         format!("--installroot={}", root.display()),
         format!("--releasever={release}"),
@@ -677,6 +691,7 @@ mod tests {
     fn dnf_command_and_configuration() {
         let c = dnf_command(
             Path::new("/d/tmp/b"),
+            Path::new("/d/layers/dnf-metadata/x"),
             "9",
             Path::new("/d/tmp/b/rootfs"),
             &["@core".into(), "site-tools".into()],
@@ -685,7 +700,12 @@ mod tests {
         assert_eq!(
             args(&c)[9..],
             [
-                "dnf",
+                "sh",
+                "-c",
+                r#"mkdir -p "$1/var/cache/dnf" "$2" && mount --bind "$2" "$1/var/cache/dnf" && shift 2 && exec dnf "$@""#,
+                "sh",
+                "/d/tmp/b/rootfs",
+                "/d/layers/dnf-metadata/x",
                 "-y",
                 "--installroot=/d/tmp/b/rootfs",
                 "--releasever=9",
@@ -702,7 +722,8 @@ mod tests {
             .find(|(k, _)| *k == "HOME")
             .and_then(|(_, v)| v);
         assert_eq!(home, Some(std::ffi::OsStr::new("/d/tmp/b/home")));
-        assert!(dnf_conf(Path::new("/w")).contains("gpgcheck=1\n"));
+        let conf = dnf_conf(Path::new("/w"));
+        assert!(conf.contains("gpgcheck=1\nins") && conf.contains("cachedir=/var/cache/dnf\n"));
         let f = dnf_repo_file(&[DnfRepoConf {
             name: "baseos".into(),
             baseurl: "http://mirror.invalid/almalinux/$releasever/BaseOS/$basearch/os/".into(),

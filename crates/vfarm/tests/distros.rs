@@ -474,6 +474,27 @@ fn a_wrong_rpm_key_fails_the_build_naming_repository_and_key_and_changes_nothing
             .any(|e| e.file_name().to_string_lossy().ends_with(".tar")),
         "no base layer is saved from a failed bootstrap"
     );
+
+    // The site fixes its key, builds (the base and dnf's metadata are cached now, both
+    // trusting that key), then the key is replaced by a wrong one again: the cached metadata
+    // and base do not vouch for the mirror under the new key.
+    mirrors_toml(&vf, repo, &repo.key);
+    let ok = build_json(&vf, &EL_SITE_TOOLS[2..]);
+    let tar = ok["artifacts"][0]["path"].as_str().unwrap();
+    let listing = run("tar -t", Command::new("tar").arg("-tf").arg(tar));
+    assert!(
+        !listing.contains("dnf-metadata") && !listing.contains("var/cache/dnf/baseos"),
+        "build-host paths or dnf's cache in the image:\n{listing}"
+    );
+    // One metadata cache per key the site used, none inside the image.
+    let cached = std::fs::read_dir(vf.data.join("layers/dnf-metadata"))
+        .expect("dnf's metadata is kept per base")
+        .count();
+    assert_eq!(cached, 2);
+    mirrors_toml(&vf, repo, &repo.wrong_key);
+    let mut args = EL_SITE_TOOLS[2..].to_vec();
+    args.extend(["--group", "core"]);
+    refused_build(&vf, &args, &["repository `baseos`", &key]);
 }
 
 /// A signed apt repository (reprepro) holding `site-hello`, served on loopback.
