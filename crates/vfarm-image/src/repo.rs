@@ -591,6 +591,9 @@ impl Repository {
                 )?;
             }
         }
+        // The base is the core group already: a second dnf run for it alone would cost a
+        // start-up and a transaction for nothing.
+        let packages: Vec<String> = packages.iter().filter(|p| *p != "@core").cloned().collect();
         if !packages.is_empty() {
             for (r, key) in self.write_keys(spec, work)? {
                 repos.push(tools::DnfRepoConf {
@@ -601,7 +604,7 @@ impl Repository {
                 });
             }
             write_repos(&repos)?;
-            run(packages, log)?;
+            run(&packages, log)?;
         }
         // As on apt images: the site's repositories stay configured in the image, each
         // checked with its own key, so the image can update from them.
