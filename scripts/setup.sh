@@ -13,6 +13,10 @@ fi
 
 PKGS=(
   mmdebstrap          # image builder (bootstrap of Debian suites)
+  dnf rpm             # EL-family builds: dnf --installroot, and rpm to check the images' package databases
+  createrepo-c        # test RPM repositories: createrepo_c metadata with comps groups (rpmbuild is in rpm)
+  reprepro            # test apt repositories (signed site repository of tests/distros.rs)
+  gpg gpg-agent       # signing test repositories; apt/dnf key checks use the keys it exports
   e2fsprogs           # mkfs.ext4 -d and e2fsck for raw images
   qemu-system-x86     # full VMs
   qemu-utils          # qemu-img: qcow2/vmdk/vdi conversion and checks
@@ -59,7 +63,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Every binary the project drives, checked by name so a broken install fails here, not in a test.
-for b in mmdebstrap mkfs.ext4 e2fsck qemu-img qemu-system-x86_64 runc busybox openssl ssh ssh-keygen \
+for b in mmdebstrap dnf rpm rpmbuild createrepo_c reprepro gpg dpkg-deb mkfs.ext4 e2fsck qemu-img qemu-system-x86_64 runc busybox openssl ssh ssh-keygen \
          slurmctld slurmd sbatch scontrol munged chromium node npm nft dnsmasq nsenter setpriv; do
   command -v "$b" >/dev/null || { echo "setup.sh: $b is still missing after install" >&2; exit 1; }
 done

@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(query) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok((spec, _format, _download)) = vfarm_api::osfarm_spec(query) {
+    if let Ok((spec, _format, _download, _synchronous)) = vfarm_api::osfarm_spec(query) {
         let _ = spec.resolve();
     }
 });

@@ -700,6 +700,16 @@ pub(crate) async fn create_image(
 ) -> Result<Response, ApiError> {
     let spec = instances::json_body(body)?;
     let req = spec.resolve()?;
+    let body = start_build(&s, caller_of(&who), req).await?;
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Record an `image.build` operation and build behind it; the answer names it.
+async fn start_build(
+    s: &AppState,
+    caller: vfarm_service::Caller,
+    req: vfarm_core::BuildRequest,
+) -> Result<serde_json::Value, ApiError> {
     let op_id = uuid::Uuid::new_v4().to_string();
     let image_id = req.spec.id();
     // On the blocking pool: the PostgreSQL store's sync client must not run on a worker thread.
@@ -712,7 +722,6 @@ pub(crate) async fn create_image(
     .await?;
     let st = s.clone();
     let op = op_id.clone();
-    let caller = caller_of(&who);
     tokio::task::spawn_blocking(move || {
         let result = vfarm_service::images::build(&st.repo, &caller, &req, &mut |_| {});
         let _ = match result {
@@ -730,11 +739,10 @@ pub(crate) async fn create_image(
             ),
         };
     });
-    let body = serde_json::json!({
+    Ok(serde_json::json!({
         "operation": { "id": op_id, "kind": "image.build", "status": "running", "target": image_id },
         "links": { "self": format!("/api/v1/operations/{op_id}"), "image": format!("/api/v1/images/{image_id}") },
-    });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    }))
 }
 
 #[derive(Deserialize)]
@@ -773,19 +781,24 @@ pub(crate) async fn get_operation(
 }
 
 /// The OS-Farm order: `GET /osfarm/create?name=&class=bookworm&arch=amd64&filetype=.tar
-/// &group=base&package=curl[&download=on]`. Builds synchronously (or finds the cached image),
-/// then answers with the image record, or with the image itself when `download=on`.
+/// &group=base&package=curl[&download=on][&synchronous=off]`. Builds synchronously (or finds
+/// the cached image), then answers with the image record, or with the image itself when
+/// `download=on`; `synchronous=off` answers 202 at once with the build's operation.
 async fn osfarm_create(
     State(s): State<AppState>,
     RawQuery(q): RawQuery,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let q = q.unwrap_or_default();
-    let (spec, format, download) = osfarm_spec(&q)?;
+    let (spec, format, download, synchronous) = osfarm_spec(&q)?;
     let build_req = spec.resolve()?;
     let st = s.clone();
     // The one-URL order is anonymous: its images are public, built by the service's agent.
     let caller = vfarm_service::Caller::agent("osfarm");
+    if !synchronous {
+        let body = start_build(&s, caller, build_req).await?;
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
     let outcome = blocking(move || {
         Ok(vfarm_service::images::build(
             &st.repo,
@@ -801,16 +814,24 @@ async fn osfarm_create(
     Ok(Json(outcome).into_response())
 }
 
-/// Parse the OS-Farm query into a spec request, the requested file type and `download`.
-pub fn osfarm_spec(query: &str) -> Result<(SpecRequest, Format, bool), ApiError> {
+/// Parse the OS-Farm query into a spec request, the requested file type, `download` and
+/// `synchronous` (the original form's field; default on).
+pub fn osfarm_spec(query: &str) -> Result<(SpecRequest, Format, bool, bool), ApiError> {
     let mut spec = SpecRequest::default();
     let mut filetype = Format::Tar;
     let mut download = false;
+    let mut synchronous = true;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let v = v.trim().to_string();
         match k.as_ref() {
             "name" => spec.name = Some(v).filter(|n| !n.is_empty()),
-            "class" | "distro_class" | "suite" => spec.suite = Some(v.to_ascii_lowercase()),
+            "class" | "distro_class" => {
+                let (distro, release) = vfarm_core::spec::osfarm_class(&v);
+                spec.distro = Some(distro.to_string());
+                spec.suite = Some(release);
+            }
+            "distro" => spec.distro = Some(v.to_ascii_lowercase()),
+            "suite" => spec.suite = Some(v.to_ascii_lowercase()),
             "arch" => {
                 // OS Farm spoke of i386/x86_64; Debian of i386/amd64.
                 let a = match v.as_str() {
@@ -835,6 +856,18 @@ pub fn osfarm_spec(query: &str) -> Result<(SpecRequest, Format, bool), ApiError>
             "size" => spec.size = Some(v),
             "boot" => spec.boot = Some(v),
             "download" => download = matches!(v.as_str(), "on" | "1" | "true" | "yes"),
+            "synchronous" => {
+                synchronous = match v.to_ascii_lowercase().as_str() {
+                    "on" | "1" | "true" | "yes" | "" => true,
+                    "off" | "0" | "false" | "no" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "synchronous",
+                            format!("`{v}`: use on or off"),
+                        ))
+                    }
+                }
+            }
             "group" | "package" => {}
             other => {
                 return Err(ApiError::bad_request(
@@ -844,7 +877,7 @@ pub fn osfarm_spec(query: &str) -> Result<(SpecRequest, Format, bool), ApiError>
             }
         }
     }
-    Ok((spec, filetype, download))
+    Ok((spec, filetype, download, synchronous))
 }
 
 #[cfg(test)]
@@ -1065,15 +1098,25 @@ mod tests {
 
     #[test]
     fn osfarm_query_maps_to_spec() {
-        let (spec, f, dl) =
+        let (spec, f, dl, sync) =
             osfarm_spec("name=&class=Bookworm&arch=x86_64&filetype=.qcow2&group=core&group=base&package=curl&download=on").unwrap();
         assert_eq!(spec.suite.as_deref(), Some("bookworm"));
         assert_eq!(spec.arch.as_deref(), Some("amd64"));
         assert_eq!(spec.groups, vec!["core", "base"]);
         assert_eq!(spec.packages, vec!["curl"]);
         assert_eq!(f, Format::Qcow2);
-        assert!(dl);
+        assert!(dl && sync);
         assert!(spec.name.is_none());
+        let (spec, _, _, sync) = osfarm_spec(
+            "class=almalinux9&arch=x86_64&filetype=.tar&package=site-tools&synchronous=off",
+        )
+        .unwrap();
+        assert_eq!(
+            (spec.distro.as_deref(), spec.suite.as_deref(), sync),
+            (Some("almalinux"), Some("9"), false)
+        );
+        let e = osfarm_spec("class=noble&synchronous=maybe").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("synchronous"));
         let e = osfarm_spec("class=bookworm&colour=red").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("query"));
         assert!(e.message.contains("colour"));
@@ -1303,6 +1346,28 @@ mod tests {
             (r#"{"groups":["kde"]}"#, "group", "kde"),
             (r#"{"size":"4X","formats":["raw"]}"#, "size", "4X"),
             (r#"{"colour":"red"}"#, "body", "colour"),
+            (r#"{"distro":"slackware"}"#, "distro", "slackware"),
+            (
+                r#"{"distro":"almalinux","suite":"7"}"#,
+                "suite",
+                "almalinux releases",
+            ),
+            (
+                r#"{"distro":"rocky","groups":["build-essential"]}"#,
+                "group",
+                "rocky groups",
+            ),
+            (
+                r#"{"repositories":[{"name":"site","url":"http://127.0.0.1:1/debian"}]}"#,
+                "repository.key",
+                "site",
+            ),
+            // The service never reads a path of the caller's: a key is its armored text.
+            (
+                r#"{"repositories":[{"name":"site","url":"http://127.0.0.1:1/d","key":"/etc/shadow"}]}"#,
+                "repository.key",
+                "armored",
+            ),
         ] {
             let req = Request::post("/api/v1/images")
                 .header("content-type", "application/json")

@@ -1,6 +1,10 @@
 //! The shipped catalogue of package groups, in the spirit of OS Farm's yum groups.
 //!
-//! A group is a name for a set of Debian packages that exist in every supported suite.
+//! A group is a name for a set of packages that exist in every supported release of its
+//! family: Debian and Ubuntu share the apt catalogue; the EL family's groups are mostly
+//! comps groups (`@core`), which dnf expands from the repository's own metadata.
+
+use crate::spec::Family;
 
 /// One named package group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,12 +63,68 @@ pub const CATALOGUE: &[Group] = &[
     },
 ];
 
+/// Groups of Enterprise Linux and Fedora images: comps groups by id (`@id`, defined by the
+/// repositories), plus a few package sets named like the apt ones.
+pub const EL_CATALOGUE: &[Group] = &[
+    Group {
+        name: "core",
+        description: "the comps group `core`: the smallest system (also the bootstrap)",
+        packages: &["@core"],
+    },
+    Group {
+        name: "base",
+        description: "the comps group `base`",
+        packages: &["@base"],
+    },
+    Group {
+        name: "standard",
+        description: "the comps group `standard`: what an interactive login expects",
+        packages: &["@standard"],
+    },
+    Group {
+        name: "development",
+        description: "the comps group `development`: compilers, make, git",
+        packages: &["@development"],
+    },
+    Group {
+        name: "python3",
+        description: "Python 3 with pip",
+        packages: &["python3", "python3-pip"],
+    },
+    Group {
+        name: "ssh-server",
+        description: "OpenSSH server for interactive login",
+        packages: &["openssh-server"],
+    },
+    Group {
+        name: "networking",
+        description: "network configuration and diagnosis tools",
+        packages: &["iproute", "iputils", "curl", "wget", "bind-utils"],
+    },
+];
+
+/// The catalogue of a distribution family.
+pub fn catalogue(family: Family) -> &'static [Group] {
+    match family {
+        Family::Apt => CATALOGUE,
+        Family::Dnf => EL_CATALOGUE,
+    }
+}
+
+pub fn lookup_in(family: Family, name: &str) -> Option<&'static Group> {
+    catalogue(family).iter().find(|g| g.name == name)
+}
+
+pub fn names_in(family: Family) -> Vec<&'static str> {
+    catalogue(family).iter().map(|g| g.name).collect()
+}
+
 pub fn lookup(name: &str) -> Option<&'static Group> {
-    CATALOGUE.iter().find(|g| g.name == name)
+    lookup_in(Family::Apt, name)
 }
 
 pub fn names() -> Vec<&'static str> {
-    CATALOGUE.iter().map(|g| g.name).collect()
+    names_in(Family::Apt)
 }
 
 #[cfg(test)]
@@ -89,5 +149,12 @@ mod tests {
             }
         }
         assert!(lookup("kde").is_none());
+        for g in EL_CATALOGUE {
+            for p in g.packages {
+                let p = p.strip_prefix('@').unwrap_or(p);
+                crate::spec::validate_rpm_name(p).unwrap();
+            }
+        }
+        assert_eq!(lookup_in(Family::Dnf, "core").unwrap().packages, ["@core"]);
     }
 }

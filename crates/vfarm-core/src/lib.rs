@@ -12,7 +12,8 @@ pub mod spec;
 
 pub use size::{parse_size, ByteSize};
 pub use spec::{
-    Arch, BaseKey, Boot, BuildRequest, Distro, Format, ImageSpec, SpecError, SpecRequest, Variant,
+    Arch, BaseKey, Boot, BuildRequest, Distro, Family, Format, ImageSpec, RepoRequest, Repository,
+    SpecError, SpecRequest, Variant,
 };
 
 /// Shortest accepted id prefix when looking an image up by prefix.

@@ -42,6 +42,19 @@ pub enum ImageError {
     },
     #[error("`{tool}` is not installed; run scripts/setup.sh")]
     ToolMissing { tool: &'static str },
+    #[error("no mirror for `{distro}` is configured: add a [{distro}] table to {path} (see docs/guide/images.md, \"Mirrors\")")]
+    MirrorMissing { distro: String, path: PathBuf },
+    #[error("invalid mirror configuration {path}: {reason}")]
+    MirrorConfig { path: PathBuf, reason: String },
+    /// A repository's signature did not verify against its key (or it is unsigned).
+    #[error("repository `{repository}` failed its signature check against key {key}: {reason}\n--- last lines of the build log ({log}) ---\n{tail}")]
+    RepositoryUnverified {
+        repository: String,
+        key: String,
+        reason: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("check of {format} artifact failed: {reason}")]
     CheckFailed { format: String, reason: String },
     #[error("cannot import {path}: {reason}")]
@@ -83,6 +96,9 @@ impl ImageError {
             ImageError::ToolFailed { .. } => vfarm_proto::ErrorCode::BuildFailed,
             ImageError::ToolMissing { .. } => vfarm_proto::ErrorCode::HostNotReady,
             ImageError::CheckFailed { .. } => vfarm_proto::ErrorCode::CheckFailed,
+            ImageError::MirrorMissing { .. } => vfarm_proto::ErrorCode::HostNotReady,
+            ImageError::MirrorConfig { .. } => vfarm_proto::ErrorCode::InvalidConfig,
+            ImageError::RepositoryUnverified { .. } => vfarm_proto::ErrorCode::BuildFailed,
             ImageError::Import { .. } => vfarm_proto::ErrorCode::InvalidImport,
             ImageError::NoArtifact(..) => vfarm_proto::ErrorCode::ArtifactNotFound,
             ImageError::InUse { .. } => vfarm_proto::ErrorCode::ImageInUse,
@@ -99,6 +115,8 @@ impl ImageError {
             ImageError::SizeTooSmall { .. } => Some("size"),
             ImageError::ForeignArch { .. } => Some("arch"),
             ImageError::SuiteUnavailable { .. } => Some("suite"),
+            ImageError::MirrorMissing { .. } => Some("distro"),
+            ImageError::RepositoryUnverified { .. } => Some("repository.key"),
             _ => None,
         }
     }

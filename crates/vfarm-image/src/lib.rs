@@ -1,11 +1,13 @@
 //! The image farm: build OS images from specs, keep them in a content-addressed repository,
 //! convert them between formats, import existing ones.
 //!
-//! The builder is mmdebstrap (Debian suites); other distributions would add their own
-//! bootstrap command beside `tools::mmdebstrap_command` and dispatch on `ImageSpec::distro`.
+//! Builders: mmdebstrap for the apt family (Debian, Ubuntu), Debian's own `dnf
+//! --installroot` for the EL family; `repo.rs` dispatches on `Distro::family`, mirrors come
+//! from `<data>/mirrors.toml` (`mirrors.rs`).
 
 pub mod error;
 pub mod formats;
+pub mod mirrors;
 pub mod repo;
 pub mod tools;
 

@@ -2,7 +2,8 @@
 //!
 //! Layout (all under the data dir):
 //! - `images/<id>/`   one directory per complete image: artifacts, kernel/initrd, `spec.json`
-//! - `layers/<distro>-<suite>-<arch>-<variant>.tar`   cached bootstraps (layer reuse)
+//! - `layers/<distro>-<suite>-<arch>-<variant>.tar`   cached bootstraps (layer reuse);
+//!   `layers/dnf-metadata/<base>-<hash>/`: dnf's metadata of an EL base's repositories
 //! - `logs/<id>-<time>.log`   every build's full log, kept whether it succeeded or not
 //! - `tmp/`   work areas of running builds; `locks/`   one lock file per image id and base
 //!
@@ -18,12 +19,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use vfarm_core::{Boot, BuildRequest, Format, ImageSpec};
+use vfarm_core::{Boot, BuildRequest, Family, Format, ImageSpec};
 use vfarm_store::images::{upsert_image, ArtifactRow, BuildRow, ImageRow};
 use vfarm_store::{append_event, Store};
 
 use crate::error::{ImageError, Result};
 use crate::formats::{self, Written};
+use crate::mirrors::{Mirror, Mirrors};
 use crate::tools::{self, Bootstrap, Progress, ProgressParser};
 
 mod mirror;
@@ -117,6 +119,7 @@ pub struct Repository {
     logs: PathBuf,
     tmp: PathBuf,
     locks: PathBuf,
+    mirrors: PathBuf,
 }
 
 /// A held exclusive file lock; released on drop (also when the process dies).
@@ -133,6 +136,7 @@ impl Repository {
             logs: data_dir.join("logs"),
             tmp: data_dir.join("tmp"),
             locks: data_dir.join("locks"),
+            mirrors: data_dir.join("mirrors.toml"),
         };
         for d in [
             &repo.images,
@@ -388,7 +392,7 @@ impl Repository {
                 seconds: t0.elapsed().as_secs_f64(),
             });
         }
-        self.preflight(&req.spec)?;
+        let mirrors = self.preflight(&req.spec)?;
         let build_id = uuid::Uuid::new_v4().to_string();
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
         let log_path = self.logs.join(format!("{id}-{stamp}.log"));
@@ -406,7 +410,9 @@ impl Repository {
         let work = self.tmp.join(format!("build-{id}-{}", &build_id[..8]));
         let result = fs::create_dir_all(&work)
             .map_err(ImageError::io("create", &work))
-            .and_then(|_| self.build_into(req, &id, &work, &mut log, &log_path, actor, on));
+            .and_then(|_| {
+                self.build_into(req, &id, &work, &mirrors, &mut log, &log_path, actor, on)
+            });
         let cleanup = remove_tree(&work);
         match result {
             Ok((image, base_cached)) => {
@@ -431,7 +437,8 @@ impl Repository {
         }
     }
 
-    fn preflight(&self, spec: &ImageSpec) -> Result<()> {
+    /// Everything checkable before a build is recorded: a refusal here changes nothing.
+    fn preflight(&self, spec: &ImageSpec) -> Result<Mirrors> {
         if let Some(host) = vfarm_core::Arch::host() {
             if !spec.arch.native_on(host) {
                 return Err(ImageError::ForeignArch {
@@ -440,12 +447,248 @@ impl Repository {
                 });
             }
         }
-        for tool in ["mmdebstrap", "setpriv", "unshare", "tar"] {
+        let builder = match spec.distro.family() {
+            Family::Apt => "mmdebstrap",
+            Family::Dnf => "dnf",
+        };
+        for tool in [builder, "setpriv", "unshare", "tar"] {
             if !on_path(tool) {
                 return Err(ImageError::ToolMissing { tool });
             }
         }
+        let mirrors = Mirrors::load(&self.mirrors)?;
+        if let Some(m) = mirrors.for_distro(spec.distro)? {
+            if let Some(r) = spec
+                .repositories
+                .iter()
+                .find(|r| m.repos.iter().any(|o| o.name == r.name))
+            {
+                return Err(vfarm_core::SpecError::Invalid {
+                    field: "repository.name",
+                    value: r.name.clone(),
+                    reason: format!(
+                        "the site's {} mirror has a repository of that name",
+                        spec.distro
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(mirrors)
+    }
+
+    /// The spec's repository keys as files under the work dir (`keys/<name>.asc`).
+    fn write_keys<'a>(
+        &self,
+        spec: &'a ImageSpec,
+        work: &Path,
+    ) -> Result<Vec<(&'a vfarm_core::Repository, PathBuf)>> {
+        let dir = work.join("keys");
+        if !spec.repositories.is_empty() {
+            fs::create_dir_all(&dir).map_err(ImageError::io("create", &dir))?;
+        }
+        spec.repositories
+            .iter()
+            .map(|r| {
+                let p = dir.join(format!("{}.asc", r.name));
+                fs::write(&p, format!("{}\n", r.key)).map_err(ImageError::io("write", &p))?;
+                Ok((r, p))
+            })
+            .collect()
+    }
+
+    /// An EL-family bootstrap with Debian's dnf: the `core` comps group into `rootfs` (saved
+    /// as the base layer) or the cached base unpacked, then `packages` from the mirror's
+    /// repositories and the spec's.
+    #[allow(clippy::too_many_arguments)]
+    fn dnf_bootstrap(
+        &self,
+        spec: &ImageSpec,
+        mirror: &Mirror,
+        mirrors: &Mirrors,
+        work: &Path,
+        rootfs: &Path,
+        how: &Bootstrap<'_>,
+        packages: &[String],
+        log: &mut File,
+        log_path: &Path,
+        on: &mut dyn FnMut(Progress),
+    ) -> Result<()> {
+        let home = work.join("home");
+        fs::create_dir_all(&home).map_err(ImageError::io("create", &home))?;
+        fs::write(
+            home.join(".rpmmacros"),
+            format!("%_dbpath {}\n", tools::rpm_dbpath(spec.distro, &spec.suite)),
+        )
+        .map_err(ImageError::io("write", &home))?;
+        let repos_d = work.join("repos.d");
+        fs::create_dir_all(&repos_d).map_err(ImageError::io("create", &repos_d))?;
+        let mut repos: Vec<tools::DnfRepoConf> = mirror
+            .repos
+            .iter()
+            .map(|r| tools::DnfRepoConf {
+                name: r.name.clone(),
+                baseurl: r.baseurl.clone(),
+                // Checked by Mirrors::parse: every repo has its own key or the table's.
+                key: mirrors.key_path(
+                    r.key
+                        .as_deref()
+                        .or(mirror.key.as_deref())
+                        .unwrap_or_default(),
+                ),
+                repo_gpgcheck: mirror.repo_gpgcheck,
+            })
+            .collect();
+        // Metadata is kept per base between builds (they hold the base lock, so one at a
+        // time): a later build fetches repomd.xml and reuses what did not change. The
+        // directory is named by the mirror's repositories and key contents too, so a key the
+        // site replaced is never trusted from an older cache.
+        let mut h = Sha256::new();
+        h.update(tools::dnf_repo_file(&repos));
+        for r in &repos {
+            let key = r
+                .key
+                .to_string_lossy()
+                .replace("$releasever", &spec.suite)
+                .replace("$basearch", spec.arch.rpm_name().unwrap_or_default());
+            h.update(fs::read(key).unwrap_or_default());
+        }
+        let cache = self.layers.join("dnf-metadata").join(format!(
+            "{}-{}",
+            spec.base().slug(),
+            &hex::encode(h.finalize())[..12]
+        ));
+        fs::write(work.join("dnf.conf"), tools::dnf_conf(work))
+            .map_err(ImageError::io("write", work))?;
+        let write_repos = |repos: &[tools::DnfRepoConf]| {
+            let f = repos_d.join("vfarm.repo");
+            fs::write(&f, tools::dnf_repo_file(repos)).map_err(ImageError::io("write", &f))
+        };
+        let mut parser = ProgressParser::default();
+        let mut run = |packages: &[String], log: &mut File| {
+            let cmd = tools::dnf_command(work, &cache, &spec.suite, rootfs, packages);
+            tools::run_logged("dnf", cmd, log, Some(log_path), &mut |line| {
+                for p in parser.feed(line) {
+                    on(p);
+                }
+            })
+        };
+        match how {
+            Bootstrap::Cold { save_base, .. } => {
+                write_repos(&repos)?;
+                run(&["@core".to_string()], log)?;
+                tools::run_quiet("tar", &mut tools::dnf_base_tar_command(rootfs, save_base))?;
+            }
+            Bootstrap::Layered { base } => {
+                fs::create_dir_all(rootfs).map_err(ImageError::io("create", rootfs))?;
+                tools::run_quiet(
+                    "tar",
+                    std::process::Command::new("tar")
+                        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+                        .arg(rootfs)
+                        .arg("-xf")
+                        .arg(base),
+                )?;
+            }
+        }
+        // The base is the core group already: a second dnf run for it alone would cost a
+        // start-up and a transaction for nothing.
+        let packages: Vec<String> = packages.iter().filter(|p| *p != "@core").cloned().collect();
+        if !packages.is_empty() {
+            for (r, key) in self.write_keys(spec, work)? {
+                repos.push(tools::DnfRepoConf {
+                    name: r.name.clone(),
+                    baseurl: r.url.clone(),
+                    key,
+                    repo_gpgcheck: false,
+                });
+            }
+            write_repos(&repos)?;
+            run(&packages, log)?;
+        }
+        // As on apt images: the site's repositories stay configured in the image, each
+        // checked with its own key, so the image can update from them.
+        for r in &spec.repositories {
+            let key = format!("etc/pki/rpm-gpg/vfarm-{}.asc", r.name);
+            let conf = tools::dnf_repo_file(&[tools::DnfRepoConf {
+                name: r.name.clone(),
+                baseurl: r.url.clone(),
+                key: Path::new("/").join(&key),
+                repo_gpgcheck: false,
+            }]);
+            for (rel, text) in [
+                (key, format!("{}\n", r.key)),
+                (format!("etc/yum.repos.d/vfarm-{}.repo", r.name), conf),
+            ] {
+                let path = rootfs.join(rel);
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).map_err(ImageError::io("create", dir))?;
+                }
+                fs::write(&path, text).map_err(ImageError::io("write", &path))?;
+            }
+        }
         Ok(())
+    }
+
+    /// Which repository a signature failure in the build log is about, and its key.
+    fn unverified_repository(
+        spec: &ImageSpec,
+        mirror: Option<&Mirror>,
+        mirrors: &Mirrors,
+        work: &Path,
+        lines: &[(String, String)],
+    ) -> (String, String) {
+        let mut candidates: Vec<(String, Vec<String>, String)> = spec
+            .repositories
+            .iter()
+            .map(|r| {
+                let key = work.join("keys").join(format!("{}.asc", r.name));
+                (
+                    r.name.clone(),
+                    vec![
+                        r.url.clone(),
+                        format!("'{}'", r.name),
+                        format!("\"{}\"", r.name),
+                        key.display().to_string(),
+                    ],
+                    format!("sha256:{}", r.key_sha256()),
+                )
+            })
+            .collect();
+        if let Some(m) = mirror {
+            for r in &m.repos {
+                let key = r.key.as_deref().or(m.key.as_deref()).unwrap_or_default();
+                let path = mirrors.key_path(key).display().to_string();
+                candidates.push((
+                    r.name.clone(),
+                    vec![
+                        format!("'{}'", r.name),
+                        format!("\"{}\"", r.name),
+                        path.clone(),
+                    ],
+                    path,
+                ));
+            }
+            if let Some(u) = &m.url {
+                let key = m
+                    .key
+                    .as_deref()
+                    .map(|k| mirrors.key_path(k).display().to_string());
+                candidates.push((
+                    format!("{} mirror", spec.distro),
+                    vec![u.clone()],
+                    key.unwrap_or_default(),
+                ));
+            }
+        }
+        for (name, needles, key) in &candidates {
+            let hit = |l: &str| needles.iter().any(|n| l.contains(n.as_str()));
+            if lines.iter().any(|(l, next)| hit(l) || hit(next)) {
+                return (name.clone(), key.clone());
+            }
+        }
+        let names: Vec<&str> = candidates.iter().map(|c| c.0.as_str()).collect();
+        (names.join(" or "), "(see the log)".into())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -454,11 +697,13 @@ impl Repository {
         req: &BuildRequest,
         id: &str,
         work: &Path,
+        mirrors: &Mirrors,
         log: &mut File,
         log_path: &Path,
         actor: &str,
         on: &mut dyn FnMut(Progress),
     ) -> Result<(Image, bool)> {
+        let mirror = mirrors.for_distro(req.spec.distro)?;
         let spec = &req.spec;
         let base_key = spec.base();
         let slug = base_key.slug();
@@ -470,7 +715,7 @@ impl Repository {
         // on the same base wait and then reuse the layer instead of bootstrapping it twice.
         let base_lock = self.lock(&format!("base-{slug}"), on)?;
         let base_cached = base_tar.exists();
-        if base_cached && packages.is_empty() {
+        if base_cached && packages.is_empty() && spec.repositories.is_empty() {
             drop(base_lock);
             on(Progress::Phase(format!("unpacking cached base {slug}")));
             fs::create_dir_all(&rootfs).map_err(ImageError::io("create", &rootfs))?;
@@ -500,25 +745,58 @@ impl Repository {
                     save_base: &tmp_base,
                 }
             };
-            let cmd = tools::mmdebstrap_command(
-                &spec.suite,
-                spec.arch.as_str(),
-                &how,
-                &packages,
-                &rootfs,
-            );
-            let mut parser = ProgressParser::default();
-            let res = tools::run_logged("mmdebstrap", cmd, log, Some(log_path), &mut |line| {
-                for p in parser.feed(line) {
-                    on(p);
-                }
-            });
+            let res = match (spec.distro.family(), mirror) {
+                (Family::Dnf, Some(m)) => self.dnf_bootstrap(
+                    spec, m, mirrors, work, &rootfs, &how, &packages, log, log_path, on,
+                ),
+                (Family::Dnf, None) => Err(ImageError::MirrorMissing {
+                    distro: spec.distro.to_string(),
+                    path: self.mirrors.clone(),
+                }),
+                (Family::Apt, m) => (|| {
+                    let sources = tools::AptSources {
+                        mirror: m.map(|m| tools::AptMirror {
+                            url: m.url.as_deref().unwrap_or_default(),
+                            keyring: m.key.as_deref().map(|k| mirrors.key_path(k)),
+                            components: &m.components,
+                        }),
+                        repos: self.write_keys(spec, work)?,
+                    };
+                    let cmd = tools::mmdebstrap_command(
+                        &spec.suite,
+                        spec.arch.as_str(),
+                        &how,
+                        &packages,
+                        &sources,
+                        &rootfs,
+                    );
+                    let mut parser = ProgressParser::default();
+                    tools::run_logged("mmdebstrap", cmd, log, Some(log_path), &mut |line| {
+                        for p in parser.feed(line) {
+                            on(p);
+                        }
+                    })
+                    .map(|_| ())
+                })(),
+            };
             if let Err(ImageError::ToolFailed { ref tail, .. }) = res {
                 let lines: Vec<String> = tail.lines().map(str::to_string).collect();
                 let full = fs::read_to_string(log_path).unwrap_or_default();
                 let all: Vec<String> = full.lines().map(str::to_string).chain(lines).collect();
                 let d = tools::diagnose(&all);
                 let _ = fs::remove_file(&tmp_base);
+                if !d.unverified.is_empty() {
+                    let (repository, key) =
+                        Self::unverified_repository(spec, mirror, mirrors, work, &d.unverified);
+                    let tail: Vec<&str> = full.lines().rev().take(8).collect();
+                    return Err(ImageError::RepositoryUnverified {
+                        repository,
+                        key,
+                        reason: d.unverified[0].0.clone(),
+                        log: log_path.to_path_buf(),
+                        tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                    });
+                }
                 if !d.unknown_packages.is_empty() {
                     let tail: Vec<&str> = full.lines().rev().take(8).collect();
                     return Err(ImageError::UnknownPackages {

@@ -63,21 +63,25 @@ pub enum ImageCmd {
         format: Option<String>,
     },
     /// List the package groups that `--group` accepts.
-    Groups,
+    Groups {
+        /// Distribution whose groups to list: debian, ubuntu (apt), almalinux, rocky, centos-stream, fedora (dnf comps groups).
+        #[arg(long, default_value = "debian")]
+        distro: String,
+    },
 }
 
 #[derive(Args, Default)]
 pub struct BuildArgs {
-    /// Spec file (TOML: name, distro, suite, arch, variant, groups, packages, formats, size, boot). Flags override it.
+    /// Spec file (TOML: name, distro, suite, arch, variant, groups, packages, formats, size, boot, repositories). Flags override it.
     #[arg(long = "file", short = 'f', value_name = "SPEC.toml")]
     file: Option<PathBuf>,
     /// Alias for the image (default: named by its id).
     #[arg(long)]
     name: Option<String>,
-    /// Distribution family.
+    /// Distribution: debian, ubuntu, almalinux, rocky, centos-stream, fedora (default debian; all but debian need a mirror in <data>/mirrors.toml).
     #[arg(long, value_name = "debian")]
     distro: Option<String>,
-    /// Release: bookworm, trixie, bullseye, sid … (default bookworm).
+    /// Release: bookworm, trixie … for debian, noble, jammy … for ubuntu, 8, 9, 10 for EL (default: the distribution's current one).
     #[arg(long)]
     suite: Option<String>,
     /// Debian architecture: amd64, i386 … (default: the host's).
@@ -109,8 +113,10 @@ impl BuildArgs {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read spec file {}", p.display()))?;
-                SpecRequest::from_toml(&text)
-                    .with_context(|| format!("in spec file {}", p.display()))?
+                let mut spec = SpecRequest::from_toml(&text)
+                    .with_context(|| format!("in spec file {}", p.display()))?;
+                read_repository_keys(&mut spec, p.parent().unwrap_or(std::path::Path::new(".")))?;
+                spec
             }
             None => SpecRequest::default(),
         };
@@ -125,9 +131,32 @@ impl BuildArgs {
             formats: self.formats.clone(),
             size: self.size.clone(),
             boot: self.boot.clone(),
+            repositories: Vec::new(),
         };
         Ok(file.merge(flags))
     }
+}
+
+/// A repository `key` that is not the armored key itself names a file (relative to the spec
+/// file): the CLI reads it, so the service, which cannot see the caller's files, only ever
+/// gets key text.
+fn read_repository_keys(spec: &mut SpecRequest, base: &std::path::Path) -> Result<()> {
+    for r in &mut spec.repositories {
+        let Some(k) = r.key.as_deref() else { continue };
+        if vfarm_core::spec::is_armored_key(k) {
+            continue;
+        }
+        let path = base.join(k.trim());
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "invalid repository.key of repository `{}`: cannot read key file {}",
+                r.name.as_deref().unwrap_or_default(),
+                path.display()
+            )
+        })?;
+        r.key = Some(text);
+    }
+    Ok(())
 }
 
 pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<i32> {
@@ -205,15 +234,17 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<i32> {
             let outcome = images::import(&ctx.images()?, &Caller::local(), &file, &opts)?;
             print_outcome(ctx, &outcome)?;
         }
-        ImageCmd::Groups => {
+        ImageCmd::Groups { distro } => {
+            let distro: vfarm_core::Distro = distro.parse()?;
+            let catalogue = vfarm_core::groups::catalogue(distro.family());
             if ctx.json() {
-                let groups: Vec<_> = vfarm_core::groups::CATALOGUE
+                let groups: Vec<_> = catalogue
                     .iter()
                     .map(|g| serde_json::json!({ "name": g.name, "description": g.description, "packages": g.packages }))
                     .collect();
                 ctx.print_json(&groups)?;
             } else {
-                for g in vfarm_core::groups::CATALOGUE {
+                for g in catalogue {
                     println!(
                         "{:<16} {}\n{:<16} packages: {}",
                         g.name,

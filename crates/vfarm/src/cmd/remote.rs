@@ -483,7 +483,7 @@ pub fn run_image(ctx: &Ctx, a: &RemoteArgs, cmd: ImageCmd) -> Result<i32> {
                 );
             }
         }
-        ImageCmd::Import { .. } | ImageCmd::Groups => {
+        ImageCmd::Import { .. } | ImageCmd::Groups { .. } => {
             bail!("`image import` and `image groups` are local: run them on the service's host")
         }
     }
