@@ -101,7 +101,7 @@ impl Api<'_> {
         let r = self
             .http
             .post(format!("{}/api/v1/instances/{id}/exec", self.srv.base))
-            .json(&json!({ "command": cmd, "timeout": "30s" }))
+            .json(&json!({ "command": cmd, "timeout": "120s" }))
             .send()
             .unwrap();
         assert!(r.status().is_success(), "{}", r.text().unwrap());
@@ -260,7 +260,23 @@ fn oci_instances_on_site_networks() {
     assert_eq!(rc, 0);
     assert_eq!(resolv.trim(), format!("nameserver 198.18.{oct}.1"));
 
-    step("name, isolation and resolver checked");
+    // NAT egress: the image's own apt sources (mmdebstrap wrote the host's mirror there),
+    // reached through the network's masquerade and dnsmasq. The lists go to /tmp: the
+    // instance's root has no capability over _apt's directory.
+    let (rc, out) = api.exec(
+        cli_id,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/lists/partial && apt-get -q -o APT::Sandbox::User=root \
+             -o Dir::State::Lists=/tmp/lists update 2>&1",
+        ],
+    );
+    assert!(
+        rc == 0 && out.contains("Reading package lists") && !out.contains("Err:"),
+        "apt-get update through NAT failed ({rc}): {out}"
+    );
+    step("name, isolation, resolver and NAT egress (apt-get update) checked");
     // Acceptance 5, first half: web's host certificate verifies against the site CA.
     let certs = data.join("ca/certificates");
     let (rc, pem) = api.exec(
