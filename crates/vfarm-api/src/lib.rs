@@ -237,6 +237,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/images/{id}", get(get_image).delete(delete_image))
         .route("/api/v1/images/{id}/download", get(download))
         .route("/api/v1/images/{id}/log", get(build_log))
+        .route("/api/v1/images/{id}/manifest", get(image_manifest))
+        .route("/api/v1/images/{id}/diff/{other}", get(image_diff))
         .route("/api/v1/operations/{id}", get(get_operation))
         .route("/repository/{id}/{file}", get(repository_file))
         .route("/osfarm/create", get(osfarm_create))
@@ -517,6 +519,27 @@ pub(crate) async fn delete_image(
     let caller = caller_of(&who);
     let img = blocking(move || Ok(vfarm_service::images::remove(&s.repo, &caller, &id)?)).await?;
     Ok(Json(serde_json::json!({ "removed": img.id })).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/images/{ref}/manifest", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),
+    responses((status = 200, description = "The packages the build put in", body = vfarm_service::images::Manifest), (status = 401, body = ErrorBody), (status = 404, description = "No such image, or one without a manifest (artifact_not_found)", body = ErrorBody)))]
+pub(crate) async fn image_manifest(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let m = blocking(move || Ok(vfarm_service::images::manifest(&s.repo, &id)?)).await?;
+    Ok(Json(m).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/images/{ref}/diff/{other}", tag = "images",
+    params(("ref" = String, Path, description = "The earlier image"), ("other" = String, Path, description = "The later image")),
+    responses((status = 200, description = "Packages added, removed and changed from ref to other", body = vfarm_service::images::Diff), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn image_diff(
+    State(s): State<AppState>,
+    Path((a, b)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let d = blocking(move || Ok(vfarm_service::images::diff(&s.repo, &a, &b)?)).await?;
+    Ok(Json(d).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/images/{ref}/log", tag = "images", params(("ref" = String, Path, description = "Image id, unique id prefix or name")),

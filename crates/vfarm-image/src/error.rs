@@ -61,6 +61,8 @@ pub enum ImageError {
     Import { path: PathBuf, reason: String },
     #[error("image `{0}` has no {1} artifact")]
     NoArtifact(String, String),
+    #[error("image `{id}` has no package manifest (it was imported, or built before vfarm recorded manifests): rebuild it to get one")]
+    NoManifest { id: String },
     /// Instances' disks sit on the image: it stays until they are destroyed.
     #[error("image `{id}` is in use by instance(s) {}: destroy them first", instances.join(", "))]
     InUse { id: String, instances: Vec<String> },
@@ -100,7 +102,9 @@ impl ImageError {
             ImageError::MirrorConfig { .. } => vfarm_proto::ErrorCode::InvalidConfig,
             ImageError::RepositoryUnverified { .. } => vfarm_proto::ErrorCode::BuildFailed,
             ImageError::Import { .. } => vfarm_proto::ErrorCode::InvalidImport,
-            ImageError::NoArtifact(..) => vfarm_proto::ErrorCode::ArtifactNotFound,
+            ImageError::NoArtifact(..) | ImageError::NoManifest { .. } => {
+                vfarm_proto::ErrorCode::ArtifactNotFound
+            }
             ImageError::InUse { .. } => vfarm_proto::ErrorCode::ImageInUse,
             ImageError::NotOwner { .. } => vfarm_proto::ErrorCode::Forbidden,
             ImageError::Io { .. } => vfarm_proto::ErrorCode::IoError,

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod formats;
+pub mod manifest;
 pub mod mirrors;
 pub mod repo;
 pub mod tools;

@@ -31,6 +31,9 @@ use crate::tools::{self, Bootstrap, Progress, ProgressParser};
 mod mirror;
 
 /// A repository image with absolute paths.
+/// The package manifest of a built image, beside its artifacts.
+pub const MANIFEST: &str = "manifest.json";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Image {
     pub id: String,
@@ -268,6 +271,21 @@ impl Repository {
     }
 
     /// Look up by id, unique id prefix (≥ 4 hex digits) or name.
+    /// The packages a build recorded for `img` (None: imported, or built before manifests).
+    pub fn manifest(&self, img: &Image) -> Result<Option<Vec<crate::manifest::Package>>> {
+        let path = self.images.join(&img.id).join(MANIFEST);
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                ImageError::io("read", &path)(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e,
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ImageError::io("read", &path)(e)),
+        }
+    }
+
     pub fn resolve(&self, reference: &str) -> Result<Image> {
         let row = self.store.find_image(reference)?;
         self.to_image(row)
@@ -835,6 +853,15 @@ impl Repository {
             fs::copy(&i, out.join("initrd.img")).map_err(ImageError::io("copy initrd", &i))?;
             kernel = Some("vmlinuz".to_string());
             initrd = Some("initrd.img".to_string());
+        }
+        // The exact packages, from the tree's own package database, before it is packed.
+        if let Some(packages) = crate::manifest::of_rootfs(&rootfs)? {
+            let path = out.join(MANIFEST);
+            fs::write(
+                &path,
+                serde_json::to_vec_pretty(&packages).expect("packages serialise"),
+            )
+            .map_err(ImageError::io("write", &path))?;
         }
         let written = self.write_formats(&rootfs, &out, &req.formats, req.disk_size, on)?;
         let spec_doc = serde_json::json!({

@@ -5,6 +5,7 @@
 
 use vfarm_core::spec::BuildRequest;
 use vfarm_core::Format;
+use vfarm_image::manifest::{ManifestDiff, Package};
 use vfarm_image::{Artifact, BuildOutcome, Image, ImageError, ImportOptions, Progress, Repository};
 
 use crate::Caller;
@@ -65,4 +66,46 @@ pub fn ensure_format(
     on: &mut dyn FnMut(Progress),
 ) -> Result<Artifact, ImageError> {
     repo.ensure_format(img, format, on)
+}
+
+/// An image's package manifest, as `image manifest` and the API show it.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Manifest {
+    pub image: String,
+    pub name: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub packages: Vec<Package>,
+}
+
+/// Two images' manifests compared: what `b` added, removed and changed from `a`.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Diff {
+    pub from: String,
+    pub to: String,
+    #[schema(value_type = Object)]
+    #[serde(flatten)]
+    pub diff: ManifestDiff,
+}
+
+/// The packages a build of `reference` recorded.
+pub fn manifest(repo: &Repository, reference: &str) -> Result<Manifest, ImageError> {
+    let img = repo.resolve(reference)?;
+    let packages = repo
+        .manifest(&img)?
+        .ok_or_else(|| ImageError::NoManifest { id: img.id.clone() })?;
+    Ok(Manifest {
+        image: img.id,
+        name: img.name,
+        packages,
+    })
+}
+
+/// What changed in the packages from image `a` to image `b`.
+pub fn diff(repo: &Repository, a: &str, b: &str) -> Result<Diff, ImageError> {
+    let (ma, mb) = (manifest(repo, a)?, manifest(repo, b)?);
+    Ok(Diff {
+        diff: vfarm_image::manifest::diff(&ma.packages, &mb.packages),
+        from: ma.image,
+        to: mb.image,
+    })
 }

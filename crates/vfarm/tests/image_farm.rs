@@ -6,7 +6,7 @@
 //! fails the test with its name, never skips it.
 
 mod common;
-use common::{assert_success, require, vfarm, Server};
+use common::{assert_success, require, text, vfarm, Server};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -411,6 +411,40 @@ fn identical_concurrent_builds_build_once_on_the_cached_base() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(id))
         .count();
     assert_eq!(logs, 1, "one build log for one build");
+
+    // Issue 26: every build records its exact packages; the diff to the base names wget.
+    let base = f.built["id"].as_str().unwrap();
+    let m = json(&vfarm(
+        &f.data,
+        &["image", "manifest", base, "--output", "json"],
+    ));
+    let pkgs = m["packages"].as_array().unwrap();
+    let curl = pkgs
+        .iter()
+        .find(|p| p["name"] == "curl")
+        .expect("curl in the manifest");
+    assert!(curl["version"].as_str().unwrap().contains('.'), "{curl}");
+    assert_eq!(curl["arch"], "amd64");
+    assert!(pkgs
+        .iter()
+        .any(|p| p["name"] == "libc6" && p["source"] == "glibc"));
+    assert!(!pkgs.iter().any(|p| p["name"] == "wget"));
+    let d = vfarm(&f.data, &["image", "diff", base, id]);
+    assert_eq!(
+        d.status.code(),
+        Some(1),
+        "manifests that differ: exit 1\n{}",
+        text(&d)
+    );
+    let out = String::from_utf8_lossy(&d.stdout);
+    assert!(out.lines().any(|l| l.starts_with("+ wget ")), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("- ") || l.starts_with("~ ")),
+        "{out}"
+    );
+    let same = vfarm(&f.data, &["image", "diff", id, id]);
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same));
 }
 
 #[test]

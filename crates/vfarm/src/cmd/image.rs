@@ -62,6 +62,19 @@ pub enum ImageCmd {
         #[arg(long)]
         format: Option<String>,
     },
+    /// The exact packages a build put into an image (name, version, architecture, source),
+    /// read from the image's package database when it was built.
+    Manifest {
+        /// Image id, id prefix or name.
+        image: String,
+    },
+    /// What changed in the packages from image A to image B: added, removed, new versions.
+    Diff {
+        /// The earlier image: id, id prefix or name.
+        a: String,
+        /// The later image: id, id prefix or name.
+        b: String,
+    },
     /// List the package groups that `--group` accepts.
     Groups {
         /// Distribution whose groups to list: debian, ubuntu (apt), almalinux, rocky, centos-stream, fedora (dnf comps groups).
@@ -181,6 +194,10 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<i32> {
                 print_image(&img);
             }
         }
+        ImageCmd::Manifest { image } => {
+            print_manifest(ctx, &images::manifest(&ctx.images()?, &image)?)?
+        }
+        ImageCmd::Diff { a, b } => return print_diff(ctx, &images::diff(&ctx.images()?, &a, &b)?),
         ImageCmd::Rm { image } => {
             let img = images::remove(&ctx.images()?, &Caller::local(), &image)?;
             if ctx.json() {
@@ -433,4 +450,48 @@ impl BuildUi {
             b.finish_and_clear();
         }
     }
+}
+
+/// `image manifest`: one package per line, or the JSON document.
+pub fn print_manifest(ctx: &Ctx, m: &images::Manifest) -> Result<()> {
+    if ctx.json() {
+        return ctx.print_json(m);
+    }
+    let w = |f: fn(&vfarm_image::manifest::Package) -> &str| {
+        m.packages.iter().map(|p| f(p).len()).max().unwrap_or(0)
+    };
+    let (wn, wv, wa) = (w(|p| &p.name), w(|p| &p.version), w(|p| &p.arch));
+    for p in &m.packages {
+        println!(
+            "{:<wn$}  {:<wv$}  {:<wa$}  {}",
+            p.name, p.version, p.arch, p.source
+        );
+    }
+    eprintln!("{} packages in {}", m.packages.len(), m.image);
+    Ok(())
+}
+
+/// `image diff`: `+ name version`, `- name version`, `~ name from -> to`; exit 0 when the
+/// manifests agree, 1 when they differ (as `diff` does).
+pub fn print_diff(ctx: &Ctx, d: &images::Diff) -> Result<i32> {
+    if ctx.json() {
+        ctx.print_json(d)?;
+    } else {
+        for p in &d.diff.added {
+            println!("+ {} {} {}", p.name, p.version, p.arch);
+        }
+        for p in &d.diff.removed {
+            println!("- {} {} {}", p.name, p.version, p.arch);
+        }
+        for c in &d.diff.changed {
+            println!("~ {} {} -> {}", c.name, c.from, c.to);
+        }
+        eprintln!(
+            "{} added, {} removed, {} changed",
+            d.diff.added.len(),
+            d.diff.removed.len(),
+            d.diff.changed.len()
+        );
+    }
+    Ok(i32::from(!d.diff.is_empty()))
 }

@@ -436,6 +436,16 @@ pub fn run_image(ctx: &Ctx, a: &RemoteArgs, cmd: ImageCmd) -> Result<i32> {
         ImageCmd::Log { image } => {
             print!("{}", c.call(M::GET, &path(&image, "/log"), None)?.text()?)
         }
+        ImageCmd::Manifest { image } => {
+            let m: vfarm_service::images::Manifest =
+                c.json(M::GET, &path(&image, "/manifest"), None)?;
+            image::print_manifest(ctx, &m)?
+        }
+        ImageCmd::Diff { a, b } => {
+            let d: vfarm_service::images::Diff =
+                c.json(M::GET, &path(&a, &format!("/diff/{}", seg(&b))), None)?;
+            return image::print_diff(ctx, &d);
+        }
         ImageCmd::Build(args) => {
             // The service builds; we wait on its operation (long polls of up to 5 minutes).
             let spec = serde_json::to_value(args.to_request()?)?;
