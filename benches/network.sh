@@ -60,7 +60,7 @@ log "building the bootable image"
 vf image build --suite bookworm --boot vm --format qcow2 --name vm >/dev/null
 vf network up >&2
 
-pid_of() { runc --root "$VFARM_DATA_DIR/runc" state "$1" | jq -r .pid; }
+pid_of() { runc --root "$VFARM_DATA_DIR/oci/state" state "$1" | jq -r .pid; }
 in_ns() { local pid=$1; shift; nsenter -t "$pid" -n "$@"; }
 # iperf3 -c … in Mbit/s received; the server is a one-off (-1) on port $2.
 throughput() { # CLIENT_PREFIX… -- ADDRESS PORT

@@ -153,6 +153,7 @@ fn main() -> ExitCode {
         }
         Command::Cache(c) if remote => cmd::remote_lists::run_cache(&ctx, &cli.remote, c),
         Command::Job(a) if remote => cmd::remote_job::run_job(&ctx, &cli.remote, a),
+        Command::Network(c) if remote => cmd::network::run_remote(&ctx, &cli.remote, c),
         Command::Run(_) if remote => Err(anyhow::anyhow!(
             "--server works with `image`, `instance`, `snapshot` and `job` commands; for a \
              disposable run on the service use `vfarm --server URL job submit` (or unset \

@@ -210,6 +210,16 @@ fn oci_instances_on_site_networks() {
     assert_eq!(nets[0]["name"], lab.as_str());
     assert_eq!(nets[0]["default"], true);
     assert_eq!(nets[0]["up"], true, "serve brings its networks up: {nets}");
+    // The same through the CLI against the service.
+    let remote = vf
+        .cmd(&["--output", "json", "network", "ls"])
+        .env("VFARM_SERVER", &srv.base)
+        .env("VFARM_TOKEN", srv.token())
+        .output()
+        .unwrap();
+    assert!(remote.status.success(), "{}", common::text(&remote));
+    let remote: Value = serde_json::from_slice(&remote.stdout).unwrap();
+    assert_eq!(remote[1]["name"], iso.as_str(), "{remote}");
 
     // Acceptance 2: a server and a client on the default network; the client reaches the
     // server by its pool name, an instance on the other (isolated) network does not.

@@ -75,6 +75,41 @@ pub fn run(ctx: &Ctx, cmd: NetworkCmd) -> Result<i32> {
     Ok(0)
 }
 
+/// `vfarm --server URL network ls|show`: the service's networks through its API (bringing
+/// networks up or down is for the service's host).
+pub fn run_remote(ctx: &Ctx, a: &crate::cmd::remote::RemoteArgs, cmd: NetworkCmd) -> Result<i32> {
+    use crate::cmd::remote::{seg, Client};
+    let c = Client::new(a)?;
+    match cmd {
+        NetworkCmd::Ls => {
+            let nets: Vec<NetworkView> = c.json(reqwest::Method::GET, "/api/v1/networks", None)?;
+            if ctx.json() {
+                ctx.print_json(&nets)?;
+            } else if nets.is_empty() {
+                println!("no networks: the service's serve.toml defines none");
+            } else {
+                print_table(&nets);
+            }
+        }
+        NetworkCmd::Show { name } => {
+            let n: NetworkView = c.json(
+                reqwest::Method::GET,
+                &format!("/api/v1/networks/{}", seg(&name)),
+                None,
+            )?;
+            if ctx.json() {
+                ctx.print_json(&n)?;
+            } else {
+                print_one(&n);
+            }
+        }
+        NetworkCmd::Up | NetworkCmd::Down { .. } => anyhow::bail!(
+            "`network up` and `network down` act on the service's host: run them there (without --server)"
+        ),
+    }
+    Ok(0)
+}
+
 fn print_table(nets: &[NetworkView]) {
     let rows: Vec<[String; 7]> = nets
         .iter()
