@@ -369,14 +369,29 @@ fn full_profile_boots_systemd_with_cloud_init_and_logs_in_over_ssh() {
     assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
 }
 
-/// A network namespace of this test (the "desk"), removed on drop with its veth.
+/// A network namespace of this test (the "desk"), removed on drop with its veth; also, if
+/// the test failed half-way, its instances on its networks and the networks themselves.
 struct Desk {
     ns: String,
     bridge: String,
+    nets: Vec<String>,
 }
 
 impl Drop for Desk {
     fn drop(&mut self) {
+        let f = fixture();
+        let ls = vfarm(f, &["instance", "ls", "--output", "json"]);
+        if let Ok(rows) = serde_json::from_slice::<Vec<Value>>(&ls.stdout) {
+            for r in rows
+                .iter()
+                .filter(|r| self.nets.iter().any(|n| r["network"] == n.as_str()))
+            {
+                let _ = vfarm(f, &["instance", "destroy", r["id"].as_str().unwrap()]);
+            }
+        }
+        for n in &self.nets {
+            let _ = vfarm(f, &["network", "down", n]);
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
@@ -403,6 +418,7 @@ fn full_vm_on_a_bridged_lan_is_reached_from_a_desk_at_its_pool_address() {
     let desk = Desk {
         ns: format!("vfdesk{tag}"),
         bridge: format!("vflan{tag}"),
+        nets: vec![format!("lan{tag}"), format!("nat{tag}")],
     };
     let _ = Command::new("ip").args(["netns", "del", &desk.ns]).status();
     let _ = Command::new("ip")
@@ -422,13 +438,16 @@ fn full_vm_on_a_bridged_lan_is_reached_from_a_desk_at_its_pool_address() {
     let vm_name = format!("desk-vm{tag}.grid.test");
     let vm_addr = format!("198.18.{oct}.10");
     let net = format!("lan{tag}");
+    let nat = format!("nat{tag}");
     let cfg = f.data.join(format!("serve-lan{tag}.toml"));
     std::fs::write(
         &cfg,
         format!(
             "[[networks]]\nname = \"{net}\"\nkind = \"bridged\"\nbridge = \"{}\"\n\
              subnet = \"198.18.{oct}.0/24\"\n\
-             [[hostnames]]\nname = \"{vm_name}\"\naddress = \"{vm_addr}\"\n",
+             [[networks]]\nname = \"{nat}\"\nsubnet = \"198.19.{oct}.0/24\"\n\
+             [[hostnames]]\nname = \"{vm_name}\"\naddress = \"{vm_addr}\"\n\
+             [[hostnames]]\nname = \"fast{tag}.grid.test\"\n",
             desk.bridge
         ),
     )
@@ -529,6 +548,61 @@ fn full_vm_on_a_bridged_lan_is_reached_from_a_desk_at_its_pool_address() {
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().unwrap());
+    // A fast-profile VM on a nat network: the kernel's ip= argument, applied by vfarm's own
+    // init, and egress through the masquerade (issue 18, acceptance 3 without the browser).
+    let begun = Instant::now();
+    let r = http
+        .post(format!("{}/api/v1/instances?wait=true", srv.base))
+        .json(&serde_json::json!({
+            "image": "full", "driver": "qemu", "profile": "fast", "network": nat,
+        }))
+        .send()
+        .unwrap();
+    let status = r.status();
+    let fast: Value = r.json().unwrap();
+    assert_eq!(status.as_u16(), 201, "{fast}");
+    eprintln!(
+        "fast VM on a nat network: {:.1} s",
+        begun.elapsed().as_secs_f64()
+    );
+    let fast_id = fast["id"].as_str().unwrap().to_string();
+    let fast_addr = fast["address"].as_str().unwrap().to_string();
+    assert!(fast_addr.starts_with(&format!("198.19.{oct}.")), "{fast}");
+    let exec = |cmd: &str| -> Value {
+        let r = http
+            .post(format!("{}/api/v1/instances/{fast_id}/exec", srv.base))
+            .json(&serde_json::json!({ "command": ["sh", "-c", cmd], "timeout": "300s" }))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+        r.json().unwrap()
+    };
+    let ip = exec("ip -4 -o addr show dev eth0; ip route; cat /etc/resolv.conf");
+    let shown = ip["stdout"].as_str().unwrap_or_default();
+    assert!(
+        shown.contains(&format!("{fast_addr}/24"))
+            && shown.contains(&format!("default via 198.19.{oct}.1"))
+            && shown.contains(&format!("nameserver 198.19.{oct}.1")),
+        "{ip}"
+    );
+    let begun = Instant::now();
+    let apt = exec("apt-get -q update 2>&1");
+    assert_eq!(apt["exit_code"], 0, "{apt}");
+    let out = apt["stdout"].as_str().unwrap_or_default();
+    assert!(
+        out.contains("Reading package lists") && !out.contains("Err:"),
+        "{apt}"
+    );
+    eprintln!(
+        "apt-get update in the VM through NAT: {:.1} s",
+        begun.elapsed().as_secs_f64()
+    );
+    let r = http
+        .delete(format!("{}/api/v1/instances/{fast_id}", srv.base))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+
     // The tap went with the VM; the site's bridge stays, with only the desk on it.
     let links = Command::new("ip")
         .args(["-o", "link", "show", "master", &desk.bridge])
@@ -539,6 +613,7 @@ fn full_vm_on_a_bridged_lan_is_reached_from_a_desk_at_its_pool_address() {
     assert!(links.contains(&hv), "{links}");
     drop(srv);
     assert_success(&vfarm(f, &["network", "down", &net]), "network down");
+    assert_success(&vfarm(f, &["network", "down", &nat]), "network down");
     assert!(!Path::new("/run/vfarm/net").join(&net).exists());
     let _ = std::fs::remove_file(&cfg);
 }
