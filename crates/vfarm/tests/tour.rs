@@ -424,3 +424,46 @@ fn refusals_on_the_tour_name_their_fix() {
         "{doc}"
     );
 }
+
+/// Acceptance 3: a Slurm submit on a host without a Slurm configuration is one line naming
+/// what to configure, and leaves no job record; a configured slurm.conf that is not there
+/// is named at once (scontrol would retry it for a minute).
+#[test]
+fn slurm_submit_without_slurm_is_one_line_and_stores_nothing() {
+    require("scontrol");
+    let data = fresh_dir("tour-slurm");
+    let cases: [(Option<&str>, &[&str], &str); 2] = [
+        (None, &["--", "hostname"], "under [slurm] in"),
+        (
+            Some("[queues.batch]\n[slurm]\nconf = \"nope/slurm.conf\"\n"),
+            &["--image", "web", "--", "hostname"],
+            "`nope/slurm.conf` (conf under [slurm] in",
+        ),
+    ];
+    for (config, args, fix) in cases {
+        if let Some(c) = config {
+            std::fs::write(data.join("jobs.toml"), c).unwrap();
+        }
+        let o = vfarm_cmd(&data)
+            .args(["job", "submit", "--backend", "slurm"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert_eq!(err.lines().count(), 1, "not one line:\n{err}");
+        assert!(
+            err.contains(fix) && err.contains("jobs.toml"),
+            "does not name `{fix}`: {err}"
+        );
+        let ls = vfarm_cmd(&data)
+            .args(["job", "ls", "--output", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&ls.stdout).trim(),
+            "[]",
+            "a refused submit left a job"
+        );
+    }
+}

@@ -207,11 +207,15 @@ pub(crate) fn print_queued(
     ctx: &Ctx,
     source: Option<&str>,
     warnings: &[String],
+    routed: Option<&str>,
     v: &JobView,
     json: &serde_json::Value,
 ) -> Result<()> {
     for w in warnings {
         eprintln!("vfarm: job: {}: warning: {w}", source.unwrap_or("request"));
+    }
+    if let Some(r) = routed {
+        eprintln!("vfarm: job: routed to {r}");
     }
     if ctx.json() {
         return ctx.print_json(json);
@@ -241,6 +245,7 @@ fn submit_cli(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> 
         ctx,
         source.as_deref(),
         &done.warnings,
+        done.routed.as_deref(),
         &v,
         &serde_json::to_value(&v)?,
     )?;

@@ -93,7 +93,14 @@ pub fn run_job(ctx: &Ctx, a: &RemoteArgs, args: JobArgs) -> Result<i32> {
             let doc: Value = resp.json()?;
             let warnings: Vec<String> = serde_json::from_value(doc["warnings"].clone())?;
             let v: JobView = serde_json::from_value(doc["job"].clone())?;
-            print_queued(ctx, source.as_deref(), &warnings, &v, &doc["job"])?;
+            print_queued(
+                ctx,
+                source.as_deref(),
+                &warnings,
+                doc["routed"].as_str(),
+                &v,
+                &doc["job"],
+            )?;
             Ok(0)
         }
         JobCmd::Ls { state, owner } => {
