@@ -9,6 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(test)]
+mod help_tests;
+
 mod cmd;
 mod ctx;
 mod doctor;
@@ -16,6 +19,29 @@ mod doctor;
 mod routes_tests;
 
 use ctx::{default_data_dir, Ctx, OutputFormat};
+
+/// The help section of the options every command takes, so each command's own options
+/// stand apart from them.
+pub(crate) const GLOBAL: &str = "Global options";
+
+/// Options only a client of a remote service uses: `vfarm serve --help` does not offer them.
+const CLIENT_ONLY: [&str; 5] = ["server", "token_file", "cert", "key", "ca"];
+
+/// The command line as parsed and as documented (help, man pages, completions).
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // Global options reach the subcommands when the command is built; only then can the
+    // server's help leave out the client's options.
+    cmd.build();
+    // `mut_args` keeps the built argument order that clap's lookup index relies on.
+    cmd.mut_subcommand("serve", |s| {
+        s.mut_args(|a| {
+            let client = CLIENT_ONLY.contains(&a.get_id().as_str());
+            a.hide(client)
+        })
+    })
+}
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +54,7 @@ use ctx::{default_data_dir, Ctx, OutputFormat};
 struct Cli {
     /// Where images, instances and the state database live.
     /// Default: /var/lib/vfarm for root, else $XDG_DATA_HOME/vfarm.
-    #[arg(long, global = true, env = "VFARM_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "VFARM_DATA_DIR", value_name = "DIR", help_heading = GLOBAL)]
     data_dir: Option<PathBuf>,
 
     /// Output format: a table for people, or one JSON document on stdout for programs.
@@ -37,7 +63,8 @@ struct Cli {
         global = true,
         value_enum,
         default_value = "table",
-        env = "VFARM_OUTPUT"
+        env = "VFARM_OUTPUT",
+        help_heading = GLOBAL
     )]
     output: OutputFormat,
 
@@ -49,12 +76,13 @@ struct Cli {
         global = true,
         env = "VFARM_DATABASE",
         value_name = "URL",
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = GLOBAL
     )]
     database: Option<String>,
 
     /// More detail on stderr (repeat for debug logs).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     verbose: u8,
 
     #[command(flatten)]
@@ -115,18 +143,21 @@ enum Command {
     Doctor,
     /// Print a shell completion script: `vfarm completions bash > /etc/bash_completion.d/vfarm`.
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Write man pages (vfarm.1 and one per subcommand) into DIR.
     Man {
+        /// The directory the pages go to (made if missing).
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     init_tracing(cli.verbose);
     if let Some(url) = &cli.database {
         // Every store this process opens (threads, reconcilers) and every runner it starts
@@ -171,17 +202,13 @@ fn main() -> ExitCode {
         Command::Node(a) => cmd::node::run(&ctx, a),
         Command::Doctor => doctor::run(&ctx),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "vfarm", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut command(), "vfarm", &mut std::io::stdout());
             Ok(0)
         }
-        Command::Man { dir } => {
-            use clap::CommandFactory;
-            write_man_pages(&Cli::command(), &dir).map(|n| {
-                println!("wrote {n} man pages to {}", dir.display());
-                0
-            })
-        }
+        Command::Man { dir } => write_man_pages(&command(), &dir).map(|n| {
+            println!("wrote {n} man pages to {}", dir.display());
+            0
+        }),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

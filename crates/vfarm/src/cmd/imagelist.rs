@@ -64,8 +64,10 @@ pub enum ImagelistCmd {
     /// Sign a list (S/MIME, detached, as `openssl smime -sign`). The list's endorser must be
     /// the certificate's subject and issuer.
     Sign {
+        /// The endorser's certificate.
         #[arg(long, value_name = "PEM")]
         cert: PathBuf,
+        /// The private key of --cert.
         #[arg(long, value_name = "PEM")]
         key: PathBuf,
         /// Unsigned list (JSON).
@@ -77,6 +79,7 @@ pub enum ImagelistCmd {
     /// Verify a signed list: prints the list and its signer, or the precise reason it is refused
     /// (exit 1).
     Verify {
+        /// The signed list (S/MIME or JSON).
         file: PathBuf,
         /// IGTF CA directory (<hash>.0 certificates, <hash>.r0 CRLs).
         #[arg(long, value_name = "DIR")]
@@ -102,6 +105,7 @@ pub enum ImagelistCmd {
 pub enum SubscriptionCmd {
     /// Subscribe to a list URL (file://, http://, https://) and run the first update.
     Add {
+        /// The list's URL (file://, http://, https://).
         url: String,
         /// IGTF CA directory the list must chain to.
         #[arg(long, value_name = "DIR")]
@@ -124,7 +128,10 @@ pub enum SubscriptionCmd {
     #[command(alias = "list")]
     Ls,
     /// Show a subscription: endorsers, the accepted list, its images and their state.
-    Show { subscription: String },
+    Show {
+        /// Subscription id, id prefix, URL or list identifier.
+        subscription: String,
+    },
     /// Fetch, verify and apply new list versions; exits 1 if any list was refused.
     Update {
         /// Subscription id, id prefix, URL or list identifier.
@@ -138,7 +145,10 @@ pub enum SubscriptionCmd {
     },
     /// Remove a subscription; its cached images are expired.
     #[command(alias = "remove")]
-    Rm { subscription: String },
+    Rm {
+        /// Subscription id, id prefix, URL or list identifier.
+        subscription: String,
+    },
     /// Revoke an image, an endorser or a whole subscription: revoked images leave the cache
     /// and new instances from them are refused.
     Revoke {
@@ -147,6 +157,7 @@ pub enum SubscriptionCmd {
         kind: RevokeKind,
         /// Image identifier or title, endorser DN, or subscription reference.
         target: String,
+        /// Why, kept with the revocation.
         #[arg(long)]
         reason: Option<String>,
     },
@@ -175,9 +186,15 @@ pub enum CacheCmd {
     #[command(alias = "list")]
     Ls,
     /// Show one cached image with its list metadata.
-    Show { image: String },
+    Show {
+        /// The cached image: identifier, title or id prefix.
+        image: String,
+    },
     /// Move a cached image to the expired area.
-    Expire { image: String },
+    Expire {
+        /// The cached image: identifier, title or id prefix.
+        image: String,
+    },
     /// Re-hash cached images; corrupted copies are deleted (exit 1 if any).
     Verify {
         /// One image (default: all).

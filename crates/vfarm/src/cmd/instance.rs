@@ -220,26 +220,42 @@ pub enum InstanceCmd {
     )]
     Create(Box<CreateArgs>),
     /// Start a created or stopped instance (runs its main command again).
-    Start { instance: String },
+    Start {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Stop: SIGTERM, then SIGKILL after 10 s; --force kills at once.
     Stop {
+        /// The instance's name or id.
         instance: String,
+        /// Kill at once (SIGKILL) instead of SIGTERM and a 10 s grace.
         #[arg(long)]
         force: bool,
     },
     /// Freeze all processes of the instance.
-    Pause { instance: String },
+    Pause {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Thaw a paused instance.
-    Resume { instance: String },
+    Resume {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Remove the instance, its files and snapshots.
     #[command(alias = "rm")]
-    Destroy { instance: String },
+    Destroy {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Run a command inside a running instance; its output and exit status pass through.
     Exec {
+        /// The instance's name or id.
         instance: String,
         /// KEY=VALUE for the command (repeatable).
         #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -254,10 +270,14 @@ pub enum InstanceCmd {
         dst: String,
     },
     /// Print the instance's console output (stdout, then stderr on stderr).
-    Logs { instance: String },
+    Logs {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Print the console log (qemu: the VM's serial console, boot messages included; oci:
     /// the main process's output).
     Console {
+        /// The instance's name or id.
         instance: String,
         /// Keep printing what is added until the instance stops (or Ctrl-C).
         #[arg(long, short = 'f')]
@@ -269,6 +289,7 @@ pub enum InstanceCmd {
   vfarm instance checkpoint web --to /scratch/web.vmstate --stop
   vfarm instance restore web --from /scratch/web.vmstate")]
     Checkpoint {
+        /// The instance's name or id.
         instance: String,
         /// State file to write (must not exist). Default: a new file in the instance's
         /// directory, removed with the instance.
@@ -282,6 +303,7 @@ pub enum InstanceCmd {
     /// Bring a VM back to a checkpoint: whatever runs now is replaced, the disk goes back to
     /// the checkpoint's instant and the guest continues from there (qemu driver only).
     Restore {
+        /// The instance's name or id.
         instance: String,
         /// The checkpoint's state file. Default: the instance's newest checkpoint.
         #[arg(long, value_name = "FILE")]
@@ -305,7 +327,10 @@ pub enum InstanceCmd {
     )]
     Ls(LsArgs),
     /// Show one instance.
-    Show { instance: String },
+    Show {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Log in to a full-profile VM with the system's ssh client, as the injected user, or
     /// run a command there; the exit status passes through. As with ssh, the command is run
     /// by the user's shell in the guest. Host keys are checked against the keys vfarm read
@@ -314,10 +339,12 @@ pub enum InstanceCmd {
         after_help = "Example:\n  vfarm instance ssh web -- id -un\n  vfarm instance ssh web -- 'ps ax | wc -l'"
     )]
     Ssh {
+        /// The instance's name or id.
         instance: String,
         /// Private key (default: the one beside the --ssh-key given at create, if any).
         #[arg(short = 'i', long, value_name = "KEY")]
         identity: Option<PathBuf>,
+        /// A command to run instead of a login shell, after `--`.
         #[arg(last = true)]
         command: Vec<String>,
     },
@@ -326,6 +353,7 @@ pub enum InstanceCmd {
     /// Move an instance's expiry later (from now if it had none).
     #[command(after_help = "Example:\n  vfarm instance extend web --by 2d")]
     Extend {
+        /// The instance's name or id.
         instance: String,
         /// How much later: 90m, 2h, 2d, 1w.
         #[arg(long)]
@@ -336,15 +364,33 @@ pub enum InstanceCmd {
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {
     /// Snapshot an instance's filesystem (a running instance keeps running).
-    Create { instance: String, name: String },
+    Create {
+        /// The instance's name or id.
+        instance: String,
+        /// The snapshot's name.
+        name: String,
+    },
     /// List an instance's snapshots.
     #[command(alias = "list")]
-    Ls { instance: String },
+    Ls {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Make the instance's files exactly the snapshot's (a running instance is restarted).
-    Revert { instance: String, name: String },
+    Revert {
+        /// The instance's name or id.
+        instance: String,
+        /// The snapshot's name.
+        name: String,
+    },
     /// Remove a snapshot.
     #[command(alias = "remove")]
-    Rm { instance: String, name: String },
+    Rm {
+        /// The instance's name or id.
+        instance: String,
+        /// The snapshot's name.
+        name: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -385,6 +431,7 @@ pub struct RunArgs {
     /// that exited 124 by itself from one killed at --timeout.
     #[arg(long, value_name = "FILE")]
     pub outcome: Option<PathBuf>,
+    /// The command and its arguments, after `--`; its exit status is vfarm's.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }

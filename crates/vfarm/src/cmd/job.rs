@@ -38,34 +38,51 @@ pub enum JobCmd {
         /// failed, cancelled.
         #[arg(long)]
         state: Vec<String>,
+        /// Only jobs of this owner.
         #[arg(long)]
         owner: Option<String>,
     },
     /// A job's record: state, reason, exit status, timings, files, events.
-    Show { id: String },
+    Show {
+        /// The job id.
+        id: String,
+    },
     /// Cancel jobs, in any state: a queued job never starts, a running one is killed and
     /// its instance removed.
-    Cancel { ids: Vec<String> },
+    Cancel {
+        /// The job ids.
+        ids: Vec<String>,
+    },
     /// Wait until the jobs are finished; exit 0 if all succeeded, else 1 (124 on --timeout).
     Wait {
+        /// The job ids.
         ids: Vec<String>,
+        /// Give up after this long (90s, 5m …) and exit 124.
         #[arg(long)]
         timeout: Option<String>,
     },
     /// The job's standard output and error (also when JSDL redirected them to files);
     /// `--console`: the instance's console log instead (a VM's boot messages).
     Logs {
+        /// The job id.
         id: String,
+        /// The instance's console log instead (a VM's boot messages).
         #[arg(long)]
         console: bool,
     },
     /// Files the job left: staged out and JSDL output files; with FILE, print that file.
-    Output { id: String, file: Option<String> },
+    Output {
+        /// The job id.
+        id: String,
+        /// One file to print (default: list them).
+        file: Option<String>,
+    },
     /// The effective queue configuration and host capacity.
     Queues,
     /// Run one claimed job (started by the dispatcher; not for people).
     #[command(hide = true)]
     RunOne {
+        /// The job id.
         id: i64,
         /// Running as the payload of a Slurm batch job.
         #[arg(long)]
@@ -108,6 +125,7 @@ pub struct SubmitArgs {
     /// Who the job is accounted to for fair share. Default: the local user.
     #[arg(long)]
     pub owner: Option<String>,
+    /// A name for the job, shown by `job ls`.
     #[arg(long)]
     pub name: Option<String>,
     /// Stage a file in before the command: SRC:DST, SRC a host path or file://, http://,
@@ -134,6 +152,7 @@ pub struct SubmitArgs {
     /// A JSDL 1.0 JobDefinition; the flags above override what it says.
     #[arg(long, value_name = "FILE", conflicts_with = "command")]
     pub jsdl: Option<PathBuf>,
+    /// The command and its arguments, after `--` (or --jsdl).
     #[arg(last = true, required_unless_present = "jsdl")]
     pub command: Vec<String>,
 }

@@ -17,12 +17,12 @@ use crate::ctx::Ctx;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteArgs {
     /// Act on a remote `vfarm serve` (its base URL) instead of this host's data dir.
-    #[arg(long, global = true, env = "VFARM_SERVER", value_name = "URL")]
+    #[arg(long, global = true, env = "VFARM_SERVER", value_name = "URL", help_heading = crate::GLOBAL)]
     pub server: Option<String>,
     /// A file holding the bearer token for --server (from `vfarm token create` on the
     /// service); `-` reads it from standard input. Without it, $VFARM_TOKEN. Never on the
     /// command line, where `ps` shows it to everyone.
-    #[arg(long, global = true, env = "VFARM_TOKEN_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "VFARM_TOKEN_FILE", value_name = "FILE", help_heading = crate::GLOBAL)]
     pub token_file: Option<PathBuf>,
     /// Refused with the reason (kept so the old spelling gets a clear error).
     #[arg(long = "token", global = true, hide = true, value_name = "TOKEN")]
@@ -33,14 +33,15 @@ pub struct RemoteArgs {
         global = true,
         env = "VFARM_CERT",
         value_name = "FILE",
-        requires = "key"
+        requires = "key",
+        help_heading = crate::GLOBAL
     )]
     pub cert: Option<PathBuf>,
     /// The private key of --cert (PEM).
-    #[arg(long, global = true, env = "VFARM_KEY", value_name = "FILE")]
+    #[arg(long, global = true, env = "VFARM_KEY", value_name = "FILE", help_heading = crate::GLOBAL)]
     pub key: Option<PathBuf>,
     /// CA certificate (PEM) to trust for the service's certificate.
-    #[arg(long, global = true, env = "VFARM_CA", value_name = "FILE")]
+    #[arg(long, global = true, env = "VFARM_CA", value_name = "FILE", help_heading = crate::GLOBAL)]
     pub ca: Option<PathBuf>,
 }
 
