@@ -42,6 +42,7 @@ use crate::{AuthError, Result};
 struct Raw {
     #[serde(default)]
     admins: Vec<RawAdmin>,
+    root_is_admin: Option<bool>,
     #[serde(default)]
     hostnames: Vec<RawHost>,
     #[serde(default)]
@@ -166,6 +167,9 @@ pub struct PoolEntry {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServeConfig {
     pub admins: Vec<String>,
+    /// `root_is_admin = false` takes admin rights from local root (the unix socket's uid 0
+    /// and tokens of user `root`); unset means true.
+    pub root_is_admin: Option<bool>,
     pub hostnames: Vec<PoolEntry>,
     pub quotas: QuotaConfig,
     /// Expiry of instances created without one (`default_expiry = "1w"`), in seconds.
@@ -323,6 +327,7 @@ impl ServeConfig {
             ratios,
             default_expiry_secs,
             admins,
+            root_is_admin: raw.root_is_admin,
             hostnames,
             quotas: QuotaConfig {
                 default,

@@ -137,6 +137,9 @@ enum Command {
     /// Run this machine as a node of a control service (joins once with a token, then
     /// serves instances over mutual TLS and reports by heartbeat).
     Node(cmd::node::NodeArgs),
+    /// Who you are to the service (--server, e.g. unix:/run/vfarm.sock) or here: user, how
+    /// identified, whether an admin.
+    Whoami,
     /// What this machine can run, measured: oci, qemu (KVM or TCG), image builds, Slurm, the
     /// database; each failure with the command that fixes it. Exit 0 when the core works (the
     /// database opens and oci or qemu runs instances), 1 otherwise.
@@ -201,6 +204,7 @@ fn main() -> ExitCode {
         Command::Host(c) => cmd::host::run(&ctx, c),
         Command::Node(a) => cmd::node::run(&ctx, a),
         Command::Doctor => doctor::run(&ctx),
+        Command::Whoami => cmd::remote::run_whoami(&ctx, &cli.remote),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut command(), "vfarm", &mut std::io::stdout());
             Ok(0)

@@ -77,7 +77,7 @@ pub fn run(ctx: &Ctx, a: NodeArgs) -> Result<i32> {
     crate::cmd::serve::run_with(
         ctx,
         ServeArgs {
-            listen: a.listen,
+            listen: Some(a.listen),
             tls_cert: Some(files.cert()),
             tls_key: Some(files.key()),
             client_ca_dir: Some(files.trust()),
