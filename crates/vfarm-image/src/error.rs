@@ -99,6 +99,7 @@ impl ImageError {
             ImageError::SizeTooSmall { .. } => Some("size"),
             ImageError::ForeignArch { .. } => Some("arch"),
             ImageError::SuiteUnavailable { .. } => Some("suite"),
+            ImageError::NotFound(_) => Some("image"),
             _ => None,
         }
     }

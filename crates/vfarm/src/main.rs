@@ -105,6 +105,9 @@ enum Command {
     /// Snapshot an instance's filesystem, list, revert and remove snapshots.
     #[command(subcommand)]
     Snapshot(cmd::instance::SnapshotCmd),
+    /// A VM's checkpoints (made by `instance checkpoint`): ls, rm.
+    #[command(subcommand)]
+    Checkpoint(cmd::instance::CheckpointCmd),
     /// Run a command in a fresh instance, stream its output, exit with its status, destroy it.
     Run(cmd::instance::RunArgs),
     /// Signed HEPiX image lists: create, sign, verify, publish.
@@ -161,7 +164,14 @@ enum Command {
 fn main() -> ExitCode {
     use clap::FromArgMatches;
     let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
-    init_tracing(cli.verbose);
+    // A service logs what it does (requests, dispatches, its configuration) by default; a
+    // command only its warnings.
+    let (service, json_log) = match &cli.command {
+        Command::Serve(a) => (true, a.log_format == cmd::serve::LogFormat::Json),
+        Command::Node(_) => (true, false),
+        _ => (false, false),
+    };
+    init_tracing(cli.verbose + u8::from(service), json_log);
     if let Some(url) = &cli.database {
         // Every store this process opens (threads, reconcilers) and every runner it starts
         // reads the same setting.
@@ -184,6 +194,10 @@ fn main() -> ExitCode {
         }
         Command::Cache(c) if remote => cmd::remote_lists::run_cache(&ctx, &cli.remote, c),
         Command::Job(a) if remote => cmd::remote_job::run_job(&ctx, &cli.remote, a),
+        Command::Checkpoint(_) if remote => Err(anyhow::anyhow!(
+            "--server does not reach checkpoints yet: run `vfarm checkpoint` on the service's \
+             host (or unset VFARM_SERVER)"
+        )),
         Command::Run(_) if remote => Err(anyhow::anyhow!(
             "--server works with `image`, `instance`, `snapshot` and `job` commands; for a \
              disposable run on the service use `vfarm --server URL job submit` (or unset \
@@ -193,6 +207,7 @@ fn main() -> ExitCode {
         Command::Instance(c) => cmd::instance::run_instance(&ctx, c),
         Command::Snapshot(c) => cmd::instance::run_snapshot(&ctx, c),
         Command::Run(a) => cmd::instance::run_run(&ctx, a),
+        Command::Checkpoint(c) => cmd::instance::run_checkpoint(&ctx, c),
         Command::Imagelist(c) => cmd::imagelist::run_imagelist(&ctx, c),
         Command::Subscription(c) => cmd::imagelist::run_subscription(&ctx, c),
         Command::Cache(c) => cmd::imagelist::run_cache(&ctx, c),
@@ -252,7 +267,7 @@ fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> anyhow::Result
     Ok(n)
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, json: bool) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -260,9 +275,11 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VFARM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let json = std::env::var("VFARM_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json = json || std::env::var("VFARM_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // Colours only for a terminal: a log file or journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -467,3 +467,49 @@ fn slurm_submit_without_slurm_is_one_line_and_stores_nothing() {
         );
     }
 }
+
+/// `vfarm serve` says what it does at info level without -v: its configuration, then each
+/// request with its status; `--log-format json` makes each line a JSON object.
+#[test]
+fn serve_logs_config_and_requests() {
+    use std::io::BufRead;
+    let data = fresh_dir("tour-serve-log");
+    let mut cmd = vfarm_cmd(&data);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("VFARM_LOG")
+        .stderr(Stdio::piped());
+    let (mut serve, base) = serving(cmd);
+    let stderr = serve.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let page = reqwest::blocking::get(format!("{base}/healthz")).unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let mut seen = Vec::new();
+    let wanted = |seen: &[serde_json::Value]| {
+        let config = seen
+            .iter()
+            .any(|v| v["fields"]["message"] == "config loaded" && v["level"] == "INFO");
+        let request = seen.iter().any(|v| {
+            v["span"]["uri"] == "/healthz" && v["fields"]["status"] == 200 && v["level"] == "INFO"
+        });
+        config && request
+    };
+    while !wanted(&seen) {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no config and request lines in:\n{seen:#?}"));
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        seen.push(v);
+    }
+    drop(serve);
+}

@@ -393,6 +393,26 @@ pub enum SnapshotCmd {
     },
 }
 
+/// A VM's checkpoints (made by `vfarm instance checkpoint`).
+#[derive(Subcommand, Debug)]
+pub enum CheckpointCmd {
+    /// List a VM's checkpoints, oldest first: state file, size, when made.
+    #[command(alias = "list")]
+    Ls {
+        /// The instance's name or id.
+        instance: String,
+    },
+    /// Remove a checkpoint: its disk snapshot leaves the VM's overlay and the state file is
+    /// deleted (a VM with checkpoints can only migrate with --shared-storage).
+    #[command(alias = "remove")]
+    Rm {
+        /// The instance's name or id.
+        instance: String,
+        /// The checkpoint's state file, as `vfarm checkpoint ls` shows it (or its file name).
+        file: PathBuf,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -728,6 +748,8 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                 }
                 .into());
             }
+            let steps = crate::cmd::progress::Steps::new(ctx);
+            steps.step("checking the driver");
             let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime, &a.driver.accel)?;
             let vm = vm_setup(
                 driver.as_ref(),
@@ -741,7 +763,12 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                 },
             )?;
             let image_args = full_profile_packages(&a.image, vm.profile);
+            steps.step("finding the image");
             let image = resolve_image(ctx, &image_args, runs_commands_by_exec(driver.as_ref()))?;
+            steps.step(format!(
+                "preparing the instance ({} driver: root filesystem or disk, guest set-up)",
+                driver.kind()
+            ));
             let row = create_instance(
                 caller,
                 ctx,
@@ -760,8 +787,10 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                 },
             )?;
             if !a.no_start {
+                steps.step(start_step(driver.kind(), &row));
                 start_instance(caller, &store, driver.as_ref(), &row)?;
             }
+            drop(steps);
             let what = if a.no_start { "created" } else { "running" };
             report(
                 ctx,
@@ -773,7 +802,10 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Start { instance } => {
             let row = find(caller, &store, &mut drivers, &instance)?;
+            let steps = crate::cmd::progress::Steps::new(ctx);
+            steps.step(start_step(&row.driver, &row));
             start_instance(caller, &store, drivers.for_row(&store, &row)?, &row)?;
+            drop(steps);
             report(
                 ctx,
                 &store,
@@ -1112,6 +1144,58 @@ pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
                 )?;
             } else {
                 println!("snapshot {name} of instance {} removed", label(&row));
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// What starting instance `row` waits for, as a progress step.
+fn start_step(driver: &str, row: &vfarm_store::instances::InstanceRow) -> String {
+    match driver {
+        "qemu" => format!(
+            "starting {}: booting the VM and waiting for its guest agent (a full-profile VM also for cloud-init and sshd)",
+            label(row)
+        ),
+        _ => format!("starting {}", label(row)),
+    }
+}
+
+pub fn run_checkpoint(ctx: &Ctx, cmd: CheckpointCmd) -> Result<i32> {
+    use vfarm_service::checkpoints;
+    let caller = &Caller::local();
+    let store = ctx.store()?;
+    let mut drivers = Drivers::new(ctx);
+    match cmd {
+        CheckpointCmd::Ls { instance } => {
+            let row = find(caller, &store, &mut drivers, &instance)?;
+            let list = checkpoints::list(&mut drivers, &row)?;
+            if ctx.json() {
+                ctx.print_json(&list)?;
+            } else {
+                println!("{:<21} {:>10}  FILE", "CREATED", "SIZE");
+                for c in &list {
+                    println!(
+                        "{:<21} {:>10}  {}",
+                        c.created.as_deref().unwrap_or("-"),
+                        ByteSize(c.size).to_string(),
+                        c.file.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        CheckpointCmd::Rm { instance, file } => {
+            let row = find(caller, &store, &mut drivers, &instance)?;
+            let removed = checkpoints::remove(&mut drivers, &row, &file)?;
+            if ctx.json() {
+                ctx.print_json(&serde_json::json!({"instance": row.id, "checkpoint": removed, "removed": true}))?;
+            } else {
+                println!(
+                    "checkpoint {} of instance {} removed",
+                    removed.display(),
+                    label(&row)
+                );
             }
             Ok(0)
         }

@@ -271,6 +271,62 @@ fn submit_cli(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> 
     Ok(0)
 }
 
+/// `vfarm job queues` as text: the capacity, then one line per queue (`*` the default).
+pub(crate) fn print_queues(cfg: &vfarm_jobs::QueueConfig, cap: &vfarm_jobs::Capacity) {
+    let slots: Vec<String> = cap.slots.iter().map(|(d, n)| format!("{d} {n}")).collect();
+    println!(
+        "capacity: {} CPU, {} MiB, slots: {}",
+        cap.cpus_milli as f64 / 1000.0,
+        cap.memory_mib,
+        slots.join(", ")
+    );
+    println!(
+        "{:<14} {:>4} {:>6} {:>9} {:>9} {:<8} {:<7} IMAGE / ROUTES",
+        "QUEUE", "PRIO", "CPUS", "MEMORY", "WALLTIME", "BACKEND", "DRIVER"
+    );
+    for (name, q) in &cfg.queues {
+        let mark = if *name == cfg.default_queue { "*" } else { "" };
+        match q {
+            vfarm_jobs::Queue::Exec(e) => println!(
+                "{:<14} {:>4} {:>6} {:>8}M {:>8}s {:<8} {:<7} {}",
+                format!("{name}{mark}"),
+                e.priority,
+                e.cpus_milli as f64 / 1000.0,
+                e.memory_mib,
+                e.walltime_secs,
+                e.backend.as_str(),
+                e.driver.as_deref().unwrap_or("any"),
+                e.image.as_deref().unwrap_or("-")
+            ),
+            vfarm_jobs::Queue::Routing { routes, .. } => {
+                let r: Vec<String> = routes
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}/{}/{} -> {}",
+                            r.os.as_deref().unwrap_or("*"),
+                            r.os_version.as_deref().unwrap_or("*"),
+                            r.arch.as_deref().unwrap_or("*"),
+                            r.queue
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:<14} {:>4} {:>6} {:>9} {:>9} {:<8} {:<7} {}",
+                    format!("{name}{mark}"),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "route",
+                    "-",
+                    r.join(", ")
+                )
+            }
+        }
+    }
+}
+
 /// `vfarm job show` as text.
 pub(crate) fn print_job(v: &JobView) {
     let opt = |o: &Option<String>| o.clone().unwrap_or("-".into());
@@ -487,7 +543,7 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
             if ctx.json() {
                 ctx.print_json(&doc)?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                print_queues(&cfg, &cap);
             }
             Ok(0)
         }

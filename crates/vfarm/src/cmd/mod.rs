@@ -9,6 +9,7 @@ pub mod instance;
 pub mod job;
 pub mod migrate;
 pub mod node;
+pub mod progress;
 pub mod remote;
 pub mod remote_job;
 pub mod remote_lists;
@@ -159,6 +160,27 @@ pub fn fix(err: &anyhow::Error) -> Option<String> {
     None
 }
 
+/// For an instance this data dir does not have: where a migration took it, if one did.
+fn moved(ctx: &Ctx, err: &anyhow::Error) -> Option<String> {
+    let id = err
+        .chain()
+        .find_map(|c| match c.downcast_ref::<vfarm_store::StoreError>() {
+            Some(vfarm_store::StoreError::NotFound { kind, id })
+                if kind.starts_with("instance") =>
+            {
+                Some(id.clone())
+            }
+            _ => None,
+        })?;
+    let store = ctx.store().ok()?;
+    let (to, at) = vfarm_service::migrate::moved_to(&store, &id)?;
+    Some(format!(
+        "instance `{id}` was migrated to {} at {at}: vfarm --data-dir {} instance ls",
+        to.display(),
+        to.display()
+    ))
+}
+
 /// Print the error chain on stderr (and the fix, when there is one to name); with
 /// `--output json` also an error document on stdout.
 pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
@@ -166,7 +188,7 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
     for cause in err.chain().skip(1) {
         msg.push_str(&format!("\n  caused by: {cause}"));
     }
-    let fix = fix(err);
+    let fix = moved(ctx, err).or_else(|| fix(err));
     if let Some(f) = &fix {
         msg.push_str(&format!("\n  fix: {f}"));
     }

@@ -40,9 +40,19 @@ pub struct ServeArgs {
     /// service's own user may (0600).
     #[arg(long, value_name = "GROUP", requires = "socket")]
     pub(crate) socket_group: Option<String>,
+    /// Log lines on stderr: text (the usual `tracing` format) or json (one object a line).
+    #[arg(long, value_enum, default_value = "text", env = "VFARM_LOG_FORMAT")]
+    pub(crate) log_format: LogFormat,
     /// Nodes: the certificate fingerprints an admin must present (the control's, from join).
     #[arg(skip)]
     pub(crate) admin_pins: Option<Vec<String>>,
+}
+
+/// How `vfarm serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The group id of `--socket-group` (a name through NSS, as `getent` finds it, or a number).
@@ -124,6 +134,18 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
         .into());
     }
     let config = vfarm_auth::ServeConfig::load(&config_path)?;
+    tracing::info!(
+        config = %config_path.display(),
+        exists = config_path.exists(),
+        admins = config.admins.len() + args.admins.len(),
+        root_is_admin = config.root_is_admin.unwrap_or(true),
+        hostnames = config.hostnames.len(),
+        data_dir = %ctx.data_dir.display(),
+        listen = ?listen,
+        socket = ?args.socket,
+        tls = args.tls_cert.is_some(),
+        "config loaded"
+    );
     let client_ca_dir = args
         .client_ca_dir
         .clone()
