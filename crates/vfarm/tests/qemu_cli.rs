@@ -606,7 +606,7 @@ fn instance_create_shows_its_steps_in_a_terminal_only() {
         "no step shown while the VM booted; last screen:\n{last}"
     );
     assert!(
-        last.contains("instance tty running") && !last.contains("booting the VM"),
+        last.contains("(tty) running") && !last.contains("booting the VM"),
         "the result is not alone on the last screen:\n{last}"
     );
     assert_success(&vfarm(&f.data, &["instance", "destroy", "tty"]), "destroy");
@@ -629,7 +629,7 @@ fn instance_create_shows_its_steps_in_a_terminal_only() {
             let v: Value = serde_json::from_str(&stdout).unwrap();
             assert_eq!(v["state"], "running", "{v}");
         } else {
-            assert!(stdout.contains("instance piped running"), "{stdout}");
+            assert!(stdout.contains("(piped) running"), "{stdout}");
         }
         assert_success(&vfarm(&f.data, &["instance", "destroy", name]), "destroy");
     }

@@ -513,3 +513,44 @@ fn serve_logs_config_and_requests() {
     }
     drop(serve);
 }
+
+/// Routing by OS takes only images a driver can run, and says which it chose and why; when
+/// none can, the refusal says for each matching image which drivers run it.
+#[test]
+fn routing_by_os_says_what_it_chose() {
+    let vf = Vf::with_minbase(fresh_dir("tour-route"));
+    std::fs::write(
+        vf.data.join("jobs.toml"),
+        "default_queue = \"batch\"\n[queues.batch]\n[queues.route]\nroutes = [{ os = \"LINUX\", queue = \"batch\" }]\n",
+    )
+    .unwrap();
+    let o = vf.run(&[
+        "job", "submit", "--queue", "route", "--os", "LINUX", "--driver", "oci", "--", "true",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("routed to image minbase") && t.contains("the newest of 1 image(s)"),
+        "{t}"
+    );
+    let o = vf.run(&[
+        "job", "submit", "--queue", "route", "--os", "LINUX", "--driver", "qemu", "--output",
+        "json", "--", "true",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["error"]["field"], "os", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("minbase Linux/12/")
+            && doc["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("(runs with oci)"),
+        "{doc}"
+    );
+    let jobs = vf.json(&["job", "ls"]);
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+}
