@@ -706,7 +706,8 @@ pub(crate) fn print_cache(ctx: &Ctx, views: &[CacheView]) -> Result<()> {
         println!(
             "{:<36}  {:>12}  {:<9}  {:<16}  {}",
             v.entry.identifier,
-            v.entry.size,
+            // Human sizes in tables, as everywhere; bytes in JSON.
+            vfarm_core::ByteSize(v.entry.size).to_string(),
             if v.present {
                 v.state.as_deref().unwrap_or("-")
             } else {
@@ -732,7 +733,11 @@ pub(crate) fn print_cache_detail(ctx: &Ctx, d: &CacheDetail) -> Result<()> {
         view.entry.file,
         if view.present { "" } else { " (missing)" }
     );
-    println!("size:        {}", view.entry.size);
+    println!(
+        "size:        {} ({} bytes)",
+        vfarm_core::ByteSize(view.entry.size),
+        view.entry.size
+    );
     println!("sha512:      {}", view.entry.sha512);
     println!("cached:      {}", view.entry.cached);
     println!(

@@ -136,6 +136,12 @@ pub fn fix(err: &anyhow::Error) -> Option<String> {
         }
         if let Some(e) = cause.downcast_ref::<DriverError>() {
             match e {
+                DriverError::NotFound { kind, id } if kind.starts_with("checkpoint") => {
+                    let instance = id.split(':').next().unwrap_or(id.as_str());
+                    return Some(format!(
+                        "`vfarm checkpoint ls {instance}` lists its checkpoints; `vfarm instance checkpoint {instance}` makes one"
+                    ));
+                }
                 DriverError::NotFound { .. } => {
                     return Some("`vfarm instance ls` lists the instances".into())
                 }
@@ -215,5 +221,30 @@ pub fn print_file(path: &std::path::Path, out: &mut dyn std::io::Write) -> anyho
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod fix_tests {
+    use super::fix;
+
+    #[test]
+    fn a_missing_checkpoint_points_at_checkpoints_not_instances() {
+        let e = anyhow::Error::from(vfarm_driver::DriverError::NotFound {
+            kind: "checkpoint",
+            id: "abc123:/x/c.vmstate".into(),
+        });
+        assert_eq!(
+            fix(&e).as_deref(),
+            Some("`vfarm checkpoint ls abc123` lists its checkpoints; `vfarm instance checkpoint abc123` makes one")
+        );
+        let e = anyhow::Error::from(vfarm_driver::DriverError::NotFound {
+            kind: "instance",
+            id: "web".into(),
+        });
+        assert_eq!(
+            fix(&e).as_deref(),
+            Some("`vfarm instance ls` lists the instances")
+        );
     }
 }
