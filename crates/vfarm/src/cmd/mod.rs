@@ -230,21 +230,19 @@ mod fix_tests {
 
     #[test]
     fn a_missing_checkpoint_points_at_checkpoints_not_instances() {
-        let e = anyhow::Error::from(vfarm_driver::DriverError::NotFound {
-            kind: "checkpoint",
-            id: "abc123:/x/c.vmstate".into(),
-        });
-        assert_eq!(
-            fix(&e).as_deref(),
-            Some("`vfarm checkpoint ls abc123` lists its checkpoints; `vfarm instance checkpoint abc123` makes one")
-        );
-        let e = anyhow::Error::from(vfarm_driver::DriverError::NotFound {
-            kind: "instance",
-            id: "web".into(),
-        });
-        assert_eq!(
-            fix(&e).as_deref(),
-            Some("`vfarm instance ls` lists the instances")
-        );
+        for (kind, id, want) in [
+            (
+                "checkpoint",
+                "abc123:/x/c.vmstate",
+                "`vfarm checkpoint ls abc123` lists its checkpoints; `vfarm instance checkpoint abc123` makes one",
+            ),
+            ("instance", "web", "`vfarm instance ls` lists the instances"),
+        ] {
+            let e = anyhow::Error::from(vfarm_driver::DriverError::NotFound {
+                kind,
+                id: id.into(),
+            });
+            assert_eq!(fix(&e).as_deref(), Some(want), "{kind}");
+        }
     }
 }
