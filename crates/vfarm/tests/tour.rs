@@ -554,3 +554,29 @@ fn routing_by_os_says_what_it_chose() {
     let jobs = vf.json(&["job", "ls"]);
     assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
 }
+
+/// `job queues` in table mode is a table (it printed raw JSON), and JSON mode the document.
+#[test]
+fn job_queues_prints_a_table() {
+    let data = fresh_dir("tour-queues");
+    let o = vfarm_cmd(&data).args(["job", "queues"]).output().unwrap();
+    let t = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(t.starts_with("capacity: "), "{t}");
+    let batch = t
+        .lines()
+        .find(|l| l.starts_with("batch* "))
+        .expect("batch row");
+    assert!(batch.contains("512M") && batch.contains("3600s"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("route ") && l.contains("-> batch")),
+        "{t}"
+    );
+    let o = vfarm_cmd(&data)
+        .args(["job", "queues", "--output", "json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["config"]["default_queue"], "batch");
+}

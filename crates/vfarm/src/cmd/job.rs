@@ -271,58 +271,86 @@ fn submit_cli(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> 
     Ok(0)
 }
 
-/// `vfarm job queues` as text: the capacity, then one line per queue (`*` the default).
-pub(crate) fn print_queues(cfg: &vfarm_jobs::QueueConfig, cap: &vfarm_jobs::Capacity) {
-    let slots: Vec<String> = cap.slots.iter().map(|(d, n)| format!("{d} {n}")).collect();
+/// `vfarm job queues` as text, from its JSON document (`{config, capacity}`, the same
+/// locally and from the API): the capacity, then one line per queue (`*` the default).
+pub(crate) fn print_queues(doc: &serde_json::Value) {
+    use serde_json::Value;
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let cpus = |v: &Value| v.as_f64().map_or("-".into(), |m| (m / 1000.0).to_string());
+    let cap = &doc["capacity"];
+    let slots: Vec<String> = cap["slots"]
+        .as_object()
+        .map(|m| m.iter().map(|(d, n)| format!("{d} {n}")).collect())
+        .unwrap_or_default();
     println!(
         "capacity: {} CPU, {} MiB, slots: {}",
-        cap.cpus_milli as f64 / 1000.0,
-        cap.memory_mib,
+        cpus(&cap["cpus_milli"]),
+        text(&cap["memory_mib"]),
         slots.join(", ")
     );
-    println!(
-        "{:<14} {:>4} {:>6} {:>9} {:>9} {:<8} {:<7} IMAGE / ROUTES",
-        "QUEUE", "PRIO", "CPUS", "MEMORY", "WALLTIME", "BACKEND", "DRIVER"
-    );
-    for (name, q) in &cfg.queues {
-        let mark = if *name == cfg.default_queue { "*" } else { "" };
-        match q {
-            vfarm_jobs::Queue::Exec(e) => println!(
-                "{:<14} {:>4} {:>6} {:>8}M {:>8}s {:<8} {:<7} {}",
-                format!("{name}{mark}"),
-                e.priority,
-                e.cpus_milli as f64 / 1000.0,
-                e.memory_mib,
-                e.walltime_secs,
-                e.backend.as_str(),
-                e.driver.as_deref().unwrap_or("any"),
-                e.image.as_deref().unwrap_or("-")
-            ),
-            vfarm_jobs::Queue::Routing { routes, .. } => {
-                let r: Vec<String> = routes
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{}/{}/{} -> {}",
-                            r.os.as_deref().unwrap_or("*"),
-                            r.os_version.as_deref().unwrap_or("*"),
-                            r.arch.as_deref().unwrap_or("*"),
-                            r.queue
-                        )
-                    })
-                    .collect();
-                println!(
-                    "{:<14} {:>4} {:>6} {:>9} {:>9} {:<8} {:<7} {}",
-                    format!("{name}{mark}"),
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "route",
-                    "-",
-                    r.join(", ")
-                )
-            }
+    let row = |cells: [String; 8]| {
+        println!(
+            "{:<14} {:>4} {:>5} {:>7} {:>9} {:<8} {:<6} {}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+        )
+    };
+    row([
+        "QUEUE",
+        "PRIO",
+        "CPUS",
+        "MEMORY",
+        "WALLTIME",
+        "BACKEND",
+        "DRIVER",
+        "IMAGE / ROUTES",
+    ]
+    .map(String::from));
+    let default = doc["config"]["default_queue"].as_str().unwrap_or("");
+    let empty = serde_json::Map::new();
+    for (name, q) in doc["config"]["queues"].as_object().unwrap_or(&empty) {
+        let name = format!("{name}{}", if name == default { "*" } else { "" });
+        if let Some(e) = q.get("Exec") {
+            row([
+                name,
+                text(&e["priority"]),
+                cpus(&e["cpus_milli"]),
+                format!("{}M", text(&e["memory_mib"])),
+                format!("{}s", text(&e["walltime_secs"])),
+                text(&e["backend"]),
+                e["driver"].as_str().unwrap_or("any").to_string(),
+                text(&e["image"]),
+            ]);
+        } else if let Some(r) = q.get("Routing") {
+            let routes: Vec<String> = r["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    let any = |v: &Value| v.as_str().unwrap_or("*").to_string();
+                    format!(
+                        "{}/{}/{} -> {}",
+                        any(&r["os"]),
+                        any(&r["os_version"]),
+                        any(&r["arch"]),
+                        text(&r["queue"])
+                    )
+                })
+                .collect();
+            let dash = || "-".to_string();
+            row([
+                name,
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                "route".into(),
+                dash(),
+                routes.join(", "),
+            ]);
         }
     }
 }
@@ -543,7 +571,7 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
             if ctx.json() {
                 ctx.print_json(&doc)?;
             } else {
-                print_queues(&cfg, &cap);
+                print_queues(&doc);
             }
             Ok(0)
         }
