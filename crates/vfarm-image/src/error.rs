@@ -100,6 +100,7 @@ impl ImageError {
             ImageError::ForeignArch { .. } => Some("arch"),
             ImageError::SuiteUnavailable { .. } => Some("suite"),
             ImageError::NotFound(_) => Some("image"),
+            ImageError::Import { .. } => Some("file"),
             _ => None,
         }
     }

@@ -580,3 +580,34 @@ fn job_queues_prints_a_table() {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["config"]["default_queue"], "batch");
 }
+
+/// One exit code per error code: a missing input file is the caller's input at fault
+/// (exit 2, naming the flag or argument) whichever command reads it.
+#[test]
+fn a_missing_input_file_is_exit_2_naming_its_field() {
+    let data = fresh_dir("tour-missing-input");
+    let missing = data.join("no-such-file");
+    let m = missing.to_str().unwrap();
+    let ca = data.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["image", "import", m], "file"),
+        (&["imagelist", "create", "-f", m], "file"),
+        (&["imagelist", "verify", m, "--ca-dir", ca], "file"),
+        (&["imagelist", "publish", m], "file"),
+        (&["job", "submit", "--jsdl", m], "jsdl"),
+    ];
+    for (args, field) in cases {
+        let o = vfarm_cmd(&data)
+            .args(args)
+            .args(["--output", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(doc["error"]["field"], field, "{args:?}: {doc}");
+        assert!(
+            doc["error"]["message"].as_str().unwrap().contains(m),
+            "{args:?} does not name the file: {doc}"
+        );
+    }
+}

@@ -254,8 +254,7 @@ pub fn run_imagelist(ctx: &Ctx, cmd: ImagelistCmd) -> Result<i32> {
             input,
             signed: output,
         } => {
-            let body = std::fs::read(&input)
-                .with_context(|| format!("cannot read {}", input.display()))?;
+            let body = crate::cmd::read_input("input", &input)?;
             let signed = imagelists::sign_list(caller, &cert, &key, &body)
                 .with_context(|| format!("cannot sign {}", input.display()))?;
             std::fs::write(&output, &signed.message)
@@ -275,8 +274,7 @@ pub fn run_imagelist(ctx: &Ctx, cmd: ImagelistCmd) -> Result<i32> {
             endorsers,
             at,
         } => {
-            let raw =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let raw = crate::cmd::read_input("file", &file)?;
             let mut policy = Policy::at(imagelists::parse_at(at.as_deref())?);
             policy.endorsers = endorsers
                 .into_iter()
@@ -310,8 +308,7 @@ pub fn run_imagelist(ctx: &Ctx, cmd: ImagelistCmd) -> Result<i32> {
             }
         }
         ImagelistCmd::Publish { file, name } => {
-            let raw =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let raw = crate::cmd::read_input("file", &file)?;
             let name = publish_name(&file, name)?;
             let done = imagelists::publish(ctx, caller, &raw, &name)
                 .with_context(|| format!("cannot publish {}", file.display()))?;
@@ -336,7 +333,7 @@ pub(crate) fn publish_name(file: &Path, name: Option<String>) -> Result<String> 
 }
 
 pub(crate) fn endorser_from_cert(path: &Path) -> Result<EndorserDesc> {
-    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let pem = crate::cmd::read_input("cert", path)?;
     imagelists::endorser_from_pem(&pem)
         .with_context(|| format!("{} holds no PEM certificate", path.display()))
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use vfarm_proto::ErrorCode;
@@ -191,8 +191,7 @@ pub(crate) fn request_of(a: SubmitArgs) -> Result<JobRequest> {
     let jsdl = match &a.jsdl {
         Some(p) => Some((
             p.display().to_string(),
-            std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read JSDL file {}", p.display()))?,
+            crate::cmd::read_input_text("jsdl", p)?,
         )),
         None => None,
     };

@@ -209,6 +209,29 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
     }
 }
 
+/// An input file named on the command line, read whole: one that cannot be read is the
+/// caller's input at fault (exit 2, naming the flag or argument), as `image import` says.
+pub fn read_input(field: &'static str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        vfarm_service::ServiceError::bad_request(
+            field,
+            format!("cannot read {}: {e}", path.display()),
+        )
+        .into()
+    })
+}
+
+/// [`read_input`] as text.
+pub fn read_input_text(field: &'static str, path: &std::path::Path) -> anyhow::Result<String> {
+    String::from_utf8(read_input(field, path)?).map_err(|_| {
+        vfarm_service::ServiceError::bad_request(
+            field,
+            format!("{} is not UTF-8 text", path.display()),
+        )
+        .into()
+    })
+}
+
 /// Copy a file's content to `out` (a log to the terminal, say); `false` if there is no such
 /// file, so each caller decides whether that is an error.
 pub fn print_file(path: &std::path::Path, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
