@@ -31,6 +31,7 @@ PKGS=(
   slurm-wlm slurm-client munge # Slurm backend: slurmctld + slurmd + sbatch/squeue/scontrol, munge auth
   curl ca-certificates tar zstd uidmap iproute2 util-linux
   nftables dnsmasq-base # instance networks: NAT and isolation rules, DNS for instance names (vfarm-net)
+  tmux                # a terminal for the progress test (tests/qemu_cli.rs captures its screen)
   wrk                 # HTTP load for benches/token_last_used.sh (requests/s of whoami)
   iperf3 iputils-ping # TCP throughput and round trips of instance networks (benches/network.sh)
   python3-venv        # the Python client's virtualenv (.venv: client, pytest, schemathesis)

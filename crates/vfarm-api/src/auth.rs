@@ -32,15 +32,18 @@ pub struct AuthPolicy {
     /// When set (nodes), a certificate admin must also present one of these certificates
     /// (SHA-256 fingerprints): the control's own, pinned at join, not any with its subject.
     pub admin_pins: Option<Arc<HashSet<String>>>,
+    /// Local root (the unix socket's uid 0, tokens of user `root`) is an admin: it owns the
+    /// data dir and could do anything there anyway. `root_is_admin = false` in the config
+    /// turns it off.
+    pub root_is_admin: bool,
 }
+
+/// The user name of uid 0, as the unix socket and `vfarm token create` run by root name it.
+pub const ROOT: &str = "root";
 
 impl Default for AuthPolicy {
     fn default() -> Self {
-        AuthPolicy {
-            admins: Arc::new(HashSet::new()),
-            require_identity: true,
-            admin_pins: None,
-        }
+        AuthPolicy::new([])
     }
 }
 
@@ -48,7 +51,8 @@ impl AuthPolicy {
     /// Whether `user` (an identity's user) is an admin: listed itself, or, for a certificate
     /// user's owner key, listed by its bare subject (any issuer the CA directory trusts).
     pub fn is_admin(&self, user: &str) -> bool {
-        self.admins.contains(user)
+        (self.root_is_admin && user == ROOT)
+            || self.admins.contains(user)
             || vfarm_auth::identity::split_owner_key(user)
                 .is_some_and(|(subject, _)| self.admins.contains(subject))
     }
@@ -58,6 +62,7 @@ impl AuthPolicy {
             admins: Arc::new(admins.into_iter().collect()),
             require_identity: true,
             admin_pins: None,
+            root_is_admin: true,
         }
     }
 }
@@ -327,7 +332,7 @@ fn peer_identity(s: &AppState, req: &Request<Body>) -> Option<Identity> {
         peer.and_then(|p| p.unix_uid).map(|uid| {
             let user = vfarm_auth::identity::user_name(uid);
             Identity {
-                admin: s.auth.admins.contains(&user),
+                admin: (uid == 0 && s.auth.root_is_admin) || s.auth.is_admin(&user),
                 user,
                 method: AuthMethod::UnixPeer,
                 token_id: None,
@@ -407,6 +412,25 @@ mod tests {
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
             www,
         )
+    }
+
+    #[tokio::test]
+    async fn roots_token_is_admin_unless_the_config_says_otherwise() {
+        let (_d, mut st) = state(&[]);
+        let now = chrono::Utc::now();
+        let root = vfarm_auth::token::create(&st.store, ROOT, None, None, now).unwrap();
+        let alice = vfarm_auth::token::create(&st.store, "alice", None, None, now).unwrap();
+        let bearer = |t: &str| format!("Bearer {t}");
+        let (_, v, _) = get(&st, "/api/v1/whoami", Some(&bearer(&root.token)), None).await;
+        assert_eq!(
+            (v["user"].as_str(), v["admin"].as_bool()),
+            (Some(ROOT), Some(true))
+        );
+        let (_, v, _) = get(&st, "/api/v1/whoami", Some(&bearer(&alice.token)), None).await;
+        assert_eq!(v["admin"], false);
+        st.auth.root_is_admin = false;
+        let (_, v, _) = get(&st, "/api/v1/whoami", Some(&bearer(&root.token)), None).await;
+        assert_eq!(v["admin"], false);
     }
 
     #[tokio::test]

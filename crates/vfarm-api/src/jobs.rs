@@ -80,8 +80,8 @@ fn job_json(env: &Env, j: &JobRow, detail: bool) -> Result<serde_json::Value, Ap
 }
 
 /// `POST /api/v1/jobs`: a JSON request, or a JSDL document with `Content-Type:
-/// application/xml`. 201 with the job and `warnings` (what of the request vfarm cannot
-/// honour); a refusal stores nothing.
+/// application/xml`. 201 with the job, `warnings` (what of the request vfarm cannot
+/// honour) and `routed` (the image routing by OS chose, and why); a refusal stores nothing.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body(content = JobRequest, description = "A job; or a JSDL 1.0 JobDefinition as application/xml"),
     responses((status = 201, description = "Queued: the job and warnings", body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(crate) async fn submit(
@@ -113,6 +113,7 @@ pub(crate) async fn submit(
         let mut doc = serde_json::Map::new();
         doc.insert("job".into(), job_json(&env, &done.job, false)?);
         doc.insert("warnings".into(), done.warnings.into());
+        doc.insert("routed".into(), done.routed.into());
         Ok(serde_json::Value::Object(doc))
     })
     .await?;

@@ -247,6 +247,17 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::resolve_identity,
         ))
+        // Each request at info level: method, path, status, latency (no headers: they carry
+        // the bearer token).
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(
+                    tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO),
+                )
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
+                ),
+        )
         .with_state(state)
 }
 

@@ -42,6 +42,7 @@ use crate::{AuthError, Result};
 struct Raw {
     #[serde(default)]
     admins: Vec<RawAdmin>,
+    root_is_admin: Option<bool>,
     #[serde(default)]
     hostnames: Vec<RawHost>,
     #[serde(default)]
@@ -170,6 +171,9 @@ pub struct PoolEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
     pub admins: Vec<String>,
+    /// `root_is_admin = false` takes admin rights from local root (the unix socket's uid 0
+    /// and tokens of user `root`); unset means true.
+    pub root_is_admin: Option<bool>,
     pub hostnames: Vec<PoolEntry>,
     pub quotas: QuotaConfig,
     /// Expiry of instances created without one (`default_expiry = "1w"`), in seconds.
@@ -210,6 +214,7 @@ impl Default for ServeConfig {
             client_ca_dir: None,
             crl_missing: Default::default(),
             require_namespaces: None,
+            root_is_admin: None,
             networks: Vec::new(),
             default_network: None,
             hostname_quarantine_secs: HOSTNAME_QUARANTINE_SECS,
@@ -402,6 +407,7 @@ impl ServeConfig {
             ratios,
             default_expiry_secs,
             admins,
+            root_is_admin: raw.root_is_admin,
             hostnames,
             quotas: QuotaConfig {
                 default,

@@ -121,6 +121,8 @@ impl ImageError {
             ImageError::SuiteUnavailable { .. } => Some("suite"),
             ImageError::MirrorMissing { .. } => Some("distro"),
             ImageError::RepositoryUnverified { .. } => Some("repository.key"),
+            ImageError::NotFound(_) => Some("image"),
+            ImageError::Import { .. } => Some("file"),
             _ => None,
         }
     }

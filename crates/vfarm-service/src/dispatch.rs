@@ -403,6 +403,7 @@ impl Dispatcher {
             if !store.claim_job(p.id, &detail)? {
                 continue; // another dispatcher took it
             }
+            tracing::info!(job = p.id, owner = %p.owner, priority = p.priority, usage = p.usage, "dispatching job");
             match self.spawn_runner(env, p.id) {
                 Ok(c) => self.children.push((p.id, c)),
                 Err(e) => {

@@ -52,6 +52,18 @@ pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<&'static str>)
     {
         return Some((ErrorCode::InvalidCaDir, Some("ca_dir")));
     }
+    // A list description that cannot be read or used is the caller's input at fault (exit
+    // 2, as for any other input file), not a failure of this host.
+    if let Some(e) = err.downcast_ref::<vfarm_imagelist::create::CreateError>() {
+        use vfarm_imagelist::create::CreateError as C;
+        let field = match e {
+            C::Read { .. } | C::Json { .. } | C::Toml { .. } => "file",
+            C::NoChecksum { .. } | C::BadChecksum { .. } | C::NoUri { .. } => "images",
+            C::BadLifetime => "lifetime_days",
+            C::NoEndorser => "endorser",
+        };
+        return Some((ErrorCode::InvalidRequest, Some(field)));
+    }
     None
 }
 

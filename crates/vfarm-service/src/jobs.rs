@@ -20,6 +20,7 @@ use vfarm_store::Store;
 
 use crate::env::Env;
 use crate::Caller;
+use vfarm_image::Image;
 
 /// A request refused before anything was stored (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +61,13 @@ pub fn classify(err: &anyhow::Error) -> Option<(ErrorCode, Option<&str>)> {
     None
 }
 
+/// The jobs config file `path` names, else the data dir's (which may not exist).
+fn config_file(env: &Env, path: Option<&Path>) -> PathBuf {
+    path.map_or_else(|| env.data_dir.join("jobs.toml"), Path::to_path_buf)
+}
+
 pub fn load_config(env: &Env, path: Option<&Path>) -> Result<QueueConfig> {
-    let default = env.data_dir.join("jobs.toml");
+    let default = config_file(env, None);
     let path = match path {
         Some(p) => Some(p.to_path_buf()),
         None => default.is_file().then_some(default),
@@ -546,6 +552,71 @@ pub struct JobRequest {
 pub struct Submitted {
     pub job: JobRow,
     pub warnings: Vec<String>,
+    /// Which image routing by OS/arch chose and why (None when the image was named).
+    pub routed: Option<String>,
+}
+
+/// The driver that runs `image` when `want` (oci, qemu or any) is asked for; None when that
+/// driver cannot run it.
+fn driver_for(image: &Image, want: &str) -> Option<&'static str> {
+    let has_tar = image.artifact(vfarm_core::Format::Tar).is_some();
+    let bootable = image.kernel.is_some() && image.artifact(vfarm_core::Format::Qcow2).is_some();
+    match want {
+        "any" | "oci" if has_tar => Some("oci"),
+        "any" | "qemu" if bootable => Some("qemu"),
+        _ => None,
+    }
+}
+
+/// Routing by OS: of the `matching` images, only those `want_driver` can run on this host
+/// are candidates (routing to one that cannot run would only move the refusal to the driver
+/// check); the queue's own image is preferred, else the newest. Returns the choice, why it
+/// was chosen, and how many could run.
+fn route_image<'a>(
+    matching: &[&'a Image],
+    want_driver: &str,
+    queue_image: Option<&str>,
+    queue: &str,
+) -> Option<(&'a Image, String, usize)> {
+    let runnable: Vec<&Image> = matching
+        .iter()
+        .copied()
+        .filter(|i| runs_here(i) && driver_for(i, want_driver).is_some())
+        .collect();
+    let preferred = queue_image.and_then(|q| {
+        runnable
+            .iter()
+            .find(|i| i.name.as_deref() == Some(q) || i.id.starts_with(q))
+    });
+    let (chosen, why) = match preferred {
+        Some(i) => (*i, format!("the default image of queue `{queue}`")),
+        None => (
+            *runnable.iter().max_by(|a, b| a.created.cmp(&b.created))?,
+            "the newest".to_string(),
+        ),
+    };
+    Some((chosen, why, runnable.len()))
+}
+
+/// The image is for this host's architecture (or has none recorded).
+fn runs_here(image: &Image) -> bool {
+    image
+        .arch
+        .as_deref()
+        .is_none_or(|a| vfarm_jobs::queue::arch_same(a, std::env::consts::ARCH))
+}
+
+/// Which drivers can run an image, for a refusal that lists the images.
+fn runnable_by(image: &Image) -> &'static str {
+    if !runs_here(image) {
+        return "not for this host's architecture";
+    }
+    match (driver_for(image, "oci"), driver_for(image, "qemu")) {
+        (Some(_), Some(_)) => "runs with oci or qemu",
+        (Some(_), None) => "runs with oci",
+        (None, Some(_)) => "runs with qemu",
+        (None, None) => "runs with no driver",
+    }
 }
 
 /// Who may submit what from where: the CLI on the server's own machine may stage from and to
@@ -732,6 +803,47 @@ pub fn submit(
         )
         .map_err(SubmitError::from)?
         .clone();
+    let want_driver = req
+        .driver
+        .clone()
+        .or(queue.driver.clone())
+        .unwrap_or("any".into());
+    let want_driver = want_driver.as_str();
+    if !matches!(want_driver, "any" | "oci" | "qemu") {
+        return Err(refuse(
+            ErrorCode::InvalidRequest,
+            "driver",
+            format!("`{want_driver}`: use oci, qemu or any"),
+        ));
+    }
+    let backend = match a.backend.as_deref() {
+        None => queue.backend,
+        Some(b) => Backend::parse(b).ok_or_else(|| {
+            refuse(
+                ErrorCode::InvalidRequest,
+                "backend",
+                format!("`{b}`: use local or slurm"),
+            )
+        })?,
+    };
+    // A host without Slurm is told so first: no other answer helps there.
+    if backend == Backend::Slurm {
+        // scontrol retries a missing slurm.conf for a minute; say it at once.
+        if let Some(c) = cfg.slurm.conf.as_deref() {
+            if !Path::new(c).is_file() {
+                return Err(refuse(
+                    ErrorCode::InvalidConfig,
+                    "slurm.conf",
+                    format!(
+                        "`{c}` (conf under [slurm] in {}) is no file: point it at the cluster's slurm.conf, or use --backend local",
+                        config_file(env, cfg_path).display()
+                    ),
+                ));
+            }
+        }
+        slurm_of(&cfg).ping().map_err(|e| slurm_refusal(env, e))?;
+    }
+    let mut routed = None;
     let images = env.images()?;
     let image = if let Some(r) = req.image.clone().or_else(|| {
         (os.is_none() && arch.is_none())
@@ -753,7 +865,6 @@ pub fn submit(
             ..Default::default()
         };
         let all = images.list()?;
-        // Prefer the queue's own environment when it matches; else the newest match.
         let matching: Vec<_> = all
             .iter()
             .filter(|i| {
@@ -766,13 +877,19 @@ pub fn submit(
                 )
             })
             .collect();
-        let preferred = queue.image.as_deref().and_then(|q| {
-            matching
-                .iter()
-                .find(|i| i.name.as_deref() == Some(q) || i.id.starts_with(q))
-        });
-        match preferred.or_else(|| matching.iter().max_by(|a, b| a.created.cmp(&b.created))) {
-            Some(i) => (*i).clone(),
+        match route_image(&matching, want_driver, queue.image.as_deref(), &queue.name) {
+            Some((i, why, runnable)) => {
+                routed = Some(format!(
+                    "image {} ({}): {why} of {runnable} image(s) matching {}/{}/{} that driver {want_driver} can run here ({} match but cannot)",
+                    i.display_name(),
+                    &i.id[..12.min(i.id.len())],
+                    req.os.as_deref().unwrap_or("any"),
+                    req.os_version.as_deref().unwrap_or("any"),
+                    req.arch.as_deref().unwrap_or("any"),
+                    matching.len() - runnable,
+                ));
+                i.clone()
+            }
             None => {
                 return Err(SubmitError::from(Refusal::NoImage {
                     os: req.os.clone().unwrap_or("any".into()),
@@ -782,11 +899,12 @@ pub fn submit(
                         .iter()
                         .map(|i| {
                             format!(
-                                "{} {}/{}/{}",
+                                "{} {}/{}/{} ({})",
                                 i.display_name(),
                                 i.os.as_deref().unwrap_or("?"),
                                 i.os_version.as_deref().unwrap_or("?"),
-                                i.arch.as_deref().unwrap_or("?")
+                                i.arch.as_deref().unwrap_or("?"),
+                                runnable_by(i)
                             )
                         })
                         .collect::<Vec<_>>()
@@ -800,8 +918,10 @@ pub fn submit(
             ErrorCode::InvalidRequest,
             "image",
             format!(
-                "give --image or --os (queue `{}` has no default image)",
-                queue.name
+                "give --image NAME or --os OS (queue `{}` has no default image); fix: `vfarm image ls` lists the images, or set `image` under [queues.{}] in {}",
+                queue.name,
+                queue.name,
+                config_file(env, cfg_path).display()
             ),
         ));
     };
@@ -818,40 +938,18 @@ pub fn submit(
             ));
         }
     }
-    let has_tar = image.artifact(vfarm_core::Format::Tar).is_some();
-    let bootable = image.kernel.is_some() && image.artifact(vfarm_core::Format::Qcow2).is_some();
-    let driver = match req.driver.as_deref().or(queue.driver.as_deref()).unwrap_or("any") {
-        "any" if has_tar => "oci",
-        "any" if bootable => "qemu",
-        "oci" if has_tar => "oci",
-        "qemu" if bootable => "qemu",
-        d @ ("any" | "oci" | "qemu") => {
+    let driver = match driver_for(&image, want_driver) {
+        Some(d) => d,
+        None => {
             return Err(refuse(
                 ErrorCode::Unsatisfiable,
                 "driver",
                 format!(
-                    "image `{}` cannot run with driver {d} (oci needs its root filesystem tarball, qemu a bootable qcow2 image built with --boot vm)",
+                    "image `{}` cannot run with driver {want_driver} (oci needs its root filesystem tarball, qemu a bootable qcow2 image built with --boot vm)",
                     image.display_name()
                 ),
             ))
         }
-        d => {
-            return Err(refuse(
-                ErrorCode::InvalidRequest,
-                "driver",
-                format!("`{d}`: use oci, qemu or any"),
-            ))
-        }
-    };
-    let backend = match a.backend.as_deref() {
-        None => queue.backend,
-        Some(b) => Backend::parse(b).ok_or_else(|| {
-            refuse(
-                ErrorCode::InvalidRequest,
-                "backend",
-                format!("`{b}`: use local or slurm"),
-            )
-        })?,
     };
     let ask = queue.fill(req.cpus_milli, req.memory_mib, req.walltime_secs);
     // Slurm judges its own cluster's capacity at sbatch; the queue's limits still apply.
@@ -891,6 +989,9 @@ pub fn submit(
         keep_on_failure: a.keep_on_failure || queue.keep_on_failure,
         keep_for_secs: Some(queue.keep_for_secs),
     };
+    if backend == Backend::Slurm {
+        slurm_precheck(env, &cfg, &spec)?;
+    }
     let spec_json = serde_json::to_string(&spec)?;
     let store = env.store()?;
     let id = store.insert_job(&NewJob {
@@ -913,6 +1014,7 @@ pub fn submit(
     Ok(Submitted {
         job: store.job(id)?,
         warnings,
+        routed,
     })
 }
 
@@ -995,15 +1097,24 @@ pub fn short_hostname() -> String {
     host.split('.').next().unwrap_or("").to_string()
 }
 
-pub fn slurm_refusal(e: vfarm_slurm::Error) -> anyhow::Error {
+/// A Slurm error as one line naming the fix: a host without a Slurm configuration is told
+/// where to set one.
+pub fn slurm_refusal(env: &Env, e: vfarm_slurm::Error) -> anyhow::Error {
     let field = match &e {
         vfarm_slurm::Error::Unsatisfiable { field, .. } => field.clone(),
         _ => "backend".into(),
     };
+    let message = match &e {
+        vfarm_slurm::Error::NotConfigured { tool } => format!(
+            "slurm: {tool} finds no Slurm configuration on this host: set `conf = \"/etc/slurm/slurm.conf\"` (the cluster's slurm.conf) under [slurm] in {}, or use --backend local",
+            config_file(env, None).display()
+        ),
+        _ => format!("slurm: {e}").lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; "),
+    };
     SubmitError {
         code: e.code(),
         field,
-        message: format!("slurm: {e}"),
+        message,
     }
     .into()
 }
@@ -1019,6 +1130,38 @@ pub fn slurm_submit(
     spec: &JobSpec,
 ) -> Result<u64> {
     let slurm = slurm_of(cfg);
+    let mut bj = slurm_job(env, cfg, id, spec)?;
+    if !store.claim_job(id, &serde_json::json!({"backend": "slurm"}))? {
+        bail!("job {id} was claimed by someone else");
+    }
+    let result = slurm_place(env, &slurm, &mut bj, spec).and_then(|()| slurm.submit(&bj));
+    match result {
+        Ok(sid) => {
+            store.set_job_slurm_id(id, sid as i64)?;
+            Ok(sid)
+        }
+        Err(e) => {
+            let msg = format!("slurm: {e}");
+            store.end_job(id, &["starting"], &ended_by(JobEvent::Refused, Some(&msg)))?;
+            Err(slurm_refusal(env, e))
+        }
+    }
+}
+
+/// Ask Slurm whether it can take `spec` before anything is stored: a cluster that is not
+/// configured or cannot place the job is refused without leaving a job record.
+pub fn slurm_precheck(env: &Env, cfg: &QueueConfig, spec: &JobSpec) -> Result<()> {
+    let mut bj = slurm_job(env, cfg, 0, spec)?;
+    slurm_place(env, &slurm_of(cfg), &mut bj, spec).map_err(|e| slurm_refusal(env, e))
+}
+
+/// The batch job that runs job `id` through `vfarm job run-one --in-slurm`.
+fn slurm_job(
+    env: &Env,
+    cfg: &QueueConfig,
+    id: i64,
+    spec: &JobSpec,
+) -> Result<vfarm_slurm::BatchJob> {
     let dir = job_dir(env, id);
     let exe = std::env::current_exe().context("cannot find the vfarm binary")?;
     let argv = vec![
@@ -1058,49 +1201,45 @@ pub fn slurm_submit(
             bj.env.push((k.into(), v));
         }
     }
-    if !store.claim_job(id, &serde_json::json!({"backend": "slurm"}))? {
-        bail!("job {id} was claimed by someone else");
-    }
-    let result = (|| -> Result<u64, vfarm_slurm::Error> {
-        let info = slurm.ping()?;
-        if let Some(node) = info.node(&short_hostname()) {
-            let metas: Vec<vfarm_slurm::ImageMeta> = env
-                .images()
-                .and_then(|r| Ok(r.list()?))
-                .unwrap_or_default()
-                .into_iter()
-                .map(|i| vfarm_slurm::ImageMeta {
-                    id: Some(i.id),
-                    os: i.os.unwrap_or_else(|| "unknown".into()),
-                    os_version: i.os_version.unwrap_or_else(|| "unknown".into()),
-                    arch: i.arch.unwrap_or_else(|| std::env::consts::ARCH.into()),
-                })
-                .collect();
-            let want = vfarm_slurm::merge_node_features(
-                &node.features,
-                &vfarm_slurm::image_features(&metas),
-            );
-            if want != node.features {
-                slurm.set_node_features(&node.name, &want)?;
+    Ok(bj)
+}
+
+/// Offer this host's images as node features, ask for the job's image, and check that some
+/// node can run the job.
+fn slurm_place(
+    env: &Env,
+    slurm: &vfarm_slurm::Slurm,
+    bj: &mut vfarm_slurm::BatchJob,
+    spec: &JobSpec,
+) -> Result<(), vfarm_slurm::Error> {
+    let info = slurm.ping()?;
+    if let Some(node) = info.node(&short_hostname()) {
+        let metas: Vec<vfarm_slurm::ImageMeta> = env
+            .images()
+            .and_then(|r| Ok(r.list()?))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| vfarm_slurm::ImageMeta {
+                id: Some(i.id),
+                os: i.os.unwrap_or_else(|| "unknown".into()),
+                os_version: i.os_version.unwrap_or_else(|| "unknown".into()),
+                arch: i.arch.unwrap_or_else(|| std::env::consts::ARCH.into()),
+            })
+            .collect();
+        let want =
+            vfarm_slurm::merge_node_features(&node.features, &vfarm_slurm::image_features(&metas));
+        if want != node.features {
+            slurm.set_node_features(&node.name, &want)?;
+        }
+        if let Some(f) = vfarm_slurm::image_feature(&spec.image) {
+            if !bj.features.contains(&f) {
+                bj.features.push(f);
             }
-            bj.features.extend(vfarm_slurm::image_feature(&spec.image));
-        } else {
-            tracing::warn!(host = %short_hostname(), "this host is no node of the Slurm cluster: the job is not routed by image feature");
         }
-        slurm.ping()?.check_fits(&bj)?;
-        slurm.submit(&bj)
-    })();
-    match result {
-        Ok(sid) => {
-            store.set_job_slurm_id(id, sid as i64)?;
-            Ok(sid)
-        }
-        Err(e) => {
-            let msg = format!("slurm: {e}");
-            store.end_job(id, &["starting"], &ended_by(JobEvent::Refused, Some(&msg)))?;
-            Err(slurm_refusal(e))
-        }
+    } else {
+        tracing::warn!(host = %short_hostname(), "this host is no node of the Slurm cluster: the job is not routed by image feature");
     }
+    slurm.ping()?.check_fits(bj)
 }
 
 /// The final (state, reason) `event` leads to from a claimed job, as `vfarm_jobs::next`
@@ -1164,5 +1303,64 @@ pub fn request_cancel(
             }
             Ok(store.job(id)?.state)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image with these artifacts (a kernel when bootable), created at `created`.
+    fn image(name: &str, created: &str, formats: &[&str], kernel: bool) -> Image {
+        let artifacts: Vec<_> = formats
+            .iter()
+            .map(|f| serde_json::json!({"format": f, "path": format!("/x/{f}"), "size": 1, "sha512": "", "disk_size": null}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "id": format!("{name}0000000000000"), "name": name, "summary": "", "origin": "build",
+            "created": created, "os": "debian", "os_version": "12", "arch": null,
+            "kernel": kernel.then_some("/x/vmlinuz"), "initrd": null, "spec": {},
+            "artifacts": artifacts,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn routing_takes_only_images_the_driver_can_run() {
+        let oci = image("oci", "2026-01-01", &["tar"], false);
+        let vm = image("vm", "2026-02-01", &["qcow2"], true);
+        // Newest of all, but no driver can run it (a subscribed disk without a kernel).
+        let disk = image("disk", "2026-03-01", &["raw"], false);
+        let all = [&oci, &vm, &disk];
+        let name = |d: &str, q: Option<&str>| {
+            route_image(&all, d, q, "batch").map(|(i, why, n)| (i.display_name(), why, n))
+        };
+        assert_eq!(
+            name("any", None),
+            Some(("vm".into(), "the newest".into(), 2))
+        );
+        assert_eq!(
+            name("oci", None),
+            Some(("oci".into(), "the newest".into(), 1))
+        );
+        assert_eq!(
+            name("qemu", None),
+            Some(("vm".into(), "the newest".into(), 1))
+        );
+        assert_eq!(
+            name("any", Some("oci")),
+            Some(("oci".into(), "the default image of queue `batch`".into(), 2))
+        );
+        // The queue's image is not preferred when the driver asked for cannot run it.
+        assert_eq!(
+            name("qemu", Some("oci")),
+            Some(("vm".into(), "the newest".into(), 1))
+        );
+        assert_eq!(
+            route_image(&[&disk], "any", None, "batch").map(|r| r.2),
+            None
+        );
+        assert_eq!(runnable_by(&disk), "runs with no driver");
+        assert_eq!(runnable_by(&vm), "runs with qemu");
     }
 }

@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod ca;
 pub mod caller;
+pub mod checkpoints;
 pub mod cluster;
 pub mod dispatch;
 pub mod env;

@@ -108,7 +108,7 @@ pub fn to_data_dir(
     moved.updated = vfarm_store::now();
     let who = caller.user.clone();
     let detail = serde_json::json!({
-        "from": env.data_dir, "to": to, "storage": report.storage,
+        "name": row.name, "from": env.data_dir, "to": to, "storage": report.storage,
         "downtime_ms": report.downtime_ms, "total_ms": report.total_ms,
     });
     let record = || -> Result<()> {
@@ -163,4 +163,26 @@ fn destination_dir(env: &Env, to: &Path) -> Result<PathBuf> {
         .into());
     }
     Ok(abs)
+}
+
+/// How many of the newest events [`moved_to`] looks through.
+const MOVED_LOOKBACK: usize = 10_000;
+
+/// Where instance `reference` (a name, id or id prefix) went when a migration moved it out
+/// of this data dir: the destination and when, from the newest `instance.migrated_out`
+/// event. A lookup that finds no instance says so, rather than a bare "not found".
+pub fn moved_to(store: &vfarm_store::Store, reference: &str) -> Option<(PathBuf, String)> {
+    store
+        .events(MOVED_LOOKBACK)
+        .ok()?
+        .into_iter()
+        .rev()
+        .filter(|e| e.kind == "instance.migrated_out")
+        .find_map(|e| {
+            let d: serde_json::Value = serde_json::from_str(&e.detail).ok()?;
+            let named = d["name"].as_str() == Some(reference);
+            (named || e.object.starts_with(reference))
+                .then(|| Some((PathBuf::from(d["to"].as_str()?), e.at.clone())))
+                .flatten()
+        })
 }

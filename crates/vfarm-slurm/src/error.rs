@@ -19,6 +19,13 @@ pub enum Error {
     #[error("{tool} cannot reach the Slurm controller: {message}")]
     Unreachable { tool: String, message: String },
 
+    /// The tool found no slurm.conf (nor a DNS SRV record for the controller): this host is
+    /// not set up as a Slurm client.
+    #[error(
+        "{tool} finds no Slurm configuration (no slurm.conf, no SLURM_CONF, no DNS SRV record)"
+    )]
+    NotConfigured { tool: String },
+
     /// sbatch refused the job (unknown feature, partition, impossible resources…).
     #[error("Slurm refused the job: {message}")]
     SubmitRefused { message: String },
@@ -74,7 +81,9 @@ impl Error {
         match self {
             Error::InvalidInput { .. } => vfarm_proto::ErrorCode::InvalidJob,
             Error::ToolMissing { .. } => vfarm_proto::ErrorCode::SlurmToolMissing,
-            Error::Unreachable { .. } => vfarm_proto::ErrorCode::SlurmUnreachable,
+            Error::Unreachable { .. } | Error::NotConfigured { .. } => {
+                vfarm_proto::ErrorCode::SlurmUnreachable
+            }
             Error::SubmitRefused { .. } => vfarm_proto::ErrorCode::SlurmSubmitRefused,
             Error::Unsatisfiable { .. } => vfarm_proto::ErrorCode::SlurmUnsatisfiable,
             Error::JobNotFound { .. } => vfarm_proto::ErrorCode::SlurmJobNotFound,

@@ -98,6 +98,11 @@ pub(crate) fn run(
 /// Classifies a failed tool run: controller unreachable, or a plain failure.
 pub(crate) fn failure(tool: &str, out: Output) -> Error {
     let e = &out.stderr;
+    if e.contains("Could not establish a configuration source")
+        || e.contains("_establish_config_source")
+    {
+        return Error::NotConfigured { tool: tool.into() };
+    }
     if e.contains("Unable to contact slurm controller")
         || e.contains("Munge")
         || e.contains("munge")

@@ -9,6 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(test)]
+mod help_tests;
+
 mod cmd;
 mod ctx;
 mod doctor;
@@ -16,6 +19,29 @@ mod doctor;
 mod routes_tests;
 
 use ctx::{default_data_dir, Ctx, OutputFormat};
+
+/// The help section of the options every command takes, so each command's own options
+/// stand apart from them.
+pub(crate) const GLOBAL: &str = "Global options";
+
+/// Options only a client of a remote service uses: `vfarm serve --help` does not offer them.
+const CLIENT_ONLY: [&str; 5] = ["server", "token_file", "cert", "key", "ca"];
+
+/// The command line as parsed and as documented (help, man pages, completions).
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // Global options reach the subcommands when the command is built; only then can the
+    // server's help leave out the client's options.
+    cmd.build();
+    // `mut_args` keeps the built argument order that clap's lookup index relies on.
+    cmd.mut_subcommand("serve", |s| {
+        s.mut_args(|a| {
+            let client = CLIENT_ONLY.contains(&a.get_id().as_str());
+            a.hide(client)
+        })
+    })
+}
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +54,7 @@ use ctx::{default_data_dir, Ctx, OutputFormat};
 struct Cli {
     /// Where images, instances and the state database live.
     /// Default: /var/lib/vfarm for root, else $XDG_DATA_HOME/vfarm.
-    #[arg(long, global = true, env = "VFARM_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "VFARM_DATA_DIR", value_name = "DIR", help_heading = GLOBAL)]
     data_dir: Option<PathBuf>,
 
     /// Output format: a table for people, or one JSON document on stdout for programs.
@@ -37,7 +63,8 @@ struct Cli {
         global = true,
         value_enum,
         default_value = "table",
-        env = "VFARM_OUTPUT"
+        env = "VFARM_OUTPUT",
+        help_heading = GLOBAL
     )]
     output: OutputFormat,
 
@@ -49,12 +76,13 @@ struct Cli {
         global = true,
         env = "VFARM_DATABASE",
         value_name = "URL",
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = GLOBAL
     )]
     database: Option<String>,
 
     /// More detail on stderr (repeat for debug logs).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     verbose: u8,
 
     #[command(flatten)]
@@ -77,6 +105,9 @@ enum Command {
     /// Snapshot an instance's filesystem, list, revert and remove snapshots.
     #[command(subcommand)]
     Snapshot(cmd::instance::SnapshotCmd),
+    /// A VM's checkpoints (made by `instance checkpoint`): ls, rm.
+    #[command(subcommand)]
+    Checkpoint(cmd::instance::CheckpointCmd),
     /// Run a command in a fresh instance, stream its output, exit with its status, destroy it.
     Run(cmd::instance::RunArgs),
     /// Signed HEPiX image lists: create, sign, verify, publish.
@@ -112,25 +143,38 @@ enum Command {
     /// Run this machine as a node of a control service (joins once with a token, then
     /// serves instances over mutual TLS and reports by heartbeat).
     Node(cmd::node::NodeArgs),
+    /// Who you are to the service (--server, e.g. unix:/run/vfarm.sock) or here: user, how
+    /// identified, whether an admin.
+    Whoami,
     /// What this machine can run, measured: oci, qemu (KVM or TCG), image builds, Slurm, the
     /// database; each failure with the command that fixes it. Exit 0 when the core works (the
     /// database opens and oci or qemu runs instances), 1 otherwise.
     Doctor,
     /// Print a shell completion script: `vfarm completions bash > /etc/bash_completion.d/vfarm`.
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Write man pages (vfarm.1 and one per subcommand) into DIR.
     Man {
+        /// The directory the pages go to (made if missing).
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    use clap::FromArgMatches;
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    // A service logs what it does (requests, dispatches, its configuration) by default; a
+    // command only its warnings.
+    let (service, json_log) = match &cli.command {
+        Command::Serve(a) => (true, a.log_format == cmd::serve::LogFormat::Json),
+        Command::Node(_) => (true, false),
+        _ => (false, false),
+    };
+    init_tracing(cli.verbose + u8::from(service), json_log);
     if let Some(url) = &cli.database {
         // Every store this process opens (threads, reconcilers) and every runner it starts
         // reads the same setting.
@@ -154,6 +198,10 @@ fn main() -> ExitCode {
         Command::Cache(c) if remote => cmd::remote_lists::run_cache(&ctx, &cli.remote, c),
         Command::Job(a) if remote => cmd::remote_job::run_job(&ctx, &cli.remote, a),
         Command::Network(c) if remote => cmd::network::run_remote(&ctx, &cli.remote, c),
+        Command::Checkpoint(_) if remote => Err(anyhow::anyhow!(
+            "--server does not reach checkpoints yet: run `vfarm checkpoint` on the service's \
+             host (or unset VFARM_SERVER)"
+        )),
         Command::Run(_) if remote => Err(anyhow::anyhow!(
             "--server works with `image`, `instance`, `snapshot` and `job` commands; for a \
              disposable run on the service use `vfarm --server URL job submit` (or unset \
@@ -163,6 +211,7 @@ fn main() -> ExitCode {
         Command::Instance(c) => cmd::instance::run_instance(&ctx, c),
         Command::Snapshot(c) => cmd::instance::run_snapshot(&ctx, c),
         Command::Run(a) => cmd::instance::run_run(&ctx, a),
+        Command::Checkpoint(c) => cmd::instance::run_checkpoint(&ctx, c),
         Command::Imagelist(c) => cmd::imagelist::run_imagelist(&ctx, c),
         Command::Subscription(c) => cmd::imagelist::run_subscription(&ctx, c),
         Command::Cache(c) => cmd::imagelist::run_cache(&ctx, c),
@@ -175,18 +224,15 @@ fn main() -> ExitCode {
         Command::Network(c) => cmd::network::run(&ctx, c),
         Command::Node(a) => cmd::node::run(&ctx, a),
         Command::Doctor => doctor::run(&ctx),
+        Command::Whoami => cmd::remote::run_whoami(&ctx, &cli.remote),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "vfarm", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut command(), "vfarm", &mut std::io::stdout());
             Ok(0)
         }
-        Command::Man { dir } => {
-            use clap::CommandFactory;
-            write_man_pages(&Cli::command(), &dir).map(|n| {
-                println!("wrote {n} man pages to {}", dir.display());
-                0
-            })
-        }
+        Command::Man { dir } => write_man_pages(&command(), &dir).map(|n| {
+            println!("wrote {n} man pages to {}", dir.display());
+            0
+        }),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -226,7 +272,7 @@ fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> anyhow::Result
     Ok(n)
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, json: bool) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -234,9 +280,11 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VFARM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let json = std::env::var("VFARM_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json = json || std::env::var("VFARM_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // Colours only for a terminal: a log file or journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -882,3 +882,82 @@ fn an_instance_certificate_is_no_client() {
     );
     let _ = std::fs::remove_dir_all(&t);
 }
+
+/// `vfarm serve --socket PATH` alone (no TCP listener, so a second one does not collide on
+/// the default port), and the CLI on it with `--server unix:PATH`: root is an admin, a
+/// local non-root user is a tenant, neither needs a token.
+#[test]
+fn the_cli_over_the_socket_alone_root_is_admin_others_are_not() {
+    require("setpriv");
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let serve_alone = |name: &str| {
+        let sock = tmp.path().join(format!("{name}.sock"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vfarm"))
+            .args(["serve", "--socket-group", "nogroup", "--socket"])
+            .arg(&sock)
+            .env("VFARM_DATA_DIR", tmp.path().join(name))
+            .env_remove("VFARM_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vfarm serve");
+        let first = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        (child, sock, first)
+    };
+    let (mut a, sock, first) = serve_alone("a");
+    // A second service on its own socket starts beside the first.
+    let (mut b, _, second) = serve_alone("b");
+    let cli = |as_nobody: bool, args: &[&str]| {
+        let mut c = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_vfarm"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        };
+        c.arg("--server")
+            .arg(format!("unix:{}", sock.display()))
+            .args(args)
+            .env_remove("VFARM_TOKEN")
+            .env_remove("VFARM_TOKEN_FILE")
+            .env("VFARM_DATA_DIR", tmp.path().join("unused"))
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let root = cli(false, &["whoami", "--output", "json"]);
+    let root_ls = cli(false, &["instance", "ls", "--output", "json"]);
+    let nobody = cli(true, &["whoami", "--output", "json"]);
+    let nobody_ls = cli(true, &["instance", "ls", "--output", "json"]);
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(first.starts_with("vfarm: serving on unix:"), "{first}");
+    assert!(second.starts_with("vfarm: serving on unix:"), "{second}");
+    let root = json(&ok(&root, "whoami as root over the socket"));
+    assert_eq!(
+        (&root["user"], &root["method"], &root["admin"]),
+        (
+            &Value::from("root"),
+            &Value::from("unix-peer"),
+            &Value::from(true)
+        ),
+        "{root}"
+    );
+    let nobody = json(&ok(&nobody, "whoami as nobody over the socket"));
+    assert_eq!(
+        (&nobody["user"], &nobody["admin"]),
+        (&Value::from("nobody"), &Value::from(false))
+    );
+    for (out, who) in [(root_ls, "root"), (nobody_ls, "nobody")] {
+        assert!(json(&ok(&out, who)).is_array(), "instance ls as {who}");
+    }
+}

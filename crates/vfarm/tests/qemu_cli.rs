@@ -4,7 +4,7 @@
 //! a missing component fails the test with its name.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use serde_json::Value;
 mod common;
 
 use common::{
-    assert_success, build_bootable, fresh_dir, live_qemus, one_vm, text, vfarm, vfarm_cmd,
+    assert_success, build_bootable, fresh_dir, live_qemus, one_vm, require, text, vfarm, vfarm_cmd,
 };
 
 struct Fixture {
@@ -533,4 +533,105 @@ fn vms_outlive_a_killed_service_and_are_found_again() {
     assert_eq!(show(d, "sv")["stats"]["pid"], pid_before);
     assert_success(&vfarm(d, &["instance", "destroy", "sv"]), "destroy");
     assert_nothing_left(d);
+}
+
+/// Acceptance 4 of issue 25: in a terminal, `instance create --driver qemu` shows its
+/// current step while it waits (and clears it for the result); in a pipe, or with
+/// `--output json`, it prints the result only.
+#[test]
+fn instance_create_shows_its_steps_in_a_terminal_only() {
+    require("tmux");
+    let f = fixture();
+    let _vm = one_vm();
+    let server = format!("vfarm-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        let o = Command::new("tmux")
+            .args(["-L", &server])
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert_success(&o, &format!("tmux {args:?}"));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let create = |name: &str| {
+        format!(
+            "{} instance create --driver qemu --profile fast --image vm --name {name}",
+            env!("CARGO_BIN_EXE_vfarm")
+        )
+    };
+    // `exec cat` keeps the pane (a terminal) open after the command, to read its last screen.
+    let script = format!(
+        "env -u CI -u VFARM_OUTPUT VFARM_DATA_DIR={} {}; echo vfarm-exit=$?; exec cat",
+        f.data.display(),
+        create("tty")
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "200",
+        "-y",
+        "40",
+        &script,
+    ]);
+    struct Kill<'a>(&'a str);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["-L", self.0, "kill-server"])
+                .status();
+        }
+    }
+    let _kill = Kill(&server);
+    let screen = || tmux(&["capture-pane", "-p", "-t", "t"]);
+    let begun = Instant::now();
+    let mut saw_step = false;
+    let last = loop {
+        let s = screen();
+        saw_step |= s.contains("booting the VM");
+        if s.contains("vfarm-exit=") {
+            break s;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(600),
+            "instance create still running after 10 min:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(last.contains("vfarm-exit=0"), "{last}");
+    assert!(
+        saw_step,
+        "no step shown while the VM booted; last screen:\n{last}"
+    );
+    assert!(
+        last.contains("(tty) running") && !last.contains("booting the VM"),
+        "the result is not alone on the last screen:\n{last}"
+    );
+    assert_success(&vfarm(&f.data, &["instance", "destroy", "tty"]), "destroy");
+
+    // A pipe: the result line only, nothing on stderr; JSON: one document.
+    for (name, json) in [("piped", false), ("json", true)] {
+        let mut args: Vec<String> = create(name).split(' ').skip(1).map(String::from).collect();
+        if json {
+            args.extend(["--output".into(), "json".into()]);
+        }
+        let out = vfarm_cmd(&f.data)
+            .args(&args)
+            .env_remove("CI")
+            .output()
+            .unwrap();
+        assert_success(&out, &format!("instance create ({name})"));
+        assert!(out.stderr.is_empty(), "{name}: stderr: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if json {
+            let v: Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(v["state"], "running", "{v}");
+        } else {
+            assert!(stdout.contains("(piped) running"), "{stdout}");
+        }
+        assert_success(&vfarm(&f.data, &["instance", "destroy", name]), "destroy");
+    }
+    assert_nothing_left(&f.data);
 }

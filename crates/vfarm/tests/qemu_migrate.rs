@@ -219,19 +219,50 @@ fn a_running_vm_moves_and_keeps_counting() {
         &vfarm(&src, &["snapshot", "create", "mig", "s1"]),
         "snapshot",
     );
+    // A checkpoint too: listed as an object of its own.
+    let ck = json(
+        &vfarm(&src, &["instance", "checkpoint", "mig", "--output", "json"]),
+        "checkpoint",
+    );
+    let ck_file = ck["checkpoint"].as_str().unwrap().to_string();
+    let cks = json(
+        &vfarm(&src, &["checkpoint", "ls", "mig", "--output", "json"]),
+        "checkpoint ls",
+    );
+    assert_eq!(cks[0]["file"], ck_file.as_str(), "{cks}");
+    // The refusal names both, and commands that work: each is run below as printed.
     let refused = migrate(&src, &dst, &[]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
-    assert!(
-        text(&refused).contains("snapshot s1"),
-        "the refusal does not name the snapshot: {}",
-        text(&refused)
-    );
+    let advice = [
+        format!("vfarm snapshot rm {id} s1"),
+        format!("vfarm checkpoint rm {id} {ck_file}"),
+    ];
+    for a in advice
+        .iter()
+        .map(String::as_str)
+        .chain(["--shared-storage"])
+    {
+        assert!(
+            text(&refused).contains(a),
+            "the refusal does not name `{a}`: {}",
+            text(&refused)
+        );
+    }
     assert!(listed(&dst).is_empty(), "refused, yet {:?}", listed(&dst));
     assert!(!dst.join("qemu/instances").join(&id).exists());
-    assert_success(
-        &vfarm(&src, &["snapshot", "rm", "mig", "s1"]),
-        "snapshot rm",
+    for a in &advice {
+        let words: Vec<&str> = a.split_whitespace().skip(1).collect();
+        assert_success(&vfarm(&src, &words), a);
+    }
+    assert!(
+        !Path::new(&ck_file).exists(),
+        "checkpoint rm left {ck_file}"
     );
+    let cks = json(
+        &vfarm(&src, &["checkpoint", "ls", "mig", "--output", "json"]),
+        "checkpoint ls",
+    );
+    assert_eq!(cks, serde_json::json!([]));
     let still = counter_above(&src, before, "after the refusals");
 
     // Copied storage.
@@ -248,6 +279,14 @@ fn a_running_vm_moves_and_keeps_counting() {
     assert_eq!(
         listed(&dst),
         vec![("mig".to_string(), "running".to_string())]
+    );
+    // The source no longer has it, and says where it went.
+    let gone = vfarm(&src, &["instance", "console", "mig"]);
+    assert_eq!(gone.status.code(), Some(3), "{}", text(&gone));
+    assert!(
+        text(&gone).contains(&format!("was migrated to {}", dst.display())),
+        "console on the source does not say where the VM went: {}",
+        text(&gone)
     );
     let at_dest = counter_above(&dst, 0, "right after the migration");
     assert!(

@@ -424,3 +424,190 @@ fn refusals_on_the_tour_name_their_fix() {
         "{doc}"
     );
 }
+
+/// Acceptance 3: a Slurm submit on a host without a Slurm configuration is one line naming
+/// what to configure, and leaves no job record; a configured slurm.conf that is not there
+/// is named at once (scontrol would retry it for a minute).
+#[test]
+fn slurm_submit_without_slurm_is_one_line_and_stores_nothing() {
+    require("scontrol");
+    let data = fresh_dir("tour-slurm");
+    let cases: [(Option<&str>, &[&str], &str); 2] = [
+        (None, &["--", "hostname"], "under [slurm] in"),
+        (
+            Some("[queues.batch]\n[slurm]\nconf = \"nope/slurm.conf\"\n"),
+            &["--image", "web", "--", "hostname"],
+            "`nope/slurm.conf` (conf under [slurm] in",
+        ),
+    ];
+    for (config, args, fix) in cases {
+        if let Some(c) = config {
+            std::fs::write(data.join("jobs.toml"), c).unwrap();
+        }
+        let o = vfarm_cmd(&data)
+            .args(["job", "submit", "--backend", "slurm"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert_eq!(err.lines().count(), 1, "not one line:\n{err}");
+        assert!(
+            err.contains(fix) && err.contains("jobs.toml"),
+            "does not name `{fix}`: {err}"
+        );
+        let ls = vfarm_cmd(&data)
+            .args(["job", "ls", "--output", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&ls.stdout).trim(),
+            "[]",
+            "a refused submit left a job"
+        );
+    }
+}
+
+/// `vfarm serve` says what it does at info level without -v: its configuration, then each
+/// request with its status; `--log-format json` makes each line a JSON object.
+#[test]
+fn serve_logs_config_and_requests() {
+    use std::io::BufRead;
+    let data = fresh_dir("tour-serve-log");
+    let mut cmd = vfarm_cmd(&data);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("VFARM_LOG")
+        .stderr(Stdio::piped());
+    let (mut serve, base) = serving(cmd);
+    let stderr = serve.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let page = reqwest::blocking::get(format!("{base}/healthz")).unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let mut seen = Vec::new();
+    let wanted = |seen: &[serde_json::Value]| {
+        let config = seen
+            .iter()
+            .any(|v| v["fields"]["message"] == "config loaded" && v["level"] == "INFO");
+        let request = seen.iter().any(|v| {
+            v["span"]["uri"] == "/healthz" && v["fields"]["status"] == 200 && v["level"] == "INFO"
+        });
+        config && request
+    };
+    while !wanted(&seen) {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no config and request lines in:\n{seen:#?}"));
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        seen.push(v);
+    }
+    drop(serve);
+}
+
+/// Routing by OS takes only images a driver can run, and says which it chose and why; when
+/// none can, the refusal says for each matching image which drivers run it.
+#[test]
+fn routing_by_os_says_what_it_chose() {
+    let vf = Vf::with_minbase(fresh_dir("tour-route"));
+    std::fs::write(
+        vf.data.join("jobs.toml"),
+        "default_queue = \"batch\"\n[queues.batch]\n[queues.route]\nroutes = [{ os = \"LINUX\", queue = \"batch\" }]\n",
+    )
+    .unwrap();
+    let o = vf.run(&[
+        "job", "submit", "--queue", "route", "--os", "LINUX", "--driver", "oci", "--", "true",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("routed to image minbase") && t.contains("the newest of 1 image(s)"),
+        "{t}"
+    );
+    let o = vf.run(&[
+        "job", "submit", "--queue", "route", "--os", "LINUX", "--driver", "qemu", "--output",
+        "json", "--", "true",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["error"]["field"], "os", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("minbase Linux/12/")
+            && doc["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("(runs with oci)"),
+        "{doc}"
+    );
+    let jobs = vf.json(&["job", "ls"]);
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+}
+
+/// `job queues` in table mode is a table (it printed raw JSON), and JSON mode the document.
+#[test]
+fn job_queues_prints_a_table() {
+    let data = fresh_dir("tour-queues");
+    let o = vfarm_cmd(&data).args(["job", "queues"]).output().unwrap();
+    let t = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(t.starts_with("capacity: "), "{t}");
+    let batch = t
+        .lines()
+        .find(|l| l.starts_with("batch* "))
+        .expect("batch row");
+    assert!(batch.contains("512M") && batch.contains("3600s"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("route ") && l.contains("-> batch")),
+        "{t}"
+    );
+    let o = vfarm_cmd(&data)
+        .args(["job", "queues", "--output", "json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["config"]["default_queue"], "batch");
+}
+
+/// One exit code per error code: a missing input file is the caller's input at fault
+/// (exit 2, naming the flag or argument) whichever command reads it.
+#[test]
+fn a_missing_input_file_is_exit_2_naming_its_field() {
+    let data = fresh_dir("tour-missing-input");
+    let missing = data.join("no-such-file");
+    let m = missing.to_str().unwrap();
+    let ca = data.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["image", "import", m], "file"),
+        (&["imagelist", "create", "-f", m], "file"),
+        (&["imagelist", "verify", m, "--ca-dir", ca], "file"),
+        (&["imagelist", "publish", m], "file"),
+        (&["job", "submit", "--jsdl", m], "jsdl"),
+    ];
+    for (args, field) in cases {
+        let o = vfarm_cmd(&data)
+            .args(args)
+            .args(["--output", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(doc["error"]["field"], field, "{args:?}: {doc}");
+        assert!(
+            doc["error"]["message"].as_str().unwrap().contains(m),
+            "{args:?} does not name the file: {doc}"
+        );
+    }
+}

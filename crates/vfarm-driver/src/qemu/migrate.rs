@@ -1243,27 +1243,32 @@ fn mirror_ended(qmp: &mut Qmp, id: &str) -> DriverError {
 
 /// A copied disk would lose the overlay's internal snapshots: refuse, naming them.
 fn refuse_snapshots(rec: &Record) -> Result<()> {
-    let mut names: Vec<String> = rec
+    let id = &rec.id;
+    let (mut names, mut removals): (Vec<String>, Vec<String>) = rec
         .snapshots
         .iter()
-        .map(|s| format!("snapshot {}", s.name))
-        .collect();
-    names.extend(
-        rec.checkpoints
-            .iter()
-            .map(|c| format!("checkpoint {}", c.path.display())),
-    );
+        .map(|s| {
+            (
+                format!("snapshot {}", s.name),
+                format!("vfarm snapshot rm {id} {}", s.name),
+            )
+        })
+        .unzip();
+    for c in &rec.checkpoints {
+        names.push(format!("checkpoint {}", c.path.display()));
+        removals.push(format!("vfarm checkpoint rm {id} {}", c.path.display()));
+    }
     if names.is_empty() {
         return Ok(());
     }
     Err(DriverError::InvalidSpec {
         field: "storage",
         reason: format!(
-            "instance `{}` has {}: a copied disk carries only what the guest sees, not the \
-             overlay's internal snapshots; remove them first (vfarm snapshot rm) or migrate \
-             with shared storage, which keeps them",
-            rec.id,
-            names.join(", ")
+            "instance `{id}` has {}: a copied disk carries only what the guest sees, not the \
+             overlay's internal snapshots; migrate with --shared-storage (a destination on \
+             the same filesystem), which keeps them, or remove them first: {}",
+            names.join(", "),
+            removals.join("; ")
         ),
     })
 }

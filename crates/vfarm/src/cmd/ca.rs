@@ -28,26 +28,34 @@ pub enum CaCmd {
     /// Issue a host certificate (SAN = HOSTNAME; serverAuth + clientAuth):
     /// DIR/hostcert.pem and DIR/hostkey.pem (0600).
     IssueHost {
+        /// The host's DNS name (the certificate's SAN).
         hostname: String,
         /// Directory for the files (default: the current directory). Existing files are
         /// not overwritten.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Validity in days.
         #[arg(long, default_value_t = 395)]
         days: u32,
     },
     /// Issue a user (or node) client certificate for a grid-style DN ("/C=../O=../CN=.."):
     /// DIR/usercert.pem and DIR/userkey.pem (0600).
     IssueUser {
+        /// The DN, one-line form (/C=../O=../CN=..).
         subject: String,
+        /// Directory for the files (default: the current directory).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Validity in days.
         #[arg(long, default_value_t = 395)]
         days: u32,
     },
     /// Revoke a certificate this CA issued (serial in hex, or the PEM file) and write a new
     /// CRL to <data>/ca/certificates/<hash>.r0.
-    Revoke { serial_or_file: String },
+    Revoke {
+        /// The serial in hex, or the certificate's PEM file.
+        serial_or_file: String,
+    },
     /// Re-sign the CRL (it is valid for 30 days).
     Crl,
 }

@@ -13,6 +13,7 @@ use crate::ctx::Ctx;
 pub enum HostCmd {
     /// Add a host: prints a one-time join token for `vfarm node --name NAME --token …`.
     Add {
+        /// The host's name (its node's --name).
         name: String,
         /// How long the token works: 30m, 1h, 2d.
         #[arg(long, default_value = "1h")]
@@ -22,14 +23,26 @@ pub enum HostCmd {
     #[command(alias = "list")]
     Ls,
     /// One host in full.
-    Show { name: String },
+    Show {
+        /// The host's name.
+        name: String,
+    },
     /// Take no new instances on this host (running ones stay).
-    Drain { name: String },
+    Drain {
+        /// The host's name.
+        name: String,
+    },
     /// Take new instances again.
-    Undrain { name: String },
+    Undrain {
+        /// The host's name.
+        name: String,
+    },
     /// Remove a host without instances and revoke its certificate.
     #[command(alias = "remove")]
-    Rm { name: String },
+    Rm {
+        /// The host's name.
+        name: String,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<i32> {

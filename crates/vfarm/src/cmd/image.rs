@@ -415,9 +415,9 @@ impl BuildUi {
     pub fn update(&mut self, p: &Progress) {
         match p {
             Progress::Phase(ph) => {
-                self.phase = ph.clone();
+                self.phase = crate::cmd::progress::short_phase(ph);
                 if self.bar.is_none() {
-                    eprintln!("vfarm: {ph}");
+                    eprintln!("vfarm: {}", self.phase);
                 }
             }
             Progress::Counters { packages, bytes } => {

@@ -64,8 +64,10 @@ pub enum ImagelistCmd {
     /// Sign a list (S/MIME, detached, as `openssl smime -sign`). The list's endorser must be
     /// the certificate's subject and issuer.
     Sign {
+        /// The endorser's certificate.
         #[arg(long, value_name = "PEM")]
         cert: PathBuf,
+        /// The private key of --cert.
         #[arg(long, value_name = "PEM")]
         key: PathBuf,
         /// Unsigned list (JSON).
@@ -77,6 +79,7 @@ pub enum ImagelistCmd {
     /// Verify a signed list: prints the list and its signer, or the precise reason it is refused
     /// (exit 1).
     Verify {
+        /// The signed list (S/MIME or JSON).
         file: PathBuf,
         /// IGTF CA directory (<hash>.0 certificates, <hash>.r0 CRLs).
         #[arg(long, value_name = "DIR")]
@@ -102,6 +105,7 @@ pub enum ImagelistCmd {
 pub enum SubscriptionCmd {
     /// Subscribe to a list URL (file://, http://, https://) and run the first update.
     Add {
+        /// The list's URL (file://, http://, https://).
         url: String,
         /// IGTF CA directory the list must chain to.
         #[arg(long, value_name = "DIR")]
@@ -124,7 +128,10 @@ pub enum SubscriptionCmd {
     #[command(alias = "list")]
     Ls,
     /// Show a subscription: endorsers, the accepted list, its images and their state.
-    Show { subscription: String },
+    Show {
+        /// Subscription id, id prefix, URL or list identifier.
+        subscription: String,
+    },
     /// Fetch, verify and apply new list versions; exits 1 if any list was refused.
     Update {
         /// Subscription id, id prefix, URL or list identifier.
@@ -138,7 +145,10 @@ pub enum SubscriptionCmd {
     },
     /// Remove a subscription; its cached images are expired.
     #[command(alias = "remove")]
-    Rm { subscription: String },
+    Rm {
+        /// Subscription id, id prefix, URL or list identifier.
+        subscription: String,
+    },
     /// Revoke an image, an endorser or a whole subscription: revoked images leave the cache
     /// and new instances from them are refused.
     Revoke {
@@ -147,6 +157,7 @@ pub enum SubscriptionCmd {
         kind: RevokeKind,
         /// Image identifier or title, endorser DN, or subscription reference.
         target: String,
+        /// Why, kept with the revocation.
         #[arg(long)]
         reason: Option<String>,
     },
@@ -175,9 +186,15 @@ pub enum CacheCmd {
     #[command(alias = "list")]
     Ls,
     /// Show one cached image with its list metadata.
-    Show { image: String },
+    Show {
+        /// The cached image: identifier, title or id prefix.
+        image: String,
+    },
     /// Move a cached image to the expired area.
-    Expire { image: String },
+    Expire {
+        /// The cached image: identifier, title or id prefix.
+        image: String,
+    },
     /// Re-hash cached images; corrupted copies are deleted (exit 1 if any).
     Verify {
         /// One image (default: all).
@@ -237,8 +254,7 @@ pub fn run_imagelist(ctx: &Ctx, cmd: ImagelistCmd) -> Result<i32> {
             input,
             signed: output,
         } => {
-            let body = std::fs::read(&input)
-                .with_context(|| format!("cannot read {}", input.display()))?;
+            let body = crate::cmd::read_input("input", &input)?;
             let signed = imagelists::sign_list(caller, &cert, &key, &body)
                 .with_context(|| format!("cannot sign {}", input.display()))?;
             std::fs::write(&output, &signed.message)
@@ -258,8 +274,7 @@ pub fn run_imagelist(ctx: &Ctx, cmd: ImagelistCmd) -> Result<i32> {
             endorsers,
             at,
         } => {
-            let raw =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let raw = crate::cmd::read_input("file", &file)?;
             let mut policy = Policy::at(imagelists::parse_at(at.as_deref())?);
             policy.endorsers = endorsers
                 .into_iter()
@@ -293,8 +308,7 @@ pub fn run_imagelist(ctx: &Ctx, cmd: ImagelistCmd) -> Result<i32> {
             }
         }
         ImagelistCmd::Publish { file, name } => {
-            let raw =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let raw = crate::cmd::read_input("file", &file)?;
             let name = publish_name(&file, name)?;
             let done = imagelists::publish(ctx, caller, &raw, &name)
                 .with_context(|| format!("cannot publish {}", file.display()))?;
@@ -319,7 +333,7 @@ pub(crate) fn publish_name(file: &Path, name: Option<String>) -> Result<String> 
 }
 
 pub(crate) fn endorser_from_cert(path: &Path) -> Result<EndorserDesc> {
-    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let pem = crate::cmd::read_input("cert", path)?;
     imagelists::endorser_from_pem(&pem)
         .with_context(|| format!("{} holds no PEM certificate", path.display()))
 }
@@ -689,7 +703,8 @@ pub(crate) fn print_cache(ctx: &Ctx, views: &[CacheView]) -> Result<()> {
         println!(
             "{:<36}  {:>12}  {:<9}  {:<16}  {}",
             v.entry.identifier,
-            v.entry.size,
+            // Human sizes in tables, as everywhere; bytes in JSON.
+            vfarm_core::ByteSize(v.entry.size).to_string(),
             if v.present {
                 v.state.as_deref().unwrap_or("-")
             } else {
@@ -715,7 +730,11 @@ pub(crate) fn print_cache_detail(ctx: &Ctx, d: &CacheDetail) -> Result<()> {
         view.entry.file,
         if view.present { "" } else { " (missing)" }
     );
-    println!("size:        {}", view.entry.size);
+    println!(
+        "size:        {} ({} bytes)",
+        vfarm_core::ByteSize(view.entry.size),
+        view.entry.size
+    );
     println!("sha512:      {}", view.entry.sha512);
     println!("cached:      {}", view.entry.cached);
     println!(

@@ -210,26 +210,42 @@ pub enum InstanceCmd {
     )]
     Create(Box<CreateArgs>),
     /// Start a created or stopped instance (runs its main command again).
-    Start { instance: String },
+    Start {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Stop: SIGTERM, then SIGKILL after 10 s; --force kills at once.
     Stop {
+        /// The instance's name or id.
         instance: String,
+        /// Kill at once (SIGKILL) instead of SIGTERM and a 10 s grace.
         #[arg(long)]
         force: bool,
     },
     /// Freeze all processes of the instance.
-    Pause { instance: String },
+    Pause {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Thaw a paused instance.
-    Resume { instance: String },
+    Resume {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Remove the instance, its files and snapshots.
     #[command(alias = "rm")]
-    Destroy { instance: String },
+    Destroy {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Run a command inside a running instance; its output and exit status pass through.
     Exec {
+        /// The instance's name or id.
         instance: String,
         /// KEY=VALUE for the command (repeatable).
         #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -244,10 +260,14 @@ pub enum InstanceCmd {
         dst: String,
     },
     /// Print the instance's console output (stdout, then stderr on stderr).
-    Logs { instance: String },
+    Logs {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Print the console log (qemu: the VM's serial console, boot messages included; oci:
     /// the main process's output).
     Console {
+        /// The instance's name or id.
         instance: String,
         /// Keep printing what is added until the instance stops (or Ctrl-C).
         #[arg(long, short = 'f')]
@@ -259,6 +279,7 @@ pub enum InstanceCmd {
   vfarm instance checkpoint web --to /scratch/web.vmstate --stop
   vfarm instance restore web --from /scratch/web.vmstate")]
     Checkpoint {
+        /// The instance's name or id.
         instance: String,
         /// State file to write (must not exist). Default: a new file in the instance's
         /// directory, removed with the instance.
@@ -272,6 +293,7 @@ pub enum InstanceCmd {
     /// Bring a VM back to a checkpoint: whatever runs now is replaced, the disk goes back to
     /// the checkpoint's instant and the guest continues from there (qemu driver only).
     Restore {
+        /// The instance's name or id.
         instance: String,
         /// The checkpoint's state file. Default: the instance's newest checkpoint.
         #[arg(long, value_name = "FILE")]
@@ -295,7 +317,10 @@ pub enum InstanceCmd {
     )]
     Ls(LsArgs),
     /// Show one instance.
-    Show { instance: String },
+    Show {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Log in to a full-profile VM with the system's ssh client, as the injected user, or
     /// run a command there; the exit status passes through. As with ssh, the command is run
     /// by the user's shell in the guest. Host keys are checked against the keys vfarm read
@@ -304,10 +329,12 @@ pub enum InstanceCmd {
         after_help = "Example:\n  vfarm instance ssh web -- id -un\n  vfarm instance ssh web -- 'ps ax | wc -l'"
     )]
     Ssh {
+        /// The instance's name or id.
         instance: String,
         /// Private key (default: the one beside the --ssh-key given at create, if any).
         #[arg(short = 'i', long, value_name = "KEY")]
         identity: Option<PathBuf>,
+        /// A command to run instead of a login shell, after `--`.
         #[arg(last = true)]
         command: Vec<String>,
     },
@@ -316,6 +343,7 @@ pub enum InstanceCmd {
     /// Move an instance's expiry later (from now if it had none).
     #[command(after_help = "Example:\n  vfarm instance extend web --by 2d")]
     Extend {
+        /// The instance's name or id.
         instance: String,
         /// How much later: 90m, 2h, 2d, 1w.
         #[arg(long)]
@@ -326,15 +354,53 @@ pub enum InstanceCmd {
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {
     /// Snapshot an instance's filesystem (a running instance keeps running).
-    Create { instance: String, name: String },
+    Create {
+        /// The instance's name or id.
+        instance: String,
+        /// The snapshot's name.
+        name: String,
+    },
     /// List an instance's snapshots.
     #[command(alias = "list")]
-    Ls { instance: String },
+    Ls {
+        /// The instance's name or id.
+        instance: String,
+    },
     /// Make the instance's files exactly the snapshot's (a running instance is restarted).
-    Revert { instance: String, name: String },
+    Revert {
+        /// The instance's name or id.
+        instance: String,
+        /// The snapshot's name.
+        name: String,
+    },
     /// Remove a snapshot.
     #[command(alias = "remove")]
-    Rm { instance: String, name: String },
+    Rm {
+        /// The instance's name or id.
+        instance: String,
+        /// The snapshot's name.
+        name: String,
+    },
+}
+
+/// A VM's checkpoints (made by `vfarm instance checkpoint`).
+#[derive(Subcommand, Debug)]
+pub enum CheckpointCmd {
+    /// List a VM's checkpoints, oldest first: state file, size, when made.
+    #[command(alias = "list")]
+    Ls {
+        /// The instance's name or id.
+        instance: String,
+    },
+    /// Remove a checkpoint: its disk snapshot leaves the VM's overlay and the state file is
+    /// deleted (a VM with checkpoints can only migrate with --shared-storage).
+    #[command(alias = "remove")]
+    Rm {
+        /// The instance's name or id.
+        instance: String,
+        /// The checkpoint's state file, as `vfarm checkpoint ls` shows it (or its file name).
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -375,6 +441,7 @@ pub struct RunArgs {
     /// that exited 124 by itself from one killed at --timeout.
     #[arg(long, value_name = "FILE")]
     pub outcome: Option<PathBuf>,
+    /// The command and its arguments, after `--`; its exit status is vfarm's.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
@@ -677,6 +744,8 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                 }
                 .into());
             }
+            let steps = crate::cmd::progress::Steps::new(ctx);
+            steps.step("checking the driver");
             let driver = make_driver(ctx, &a.driver.driver, &a.driver.runtime, &a.driver.accel)?;
             let vm = vm_setup(
                 driver.as_ref(),
@@ -690,7 +759,12 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                 },
             )?;
             let image_args = full_profile_packages(&a.image, vm.profile);
+            steps.step("finding the image");
             let image = resolve_image(ctx, &image_args, runs_commands_by_exec(driver.as_ref()))?;
+            steps.step(format!(
+                "preparing the instance ({} driver: root filesystem or disk, guest set-up)",
+                driver.kind()
+            ));
             let row = create_instance(
                 caller,
                 ctx,
@@ -710,8 +784,10 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                 },
             )?;
             if !a.no_start {
+                steps.step(start_step(driver.kind(), &row));
                 start_instance(caller, &store, driver.as_ref(), &row)?;
             }
+            drop(steps);
             let what = if a.no_start { "created" } else { "running" };
             report(
                 ctx,
@@ -723,7 +799,10 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
         }
         InstanceCmd::Start { instance } => {
             let row = find(caller, &store, &mut drivers, &instance)?;
+            let steps = crate::cmd::progress::Steps::new(ctx);
+            steps.step(start_step(&row.driver, &row));
             start_instance(caller, &store, drivers.for_row(&store, &row)?, &row)?;
+            drop(steps);
             report(
                 ctx,
                 &store,
@@ -1062,6 +1141,58 @@ pub fn run_snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<i32> {
                 )?;
             } else {
                 println!("snapshot {name} of instance {} removed", label(&row));
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// What starting instance `row` waits for, as a progress step.
+fn start_step(driver: &str, row: &vfarm_store::instances::InstanceRow) -> String {
+    match driver {
+        "qemu" => format!(
+            "starting {}: booting the VM and waiting for its guest agent (a full-profile VM also for cloud-init and sshd)",
+            label(row)
+        ),
+        _ => format!("starting {}", label(row)),
+    }
+}
+
+pub fn run_checkpoint(ctx: &Ctx, cmd: CheckpointCmd) -> Result<i32> {
+    use vfarm_service::checkpoints;
+    let caller = &Caller::local();
+    let store = ctx.store()?;
+    let mut drivers = Drivers::new(ctx);
+    match cmd {
+        CheckpointCmd::Ls { instance } => {
+            let row = find(caller, &store, &mut drivers, &instance)?;
+            let list = checkpoints::list(&mut drivers, &row)?;
+            if ctx.json() {
+                ctx.print_json(&list)?;
+            } else {
+                println!("{:<21} {:>10}  FILE", "CREATED", "SIZE");
+                for c in &list {
+                    println!(
+                        "{:<21} {:>10}  {}",
+                        c.created.as_deref().unwrap_or("-"),
+                        ByteSize(c.size).to_string(),
+                        c.file.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        CheckpointCmd::Rm { instance, file } => {
+            let row = find(caller, &store, &mut drivers, &instance)?;
+            let removed = checkpoints::remove(&mut drivers, &row, &file)?;
+            if ctx.json() {
+                ctx.print_json(&serde_json::json!({"instance": row.id, "checkpoint": removed, "removed": true}))?;
+            } else {
+                println!(
+                    "checkpoint {} of instance {} removed",
+                    removed.display(),
+                    label(&row)
+                );
             }
             Ok(0)
         }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use vfarm_proto::ErrorCode;
@@ -38,34 +38,51 @@ pub enum JobCmd {
         /// failed, cancelled.
         #[arg(long)]
         state: Vec<String>,
+        /// Only jobs of this owner.
         #[arg(long)]
         owner: Option<String>,
     },
     /// A job's record: state, reason, exit status, timings, files, events.
-    Show { id: String },
+    Show {
+        /// The job id.
+        id: String,
+    },
     /// Cancel jobs, in any state: a queued job never starts, a running one is killed and
     /// its instance removed.
-    Cancel { ids: Vec<String> },
+    Cancel {
+        /// The job ids.
+        ids: Vec<String>,
+    },
     /// Wait until the jobs are finished; exit 0 if all succeeded, else 1 (124 on --timeout).
     Wait {
+        /// The job ids.
         ids: Vec<String>,
+        /// Give up after this long (90s, 5m …) and exit 124.
         #[arg(long)]
         timeout: Option<String>,
     },
     /// The job's standard output and error (also when JSDL redirected them to files);
     /// `--console`: the instance's console log instead (a VM's boot messages).
     Logs {
+        /// The job id.
         id: String,
+        /// The instance's console log instead (a VM's boot messages).
         #[arg(long)]
         console: bool,
     },
     /// Files the job left: staged out and JSDL output files; with FILE, print that file.
-    Output { id: String, file: Option<String> },
+    Output {
+        /// The job id.
+        id: String,
+        /// One file to print (default: list them).
+        file: Option<String>,
+    },
     /// The effective queue configuration and host capacity.
     Queues,
     /// Run one claimed job (started by the dispatcher; not for people).
     #[command(hide = true)]
     RunOne {
+        /// The job id.
         id: i64,
         /// Running as the payload of a Slurm batch job.
         #[arg(long)]
@@ -108,6 +125,7 @@ pub struct SubmitArgs {
     /// Who the job is accounted to for fair share. Default: the local user.
     #[arg(long)]
     pub owner: Option<String>,
+    /// A name for the job, shown by `job ls`.
     #[arg(long)]
     pub name: Option<String>,
     /// Stage a file in before the command: SRC:DST, SRC a host path or file://, http://,
@@ -134,6 +152,7 @@ pub struct SubmitArgs {
     /// A JSDL 1.0 JobDefinition; the flags above override what it says.
     #[arg(long, value_name = "FILE", conflicts_with = "command")]
     pub jsdl: Option<PathBuf>,
+    /// The command and its arguments, after `--` (or --jsdl).
     #[arg(last = true, required_unless_present = "jsdl")]
     pub command: Vec<String>,
 }
@@ -172,8 +191,7 @@ pub(crate) fn request_of(a: SubmitArgs) -> Result<JobRequest> {
     let jsdl = match &a.jsdl {
         Some(p) => Some((
             p.display().to_string(),
-            std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read JSDL file {}", p.display()))?,
+            crate::cmd::read_input_text("jsdl", p)?,
         )),
         None => None,
     };
@@ -207,11 +225,15 @@ pub(crate) fn print_queued(
     ctx: &Ctx,
     source: Option<&str>,
     warnings: &[String],
+    routed: Option<&str>,
     v: &JobView,
     json: &serde_json::Value,
 ) -> Result<()> {
     for w in warnings {
         eprintln!("vfarm: job: {}: warning: {w}", source.unwrap_or("request"));
+    }
+    if let Some(r) = routed {
+        eprintln!("vfarm: job: routed to {r}");
     }
     if ctx.json() {
         return ctx.print_json(json);
@@ -241,10 +263,95 @@ fn submit_cli(ctx: &Ctx, cfg_path: Option<&Path>, a: SubmitArgs) -> Result<i32> 
         ctx,
         source.as_deref(),
         &done.warnings,
+        done.routed.as_deref(),
         &v,
         &serde_json::to_value(&v)?,
     )?;
     Ok(0)
+}
+
+/// `vfarm job queues` as text, from its JSON document (`{config, capacity}`, the same
+/// locally and from the API): the capacity, then one line per queue (`*` the default).
+pub(crate) fn print_queues(doc: &serde_json::Value) {
+    use serde_json::Value;
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let cpus = |v: &Value| v.as_f64().map_or("-".into(), |m| (m / 1000.0).to_string());
+    let cap = &doc["capacity"];
+    let slots: Vec<String> = cap["slots"]
+        .as_object()
+        .map(|m| m.iter().map(|(d, n)| format!("{d} {n}")).collect())
+        .unwrap_or_default();
+    println!(
+        "capacity: {} CPU, {} MiB, slots: {}",
+        cpus(&cap["cpus_milli"]),
+        text(&cap["memory_mib"]),
+        slots.join(", ")
+    );
+    let row = |cells: [String; 8]| {
+        println!(
+            "{:<14} {:>4} {:>5} {:>7} {:>9} {:<8} {:<6} {}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+        )
+    };
+    row([
+        "QUEUE",
+        "PRIO",
+        "CPUS",
+        "MEMORY",
+        "WALLTIME",
+        "BACKEND",
+        "DRIVER",
+        "IMAGE / ROUTES",
+    ]
+    .map(String::from));
+    let default = doc["config"]["default_queue"].as_str().unwrap_or("");
+    let empty = serde_json::Map::new();
+    for (name, q) in doc["config"]["queues"].as_object().unwrap_or(&empty) {
+        let name = format!("{name}{}", if name == default { "*" } else { "" });
+        if let Some(e) = q.get("Exec") {
+            row([
+                name,
+                text(&e["priority"]),
+                cpus(&e["cpus_milli"]),
+                format!("{}M", text(&e["memory_mib"])),
+                format!("{}s", text(&e["walltime_secs"])),
+                text(&e["backend"]),
+                e["driver"].as_str().unwrap_or("any").to_string(),
+                text(&e["image"]),
+            ]);
+        } else if let Some(r) = q.get("Routing") {
+            let routes: Vec<String> = r["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    let any = |v: &Value| v.as_str().unwrap_or("*").to_string();
+                    format!(
+                        "{}/{}/{} -> {}",
+                        any(&r["os"]),
+                        any(&r["os_version"]),
+                        any(&r["arch"]),
+                        text(&r["queue"])
+                    )
+                })
+                .collect();
+            let dash = || "-".to_string();
+            row([
+                name,
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                "route".into(),
+                dash(),
+                routes.join(", "),
+            ]);
+        }
+    }
 }
 
 /// `vfarm job show` as text.
@@ -463,7 +570,7 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
             if ctx.json() {
                 ctx.print_json(&doc)?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                print_queues(&doc);
             }
             Ok(0)
         }

@@ -10,6 +10,7 @@ pub mod job;
 pub mod migrate;
 pub mod network;
 pub mod node;
+pub mod progress;
 pub mod remote;
 pub mod remote_job;
 pub mod remote_lists;
@@ -136,6 +137,12 @@ pub fn fix(err: &anyhow::Error) -> Option<String> {
         }
         if let Some(e) = cause.downcast_ref::<DriverError>() {
             match e {
+                DriverError::NotFound { kind, id } if kind.starts_with("checkpoint") => {
+                    let instance = id.split(':').next().unwrap_or(id.as_str());
+                    return Some(format!(
+                        "`vfarm checkpoint ls {instance}` lists its checkpoints; `vfarm instance checkpoint {instance}` makes one"
+                    ));
+                }
                 DriverError::NotFound { .. } => {
                     return Some("`vfarm instance ls` lists the instances".into())
                 }
@@ -160,6 +167,27 @@ pub fn fix(err: &anyhow::Error) -> Option<String> {
     None
 }
 
+/// For an instance this data dir does not have: where a migration took it, if one did.
+fn moved(ctx: &Ctx, err: &anyhow::Error) -> Option<String> {
+    let id = err
+        .chain()
+        .find_map(|c| match c.downcast_ref::<vfarm_store::StoreError>() {
+            Some(vfarm_store::StoreError::NotFound { kind, id })
+                if kind.starts_with("instance") =>
+            {
+                Some(id.clone())
+            }
+            _ => None,
+        })?;
+    let store = ctx.store().ok()?;
+    let (to, at) = vfarm_service::migrate::moved_to(&store, &id)?;
+    Some(format!(
+        "instance `{id}` was migrated to {} at {at}: vfarm --data-dir {} instance ls",
+        to.display(),
+        to.display()
+    ))
+}
+
 /// Print the error chain on stderr (and the fix, when there is one to name); with
 /// `--output json` also an error document on stdout.
 pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
@@ -167,7 +195,7 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
     for cause in err.chain().skip(1) {
         msg.push_str(&format!("\n  caused by: {cause}"));
     }
-    let fix = fix(err);
+    let fix = moved(ctx, err).or_else(|| fix(err));
     if let Some(f) = &fix {
         msg.push_str(&format!("\n  fix: {f}"));
     }
@@ -182,6 +210,29 @@ pub fn report_error(ctx: &Ctx, err: &anyhow::Error) {
     }
 }
 
+/// An input file named on the command line, read whole: one that cannot be read is the
+/// caller's input at fault (exit 2, naming the flag or argument), as `image import` says.
+pub fn read_input(field: &'static str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        vfarm_service::ServiceError::bad_request(
+            field,
+            format!("cannot read {}: {e}", path.display()),
+        )
+        .into()
+    })
+}
+
+/// [`read_input`] as text.
+pub fn read_input_text(field: &'static str, path: &std::path::Path) -> anyhow::Result<String> {
+    String::from_utf8(read_input(field, path)?).map_err(|_| {
+        vfarm_service::ServiceError::bad_request(
+            field,
+            format!("{} is not UTF-8 text", path.display()),
+        )
+        .into()
+    })
+}
+
 /// Copy a file's content to `out` (a log to the terminal, say); `false` if there is no such
 /// file, so each caller decides whether that is an error.
 pub fn print_file(path: &std::path::Path, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
@@ -194,5 +245,28 @@ pub fn print_file(path: &std::path::Path, out: &mut dyn std::io::Write) -> anyho
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod fix_tests {
+    use super::fix;
+
+    #[test]
+    fn a_missing_checkpoint_points_at_checkpoints_not_instances() {
+        for (kind, id, want) in [
+            (
+                "checkpoint",
+                "abc123:/x/c.vmstate",
+                "`vfarm checkpoint ls abc123` lists its checkpoints; `vfarm instance checkpoint abc123` makes one",
+            ),
+            ("instance", "web", "`vfarm instance ls` lists the instances"),
+        ] {
+            let e = anyhow::Error::from(vfarm_driver::DriverError::NotFound {
+                kind,
+                id: id.into(),
+            });
+            assert_eq!(fix(&e).as_deref(), Some(want), "{kind}");
+        }
     }
 }

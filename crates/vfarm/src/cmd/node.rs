@@ -77,7 +77,7 @@ pub fn run(ctx: &Ctx, a: NodeArgs) -> Result<i32> {
     crate::cmd::serve::run_with(
         ctx,
         ServeArgs {
-            listen: a.listen,
+            listen: Some(a.listen),
             tls_cert: Some(files.cert()),
             tls_key: Some(files.key()),
             client_ca_dir: Some(files.trust()),
@@ -85,6 +85,7 @@ pub fn run(ctx: &Ctx, a: NodeArgs) -> Result<i32> {
             config: None,
             socket: None,
             socket_group: None,
+            log_format: crate::cmd::serve::LogFormat::Text,
             admin_pins: (!joined.control_fingerprint.is_empty())
                 .then(|| vec![joined.control_fingerprint.clone()]),
         },

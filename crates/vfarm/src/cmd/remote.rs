@@ -16,13 +16,14 @@ use crate::ctx::Ctx;
 /// Where the service is and who we are to it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteArgs {
-    /// Act on a remote `vfarm serve` (its base URL) instead of this host's data dir.
-    #[arg(long, global = true, env = "VFARM_SERVER", value_name = "URL")]
+    /// Act on a `vfarm serve` instead of this host's data dir: its base URL, or unix:PATH
+    /// for its local socket (`serve --socket PATH`; the kernel names you, no token needed).
+    #[arg(long, global = true, env = "VFARM_SERVER", value_name = "URL", help_heading = crate::GLOBAL)]
     pub server: Option<String>,
     /// A file holding the bearer token for --server (from `vfarm token create` on the
     /// service); `-` reads it from standard input. Without it, $VFARM_TOKEN. Never on the
     /// command line, where `ps` shows it to everyone.
-    #[arg(long, global = true, env = "VFARM_TOKEN_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "VFARM_TOKEN_FILE", value_name = "FILE", help_heading = crate::GLOBAL)]
     pub token_file: Option<PathBuf>,
     /// Refused with the reason (kept so the old spelling gets a clear error).
     #[arg(long = "token", global = true, hide = true, value_name = "TOKEN")]
@@ -33,14 +34,15 @@ pub struct RemoteArgs {
         global = true,
         env = "VFARM_CERT",
         value_name = "FILE",
-        requires = "key"
+        requires = "key",
+        help_heading = crate::GLOBAL
     )]
     pub cert: Option<PathBuf>,
     /// The private key of --cert (PEM).
-    #[arg(long, global = true, env = "VFARM_KEY", value_name = "FILE")]
+    #[arg(long, global = true, env = "VFARM_KEY", value_name = "FILE", help_heading = crate::GLOBAL)]
     pub key: Option<PathBuf>,
     /// CA certificate (PEM) to trust for the service's certificate.
-    #[arg(long, global = true, env = "VFARM_CA", value_name = "FILE")]
+    #[arg(long, global = true, env = "VFARM_CA", value_name = "FILE", help_heading = crate::GLOBAL)]
     pub ca: Option<PathBuf>,
 }
 
@@ -82,23 +84,41 @@ fn refuse_plain_token(base: &str) -> Result<()> {
 
 pub(crate) struct Client {
     http: reqwest::blocking::Client,
-    pub(crate) base: String,
+    /// The base URL requests go to.
+    base: String,
+    /// The server as given (`unix:PATH` for the local socket), for messages.
+    pub(crate) shown: String,
     token: Option<String>,
 }
 
 impl Client {
     pub(crate) fn new(a: &RemoteArgs) -> Result<Client> {
-        let base = a
+        let server = a
             .server
             .clone()
             .expect("--server given")
             .trim_end_matches('/')
             .to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!("--server `{base}` must be an http:// or https:// URL");
-        }
         let mut b =
             reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(900));
+        // `unix:PATH`: the service's local socket, where the kernel names the caller and no
+        // token is needed; the URL's host is only a placeholder then.
+        let (base, shown) = match server.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => {
+                b = b.unix_socket(std::path::Path::new(path));
+                ("http://localhost".to_string(), server.clone())
+            }
+            _ if server.starts_with("http://") || server.starts_with("https://") => {
+                (server.clone(), server.clone())
+            }
+            _ => bail!(vfarm_auth::AuthError::Invalid {
+                field: "server",
+                value: server,
+                reason: "must be an http:// or https:// URL, or unix:PATH (the socket of \
+                         `vfarm serve --socket PATH`)"
+                    .into(),
+            }),
+        };
         if let (Some(c), Some(k)) = (&a.cert, &a.key) {
             let mut pem =
                 std::fs::read(c).with_context(|| format!("cannot read --cert {}", c.display()))?;
@@ -124,6 +144,7 @@ impl Client {
         Ok(Client {
             http: b.build()?,
             base,
+            shown,
             token,
         })
     }
@@ -166,7 +187,7 @@ impl Client {
         }
         let resp = r
             .send()
-            .with_context(|| format!("cannot reach {}", self.base))?;
+            .with_context(|| format!("cannot reach {}", self.shown))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -454,7 +475,7 @@ pub fn run_image(ctx: &Ctx, a: &RemoteArgs, cmd: ImageCmd) -> Result<i32> {
                 .as_str()
                 .ok_or_else(|| anyhow!("no operation in {v}"))?
                 .to_string();
-            eprintln!("vfarm: building on {} (operation {op})", c.base);
+            eprintln!("vfarm: building on {} (operation {op})", c.shown);
             let done = loop {
                 let o: Value =
                     c.json(M::GET, &format!("/api/v1/operations/{op}?wait=300"), None)?;
@@ -547,6 +568,28 @@ pub fn run_snapshot(ctx: &Ctx, a: &RemoteArgs, cmd: SnapshotCmd) -> Result<i32> 
                 println!("snapshot {name} of instance {instance} removed");
             }
         }
+    }
+    Ok(0)
+}
+
+/// `vfarm whoami`: who the service takes this caller for (with --server), else the local
+/// caller (the data dir's user, an admin there).
+pub fn run_whoami(ctx: &Ctx, a: &RemoteArgs) -> Result<i32> {
+    let who: Value = if a.server.is_some() {
+        Client::new(a)?.json(reqwest::Method::GET, "/api/v1/whoami", None)?
+    } else {
+        let c = vfarm_service::Caller::local();
+        serde_json::json!({"user": c.user, "method": "local", "admin": c.admin})
+    };
+    if ctx.json() {
+        ctx.print_json(&who)?;
+    } else {
+        println!(
+            "{} ({}{})",
+            who["user"].as_str().unwrap_or("?"),
+            who["method"].as_str().unwrap_or("?"),
+            if who["admin"] == true { ", admin" } else { "" }
+        );
     }
     Ok(0)
 }

@@ -11,7 +11,9 @@ use vfarm_proto::ErrorCode;
 use vfarm_service::jobs::{parse_id, refuse, JobRequest, JobView};
 
 use crate::cmd::instance::TIMEOUT_EXIT;
-use crate::cmd::job::{print_job, print_queued, print_table, request_of, JobArgs, JobCmd};
+use crate::cmd::job::{
+    print_job, print_queued, print_queues, print_table, request_of, JobArgs, JobCmd,
+};
 use crate::cmd::remote::{seg, Client, RemoteArgs};
 use crate::ctx::Ctx;
 
@@ -93,7 +95,14 @@ pub fn run_job(ctx: &Ctx, a: &RemoteArgs, args: JobArgs) -> Result<i32> {
             let doc: Value = resp.json()?;
             let warnings: Vec<String> = serde_json::from_value(doc["warnings"].clone())?;
             let v: JobView = serde_json::from_value(doc["job"].clone())?;
-            print_queued(ctx, source.as_deref(), &warnings, &v, &doc["job"])?;
+            print_queued(
+                ctx,
+                source.as_deref(),
+                &warnings,
+                doc["routed"].as_str(),
+                &v,
+                &doc["job"],
+            )?;
             Ok(0)
         }
         JobCmd::Ls { state, owner } => {
@@ -225,7 +234,7 @@ pub fn run_job(ctx: &Ctx, a: &RemoteArgs, args: JobArgs) -> Result<i32> {
             if ctx.json() {
                 ctx.print_json(&doc)?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                print_queues(&doc);
             }
             Ok(0)
         }

@@ -74,10 +74,7 @@ pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32
                 Some(p) => {
                     // Checked here, so a bad file is named as locally.
                     local::endorser_from_cert(p)?;
-                    Some(
-                        std::fs::read_to_string(p)
-                            .with_context(|| format!("cannot read {}", p.display()))?,
-                    )
+                    Some(crate::cmd::read_input_text("cert", p)?)
                 }
                 None => None,
             };
@@ -99,8 +96,7 @@ pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32
             signed: output,
         } => {
             // The certificate and key stay on the service: the paths are its files.
-            let body = std::fs::read_to_string(&input)
-                .with_context(|| format!("cannot read {}", input.display()))?;
+            let body = crate::cmd::read_input_text("input", &input)?;
             let c = Client::new(&list_args)?;
             let v: Value = c.json(
                 M::POST,
@@ -129,8 +125,7 @@ pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32
              subscribes to: `vfarm --server URL subscription update`)"
         ),
         ImagelistCmd::Publish { file, name } => {
-            let raw = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
+            let raw = crate::cmd::read_input_text("file", &file)?;
             let name = local::publish_name(&file, name)?;
             let c = Client::new(a)?;
             let p: Published = c.json(

@@ -10,10 +10,10 @@ use crate::ctx::Ctx;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Plain HTTP is allowed on loopback only; elsewhere give
-    /// --tls-cert and --tls-key.
-    #[arg(long, default_value = "127.0.0.1:8750", env = "VFARM_LISTEN")]
-    pub(crate) listen: SocketAddr,
+    /// Address to listen on (default 127.0.0.1:8750, none with --socket alone). Plain HTTP
+    /// is allowed on loopback only; elsewhere give --tls-cert and --tls-key.
+    #[arg(long, env = "VFARM_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
     /// Serve HTTPS with this certificate (PEM; a chain may follow the leaf).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,
@@ -32,17 +32,27 @@ pub struct ServeArgs {
     /// Service configuration: admins, hostname pool, quotas (default: <data>/serve.toml).
     #[arg(long, value_name = "FILE", env = "VFARM_SERVE_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// Also serve on this unix socket; callers are identified by the kernel (peer
-    /// credentials: their login name), no token needed.
+    /// Serve on this unix socket (alone, or beside --listen); callers are identified by the
+    /// kernel (peer credentials: their login name; root is an admin), no token needed.
     #[arg(long, value_name = "PATH")]
     pub(crate) socket: Option<PathBuf>,
     /// Let the members of this group use the unix socket (mode 0660); without it only the
     /// service's own user may (0600).
     #[arg(long, value_name = "GROUP", requires = "socket")]
     pub(crate) socket_group: Option<String>,
+    /// Log lines on stderr: text (the usual `tracing` format) or json (one object a line).
+    #[arg(long, value_enum, default_value = "text", env = "VFARM_LOG_FORMAT")]
+    pub(crate) log_format: LogFormat,
     /// Nodes: the certificate fingerprints an admin must present (the control's, from join).
     #[arg(skip)]
     pub(crate) admin_pins: Option<Vec<String>>,
+}
+
+/// How `vfarm serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The group id of `--socket-group` (a name through NSS, as `getent` finds it, or a number).
@@ -62,6 +72,10 @@ fn socket_group_id(name: &str) -> Result<u32> {
         .filter(|_| out.status.success())
         .ok_or_else(|| anyhow::anyhow!("--socket-group: no group `{name}` on this host"))
 }
+
+/// Where `vfarm serve` listens without --listen (and without --socket alone).
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8750);
 
 /// How long a stopping service waits for open requests (event streams never finish).
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -89,11 +103,17 @@ pub struct NodeHooks {
 
 pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i32> {
     limit_malloc_arenas();
+    // `--socket` alone serves only there: a second service on another socket must not
+    // collide with the first on the default port.
+    let listen = match (args.listen, &args.socket) {
+        (None, Some(_)) => None,
+        (l, _) => Some(l.unwrap_or(DEFAULT_LISTEN)),
+    };
     // Refuse before anything starts: credentials must not cross a network in the clear.
-    if args.tls_cert.is_none() && !args.listen.ip().is_loopback() {
+    if let Some(listen) = listen.filter(|l| args.tls_cert.is_none() && !l.ip().is_loopback()) {
         return Err(vfarm_auth::AuthError::Invalid {
             field: "listen",
-            value: args.listen.to_string(),
+            value: listen.to_string(),
             reason: "plain HTTP is only allowed on a loopback address; add --tls-cert FILE \
                      --tls-key FILE (and --client-ca-dir DIR for client certificates)"
                 .into(),
@@ -114,6 +134,18 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
         .into());
     }
     let config = vfarm_auth::ServeConfig::load(&config_path)?;
+    tracing::info!(
+        config = %config_path.display(),
+        exists = config_path.exists(),
+        admins = config.admins.len() + args.admins.len(),
+        root_is_admin = config.root_is_admin.unwrap_or(true),
+        hostnames = config.hostnames.len(),
+        data_dir = %ctx.data_dir.display(),
+        listen = ?listen,
+        socket = ?args.socket,
+        tls = args.tls_cert.is_some(),
+        "config loaded"
+    );
     let client_ca_dir = args
         .client_ca_dir
         .clone()
@@ -177,6 +209,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     let mut state = vfarm_api::AppState::new(ctx.data_dir.clone(), store)?;
     let admins = config.admins.iter().chain(&args.admins).cloned();
     state.auth = vfarm_api::AuthPolicy::new(admins);
+    state.auth.root_is_admin = config.root_is_admin.unwrap_or(true);
     state.client_ca_dir = client_ca_dir;
     state.auth.admin_pins = args
         .admin_pins
@@ -194,7 +227,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
         state.migration = Some(std::sync::Arc::new(
             vfarm_service::node_migration::NodeMigrations::new(
                 ctx,
-                args.listen.ip(),
+                listen.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |l| l.ip()),
                 n.puller,
                 busy.clone(),
             ),
@@ -242,19 +275,26 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let addr = listener.local_addr()?;
-        // One line on stdout so scripts and tests learn the address (useful with port 0).
-        println!(
-            "vfarm: serving on {}://{addr} (data dir {}, state in {} {})",
-            if tls.is_some() { "https" } else { "http" },
-            ctx.data_dir.display(),
-            store_backend,
-            store_location
-        );
-        tracing::info!(%addr, "serving");
+        let listener = match listen {
+            Some(l) => Some(
+                tokio::net::TcpListener::bind(l)
+                    .await
+                    .with_context(|| format!("cannot listen on {l}"))?,
+            ),
+            None => None,
+        };
+        if let Some(listener) = &listener {
+            let addr = listener.local_addr()?;
+            // One line on stdout so scripts and tests learn the address (useful with port 0).
+            println!(
+                "vfarm: serving on {}://{addr} (data dir {}, state in {} {})",
+                if tls.is_some() { "https" } else { "http" },
+                ctx.data_dir.display(),
+                store_backend,
+                store_location
+            );
+            tracing::info!(%addr, "serving");
+        }
         // One signal stops every listener.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
         tokio::spawn(async move {
@@ -264,24 +304,49 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
         let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
             let _ = rx.changed().await;
         };
-        if let Some(path) = &args.socket {
-            let unix = vfarm_api::tls::bind_unix(path, socket_gid)
-                .with_context(|| format!("cannot listen on --socket {}", path.display()))?;
-            println!("vfarm: serving on unix:{}", path.display());
-            let st = state.clone();
-            let stop = stopped(stop_rx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = vfarm_api::serve_unix(unix, st, stop).await {
-                    tracing::error!("unix socket server failed: {e}");
+        let unix = match &args.socket {
+            Some(path) => {
+                let unix = vfarm_api::tls::bind_unix(path, socket_gid)
+                    .with_context(|| format!("cannot listen on --socket {}", path.display()))?;
+                println!(
+                    "vfarm: serving on unix:{}{}",
+                    path.display(),
+                    if listener.is_none() {
+                        format!(
+                            " (data dir {}, state in {store_backend} {store_location})",
+                            ctx.data_dir.display()
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                tracing::info!(socket = %path.display(), "serving");
+                Some(unix)
+            }
+            None => None,
+        };
+        let unix_state = state.clone();
+        let unix_stop = stopped(stop_rx.clone());
+        let unix_server = async move {
+            match unix {
+                Some(u) => vfarm_api::serve_unix(u, unix_state, unix_stop).await,
+                None => std::future::pending().await,
+            }
+        };
+        let tcp_server = async {
+            match (listener, tls) {
+                (Some(l), Some(tls)) => {
+                    vfarm_api::serve_tls(l, tls, state, stopped(stop_rx.clone())).await
                 }
-            });
-        }
+                (Some(l), None) => vfarm_api::serve(l, state, stopped(stop_rx.clone())).await,
+                (None, _) => std::future::pending().await,
+            }
+        };
+        // The service ends when a listener ends (after the signal, or failing).
         let server = async {
-            match tls {
-                Some(tls) => {
-                    vfarm_api::serve_tls(listener, tls, state, stopped(stop_rx.clone())).await
-                }
-                None => vfarm_api::serve(listener, state, stopped(stop_rx.clone())).await,
+            tokio::select! {
+                r = tcp_server => r,
+                r = unix_server => r,
             }
         };
         // Graceful shutdown waits for open connections, and an event stream or a long poll

@@ -34,7 +34,10 @@ pub enum TokenCmd {
         user: Option<String>,
     },
     /// Revoke a token by id (or paste the whole token); it stops working at once.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (or the whole token).
+        id: String,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: TokenCmd) -> Result<i32> {

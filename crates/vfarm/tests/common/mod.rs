@@ -119,6 +119,11 @@ impl Drop for Proc {
 /// Start a `vfarm serve` (or `node`) command and wait for its first line on stdout, which
 /// names where it serves: the process and that URL (`http://…` or `https://…`, no final `/`).
 pub fn serving(mut cmd: Command) -> (Proc, String) {
+    // A service logs each request at info level; the suite's output would carry every
+    // request of every test service. A test that reads the log sets or removes VFARM_LOG.
+    if std::env::var_os("VFARM_LOG").is_none() && !cmd.get_envs().any(|(k, _)| k == "VFARM_LOG") {
+        cmd.env("VFARM_LOG", "warn");
+    }
     let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start vfarm");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped stdout"))
