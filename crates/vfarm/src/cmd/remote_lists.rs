@@ -97,6 +97,7 @@ pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32
             key,
             input,
             signed: output,
+            force,
         } => {
             // The certificate and key stay on the service: the paths are its files.
             let body = std::fs::read_to_string(&input)
@@ -105,7 +106,7 @@ pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32
             let v: Value = c.json(
                 M::POST,
                 "/api/v1/imagelists/sign",
-                Some(json!({ "list": body, "cert": cert, "key": key })),
+                Some(json!({ "list": body, "cert": cert, "key": key, "force": force })),
             )?;
             let signed = v["signed"]
                 .as_str()
