@@ -325,7 +325,7 @@ fn lifecycle_exec_pause_snapshots_checkpoint_stop_cleanup() {
     );
 
     // Measured stats.
-    let st = d.stats(&id).unwrap();
+    let st = d.vm_stats(&id).unwrap();
     println!(
         "stats: cpu {:.2} s, rss {} MB, uptime {:.1} s, disk0 read {} KB written {} KB",
         st.cpu_time.as_secs_f64(),
