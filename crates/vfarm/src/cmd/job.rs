@@ -42,7 +42,13 @@ pub enum JobCmd {
         owner: Option<String>,
     },
     /// A job's record: state, reason, exit status, timings, files, events.
-    Show { id: String },
+    Show {
+        id: String,
+        /// The job as a JSDL 1.0 document instead (POSIX application, resources, staging,
+        /// the vfarm extension naming its image and driver).
+        #[arg(long)]
+        jsdl: bool,
+    },
     /// Cancel jobs, in any state: a queued job never starts, a running one is killed and
     /// its instance removed.
     Cancel { ids: Vec<String> },
@@ -325,7 +331,15 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
             }
             Ok(0)
         }
-        JobCmd::Show { id } => {
+        JobCmd::Show { id, jsdl: true } => {
+            let store = ctx.store()?;
+            let j = store.job(parse_id(&id)?)?;
+            let spec: vfarm_jobs::JobSpec = serde_json::from_str(&j.spec)
+                .with_context(|| format!("job {} has an unreadable spec", j.id))?;
+            print!("{}", vfarm_jsdl::write(&spec.to_jsdl()));
+            Ok(0)
+        }
+        JobCmd::Show { id, jsdl: false } => {
             let store = ctx.store()?;
             let j = store.job(parse_id(&id)?)?;
             let v = view(ctx, &store, &j, true)?;

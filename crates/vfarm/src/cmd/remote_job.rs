@@ -128,7 +128,11 @@ pub fn run_job(ctx: &Ctx, a: &RemoteArgs, args: JobArgs) -> Result<i32> {
             }
             Ok(0)
         }
-        JobCmd::Show { id } => {
+        JobCmd::Show { jsdl: true, .. } => bail!(
+            "`job show --jsdl` reads this host's job records: run it without --server on the \
+             service's machine"
+        ),
+        JobCmd::Show { id, jsdl: false } => {
             let (v, doc) = show(&c, parse_id(&id)?)?;
             if ctx.json() {
                 ctx.print_json(&doc)?;
