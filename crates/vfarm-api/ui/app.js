@@ -20,6 +20,7 @@ const state = {
   detail: null, // the instance shown on #/instances/ID, with snapshots
   quota: null, // GET /quota: limits and usage of the signed-in owner
   sort: null, // {key, dir} of the instances table; null = newest first
+  usage: new Map(), // id -> InstanceUsage from /stats (the service samples every 5 s)
   showAll: false,
   hosts: null, // GET /hosts (admins): the physical host inventory, null until loaded
   jobs: new Map(), // id -> Job, as GET /jobs lists them (updated by `job` events)
@@ -539,6 +540,43 @@ function renderInstances() {
   paintImageChoices();
   paintQuota();
   loadQuota();
+  loadUsage();
+}
+
+// The service samples every 5 s; the table follows at that pace while it is shown.
+const USAGE_REFRESH_MS = 5000;
+let usageTimer = null;
+async function loadUsage() {
+  clearTimeout(usageTimer);
+  if (!$('[data-testid="instances-table"]')) return; // left the page
+  try {
+    const list = await api('GET', '/stats');
+    state.usage = new Map(list.map((u) => [u.id, u]));
+    requestPaint();
+  } catch (e) {
+    // A service without a sampler (503) has no figures: the columns stay empty.
+    if (e.status !== 401 && e.status !== 503) notice(`Cannot read usage: ${e.message}`, 'error');
+  }
+  usageTimer = setTimeout(loadUsage, USAGE_REFRESH_MS);
+}
+
+const fmt1 = (v) => (v == null ? '–' : v.toFixed(1));
+const mib = (b) => `${Math.round(b / 1048576)}`;
+
+/** A usage cell: the figure now, avg/max of the window in its title. */
+function usageCell(i, key) {
+  const u = state.usage.get(i.id);
+  if (!u || !u.now) return h('td', { class: 'num', testid: `instance-${key}` }, '–');
+  const n = u.now;
+  const w = (f) => (u.avg && u.max ? `avg ${f(u.avg)} · max ${f(u.max)} over ${Math.round(u.window_secs)} s` : '');
+  const cells = {
+    cpu: [n.cpu_percent, `${fmt1(n.cpu_percent)} %`, w((r) => `${fmt1(r.cpu_percent)} %`) + ` · of ${u.cpus} CPU${u.cpus === 1 ? '' : 's'}`],
+    memory: [n.memory_bytes, `${mib(n.memory_bytes)}${u.memory_limit_bytes ? ` / ${mib(u.memory_limit_bytes)}` : ''} MiB`, w((r) => `${mib(r.memory_bytes)} MiB`)],
+    disk: [n.disk_read_kbps + n.disk_write_kbps, `${fmt1(n.disk_read_kbps)} / ${fmt1(n.disk_write_kbps)}`, `read / write KB/s; ${w((r) => `${fmt1(r.disk_read_kbps)} / ${fmt1(r.disk_write_kbps)}`)}`],
+    net: [(n.net_rx_kbps ?? 0) + (n.net_tx_kbps ?? 0), n.net_rx_kbps == null ? '–' : `${fmt1(n.net_rx_kbps)} / ${fmt1(n.net_tx_kbps)}`, `rx / tx KB/s; ${w((r) => `${fmt1(r.net_rx_kbps)} / ${fmt1(r.net_tx_kbps)}`)}`],
+  };
+  const [value, text, title] = cells[key];
+  return h('td', { class: 'num', testid: `instance-${key}`, 'data-value': String(value), title }, text);
 }
 
 // A burst of events (a hundred creates at once) repaints the table once, not a hundred times.
@@ -567,6 +605,10 @@ const COLUMNS = [
   ['driver', 'Driver', (i) => i.driver],
   ['uptime', 'Uptime', (i) => (['running', 'paused'].includes(i.state) ? uptimeNow(i) : null)],
   ['expiry', 'Expires in', (i) => expiryNow(i)],
+  ['cpu', 'CPU %', (i) => state.usage.get(i.id)?.now?.cpu_percent ?? null],
+  ['memory', 'Memory', (i) => state.usage.get(i.id)?.now?.memory_bytes ?? null],
+  ['disk', 'Disk R/W KB/s', (i) => { const n = state.usage.get(i.id)?.now; return n ? n.disk_read_kbps + n.disk_write_kbps : null; }],
+  ['net', 'Net RX/TX KB/s', (i) => { const n = state.usage.get(i.id)?.now; return n && n.net_rx_kbps != null ? n.net_rx_kbps + n.net_tx_kbps : null; }],
 ];
 
 function sortBy(key) {
@@ -608,7 +650,8 @@ function paintInstances(flash = new Set()) {
     h('td', {}, imageLabel(i)),
     h('td', {}, h('span', { class: `badge badge-driver-${i.driver}` }, i.driver)),
     h('td', { class: 'num' }, tickCell('uptime', i)),
-    h('td', { class: 'num' }, tickCell('expiry', i))));
+    h('td', { class: 'num' }, tickCell('expiry', i)),
+    ...['cpu', 'memory', 'disk', 'net'].map((k) => usageCell(i, k))));
   table.tBodies[0].replaceChildren(...rows);
   const running = all.filter((i) => i.state === 'running').length;
   $('[data-testid="instances-summary"]').textContent = `${all.length} total · ${running} running`;
