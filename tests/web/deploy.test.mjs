@@ -9,10 +9,10 @@
 // (no reload) with a pool hostname and her quota, opens the instance page, runs `hostname`
 // in it and destroys it there; bob (another browser context, keyboard only) never sees
 // alice's instances and gets "no such instance" for her id; the admin sees both owners', a
-// node added with `vfarm host add` as pending on the hosts page, the usage columns (a
-// `sha512sum /dev/zero` instance at what its process gets per /proc, ~100 % of one CPU on an
-// idle machine; bob's at ~0 %) (alice is not offered the
-// page), and loses alice's live when she destroys it. alice then checks a download link and a refused
+// node added with `vfarm host add` as pending on the hosts page (alice is not offered the
+// page), the usage columns (a `sha512sum /dev/zero` instance at what its process gets per
+// /proc, ~100 % of one CPU on an idle machine; bob's at ~0 %), and loses alice's live when
+// she destroys it. alice then checks a download link and a refused
 // build on the images page. On the jobs page (a queue config in jobs.toml) she has a wall time
 // over the queue's limit refused next to the field, uploads a JSDL document, is told which of
 // its limits vfarm does not honour, sees the job reach `succeeded` by Server-Sent Events and
