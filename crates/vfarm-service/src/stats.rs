@@ -158,6 +158,11 @@ impl Sampler {
     /// each node samples its own). Instances gone or stopped leave the overview. Returns how
     /// many were measured.
     pub fn sample(&self, env: &Env) -> anyhow::Result<usize> {
+        self.sample_with(env, &mut Drivers::new(env))
+    }
+
+    /// [`sample`](Self::sample) with drivers kept between rounds (the sampling thread's).
+    pub fn sample_with(&self, env: &Env, drivers: &mut Drivers<'_>) -> anyhow::Result<usize> {
         let store = env.store()?;
         let placed = store.instance_hosts()?;
         let rows: Vec<_> = store
@@ -166,7 +171,6 @@ impl Sampler {
             .filter(|r| matches!(r.state.as_str(), "running" | "paused"))
             .filter(|r| !placed.contains_key(&r.id))
             .collect();
-        let mut drivers = Drivers::new(env);
         let mut measured = Vec::with_capacity(rows.len());
         for r in &rows {
             let Ok(d) = drivers.get(&r.driver) else {
@@ -267,13 +271,16 @@ pub fn spawn_sampler(env: &Env) -> std::sync::Arc<Sampler> {
     let (env, s) = (env.fresh(), sampler.clone());
     std::thread::Builder::new()
         .name("stats-sampler".into())
-        .spawn(move || loop {
-            let t = Instant::now();
-            if let Err(e) = s.sample(&env) {
-                tracing::warn!("stats sampler: {e:#}");
+        .spawn(move || {
+            let mut drivers = Drivers::new(&env);
+            loop {
+                let t = Instant::now();
+                if let Err(e) = s.sample_with(&env, &mut drivers) {
+                    tracing::warn!("stats sampler: {e:#}");
+                }
+                // A fixed rate: the time a round took comes off the wait.
+                std::thread::sleep(INTERVAL.saturating_sub(t.elapsed()));
             }
-            // A fixed rate: the time a round took comes off the wait.
-            std::thread::sleep(INTERVAL.saturating_sub(t.elapsed()));
         })
         .expect("spawn the stats sampler");
     sampler

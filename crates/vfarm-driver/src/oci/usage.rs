@@ -166,9 +166,10 @@ pub(crate) fn net_dev(text: &str) -> (u64, u64) {
 /// The network counters of process `pid`'s network namespace; `None` when that is the host's
 /// (an instance on the host network has no traffic of its own to count).
 pub(crate) fn net_of(pid: i32) -> Option<(u64, u64)> {
-    let ns = |p: &str| std::fs::read_link(p).ok();
-    let mine = ns(&format!("/proc/{pid}/ns/net"))?;
-    if Some(&mine) == ns("/proc/1/ns/net").as_ref() {
+    static HOST: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let host = HOST.get_or_init(|| std::fs::read_link("/proc/1/ns/net").ok());
+    let mine = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    if Some(&mine) == host.as_ref() {
         return None;
     }
     Some(net_dev(&read(Path::new(&format!("/proc/{pid}/net/dev")))?))
