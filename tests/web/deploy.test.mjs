@@ -440,6 +440,12 @@ async function main() {
     check(detailState === 'running', `the instance page shows ${detailState}, not running`);
     const details = await alice.getByTestId('instance-details').textContent();
     check(details.includes(aliceId) && details.includes('alice'), `the details lack the id or owner: ${details}`);
+    // The sampler's history as sparklines (issue 22): an idle instance, CPU near 0.
+    await alice.getByTestId('spark-cpu').waitFor({ timeout: 15_000 })
+      .catch(() => fail('the instance page shows no CPU sparkline'));
+    const sparkPoints = Number(await alice.getByTestId('spark-cpu').getAttribute('data-points'));
+    check(sparkPoints >= 1, `the CPU sparkline has ${sparkPoints} points`);
+    log(`instance page: CPU sparkline of ${sparkPoints} interval(s): ${await alice.getByTestId('spark-cpu').getAttribute('aria-label')}`);
     await alice.waitForFunction(() => !/loading/.test(document.querySelector('[data-testid="console-log"]')?.textContent || 'loading'));
     log(`instance page: console panel says ${JSON.stringify((await alice.getByTestId('console-log').textContent()).slice(0, 80))}`);
     // A command inside the instance: its hostname is the one from the pool.

@@ -548,11 +548,13 @@ const USAGE_REFRESH_MS = 5000;
 let usageTimer = null;
 async function loadUsage() {
   clearTimeout(usageTimer);
-  if (!$('[data-testid="instances-table"]')) return; // left the page
+  // Left the pages that show usage (the table, an instance's page).
+  if (!$('[data-testid="instances-table"]') && !$('[data-testid="instance-stats"]')) return;
   try {
     const list = await api('GET', '/stats');
     state.usage = new Map(list.map((u) => [u.id, u]));
     requestPaint();
+    if (state.detail) paintDetail();
   } catch (e) {
     // A service without a sampler (503) has no figures: the columns stay empty.
     if (e.status !== 401 && e.status !== 503) notice(`Cannot read usage: ${e.message}`, 'error');
@@ -562,6 +564,24 @@ async function loadUsage() {
 
 const fmt1 = (v) => (v == null ? '–' : v.toFixed(1));
 const mib = (b) => `${Math.round(b / 1048576)}`;
+
+/** The window's history as a small line chart (SVG: no chart library). */
+function sparkline(values, testid, unit, scale) {
+  const NS = 'http://www.w3.org/2000/svg';
+  const [w, ht] = [160, 28];
+  // Against a fixed scale (100 % of one CPU, the memory limit) when there is one.
+  const top = Math.max(...values, scale || 1);
+  const x = (i) => (values.length > 1 ? (i / (values.length - 1)) * w : w / 2);
+  const svg = document.createElementNS(NS, 'svg');
+  for (const [k, v] of Object.entries({ viewBox: `0 0 ${w} ${ht}`, width: w, height: ht, class: 'spark', 'data-testid': testid,
+    'data-points': values.length, role: 'img', 'aria-label': `${values.length} samples, last ${fmt1(values[values.length - 1])} ${unit}` })) {
+    svg.setAttribute(k, String(v));
+  }
+  const line = document.createElementNS(NS, 'polyline');
+  line.setAttribute('points', values.map((v, i) => `${x(i).toFixed(1)},${(ht - 1 - (v / top) * (ht - 2)).toFixed(1)}`).join(' '));
+  svg.append(line);
+  return svg;
+}
 
 /** A usage cell: the figure now, avg/max of the window in its title. */
 function usageCell(i, key) {
@@ -787,6 +807,19 @@ async function renderInstance(ref) {
   paintDetail();
   await refreshDetail();
   loadConsole();
+  loadUsage();
+}
+
+/** The sampler's view of an instance for its page: sparklines of the last minutes. */
+function usageRows(u) {
+  if (!u || !u.history || !u.history.length) return [];
+  const hist = u.history;
+  return [
+    [`CPU (${Math.round(u.window_secs / 60) || '<1'} min)`, [sparkline(hist.map((r) => r.cpu_percent), 'spark-cpu', '%', 100),
+      ` ${fmt1(u.now.cpu_percent)} % of one CPU now, max ${fmt1(u.max.cpu_percent)} %`]],
+    ['Memory used', [sparkline(hist.map((r) => r.memory_bytes / 1048576), 'spark-memory', 'MiB', u.memory_limit_bytes / 1048576),
+      ` ${mib(u.now.memory_bytes)}${u.memory_limit_bytes ? ` of ${mib(u.memory_limit_bytes)}` : ''} MiB`]],
+  ];
 }
 
 function execForm() {
@@ -948,6 +981,7 @@ function paintDetail() {
     ['Resident memory', st ? bytes(st.rss_bytes) : null],
     ['Disk I/O', st && st.block && st.block.length ? st.block.map((b) => `${b.device}: ${bytes(b.rd_bytes)} read, ${bytes(b.wr_bytes)} written`).join('; ') : null],
     ['Network', st && st.net ? `${bytes(st.net.rx_bytes)} in, ${bytes(st.net.tx_bytes)} out` : null],
+    ...usageRows(state.usage.get(d.id)),
   ]));
   if (!$('[data-testid="instance-stats"] dd')) {
     $('[data-testid="instance-stats"]').replaceChildren(h('p', { class: 'muted' }, 'No resource figures for this instance.'));

@@ -112,6 +112,10 @@ fn ls_stats_shows_a_busy_instance_at_one_cpu_and_an_idle_one_at_zero() {
         .find(|l| l.contains(&busy))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("oci") && line.contains("(128)"), "{text}");
+    // Filters that cannot apply are refused, naming them.
+    let o = vf.run(&["instance", "ls", "--stats", "--state", "stopped"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--state"));
     // A stopped instance is not measured.
     vf.ok(&["instance", "stop", &idle]);
     let rows = vf.json(&["instance", "ls", "--stats"]);

@@ -52,7 +52,8 @@ pub struct LsArgs {
     /// Measured use of each running instance instead: CPU % (of one CPU; N = its CPUs),
     /// memory used/limit, disk and network KB/s, now and avg/max over the last minutes
     /// (through --server, the service's samples; locally, one 2-second measurement).
-    #[arg(long)]
+    /// Only running instances are measured: --state and --image do not apply.
+    #[arg(long, conflicts_with_all = ["state", "image"])]
     pub stats: bool,
 }
 
@@ -433,8 +434,7 @@ fn time_left(v: &InstanceView) -> String {
 /// How long a local `instance ls --stats` measures (no service keeps a history for it).
 const LOCAL_STATS_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The overview rows `ls`'s filters select (state: only running/paused instances are
-/// measured; image filters are not applied to usage rows).
+/// The overview rows `ls`'s filters select (--owner, --host, --limit).
 pub(crate) fn stats_filtered(
     mut rows: Vec<vfarm_service::stats::InstanceUsage>,
     args: &LsArgs,
