@@ -1219,6 +1219,33 @@ fn job_show_jsdl_validates_against_the_jsdl_and_posix_schemas() {
     )
     .unwrap();
     assert!(!xmllint(&bad).status.success());
+    // Through the API the same document (written from the spec the service answers with).
+    // The jobs are cancelled first: the service's dispatcher is not to run them.
+    let jobs = vf.json(&["job", "ls"]);
+    let ids: Vec<String> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap().to_string())
+        .collect();
+    let mut cancel = vec!["job", "cancel"];
+    cancel.extend(ids.iter().map(String::as_str));
+    vf.ok(&cancel);
+    let owner = jobs[0]["owner"].as_str().unwrap().to_string();
+    let first = ids[0].clone();
+    let server = Server::start(&vf.data);
+    let remote = Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .args(["--server", &server.base, "job", "show", &first, "--jsdl"])
+        .env("VFARM_TOKEN", server.token_for(&owner))
+        .env("VFARM_DATA_DIR", &vf.data)
+        .output()
+        .unwrap();
+    common::assert_success(&remote, "job show --jsdl --server");
+    assert_eq!(
+        String::from_utf8_lossy(&remote.stdout),
+        vf.ok(&["job", "show", &first, "--jsdl"])
+    );
+    drop(server);
     // An unknown job is refused naming it (exit 3), with nothing on stdout.
     let o = vf.run(&["job", "show", "999999", "--jsdl"]);
     assert_eq!(o.status.code(), Some(3), "{}", common::text(&o));
