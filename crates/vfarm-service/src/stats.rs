@@ -165,12 +165,16 @@ impl Sampler {
     pub fn sample_with(&self, env: &Env, drivers: &mut Drivers<'_>) -> anyhow::Result<usize> {
         let store = env.store()?;
         let placed = store.instance_hosts()?;
-        let rows: Vec<_> = store
-            .instances()?
-            .into_iter()
-            .filter(|r| matches!(r.state.as_str(), "running" | "paused"))
-            .filter(|r| !placed.contains_key(&r.id))
-            .collect();
+        // Only the live rows, without their specs: a service keeps thousands of stopped ones.
+        let mut rows = Vec::new();
+        for state in ["running", "paused"] {
+            let filter = vfarm_store::instances::InstanceFilter {
+                state: Some(state.into()),
+                ..Default::default()
+            };
+            rows.extend(store.instances_page(&filter, None, None, true)?.items);
+        }
+        rows.retain(|r| !placed.contains_key(&r.id));
         let mut measured = Vec::with_capacity(rows.len());
         for r in &rows {
             let Ok(d) = drivers.get(&r.driver) else {
