@@ -36,6 +36,8 @@ PKGS=(
   iperf3 iputils-ping # TCP throughput and round trips of instance networks (benches/network.sh)
   python3-venv        # the Python client's virtualenv (.venv: client, pytest, schemathesis)
   chromium            # headless browser for the web UI end-to-end test (tests/web, playwright-core)
+  prometheus          # promtool (`check metrics`) for the /metrics test; the server is not run (~95 MB)
+  libxml2-utils       # xmllint --schema: `job show --jsdl` output against the JSDL 1.0 schemas
 )
 
 # Node.js runs the web UI's end-to-end test (tests/web); a machine that has one keeps it.
@@ -65,13 +67,16 @@ fi
 
 # Every binary the project drives, checked by name so a broken install fails here, not in a test.
 for b in mmdebstrap dnf rpm rpmbuild createrepo_c reprepro gpg dpkg-deb mkfs.ext4 e2fsck qemu-img qemu-system-x86_64 runc busybox openssl ssh ssh-keygen \
-         slurmctld slurmd sbatch scontrol munged chromium node npm nft dnsmasq nsenter setpriv; do
+         slurmctld slurmd sbatch scontrol munged chromium node npm nft dnsmasq nsenter setpriv \
+         promtool xmllint iperf3 ping tmux; do
   command -v "$b" >/dev/null || { echo "setup.sh: $b is still missing after install" >&2; exit 1; }
 done
 
 # The Python client and its test tools in .venv (gitignored), versions pinned. Reinstalled
 # only when the pins or the client's sources change (stamp in .venv), so re-runs are quiet.
-PY_PINS=(pytest==9.2.0 schemathesis==4.32.5 setuptools==75.8.0 openapi-spec-validator==0.9.0)
+# prometheus-client: its classic text parser reads /metrics in the overview test.
+PY_PINS=(pytest==9.2.0 schemathesis==4.32.5 setuptools==75.8.0 openapi-spec-validator==0.9.0
+         prometheus-client==0.26.0)
 py_stamp=$( { printf '%s\n' "${PY_PINS[@]}"
   find clients/python -path clients/python/tests -prune -o -type f \
     \( -name '*.py' -o -name '*.toml' -o -name '*.md' -o -name py.typed \) -print | sort | xargs sha256sum

@@ -10,7 +10,9 @@
 // in it and destroys it there; bob (another browser context, keyboard only) never sees
 // alice's instances and gets "no such instance" for her id; the admin sees both owners', a
 // node added with `vfarm host add` as pending on the hosts page (alice is not offered the
-// page), and loses alice's live when she destroys it. alice then checks a download link and a refused
+// page), the usage columns (a `sha512sum /dev/zero` instance at what its process gets per
+// /proc, ~100 % of one CPU on an idle machine; bob's at ~0 %), and loses alice's live when
+// she destroys it. alice then checks a download link and a refused
 // build on the images page. On the jobs page (a queue config in jobs.toml) she has a wall time
 // over the queue's limit refused next to the field, uploads a JSDL document, is told which of
 // its limits vfarm does not honour, sees the job reach `succeeded` by Server-Sent Events and
@@ -373,6 +375,54 @@ async function main() {
     log('the admin sees alice and bob (sorted by owner both ways)');
     await shot(admin, '05-admin-all');
 
+    // The overview (issue 22): measured use per instance. A CPU-bound instance shows ~100 %
+    // of one CPU, bob's idle one ~0 %, as the service samples them every 5 s.
+    run(BIN, ['--server', base, 'instance', 'create', '--image', 'minbase', '--name', 'e2e-busy',
+      '--memory', '128M', '--expiry', '1h', '--', 'sha512sum', '/dev/zero'],
+    { ...env, VFARM_TOKEN: tok['root-admin'] }, 'creating e2e-busy (sha512sum /dev/zero)');
+    const cpuOf = (name) => admin.locator(`[data-testid="instance-row"][data-name="${name}"] [data-testid="instance-cpu"]`);
+    const usageStarted = Date.now();
+    // The reference: the instance's process as the host's process accounting sees it (another
+    // source than the cgroup the driver reads), over one sampling interval. ~100 % on an idle
+    // machine; on a loaded one (two cores, the service and Chromium beside it), what it got.
+    await row(admin, 'e2e-busy').waitFor({ timeout: 15_000 }).catch(() => fail('the admin does not see e2e-busy'));
+    const busyId = await row(admin, 'e2e-busy').getAttribute('data-id');
+    const pid = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).find((p) => {
+      try {
+        return fs.readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'sha512sum' &&
+          fs.readFileSync(`/proc/${p}/cgroup`, 'utf8').split('\n').some((l) => l.endsWith(`/vfarm/${busyId}`));
+      } catch (e) { return false; }
+    });
+    check(pid, `no sha512sum process of e2e-busy (${busyId}) on the host`);
+    const cpuTicks = () => {
+      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      return Number(f[11]) + Number(f[12]); // utime + stime, in 1/100 s
+    };
+    // A whole interval after the start (the first may have begun before sha512sum did), then
+    // the reference over the next one: measurement windows, not waits for an event.
+    await new Promise((r) => setTimeout(r, 5_000));
+    const [t0, c0] = [Date.now(), cpuTicks()];
+    await new Promise((r) => setTimeout(r, 5_000));
+    const reference = (cpuTicks() - c0) / ((Date.now() - t0) / 1000);
+    await admin.waitForFunction(() => {
+      const c = document.querySelector('[data-testid="instance-row"][data-name="e2e-busy"] [data-testid="instance-cpu"]');
+      return c && c.dataset.value;
+    }, null, { timeout: 30_000 }).catch(() => fail('the instances table shows no CPU figure for e2e-busy'));
+    const busyCpu = Number(await cpuOf('e2e-busy').getAttribute('data-value'));
+    const idleCpu = Number(await cpuOf('e2e-bob').getAttribute('data-value'));
+    log(`usage columns after ${secs(usageStarted)} s: e2e-busy ${busyCpu.toFixed(1)} % (${await cpuOf('e2e-busy').textContent()}), ` +
+      `e2e-bob ${idleCpu.toFixed(1)} %, its process per /proc ${reference.toFixed(1)} %; ` +
+      `memory ${await admin.locator('[data-testid="instance-row"][data-name="e2e-busy"] [data-testid="instance-memory"]').textContent()}`);
+    check(busyCpu < 110 && busyCpu > 25 && Math.abs(busyCpu - reference) < 30,
+      `e2e-busy shows ${busyCpu} % of one CPU; its process got ${reference.toFixed(1)} %`);
+    check(idleCpu < 5, `e2e-bob (idle) shows ${idleCpu} % of one CPU, not ~0`);
+    // Wide enough for every column of the table beside the deploy form.
+    await admin.setViewportSize({ width: 2000, height: 900 });
+    await shot(admin, '05a-admin-usage');
+    await admin.setViewportSize({ width: 1400, height: 900 });
+    run(BIN, ['--server', base, 'instance', 'destroy', 'e2e-busy'],
+      { ...env, VFARM_TOKEN: tok['root-admin'] }, 'destroying e2e-busy');
+
     // The host inventory is the admin's: the pending node is listed; users are not offered it.
     check(!(await alice.getByTestId('nav-hosts').isVisible()), 'alice is offered the hosts page');
     await admin.getByTestId('nav-hosts').click();
@@ -401,6 +451,12 @@ async function main() {
     check(shownNet === netName && new RegExp(`^198\\.18\\.${netOct}\\.\\d+$`).test(shownAddr || ''),
       `the instance page shows network ${JSON.stringify(shownNet)} address ${JSON.stringify(shownAddr)}, not ${netName} in 198.18.${netOct}.0/24`);
     log(`instance page: network ${shownNet}, address ${shownAddr}`);
+    // The sampler's history as sparklines (issue 22): an idle instance, CPU near 0.
+    await alice.getByTestId('spark-cpu').waitFor({ timeout: 15_000 })
+      .catch(() => fail('the instance page shows no CPU sparkline'));
+    const sparkPoints = Number(await alice.getByTestId('spark-cpu').getAttribute('data-points'));
+    check(sparkPoints >= 1, `the CPU sparkline has ${sparkPoints} points`);
+    log(`instance page: CPU sparkline of ${sparkPoints} interval(s): ${await alice.getByTestId('spark-cpu').getAttribute('aria-label')}`);
     await alice.waitForFunction(() => !/loading/.test(document.querySelector('[data-testid="console-log"]')?.textContent || 'loading'));
     log(`instance page: console panel says ${JSON.stringify((await alice.getByTestId('console-log').textContent()).slice(0, 80))}`);
     // A command inside the instance: its hostname is the one from the pool.

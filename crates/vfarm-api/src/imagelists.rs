@@ -223,6 +223,9 @@ pub struct SignList {
     /// Its private key: a PEM file on the service's machine.
     #[schema(value_type = String)]
     pub key: PathBuf,
+    /// Sign with a certificate S/MIME consumers refuse (a warning instead of a 400).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// A signed list.
@@ -261,7 +264,7 @@ pub(crate) async fn sign(
         }
     }
     let signed = run(s, caller, move |_, c| {
-        let done = imagelists::sign_list(c, &req.cert, &req.key, req.list.as_bytes())?;
+        let done = imagelists::sign_list(c, &req.cert, &req.key, req.list.as_bytes(), req.force)?;
         Ok(SignedList {
             signed: String::from_utf8(done.message)?,
             signer: serde_json::to_value(&done.signer)?,

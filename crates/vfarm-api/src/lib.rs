@@ -28,6 +28,7 @@ pub mod imagelists;
 pub mod instances;
 pub mod jobs;
 pub mod live;
+pub mod metrics;
 pub mod migration;
 pub mod networks;
 pub mod openapi;
@@ -60,7 +61,10 @@ pub struct AppState {
     pub events: tokio::sync::broadcast::Sender<InstanceEvent>,
     /// Job state changes for `/api/v1/events`; [`live::spawn_job_watcher`] sends them.
     pub job_events: tokio::sync::broadcast::Sender<live::JobChange>,
-    pub metrics: live::Metrics,
+    pub metrics: metrics::Metrics,
+    /// Instance usage sampled by the service (`vfarm serve` runs the sampler): `/metrics`
+    /// and `GET /api/v1/stats` read it. None: no per-instance series.
+    pub usage: Option<Arc<vfarm_service::stats::Sampler>>,
     /// The subject of this service's own TLS certificate (nodes make it their admin).
     pub server_subject: Option<String>,
     /// SHA-256 (hex) of this service's own TLS certificate: nodes pin it.
@@ -103,7 +107,8 @@ impl AppState {
             instances: None,
             events: tokio::sync::broadcast::channel(1024).0,
             job_events: tokio::sync::broadcast::channel(1024).0,
-            metrics: live::Metrics::default(),
+            metrics: metrics::Metrics::default(),
+            usage: None,
             server_subject: None,
             server_fingerprint: None,
             client_ca_dir: None,
@@ -132,13 +137,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(live::ui_index))
         .route("/ui/{file}", get(live::ui_asset))
-        .route("/metrics", get(live::metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/whoami", get(auth::whoami))
         .route("/api/v1/session", post(live::login).delete(live::logout))
         .route("/api/v1/events", get(live::events))
         .route("/api/v1/audit", get(live::audit))
         .route("/api/v1/quota", get(instances::quota))
+        .route("/api/v1/stats", get(metrics::stats))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route(
             "/api/v1/subscriptions",
@@ -258,6 +264,11 @@ pub fn router(state: AppState) -> Router {
                     tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
                 ),
         )
+        // Outside auth, so its refusals are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
         .with_state(state)
 }
 

@@ -1,5 +1,5 @@
-//! What is not a resource: live events (SSE), the web UI's session cookie, the audit log,
-//! Prometheus metrics and the web UI's files.
+//! What is not a resource: live events (SSE), the web UI's session cookie, the audit log
+//! and the web UI's files.
 
 use crate::ErrorCode;
 use std::collections::HashMap;
@@ -14,11 +14,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::Stream;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
@@ -363,107 +358,6 @@ pub(crate) async fn audit(
     Ok(crate::instances::paged("/api/v1/audit", page, |c| {
         q.next_query(c)
     }))
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct RequestLabels {
-    pub method: String,
-    pub status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IssuerLabels {
-    issuer: String,
-}
-
-/// Counters that live as long as the service.
-#[derive(Clone, Default)]
-pub struct Metrics {
-    pub(crate) requests: Family<RequestLabels, Counter>,
-}
-
-/// `GET /metrics`: Prometheus text format. Instance and job counts are read from the store
-/// at every scrape, so they are right whichever process changed them.
-pub(crate) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let store = s.store.clone();
-    let ca_dir = s.client_ca_dir.clone();
-    let (instances, jobs, leases, crls) = blocking(move || {
-        let e = |e: vfarm_store::StoreError| ApiError::internal(format!("metrics: {e}"));
-        // The CRLs fetch-crl keeps current: their age and time left, for alerting before
-        // `crl_missing = "refuse"` locks a CA's users out.
-        let crls = ca_dir
-            .and_then(|d| vfarm_imagelist::TrustStore::load(&d).ok())
-            .map(|t| t.crl_ages(chrono::Utc::now()))
-            .unwrap_or_default();
-        Ok((
-            store.instance_state_counts().map_err(e)?,
-            store.job_state_counts().map_err(e)?,
-            store.hostname_leases().map_err(e)?.len(),
-            crls,
-        ))
-    })
-    .await?;
-    let mut reg = Registry::default();
-    reg.register(
-        "vfarm_http_requests",
-        "HTTP requests answered, by method and status",
-        s.metrics.requests.clone(),
-    );
-    let gauge_family = |counts: Vec<(String, i64)>| {
-        let f = Family::<StateLabels, Gauge>::default();
-        for (state, n) in counts {
-            f.get_or_create(&StateLabels { state }).set(n);
-        }
-        f
-    };
-    reg.register(
-        "vfarm_instances",
-        "Instances on record, by state",
-        gauge_family(instances),
-    );
-    reg.register("vfarm_jobs", "Jobs on record, by state", gauge_family(jobs));
-    let l = Gauge::<i64>::default();
-    l.set(leases as i64);
-    reg.register("vfarm_hostname_leases", "Pool hostnames held", l);
-    let (age, left) = (
-        Family::<IssuerLabels, Gauge>::default(),
-        Family::<IssuerLabels, Gauge>::default(),
-    );
-    for (issuer, a, r) in crls {
-        let labels = IssuerLabels { issuer };
-        if let Some(a) = a {
-            age.get_or_create(&labels).set(a);
-        }
-        if let Some(r) = r {
-            left.get_or_create(&labels).set(r);
-        }
-    }
-    reg.register(
-        "vfarm_crl_age_seconds",
-        "Age of each CRL of the client CA directory (now - lastUpdate), by issuer",
-        age,
-    );
-    reg.register(
-        "vfarm_crl_remaining_seconds",
-        "Time left of each CRL of the client CA directory (nextUpdate - now; negative: expired)",
-        left,
-    );
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &reg)
-        .map_err(|e| ApiError::internal(format!("metrics: {e}")))?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response())
 }
 
 /// The web UI's files, built into the binary. `VFARM_UI_DIR` serves them from a directory

@@ -23,6 +23,7 @@ use vfarm_proto::hosts::{
         crate::live::events,
         crate::live::audit,
         crate::instances::quota,
+        crate::metrics::stats,
         crate::instances::list,
         crate::instances::create,
         crate::instances::show,

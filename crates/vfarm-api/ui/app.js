@@ -20,6 +20,7 @@ const state = {
   detail: null, // the instance shown on #/instances/ID, with snapshots
   quota: null, // GET /quota: limits and usage of the signed-in owner
   sort: null, // {key, dir} of the instances table; null = newest first
+  usage: new Map(), // id -> InstanceUsage from /stats (the service samples every 5 s)
   showAll: false,
   hosts: null, // GET /hosts (admins): the physical host inventory, null until loaded
   jobs: new Map(), // id -> Job, as GET /jobs lists them (updated by `job` events)
@@ -539,6 +540,63 @@ function renderInstances() {
   paintImageChoices();
   paintQuota();
   loadQuota();
+  loadUsage();
+}
+
+// The service samples every 5 s; the table follows at that pace while it is shown.
+const USAGE_REFRESH_MS = 5000;
+let usageTimer = null;
+async function loadUsage() {
+  clearTimeout(usageTimer);
+  // Left the pages that show usage (the table, an instance's page).
+  if (!$('[data-testid="instances-table"]') && !$('[data-testid="instance-stats"]')) return;
+  try {
+    const list = await api('GET', '/stats');
+    state.usage = new Map(list.map((u) => [u.id, u]));
+    requestPaint();
+    if (state.detail) paintDetail();
+  } catch (e) {
+    // A service without a sampler (503) has no figures: the columns stay empty.
+    if (e.status !== 401 && e.status !== 503) notice(`Cannot read usage: ${e.message}`, 'error');
+  }
+  usageTimer = setTimeout(loadUsage, USAGE_REFRESH_MS);
+}
+
+const fmt1 = (v) => (v == null ? '–' : v.toFixed(1));
+const mib = (b) => `${Math.round(b / 1048576)}`;
+
+/** The window's history as a small line chart (SVG: no chart library). */
+function sparkline(values, testid, unit, scale) {
+  const NS = 'http://www.w3.org/2000/svg';
+  const [w, ht] = [160, 28];
+  // Against a fixed scale (100 % of one CPU, the memory limit) when there is one.
+  const top = Math.max(...values, scale || 1);
+  const x = (i) => (values.length > 1 ? (i / (values.length - 1)) * w : w / 2);
+  const svg = document.createElementNS(NS, 'svg');
+  for (const [k, v] of Object.entries({ viewBox: `0 0 ${w} ${ht}`, width: w, height: ht, class: 'spark', 'data-testid': testid,
+    'data-points': values.length, role: 'img', 'aria-label': `${values.length} samples, last ${fmt1(values[values.length - 1])} ${unit}` })) {
+    svg.setAttribute(k, String(v));
+  }
+  const line = document.createElementNS(NS, 'polyline');
+  line.setAttribute('points', values.map((v, i) => `${x(i).toFixed(1)},${(ht - 1 - (v / top) * (ht - 2)).toFixed(1)}`).join(' '));
+  svg.append(line);
+  return svg;
+}
+
+/** A usage cell: the figure now, avg/max of the window in its title. */
+function usageCell(i, key) {
+  const u = state.usage.get(i.id);
+  if (!u || !u.now) return h('td', { class: 'num', testid: `instance-${key}` }, '–');
+  const n = u.now;
+  const w = (f) => (u.avg && u.max ? `avg ${f(u.avg)} · max ${f(u.max)} over ${Math.round(u.window_secs)} s` : '');
+  const cells = {
+    cpu: [n.cpu_percent, `${fmt1(n.cpu_percent)} %`, w((r) => `${fmt1(r.cpu_percent)} %`) + ` · of ${u.cpus} CPU${u.cpus === 1 ? '' : 's'}`],
+    memory: [n.memory_bytes, `${mib(n.memory_bytes)}${u.memory_limit_bytes ? ` / ${mib(u.memory_limit_bytes)}` : ''} MiB`, w((r) => `${mib(r.memory_bytes)} MiB`)],
+    disk: [n.disk_read_kbps + n.disk_write_kbps, `${fmt1(n.disk_read_kbps)} / ${fmt1(n.disk_write_kbps)}`, `read / write KB/s; ${w((r) => `${fmt1(r.disk_read_kbps)} / ${fmt1(r.disk_write_kbps)}`)}`],
+    net: [(n.net_rx_kbps ?? 0) + (n.net_tx_kbps ?? 0), n.net_rx_kbps == null ? '–' : `${fmt1(n.net_rx_kbps)} / ${fmt1(n.net_tx_kbps)}`, `rx / tx KB/s; ${w((r) => `${fmt1(r.net_rx_kbps)} / ${fmt1(r.net_tx_kbps)}`)}`],
+  };
+  const [value, text, title] = cells[key];
+  return h('td', { class: 'num', testid: `instance-${key}`, 'data-value': String(value), title }, text);
 }
 
 // A burst of events (a hundred creates at once) repaints the table once, not a hundred times.
@@ -567,6 +625,10 @@ const COLUMNS = [
   ['driver', 'Driver', (i) => i.driver],
   ['uptime', 'Uptime', (i) => (['running', 'paused'].includes(i.state) ? uptimeNow(i) : null)],
   ['expiry', 'Expires in', (i) => expiryNow(i)],
+  ['cpu', 'CPU %', (i) => state.usage.get(i.id)?.now?.cpu_percent ?? null],
+  ['memory', 'Memory', (i) => state.usage.get(i.id)?.now?.memory_bytes ?? null],
+  ['disk', 'Disk R/W KB/s', (i) => { const n = state.usage.get(i.id)?.now; return n ? n.disk_read_kbps + n.disk_write_kbps : null; }],
+  ['net', 'Net RX/TX KB/s', (i) => { const n = state.usage.get(i.id)?.now; return n && n.net_rx_kbps != null ? n.net_rx_kbps + n.net_tx_kbps : null; }],
 ];
 
 function sortBy(key) {
@@ -608,7 +670,8 @@ function paintInstances(flash = new Set()) {
     h('td', {}, imageLabel(i)),
     h('td', {}, h('span', { class: `badge badge-driver-${i.driver}` }, i.driver)),
     h('td', { class: 'num' }, tickCell('uptime', i)),
-    h('td', { class: 'num' }, tickCell('expiry', i))));
+    h('td', { class: 'num' }, tickCell('expiry', i)),
+    ...['cpu', 'memory', 'disk', 'net'].map((k) => usageCell(i, k))));
   table.tBodies[0].replaceChildren(...rows);
   const running = all.filter((i) => i.state === 'running').length;
   $('[data-testid="instances-summary"]').textContent = `${all.length} total · ${running} running`;
@@ -755,6 +818,19 @@ async function renderInstance(ref) {
   paintDetail();
   await refreshDetail();
   loadConsole();
+  loadUsage();
+}
+
+/** The sampler's view of an instance for its page: sparklines of the last minutes. */
+function usageRows(u) {
+  if (!u || !u.history || !u.history.length) return [];
+  const hist = u.history;
+  return [
+    [`CPU (${Math.round(u.window_secs / 60) || '<1'} min)`, [sparkline(hist.map((r) => r.cpu_percent), 'spark-cpu', '%', 100),
+      ` ${fmt1(u.now.cpu_percent)} % of one CPU now, max ${fmt1(u.max.cpu_percent)} %`]],
+    ['Memory used', [sparkline(hist.map((r) => r.memory_bytes / 1048576), 'spark-memory', 'MiB', u.memory_limit_bytes / 1048576),
+      ` ${mib(u.now.memory_bytes)}${u.memory_limit_bytes ? ` of ${mib(u.memory_limit_bytes)}` : ''} MiB`]],
+  ];
 }
 
 function execForm() {
@@ -918,6 +994,7 @@ function paintDetail() {
     ['Resident memory', st ? bytes(st.rss_bytes) : null],
     ['Disk I/O', st && st.block && st.block.length ? st.block.map((b) => `${b.device}: ${bytes(b.rd_bytes)} read, ${bytes(b.wr_bytes)} written`).join('; ') : null],
     ['Network', st && st.net ? `${bytes(st.net.rx_bytes)} in, ${bytes(st.net.tx_bytes)} out` : null],
+    ...usageRows(state.usage.get(d.id)),
   ]));
   if (!$('[data-testid="instance-stats"] dd')) {
     $('[data-testid="instance-stats"]').replaceChildren(h('p', { class: 'muted' }, 'No resource figures for this instance.'));

@@ -329,6 +329,36 @@ pub trait Driver: Send + Sync {
     fn files(&self) -> Option<&dyn Files> {
         None
     }
+    fn stats(&self) -> Option<&dyn Stats> {
+        None
+    }
+}
+
+/// What a running instance uses: totals since it started (CPU time, bytes moved) and levels
+/// now (memory). Rates come from two samples; the service keeps the history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// CPU time of all its processes (oci: the cgroup; qemu: the QEMU process).
+    pub cpu_time: std::time::Duration,
+    /// CPUs it may use: its quota (oci), its vCPUs (qemu), else the host's.
+    pub cpus: f64,
+    /// Memory in use, page cache the kernel reclaims first not counted (oci), or QEMU's RSS.
+    pub memory_bytes: u64,
+    /// Its memory limit; `None`: unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    /// `None` when not measurable (an oci instance on the host's network, a VM whose agent
+    /// does not answer).
+    pub net_rx_bytes: Option<u64>,
+    pub net_tx_bytes: Option<u64>,
+}
+
+/// Measuring a running instance. Cheap (file reads, one QMP round trip): the service samples
+/// every instance at a fixed interval.
+pub trait Stats: Send + Sync {
+    /// Fails when the instance is not running (or paused).
+    fn usage(&self, id: &str) -> Result<Usage>;
 }
 
 /// Freeze and thaw every process of an instance.

@@ -325,7 +325,7 @@ fn lifecycle_exec_pause_snapshots_checkpoint_stop_cleanup() {
     );
 
     // Measured stats.
-    let st = d.stats(&id).unwrap();
+    let st = d.vm_stats(&id).unwrap();
     println!(
         "stats: cpu {:.2} s, rss {} MB, uptime {:.1} s, disk0 read {} KB written {} KB",
         st.cpu_time.as_secs_f64(),
@@ -342,6 +342,11 @@ fn lifecycle_exec_pause_snapshots_checkpoint_stop_cleanup() {
         .find(|b| b.device == "disk0")
         .expect("disk0 in the block stats");
     assert!(disk0.rd_bytes > 0, "the guest read its root disk");
+    // The same figures through the driver boundary's `stats` capability (what the service
+    // samples): the VM's vCPUs and memory as its CPUs and limit.
+    let u = d.stats().expect("qemu measures").usage(&id).unwrap();
+    assert_eq!((u.cpus, u.memory_limit_bytes), (1.0, Some(512 << 20)));
+    assert!(u.cpu_time >= st.cpu_time && u.memory_bytes > 0 && u.disk_read_bytes > 0);
 
     // Checkpoint to a file (the VM keeps running), diverge, restore.
     let ckdir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

@@ -161,6 +161,37 @@ pub fn sign(
         .map_err(SmimeError::Sign)
 }
 
+/// Whether S/MIME consumers (`openssl smime -verify`, vmcatcher, atrope) accept `cert` as a
+/// signer: OpenSSL's own S/MIME-signing purpose check of the leaf (key usage, extended key
+/// usage), judged alone. `Err` carries OpenSSL's reason. The chain is the verifier's
+/// business; this catches the certificate made for another purpose (TLS only, say).
+pub fn smime_signing_fitness(cert: &X509Ref) -> Result<(), String> {
+    use openssl::x509::store::X509StoreBuilder;
+    use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
+    use openssl::x509::{X509PurposeId, X509StoreContext};
+    let judge = || -> Result<Result<(), String>, openssl::error::ErrorStack> {
+        // The leaf as its own trust anchor (PARTIAL_CHAIN), times ignored: only the purpose
+        // can fail.
+        let mut b = X509StoreBuilder::new()?;
+        b.add_cert(cert.to_owned())?;
+        let mut param = X509VerifyParam::new()?;
+        param.set_flags(X509VerifyFlags::PARTIAL_CHAIN | X509VerifyFlags::NO_CHECK_TIME)?;
+        param.set_purpose(X509PurposeId::SMIME_SIGN)?;
+        b.set_param(&param)?;
+        let store = b.build();
+        let mut ctx = X509StoreContext::new()?;
+        let chain = Stack::new()?;
+        ctx.init(&store, cert, &chain, |c| {
+            Ok(if c.verify_cert()? {
+                Ok(())
+            } else {
+                Err(c.error().error_string().to_string())
+            })
+        })
+    };
+    judge().map_err(|e| e.to_string())?
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     #[error("cannot read {}", path.display())]

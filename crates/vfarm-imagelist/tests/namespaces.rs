@@ -211,6 +211,9 @@ fn only_certificates_fit_for_signing_sign_lists() {
     );
     let e = verify(&signed_by(&host), &t, &Policy::at(n)).unwrap_err();
     assert!(matches!(e, Refusal::SignerPurpose { .. }), "{}", e.reason());
+    // The signer's own check (`imagelist sign`) says the same without the CA directory.
+    let why = vfarm_imagelist::smime::smime_signing_fitness(&host.cert).unwrap_err();
+    assert!(why.contains("purpose"), "{why}");
     let smime = issue_eku(
         &root,
         &[("C", "XX"), ("O", "Alpha"), ("CN", "Signer")],
@@ -219,4 +222,8 @@ fn only_certificates_fit_for_signing_sign_lists() {
         "clientAuth,emailProtection",
     );
     assert!(verify(&signed_by(&smime), &t, &Policy::at(n)).is_ok());
+    assert_eq!(
+        vfarm_imagelist::smime::smime_signing_fitness(&smime.cert),
+        Ok(())
+    );
 }

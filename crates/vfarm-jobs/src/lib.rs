@@ -90,6 +90,108 @@ impl JobSpec {
     }
 }
 
+/// A staging location as a JSDL URI: URIs stay, a host path becomes `file://`, a relative
+/// name (kept in the job's output directory) stays a relative URI reference.
+fn staging_uri(s: &str) -> String {
+    if s.starts_with('/') {
+        format!("file://{s}")
+    } else {
+        s.to_string()
+    }
+}
+
+impl JobSpec {
+    /// The job as a JSDL 1.0 document (`vfarm job show ID --jsdl`): POSIXApplication for the
+    /// command, Resources for CPUs, memory, OS and architecture, DataStaging for the stages,
+    /// and the vfarm extension naming the image and driver it was routed to.
+    pub fn to_jsdl(&self) -> vfarm_jsdl::JobDefinition {
+        use vfarm_jsdl::*;
+        let file = |v: &str| FileRef::new(v);
+        let posix = PosixApplication {
+            executable: self.argv.first().map(|a| file(a)),
+            arguments: self.argv.iter().skip(1).map(|a| file(a)).collect(),
+            input: self.stdin.as_deref().map(file),
+            output: self.stdout_file.as_deref().map(file),
+            error: self.stderr_file.as_deref().map(file),
+            working_directory: self.workdir.as_deref().map(file),
+            environment: self
+                .env
+                .iter()
+                .map(|(name, value)| EnvVar {
+                    name: name.clone(),
+                    value: value.clone(),
+                    filesystem_name: None,
+                })
+                .collect(),
+            wall_time_limit: (self.walltime_secs > 0).then_some(self.walltime_secs),
+            ..PosixApplication::default()
+        };
+        let os = self.os.as_deref().and_then(|o| {
+            OperatingSystemName::from_xml(o)
+                .or_else(|| OperatingSystemName::suggest(o).and_then(OperatingSystemName::from_xml))
+        });
+        let resources = Resources {
+            operating_system: (os.is_some() || self.os_version.is_some()).then(|| {
+                OperatingSystem {
+                    name: os,
+                    version: self.os_version.clone(),
+                    ..OperatingSystem::default()
+                }
+            }),
+            cpu_architecture: self.arch.as_deref().and_then(CpuArchitectureName::from_xml),
+            total_cpu_count: (self.cpus_milli > 0)
+                .then(|| RangeValue::exact(self.cpus_milli as f64 / 1000.0)),
+            total_physical_memory: (self.memory_mib > 0)
+                .then(|| RangeValue::exact((self.memory_mib << 20) as f64)),
+            vfarm: VfarmExtension {
+                image: Some(self.image.clone()),
+                driver: Driver::from_xml(&self.driver),
+            },
+            ..Resources::default()
+        };
+        let stage = |file_name: &str, uri: String, inbound: bool| DataStaging {
+            file_name: file_name.to_string(),
+            creation_flag: Some(CreationFlag::Overwrite),
+            delete_on_termination: Some(true),
+            source: inbound.then(|| StagingLocation {
+                uri: Some(uri.clone()),
+                extensions: Vec::new(),
+            }),
+            target: (!inbound).then(|| StagingLocation {
+                uri: Some(uri),
+                extensions: Vec::new(),
+            }),
+            ..DataStaging::default()
+        };
+        let data_staging = self
+            .stage_in
+            .iter()
+            .map(|s| stage(&s.dst, staging_uri(&s.src), true))
+            .chain(
+                self.stage_out
+                    .iter()
+                    .map(|s| stage(&s.src, staging_uri(&s.dst), false)),
+            )
+            .collect();
+        JobDefinition {
+            description: JobDescription {
+                identification: self.name.as_ref().map(|n| JobIdentification {
+                    job_name: Some(n.clone()),
+                    ..JobIdentification::default()
+                }),
+                application: Some(Application {
+                    body: Some(ApplicationBody::Posix(posix)),
+                    ..Application::default()
+                }),
+                resources: Some(resources),
+                data_staging,
+                ..JobDescription::default()
+            },
+            ..JobDefinition::default()
+        }
+    }
+}
+
 /// Milli-CPUs from a CPU count such as `0.5` or `2`.
 pub fn cpus_to_milli(cpus: f64) -> Option<u64> {
     if !cpus.is_finite() || cpus <= 0.0 || cpus > 4096.0 {

@@ -227,7 +227,15 @@ pub struct Signed {
 /// Sign `body` (an unsigned list, JSON) with the certificate and key files `cert`, `key`
 /// (paths on this machine). The list's endorser must be the certificate's subject and
 /// issuer.
-pub fn sign_list(caller: &Caller, cert: &Path, key: &Path, body: &[u8]) -> Result<Signed> {
+/// Sign `body`. A certificate S/MIME consumers refuse as a signer (no e-mail protection, say)
+/// is refused too unless `force`, which signs with a warning: such a list verifies nowhere.
+pub fn sign_list(
+    caller: &Caller,
+    cert: &Path,
+    key: &Path,
+    body: &[u8],
+    force: bool,
+) -> Result<Signed> {
     caller.require_admin(ADMIN_ONLY)?;
     // Bad files are the request's fault (400 over the API), never the service's.
     let creds = Credentials::load(cert, key)
@@ -252,6 +260,18 @@ pub fn sign_list(caller: &Caller, cert: &Path, key: &Path, body: &[u8]) -> Resul
         ));
     }
     let mut warnings = Vec::new();
+    if let Err(why) = vfarm_imagelist::smime::smime_signing_fitness(&creds.cert) {
+        let what = format!(
+            "{} is not fit for S/MIME signing ({why}): `openssl smime -verify`, vmcatcher and \
+             atrope refuse lists it signs; use a certificate with e-mail protection in its \
+             extended key usage (`vfarm ca issue-user` issues one)",
+            me.subject
+        );
+        if !force {
+            return Err(invalid("cert", format!("{what}; --force signs anyway")));
+        }
+        warnings.push(format!("SIGNED ANYWAY (--force): {what}"));
+    }
     if me.not_after.is_some_and(|t| t < list.expires) {
         warnings.push(format!(
             "the list expires after the certificate ({}); re-sign before the certificate expires",

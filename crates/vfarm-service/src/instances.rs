@@ -363,7 +363,7 @@ pub fn vm_view(drivers: &mut Drivers<'_>, row: &InstanceRow) -> Option<VmView> {
         }
     };
     let active = state_of(row).is_ok_and(State::is_active);
-    let stats = match q.stats(&row.id) {
+    let stats = match q.vm_stats(&row.id) {
         Ok(s) => Some(StatsView {
             pid: s.pid,
             status: s.status,

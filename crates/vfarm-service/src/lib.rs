@@ -30,6 +30,7 @@ pub mod node;
 pub mod node_migration;
 pub mod run;
 pub mod staging;
+pub mod stats;
 pub mod subscriptions;
 pub mod tokens;
 

@@ -1856,3 +1856,144 @@ fn lists_are_made_signed_and_published_through_the_api_as_locally() {
     let r = remote(&admin, &["imagelist", "create", "-f", path_str(&here)]);
     assert!(text(&r).contains("without --server"), "{}", text(&r));
 }
+
+// Issue 22, acceptance 1: the site CA's user certificates sign lists that S/MIME consumers
+// (here `openssl smime`/`openssl cms`) accept against `vfarm ca init`'s CA directory; a TLS
+// host certificate is refused by `imagelist sign` unless --force, and then by openssl too.
+#[test]
+fn a_list_signed_with_a_ca_issued_user_certificate_verifies_with_openssl() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    let run_in = |args: &[&str]| vfarm_cmd(&data).current_dir(t).args(args).output().unwrap();
+    let ok = |args: &[&str]| {
+        let o = run_in(args);
+        assert_success(&o, &args.join(" "));
+        o
+    };
+    ok(&["ca", "init", "--subject", "/C=XX/O=vfarm test/CN=Site CA"]);
+    ok(&[
+        "ca",
+        "issue-user",
+        "/C=XX/O=vfarm test/CN=Lister",
+        "--out",
+        "signer",
+    ]);
+    ok(&["ca", "issue-host", "h1.example.org", "--out", "host"]);
+    // The IGTF layout: certificate, CRL, namespaces and signing policy side by side.
+    let certs = data.join("ca/certificates");
+    let mut names: Vec<String> = std::fs::read_dir(&certs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let hash = names[0].split('.').next().unwrap().to_string();
+    assert_eq!(
+        names,
+        ["0", "namespaces", "r0", "signing_policy"].map(|x| format!("{hash}.{x}")),
+        "{}",
+        certs.display()
+    );
+    let policy = std::fs::read_to_string(certs.join(format!("{hash}.signing_policy"))).unwrap();
+    assert!(policy.contains("cond_subjects"), "{policy}");
+
+    let tar = rootfs_tar(t, "web", "1");
+    ok(&["image", "import", path_str(&tar), "--name", "web"]);
+    let list_for = |cert: &str, out: &str| {
+        ok(&[
+            "imagelist",
+            "create",
+            "--image",
+            "web",
+            "--uri",
+            "https://lists.example.org/site.list",
+            "--cert",
+            cert,
+            "-o",
+            out,
+        ]);
+    };
+    list_for("signer/usercert.pem", "list.json");
+    let o = ok(&[
+        "imagelist",
+        "sign",
+        "--cert",
+        "signer/usercert.pem",
+        "--key",
+        "signer/userkey.pem",
+        "list.json",
+        "list.smime",
+    ]);
+    assert!(!text(&o).contains("warning"), "{}", text(&o));
+    let unsigned: Value =
+        serde_json::from_slice(&std::fs::read(t.join("list.json")).unwrap()).unwrap();
+    for tool in ["smime", "cms"] {
+        let v = openssl(
+            t,
+            &[
+                tool,
+                "-verify",
+                "-in",
+                "list.smime",
+                "-CApath",
+                path_str(&certs),
+            ],
+        );
+        let content: Value = serde_json::from_slice(&v.stdout).expect("the list, verified");
+        assert_eq!(content, unsigned, "openssl {tool} -verify");
+    }
+
+    // A host certificate: TLS only. Refused, naming the field; nothing written.
+    list_for("host/hostcert.pem", "host.json");
+    let sign_host = |force: bool| {
+        let mut args = vec![
+            "imagelist",
+            "sign",
+            "--cert",
+            "host/hostcert.pem",
+            "--key",
+            "host/hostkey.pem",
+            "host.json",
+            "host.smime",
+        ];
+        if force {
+            args.push("--force");
+        }
+        run_in(&args)
+    };
+    let o = sign_host(false);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cert") && err.contains("e-mail protection") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!t.join("host.smime").exists());
+    // --force signs with a loud warning, and openssl refuses the result for its purpose.
+    let o = sign_host(true);
+    assert_success(&o, "imagelist sign --force");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("SIGNED ANYWAY"),
+        "{}",
+        text(&o)
+    );
+    let v = Command::new("openssl")
+        .current_dir(t)
+        .args([
+            "smime",
+            "-verify",
+            "-in",
+            "host.smime",
+            "-CApath",
+            path_str(&certs),
+        ])
+        .output()
+        .expect("openssl");
+    assert!(!v.status.success());
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains("unsuitable certificate purpose"),
+        "{}",
+        text(&v)
+    );
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fresh_dir, tmp, Vf};
+use common::{fresh_dir, tmp, unique, Vf};
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -41,14 +41,6 @@ impl Drop for Guard<'_> {
 
 fn code(o: &Output) -> i32 {
     o.status.code().expect("exited normally")
-}
-
-fn unique(prefix: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{:x}{:x}", std::process::id() & 0xfff, n)
 }
 
 fn assert_nothing_left(data: &Path) {

@@ -1132,3 +1132,122 @@ fn slurm_backend_runs_the_job_and_reports_back() {
     assert_eq!(doc["error"]["code"], "slurm_unsatisfiable", "{doc:#}");
     cluster.stop().unwrap();
 }
+
+// Issue 22, acceptance 2: `job show ID --jsdl` of every JSDL test document vfarm accepts is a
+// valid JSDL 1.0 + POSIX document (xmllint against the GFD.56 schemas in tests/data), and
+// vfarm accepts it back as the same job.
+#[test]
+fn job_show_jsdl_validates_against_the_jsdl_and_posix_schemas() {
+    common::require("xmllint");
+    let vf = Vf::new("jobs-jsdl-out");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/jsdl");
+    let schema = root.join("schema/jsdl-with-posix.xsd");
+    let xmllint = |doc: &std::path::Path| {
+        Command::new("xmllint")
+            .arg("--noout")
+            .arg("--schema")
+            .arg(&schema)
+            .arg(doc)
+            .output()
+            .expect("run xmllint")
+    };
+    let stdin_file = vf.data.join("stdin-for-jsdl");
+    std::fs::write(&stdin_file, "input\n").unwrap();
+    let stage_stdin = format!("{}:stdin", stdin_file.display());
+    let out_dir = vf.data.join("jsdl-out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|d| d.path().is_dir() && d.file_name() != "schema")
+        .flat_map(|d| {
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .map(|f| f.path())
+        })
+        .collect();
+    docs.sort();
+    let mut accepted = Vec::new();
+    for doc in &docs {
+        // Every document gets a stage-in (posix.jsdl and spmd2.jsdl read `stdin`), so the
+        // output has a DataStaging too.
+        let o = vf.run(&[
+            "job",
+            "submit",
+            "--jsdl",
+            doc.to_str().unwrap(),
+            "--stage-in",
+            &stage_stdin,
+        ]);
+        if !o.status.success() {
+            continue;
+        }
+        let id: i64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+        let jsdl = vf.ok(&["job", "show", &id.to_string(), "--jsdl"]);
+        let name = doc.file_name().unwrap().to_string_lossy().replace('.', "_");
+        let out = out_dir.join(format!("{name}.jsdl"));
+        std::fs::write(&out, &jsdl).unwrap();
+        let v = xmllint(&out);
+        assert!(
+            v.status.success(),
+            "job show --jsdl of {} does not validate:\n{}\n{jsdl}",
+            doc.display(),
+            String::from_utf8_lossy(&v.stderr)
+        );
+        // vfarm takes its own output back as the same command.
+        let again = vf.submit(&["--jsdl", out.to_str().unwrap()]);
+        assert_eq!(vf.show(again)["argv"], vf.show(id)["argv"], "{jsdl}");
+        accepted.push(doc.strip_prefix(&root).unwrap().display().to_string());
+    }
+    eprintln!(
+        "{} of {} test documents accepted; each one's `job show --jsdl` validates: {accepted:?}",
+        accepted.len(),
+        docs.len()
+    );
+    assert_eq!(accepted.len(), 5, "{accepted:?}");
+    // The check can fail: an element POSIX does not define is refused by the same schemas.
+    let good = std::fs::read_to_string(out_dir.join("helloworld_jsdl.jsdl")).unwrap();
+    assert!(good.contains("<jsdl-posix:Executable>"), "{good}");
+    let bad = out_dir.join("bad.jsdl");
+    std::fs::write(
+        &bad,
+        good.replace(
+            "<jsdl-posix:Executable>",
+            "<jsdl-posix:Bogus/><jsdl-posix:Executable>",
+        ),
+    )
+    .unwrap();
+    assert!(!xmllint(&bad).status.success());
+    // Through the API the same document (written from the spec the service answers with).
+    // The jobs are cancelled first: the service's dispatcher is not to run them.
+    let jobs = vf.json(&["job", "ls"]);
+    let ids: Vec<String> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap().to_string())
+        .collect();
+    let mut cancel = vec!["job", "cancel"];
+    cancel.extend(ids.iter().map(String::as_str));
+    vf.ok(&cancel);
+    let owner = jobs[0]["owner"].as_str().unwrap().to_string();
+    let first = ids[0].clone();
+    let server = Server::start(&vf.data);
+    let remote = Command::new(env!("CARGO_BIN_EXE_vfarm"))
+        .args(["--server", &server.base, "job", "show", &first, "--jsdl"])
+        .env("VFARM_TOKEN", server.token_for(&owner))
+        .env("VFARM_DATA_DIR", &vf.data)
+        .output()
+        .unwrap();
+    common::assert_success(&remote, "job show --jsdl --server");
+    assert_eq!(
+        String::from_utf8_lossy(&remote.stdout),
+        vf.ok(&["job", "show", &first, "--jsdl"])
+    );
+    drop(server);
+    // An unknown job is refused naming it (exit 3), with nothing on stdout.
+    let o = vf.run(&["job", "show", "999999", "--jsdl"]);
+    assert_eq!(o.status.code(), Some(3), "{}", common::text(&o));
+    assert!(o.stdout.is_empty());
+}

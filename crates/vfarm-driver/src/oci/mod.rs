@@ -38,6 +38,7 @@ mod bundle;
 mod files;
 mod hostfs;
 mod runtime;
+mod usage;
 
 use std::fs::File;
 use std::io::Read;
@@ -887,6 +888,27 @@ impl Driver for OciDriver {
     }
     fn files(&self) -> Option<&dyn Files> {
         Some(self)
+    }
+    fn stats(&self) -> Option<&dyn crate::Stats> {
+        Some(self)
+    }
+}
+
+impl crate::Stats for OciDriver {
+    fn usage(&self, id: &str) -> Result<crate::Usage> {
+        validate_id(id)?;
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let Some(mut u) = usage::cgroup_usage(Path::new("/sys/fs/cgroup"), id, host_cpus) else {
+            let rec = self.load(id)?;
+            return Err(not_running("stats", id, self.observe_rec(&rec)));
+        };
+        let pid = std::fs::read_to_string(self.run_dir(id).join("container.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some((rx, tx)) = pid.and_then(usage::net_of) {
+            (u.net_rx_bytes, u.net_tx_bytes) = (Some(rx), Some(tx));
+        }
+        Ok(u)
     }
 }
 

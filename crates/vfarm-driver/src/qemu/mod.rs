@@ -797,7 +797,7 @@ impl QemuDriver {
     }
 
     /// Measured resource use of a running (or paused) VM.
-    pub fn stats(&self, id: &str) -> Result<VmStats> {
+    pub fn vm_stats(&self, id: &str) -> Result<VmStats> {
         let rec = self.load(id)?;
         let Some(p) = self.live(&rec) else {
             return Err(not_running("stats", id, self.observe_rec(&rec)));
@@ -1467,6 +1467,26 @@ impl Driver for QemuDriver {
     }
     fn files(&self) -> Option<&dyn crate::Files> {
         Some(self)
+    }
+    fn stats(&self) -> Option<&dyn crate::Stats> {
+        Some(self)
+    }
+}
+
+impl crate::Stats for QemuDriver {
+    fn usage(&self, id: &str) -> Result<crate::Usage> {
+        let s = self.vm_stats(id)?;
+        let rec = self.load(id)?;
+        Ok(crate::Usage {
+            cpu_time: s.cpu_time,
+            cpus: f64::from(rec.vm.cpus),
+            memory_bytes: s.rss_bytes,
+            memory_limit_bytes: Some(rec.vm.memory_mib << 20),
+            disk_read_bytes: s.block.iter().map(|b| b.rd_bytes).sum(),
+            disk_write_bytes: s.block.iter().map(|b| b.wr_bytes).sum(),
+            net_rx_bytes: s.net.as_ref().map(|n| n.rx_bytes),
+            net_tx_bytes: s.net.as_ref().map(|n| n.tx_bytes),
+        })
     }
 }
 

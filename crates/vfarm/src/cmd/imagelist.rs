@@ -75,6 +75,10 @@ pub enum ImagelistCmd {
         /// Signed list to write. (Not named `output`: that is the global `--output` flag.)
         #[arg(value_name = "OUT")]
         signed: PathBuf,
+        /// Sign even with a certificate S/MIME consumers refuse (no e-mail protection):
+        /// the list then verifies nowhere but in tests of that refusal.
+        #[arg(long)]
+        force: bool,
     },
     /// Verify a signed list: prints the list and its signer, or the precise reason it is refused
     /// (exit 1).
@@ -253,9 +257,10 @@ pub fn run_imagelist(ctx: &Ctx, cmd: ImagelistCmd) -> Result<i32> {
             key,
             input,
             signed: output,
+            force,
         } => {
             let body = crate::cmd::read_input("input", &input)?;
-            let signed = imagelists::sign_list(caller, &cert, &key, &body)
+            let signed = imagelists::sign_list(caller, &cert, &key, &body, force)
                 .with_context(|| format!("cannot sign {}", input.display()))?;
             std::fs::write(&output, &signed.message)
                 .with_context(|| format!("cannot write {}", output.display()))?;

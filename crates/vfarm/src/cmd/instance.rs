@@ -49,6 +49,12 @@ pub struct LsArgs {
     /// after page).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: Option<u32>,
+    /// Measured use of each running instance instead: CPU % (of one CPU; N = its CPUs),
+    /// memory used/limit, disk and network KB/s, now and avg/max over the last minutes
+    /// (through --server, the service's samples; locally, one 2-second measurement).
+    /// Only running instances are measured: --state and --image do not apply.
+    #[arg(long, conflicts_with_all = ["state", "image"])]
+    pub stats: bool,
 }
 
 impl LsArgs {
@@ -479,6 +485,70 @@ fn time_left(v: &InstanceView) -> String {
         Some(s) if s > 0 => human_secs(s),
         Some(_) => "due".into(),
         None => "-".into(),
+    }
+}
+
+/// How long a local `instance ls --stats` measures (no service keeps a history for it).
+const LOCAL_STATS_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The overview rows `ls`'s filters select (--owner, --host, --limit).
+pub(crate) fn stats_filtered(
+    mut rows: Vec<vfarm_service::stats::InstanceUsage>,
+    args: &LsArgs,
+) -> Vec<vfarm_service::stats::InstanceUsage> {
+    rows.retain(|u| args.owner.as_ref().is_none_or(|o| &u.owner == o));
+    rows.retain(|u| args.host.as_ref().is_none_or(|h| &u.host == h));
+    if let Some(n) = args.limit {
+        rows.truncate(n as usize);
+    }
+    rows
+}
+
+/// The XenCenter-style overview: one line per instance, now and avg/max of the window.
+pub(crate) fn print_stats_table(rows: &[vfarm_service::stats::InstanceUsage]) {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let rate = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
+    println!(
+        "{:<12}  {:<14}  {:<6}  {:<8}  {:>16}  {:>17}  {:>19}  {:>19}",
+        "ID",
+        "NAME",
+        "DRIVER",
+        "OWNER",
+        "CPU% (avg/max)",
+        "MEM MiB (limit)",
+        "DISK R/W KB/s",
+        "NET RX/TX KB/s"
+    );
+    for u in rows {
+        let (now, avg, max) = (u.now.unwrap_or_default(), u.avg, u.max);
+        let cpu = format!(
+            "{:.1} ({:.0}/{:.0}) of {}",
+            now.cpu_percent,
+            avg.map_or(0.0, |r| r.cpu_percent),
+            max.map_or(0.0, |r| r.cpu_percent),
+            u.cpus
+        );
+        let mem = format!(
+            "{:.0} ({})",
+            mib(now.memory_bytes),
+            u.memory_limit_bytes
+                .map_or("-".to_string(), |l| format!("{:.0}", mib(l)))
+        );
+        println!(
+            "{:<12}  {:<14}  {:<6}  {:<8}  {:>16}  {:>17}  {:>19}  {:>19}",
+            u.id,
+            if u.name.is_empty() { "-" } else { &u.name },
+            u.driver,
+            u.owner,
+            cpu,
+            mem,
+            format!(
+                "{}/{}",
+                rate(Some(now.disk_read_kbps)),
+                rate(Some(now.disk_write_kbps))
+            ),
+            format!("{}/{}", rate(now.net_rx_kbps), rate(now.net_tx_kbps)),
+        );
     }
 }
 
@@ -986,6 +1056,20 @@ pub fn run_instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<i32> {
                     row.expires.as_deref().unwrap_or("-")
                 ),
             )?;
+            Ok(0)
+        }
+        InstanceCmd::Ls(args) if args.stats => {
+            let sampler = vfarm_service::stats::Sampler::new();
+            sampler.sample(ctx)?;
+            // Rates need two samples: a measurement window, not a wait for an event.
+            std::thread::sleep(LOCAL_STATS_WINDOW);
+            sampler.sample(ctx)?;
+            let rows = stats_filtered(sampler.overview_for(caller), &args);
+            if ctx.json() {
+                ctx.print_json(&rows)?;
+            } else {
+                print_stats_table(&rows);
+            }
             Ok(0)
         }
         InstanceCmd::Ls(args) => {

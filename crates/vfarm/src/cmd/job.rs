@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use vfarm_proto::ErrorCode;
@@ -46,6 +46,10 @@ pub enum JobCmd {
     Show {
         /// The job id.
         id: String,
+        /// The job as a JSDL 1.0 document instead (POSIX application, resources, staging,
+        /// the vfarm extension naming its image and driver).
+        #[arg(long)]
+        jsdl: bool,
     },
     /// Cancel jobs, in any state: a queued job never starts, a running one is killed and
     /// its instance removed.
@@ -432,7 +436,15 @@ pub fn run(ctx: &Ctx, args: JobArgs) -> Result<i32> {
             }
             Ok(0)
         }
-        JobCmd::Show { id } => {
+        JobCmd::Show { id, jsdl: true } => {
+            let store = ctx.store()?;
+            let j = store.job(parse_id(&id)?)?;
+            let spec: vfarm_jobs::JobSpec = serde_json::from_str(&j.spec)
+                .with_context(|| format!("job {} has an unreadable spec", j.id))?;
+            print!("{}", vfarm_jsdl::write(&spec.to_jsdl()));
+            Ok(0)
+        }
+        JobCmd::Show { id, jsdl: false } => {
             let store = ctx.store()?;
             let j = store.job(parse_id(&id)?)?;
             let v = view(ctx, &store, &j, true)?;

@@ -263,6 +263,16 @@ pub fn run_instance(ctx: &Ctx, a: &RemoteArgs, cmd: InstanceCmd) -> Result<i32> 
     let c = Client::new(a)?;
     let path = |r: &str, rest: &str| format!("/api/v1/instances/{}{rest}", seg(r));
     match cmd {
+        InstanceCmd::Ls(args) if args.stats => {
+            let rows: Vec<vfarm_service::stats::InstanceUsage> =
+                c.json(M::GET, "/api/v1/stats", None)?;
+            let rows = crate::cmd::instance::stats_filtered(rows, &args);
+            if ctx.json() {
+                ctx.print_json(&rows)?;
+            } else {
+                crate::cmd::instance::print_stats_table(&rows);
+            }
+        }
         InstanceCmd::Ls(args) => {
             // Without --limit, every page (the service answers at most 1000 at a time).
             let q = vfarm_api::instances::ListQuery {

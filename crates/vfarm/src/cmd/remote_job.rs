@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use reqwest::Method;
 use serde_json::Value;
 use vfarm_proto::ErrorCode;
@@ -137,7 +137,15 @@ pub fn run_job(ctx: &Ctx, a: &RemoteArgs, args: JobArgs) -> Result<i32> {
             }
             Ok(0)
         }
-        JobCmd::Show { id } => {
+        JobCmd::Show { id, jsdl: true } => {
+            // The service's answer carries the stored spec; the document is written here.
+            let (_, doc) = show(&c, parse_id(&id)?)?;
+            let spec: vfarm_jobs::JobSpec = serde_json::from_value(doc["spec"].clone())
+                .with_context(|| format!("the service's answer has no job spec: {doc}"))?;
+            print!("{}", vfarm_jsdl::write(&spec.to_jsdl()));
+            Ok(0)
+        }
+        JobCmd::Show { id, jsdl: false } => {
             let (v, doc) = show(&c, parse_id(&id)?)?;
             if ctx.json() {
                 ctx.print_json(&doc)?;

@@ -94,6 +94,7 @@ pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32
             key,
             input,
             signed: output,
+            force,
         } => {
             // The certificate and key stay on the service: the paths are its files.
             let body = crate::cmd::read_input_text("input", &input)?;
@@ -101,7 +102,7 @@ pub fn run_imagelist(ctx: &Ctx, a: &RemoteArgs, cmd: ImagelistCmd) -> Result<i32
             let v: Value = c.json(
                 M::POST,
                 "/api/v1/imagelists/sign",
-                Some(json!({ "list": body, "cert": cert, "key": key })),
+                Some(json!({ "list": body, "cert": cert, "key": key, "force": force })),
             )?;
             let signed = v["signed"]
                 .as_str()

@@ -257,6 +257,7 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
         _ => state.instances = Some(service),
     }
     vfarm_service::local::spawn_watcher(ctx, state.events.clone(), busy);
+    state.usage = Some(vfarm_service::stats::spawn_sampler(ctx));
     vfarm_api::live::spawn_job_watcher(state.store.clone(), state.job_events.clone());
     // The reaper destroys expired instances; it runs beside the HTTP service and survives
     // its own failures (they are logged and retried on the next round).

@@ -162,6 +162,15 @@ pub fn store_of(data: &Path) -> vfarm_store::Store {
 }
 
 /// The tests' scratch directory (cargo's per-target tmp dir, kept between runs).
+/// A name no other test run uses (pid and time), for instances and data dirs.
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{:x}{:x}", std::process::id() & 0xfff, n)
+}
+
 pub fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
