@@ -67,7 +67,7 @@ throughput() { # CLIENT_PREFIX… -- ADDRESS PORT
   local pre=() a p
   while [ "$1" != "--" ]; do pre+=("$1"); shift; done
   shift; a=$1; p=$2
-  "${pre[@]}" iperf3 -c "$a" -p "$p" -t 3 -J | jq '.end.sum_received.bits_per_second / 1e6'
+  "${pre[@]}" iperf3 -c "$a" -p "$p" -t 3 -J | jq '.end.sum_received.bits_per_second / 1e6 | floor'
 }
 latency() { # CLIENT_PREFIX… -- ADDRESS: average round trip in ms
   local pre=()
