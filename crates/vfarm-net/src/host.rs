@@ -93,8 +93,15 @@ fn run_nsenter(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Whether this network namespace has a link `name`. /proc/self/net is the calling process's
+/// namespace; /sys/class/net is the one sysfs was mounted in, which a process entered into
+/// another namespace with `nsenter --net` (a node of a test cluster) still sees.
 pub(crate) fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    std::fs::read_to_string("/proc/self/net/dev").is_ok_and(|t| {
+        t.lines()
+            .skip(2)
+            .any(|l| l.split(':').next().map(str::trim) == Some(name))
+    })
 }
 
 /// The interfaces enslaved to `bridge` (none when it does not exist).

@@ -658,6 +658,32 @@ fn host_ifname(key: &str) -> String {
     format!("vfh-{:011x}", hash(key) & 0xfff_ffff_ffff)
 }
 
+/// Where the networks' state (definitions, leases, DNS names) lives: the host's, as the
+/// bridges are, so it goes away at a reboot with them; and one directory per network
+/// namespace, as bridges, taps and rules are (nodes sharing a filesystem but each in a
+/// namespace of its own bring up networks of the same name with different bridges).
+pub fn state_dir() -> PathBuf {
+    // The initial namespace's inode is fixed (PROC_NET_INIT_INO); /proc/1 may not be
+    // readable (a container without CAP_SYS_PTRACE), so it is only a second opinion.
+    const INIT: &str = "4026531833";
+    let root = Path::new("/run/vfarm");
+    let inode = |p: &str| {
+        // "net:[4026532301]": the namespace's inode, stable while it exists.
+        std::fs::read_link(p).ok().map(|l| {
+            l.to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+        })
+    };
+    match inode("/proc/self/ns/net") {
+        Some(me) if me != INIT && Some(&me) != inode("/proc/1/ns/net").as_ref() => {
+            root.join(format!("net-ns{me}"))
+        }
+        _ => root.join("net"),
+    }
+}
+
 /// A VM's tap: `vft-` and the same hash.
 pub fn tap_ifname(key: &str) -> String {
     format!("vft-{:011x}", hash(key) & 0xfff_ffff_ffff)

@@ -20,13 +20,9 @@ use crate::env::Env;
 use crate::error::ServiceError;
 use crate::instances::Net;
 
-/// The networks' state (leases, DNS names) is the host's, as the bridges are, and goes away
-/// at a reboot with them.
-pub const STATE_DIR: &str = "/run/vfarm/net";
-
-/// The network `c` defines, with its state in [`STATE_DIR`].
+/// The network `c` defines, with its state in [`vfarm_net::state_dir`].
 pub fn network(c: &NetworkConfig) -> Result<Network> {
-    Ok(Network::new(c, Path::new(STATE_DIR))?)
+    Ok(Network::new(c, &vfarm_net::state_dir())?)
 }
 
 /// The configured network `name`.
@@ -105,7 +101,7 @@ pub fn lease(
 /// The network an instance is on, as it is up on this host (its definition is kept there,
 /// whichever config file brought it up); brought up from the data dir's serve.toml if not.
 fn configured(data_dir: &Path, a: &Attachment) -> Result<Network> {
-    if let Some(n) = Network::load(Path::new(STATE_DIR), &a.network)? {
+    if let Some(n) = Network::load(&vfarm_net::state_dir(), &a.network)? {
         return Ok(n);
     }
     let cfg = ServeConfig::load(&ServeConfig::default_path(data_dir))?;
@@ -175,6 +171,19 @@ pub fn unplug(data_dir: &Path, spec: &InstanceSpec) -> Result<()> {
     Ok(())
 }
 
+/// Undo whatever attachment `key` has on this host's configured networks, without its spec
+/// (a VM whose incoming migration was given up: it has no record here).
+pub fn unplug_key(data_dir: &Path, key: &str) -> Result<()> {
+    let cfg = ServeConfig::load(&ServeConfig::default_path(data_dir))?;
+    for c in &cfg.networks {
+        if let Some(net) = Network::load(&vfarm_net::state_dir(), &c.name)? {
+            net.detach(key)?;
+        }
+    }
+    vfarm_net::remove_links(key)?;
+    Ok(())
+}
+
 /// Give back a record's address without touching links: a control's record of an instance
 /// that runs on a node (the node undoes its own attachment).
 pub fn forget(spec_json: &str) {
@@ -182,7 +191,7 @@ pub fn forget(spec_json: &str) {
         return;
     };
     if let Some(a) = spec.network.attachment() {
-        if let Ok(Some(net)) = Network::load(Path::new(STATE_DIR), &a.network) {
+        if let Ok(Some(net)) = Network::load(&vfarm_net::state_dir(), &a.network) {
             let _ = net.release(&spec.id);
         }
     }
@@ -345,7 +354,7 @@ pub fn down(env: &Env, caller: &crate::Caller, name: &str) -> Result<(), Service
     // One brought up from another config file (`serve --config`) is known by its state.
     let net = match find(&cfg, name) {
         Ok(n) => n,
-        Err(e) => Network::load(Path::new(STATE_DIR), name)
+        Err(e) => Network::load(&vfarm_net::state_dir(), name)
             .map_err(|e| ServiceError::from_anyhow(e.into()))?
             .ok_or(e)?,
     };

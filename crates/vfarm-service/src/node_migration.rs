@@ -127,6 +127,8 @@ impl MigrationBackend for NodeMigrations {
             .images()
             .and_then(|r| Ok(r.resolve(&image_id)?))
             .map_err(internal)?;
+        // The tap on this node's bridge, with the address the VM keeps (the control's lease).
+        crate::net::plug(&self.env.data_dir, src.spec()).map_err(internal)?;
         let incoming = self
             .qemu()
             .prepare_incoming(
@@ -137,7 +139,10 @@ impl MigrationBackend for NodeMigrations {
                     listen: self.listen,
                 },
             )
-            .map_err(driver_err)?;
+            .map_err(|e| {
+                let _ = crate::net::unplug(&self.env.data_dir, src.spec());
+                driver_err(e)
+            })?;
         serde_json::to_value(incoming).map_err(internal)
     }
 
@@ -194,7 +199,11 @@ impl MigrationBackend for NodeMigrations {
     }
 
     fn abort_incoming(&self, id: &str) -> Result<(), ServiceError> {
-        self.qemu().abort_incoming(id).map_err(driver_err)
+        let r = self.qemu().abort_incoming(id).map_err(driver_err);
+        if let Err(e) = crate::net::unplug_key(&self.env.data_dir, id) {
+            tracing::warn!("cannot take the given-up incoming VM {id} off its network: {e:#}");
+        }
+        r
     }
 
     fn complete(&self, id: &str) -> Result<Vec<String>, ServiceError> {
@@ -214,6 +223,14 @@ impl MigrationBackend for NodeMigrations {
         }
         let warnings = self.qemu().complete_outgoing(id).map_err(driver_err)?;
         let store = self.env.store().map_err(internal)?;
+        // The VM answers at its address on the destination now: its tap here goes.
+        if let Some(spec) = store
+            .instance(id)
+            .map_err(internal)?
+            .and_then(|r| crate::net::spec_of(&r.spec))
+        {
+            crate::net::unplug(&self.env.data_dir, &spec).map_err(internal)?;
+        }
         store.delete_instance("vfarm-node", id).map_err(internal)?;
         self.release(id);
         Ok(warnings)

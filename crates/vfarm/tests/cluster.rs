@@ -34,6 +34,9 @@ struct Net {
     host_ifs: Vec<String>,
 }
 
+/// The LAN bridge a node with a `bridged` network has in its namespace (eth0 on it).
+const NODE_LAN: &str = "vflan";
+
 impl Net {
     fn new(nodes: usize) -> Net {
         require("ip");
@@ -87,6 +90,38 @@ impl Net {
         self.host_ifs.push(host_if);
     }
 
+    /// Put node `i`'s eth0 on a bridge of its own (with the node's address), as a site host
+    /// with a `bridged` network has it: the instances' links join that bridge, so they are on
+    /// the LAN (this namespace's bridge) beside the node.
+    fn lan(&self, i: usize) {
+        let ns = &self.namespaces[i - 1];
+        let cidr = format!("{}/24", self.node_addr(i));
+        ip(&["-n", ns, "link", "add", NODE_LAN, "type", "bridge"]);
+        ip(&["-n", ns, "addr", "del", &cidr, "dev", "eth0"]);
+        ip(&["-n", ns, "link", "set", "eth0", "master", NODE_LAN]);
+        ip(&["-n", ns, "addr", "add", &cidr, "dev", NODE_LAN]);
+        ip(&["-n", ns, "link", "set", NODE_LAN, "up"]);
+    }
+
+    /// The name of the site LAN as a vfarm network (its state goes with the test).
+    fn lan_name(&self) -> String {
+        format!("lan{}", self.bridge.trim_start_matches("vfb"))
+    }
+
+    /// vfarm's links (veths `vfh-`, taps `vft-`) in node `i`'s namespace.
+    fn vfarm_links(&self, i: usize) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.namespaces[i - 1], "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("vfh-") || n.starts_with("vft-"))
+            .collect()
+    }
+
     fn control_addr(&self) -> String {
         format!("{}.1", self.prefix)
     }
@@ -109,11 +144,17 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         for ns in &self.namespaces {
+            // vfarm keeps a namespace's network state under its inode (vfarm_net::state_dir).
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(m) = std::fs::metadata(format!("/var/run/netns/{ns}")) {
+                let _ = std::fs::remove_dir_all(format!("/run/vfarm/net-ns{}", m.ino()));
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
+        let _ = std::fs::remove_dir_all(format!("/run/vfarm/net/{}", self.lan_name()));
     }
 }
 
@@ -161,6 +202,17 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &Path, n: usize, config: &str) -> Cluster {
+        Cluster::start_with(dir, n, &|_| config.to_string(), None)
+    }
+
+    /// The control's serve.toml and (given) each node's, from the LAN the test made; nodes
+    /// with a config of their own get their eth0 on a bridge (`Net::lan`).
+    fn start_with(
+        dir: &Path,
+        n: usize,
+        config: &dyn Fn(&Net) -> String,
+        node_config: Option<&dyn Fn(&Net) -> String>,
+    ) -> Cluster {
         let net = Net::new(n);
         let control = Vf::with_minbase(dir.join("control"));
         control.ok(&["ca", "init", "--subject", "/C=XX/O=vfarm tests/CN=Site CA"]);
@@ -172,7 +224,15 @@ impl Cluster {
             "--out",
             srv.to_str().unwrap(),
         ]);
-        std::fs::write(control.data.join("serve.toml"), config).unwrap();
+        std::fs::write(control.data.join("serve.toml"), config(&net)).unwrap();
+        if let Some(node_config) = node_config {
+            for i in 1..=n {
+                net.lan(i);
+                let data = dir.join(format!("node{i}"));
+                std::fs::create_dir_all(&data).unwrap();
+                std::fs::write(data.join("serve.toml"), node_config(&net)).unwrap();
+            }
+        }
         let mut serve = control
             .cmd(&[
                 "serve",
@@ -342,12 +402,20 @@ impl Cluster {
 /// then each node's instances are destroyed through its own data dir.
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for (node, proc) in &mut self.nodes {
+        for (i, (node, proc)) in self.nodes.iter_mut().enumerate() {
             drop(proc.take());
-            let ls = node
-                .cmd(&["instance", "ls", "--output", "json"])
-                .env_remove("VFARM_DATABASE")
-                .output();
+            // In the node's namespace: its networks' links and state are there.
+            let in_ns = |args: &[&str]| {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{}", self.net.namespaces[i]))
+                    .arg(env!("CARGO_BIN_EXE_vfarm"))
+                    .args(args)
+                    .env("VFARM_DATA_DIR", &node.data)
+                    .env_remove("VFARM_OUTPUT")
+                    .env_remove("VFARM_DATABASE");
+                c.output()
+            };
+            let ls = in_ns(&["instance", "ls", "--output", "json"]);
             let ids: Vec<String> = ls
                 .ok()
                 .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
@@ -357,10 +425,7 @@ impl Drop for Cluster {
                 .filter_map(|v| v["id"].as_str().map(str::to_string))
                 .collect();
             for id in ids {
-                let _ = node
-                    .cmd(&["instance", "destroy", &id])
-                    .env_remove("VFARM_DATABASE")
-                    .output();
+                let _ = in_ns(&["instance", "destroy", &id]);
             }
         }
     }
@@ -812,14 +877,83 @@ fn counter_above(c: &Cluster, id: &str, floor: u64, what: &str) -> u64 {
     }
 }
 
-/// Acceptance 3 of several hosts: a VM live-migrates between two nodes in their own
-/// namespaces (disk copied over NBD, RAM over the bridge) and keeps running: its counter
-/// continues on the other node; the downtime is printed, there and back.
+/// A tiny HTTP server (perl-base is in every Debian image) answering "hello from NAME".
+fn http_server(name: &str) -> String {
+    format!(
+        "$SIG{{TERM}}=sub{{exit 0}}; $s=IO::Socket::INET->new(LocalPort=>8080,Listen=>16,ReuseAddr=>1) or die $!; \
+         while($c=$s->accept){{<$c>; print $c \"HTTP/1.0 200 OK\\r\\n\\r\\nhello from {name}\\n\"; close $c}}"
+    )
+}
+
+/// `bash` fetching http://$0:8080/ (no HTTP client in a minbase image).
+const FETCH: &str =
+    "exec 3<>/dev/tcp/$0/8080 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
+
+/// http://ADDR:8080/ from this namespace (the LAN's own bridge, where the control is).
+fn fetch_here(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = format!("{addr}:8080").parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+        .map_err(|e| format!("connect {sa}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Run `command` in instance `id` through the control; (exit code, stdout and stderr).
+fn exec(c: &Cluster, id: &str, command: &[&str]) -> (i64, String) {
+    let (st, v) = c.api(
+        reqwest::Method::POST,
+        &format!("/api/v1/instances/{id}/exec"),
+        Some(json!({ "command": command, "timeout": "60s" })),
+    );
+    assert_eq!(st, 200, "exec {command:?} in {id}: {v}");
+    (
+        v["exit_code"].as_i64().unwrap_or(-1),
+        format!(
+            "{}{}",
+            v["stdout"].as_str().unwrap_or_default(),
+            v["stderr"].as_str().unwrap_or_default()
+        ),
+    )
+}
+
+/// Acceptance 3 of several hosts, and 4 of instance networking: a VM live-migrates between
+/// two nodes in their own namespaces (disk copied over NBD, RAM over the bridge) and keeps
+/// running: its counter continues on the other node; the downtime is printed, there and
+/// back. Both nodes have the site's `bridged` LAN: the VM on node1 reaches an oci instance
+/// on node2 at its pool address, and the VM answers at its own pool address from the LAN
+/// before and after each move (its tap follows it; nothing of it stays behind).
 #[test]
 fn a_vm_moves_between_nodes_and_keeps_counting() {
     let _vm = common::one_vm();
     let dir = fresh_dir("cluster-migrate");
-    let c = Cluster::start(&dir, 2, "");
+    let lan = |net: &Net, bridge: &str| {
+        format!(
+            "[[networks]]\nname = \"{name}\"\nkind = \"bridged\"\nbridge = \"{bridge}\"\n\
+             subnet = \"{p}.0/24\"\ngateway = \"{gw}\"\n",
+            name = net.lan_name(),
+            p = net.prefix,
+            gw = net.control_addr()
+        )
+    };
+    let control_cfg = |net: &Net| {
+        format!(
+            "{}[[hostnames]]\nname = \"vm.lan.test\"\naddress = \"{p}.100\"\n\
+             [[hostnames]]\nname = \"peer.lan.test\"\naddress = \"{p}.101\"\n",
+            lan(net, &net.bridge),
+            p = net.prefix
+        )
+    };
+    let node_cfg = |net: &Net| lan(net, NODE_LAN);
+    let c = Cluster::start_with(&dir, 2, &control_cfg, Some(&node_cfg));
+    let (vm_addr, peer_addr) = (
+        format!("{}.100", c.net.prefix),
+        format!("{}.101", c.net.prefix),
+    );
     common::build_bootable(&c.control.data, "vm", &[]);
     c.wait_hosts(Duration::from_secs(30), "two nodes up", |h| {
         h.len() == 2 && h.values().all(up)
@@ -829,7 +963,7 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
         "/api/v1/instances?wait=true",
         Some(
             json!({"image": "vm", "driver": "qemu", "profile": "fast", "memory": "256M",
-                    "cpus": 1, "host": "node1", "name": "mig"}),
+                    "cpus": 1, "host": "node1", "name": "mig", "hostname": "vm.lan.test"}),
         ),
     );
     assert_eq!(st, 201, "{v}");
@@ -837,6 +971,11 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
         (v["host"].as_str(), v["state"].as_str()),
         (Some("node1"), Some("running")),
         "{v}"
+    );
+    assert_eq!(
+        (v["network"].as_str(), v["address"].as_str()),
+        (Some(c.net.lan_name().as_str()), Some(vm_addr.as_str())),
+        "the pool's address on the site LAN: {v}"
     );
     let id = v["id"].as_str().unwrap().to_string();
     let (st, v) = c.api(
@@ -847,6 +986,37 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
     );
     assert_eq!(st, 200, "{v}");
     let before = counter_above(&c, &id, 1, "before the migration");
+
+    // The LAN: an oci instance on node2; node1's VM fetches from it at its pool address,
+    // and serves in turn (reached from node2's instance and from the LAN's own bridge).
+    let (st, peer) = c.api(
+        reqwest::Method::POST,
+        "/api/v1/instances?wait=true",
+        Some(json!({"image": "minbase", "host": "node2", "name": "peer",
+                    "hostname": "peer.lan.test",
+                    "command": ["perl", "-MIO::Socket::INET", "-e", http_server("peer")]})),
+    );
+    assert_eq!(st, 201, "{peer}");
+    assert_eq!(peer["address"], peer_addr.as_str(), "{peer}");
+    let peer_id = peer["id"].as_str().unwrap().to_string();
+    let (rc, out) = exec(&c, &id, &["bash", "-c", FETCH, &peer_addr]);
+    assert!(
+        rc == 0 && out.contains("hello from peer"),
+        "the VM on node1 did not reach node2's instance at {peer_addr} ({rc}): {out}"
+    );
+    let serve = "perl -MIO::Socket::INET -e \"$0\" </dev/null >/dev/null 2>&1 &\n\
+         for i in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && exit 0; sleep 0.1; done; exit 1";
+    let (rc, out) = exec(&c, &id, &["bash", "-c", serve, &http_server("vm")]);
+    assert_eq!(rc, 0, "the VM's server did not start: {out}");
+    let (rc, out) = exec(&c, &peer_id, &["bash", "-c", FETCH, &vm_addr]);
+    assert!(
+        rc == 0 && out.contains("hello from vm"),
+        "node2's instance did not reach the VM at {vm_addr} ({rc}): {out}"
+    );
+    let here = fetch_here(&vm_addr).unwrap();
+    assert!(here.contains("hello from vm"), "{here}");
+    assert_eq!(c.net.vfarm_links(1).len(), 1, "node1: the VM's tap");
+    assert_eq!(c.net.vfarm_links(2).len(), 1, "node2: the instance's veth");
 
     // Refusals change nothing: an unknown node, the node it is on, an oci instance.
     let (st, v) = c.api(
@@ -888,6 +1058,40 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
         "counter went back from {before} to {at_dest}: the guest restarted"
     );
     counter_above(&c, &id, at_dest, "on node2");
+    // The same address on the other node, its tap gone from the first.
+    let t0 = Instant::now();
+    let here = loop {
+        match fetch_here(&vm_addr) {
+            Ok(h) => break h,
+            Err(e) if t0.elapsed() > Duration::from_secs(30) => {
+                panic!("the migrated VM does not answer at {vm_addr}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(here.contains("hello from vm"), "{here}");
+    eprintln!(
+        "after the move, the VM answered at {vm_addr} in {} ms",
+        t0.elapsed().as_millis()
+    );
+    let (rc, out) = exec(&c, &id, &["bash", "-c", FETCH, &peer_addr]);
+    assert!(rc == 0 && out.contains("hello from peer"), "({rc}) {out}");
+    assert!(
+        c.net.vfarm_links(1).is_empty(),
+        "node1 kept the VM's tap: {:?}",
+        c.net.vfarm_links(1)
+    );
+    assert_eq!(
+        c.net.vfarm_links(2).len(),
+        2,
+        "node2: the VM's tap and the veth"
+    );
+    let (st, v) = c.api(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/instances/{peer_id}"),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
     let listed = c.instances();
     assert_eq!(listed.len(), 1);
     assert_eq!(
@@ -943,6 +1147,14 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
     let back = counter_above(&c, &id, at_dest, "back on node1");
     counter_above(&c, &id, back, "still counting on node1");
     assert_eq!(c.instances()[0]["host"], "node1");
+    let t0 = Instant::now();
+    while fetch_here(&vm_addr).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the VM does not answer at {vm_addr} back on node1"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let (st, v) = c.api(
         reqwest::Method::DELETE,
@@ -953,6 +1165,11 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
     for i in 1..=2 {
         assert!(c.node_instances(i).is_empty(), "node{i} not empty");
         assert!(common::live_qemus(c.nodes[i - 1].0.data.to_str().unwrap()).is_empty());
+        assert!(
+            c.net.vfarm_links(i).is_empty(),
+            "node{i}: {:?}",
+            c.net.vfarm_links(i)
+        );
     }
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
