@@ -18,7 +18,10 @@
 // its limits vfarm does not honour, sees the job reach `succeeded` by Server-Sent Events and
 // downloads its stdout through the page's link; bob does not see her job and gets "no such job"
 // for its id; the admin sees it with alice as owner; alice cancels a long job from its page.
-// Then she signs out.
+// On the SQLite pass she then deploys a full VM (cloud-init and sshd, built in the
+// background meanwhile) with an SSH key through the form: its page shows its
+// address on the site's nat network and the ssh command, and `apt-get update` run from the
+// page's exec panel reaches the package mirror through the network's NAT. Then she signs out.
 // Then the same data dir is served over TLS with client certificates from a site CA made
 // for the test (`vfarm ca`): carol's browser presents her certificate and lands on the page
 // without a login form, deploys her own instance; dave (another certificate) sees none of
@@ -210,15 +213,19 @@ const row = (page, name) => page.locator(`[data-testid="instance-row"][data-name
 /** Deploy through the form; return the instance id from the table. */
 async function deploy(page, name, fields = {}) {
   const form = page.getByTestId('deploy-form');
-  // The image list is fetched after the form appears: wait for the option, not just the form.
-  const option = page.getByTestId('deploy-image').locator('option', { hasText: /^minbase/ }).first();
+  const image = fields.image || 'minbase';
+  // The image list is fetched after the form appears (and again when the list gets the
+  // focus, as a user opening it gives it): wait for the option, not just the form.
+  await page.getByTestId('deploy-image').focus();
+  const option = page.getByTestId('deploy-image').locator('option', { hasText: new RegExp(`^${image}`) }).first();
   await option.waitFor({ state: 'attached', timeout: 15_000 })
-    .catch(() => fail('the deploy form offers no image called minbase'));
+    .catch(() => fail(`the deploy form offers no image called ${image}`));
   const value = await option.getAttribute('value');
-  check(value, 'the deploy form offers no image called minbase');
+  check(value, `the deploy form offers no image called ${image}`);
   await page.getByTestId('deploy-image').selectOption(value);
   await form.getByLabel('Name', { exact: true }).fill(name);
-  await form.getByLabel('Driver', { exact: true }).selectOption('oci');
+  await form.getByLabel('Driver', { exact: true }).selectOption(fields.driver || 'oci');
+  if (fields.sshKey) await page.getByTestId('deploy-sshkey').fill(fields.sshKey);
   await form.getByLabel('CPUs', { exact: true }).fill(fields.cpus || '0.5');
   await form.getByLabel('Memory', { exact: true }).fill(fields.memory || '256M');
   await form.getByLabel('Expires after', { exact: true }).fill(fields.expiry || '1h');
@@ -230,14 +237,31 @@ async function deploy(page, name, fields = {}) {
   return row(page, name).getAttribute('data-id');
 }
 
-async function waitRunning(page, name) {
+/** `vfarm image build` in the background: resolves with its JSON, rejects naming the failure. */
+function buildInBackground(env, args, what) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(BIN, ['image', 'build', ...args, '--output', 'json'], {
+      env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; if (err.length > 1 << 20) err = err.slice(-(1 << 19)); });
+    child.on('error', (e) => reject(new Failure(`${what}: cannot run ${BIN}: ${e.message}`)));
+    child.on('close', (code) => (code === 0
+      ? resolve(JSON.parse(out))
+      : reject(new Failure(`${what}: vfarm image build exited ${code}\n${err}`))));
+  });
+}
+
+async function waitRunning(page, name, timeout = RUNNING_TIMEOUT) {
   const started = Date.now();
   await page.waitForFunction((n) => {
     const r = document.querySelector(`[data-testid="instance-row"][data-name="${n}"]`);
     return r && ['running', 'failed'].includes(r.dataset.state);
-  }, name, { timeout: RUNNING_TIMEOUT }).catch(async () => {
+  }, name, { timeout }).catch(async () => {
     const st = await row(page, name).getAttribute('data-state').catch(() => 'absent');
-    fail(`${name} is not running after ${RUNNING_TIMEOUT / 1000} s (the table shows ${st})`);
+    fail(`${name} is not running after ${timeout / 1000} s (the table shows ${st})`);
   });
   const st = await row(page, name).getAttribute('data-state');
   if (st !== 'running') {
@@ -266,7 +290,7 @@ async function main() {
   const netName = `w${(process.pid & 0xfff).toString(16)}`;
   const netOct = 100 + (process.pid % 50);
   fs.writeFileSync(path.join(data, 'serve.toml'), [
-    ...[1, 2, 3, 4].map((n) => `[[hostnames]]\nname = "vnode0${n}.example.org"\n`),
+    ...[1, 2, 3, 4, 5, 6].map((n) => `[[hostnames]]\nname = "vnode0${n}.example.org"\n`),
     '[quotas.default]\ninstances = 3\ncpus = 2\nmemory = "2G"\n',
     `[[networks]]\nname = "${netName}"\nsubnet = "198.18.${netOct}.0/24"\n`,
   ].join('\n'));
@@ -278,6 +302,17 @@ async function main() {
   ].join('\n'));
   run(BIN, ['image', 'import', MINBASE, '--name', 'minbase'], env, 'importing the minbase image');
   log('imported minbase');
+  // The VM phase's image, built while the rest runs. Once per suite: the PostgreSQL pass
+  // repeats what the store does, and the guest would be the same.
+  const vmPhase = !process.env.VFARM_DATABASE;
+  const vmBuilt = Date.now();
+  const vmImage = vmPhase
+    ? buildInBackground(env, ['--suite', 'bookworm', '--boot', 'vm', '--format', 'qcow2',
+      '--group', 'ssh-server', '--package', 'cloud-init', '--name', 'vmfull'], 'building the VM image')
+    : null;
+  // Never an unhandled rejection while the browser part runs: awaited (and reported) below.
+  vmImage?.catch(() => {});
+  if (!vmPhase) log('VM phase: on the SQLite pass only (this is the PostgreSQL pass)');
   // A node with a join token, not yet joined: the hosts page lists it as pending.
   run(BIN, ['host', 'add', 'web-node1'], env, 'adding a pending host');
   const tok = {};
@@ -334,7 +369,7 @@ async function main() {
       `no Server-Sent Event said e2e-alice is running (events for it: ${JSON.stringify(events)})`);
     log(`SSE events for e2e-alice: ${events.map((e) => e.state).join(' → ')}`);
     const host = await row(alice, 'e2e-alice').locator('td').nth(3).textContent();
-    check(/^vnode0[1-4]\.example\.org$/.test(host), `e2e-alice's hostname ${JSON.stringify(host)} is not from the pool`);
+    check(/^vnode0[1-6]\.example\.org$/.test(host), `e2e-alice's hostname ${JSON.stringify(host)} is not from the pool`);
     const quota = alice.getByTestId('quota');
     await alice.waitForFunction(() => /Instances 1 \/ 3/.test(document.querySelector('[data-testid="quota"]')?.textContent || ''),
       null, { timeout: 15_000 }).catch(async () => fail(`the quota line does not say "Instances 1 / 3": ${JSON.stringify(await quota.textContent())}`));
@@ -489,6 +524,7 @@ async function main() {
     check(left.status === 200 && Array.isArray(left.body) && !left.body.some((i) => i.id === aliceId),
       `the API still lists e2e-alice after destroy: ${JSON.stringify(left.body)}`);
     await shot(alice, '08-alice-destroyed');
+
 
     // The images page: the imported image with download links that work with the session
     // cookie, and a build request the API refuses is shown next to the packages field.
@@ -649,6 +685,49 @@ async function main() {
     log(`job ${longId} cancelled from its page in ${secs(cancelled)} s`);
     await shot(alice, '09e-alice-job-cancelled');
     log(`jobs part took ${secs(jobsStarted)} s`);
+
+    if (vmPhase) {
+      // A full VM through the form, with a key: on the site's nat network, its page shows
+      // the address and how to log in, and the page's exec panel runs apt-get update in it
+      // through the network's NAT.
+      const built = await vmImage;
+      log(`VM image ${built.id.slice(0, 12)} built in the background in ${secs(vmBuilt)} s`);
+      const keyFile = path.join(data, 'alice-key');
+      run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', keyFile], {}, 'making an SSH key');
+      const sshKey = fs.readFileSync(`${keyFile}.pub`, 'utf8').trim();
+      await alice.getByTestId('nav-instances').click();
+      await alice.getByTestId('deploy-form').waitFor();
+      const vmDeployed = Date.now();
+      const vmId = await deploy(alice, 'e2e-vm', { image: 'vmfull', driver: 'qemu', cpus: '1', memory: '1G', sshKey });
+      log(`e2e-vm (qemu, full) running after ${await waitRunning(alice, 'e2e-vm', 300_000)} s`);
+      await alice.goto(`${base}/#/instances/${vmId}`);
+      await alice.getByTestId('instance-address').waitFor({ timeout: 15_000 })
+        .catch(() => fail('the VM page shows no address'));
+      const vmAddr = await alice.getByTestId('instance-address').textContent();
+      const login = await alice.getByTestId('ssh-login').textContent().catch(() => null);
+      check(new RegExp(`^198\\.18\\.${netOct}\\.\\d+$`).test(vmAddr || ''),
+        `the VM page shows address ${JSON.stringify(vmAddr)}, not one of 198.18.${netOct}.0/24`);
+      // Pool names without an address of their own are not in the site's DNS: the address.
+      check(login === `ssh vfarm@${vmAddr}`,
+        `the VM page shows the login ${JSON.stringify(login)}, not ssh vfarm@${vmAddr}`);
+      log(`VM page: address ${vmAddr}, log in with \`${login}\``);
+      // sh -c: apt-get's own exit code, and the end of its output.
+      await alice.getByTestId('exec-command').fill('apt-get -q update >/tmp/apt.log 2>&1; rc=$?; tail -n 4 /tmp/apt.log; exit $rc');
+      const aptStarted = Date.now();
+      await alice.getByTestId('exec-run').click();
+      await alice.getByTestId('exec-exit').waitFor({ timeout: 300_000 }).catch(async () => {
+        const err = await alice.locator('[data-testid="exec-form"] .field-error:visible, [data-testid="exec-form"] .form-error:visible').allTextContents();
+        fail(`apt-get update in e2e-vm showed no result${err.length ? `: ${err.join(' | ')}` : ''}`);
+      });
+      const aptOut = await alice.getByTestId('exec-output').textContent();
+      check(aptOut.includes('(exit 0)') && aptOut.includes('Reading package lists') && !aptOut.includes('Err:'),
+        `apt-get update in the VM through the page: ${JSON.stringify(aptOut)}`);
+      log(`apt-get update in e2e-vm from the page: ${secs(aptStarted)} s (${secs(vmDeployed)} s since Deploy)`);
+      await shot(alice, '09f-alice-vm-page');
+      const gone = await api(base, tok.alice, 'DELETE', `/instances/${vmId}`);
+      check(gone.status === 200, `destroying e2e-vm answered ${gone.status}: ${JSON.stringify(gone.body)}`);
+      log('e2e-vm destroyed');
+    }
 
     // Sign out: back to the login form, and the session cookie no longer opens the API.
     await alice.getByRole('button', { name: 'Sign out' }).click();

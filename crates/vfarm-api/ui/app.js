@@ -538,6 +538,8 @@ function renderInstances() {
       deployForm()));
   paintInstances();
   paintImageChoices();
+  // Images built since (here or with the CLI) are offered when the page opens again.
+  if (state.imagesLoaded) loadImages();
   paintQuota();
   loadQuota();
   loadUsage();
@@ -686,6 +688,8 @@ function paintInstances(flash = new Set()) {
 
 function deployForm() {
   const image = h('select', { required: true });
+  // Opening the list asks again: an image built meanwhile (elsewhere) is offered.
+  image.addEventListener('focus', () => { if (state.imagesLoaded) loadImages(); });
   const name = h('input', { type: 'text', pattern: '[a-z0-9-]*', placeholder: 'web-01', autocomplete: 'off' });
   const hostname = h('input', { type: 'text', placeholder: 'from the pool', autocomplete: 'off' });
   const driver = h('select', {}, h('option', { value: 'oci' }, 'oci (container)'), h('option', { value: 'qemu' }, 'qemu (full VM)'));
@@ -885,7 +889,9 @@ async function loadConsole() {
   if (!pre || !state.detail) return;
   try {
     const text = await api('GET', `/instances/${encodeURIComponent(state.detail.id)}/console`);
-    pre.textContent = (typeof text === 'string' ? text : JSON.stringify(text, null, 2)) || '(empty)';
+    // A serial console carries the guest's colours and cursor moves: shown as plain text.
+    const plain = typeof text === 'string' ? text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '') : JSON.stringify(text, null, 2);
+    pre.textContent = plain || '(empty)';
     pre.scrollTop = pre.scrollHeight;
   } catch (e) {
     pre.textContent = `(no console log: ${e.message})`;

@@ -638,8 +638,12 @@ fn killed_mid_burst_the_service_restarts_consistent() {
         })
         .collect();
     let mut burst = Vec::new();
+    // Answers with 202 so far: the kill waits for the first, not for a guessed delay (on a
+    // loaded machine none had come back after half a second).
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for i in 0..24 {
         let c = carol.clone();
+        let answered = answered.clone();
         let victim = early.get(i % 8).cloned().filter(|_| i % 4 == 0);
         burst.push(std::thread::spawn(move || match victim {
             Some(v) => {
@@ -657,13 +661,23 @@ fn killed_mid_burst_the_service_restarts_consistent() {
                 .send()
                 .ok()
                 .filter(|r| r.status().as_u16() == 202)
-                .and_then(|r| r.json::<Value>().ok()),
+                .and_then(|r| r.json::<Value>().ok())
+                .inspect(|_| {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }),
         }));
         std::thread::sleep(Duration::from_millis(15));
     }
     // Mid-burst: the first 202s came back, prepares and starts are under way, the last
     // requests may not even have been answered.
-    std::thread::sleep(Duration::from_millis(100));
+    let t0 = std::time::Instant::now();
+    while answered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no create was accepted within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     server.kill9();
     let accepted: Vec<Value> = burst
         .into_iter()
