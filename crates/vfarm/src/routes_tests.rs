@@ -465,7 +465,11 @@ async fn grid_routes_on_the_fake_driver() {
         "{}",
         client.spec
     );
-    assert!(client.spec.contains(r#"["WEB","t-web-1"]"#), "{}", client.spec);
+    assert!(
+        client.spec.contains(r#"["WEB","t-web-1"]"#),
+        "{}",
+        client.spec
+    );
     assert_eq!(client.owner, key(ALICE));
     assert!(client.expires.is_some());
     // Members are the owner's instances: they count against her quota.
