@@ -23,6 +23,7 @@ use vfarm_image::{ImageError, Repository};
 use vfarm_store::Store;
 
 pub mod auth;
+pub mod grids;
 pub mod hosts;
 pub mod imagelists;
 pub mod instances;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub auth: AuthPolicy,
     /// Instance orchestration (None: this service answers 503 for instances).
     pub instances: Option<Arc<dyn InstanceBackend>>,
+    /// The site's rules for new instances, for grids' members (None: no grids here).
+    pub grids: Option<Arc<vfarm_service::grids::GridService>>,
     /// Instance changes for `/api/v1/events`; the binary's watcher sends them.
     pub events: tokio::sync::broadcast::Sender<InstanceEvent>,
     /// Job state changes for `/api/v1/events`; [`live::spawn_job_watcher`] sends them.
@@ -105,6 +108,7 @@ impl AppState {
             store,
             auth: AuthPolicy::default(),
             instances: None,
+            grids: None,
             events: tokio::sync::broadcast::channel(1024).0,
             job_events: tokio::sync::broadcast::channel(1024).0,
             metrics: metrics::Metrics::default(),
@@ -228,6 +232,9 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/instances/{ref}/snapshots/{name}",
             delete(instances::snapshot_remove),
         )
+        .route("/api/v1/grids", get(grids::list).post(grids::up))
+        .route("/api/v1/grids/{name}", get(grids::show).delete(grids::down))
+        .route("/api/v1/grids/{name}/extend", post(grids::extend))
         .route("/api/v1/networks", get(networks::list))
         .route("/api/v1/networks/{name}", get(networks::show))
         .route("/api/v1/hosts", get(hosts::list).post(hosts::add))

@@ -4,6 +4,7 @@
 //! [`ErrorCode`] without depending on HTTP or the CLI.
 
 mod error;
+pub mod grids;
 pub mod hosts;
 pub mod instances;
 pub mod networks;

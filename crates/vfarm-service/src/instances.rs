@@ -187,6 +187,12 @@ impl<'a> Drivers<'a> {
         Ok(self.made[kind].as_ref())
     }
 
+    /// The driver of `kind` if [`get`](Self::get) made it already (borrows immutably, so
+    /// several can be held at once).
+    pub fn made(&self, kind: &str) -> Option<&dyn Driver> {
+        self.made.get(kind).map(|d| d.as_ref())
+    }
+
     /// The driver that acts on `row` here: refused for an instance placed on a node or made
     /// by another service that shares the database (its drivers are on its machine).
     pub fn for_row(&mut self, store: &Store, row: &InstanceRow) -> Result<&dyn Driver> {
@@ -1441,6 +1447,10 @@ pub fn reap_expired(env: &Env) -> Result<Vec<String>> {
         // Instances on nodes are the control service's to reap (through the node), those of
         // another service sharing the database that service's.
         if here(&store, &row).is_err() {
+            continue;
+        }
+        // A grid's members go with their grid, as a whole (`grids::reap_expired`).
+        if store.grid_of_instance(&row.id)?.is_some() {
             continue;
         }
         let row = refresh(caller, &store, &mut drivers, row.clone()).unwrap_or(row);

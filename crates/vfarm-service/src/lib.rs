@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod dispatch;
 pub mod env;
 pub mod error;
+pub mod grids;
 pub mod hosts;
 pub mod imagelists;
 pub mod images;

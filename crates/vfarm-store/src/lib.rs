@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub mod auth;
 pub mod db;
+pub mod grids;
 pub mod hosts;
 pub mod imagelists;
 pub mod images;
@@ -28,7 +29,7 @@ use db::{Conn, PgConn};
 /// Migrations in order; index + 1 is the schema version after applying it.
 /// Numbers are reserved per capability: 1 images, 2 instances, 3 image lists, 4 jobs, 5 auth,
 /// 6 hosts, 7 origins (several services on one database), 8 host checks (doctor verdicts),
-/// 9 image owners, 10 owner issuers, 11 list indexes. Each has a PostgreSQL twin in
+/// 9 image owners, 10 owner issuers, 11 list indexes, 12 hostname quarantine, 13 grids. Each has a PostgreSQL twin in
 /// [`PG_MIGRATIONS`] under the same name.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_images", include_str!("../migrations/0001_images.sql")),
@@ -67,6 +68,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0012_hostname_quarantine",
         include_str!("../migrations/0012_hostname_quarantine.sql"),
     ),
+    ("0013_grids", include_str!("../migrations/0013_grids.sql")),
 ];
 
 /// The same migrations in PostgreSQL's dialect (BIGINT, BYTEA, identity columns, byte-order
@@ -119,6 +121,10 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0012_hostname_quarantine",
         include_str!("../migrations/postgres/0012_hostname_quarantine.sql"),
+    ),
+    (
+        "0013_grids",
+        include_str!("../migrations/postgres/0013_grids.sql"),
     ),
 ];
 

@@ -140,6 +140,10 @@ enum Command {
     /// The site's instance networks (serve.toml `[[networks]]`): ls, show, up, down.
     #[command(subcommand)]
     Network(cmd::network::NetworkCmd),
+    /// Virtual grids: a whole site of instances in roles from one file, up and down together
+    /// (up, ls, show, down, extend).
+    #[command(subcommand)]
+    Grid(cmd::grid::GridCmd),
     /// Run this machine as a node of a control service (joins once with a token, then
     /// serves instances over mutual TLS and reports by heartbeat).
     Node(cmd::node::NodeArgs),
@@ -198,6 +202,7 @@ fn main() -> ExitCode {
         Command::Cache(c) if remote => cmd::remote_lists::run_cache(&ctx, &cli.remote, c),
         Command::Job(a) if remote => cmd::remote_job::run_job(&ctx, &cli.remote, a),
         Command::Network(c) if remote => cmd::network::run_remote(&ctx, &cli.remote, c),
+        Command::Grid(c) if remote => cmd::grid::run_remote(&ctx, &cli.remote, c),
         Command::Checkpoint(_) if remote => Err(anyhow::anyhow!(
             "--server does not reach checkpoints yet: run `vfarm checkpoint` on the service's \
              host (or unset VFARM_SERVER)"
@@ -222,6 +227,7 @@ fn main() -> ExitCode {
         Command::Ca(c) => cmd::ca::run(&ctx, c),
         Command::Host(c) => cmd::host::run(&ctx, c),
         Command::Network(c) => cmd::network::run(&ctx, c),
+        Command::Grid(c) => cmd::grid::run(&ctx, c),
         Command::Node(a) => cmd::node::run(&ctx, a),
         Command::Doctor => doctor::run(&ctx),
         Command::Whoami => cmd::remote::run_whoami(&ctx, &cli.remote),

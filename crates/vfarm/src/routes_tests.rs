@@ -78,6 +78,10 @@ fn api() -> Api {
         vfarm_service::local::Busy::default(),
     );
     state.instances = Some(Arc::new(service));
+    state.grids = Some(Arc::new(vfarm_service::grids::GridService {
+        env: ctx.env.fresh(),
+        admission: Default::default(),
+    }));
     Api {
         state,
         fake,
@@ -374,4 +378,239 @@ async fn every_instance_route_on_the_fake_driver() {
     assert!(by(ALICE, "instance.paused"), "{events:?}");
     assert!(by(ALICE, "snapshot.create"), "{events:?}");
     assert!(by(ADMIN, "instance.destroyed"), "{events:?}");
+}
+
+const GRID: &str = r#"
+[grid]
+name = "t"
+expiry = "2h"
+
+[roles.web]
+image = "base"
+command = ["httpd", "-f"]
+
+[roles.client]
+image = "base"
+after = ["web"]
+count = 2
+env = { WEB = "{{ roles.web.hostname }}" }
+command = ["sh", "-c", "fetch http://{{ roles.web.hostnames }}/ as {{ member.index }}"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grid_routes_on_the_fake_driver() {
+    let api = api();
+    let store = api.ctx.store().unwrap();
+    // A bad file is refused by name, and nothing is made.
+    let (st, v) = api
+        .call(
+            ALICE,
+            "POST",
+            "/api/v1/grids",
+            Some(json!({"file": GRID.replace("count = 2", "count = 2\ncolour = 1")})),
+        )
+        .await;
+    assert_eq!(
+        (
+            st,
+            v["error"]["code"].as_str(),
+            v["error"]["field"].as_str()
+        ),
+        (400, Some("invalid_spec"), Some("colour")),
+        "{v}"
+    );
+    let (st, v) = api
+        .call(
+            ALICE,
+            "POST",
+            "/api/v1/grids",
+            Some(json!({"file": GRID.replace("after = [\"web\"]", "after = [\"ce\"]")})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("roles.client.after")),
+        "{v}"
+    );
+    assert!(store.grids(None).unwrap().is_empty());
+    assert!(store.instances().unwrap().is_empty());
+
+    // Up: web first, then the clients, which learn web's name.
+    let g = api
+        .ok(ALICE, "POST", "/api/v1/grids", Some(json!({"file": GRID})))
+        .await;
+    assert_eq!(
+        (g["name"].as_str(), g["state"].as_str()),
+        (Some("t"), Some("up")),
+        "{g}"
+    );
+    let roles: Vec<&str> = g["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["web", "client", "client"], "{g}");
+    assert!(
+        g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["state"] == "running"),
+        "{g}"
+    );
+    let client = store.find_instance("t-client-2").unwrap();
+    assert!(
+        client.spec.contains("fetch http://t-web-1/ as 2"),
+        "{}",
+        client.spec
+    );
+    assert!(
+        client.spec.contains(r#"["WEB","t-web-1"]"#),
+        "{}",
+        client.spec
+    );
+    assert_eq!(client.owner, key(ALICE));
+    assert!(client.expires.is_some());
+    // Members are the owner's instances: they count against her quota.
+    let q = api.ok(ALICE, "GET", "/api/v1/quota", None).await;
+    assert_eq!(q["usage"]["instances"], 3, "{q}");
+
+    // Owners as for instances.
+    assert_eq!(api.ok(BOB, "GET", "/api/v1/grids", None).await, json!([]));
+    assert_eq!(
+        api.ok(ADMIN, "GET", "/api/v1/grids", None)
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (st, v) = api.call(BOB, "GET", "/api/v1/grids/t", None).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let (st, _) = api.call(BOB, "DELETE", "/api/v1/grids/t", None).await;
+    assert_eq!(st, 404);
+    let (st, v) = api
+        .call(ALICE, "POST", "/api/v1/grids", Some(json!({"file": GRID})))
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+
+    // Extend moves the grid's expiry and every member's.
+    let before = store.grid("t").unwrap().unwrap().expires.unwrap();
+    let e = api
+        .ok(
+            ALICE,
+            "POST",
+            "/api/v1/grids/t/extend",
+            Some(json!({"by": "1d"})),
+        )
+        .await;
+    assert!(e["expires"].as_str().unwrap() > before.as_str(), "{e}");
+    assert!(store.find_instance("t-web-1").unwrap().expires.unwrap() > before);
+    // The instance reaper leaves members to their grid's.
+    assert!(vfarm_service::instances::reap_expired(&api.ctx)
+        .unwrap()
+        .is_empty());
+
+    // Down: no member, no grid, no quota share left.
+    let (st, _) = api.call(ALICE, "DELETE", "/api/v1/grids/t", None).await;
+    assert_eq!(st, 204);
+    assert!(store.grid("t").unwrap().is_none());
+    assert!(store.instances().unwrap().is_empty());
+    assert_eq!(store.quota_usage(&key(ALICE)).unwrap().instances, 0);
+
+    // A failure half-way (a member's name is taken) tears down what was made.
+    api.ok(
+        ALICE,
+        "POST",
+        "/api/v1/instances?wait=true",
+        Some(json!({"image": "base", "name": "t-client-2", "command": ["sleep", "inf"]})),
+    )
+    .await;
+    let (st, v) = api
+        .call(ALICE, "POST", "/api/v1/grids", Some(json!({"file": GRID})))
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("t-client-2"),
+        "{v}"
+    );
+    assert!(store.grid("t").unwrap().is_none());
+    let left: Vec<Option<String>> = store
+        .instances()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(left, [Some("t-client-2".to_string())]);
+    // …unless asked to keep it: the grid is `failed`, and down removes it.
+    let (st, _) = api
+        .call(
+            ALICE,
+            "POST",
+            "/api/v1/grids",
+            Some(json!({"file": GRID, "keep_on_failure": true})),
+        )
+        .await;
+    assert_eq!(st, 409);
+    let g = api.ok(ALICE, "GET", "/api/v1/grids/t", None).await;
+    assert_eq!(g["state"], "failed", "{g}");
+    assert_eq!(g["members"].as_array().unwrap().len(), 2, "{g}");
+    api.ok(ALICE, "DELETE", "/api/v1/grids/t", None).await;
+    assert_eq!(store.instances().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grid_left_half_made_or_half_torn_down_is_settled_at_start() {
+    let api = api();
+    let store = api.ctx.store().unwrap();
+    api.ok(ALICE, "POST", "/api/v1/grids", Some(json!({"file": GRID})))
+        .await;
+    api.ok(
+        ALICE,
+        "POST",
+        "/api/v1/grids",
+        Some(json!({"file": GRID, "name": "u"})),
+    )
+    .await;
+    // As a killed service leaves them: one in the middle of up, one of down.
+    assert!(store
+        .set_grid_state("test", "t", "up", "creating", None)
+        .unwrap());
+    assert!(store
+        .set_grid_state("test", "u", "up", "deleting", None)
+        .unwrap());
+    let s = vfarm_service::grids::reconcile(&api.ctx).unwrap();
+    assert_eq!(
+        (s.rolled_back, s.finished),
+        (vec!["t".to_string()], vec!["u".to_string()])
+    );
+    assert!(store.grids(None).unwrap().is_empty());
+    assert!(store.instances().unwrap().is_empty());
+    // An expired grid is reaped as a whole.
+    api.ok(
+        ALICE,
+        "POST",
+        "/api/v1/grids",
+        Some(json!({"file": GRID.replace("2h", "1s")})),
+    )
+    .await;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(vfarm_service::grids::reap_expired(&api.ctx).unwrap(), ["t"]);
+    assert!(store.instances().unwrap().is_empty());
 }

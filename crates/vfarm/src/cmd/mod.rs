@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod ca;
+pub mod grid;
 pub mod host;
 pub mod image;
 pub mod imagelist;

@@ -196,6 +196,14 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     for line in vfarm_service::net::reconcile(ctx, &config)? {
         eprintln!("vfarm: {line}");
     }
+    // Grids a killed service left half made are rolled back, half torn down finished.
+    let settled = vfarm_service::grids::reconcile(ctx)?;
+    for g in &settled.rolled_back {
+        eprintln!("vfarm: grid {g} was being made when the service stopped: rolled back");
+    }
+    for g in &settled.finished {
+        eprintln!("vfarm: grid {g} was being torn down when the service stopped: finished");
+    }
     // Choose the OCI runtime now (a probe container on a fresh data dir), not in the first
     // burst of creates. Without one the service still serves images; creates say why.
     let runtime = std::env::var("VFARM_OCI_RUNTIME").unwrap_or_else(|_| "auto".into());
@@ -219,6 +227,10 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     if let Some(cert) = &args.tls_cert {
         admission.reserved = names_of_pem_file(cert)?;
     }
+    state.grids = Some(std::sync::Arc::new(vfarm_service::grids::GridService {
+        env: ctx.fresh(),
+        admission: admission.clone(),
+    }));
     let busy = vfarm_service::local::Busy::default();
     let mut service = vfarm_service::local::Service::new(ctx, admission, busy.clone());
     let is_node = node.is_some();
@@ -263,6 +275,10 @@ pub fn run_with(ctx: &Ctx, args: ServeArgs, node: Option<NodeHooks>) -> Result<i
     // its own failures (they are logged and retried on the next round).
     let reaper_ctx = Ctx::new(ctx.data_dir.clone(), ctx.output, ctx.verbose);
     std::thread::spawn(move || loop {
+        // Grids first: their members are reaped with them, as a whole.
+        if let Err(e) = vfarm_service::grids::reap_expired(&reaper_ctx) {
+            tracing::warn!("reaper (grids): {e:#}");
+        }
         if let Err(e) = crate::cmd::instance::reap_expired(&reaper_ctx) {
             tracing::warn!("reaper: {e:#}");
         }
