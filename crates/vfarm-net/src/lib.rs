@@ -247,6 +247,11 @@ impl Network {
         })
     }
 
+    /// The definition it was made from.
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
     /// The bridge instances sit on: vfarm's own (`vfbr-<name>`) or the site's.
     pub fn bridge(&self) -> String {
         self.bridge.clone()
