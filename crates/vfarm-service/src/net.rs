@@ -115,9 +115,10 @@ pub fn new_grid_network(store: &vfarm_store::Store, cfg: &ServeConfig) -> Result
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Ok(Some(n)) = Network::load(&dir, &name) {
-            names.insert(name);
             taken.push(n.config().subnet.clone());
         }
+        // Taken even when its definition cannot be read (yet).
+        names.insert(name);
     }
     let taken: Vec<vfarm_net::Subnet> = taken
         .iter()
