@@ -494,3 +494,45 @@ pub fn up(env: &Env, caller: &crate::Caller) -> Result<Vec<String>, ServiceError
     let cfg = ServeConfig::load(&ServeConfig::default_path(&env.data_dir))?;
     reconcile(env, &cfg).map_err(ServiceError::from_anyhow)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pool: &str) -> ServeConfig {
+        ServeConfig::parse(
+            &format!("grid_subnets = \"{pool}\"\n[[networks]]\nname = \"lab\"\nsubnet = \"10.1.0.0/24\"\n"),
+            Path::new("serve.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn grid_networks_are_the_pools_24s_by_number() {
+        let pool = cfg("10.250.0.0/23").grid_subnets;
+        let s = |i| grid_subnet(pool, i).map(|s| s.to_string());
+        assert_eq!(s(0).as_deref(), Some("10.250.0.0/24"));
+        assert_eq!(s(1).as_deref(), Some("10.250.1.0/24"));
+        assert_eq!(s(2), None, "a /23 holds two");
+        let c = cfg("10.250.0.0/16");
+        // Not up on this host (no such number is): made from the pool.
+        let g = config_of(&c, "g-255").unwrap();
+        assert_eq!(
+            (g.subnet.as_str(), g.isolated, g.nat),
+            ("10.250.255.0/24", true, true)
+        );
+        assert!(config_of(&c, "g-256").is_none());
+        assert_eq!(config_of(&c, "lab").unwrap().subnet, "10.1.0.0/24");
+        assert!(config_of(&c, "g-x").is_none() && config_of(&c, "other").is_none());
+    }
+
+    #[test]
+    fn a_grids_network_is_not_joined_by_name() {
+        let c = cfg("10.250.0.0/16");
+        let e = choose(&c, &Net::Named("g-3".into())).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("network"), "{e:?}");
+        assert!(e.message.contains("grid's own"), "{}", e.message);
+        let n = choose(&c, &Net::Grid("g-3".into())).unwrap().unwrap();
+        assert_eq!(n.subnet.to_string(), "10.250.3.0/24");
+    }
+}
