@@ -718,7 +718,7 @@ fn a_service_killed_during_grid_up_or_down_leaves_the_grid_whole_or_gone() {
     let outcome = whole_or_gone(&vf, &srv, "six", 6, &net, &ids);
     step(&format!("after the restart: {outcome}"));
 
-    // Up whole, then killed during down once the first member is gone.
+    // Up whole; killed while up (kept whole), then during down once a member is gone.
     if outcome == "gone" {
         let g = remote(&vf, &srv.base, &srv.token(), &["grid", "up", file]);
         assert_eq!(g["state"], "up", "{g}");
@@ -742,6 +742,28 @@ fn a_service_killed_during_grid_up_or_down_leaves_the_grid_whole_or_gone() {
     assert_eq!(ids.len(), 6, "{g}");
     assert_eq!(net_pieces(&net).len(), 4, "{:?}", net_pieces(&net));
     step("six up");
+
+    // A service killed while the grid is up finds its network again at the restart: the
+    // grid stays whole, and its members still resolve each other's names on it.
+    srv.kill9();
+    let mut srv = Server::start(&data);
+    assert_eq!(whole_or_gone(&vf, &srv, "six", 6, &net, &ids), "up");
+    assert_eq!(net_pieces(&net).len(), 4, "{:?}", net_pieces(&net));
+    let (first, last) = (&g["members"][0], &g["members"][5]);
+    let found = vf.ok(&[
+        "instance",
+        "exec",
+        first["instance_id"].as_str().unwrap(),
+        "--",
+        "getent",
+        "hosts",
+        last["hostname"].as_str().unwrap(),
+    ]);
+    assert!(
+        found.starts_with(&format!("{} ", last["address"].as_str().unwrap())),
+        "{found}"
+    );
+    step("a restart keeps the grid and its network");
     let token = srv.token();
     let http = srv.client();
     let mut down = vf
