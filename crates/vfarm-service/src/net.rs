@@ -288,8 +288,15 @@ pub fn unplug(data_dir: &Path, spec: &InstanceSpec) -> Result<()> {
 /// (a VM whose incoming migration was given up: it has no record here).
 pub fn unplug_key(data_dir: &Path, key: &str) -> Result<()> {
     let cfg = ServeConfig::load(&ServeConfig::default_path(data_dir))?;
-    for c in &cfg.networks {
-        if let Some(net) = Network::load(&vfarm_net::state_dir(), &c.name)? {
+    // Grids' own networks too: those up on this host (their state says so).
+    let grids = std::fs::read_dir(vfarm_net::state_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_grid_network(n));
+    for name in cfg.networks.iter().map(|c| c.name.clone()).chain(grids) {
+        if let Some(net) = Network::load(&vfarm_net::state_dir(), &name)? {
             net.detach(key)?;
         }
     }
