@@ -56,6 +56,7 @@ struct Raw {
     networks: Vec<vfarm_net::NetworkConfig>,
     default_network: Option<String>,
     hostname_quarantine: Option<String>,
+    grid_subnets: Option<String>,
 }
 
 /// `"name"` or `{ subject = "...", issuer = "..." }`.
@@ -197,6 +198,19 @@ pub struct ServeConfig {
     /// How long a released pool hostname stays out of the pool (`hostname_quarantine =
     /// "10m"`, the default): the site's DNS caches still name the old instance.
     pub hostname_quarantine_secs: u64,
+    /// `grid_subnets`: where grids' own networks take their /24s (a /24 or wider), skipping
+    /// the configured networks' subnets and those up on the host.
+    pub grid_subnets: vfarm_net::Subnet,
+}
+
+/// The default of `grid_subnets`.
+pub const GRID_SUBNETS: &str = "10.250.0.0/16";
+
+/// Whether `name` is of the form grids' own networks take (`g-<number>`), which
+/// `[[networks]]` may not use.
+pub fn is_grid_network(name: &str) -> bool {
+    name.strip_prefix("g-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The default of `hostname_quarantine`.
@@ -218,6 +232,8 @@ impl Default for ServeConfig {
             networks: Vec::new(),
             default_network: None,
             hostname_quarantine_secs: HOSTNAME_QUARANTINE_SECS,
+            grid_subnets: vfarm_net::Subnet::parse("grid_subnets", GRID_SUBNETS)
+                .expect("a valid default"),
         }
     }
 }
@@ -369,6 +385,12 @@ impl ServeConfig {
                 };
                 return Err(err(msg));
             }
+            if is_grid_network(&n.name) {
+                return Err(err(format!(
+                    "networks[{i}].name `{}`: names g-<number> are grids' own networks'",
+                    n.name
+                )));
+            }
             if !names.insert(n.name.clone()) {
                 return Err(err(format!(
                     "networks[{i}].name `{}` is defined twice",
@@ -396,7 +418,16 @@ impl ServeConfig {
                 .map_err(|e| err(format!("hostname_quarantine `{s}`: {e}")))?,
             None => HOSTNAME_QUARANTINE_SECS,
         };
+        let grid_subnets = raw.grid_subnets.as_deref().unwrap_or(GRID_SUBNETS);
+        let grid_subnets = vfarm_net::Subnet::parse("grid_subnets", grid_subnets)
+            .map_err(|e| err(e.to_string()))?;
+        if grid_subnets.prefix > 24 {
+            return Err(err(format!(
+                "grid_subnets `{grid_subnets}`: a /24 or wider (grids take a /24 each)"
+            )));
+        }
         Ok(ServeConfig {
+            grid_subnets,
             networks: raw.networks,
             default_network,
             hostname_quarantine_secs,
@@ -591,6 +622,12 @@ subnet = "10.77.0.0/24"
                 "default_network `b` is not one of networks (a)",
             ),
             ("hostname_quarantine = \"soon\"", "hostname_quarantine"),
+            ("grid_subnets = \"10.250.0.0/25\"", "grid_subnets `10.250.0.0/25`"),
+            ("grid_subnets = \"10.250.0.1/16\"", "grid_subnets"),
+            (
+                "[[networks]]\nname = \"g-1\"\nsubnet = \"10.1.0.0/24\"",
+                "networks[0].name `g-1`",
+            ),
             ("[[networks]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\nmtu = 9000", "unknown field `mtu`"),
         ] {
             let e = parse(text).unwrap_err().to_string();

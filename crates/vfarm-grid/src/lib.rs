@@ -68,7 +68,8 @@ pub struct GridSection {
     pub name: Option<String>,
     /// One lease for all members (`2d`, `90m`, …).
     pub expiry: Option<String>,
-    /// A site network by name (serve.toml `[[networks]]`); absent: the site's default.
+    /// A site network by name (serve.toml `[[networks]]`), or `none`; absent: a network of
+    /// the grid's own, isolated from other grids.
     pub network: Option<String>,
     pub description: Option<String>,
 }
@@ -129,6 +130,7 @@ impl FileEntry {
 pub struct Grid {
     pub name: String,
     pub expiry: Option<String>,
+    /// `None`: the grid's own network.
     pub network: Option<String>,
     pub roles: BTreeMap<String, Role>,
     /// Roles in groups: every role of a stage comes after all it names, which are in

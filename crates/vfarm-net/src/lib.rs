@@ -247,6 +247,11 @@ impl Network {
         })
     }
 
+    /// The definition it was made from.
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
     /// The bridge instances sit on: vfarm's own (`vfbr-<name>`) or the site's.
     pub fn bridge(&self) -> String {
         self.bridge.clone()
@@ -346,7 +351,12 @@ impl Network {
             }
         }
         let text = serde_json::to_vec_pretty(&self.config).expect("config serialises");
-        std::fs::write(&p, text).map_err(self.io("definition.json"))
+        // Whole or not at all: others read it meanwhile (`load`, choosing a grid's network).
+        let tmp = self
+            .dir
+            .join(format!(".definition.json.{}", std::process::id()));
+        std::fs::write(&tmp, text).map_err(self.io("definition.json"))?;
+        std::fs::rename(&tmp, &p).map_err(self.io("definition.json"))
     }
 
     /// The network `name` as `up` last defined it on this host, if it is up.

@@ -82,13 +82,17 @@ pub fn up(
         ),
         None => admission.default_expiry_secs,
     };
-    let net = match &grid.network {
-        Some(n) => Net::Named(n.clone()),
-        None => Net::Default,
+    // No network named: the grid's own, chosen and made once the grid is recorded.
+    let (net, network) = match grid.network.as_deref() {
+        None => (None, None),
+        Some(n) => {
+            let net = Net::Named(n.to_string());
+            let network = crate::net::choose(&admission.config, &net)
+                .map_err(|e| e.with_field("grid.network"))?
+                .map(|n| n.name);
+            (Some(net), network)
+        }
     };
-    let network = crate::net::choose(&admission.config, &net)
-        .map_err(|e| e.with_field("grid.network"))?
-        .map(|n| n.name);
     let store = env.store().map_err(ServiceError::from_anyhow)?;
     let mut drivers = Drivers::new(env);
     // Driver probes first (they need `&mut`), then every role's image and setup: a refusal
@@ -148,13 +152,28 @@ pub fn up(
             },
         );
     }
+    // The lock keeps another `up` from taking the same own network between the choice and
+    // the record (and, across services, until the network is up and its state says so).
+    let lock = match net {
+        None => Some(crate::net::grid_lock().map_err(ServiceError::from_anyhow)?),
+        Some(_) => None,
+    };
+    let own = match (&net, &lock) {
+        (None, _) => Some(
+            crate::net::new_grid_network(&store, &admission.config)
+                .map_err(ServiceError::from_anyhow)?,
+        ),
+        _ => None,
+    };
+    let network = own.as_ref().map(|c| c.name.clone()).or(network);
+    let net = net.unwrap_or_else(|| Net::Grid(network.clone().expect("own network")));
     let t = vfarm_store::now();
     store
         .insert_grid(&GridRow {
             name: grid.name.clone(),
             owner: caller.user.clone(),
             state: "creating".into(),
-            network,
+            network: network.clone(),
             expires: expiry_secs.map(inst::time_after),
             file: file.to_string(),
             created: t.clone(),
@@ -169,6 +188,23 @@ pub fn up(
             .with_field("name"),
             e => store_error(e),
         })?;
+    // Recorded first, so a service killed while it is made finds it to take down.
+    if let Some(c) = &own {
+        progress(&format!(
+            "grid {}: network {} ({})",
+            grid.name, c.name, c.subnet
+        ));
+        let made = crate::net::network(c).and_then(|n| Ok(n.up()?));
+        drop(lock);
+        if let Err(e) = made {
+            if let Err(e) = teardown(caller, env, &store, &grid.name) {
+                tracing::warn!("cannot tear down grid {}: {e:#}", grid.name);
+            }
+            return Err(ServiceError::from_anyhow(
+                e.context(format!("cannot make the grid's network {}", c.name)),
+            ));
+        }
+    }
     let mut at = String::new();
     let members = make_members(
         caller,
@@ -460,6 +496,17 @@ fn teardown(caller: &Caller, env: &Env, store: &Store, name: &str) -> Result<()>
     }
     if !failed.is_empty() {
         anyhow::bail!("cannot destroy member(s) {}", failed.join("; "));
+    }
+    // The grid's own network goes after its members; what is not up here has nothing left.
+    let own = store
+        .grid(name)?
+        .and_then(|g| g.network)
+        .filter(|n| vfarm_auth::config::is_grid_network(n));
+    if let Some(n) = own {
+        if let Some(net) = vfarm_net::Network::load(&vfarm_net::state_dir(), &n)? {
+            net.down()
+                .with_context(|| format!("cannot take the grid's network {n} down"))?;
+        }
     }
     store.delete_grid(&caller.user, name)?;
     Ok(())

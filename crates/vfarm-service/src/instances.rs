@@ -53,6 +53,9 @@ pub enum Net {
     Default,
     /// One of the site's networks by name (`none`: loopback only).
     Named(String),
+    /// A grid's own network (`g-<n>`): only its members are made with this, never from a
+    /// name a caller gives.
+    Grid(String),
 }
 
 /// CPU, memory, process limit, hostname, environment, network and privilege of a new

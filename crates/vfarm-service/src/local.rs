@@ -673,6 +673,11 @@ pub fn reconcile(env: &Env) -> anyhow::Result<Reconciled> {
             match drivers.get(&row.driver) {
                 Ok(driver) => {
                     let _ = driver.cleanup(&row.id);
+                    // Prepare may have issued its host certificate before the stop.
+                    if let Err(e) = inst::revoke_host_certificate(&env.data_dir, &row.id) {
+                        tracing::warn!("cannot revoke the certificate of {}: {e:#}", row.id);
+                        continue;
+                    }
                     store.delete_instance("vfarm-service", &row.id)?;
                     out.unfinished_creates += 1;
                 }

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use vfarm_auth::config::is_grid_network;
 use vfarm_auth::ServeConfig;
 use vfarm_driver::{Attachment, Driver, InstanceSpec, Network as DriverNet};
 use vfarm_net::{Link, Network, NetworkConfig};
@@ -25,14 +26,120 @@ pub fn network(c: &NetworkConfig) -> Result<Network> {
     Ok(Network::new(c, &vfarm_net::state_dir())?)
 }
 
-/// The configured network `name`.
+/// The network `name`: the site's or a grid's own.
 pub fn find(cfg: &ServeConfig, name: &str) -> Result<Network, ServiceError> {
-    let c = cfg
-        .networks
+    let c = config_of(cfg, name).ok_or_else(|| unknown(cfg, name))?;
+    network(&c).map_err(ServiceError::from_anyhow)
+}
+
+/// The definition of network `name`, where every network is found: serve.toml's
+/// `[[networks]]`, or a grid's own (`g-<n>`): as `up` made it on this host while it is up
+/// (a changed `grid_subnets` does not move it), else the n-th /24 of `grid_subnets` (after
+/// a reboot took the host's state).
+pub fn config_of(cfg: &ServeConfig, name: &str) -> Option<NetworkConfig> {
+    if let Some(c) = cfg.networks.iter().find(|n| n.name == name) {
+        return Some(c.clone());
+    }
+    if !is_grid_network(name) {
+        return None;
+    }
+    if let Ok(Some(n)) = Network::load(&vfarm_net::state_dir(), name) {
+        return Some(n.config().clone());
+    }
+    let index: u32 = name[2..].parse().ok()?;
+    grid_subnet(cfg.grid_subnets, index).map(|s| own_config(name, s))
+}
+
+/// Every network instances here may be on: the site's and this service's grids' own.
+pub fn all(store: &vfarm_store::Store, cfg: &ServeConfig) -> Result<Vec<NetworkConfig>> {
+    let mut out = cfg.networks.clone();
+    for g in store.grids_in(&["creating", "up", "deleting", "failed"])? {
+        if let Some(c) = g
+            .network
+            .filter(|n| is_grid_network(n))
+            .and_then(|n| config_of(cfg, &n))
+        {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// The `index`-th /24 of `pool`.
+fn grid_subnet(pool: vfarm_net::Subnet, index: u32) -> Option<vfarm_net::Subnet> {
+    (u64::from(index) < 1u64 << (24 - pool.prefix)).then(|| vfarm_net::Subnet {
+        network: Ipv4Addr::from(u32::from(pool.network) + (index << 8)),
+        prefix: 24,
+    })
+}
+
+/// A grid's own network: nat, isolated from vfarm's other networks, masqueraded outbound.
+fn own_config(name: &str, subnet: vfarm_net::Subnet) -> NetworkConfig {
+    NetworkConfig {
+        name: name.to_string(),
+        kind: vfarm_net::Kind::Nat,
+        subnet: subnet.to_string(),
+        isolated: true,
+        nat: true,
+        bridge: None,
+        gateway: None,
+        dns: Vec::new(),
+    }
+}
+
+/// Held while a grid's network is chosen and made: two grids' `up`s (of this service or
+/// another on the host) must not take one subnet.
+pub fn grid_lock() -> Result<std::fs::File> {
+    let dir = vfarm_net::state_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("grids.lock"))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(f)
+}
+
+/// A new grid's own network (under [`grid_lock`]): the first `g-<n>` whose name is free
+/// and whose /24 of `grid_subnets` overlaps neither the site's networks, the store's grids'
+/// nor any network up on this host.
+pub fn new_grid_network(store: &vfarm_store::Store, cfg: &ServeConfig) -> Result<NetworkConfig> {
+    let mut taken = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for c in all(store, cfg)? {
+        names.insert(c.name.clone());
+        taken.push(c.subnet);
+    }
+    let dir = vfarm_net::state_dir();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(Some(n)) = Network::load(&dir, &name) {
+            taken.push(n.config().subnet.clone());
+        }
+        // Taken even when its definition cannot be read (yet).
+        names.insert(name);
+    }
+    let taken: Vec<vfarm_net::Subnet> = taken
         .iter()
-        .find(|n| n.name == name)
-        .ok_or_else(|| unknown(cfg, name))?;
-    network(c).map_err(ServiceError::from_anyhow)
+        .filter_map(|s| vfarm_net::Subnet::parse("subnet", s).ok())
+        .collect();
+    (0u32..)
+        .map_while(|i| grid_subnet(cfg.grid_subnets, i).map(|s| (format!("g-{i}"), s)))
+        .find(|(name, s)| !names.contains(name) && !taken.iter().any(|t| t.overlaps(s)))
+        .map(|(name, s)| own_config(&name, s))
+        .ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "no free /24 left in grid_subnets {} for the grid's own network (widen \
+                     it in serve.toml, or take grids down)",
+                    cfg.grid_subnets
+                ),
+            )
+            .with_field("grid_subnets")
+            .into()
+        })
 }
 
 fn unknown(cfg: &ServeConfig, name: &str) -> ServiceError {
@@ -59,7 +166,13 @@ pub fn choose(cfg: &ServeConfig, net: &Net) -> Result<Option<Network>, ServiceEr
     let name = match net {
         Net::None | Net::Host => return Ok(None),
         Net::Named(n) if n == "none" => return Ok(None),
-        Net::Named(n) => n.as_str(),
+        Net::Named(n) if is_grid_network(n) => {
+            return Err(ServiceError::bad_request(
+                "network",
+                format!("`{n}` is a grid's own network: only that grid's members are on it"),
+            ))
+        }
+        Net::Named(n) | Net::Grid(n) => n.as_str(),
         Net::Default => match cfg.default_network.as_deref() {
             None | Some("none") => return Ok(None),
             Some(d) => d,
@@ -175,8 +288,15 @@ pub fn unplug(data_dir: &Path, spec: &InstanceSpec) -> Result<()> {
 /// (a VM whose incoming migration was given up: it has no record here).
 pub fn unplug_key(data_dir: &Path, key: &str) -> Result<()> {
     let cfg = ServeConfig::load(&ServeConfig::default_path(data_dir))?;
-    for c in &cfg.networks {
-        if let Some(net) = Network::load(&vfarm_net::state_dir(), &c.name)? {
+    // Grids' own networks too: those up on this host (their state says so).
+    let grids = std::fs::read_dir(vfarm_net::state_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_grid_network(n));
+    for name in cfg.networks.iter().map(|c| c.name.clone()).chain(grids) {
+        if let Some(net) = Network::load(&vfarm_net::state_dir(), &name)? {
             net.detach(key)?;
         }
     }
@@ -215,7 +335,7 @@ pub fn reconcile(env: &Env, cfg: &ServeConfig) -> Result<Vec<String>> {
     let rows = store.instances()?;
     let ids: std::collections::HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
     let mut report = Vec::new();
-    for c in &cfg.networks {
+    for c in &all(&store, cfg)? {
         let net = network(c)?;
         net.up()
             .with_context(|| format!("cannot bring network `{}` up", c.name))?;
@@ -328,21 +448,19 @@ pub fn describe(cfg: &ServeConfig, c: &NetworkConfig) -> vfarm_proto::networks::
 /// Every network of the site.
 pub fn list(env: &Env) -> Result<Vec<vfarm_proto::networks::NetworkView>, ServiceError> {
     let cfg = ServeConfig::load(&ServeConfig::default_path(&env.data_dir))?;
-    Ok(cfg.networks.iter().map(|c| describe(&cfg, c)).collect())
+    let store = env.store().map_err(ServiceError::from_anyhow)?;
+    let all = all(&store, &cfg).map_err(ServiceError::from_anyhow)?;
+    Ok(all.iter().map(|c| describe(&cfg, c)).collect())
 }
 
 /// One network of the site.
 pub fn show(env: &Env, name: &str) -> Result<vfarm_proto::networks::NetworkView, ServiceError> {
     let cfg = ServeConfig::load(&ServeConfig::default_path(&env.data_dir))?;
-    let c = cfg
-        .networks
-        .iter()
-        .find(|n| n.name == name)
-        .ok_or_else(|| ServiceError {
-            code: ErrorCode::NotFound,
-            ..unknown(&cfg, name)
-        })?;
-    Ok(describe(&cfg, c))
+    let c = config_of(&cfg, name).ok_or_else(|| ServiceError {
+        code: ErrorCode::NotFound,
+        ..unknown(&cfg, name)
+    })?;
+    Ok(describe(&cfg, &c))
 }
 
 /// Take a network off this host (`vfarm network down`): refused while instances are on it.
@@ -382,4 +500,46 @@ pub fn up(env: &Env, caller: &crate::Caller) -> Result<Vec<String>, ServiceError
         .map_err(|e| ServiceError::from_anyhow(e.into()))?;
     let cfg = ServeConfig::load(&ServeConfig::default_path(&env.data_dir))?;
     reconcile(env, &cfg).map_err(ServiceError::from_anyhow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pool: &str) -> ServeConfig {
+        ServeConfig::parse(
+            &format!("grid_subnets = \"{pool}\"\n[[networks]]\nname = \"lab\"\nsubnet = \"10.1.0.0/24\"\n"),
+            Path::new("serve.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn grid_networks_are_the_pools_24s_by_number() {
+        let pool = cfg("10.250.0.0/23").grid_subnets;
+        let s = |i| grid_subnet(pool, i).map(|s| s.to_string());
+        assert_eq!(s(0).as_deref(), Some("10.250.0.0/24"));
+        assert_eq!(s(1).as_deref(), Some("10.250.1.0/24"));
+        assert_eq!(s(2), None, "a /23 holds two");
+        let c = cfg("10.250.0.0/16");
+        // Not up on this host (no such number is): made from the pool.
+        let g = config_of(&c, "g-255").unwrap();
+        assert_eq!(
+            (g.subnet.as_str(), g.isolated, g.nat),
+            ("10.250.255.0/24", true, true)
+        );
+        assert!(config_of(&c, "g-256").is_none());
+        assert_eq!(config_of(&c, "lab").unwrap().subnet, "10.1.0.0/24");
+        assert!(config_of(&c, "g-x").is_none() && config_of(&c, "other").is_none());
+    }
+
+    #[test]
+    fn a_grids_network_is_not_joined_by_name() {
+        let c = cfg("10.250.0.0/16");
+        let e = choose(&c, &Net::Named("g-3".into())).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("network"), "{e:?}");
+        assert!(e.message.contains("grid's own"), "{}", e.message);
+        let n = choose(&c, &Net::Grid("g-3".into())).unwrap().unwrap();
+        assert_eq!(n.subnet.to_string(), "10.250.3.0/24");
+    }
 }

@@ -384,6 +384,7 @@ const GRID: &str = r#"
 [grid]
 name = "t"
 expiry = "2h"
+network = "none"
 
 [roles.web]
 image = "base"

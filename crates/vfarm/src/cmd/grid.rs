@@ -14,7 +14,8 @@ use crate::ctx::Ctx;
 
 const GRID_FILE_HELP: &str = "\
 A grid file is TOML. [grid] holds the name, one expiry for every member and the site network
-they join (absent: the site's default network). Each [roles.NAME] is a kind of member:
+they join (absent: a network of the grid's own, isolated from other grids; \"none\": none).
+Each [roles.NAME] is a kind of member:
 
   [grid]
   name = \"web\"
