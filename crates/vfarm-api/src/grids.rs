@@ -27,7 +27,7 @@ fn service(s: &AppState) -> Result<Arc<GridService>, ApiError> {
 }
 
 /// `POST /api/v1/grids`: bring a grid up.
-#[utoipa::path(post, path = "/api/v1/grids", tag = "grids", request_body = UpGrid,
+#[utoipa::path(post, path = "/api/v1/grids", tag = "grids", operation_id = "up_grid", request_body = UpGrid,
     responses((status = 201, description = "The grid, up", body = GridView),
               (status = 400, description = "The grid file or a field is bad; `field` names it (`roles.wn.count`)", body = ErrorBody),
               (status = 401, body = ErrorBody),
@@ -61,7 +61,7 @@ pub(crate) async fn up(
 }
 
 /// `GET /api/v1/grids`: the caller's grids (admins: all).
-#[utoipa::path(get, path = "/api/v1/grids", tag = "grids",
+#[utoipa::path(get, path = "/api/v1/grids", tag = "grids", operation_id = "list_grids",
     responses((status = 200, body = [GridView]), (status = 401, body = ErrorBody)))]
 pub(crate) async fn list(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
     let who = identity(who)?;

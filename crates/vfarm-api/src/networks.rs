@@ -19,7 +19,7 @@ fn visible(mut n: NetworkView, who: &Identity) -> NetworkView {
 }
 
 /// `GET /api/v1/networks`: the site's networks (serve.toml `[[networks]]`).
-#[utoipa::path(get, path = "/api/v1/networks", tag = "networks",
+#[utoipa::path(get, path = "/api/v1/networks", tag = "networks", operation_id = "list_networks",
     responses((status = 200, body = [NetworkView]), (status = 401, body = ErrorBody)))]
 pub(crate) async fn list(
     State(s): State<AppState>,

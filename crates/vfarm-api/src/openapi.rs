@@ -194,6 +194,17 @@ mod tests {
              `VFARM_UPDATE_OPENAPI=1 cargo test -p vfarm-api openapi` and commit it"
         );
         let v: serde_json::Value = serde_json::from_str(&now).unwrap();
+        // Clients generated from the document name methods by these: each once.
+        let mut ids = std::collections::BTreeMap::<&str, u32>::new();
+        for ops in v["paths"].as_object().unwrap().values() {
+            for op in ops.as_object().unwrap().values() {
+                if let Some(id) = op["operationId"].as_str() {
+                    *ids.entry(id).or_default() += 1;
+                }
+            }
+        }
+        let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "operationIds used twice: {twice:?}");
         for p in [
             "/api/v1/instances",
             "/api/v1/instances/{ref}/snapshots",
