@@ -10,7 +10,7 @@ shift || true
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
-    targets=(spec_toml imagelist api_bodies osfarm_query jsdl)
+    targets=(spec_toml imagelist api_bodies osfarm_query jsdl grid_toml)
 fi
 command -v cargo-fuzz >/dev/null || {
     echo "cargo-fuzz is missing: cargo install --locked cargo-fuzz" >&2

@@ -4,12 +4,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vfarm_api::hosts::{HeartbeatRequest, JoinRequest};
 use vfarm_api::instances::{
     CreateInstance, ExecRequest, ExtendRequest, MigrateRequest, SnapshotRequest, StopRequest,
 };
 use vfarm_api::live::SessionRequest;
 use vfarm_api::migration::{FinishRequest, ImportRequest, SourceRequest};
+use vfarm_proto::hosts::{HeartbeatRequest, JoinRequest};
+use vfarm_service::hosts::token_hash;
 use vfarm_core::instance::{
     parse_duration, parse_env, validate_command, validate_hostname, validate_name, InstanceRequest,
 };
@@ -59,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(r) = serde_json::from_slice::<JoinRequest>(body) {
                 let _ = validate_hostname(&r.name);
                 let _ = r.address.parse::<std::net::IpAddr>();
-                let _ = vfarm_api::hosts::token_hash(&r.token);
+                let _ = token_hash(&r.token);
             }
         }
         4 => {
@@ -82,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
         }
         8 => {
             if let Ok(r) = serde_json::from_slice::<SessionRequest>(body) {
-                let _ = vfarm_api::hosts::token_hash(&r.token);
+                let _ = token_hash(&r.token);
             }
         }
         9 => {
