@@ -2,11 +2,11 @@
 //! Pure: no files are touched here, so the rendering is tested without a runtime.
 
 use oci_spec::runtime::{
-    Arch, Hook, HookBuilder, HooksBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction,
-    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder,
-    MountBuilder, Spec,
+    Arch, Capabilities, Capability, Hook, HookBuilder, HooksBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscallBuilder, MountBuilder, Spec,
 };
 
 use crate::{DriverError, InstanceSpec, Network, Result};
@@ -17,6 +17,22 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// Ids mapped into an instance's user namespace: 0–65535 to the spec's `id_base` onwards
 /// (the driver shifts the owners of the instance's bottom layer to match).
 const USERNS_IDS: u32 = crate::idmap::IDS_PER_RANGE;
+
+/// The capabilities of an instance in a user namespace with a private id range: Docker's
+/// default set without raw sockets, device nodes or file capabilities.
+const NAMESPACED_CAPS: &[Capability] = &[
+    Capability::AuditWrite,
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::NetBindService,
+    Capability::Setgid,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysChroot,
+];
 
 /// Syscalls no instance may make, refused with EPERM (the rest are allowed): the host's
 /// kernel state (modules, kexec, reboot, clocks, swap, accounting, quotas), kernel attack
@@ -269,6 +285,19 @@ pub fn render(spec: &InstanceSpec) -> Result<Spec> {
         env.push(format!("{k}={v}"));
     }
     process.set_env(Some(env));
+    if spec.user_namespace && spec.id_base != 0 {
+        // Root's usual powers over ids and files, held in the instance's own user namespace:
+        // they act only on the ids of its private range and on files those ids own, never on
+        // the host's. Daemons that switch users or drop groups (slurmctld, slurmd, sshd,
+        // munged) need them. Without a private range (id_base 0, records made before ranges
+        // existed) the instance's ids are the host's, so it keeps the minimal set.
+        let caps: Capabilities = NAMESPACED_CAPS.iter().copied().collect();
+        let mut c = process.capabilities().clone().unwrap_or_default();
+        c.set_bounding(Some(caps.clone()));
+        c.set_permitted(Some(caps.clone()));
+        c.set_effective(Some(caps));
+        process.set_capabilities(Some(c));
+    }
 
     let mut mounts = cfg.mounts().clone().unwrap_or_default();
     if spec.network == Network::Host {
@@ -520,6 +549,28 @@ mod tests {
         assert_eq!(v["linux"]["uidMappings"][0]["hostID"], 1 << 20);
         assert_eq!(v["linux"]["gidMappings"][0]["hostID"], 1 << 20);
         assert_eq!(v["linux"]["uidMappings"][0]["containerID"], 0);
+        // With a private range root keeps its powers over ids, inside the namespace only.
+        let caps = v["process"]["capabilities"].clone();
+        for set in ["bounding", "effective", "permitted"] {
+            let c = caps[set].to_string();
+            assert!(
+                c.contains("CAP_SETGID") && c.contains("CAP_DAC_OVERRIDE"),
+                "{caps}"
+            );
+            assert!(
+                !c.contains("CAP_SYS_ADMIN") && !c.contains("CAP_NET_RAW"),
+                "{caps}"
+            );
+        }
+        assert!(
+            !caps["ambient"].to_string().contains("CAP_SETUID"),
+            "{caps}"
+        );
+        // Without one (ids are the host's) it keeps the minimal set.
+        s.id_base = 0;
+        let v = serde_json::to_value(render(&s).unwrap()).unwrap();
+        let bounding = v["process"]["capabilities"]["bounding"].to_string();
+        assert!(!bounding.contains("CAP_SETUID"), "{bounding}");
         assert!(v["mounts"].to_string().contains("/etc/resolv.conf"));
         assert_eq!(v["process"]["args"][0], "/bin/sh");
     }
