@@ -228,7 +228,8 @@ def test_grid_calls_and_a_refusal_carrying_code_and_field():
     try:
         with pytest.raises(VfarmError) as e:
             Client(srv.url).grid_up('[roles.wn]\ncount = 0\n')
-        assert (e.value.status, e.value.code, e.value.field) == (400, "invalid_spec", "roles.wn.count")
+        got = (e.value.status, e.value.code, e.value.field)
+        assert got == (400, "invalid_spec", "roles.wn.count")
     finally:
         srv.close()
     srv = _Recorder(200, [GRID_JSON])
