@@ -21,7 +21,11 @@
 // On the SQLite pass she then deploys a full VM (cloud-init and sshd, built in the
 // background meanwhile) with an SSH key through the form: its page shows its
 // address on the site's nat network and the ssh command, and `apt-get update` run from the
-// page's exec panel reaches the package mirror through the network's NAT. Then she signs out.
+// page's exec panel reaches the package mirror through the network's NAT. On the Virtual
+// Grids page she has a bad grid file refused next to the file, uploads examples/grids/web.toml
+// and sees it come up (busy meanwhile) with its 2 members and their addresses on a network of
+// its own, opens the client member's page (it fetched from the web member by name), and takes
+// the grid down through the dialog: grid, members and bridge gone. Then she signs out.
 // Then the same data dir is served over TLS with client certificates from a site CA made
 // for the test (`vfarm ca`): carol's browser presents her certificate and lands on the page
 // without a login form, deploys her own instance; dave (another certificate) sees none of
@@ -284,13 +288,15 @@ async function main() {
   log(`vfarm ${BIN}, data dir ${data}${process.env.VFARM_UI_DIR ? `, UI from ${process.env.VFARM_UI_DIR}` : ''}`);
 
   // A hostname pool and a quota, as a site would configure them: the table shows pool names,
-  // the deploy form the owner's quota.
+  // the deploy form the owner's quota. Eight names: every instance of the run takes one and
+  // a name given back stays out of the pool for 10 minutes (hostname_quarantine), so the
+  // grid's 2 members need 2 besides the 6 that the rest of the run takes.
   // And a nat network of the site's (its bridge, rules and DNS are vfarm's, removed at the
   // end): deploys join it by default. 198.18.0.0/15 is set aside for benchmarks.
   const netName = `w${(process.pid & 0xfff).toString(16)}`;
   const netOct = 100 + (process.pid % 50);
   fs.writeFileSync(path.join(data, 'serve.toml'), [
-    ...[1, 2, 3, 4, 5, 6].map((n) => `[[hostnames]]\nname = "vnode0${n}.example.org"\n`),
+    ...[1, 2, 3, 4, 5, 6, 7, 8].map((n) => `[[hostnames]]\nname = "vnode0${n}.example.org"\n`),
     '[quotas.default]\ninstances = 3\ncpus = 2\nmemory = "2G"\n',
     `[[networks]]\nname = "${netName}"\nsubnet = "198.18.${netOct}.0/24"\n`,
   ].join('\n'));
@@ -369,7 +375,7 @@ async function main() {
       `no Server-Sent Event said e2e-alice is running (events for it: ${JSON.stringify(events)})`);
     log(`SSE events for e2e-alice: ${events.map((e) => e.state).join(' → ')}`);
     const host = await row(alice, 'e2e-alice').locator('td').nth(3).textContent();
-    check(/^vnode0[1-6]\.example\.org$/.test(host), `e2e-alice's hostname ${JSON.stringify(host)} is not from the pool`);
+    check(/^vnode0[1-8]\.example\.org$/.test(host), `e2e-alice's hostname ${JSON.stringify(host)} is not from the pool`);
     const quota = alice.getByTestId('quota');
     await alice.waitForFunction(() => /Instances 1 \/ 3/.test(document.querySelector('[data-testid="quota"]')?.textContent || ''),
       null, { timeout: 15_000 }).catch(async () => fail(`the quota line does not say "Instances 1 / 3": ${JSON.stringify(await quota.textContent())}`));
@@ -686,6 +692,126 @@ async function main() {
     await shot(alice, '09e-alice-job-cancelled');
     log(`jobs part took ${secs(jobsStarted)} s`);
 
+    // Virtual grids: a bad grid file refused next to the file, then the web example (two
+    // minbase members, web and client) brought up from the uploaded file on a network of its
+    // own, its page with both members and their addresses, the client member's page showing
+    // what it fetched from the web member by name, and Down through the dialog. alice's
+    // instances are all gone by now: the grid's 2 members (0.5 CPU, 128M each) fit her quota
+    // of 3 instances, 2 CPUs and 2G.
+    const gridsStarted = Date.now();
+    await alice.getByTestId('nav-grids').click();
+    await alice.getByTestId('grid-form').waitFor({ timeout: 15_000 }).catch(() => fail('the Virtual Grids page shows no form'));
+    await alice.waitForFunction(() => /total/.test(document.querySelector('[data-testid="grids-summary"]')?.textContent || ''),
+      null, { timeout: 15_000 }).catch(() => fail('the Virtual Grids page never listed the grids'));
+    const gridFormErrors = () => alice.locator('[data-testid="grid-form"] .field-error:visible, [data-testid="grid-error"]:visible').allTextContents();
+    // A role that waits for a role the file does not have: refused before anything is made.
+    await alice.getByTestId('grid-file').fill('[grid]\nname = "e2e-bad"\n\n[roles.wn]\nimage = "minbase"\nafter = ["ce"]\n');
+    await alice.getByTestId('grid-submit').click();
+    const fileErr = alice.getByTestId('grid-error-file');
+    await fileErr.waitFor({ state: 'visible', timeout: 15_000 }).catch(async () =>
+      fail(`the bad grid file was not refused next to the file (shown instead: ${JSON.stringify(await gridFormErrors())})`));
+    const fileErrText = await fileErr.textContent();
+    check(fileErrText.includes('roles.wn.after'), `the refusal next to the grid file does not name roles.wn.after: ${JSON.stringify(fileErrText)}`);
+    check(await alice.getByTestId('grid-file').getAttribute('aria-invalid') === 'true', 'the refused grid file is not marked invalid');
+    log(`bad grid file refused next to the file: ${fileErrText}`);
+    await shot(alice, '09g-alice-grid-refused');
+    check(await alice.getByTestId('grid-row').count() === 0, 'a refused grid still shows a row');
+    const noGrid = await api(base, tok.alice, 'GET', '/grids');
+    check(noGrid.status === 200 && Array.isArray(noGrid.body) && noGrid.body.length === 0,
+      `the API lists grids after a refusal: ${JSON.stringify(noGrid.body)}`);
+
+    // The web example, uploaded as a file: its text lands in the field; named e2e-web.
+    const example = path.join(REPO, 'examples', 'grids', 'web.toml');
+    await alice.getByTestId('grid-upload').setInputFiles(example);
+    await alice.waitForFunction(() => (document.querySelector('[data-testid="grid-file"]')?.value || '').includes('[roles.client]'),
+      null, { timeout: 15_000 }).catch(() => fail(`uploading ${example} did not put its text into the grid file field`));
+    await alice.getByTestId('grid-name').fill('e2e-web');
+    await alice.getByTestId('grid-expiry').fill('1h');
+    // While `up` runs the button is busy and the progress line shown: an observer notes what
+    // the line said when the button turned busy (however soon the grid is up).
+    await alice.evaluate(() => {
+      const b = document.querySelector('[data-testid="grid-submit"]');
+      window.__gridBusy = null;
+      new MutationObserver(() => {
+        const p = document.querySelector('[data-testid="grid-progress"]');
+        if (b.getAttribute('aria-busy') === 'true' && window.__gridBusy === null) window.__gridBusy = p && !p.hidden ? p.textContent : '';
+      }).observe(b, { attributes: true });
+    });
+    const gridUp = Date.now();
+    await alice.getByTestId('grid-submit').click();
+    if (await alice.getByTestId('grid-submit').getAttribute('aria-busy') === 'true') await shot(alice, '09h-alice-grid-coming-up');
+    const gridRow = alice.locator('[data-testid="grid-row"][data-name="e2e-web"]');
+    await alice.waitForFunction(() => document.querySelector('[data-testid="grid-submit"]')?.getAttribute('aria-busy') !== 'true',
+      null, { timeout: 300_000 }).catch(() => fail('grid e2e-web was not up within 300 s'));
+    await gridRow.and(alice.locator('[data-state="up"]')).waitFor({ timeout: 15_000 }).catch(async () => {
+      fail(`grid e2e-web is not listed up (row: ${await gridRow.textContent().catch(() => 'absent')}; form: ${JSON.stringify(await gridFormErrors())})`);
+    });
+    check(await gridRow.getByTestId('grid-members').textContent() === '2',
+      `grid e2e-web lists ${await gridRow.getByTestId('grid-members').textContent()} members, not 2`);
+    const gridNet = await gridRow.getByTestId('grid-network').textContent();
+    check(/^g-\d+$/.test(gridNet), `grid e2e-web is on network ${JSON.stringify(gridNet)}, not one of its own (g-N)`);
+    const busyText = await alice.evaluate(() => window.__gridBusy);
+    check(typeof busyText === 'string' && busyText.includes('Bringing e2e-web up'),
+      `no busy state with progress while the grid came up (the progress line said ${JSON.stringify(busyText)})`);
+    check(await alice.getByTestId('grid-progress').isHidden(), 'the progress line is still shown after up');
+    log(`grid e2e-web up through the page in ${secs(gridUp)} s, on its own network ${gridNet}; while up ran: ${JSON.stringify(busyText)}`);
+    await shot(alice, '09i-alice-grid-up');
+
+    // Its page: both members running, with addresses on the grid's network.
+    await gridRow.getByTestId('grid-link').click();
+    await alice.getByTestId('grid-page').waitFor();
+    await alice.waitForFunction(() => {
+      const rows = [...document.querySelectorAll('[data-testid="grid-member-row"]')];
+      return rows.length === 2 && rows.every((r) => r.dataset.state === 'running');
+    }, null, { timeout: 15_000 }).catch(async () => fail(`the grid page does not show 2 running members: ` +
+      `${JSON.stringify(await alice.getByTestId('grid-member-row').allInnerTexts())}`));
+    const member = (role) => alice.locator(`[data-testid="grid-member-row"][data-role="${role}"]`);
+    const webAddr = await member('web').getByTestId('grid-member-address').textContent();
+    const clientAddr = await member('client').getByTestId('grid-member-address').textContent();
+    const net24 = (a) => (/^\d+\.\d+\.\d+\.\d+$/.test(a || '') ? a.split('.').slice(0, 3).join('.') : null);
+    check(net24(webAddr) && net24(webAddr) === net24(clientAddr) && webAddr !== clientAddr,
+      `the grid page shows addresses ${JSON.stringify(webAddr)} and ${JSON.stringify(clientAddr)}, not two of one /24`);
+    check(await alice.getByTestId('grid-detail-network').textContent() === gridNet, 'the grid page names another network than the list');
+    log(`grid page: web ${webAddr}, client ${clientAddr} (${gridNet})`);
+    await shot(alice, '09j-alice-grid-page');
+
+    // The client member's instance page: it fetched the web member's page by its name.
+    await member('client').getByTestId('grid-member-link').click();
+    await alice.getByTestId('instance-page').waitFor();
+    await alice.getByTestId('exec-command').fill('for i in $(seq 30); do grep -q hello /tmp/page 2>/dev/null && break; sleep 1; done; cat /tmp/page');
+    await alice.getByTestId('exec-run').click();
+    await alice.getByTestId('exec-exit').waitFor({ timeout: 60_000 }).catch(() => fail('exec in the client member showed no result'));
+    const fetched = await alice.getByTestId('exec-output').textContent();
+    check(fetched.includes('(exit 0)') && fetched.includes('hello from e2e-web web 1'),
+      `the client member did not fetch from the web member: ${JSON.stringify(fetched)}`);
+    log(`client member's page, /tmp/page: ${JSON.stringify(fetched.trim().split('\n').pop())}`);
+    await shot(alice, '09k-alice-grid-member');
+
+    // Down through the dialog: the grid, its members and its network go.
+    await alice.getByTestId('nav-grids').click();
+    await gridRow.getByTestId('grid-link').click();
+    await alice.getByTestId('grid-page').waitFor();
+    await alice.waitForFunction(() => document.querySelector('[data-testid="grid-detail-state"]')?.dataset.state === 'up',
+      null, { timeout: 15_000 }).catch(() => fail('the grid page does not show e2e-web up'));
+    await alice.getByRole('button', { name: 'Down…' }).click();
+    const downDialog = alice.getByRole('dialog');
+    await downDialog.waitFor();
+    await shot(alice, '09l-alice-grid-confirm-down');
+    const downAt = Date.now();
+    await downDialog.getByRole('button', { name: 'Take down' }).click();
+    await alice.waitForURL(/#\/grids$/, { timeout: 120_000 }).catch(() => fail('Down did not return to the grid list'));
+    await gridRow.waitFor({ state: 'detached', timeout: 15_000 }).catch(() => fail('e2e-web is still listed after Down'));
+    log(`grid e2e-web down through the page in ${secs(downAt)} s`);
+    const goneGrid = await api(base, tok.alice, 'GET', '/grids/e2e-web');
+    check(goneGrid.status === 404, `GET /grids/e2e-web after Down answered ${goneGrid.status}`);
+    const afterDown = await api(base, tok.alice, 'GET', '/instances');
+    check(afterDown.status === 200 && !afterDown.body.some((i) => (i.name || '').startsWith('e2e-web-')),
+      `members of e2e-web are still listed after Down: ${JSON.stringify(afterDown.body.map((i) => i.name))}`);
+    const bridge = spawnSync('ip', ['link', 'show', `vfbr-${gridNet}`], { encoding: 'utf8' });
+    check(bridge.status !== 0, `the grid's bridge vfbr-${gridNet} is still up after Down`);
+    await shot(alice, '09m-alice-grid-down');
+    log(`grids part took ${secs(gridsStarted)} s`);
+
     if (vmPhase) {
       // A full VM through the form, with a key: on the site's nat network, its page shows
       // the address and how to log in, and the page's exec panel runs apt-get update in it
@@ -814,6 +940,12 @@ async function main() {
         for (const j of (Array.isArray(jobs.body) ? jobs.body : []).filter((j) => !['succeeded', 'failed', 'cancelled'].includes(j.state))) {
           const c = await api(base, tok['root-admin'], 'POST', `/jobs/${j.id}/cancel`, ca);
           if (c.status !== 200) console.error(`cleanup: cancelling job ${j.id} answered ${c.status} ${JSON.stringify(c.body)}`);
+        }
+        // Grids first, as a whole: their members, names and own networks go with them.
+        const grids = await api(base, tok['root-admin'], 'GET', '/grids', ca);
+        for (const g of Array.isArray(grids.body) ? grids.body : []) {
+          const d = await api(base, tok['root-admin'], 'DELETE', `/grids/${g.name}`, ca);
+          if (d.status !== 204) console.error(`cleanup: taking grid ${g.name} down answered ${d.status} ${JSON.stringify(d.body)}`);
         }
         const all = await api(base, tok['root-admin'], 'GET', '/instances', ca);
         const list = Array.isArray(all.body) ? all.body : [];

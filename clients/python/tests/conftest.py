@@ -175,7 +175,15 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._logf.close()
-        # Leave nothing running on the machine: destroy what the tests left behind.
+        # Leave nothing running on the machine: take down the grids the tests left (with
+        # their own networks), then destroy the other instances.
+        out = vfarm(self.data, "--output", "json", "grid", "ls", check=False)
+        try:
+            grids: List[Dict[str, object]] = json.loads(out or "[]")
+        except ValueError:
+            grids = []
+        for g in grids:
+            vfarm(self.data, "grid", "down", str(g["name"]), check=False)
         out = vfarm(self.data, "--output", "json", "instance", "ls", check=False)
         try:
             left: List[Dict[str, object]] = json.loads(out or "[]")

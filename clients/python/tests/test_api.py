@@ -640,3 +640,83 @@ def test_subscriptions_are_for_admins(plain):
     assert next(s for s in boss.subscriptions() if s.id == sub.id).revoked is not None
     assert boss.remove_subscription(sub.id) == sub.id
     assert sub.id not in {s.id for s in boss.subscriptions()}
+
+
+# --- virtual grids -------------------------------------------------------------------------
+
+# Two roles on the grid's own network: the client learns the server's address through a
+# reference, and stops promptly on SIGTERM (as PID 1 a shell ignores it otherwise).
+GRID_FILE = """\
+[grid]
+name = "from-the-file"
+expiry = "2h"
+
+[roles.srv]
+image = "minbase"
+cpus = 0.25
+memory = "64M"
+command = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+
+[roles.cli]
+image = "minbase"
+after = ["srv"]
+cpus = 0.25
+memory = "64M"
+env = { SRV = "{{ roles.srv.address }}" }
+command = ["sh", "-c", "trap 'exit 0' TERM; echo $SRV > /tmp/srv; while :; do sleep 1; done"]
+"""
+
+
+def test_grid_refusal_names_the_field_and_makes_nothing(plain):
+    alice = plain.client("alice")
+    before = len(alice.instances())
+    bad = GRID_FILE.replace('after = ["srv"]', 'after = ["nosuch"]')
+    with pytest.raises(VfarmError) as e:
+        alice.grid_up(bad, name=unique("pyg"))
+    assert (e.value.status, e.value.field) == (400, "roles.cli.after"), e.value
+    assert "nosuch" in e.value.message
+    assert alice.grids() == [] and len(alice.instances()) == before
+
+
+def test_grid_up_show_extend_down(plain, tmp_path):
+    alice, bob, boss = plain.client("alice"), plain.client("bob"), plain.client("boss")
+    name = unique("pyg")
+    f = tmp_path / "two.toml"
+    f.write_text(GRID_FILE)
+    g = alice.grid_up(f, name=name, expiry="1h")
+    try:
+        assert (g.name, g.owner, g.state) == (name, "alice", "up"), g
+        assert g.stages == [["srv"], ["cli"]]
+        assert g.network and g.network.startswith("g-"), g.network
+        assert sorted((m.role, m.index, m.state) for m in g.members) == [
+            ("cli", 1, "running"), ("srv", 1, "running")]
+        srv, cli = g.role("srv")[0], g.role("cli")[0]
+        assert srv.address and cli.address and srv.address != cli.address
+        # The reference reached the member: the client knows the server's address.
+        out = alice.exec(cli.instance_id, "cat /tmp/srv")
+        assert (out.exit_code, out.stdout.strip()) == (0, srv.address)
+        # Members are the owner's instances; the grid is hers alone (the admin sees all).
+        mine = {i.id: i for i in alice.instances()}
+        assert {srv.instance_id, cli.instance_id} <= set(mine)
+        assert [x.name for x in alice.grids()] == [name]
+        assert alice.grid(name).members == g.members
+        assert bob.grids() == []
+        with pytest.raises(VfarmError) as e:
+            bob.grid(name)
+        assert e.value.status == 404
+        with pytest.raises(VfarmError) as e:
+            bob.grid_down(name)
+        assert e.value.status == 404
+        assert name in {x.name for x in boss.grids()}
+        later = alice.grid_extend(name, "1d")
+        assert later.expires and g.expires and later.expires > g.expires
+        with pytest.raises(VfarmError) as e:
+            alice.grid_up(GRID_FILE, name=name)
+        assert (e.value.status, e.value.field) == (409, "name"), e.value
+    finally:
+        assert alice.grid_down(name) == name
+    with pytest.raises(VfarmError) as e:
+        alice.grid(name)
+    assert e.value.status == 404
+    left = {i.id for i in alice.instances()}
+    assert not {m.instance_id for m in g.members} & left

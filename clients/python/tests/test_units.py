@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from vfarm_client import EventStream, Host, Image, Instance, Migration, VfarmError
 
 
@@ -116,3 +118,122 @@ def test_next_link_is_read_from_the_link_header():
     assert _next_link(['</a>; rel="prev", </b>; rel=next']) == "/b"
     assert _next_link(['</a>; rel="prev"']) is None
     assert _next_link([]) is None
+
+
+class _Recorder:
+    """A one-shot HTTP server on loopback: answers every request with `status` and `body`
+    and keeps what it was sent (method, path, JSON body)."""
+
+    def __init__(self, status: int, body: object):
+        import http.server
+        import json
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if n else b""
+                seen.append((self.command, self.path, json.loads(raw) if raw else None))
+                out = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+GRID_JSON = {
+    "name": "web", "owner": "alice", "state": "up", "network": "g-3",
+    "expires": "2026-01-01T00:00:00Z", "created": "2025-12-31T22:00:00Z", "error": None,
+    "stages": [["web"], ["client"]], "zz": 1,
+    "members": [
+        {"role": "client", "index": 1, "instance_id": "c1", "name": "web-client-1",
+         "hostname": "vnode02", "state": "running", "address": "10.250.3.3", "ssh_command": None},
+        {"role": "web", "index": 1, "instance_id": "w1", "name": "web-web-1",
+         "hostname": "vnode01", "state": "running", "address": "10.250.3.2", "ssh_command": None},
+    ],
+}
+
+
+def test_grid_up_sends_the_file_text_or_a_files_content(tmp_path):
+    from vfarm_client import Client, Grid
+
+    srv = _Recorder(201, GRID_JSON)
+    try:
+        c = Client(srv.url, token="vft_x")
+        text = '[grid]\nname = "web"\n'
+        g = c.grid_up(text, name="web2", expiry="3h")
+        assert isinstance(g, Grid) and (g.name, g.state, g.network, g.extra) == (
+            "web", "up", "g-3", {"zz": 1})
+        assert [m.name for m in g.role("web")] == ["web-web-1"]
+        assert g.members[0].address == "10.250.3.3" and g.members[0].ssh_command is None
+        f = tmp_path / "web.toml"
+        f.write_text(text)
+        c.grid_up(f)  # a Path
+        c.grid_up(str(f), keep_on_failure=True)  # a one-line string naming a file
+        assert srv.seen == [
+            ("POST", "/api/v1/grids", {"file": text, "name": "web2", "expiry": "3h"}),
+            ("POST", "/api/v1/grids", {"file": text}),
+            ("POST", "/api/v1/grids", {"file": text, "keep_on_failure": True}),
+        ]
+    finally:
+        srv.close()
+
+
+def test_grid_up_of_a_missing_file_names_the_field_and_sends_nothing(tmp_path):
+    from vfarm_client import Client
+
+    srv = _Recorder(201, GRID_JSON)
+    try:
+        with pytest.raises(VfarmError) as e:
+            Client(srv.url).grid_up(str(tmp_path / "absent.toml"))
+        assert (e.value.status, e.value.code, e.value.field) == (0, "invalid_argument", "file")
+        assert srv.seen == []
+    finally:
+        srv.close()
+
+
+def test_grid_calls_and_a_refusal_carrying_code_and_field():
+    from vfarm_client import Client
+
+    srv = _Recorder(200, GRID_JSON)
+    try:
+        c = Client(srv.url)
+        assert c.grid("web").members[1].role == "web"
+        assert c.grid_extend("web", "1d").name == "web"
+        assert c.grid_down("web") == "web"
+        assert [m for m, _, _ in srv.seen] == ["GET", "POST", "DELETE"]
+        assert srv.seen[1] == ("POST", "/api/v1/grids/web/extend", {"by": "1d"})
+        assert srv.seen[2][1] == "/api/v1/grids/web"
+    finally:
+        srv.close()
+    bad = {"error": {"code": "invalid_spec", "message": "count must be 1 to 64",
+                     "field": "roles.wn.count"}}
+    srv = _Recorder(400, bad)
+    try:
+        with pytest.raises(VfarmError) as e:
+            Client(srv.url).grid_up('[roles.wn]\ncount = 0\n')
+        got = (e.value.status, e.value.code, e.value.field)
+        assert got == (400, "invalid_spec", "roles.wn.count")
+    finally:
+        srv.close()
+    srv = _Recorder(200, [GRID_JSON])
+    try:
+        assert [g.name for g in Client(srv.url).grids()] == ["web"]
+    finally:
+        srv.close()

@@ -26,6 +26,11 @@ const state = {
   jobs: new Map(), // id -> Job, as GET /jobs lists them (updated by `job` events)
   jobsLoaded: false,
   job: null, // the job shown on #/jobs/ID, with its spec, events, outputs and streams
+  grids: new Map(), // name -> GridView, as GET /grids lists them
+  gridsLoaded: false,
+  grid: null, // the grid shown on #/grids/NAME, with its members
+  gridUp: null, // {name, started} while a `grid up` from this page runs
+  gridGoingDown: null, // the name of the grid a Down from this page is taking down
 };
 
 // ---------------------------------------------------------------------------------------
@@ -290,6 +295,9 @@ function signedOut(message) {
   state.jobs.clear();
   state.jobsLoaded = false;
   state.job = null;
+  state.grids.clear();
+  state.gridsLoaded = false;
+  state.grid = null;
   $('.nav').hidden = true;
   $('.session').hidden = true;
   delete document.body.dataset.user;
@@ -381,8 +389,8 @@ function connectEvents() {
     setLive('open', 'live');
     handle(data);
   });
-  on('instance', (inst) => upsert(inst, true));
-  on('instance-removed', (msg) => removed(msg.id));
+  on('instance', (inst) => { upsert(inst, true); gridMemberChanged(); });
+  on('instance-removed', (msg) => { removed(msg.id); gridMemberChanged(); });
   on('job', jobChanged);
   // The service dropped events for this slow reader: the lists are the truth again.
   es.addEventListener('lagged', () => {
@@ -493,10 +501,14 @@ function route() {
   const hash = location.hash || '#/instances';
   const m = hash.match(/^#\/instances\/([^/?]+)/);
   const mj = hash.match(/^#\/jobs\/([^/?]+)/);
+  const mg = hash.match(/^#\/grids\/([^/?]+)/);
   let page = 'instances';
   state.job = null;
+  state.grid = null;
   if (m) renderInstance(decodeURIComponent(m[1]));
   else if (mj) { page = 'jobs'; renderJob(decodeURIComponent(mj[1])); }
+  else if (mg) { page = 'grids'; renderGrid(decodeURIComponent(mg[1])); }
+  else if (hash.startsWith('#/grids')) { page = 'grids'; renderGrids(); }
   else if (hash.startsWith('#/jobs')) { page = 'jobs'; renderJobs(); }
   else if (hash.startsWith('#/images')) { page = 'images'; renderImages(); }
   else if (hash.startsWith('#/hosts')) { page = 'hosts'; renderHosts(); } else renderInstances();
@@ -1352,6 +1364,307 @@ async function cancelJob(button) {
   });
   // busy() re-enabled the button; the state decides again.
   paintJob();
+}
+
+// ---------------------------------------------------------------------------------------
+// Virtual Grids page: whole sites from one grid file, up and down together
+
+// Members come up one after another; while a grid is made or shown, its state is asked
+// for at this pace (the event stream carries instances, not grids).
+const GRIDS_REFRESH_MS = 2500;
+let gridsTimer = null;
+let gridTimer = null;
+const gridFinal = (st) => st === 'up' || st === 'failed';
+
+async function loadGrids() {
+  clearTimeout(gridsTimer);
+  if (!$('[data-testid="grids-table"]')) return; // left the page
+  try {
+    const list = await api('GET', '/grids');
+    state.grids = new Map(list.map((g) => [g.name, g]));
+    state.gridsLoaded = true;
+    paintGrids();
+  } catch (e) {
+    if (e.status !== 401) notice(`Cannot list grids: ${e.message}`, 'error');
+  }
+  // A grid being made or taken down (here, with the CLI, by the reaper) changes by itself.
+  if (state.gridUp || [...state.grids.values()].some((g) => !gridFinal(g.state))) {
+    gridsTimer = setTimeout(loadGrids, GRIDS_REFRESH_MS);
+  }
+}
+
+/** An instance changed: when it may be a grid's member, the grids shown follow. */
+const gridMemberChanged = debounced(() => {
+  if ($('[data-testid="grids-table"]')) loadGrids();
+  if (state.grid && $('[data-testid="grid-page"]')) refreshGrid();
+}, 500);
+
+function renderGrids() {
+  state.detail = null;
+  state.grid = null;
+  document.title = 'Virtual Grids · vfarm';
+  const cols = ['Grid', 'State', state.me.admin ? 'Owner' : null, 'Members', 'Network', 'Expires'];
+  mount(
+    h('div', { class: 'page-head' }, h('h1', {}, 'Virtual Grids'),
+      h('span', { class: 'sub' }, state.me.admin ? 'all owners (admin view)' : `owned by ${state.me.user}`)),
+    h('div', { class: 'grid' },
+      h('section', { class: 'panel', 'aria-labelledby': 'grids-h' },
+        h('h2', { id: 'grids-h' }, 'Grids', h('span', { class: 'count', testid: 'grids-summary' })),
+        h('div', { class: 'table-wrap' }, h('table', { testid: 'grids-table', 'aria-label': 'Virtual grids' },
+          h('thead', {}, h('tr', {}, cols.filter(Boolean).map((c) => h('th', { scope: 'col' }, c)))),
+          h('tbody', {}))),
+        h('p', { class: 'empty', testid: 'grids-empty', hidden: true },
+          'No grids yet. Bring one up with the form, or with ', h('code', {}, 'vfarm grid up FILE'), '.')),
+      gridForm()));
+  paintGrids();
+  paintGridProgress();
+  loadGrids();
+}
+
+function paintGrids() {
+  const table = $('[data-testid="grids-table"]');
+  if (!table) return;
+  const all = [...state.grids.values()].sort((a, b) => a.name.localeCompare(b.name));
+  const admin = state.me && state.me.admin;
+  table.tBodies[0].replaceChildren(...all.map((g) => h('tr', { testid: 'grid-row', 'data-name': g.name, 'data-state': g.state },
+    h('td', {}, h('a', { class: 'inst', href: `#/grids/${encodeURIComponent(g.name)}`, testid: 'grid-link' }, g.name)),
+    h('td', {}, stateBadge(g.state, 'grid-state'), g.error ? h('span', { class: 'id', title: g.error }, g.error.slice(0, 40)) : null),
+    admin ? h('td', { class: 'mono', testid: 'grid-owner' }, g.owner) : null,
+    h('td', { class: 'num', testid: 'grid-members' }, String(g.members.length)),
+    h('td', { testid: 'grid-network' }, g.network || 'none'),
+    h('td', { class: 'num' }, g.expires ? when(g.expires) : 'never'))));
+  const up = all.filter((g) => g.state === 'up').length;
+  $('[data-testid="grids-summary"]').textContent = state.gridsLoaded ? `${all.length} total · ${up} up` : '';
+  $('[data-testid="grids-empty"]').hidden = !state.gridsLoaded || all.length > 0;
+  table.hidden = state.gridsLoaded && all.length === 0;
+}
+
+/** Where a refusal of `up` belongs: the name and expiry fields when they were filled in,
+ *  the file for everything else the file says (the field path inside it leads the text). */
+function gridRefusal(e, nameSet, expirySet) {
+  if (!e.field || e.code === 'network') return e;
+  if (e.field === 'body') return new ApiError(e.status, e.code, e.message, null);
+  if ((e.field === 'name' && nameSet) || (e.field === 'expiry' && expirySet)) return e;
+  const msg = e.field === 'file' || e.message.includes(e.field) ? e.message : `${e.field}: ${e.message}`;
+  return new ApiError(e.status, e.code, msg, 'file');
+}
+
+function gridForm() {
+  const file = h('textarea', { rows: '14', spellcheck: 'false', autocomplete: 'off',
+    placeholder: '[grid]\nname = "site"\n\n[roles.ce]\nimage = "minbase"\n…' });
+  const upload = h('input', { type: 'file', accept: '.toml,text/plain,application/toml' });
+  const name = h('input', { type: 'text', placeholder: 'the file\'s', autocomplete: 'off', spellcheck: 'false' });
+  const expiry = h('input', { type: 'text', placeholder: 'the file\'s', autocomplete: 'off' });
+  const submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'grid-submit' }, 'Bring up');
+  const form = h('form', { class: 'panel', testid: 'grid-form', 'aria-labelledby': 'grid-h', novalidate: true },
+    h('h2', { id: 'grid-h' }, 'Bring a grid up'),
+    h('p', { class: 'form-error', hidden: true, tabindex: '-1', testid: 'grid-error' }),
+    fieldBlock('grid', { name: 'file', label: 'Grid file (TOML)', control: file, testid: 'grid-file',
+      hint: 'roles, images, counts and what each member runs: see docs/guide/grids.md' }),
+    fieldBlock('grid', { name: 'upload', label: 'Or upload a grid file', control: upload, testid: 'grid-upload',
+      hint: 'a .toml file; its text goes into the field above' }),
+    h('div', { class: 'row' },
+      fieldBlock('grid', { name: 'name', label: 'Name', control: name, testid: 'grid-name', hint: 'optional: instead of the file\'s [grid] name' }),
+      fieldBlock('grid', { name: 'expiry', label: 'Expires after', control: expiry, testid: 'grid-expiry', hint: 'optional, e.g. 2d: one lease for every member' })),
+    h('div', { class: 'actions-line' }, submit),
+    h('p', { class: 'muted', role: 'status', testid: 'grid-progress', hidden: true }));
+  upload.addEventListener('change', async () => {
+    clearErrors(form);
+    const f = upload.files[0];
+    if (!f) return;
+    try {
+      file.value = await f.text();
+    } catch (e) {
+      showError(form, new ApiError(0, 'invalid_argument', `cannot read ${f.name}: ${e.message}`, 'upload'));
+    }
+  });
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    if (state.gridUp) return;
+    if (!file.value.trim()) {
+      return showError(form, new ApiError(400, 'invalid_request', 'paste a grid file, or choose one to upload', 'file'));
+    }
+    const body = { file: file.value };
+    if (name.value.trim()) body.name = name.value.trim();
+    if (expiry.value.trim()) body.expiry = expiry.value.trim();
+    // The answer comes when every member runs (or the grid failed and was torn down):
+    // until then the button is busy and the list shows the grid being made.
+    state.gridUp = { name: body.name || null, started: Date.now() };
+    paintGridProgress();
+    const progress = setInterval(paintGridProgress, 1000);
+    setTimeout(loadGrids, 500);
+    await busy(submit, async () => {
+      try {
+        const g = await api('POST', '/grids', body);
+        state.grids.set(g.name, g);
+        notice(`Grid ${g.name} is up: ${g.members.length} member(s)`);
+        file.value = '';
+        upload.value = '';
+        name.value = '';
+        expiry.value = '';
+      } catch (e) {
+        const f = $('#grid-file');
+        // The form may have been left while `up` ran: then the refusal is a notice.
+        if (f && f.isConnected) showError(form, gridRefusal(e, Boolean(body.name), Boolean(body.expiry)));
+        else notice(`Grid up failed: ${e.message} (${e.code})`, 'error');
+      } finally {
+        clearInterval(progress);
+        state.gridUp = null;
+        paintGridProgress();
+      }
+    });
+    loadGrids();
+  });
+  return form;
+}
+
+function paintGridProgress() {
+  const p = $('[data-testid="grid-progress"]');
+  if (!p) return;
+  const up = state.gridUp;
+  p.hidden = !up;
+  if (!up) { p.textContent = ''; return; }
+  const made = up.name && state.grids.get(up.name);
+  p.textContent = `Bringing ${up.name || 'the grid'} up… ${duration((Date.now() - up.started) / 1000)}` +
+    (made ? `, ${made.members.length} member(s) made` : '') + '. Members are made one after another; the page answers when all run.';
+}
+
+async function renderGrid(ref) {
+  state.detail = null;
+  state.gridGoingDown = null;
+  document.title = `Grid ${ref} · vfarm`;
+  state.grid = state.grids.get(ref) || { name: ref, state: 'unknown', members: [], _partial: true };
+  const by = h('input', { type: 'text', value: '1h', 'aria-label': 'Extend expiry by', testid: 'grid-extend-by' });
+  const extend = h('button', { type: 'button', class: 'btn', testid: 'grid-extend' }, 'Extend expiry');
+  const down = h('button', { type: 'button', class: 'btn btn-danger', testid: 'grid-down' }, 'Down…');
+  extend.addEventListener('click', () => gridExtend(extend, by));
+  down.addEventListener('click', () => gridDown(down));
+  mount(
+    h('div', { class: 'crumbs' }, h('a', { href: '#/grids' }, 'Virtual Grids'), ' / ', h('span', {}, ref)),
+    h('div', { class: 'page-head', testid: 'grid-page' },
+      h('h1', { testid: 'grid-title' }, ref), h('span', { testid: 'grid-head-state' })),
+    h('section', { class: 'panel', 'aria-label': 'Actions' },
+      h('div', { class: 'bar', testid: 'grid-actions' }, h('span', { class: 'extend' }, by, extend),
+        h('span', { class: 'sep', 'aria-hidden': 'true' }), down,
+        h('span', { class: 'muted', role: 'status', testid: 'grid-action-status' }))),
+    h('section', { class: 'panel', 'aria-labelledby': 'gmem-h' },
+      h('h2', { id: 'gmem-h' }, 'Members', h('span', { class: 'count', testid: 'grid-members-count' })),
+      h('div', { class: 'table-wrap' }, h('table', { testid: 'grid-members-table', 'aria-label': 'Grid members' },
+        h('thead', {}, h('tr', {}, ['Role', '#', 'Instance', 'Hostname', 'Address', 'State', 'Log in']
+          .map((c) => h('th', { scope: 'col' }, c)))),
+        h('tbody', {})))),
+    h('section', { class: 'panel', 'aria-labelledby': 'gdet-h' }, h('h2', { id: 'gdet-h' }, 'Details'), h('div', { testid: 'grid-details' })));
+  paintGrid();
+  await refreshGrid();
+}
+
+async function refreshGrid() {
+  clearTimeout(gridTimer);
+  const g = state.grid;
+  // While Down runs, the grid's answers (its members going, then 404) are not news.
+  const down = () => state.gridGoingDown === g.name;
+  if (!g || !$('[data-testid="grid-page"]') || down()) return;
+  try {
+    const cur = await api('GET', `/grids/${encodeURIComponent(g.name)}`);
+    if (!state.grid || state.grid.name !== cur.name || down()) return;
+    state.grid = cur;
+    state.grids.set(cur.name, cur);
+    paintGrid();
+  } catch (e) {
+    if (e.status === 404) {
+      if (down()) return;
+      if (state.grid && state.grid.name === g.name) {
+        $('#main').replaceChildren(h('div', { class: 'panel', role: 'alert', testid: 'grid-missing' },
+          h('h1', {}, 'No such grid'),
+          h('p', {}, `There is no grid “${g.name}” that you may see. It may have been taken down.`),
+          h('a', { href: '#/grids' }, 'Back to the grids')));
+        state.grid = null;
+      }
+      state.grids.delete(g.name);
+      return;
+    }
+    if (e.status !== 401) notice(e.message, 'error');
+  }
+  // Members' states change by themselves (an instance that ends, one being made).
+  gridTimer = setTimeout(refreshGrid, GRIDS_REFRESH_MS);
+}
+
+function paintGrid() {
+  const g = state.grid;
+  const table = $('[data-testid="grid-members-table"]');
+  if (!g || !table) return;
+  $('[data-testid="grid-head-state"]').replaceChildren(g._partial ? '' : stateBadge(g.state, 'grid-detail-state'));
+  for (const b of $$('[data-testid="grid-actions"] button')) {
+    if (b.getAttribute('aria-busy') !== 'true') b.disabled = Boolean(g._partial) || g.state === 'creating' || g.state === 'deleting';
+  }
+  // In the order the roles come up, as the file's `after` makes them.
+  const order = (g.stages || []).flat();
+  const members = [...g.members].sort((a, b) => order.indexOf(a.role) - order.indexOf(b.role) ||
+    a.role.localeCompare(b.role) || a.index - b.index);
+  $('[data-testid="grid-members-count"]').textContent = g._partial ? '' : String(members.length);
+  table.tBodies[0].replaceChildren(...members.map((m) => h('tr', { testid: 'grid-member-row', 'data-role': m.role, 'data-index': m.index, 'data-state': m.state },
+    h('td', {}, m.role),
+    h('td', { class: 'num' }, String(m.index)),
+    h('td', {}, m.state === 'gone' ? (m.name || short(m.instance_id))
+      : h('a', { class: 'inst', href: `#/instances/${encodeURIComponent(m.instance_id)}`, testid: 'grid-member-link',
+        'aria-label': `Instance ${m.name || short(m.instance_id)} (${m.role} ${m.index})` }, m.name || short(m.instance_id))),
+    h('td', { class: 'mono' }, m.hostname || '–'),
+    h('td', { class: 'mono', testid: 'grid-member-address' }, m.address || '–'),
+    h('td', {}, stateBadge(m.state, 'grid-member-state')),
+    h('td', {}, m.ssh_command ? h('code', {}, m.ssh_command) : '–'))));
+  $('[data-testid="grid-details"]').replaceChildren(g._partial ? h('p', { class: 'muted' }, 'loading…') : kv([
+    ['Name', h('span', { class: 'mono' }, g.name)],
+    ['Owner', h('span', { class: 'mono', testid: 'grid-detail-owner' }, g.owner)],
+    ['State', stateBadge(g.state, 'grid-detail-state-kv')],
+    ['Network', h('span', { testid: 'grid-detail-network' }, g.network || 'none (loopback only)')],
+    ['Roles, in order', (g.stages || []).map((s) => s.join(', ')).join(' → ')],
+    ['Created', when(g.created)],
+    ['Expires', g.expires ? when(g.expires) : 'never'],
+    ['Error', g.error ? h('span', { class: 'field-error' }, g.error) : null],
+  ]));
+}
+
+async function gridExtend(button, input) {
+  const g = state.grid;
+  if (!g) return;
+  const by = input.value.trim();
+  if (!by) return notice('Extend by how long? e.g. 2h', 'error');
+  await busy(button, async () => {
+    try {
+      state.grid = await api('POST', `/grids/${encodeURIComponent(g.name)}/extend`, { by });
+      notice(`Extended ${g.name} by ${by}`);
+    } catch (e) { notice(`Extend failed: ${e.message} (${e.code})`, 'error'); }
+  });
+  paintGrid();
+}
+
+async function gridDown(button) {
+  const g = state.grid;
+  if (!g) return;
+  const ok = await confirmDialog(`Take grid ${g.name} down?`,
+    `Its ${g.members.length} member(s) are destroyed with their disks, their host names and addresses go back, ` +
+    'their certificates are revoked and the grid\'s own network is removed. This cannot be undone.', 'Take down');
+  if (!ok) return;
+  const status = $('[data-testid="grid-action-status"]');
+  status.textContent = 'Taking the grid down: destroying its members…';
+  state.gridGoingDown = g.name;
+  clearTimeout(gridTimer);
+  const page = location.hash;
+  await busy(button, async () => {
+    try {
+      await api('DELETE', `/grids/${encodeURIComponent(g.name)}`);
+      state.grids.delete(g.name);
+      notice(`Grid ${g.name} is down`);
+      // Back to the list, unless the user went elsewhere meanwhile.
+      if (location.hash === page) location.hash = '#/grids';
+    } catch (e) {
+      state.gridGoingDown = null;
+      if (status.isConnected) status.textContent = '';
+      notice(`Down failed: ${e.message} (${e.code})`, 'error');
+      refreshGrid();
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------

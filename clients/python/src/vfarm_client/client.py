@@ -32,6 +32,7 @@ from .models import (
     AuditEntry,
     Event,
     ExecResult,
+    Grid,
     Host,
     Network,
     HostToken,
@@ -750,6 +751,65 @@ class Client:
         with self._open("GET", path, accept="application/octet-stream") as resp:
             data: bytes = resp.read()
         return data
+
+    # Virtual grids
+
+    def grid_up(
+        self,
+        file: Union[str, "os.PathLike[str]"],
+        name: Optional[str] = None,
+        expiry: Optional[str] = None,
+        keep_on_failure: bool = False,
+        timeout: Optional[float] = None,
+    ) -> Grid:
+        """Bring a grid up from a grid file (`vfarm grid up`): `file` is its TOML text, or a
+        path to it (a `pathlib.Path`, or a one-line string naming an existing file). `name`
+        and `expiry` (`2d`) override the file's. The answer comes when every member runs,
+        so the wait is long; a refusal of the file names its field (`roles.wn.count`)."""
+        body: Dict[str, Any] = {"file": self._grid_text(file)}
+        if name is not None:
+            body["name"] = name
+        if expiry is not None:
+            body["expiry"] = expiry
+        if keep_on_failure:
+            body["keep_on_failure"] = True
+        return Grid.from_json(
+            self._call("POST", f"{API}/grids", body, timeout=timeout or LONG_TIMEOUT)
+        )
+
+    @staticmethod
+    def _grid_text(file: Union[str, "os.PathLike[str]"]) -> str:
+        # A grid file's text has a newline, a `[` or a `=`; any other string is a path.
+        if isinstance(file, str) and ("\n" in file or "[" in file or "=" in file):
+            return file
+        path = os.fspath(file)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise VfarmError(
+                0, "invalid_argument", f"cannot read grid file {path}: {e}", "file"
+            ) from None
+
+    def grids(self) -> List[Grid]:
+        """The caller's grids (an admin's: everyone's)."""
+        return [Grid.from_json(g) for g in self._call("GET", f"{API}/grids")]
+
+    def grid(self, name: str) -> Grid:
+        """One grid with its members: roles, instances, states, host names, addresses."""
+        return Grid.from_json(self._call("GET", f"{API}/grids/{self._ref(name)}"))
+
+    def grid_down(self, name: str) -> str:
+        """Destroy every member of the grid (certificates revoked, names, addresses and its
+        own network given back), then the grid; returns its name."""
+        self._call("DELETE", f"{API}/grids/{self._ref(name)}", timeout=LONG_TIMEOUT)
+        return name
+
+    def grid_extend(self, name: str, by: str) -> Grid:
+        """Move the grid's expiry, and every member's, later by `by` (`2h`, `1d`)."""
+        return Grid.from_json(
+            self._call("POST", f"{API}/grids/{self._ref(name)}/extend", {"by": by})
+        )
 
     # Networks
 

@@ -17,6 +17,8 @@ __all__ = [
     "AuditEntry",
     "Event",
     "ExecResult",
+    "Grid",
+    "GridMember",
     "Image",
     "Instance",
     "Job",
@@ -399,6 +401,53 @@ class Job:
     @classmethod
     def from_json(cls, data: Any) -> "Job":
         return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class GridMember:
+    """One member of a grid: an instance of the grid's owner in one role (`index` from 1).
+    `state` is the instance's, `gone` when it was destroyed by itself."""
+
+    role: str
+    index: int
+    instance_id: str
+    state: str
+    name: Optional[str] = None
+    hostname: Optional[str] = None
+    address: Optional[str] = None
+    ssh_command: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "GridMember":
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A virtual grid: members in roles from one grid file, with one expiry (`state`
+    creating | up | deleting | failed). `stages` are the roles in the order they come up;
+    `network` the network its members are on (its own, `g-<n>`, unless the file names one)."""
+
+    name: str
+    owner: str
+    state: str
+    network: Optional[str] = None
+    expires: Optional[str] = None
+    created: Optional[str] = None
+    error: Optional[str] = None
+    stages: List[List[str]] = field(default_factory=list)
+    members: List[GridMember] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Grid":
+        members = data.get("members") if isinstance(data, Mapping) else None
+        return _build(cls, data, members=[GridMember.from_json(m) for m in members or []])
+
+    def role(self, name: str) -> List[GridMember]:
+        """The members of role `name`, by index."""
+        return sorted((m for m in self.members if m.role == name), key=lambda m: m.index)
 
 
 @dataclass(frozen=True)
