@@ -110,6 +110,13 @@ fn the_slurm_site_runs_a_batch_job_on_a_worker_and_goes_down_leaving_nothing() {
         data: data.clone(),
         net: None,
     };
+    // A site CA: every member gets a host certificate for its own name.
+    vf.ok(&[
+        "ca",
+        "init",
+        "--subject",
+        "/DC=test/O=vfarm/CN=Slurm Grid Test CA",
+    ]);
     let mut toml = format!("grid_subnets = \"{}\"\n", grid_pool());
     for i in 1..=4 {
         toml.push_str(&format!("[[hostnames]]\nname = \"s{i:02}.grid.test\"\n"));
@@ -178,6 +185,46 @@ fn the_slurm_site_runs_a_batch_job_on_a_worker_and_goes_down_leaving_nothing() {
     let wns = role("wn");
     assert_eq!((ctl.len(), wns.len()), (1, 2), "{g}");
     let ctl_id = ctl[0].0.as_str();
+
+    // Each member's host certificate names it and verifies against the site CA (with its
+    // CRL); after `grid down` none of them does.
+    let certs = data.join("ca/certificates");
+    let mut member_certs = Vec::new();
+    for (id, host) in ctl.iter().chain(&wns) {
+        let pem = vf.ok(&[
+            "instance",
+            "exec",
+            id,
+            "--",
+            "cat",
+            "/etc/grid-security/hostcert.pem",
+        ]);
+        let file = data.join(format!("{id}-hostcert.pem"));
+        std::fs::write(&file, pem).unwrap();
+        let subject = Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-in"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&subject.stdout).contains(host.as_str()),
+            "{host}: {subject:?}"
+        );
+        member_certs.push(file);
+    }
+    let verify = |file: &PathBuf| {
+        Command::new("openssl")
+            .args(["verify", "-crl_check", "-CApath"])
+            .arg(&certs)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    for f in &member_certs {
+        let v = verify(f);
+        assert!(v.status.success(), "{}: {v:?}", f.display());
+    }
+    step("each member's host certificate verifies against the site CA");
 
     // In the controller: a command's stdout, or a failure naming what the daemons logged.
     let logs = || {
@@ -304,6 +351,14 @@ fn the_slurm_site_runs_a_batch_job_on_a_worker_and_goes_down_leaving_nothing() {
     let store = common::store_of(&data);
     assert!(store.hostname_leases().unwrap().is_empty());
     assert_eq!(net_pieces(&net), Vec::<String>::new());
+    for f in &member_certs {
+        let v = verify(f);
+        assert!(
+            !v.status.success(),
+            "{} still verifies after grid down: {v:?}",
+            f.display()
+        );
+    }
     eprintln!(
         "slurm site: image build {build_time:?}, grid up {up_time:?}, first job {job_time:?}"
     );
