@@ -51,42 +51,6 @@ impl Drop for Cleanup {
     }
 }
 
-/// What is left on the host of network `name`: its bridge, nftables table, dnsmasq and
-/// state dir.
-fn net_pieces(name: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    let br = format!("vfbr-{name}");
-    let link = Command::new("ip").args(["link", "show", &br]).output();
-    if link.unwrap().status.success() {
-        left.push(format!("bridge {br}"));
-    }
-    let table = format!("table ip vfarm_{}", name.replace('-', "_"));
-    let tables = Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .unwrap();
-    assert!(tables.status.success(), "nft list tables: {tables:?}");
-    if String::from_utf8_lossy(&tables.stdout)
-        .lines()
-        .any(|l| l.trim() == table)
-    {
-        left.push(table);
-    }
-    let arg = format!("--interface={br}");
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            if c.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
-                left.push(format!("dnsmasq {arg} (pid {:?})", e.file_name()));
-            }
-        }
-    }
-    let dir = Path::new("/run/vfarm/net").join(name);
-    if dir.exists() {
-        left.push(format!("state dir {}", dir.display()));
-    }
-    left
-}
-
 /// `KEY=value` of `scontrol show …` output.
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.split_whitespace()
@@ -350,7 +314,7 @@ fn the_slurm_site_runs_a_batch_job_on_a_worker_and_goes_down_leaving_nothing() {
     assert_eq!(vf.json(&["instance", "ls"]), Value::Array(vec![]));
     let store = common::store_of(&data);
     assert!(store.hostname_leases().unwrap().is_empty());
-    assert_eq!(net_pieces(&net), Vec::<String>::new());
+    assert_eq!(common::net_pieces(&net), Vec::<String>::new());
     for f in &member_certs {
         let v = verify(f);
         assert!(

@@ -303,47 +303,6 @@ fn the_web_example_comes_up_answers_by_name_and_goes_down_leaving_nothing() {
     assert_eq!(st, 404);
 }
 
-/// What is left on the host of network `name` made by vfarm: its bridge, nftables table,
-/// dnsmasq and state dir.
-fn net_pieces(name: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    let br = format!("vfbr-{name}");
-    if Command::new("ip")
-        .args(["link", "show", &br])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        left.push(format!("bridge {br}"));
-    }
-    let table = format!("table ip vfarm_{}", name.replace('-', "_"));
-    let tables = Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .unwrap();
-    assert!(tables.status.success(), "nft list tables: {tables:?}");
-    if String::from_utf8_lossy(&tables.stdout)
-        .lines()
-        .any(|l| l.trim() == table)
-    {
-        left.push(table);
-    }
-    let arg = format!("--interface={br}");
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            if c.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
-                left.push(format!("dnsmasq {arg} (pid {:?})", e.file_name()));
-            }
-        }
-    }
-    let dir = Path::new("/run/vfarm/net").join(name);
-    if dir.exists() {
-        left.push(format!("state dir {}", dir.display()));
-    }
-    left
-}
-
 /// What is left on the host of instance `id`'s attachment: its veth and namespace (named as
 /// vfarm-net names them: `vfh-` and an FNV-1a hash of the id, `vfi-<id>`).
 fn link_pieces(id: &str) -> Vec<String> {
@@ -460,7 +419,11 @@ fn two_users_grids_each_get_a_network_of_their_own_isolated_from_the_other() {
         step(&format!("{name} up on network {net}"));
         assert_eq!(g["state"], "up", "{g}");
         assert!(net.starts_with("g-"), "a network of the grid's own: {g}");
-        assert!(net_pieces(&net).len() == 4, "{:?}", net_pieces(&net));
+        assert!(
+            common::net_pieces(&net).len() == 4,
+            "{:?}",
+            common::net_pieces(&net)
+        );
         grids.push(g);
     }
     let (a, b) = (&grids[0], &grids[1]);
@@ -569,7 +532,11 @@ fn two_users_grids_each_get_a_network_of_their_own_isolated_from_the_other() {
     assert_eq!(vf.json(&["instance", "ls"]), Value::Array(vec![]));
     for g in &grids {
         let net = g["network"].as_str().unwrap();
-        assert_eq!(net_pieces(net), Vec::<String>::new(), "network {net}");
+        assert_eq!(
+            common::net_pieces(net),
+            Vec::<String>::new(),
+            "network {net}"
+        );
         for m in g["members"].as_array().unwrap() {
             let id = m["instance_id"].as_str().unwrap();
             assert_eq!(link_pieces(id), Vec::<String>::new());
@@ -612,7 +579,11 @@ fn whole_or_gone(
         "{:?}",
         store.hostname_leases()
     );
-    assert_eq!(net_pieces(net), Vec::<String>::new(), "network {net}");
+    assert_eq!(
+        common::net_pieces(net),
+        Vec::<String>::new(),
+        "network {net}"
+    );
     for id in ids {
         assert_eq!(link_pieces(id), Vec::<String>::new());
     }
@@ -740,7 +711,12 @@ fn a_service_killed_during_grid_up_or_down_leaves_the_grid_whole_or_gone() {
         .map(|m| m["instance_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 6, "{g}");
-    assert_eq!(net_pieces(&net).len(), 4, "{:?}", net_pieces(&net));
+    assert_eq!(
+        common::net_pieces(&net).len(),
+        4,
+        "{:?}",
+        common::net_pieces(&net)
+    );
     step("six up");
 
     // A service killed while the grid is up finds its network again at the restart: the
@@ -748,7 +724,12 @@ fn a_service_killed_during_grid_up_or_down_leaves_the_grid_whole_or_gone() {
     srv.kill9();
     let mut srv = Server::start(&data);
     assert_eq!(whole_or_gone(&vf, &srv, "six", 6, &net, &ids), "up");
-    assert_eq!(net_pieces(&net).len(), 4, "{:?}", net_pieces(&net));
+    assert_eq!(
+        common::net_pieces(&net).len(),
+        4,
+        "{:?}",
+        common::net_pieces(&net)
+    );
     let (first, last) = (&g["members"][0], &g["members"][5]);
     let found = vf.ok(&[
         "instance",

@@ -387,3 +387,44 @@ impl Vf {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 }
+
+/// What is left on the host of network `name` made by vfarm: its bridge, nftables table,
+/// dnsmasq and state dir.
+pub fn net_pieces(name: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let br = format!("vfbr-{name}");
+    if Command::new("ip")
+        .args(["link", "show", &br])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        left.push(format!("bridge {br}"));
+    }
+    let table = format!("table ip vfarm_{}", name.replace('-', "_"));
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(tables.status.success(), "nft list tables: {tables:?}");
+    if String::from_utf8_lossy(&tables.stdout)
+        .lines()
+        .any(|l| l.trim() == table)
+    {
+        left.push(table);
+    }
+    let arg = format!("--interface={br}");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            if c.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+                left.push(format!("dnsmasq {arg} (pid {:?})", e.file_name()));
+            }
+        }
+    }
+    let dir = Path::new("/run/vfarm/net").join(name);
+    if dir.exists() {
+        left.push(format!("state dir {}", dir.display()));
+    }
+    left
+}
