@@ -877,18 +877,6 @@ fn counter_above(c: &Cluster, id: &str, floor: u64, what: &str) -> u64 {
     }
 }
 
-/// A tiny HTTP server (perl-base is in every Debian image) answering "hello from NAME".
-fn http_server(name: &str) -> String {
-    format!(
-        "$SIG{{TERM}}=sub{{exit 0}}; $s=IO::Socket::INET->new(LocalPort=>8080,Listen=>16,ReuseAddr=>1) or die $!; \
-         while($c=$s->accept){{<$c>; print $c \"HTTP/1.0 200 OK\\r\\n\\r\\nhello from {name}\\n\"; close $c}}"
-    )
-}
-
-/// `bash` fetching http://$0:8080/ (no HTTP client in a minbase image).
-const FETCH: &str =
-    "exec 3<>/dev/tcp/$0/8080 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
-
 /// http://ADDR:8080/ from this namespace (the LAN's own bridge, where the control is).
 fn fetch_here(addr: &str) -> Result<String, String> {
     use std::io::{Read, Write};
@@ -994,21 +982,25 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
         "/api/v1/instances?wait=true",
         Some(json!({"image": "minbase", "host": "node2", "name": "peer",
                     "hostname": "peer.lan.test",
-                    "command": ["perl", "-MIO::Socket::INET", "-e", http_server("peer")]})),
+                    "command": common::http_server_cmd("peer")})),
     );
     assert_eq!(st, 201, "{peer}");
     assert_eq!(peer["address"], peer_addr.as_str(), "{peer}");
     let peer_id = peer["id"].as_str().unwrap().to_string();
-    let (rc, out) = exec(&c, &id, &["bash", "-c", FETCH, &peer_addr]);
+    let (rc, out) = exec(&c, &id, &["bash", "-c", common::FETCH, &peer_addr]);
     assert!(
         rc == 0 && out.contains("hello from peer"),
         "the VM on node1 did not reach node2's instance at {peer_addr} ({rc}): {out}"
     );
     let serve = "perl -MIO::Socket::INET -e \"$0\" </dev/null >/dev/null 2>&1 &\n\
          for i in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && exit 0; sleep 0.1; done; exit 1";
-    let (rc, out) = exec(&c, &id, &["bash", "-c", serve, &http_server("vm")]);
+    let (rc, out) = exec(
+        &c,
+        &id,
+        &["bash", "-c", serve, &common::http_server_script("vm")],
+    );
     assert_eq!(rc, 0, "the VM's server did not start: {out}");
-    let (rc, out) = exec(&c, &peer_id, &["bash", "-c", FETCH, &vm_addr]);
+    let (rc, out) = exec(&c, &peer_id, &["bash", "-c", common::FETCH, &vm_addr]);
     assert!(
         rc == 0 && out.contains("hello from vm"),
         "node2's instance did not reach the VM at {vm_addr} ({rc}): {out}"
@@ -1074,7 +1066,7 @@ fn a_vm_moves_between_nodes_and_keeps_counting() {
         "after the move, the VM answered at {vm_addr} in {} ms",
         t0.elapsed().as_millis()
     );
-    let (rc, out) = exec(&c, &id, &["bash", "-c", FETCH, &peer_addr]);
+    let (rc, out) = exec(&c, &id, &["bash", "-c", common::FETCH, &peer_addr]);
     assert!(rc == 0 && out.contains("hello from peer"), "({rc}) {out}");
     assert!(
         c.net.vfarm_links(1).is_empty(),

@@ -16,21 +16,6 @@ use std::time::{Duration, Instant};
 use common::{fresh_dir, require, Server, Vf};
 use serde_json::{json, Value};
 
-/// An HTTP server in perl (minbase has perl-base): answers every request with `name`; as
-/// PID 1 it must catch SIGTERM itself to stop promptly.
-fn server_cmd(name: &str) -> Vec<String> {
-    let script = format!(
-        "$SIG{{TERM}}=sub{{exit 0}}; $s=IO::Socket::INET->new(LocalPort=>8080,Listen=>16,ReuseAddr=>1) or die $!; \
-         while($c=$s->accept){{<$c>; print $c \"HTTP/1.0 200 OK\\r\\n\\r\\nhello from {name}\\n\"; close $c}}"
-    );
-    vec![
-        "perl".into(),
-        "-MIO::Socket::INET".into(),
-        "-e".into(),
-        script,
-    ]
-}
-
 /// GET / from the host; None if nothing answers.
 fn fetch(addr: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(
@@ -226,7 +211,7 @@ fn oci_instances_on_site_networks() {
     let t = Instant::now();
     let web = api.created(json!({
         "image": "minbase", "name": "web", "hostname": "n01.grid.test",
-        "command": server_cmd("web"),
+        "command": common::http_server_cmd("web"),
     }));
     eprintln!("networked oci create: {:?}", t.elapsed());
     let web_addr = format!("198.18.{oct}.50");
@@ -239,7 +224,7 @@ fn oci_instances_on_site_networks() {
     let cli = api.created(json!({ "image": "minbase", "name": "cli" }));
     let other = api.created(json!({
         "image": "minbase", "name": "other", "network": iso,
-        "command": server_cmd("other"),
+        "command": common::http_server_cmd("other"),
     }));
     let other_addr = other["address"].as_str().unwrap().to_string();
     assert!(
@@ -255,7 +240,7 @@ fn oci_instances_on_site_networks() {
     step("web, cli, other and alone created");
 
     let cli_id = cli["id"].as_str().unwrap();
-    let get = "exec 3<>/dev/tcp/$0/8080 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
+    let get = common::FETCH;
     for name in ["n01.grid.test", "n01"] {
         let (rc, out) = api.exec(cli_id, &["bash", "-c", get, name]);
         assert_eq!(rc, 0, "cli could not fetch from {name}: {out}");
@@ -315,8 +300,9 @@ fn oci_instances_on_site_networks() {
     ];
     for i in 0..8 {
         let name = format!("s{i}");
-        let v =
-            api.created(json!({ "image": "minbase", "name": name, "command": server_cmd(&name) }));
+        let v = api.created(
+            json!({ "image": "minbase", "name": name, "command": common::http_server_cmd(&name) }),
+        );
         servers.push((
             v["id"].as_str().unwrap().to_string(),
             v["address"].as_str().unwrap().to_string(),

@@ -428,3 +428,25 @@ pub fn net_pieces(name: &str) -> Vec<String> {
     }
     left
 }
+
+/// An HTTP server in perl (perl-base is in every Debian image) on port 8080 answering every
+/// request with "hello from NAME"; as PID 1 it must catch SIGTERM itself to stop promptly.
+pub fn http_server_script(name: &str) -> String {
+    format!(
+        "$SIG{{TERM}}=sub{{exit 0}}; $s=IO::Socket::INET->new(LocalPort=>8080,Listen=>16,ReuseAddr=>1) or die $!; \
+         while($c=$s->accept){{<$c>; print $c \"HTTP/1.0 200 OK\\r\\n\\r\\nhello from {name}\\n\"; close $c}}"
+    )
+}
+
+/// [`http_server_script`] as an instance's command.
+pub fn http_server_cmd(name: &str) -> Vec<String> {
+    ["perl", "-MIO::Socket::INET", "-e"]
+        .map(String::from)
+        .into_iter()
+        .chain([http_server_script(name)])
+        .collect()
+}
+
+/// `bash -c FETCH HOST`: GET http://HOST:8080/ with bash alone (no HTTP client in minbase).
+pub const FETCH: &str =
+    "exec 3<>/dev/tcp/$0/8080 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
